@@ -1,0 +1,20 @@
+"""Data: document sources (local files, code repositories, the embedded stdlib corpus), the
+built-in byte tokenizer, and deterministic resumable packing into training sequences."""
+
+from data.packing import IGNORE_INDEX, PackedLoader, StreamState, stream_ids, window_to_example
+from data.sources import DataConfig, DataError, build_stdlib_corpus, load_documents
+from data.tokenizer import byte_tokenizer, make_tokenize
+
+__all__ = [
+    "IGNORE_INDEX",
+    "DataConfig",
+    "DataError",
+    "PackedLoader",
+    "StreamState",
+    "build_stdlib_corpus",
+    "byte_tokenizer",
+    "load_documents",
+    "make_tokenize",
+    "stream_ids",
+    "window_to_example",
+]

@@ -1,0 +1,60 @@
+"""Memory-ladder rungs, applied to a built model from outside it (never inside the model file).
+
+``parallelize`` applies, in order: activation checkpointing -> torch.compile -> the rung's wrapper.
+Adding a rung = one file here + one yaml in ``conf/parallel/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from torch import nn
+
+from parallel.ddp import apply_ddp
+from parallel.dims import ParallelDims, destroy_distributed, init_distributed
+from parallel.single import apply_single
+
+RUNGS: dict[str, Callable[[nn.Module, ParallelDims], nn.Module]] = {"single": apply_single, "ddp": apply_ddp}
+
+__all__ = ["RUNGS", "ParallelConfig", "ParallelDims", "destroy_distributed", "init_distributed", "no_sync", "parallelize"]
+
+
+@dataclass
+class ParallelConfig:
+    name: str = "single"  # a key of RUNGS
+    device: str = "auto"  # auto | cuda | cpu
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+
+
+def parallelize(
+    model: nn.Module,
+    decoder_layers: nn.ModuleList,
+    dims: ParallelDims,
+    cfg: ParallelConfig,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+) -> nn.Module:
+    """Apply AC, compile and the rung to ``model`` (whose transformer blocks are
+    ``decoder_layers``). Returns the module to call for training."""
+    if cfg.name not in RUNGS:
+        raise ValueError(f"parallel.name={cfg.name!r}: use one of {sorted(RUNGS)}")
+    if activation_checkpointing:
+        for i, layer in enumerate(decoder_layers):
+            decoder_layers[i] = _checkpointed(layer)
+    if compile:
+        for layer in decoder_layers:
+            layer.compile()  # in place: parameter names (and checkpoints) stay unchanged
+    return RUNGS[cfg.name](model, dims)
+
+
+def _checkpointed(layer: nn.Module) -> nn.Module:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    return checkpoint_wrapper(layer, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+
+
+def no_sync(model: nn.Module, skip_sync: bool):
+    """Skip gradient all-reduce on all but the last micro-batch of an accumulation."""
+    return model.no_sync() if skip_sync and hasattr(model, "no_sync") else nullcontext()

@@ -1,0 +1,197 @@
+"""Atomic checkpoints: model (HF format, loadable with from_pretrained), optimizer, scheduler, RNG
+of every rank, data position of every stream, and the resolved config.
+
+Rank 0 writes everything (RNG and data states are gathered to it) into ``step_N.tmp`` and renames
+it to ``step_N`` when complete, so a directory named ``step_N`` is always whole; a run killed while
+saving leaves only a ``.tmp`` that the next start removes. Loading reads from a filesystem that all
+ranks see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import nn
+from transformers.utils import logging as hf_logging
+
+from parallel import ParallelDims
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed here; the message names the key to change."""
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather(obj: Any, dims: ParallelDims) -> list[Any]:
+    if not dims.distributed:
+        return [obj]
+    out = [None] * dims.world if dims.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*"), reverse=True) + [path]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split("_")[1])
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, dims: ParallelDims, keep: int):
+        self.root = Path(run_dir) / "checkpoints"
+        self.dims, self.keep = dims, keep
+        if dims.is_main and self.root.exists():
+            for stale in self.root.glob("step_*.tmp"):
+                log.warning("removing %s, left by a run killed while saving", stale)
+                shutil.rmtree(stale)
+
+    def all(self) -> list[Path]:
+        if not self.root.exists():
+            return []
+        done = [p for p in self.root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
+        return sorted(done, key=_step_of)
+
+    def latest(self) -> Path | None:
+        found = self.all()
+        return found[-1] if found else None
+
+    def save(
+        self,
+        step: int,
+        lm: nn.Module,
+        tokenizer,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        data_state: dict[int, dict],
+        meta: dict[str, Any],
+        config_yaml: str,
+    ) -> Path:
+        data_states = _gather(data_state, self.dims)
+        rng_states = _gather(_rng_state(), self.dims)
+        final = self.root / f"step_{step:08d}"
+        if self.dims.is_main:
+            hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
+            tmp = final.with_name(final.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            lm.save_pretrained(tmp / "model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save({"scheduler": scheduler.state_dict(), "step": step}, tmp / "trainer.pt")
+            torch.save(rng_states, tmp / "rng.pt")
+            merged = {str(sid): s for part in data_states for sid, s in part.items()}
+            (tmp / "data.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
+            (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
+            (tmp / "config.yaml").write_text(config_yaml)
+            _fsync_tree(tmp)
+            if final.exists():  # re-saving the same step after a resume: replace it whole
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in self.all()[: -self.keep]:
+                shutil.rmtree(old)
+            log.info("saved checkpoint %s", final)
+        if self.dims.distributed:
+            dist.barrier()
+        return final
+
+    def resolve(self, resume: str) -> Path | None:
+        """The checkpoint to resume from for ``resume`` (auto | none | a path), or None."""
+        if resume == "auto":
+            return self.latest()
+        if resume == "none":
+            if self.latest() is not None:
+                raise CheckpointError(
+                    f"resume=none but {self.root} already holds checkpoints; use resume=auto to continue "
+                    f"that run, or choose another run directory (name=... or hydra.run.dir=...)"
+                )
+            return None
+        path = Path(resume).expanduser()
+        if not (path / "meta.json").is_file():
+            raise CheckpointError(f"resume={resume!r}: not a checkpoint directory (no meta.json)")
+        return path
+
+    def load(
+        self,
+        path: Path,
+        lm: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        meta: dict[str, Any],
+    ) -> tuple[int, dict[int, dict]]:
+        """Restore everything in place; returns (step, data state of every stream)."""
+        saved = json.loads((path / "meta.json").read_text())
+        check_compatible(saved, meta, path)
+        state = {}
+        for f in sorted((path / "model").glob("*.safetensors")):
+            state.update(load_file(f))
+        missing, unexpected = lm.load_state_dict(state, strict=False)
+        tied = {id(p) for n, p in lm.named_parameters() if n in state} if missing else set()
+        untied = [k for k in missing if id(lm.get_parameter(k)) not in tied]
+        if untied or unexpected:
+            raise CheckpointError(f"{path}: weights do not match the model (missing {untied[:3]}, unexpected {unexpected[:3]})")
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        trainer = torch.load(path / "trainer.pt", weights_only=True)
+        scheduler.load_state_dict(trainer["scheduler"])
+        rngs = torch.load(path / "rng.pt", weights_only=False)
+        if len(rngs) == self.dims.world:
+            _set_rng_state(rngs[self.dims.rank])
+        else:
+            log.warning("checkpoint was made by %d ranks, this run has %d: RNG streams restart", len(rngs), self.dims.world)
+        data = {int(k): v for k, v in json.loads((path / "data.json").read_text()).items()}
+        log.info("resumed from %s at step %d", path, trainer["step"])
+        return trainer["step"], data
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Raise CheckpointError, naming the key to change, when ``saved`` cannot continue as ``current``."""
+    if saved["params"] != current["params"]:
+        diff = sorted(set(saved["params"].items()) ^ set(current["params"].items()))
+        raise CheckpointError(
+            f"{path} holds a different model (first difference: {diff[0][0]} {saved['params'].get(diff[0][0])} in the "
+            f"checkpoint vs {current['params'].get(diff[0][0])} now): set model.* as it was, or start a new run "
+            f"(resume=none with another name=... / hydra.run.dir=...)"
+        )
+    if saved["global_rows"] != current["global_rows"]:
+        raise CheckpointError(
+            f"{path} was trained with a global batch of {saved['global_rows']} rows (data-parallel ranks x "
+            f"train.grad_accum x train.micro_batch), this run has {current['global_rows']}: the data position is "
+            f"per row, so keep that product (any split of it between ranks and accumulation resumes exactly)"
+        )
+    if saved["seq_len"] != current["seq_len"]:
+        raise CheckpointError(
+            f"{path} was trained with train.seq_len={saved['seq_len']}, this run has {current['seq_len']}: "
+            f"set train.seq_len={saved['seq_len']} to resume (start a new stage from the weights instead)"
+        )

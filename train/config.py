@@ -1,0 +1,141 @@
+"""The config schema: structured configs registered with Hydra, validated at start.
+
+Precedence (lowest first): the dataclass defaults below -> ``conf/config.yaml`` and the group files
+it selects (model/, data/, attention/, parallel/, train/, logging/) -> an ``experiment=...`` file
+-> command-line overrides. An unknown key anywhere is an error that names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from data import DataConfig
+from parallel import RUNGS, ParallelConfig
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key and a value that works."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    # A local HF model directory (weights + tokenizer). When null, the model is built from
+    # ``arch`` + ``hf_config`` with random init.
+    path: str | None = None
+    arch: str = "llama"  # an HF model_type: llama, qwen2, qwen3, mistral, ...
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    # "byte" (built in), a local tokenizer directory, or null: model.path's tokenizer, else "byte".
+    tokenizer: str | None = None
+    # e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 8192}
+    rope_scaling: dict[str, Any] | None = None
+
+
+@dataclass
+class AttentionConfig:
+    name: str = "dense"
+    impl: str = "sdpa"  # an HF attn_implementation: sdpa, eager, flash_attention_2, flex_attention
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | constant (both after linear warmup)
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "cpt"
+    steps: int = 200
+    seq_len: int = 1024
+    micro_batch: int = 1
+    grad_accum: int = 1
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    activation_checkpointing: bool = False
+    compile: bool = False
+    loss_chunk: int = 0  # tokens per lm_head + cross-entropy chunk; 0: about 1 GiB of fp32 logits
+    ckpt_every: int = 100  # steps; a checkpoint is also written at the end and on SIGTERM/SIGINT
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+@dataclass
+class LoggingConfig:
+    wandb: str = "offline"  # offline | online | disabled
+    project: str = "ssa-train"
+    log_every: int = 1
+    progress: bool = True
+    peak_tflops: float = 0.0  # per GPU, for MFU; 0: looked up from the GPU's name
+
+
+@dataclass
+class Config:
+    name: str = "default"  # the run's name; the run directory is runs/<name> unless hydra.run.dir says
+    resume: str = "auto"  # auto (latest checkpoint of the run dir, if any) | none | a checkpoint dir
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _one_of(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid: use one of {sorted(allowed)}")
+
+
+def _positive(key: str, value: float, minimum: float = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key}={value} is not valid: it must be >= {minimum}")
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The typed, validated config. Raises ConfigError naming the key to fix."""
+    config: Config = OmegaConf.to_object(cfg)
+    t, lg = config.train, config.logging
+    _one_of("train.stage", t.stage, {"cpt"})
+    _one_of("train.precision", t.precision, {"auto", "bf16", "fp32"})
+    _one_of("train.optimizer.name", t.optimizer.name, {"adamw"})
+    _one_of("train.schedule.name", t.schedule.name, {"cosine", "constant"})
+    _one_of("logging.wandb", lg.wandb, {"offline", "online", "disabled"})
+    _one_of("parallel.name", config.parallel.name, set(RUNGS))
+    _one_of("parallel.device", config.parallel.device, {"auto", "cuda", "cpu"})
+    _one_of("attention.name", config.attention.name, {"dense"})
+    _one_of("attention.impl", config.attention.impl, {"sdpa", "eager", "flash_attention_2", "flex_attention"})
+    _one_of("data.format", config.data.format, {"auto", "jsonl", "parquet", "text", "source"})
+    for key in ("steps", "seq_len", "micro_batch", "grad_accum", "keep_checkpoints"):
+        _positive(f"train.{key}", getattr(t, key))
+    for key in ("ckpt_every", "loss_chunk"):
+        _positive(f"train.{key}", getattr(t, key), 0)
+    _positive("logging.log_every", lg.log_every)
+    if not t.optimizer.lr > 0:
+        raise ConfigError(f"train.optimizer.lr={t.optimizer.lr} must be > 0")
+    if len(t.optimizer.betas) != 2:
+        raise ConfigError(f"train.optimizer.betas={t.optimizer.betas}: give two values, e.g. [0.9, 0.95]")
+    if not 0 <= t.schedule.min_lr_ratio <= 1:
+        raise ConfigError(f"train.schedule.min_lr_ratio={t.schedule.min_lr_ratio} must be in [0, 1]")
+    if config.resume not in ("auto", "none") and not config.resume:
+        raise ConfigError("resume is empty: use auto, none or a checkpoint directory")
+    return config

@@ -1,0 +1,120 @@
+"""Build the tokenizer and the HF causal LM, and wrap it with the chunked loss.
+
+Any HF causal LM works: from a local directory (``model.path``: weights + tokenizer) or from an
+HF config with random init (``model.arch`` + ``model.hf_config``). The model keeps fp32 master
+weights; bf16 comes from autocast on GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from data import byte_tokenizer
+from train.config import AttentionConfig, ConfigError, ModelConfig
+from train.loss import linear_cross_entropy
+
+log = logging.getLogger(__name__)
+
+
+def build_tokenizer(cfg: ModelConfig):
+    source = cfg.tokenizer if cfg.tokenizer is not None else (cfg.path or "byte")
+    if source == "byte":
+        return byte_tokenizer()
+    if not Path(source).expanduser().is_dir():
+        key = "model.tokenizer" if cfg.tokenizer is not None else "model.path"
+        raise ConfigError(f"{key}={source!r}: no such tokenizer directory (or use model.tokenizer=byte)")
+    tok = AutoTokenizer.from_pretrained(str(Path(source).expanduser()))
+    if tok.eos_token_id is None:
+        raise ConfigError(f"the tokenizer at {source} has no EOS token, which packing uses as separator")
+    return tok
+
+
+def _max_positions(config: PretrainedConfig) -> int:
+    """Positions the model supports: max_position_embeddings, times the rope-scaling factor."""
+    rope = getattr(config, "rope_scaling", None) or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind in (None, "default"):
+        return config.max_position_embeddings
+    base = rope.get("original_max_position_embeddings") or config.max_position_embeddings
+    return max(config.max_position_embeddings, int(base * float(rope.get("factor", 1.0))))
+
+
+def build_config(cfg: ModelConfig, tokenizer, seq_len: int) -> PretrainedConfig:
+    if cfg.path is not None:
+        path = Path(cfg.path).expanduser()
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.path={cfg.path!r}: no HF model there (config.json missing)")
+        config = AutoConfig.from_pretrained(str(path), **cfg.hf_config)
+    else:
+        try:
+            default = AutoConfig.for_model(cfg.arch)
+        except ValueError as e:
+            raise ConfigError(f"model.arch={cfg.arch!r} is not an HF model_type (e.g. llama, qwen2, qwen3, mistral)") from e
+        unknown = sorted(k for k in cfg.hf_config if not hasattr(default, k))
+        if unknown:
+            raise ConfigError(f"model.hf_config.{unknown[0]} is not a field of {type(default).__name__}")
+        config = AutoConfig.for_model(cfg.arch, **cfg.hf_config)
+        if "vocab_size" not in cfg.hf_config:
+            config.vocab_size = -(-len(tokenizer) // 64) * 64  # padded for matmul efficiency
+        for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+            setattr(config, name, getattr(tokenizer, name))
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(f"model.hf_config.vocab_size={config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
+    if cfg.rope_scaling is not None:
+        config.rope_scaling = dict(cfg.rope_scaling)
+        if hasattr(config, "rope_parameters") and isinstance(config.rope_parameters, dict):
+            theta = config.rope_parameters.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+            config.rope_parameters = {"rope_theta": theta, **dict(cfg.rope_scaling)}
+    if seq_len > _max_positions(config):
+        raise ConfigError(
+            f"train.seq_len={seq_len} is beyond the model's {_max_positions(config)} positions "
+            f"(max_position_embeddings={config.max_position_embeddings}, model.rope_scaling={cfg.rope_scaling}): "
+            f"lower train.seq_len or set model.rope_scaling, e.g. "
+            f"'+model.rope_scaling={{rope_type:yarn,factor:{-(-seq_len // config.max_position_embeddings)}.0,"
+            f"original_max_position_embeddings:{config.max_position_embeddings}}}'"
+        )
+    return config
+
+
+def build_model(cfg: ModelConfig, attention: AttentionConfig, config: PretrainedConfig) -> PreTrainedModel:
+    kwargs = {"attn_implementation": attention.impl, "dtype": torch.float32}
+    if cfg.path is not None:
+        model = AutoModelForCausalLM.from_pretrained(str(Path(cfg.path).expanduser()), config=config, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_config(config, **kwargs)
+    n = sum(p.numel() for p in model.parameters())
+    log.info("model: %s, %.2fM parameters, attention=%s", type(model).__name__, n / 1e6, attention.impl)
+    return model
+
+
+class CausalLMLoss(nn.Module):
+    """``forward(input_ids, labels, position_ids)`` -> sum of token losses (fp32 scalar).
+
+    Wraps the HF model so the data-parallel wrapper sees one module, and replaces HF's full-vocab
+    logits with the chunked loss. With ``position_ids`` restarting inside a row and no attention
+    mask, HF builds a per-document causal mask (packed sequences)."""
+
+    def __init__(self, lm: PreTrainedModel, loss_chunk: int = 0):
+        super().__init__()
+        self.lm = lm
+        self.loss_chunk = loss_chunk
+        if getattr(lm.config, "final_logit_softcapping", None):
+            raise ConfigError("models with final_logit_softcapping are not supported by the chunked loss yet")
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.lm.get_decoder().layers
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        # input_ids, labels, position_ids: (B, T)
+        hidden = self.lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        head = self.lm.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise ConfigError("an lm_head with a bias is not supported by the chunked loss yet")
+        # (B, T, D) -> (B*T, D)
+        return linear_cross_entropy(hidden.flatten(0, 1), head.weight, labels.flatten(), self.loss_chunk)

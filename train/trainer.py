@@ -1,0 +1,173 @@
+"""The continued-pretraining (CPT) trainer. One step, in three hops:
+``batches = next(loader)`` (data/) -> ``model(**batch)`` (the parallelized HF model with the
+chunked loss) -> ``optimizer.step()``, then log and checkpoint.
+
+The loss is the sum of token losses over the global count of valid tokens (all micro-batches, all
+ranks), so accumulation and data parallelism never change it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from data import IGNORE_INDEX, PackedLoader, load_documents, make_tokenize
+from parallel import ParallelDims, destroy_distributed, init_distributed, no_sync, parallelize
+from train.checkpoint import Checkpointer
+from train.config import Config
+from train.model import CausalLMLoss, build_config, build_model, build_tokenizer
+from train.optim import build_optimizer, build_scheduler
+from train.tracking import Tracker, flops_per_token, peak_flops
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """Loss or gradient norm became NaN/inf; nothing was saved for that step."""
+
+
+class StopSignal:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the end of the step and exits."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("received %s: saving a checkpoint after this step, then exiting", signal.Signals(signum).name)
+
+    def restore(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train_step(model, loader, optimizer, scheduler, dims: ParallelDims, cfg: Config, autocast, stop: StopSignal):
+    """One optimizer step over ``train.grad_accum`` micro-batches. Returns (loss, grad_norm,
+    stop_requested) after one host sync; the optimizer is stepped only if both are finite."""
+    accum = cfg.train.grad_accum
+    batches = [next(loader) for _ in range(accum)]
+    # Global valid-token count first: every micro-batch's loss is normalised by it.
+    n_valid = torch.stack([(b["labels"] != IGNORE_INDEX).sum() for b in batches]).sum().to(dims.device, torch.float32)
+    if dims.distributed:
+        dist.all_reduce(n_valid)
+    scale = dims.dp / n_valid.clamp_min(1)  # DDP averages gradients over dp ranks
+    loss_sum = torch.zeros((), device=dims.device)
+    for i, batch in enumerate(batches):
+        batch = {k: v.to(dims.device, non_blocking=True) for k, v in batch.items()}
+        with no_sync(model, i < accum - 1), autocast():
+            token_loss_sum = model(**batch)
+        (token_loss_sum * scale).backward()
+        loss_sum += token_loss_sum.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    flag = torch.tensor(float(stop.received is not None), device=dims.device)
+    reduced = torch.stack([loss_sum, flag])
+    if dims.distributed:
+        dist.all_reduce(reduced)
+    loss, grad_norm, stop_all = (torch.stack([reduced[0] / n_valid, grad_norm.float(), reduced[1]])).tolist()
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, stop_all > 0
+
+
+def _autocast_for(precision: str, device: torch.device):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def train(cfg: Config, config_dict: dict, run_dir: Path) -> Path | None:
+    """Run (or resume) the job described by ``cfg`` in ``run_dir``; returns the last checkpoint."""
+    run_dir = Path(run_dir)
+    dims = init_distributed(cfg.parallel.device, cfg.parallel.backend)
+    try:
+        return _train(cfg, config_dict, run_dir, dims)
+    finally:
+        destroy_distributed()
+
+
+def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) -> Path | None:
+    t = cfg.train
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    config_yaml = OmegaConf.to_yaml(OmegaConf.create(config_dict))
+    if dims.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)  # the resolved config of this run
+
+    tokenizer = build_tokenizer(cfg.model)
+    lm = build_model(cfg.model, cfg.attention, build_config(cfg.model, tokenizer, t.seq_len))
+    lm.train()
+    loss_model = CausalLMLoss(lm, t.loss_chunk).to(dims.device)
+    optimizer = build_optimizer(loss_model, t.optimizer)
+    scheduler = build_scheduler(optimizer, t.steps, t.schedule)
+
+    global_rows = dims.dp * t.grad_accum * t.micro_batch
+    meta = {
+        "params": {n: "x".join(map(str, p.shape)) for n, p in lm.state_dict().items()},
+        "global_rows": global_rows,
+        "seq_len": t.seq_len,
+        "dp": dims.dp,
+    }
+    ckpt = Checkpointer(run_dir, dims, t.keep_checkpoints)
+    start_step, data_state = 0, None
+    resume_from = ckpt.resolve(cfg.resume)
+    if resume_from is not None:
+        start_step, data_state = ckpt.load(resume_from, lm, optimizer, scheduler, meta)
+    last_ckpt = resume_from
+    if start_step >= t.steps:
+        log.info("nothing to do: the run is at step %d of train.steps=%d", start_step, t.steps)
+        return last_ckpt
+
+    model = parallelize(loss_model, loss_model.decoder_layers, dims, cfg.parallel, t.activation_checkpointing, t.compile)
+    d = cfg.data
+    loader = PackedLoader(
+        load_documents(d), make_tokenize(tokenizer), tokenizer.eos_token_id, t.seq_len, dims.rank, dims.dp,
+        t.grad_accum, t.micro_batch, d.doc_mask, d.shuffle_buffer, d.seed, data_state,
+    )
+    n_params = sum(p.numel() for p in lm.parameters())
+    n_embed = lm.get_input_embeddings().weight.numel()
+    flops_tok = flops_per_token(lm.config, n_params, n_embed, t.seq_len)
+    peak = peak_flops(dims.device, cfg.logging.peak_tflops) * dims.world
+    tokens_per_step = global_rows * t.seq_len
+    autocast = _autocast_for(t.precision, dims.device)
+    tracker = Tracker(cfg, config_dict, run_dir, dims.is_main, start_step)
+    stop = StopSignal()
+    try:
+        for step in range(start_step + 1, t.steps + 1):
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            loss, grad_norm, stop_requested = train_step(model, loader, optimizer, scheduler, dims, cfg, autocast, stop)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                raise NonFiniteLoss(
+                    f"loss={loss}, grad_norm={grad_norm} at step {step}: stopped without saving this step. "
+                    f"Last good checkpoint: {last_ckpt or 'none yet'} (resume=auto continues from it); "
+                    f"consider a lower train.optimizer.lr or train.grad_clip"
+                )
+            dt = time.perf_counter() - t0
+            metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens_per_step / dt, "step_s": dt}
+            if peak > 0:
+                metrics["mfu"] = flops_tok * tokens_per_step / dt / peak
+            tracker.log(step, metrics)
+            if (t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps or stop_requested:
+                last_ckpt = ckpt.save(step, lm, tokenizer, optimizer, scheduler, loader.state_dict(), meta, config_yaml)
+            if stop_requested:
+                log.warning("stopped by signal at step %d; resume=auto continues from %s", step, last_ckpt)
+                break
+    finally:
+        stop.restore()
+        tracker.close()
+    return last_ckpt
