@@ -147,7 +147,14 @@ class PackedLoader:
         state = state or {}
         self.streams = {
             sid: PackedStream(
-                docs, sid, self.global_rows, tokenize, eos_id, seq_len, shuffle_buffer, seed,
+                docs,
+                sid,
+                self.global_rows,
+                tokenize,
+                eos_id,
+                seq_len,
+                shuffle_buffer,
+                seed,
                 StreamState(**state[sid]) if sid in state else None,
             )
             for rows in self.schedule
@@ -187,6 +194,7 @@ class PackedLoader:
                 threading.Thread(target=self._produce, daemon=True, name="packed-loader").start()
             item = self._queue.get()
             if isinstance(item, BaseException):
+                self._queue.put(item)  # the producer has stopped: every later call raises it too
                 raise item
             batch, self._consumed = item
         self._step += 1

@@ -107,7 +107,9 @@ def _read_jsonl(paths: list[str], text_field: str):
                 except (ValueError, KeyError, TypeError) as e:
                     skipped += 1
                     what = f"no field {e}" if isinstance(e, KeyError) else str(e)[:120]
-                    log.warning("%s:%d: skipped corrupt jsonl line (%s; data.text_field=%r)", path, lineno, what, text_field)
+                    log.warning(
+                        "%s:%d: skipped corrupt jsonl line (%s; data.text_field=%r)", path, lineno, what, text_field
+                    )
                     continue
                 yield {"text": text}
         if skipped:
@@ -126,9 +128,12 @@ def group_documents(files: list[str], roots: list[str], doc_unit: str) -> list[l
         raise DataError(f"data.doc_unit={doc_unit!r}: use 'file' or 'package'")
     groups: dict[str, list[tuple[str, str]]] = {}
     for path in files:
-        rels = [os.path.relpath(path, r) for r in roots]
-        rel = next((r for r in rels if not r.startswith("..")), os.path.basename(path))
-        key = path if doc_unit == "file" else rel.split(os.sep)[0]
+        rels = [(r, os.path.relpath(path, r)) for r in roots]
+        root, rel = next(((r, rel) for r, rel in rels if not rel.startswith("..")), ("", os.path.basename(path)))
+        # keyed by root too: two repositories' `src/` (or README.md) are two documents, not one
+        if rel == os.curdir:  # a file given directly is its own root
+            rel = os.path.basename(path)
+        key = path if doc_unit == "file" else os.path.join(root, rel.split(os.sep)[0])
         groups.setdefault(key, []).append((path, rel))
     return list(groups.values())
 
@@ -165,12 +170,16 @@ def build_stdlib_corpus(cache_dir: str) -> str:
         raise DataError(f"no Python sources under {stdlib}: set data.source=files and data.paths")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        groups = group_documents(files, [str(stdlib)], "package")
-        for doc in _read_sources(groups, headers=True):
-            f.write(json.dumps(doc) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            groups = group_documents(files, [str(stdlib)], "package")
+            for doc in _read_sources(groups, headers=True):
+                f.write(json.dumps(doc) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)  # atomic: concurrent ranks building the cache never see a partial file
     log.info("built the stdlib corpus at %s", out)
     return str(out)

@@ -42,7 +42,9 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def is_byte_tokenizer(tokenizer) -> bool:
-    return len(tokenizer) == BYTE_VOCAB_SIZE and tokenizer.eos_token == EOS and tokenizer.convert_tokens_to_ids("A") == 65
+    return (
+        len(tokenizer) == BYTE_VOCAB_SIZE and tokenizer.eos_token == EOS and tokenizer.convert_tokens_to_ids("A") == 65
+    )
 
 
 def make_tokenize(tokenizer):
@@ -50,4 +52,7 @@ def make_tokenize(tokenizer):
     path (UTF-8 bytes are its ids; ~50x faster than going through BPE with no merges)."""
     if is_byte_tokenizer(tokenizer):
         return lambda text: np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int64)
-    return lambda text: np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+    # split_special_tokens: a document that contains "<|endoftext|>" as text is text, not an EOS
+    return lambda text: np.asarray(
+        tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"], np.int64
+    )

@@ -13,12 +13,21 @@ from dataclasses import dataclass
 from torch import nn
 
 from parallel.ddp import apply_ddp
-from parallel.dims import ParallelDims, destroy_distributed, init_distributed
+from parallel.dims import ParallelDims, ParallelError, destroy_distributed, init_distributed
 from parallel.single import apply_single
 
 RUNGS: dict[str, Callable[[nn.Module, ParallelDims], nn.Module]] = {"single": apply_single, "ddp": apply_ddp}
 
-__all__ = ["RUNGS", "ParallelConfig", "ParallelDims", "destroy_distributed", "init_distributed", "no_sync", "parallelize"]
+__all__ = [
+    "RUNGS",
+    "ParallelConfig",
+    "ParallelDims",
+    "ParallelError",
+    "destroy_distributed",
+    "init_distributed",
+    "no_sync",
+    "parallelize",
+]
 
 
 @dataclass
@@ -39,7 +48,7 @@ def parallelize(
     """Apply AC, compile and the rung to ``model`` (whose transformer blocks are
     ``decoder_layers``). Returns the module to call for training."""
     if cfg.name not in RUNGS:
-        raise ValueError(f"parallel.name={cfg.name!r}: use one of {sorted(RUNGS)}")
+        raise ParallelError(f"parallel.name={cfg.name!r}: use one of {sorted(RUNGS)}")
     if activation_checkpointing:
         for i, layer in enumerate(decoder_layers):
             decoder_layers[i] = _checkpointed(layer)

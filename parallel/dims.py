@@ -9,6 +9,10 @@ import torch
 import torch.distributed as dist
 
 
+class ParallelError(ValueError):
+    """A parallel layout that cannot work; the message names the key to change."""
+
+
 @dataclass(frozen=True)
 class ParallelDims:
     world: int  # processes in the job

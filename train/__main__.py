@@ -11,12 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from data import DataError
+from parallel import ParallelError
 from train.checkpoint import CheckpointError
 from train.config import ConfigError, register_configs, to_config
 from train.trainer import NonFiniteLoss, train
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, NonFiniteLoss, ParallelError)
 log = logging.getLogger("train")
 
 register_configs()

@@ -161,7 +161,9 @@ class Checkpointer:
         tied = {id(p) for n, p in lm.named_parameters() if n in state} if missing else set()
         untied = [k for k in missing if id(lm.get_parameter(k)) not in tied]
         if untied or unexpected:
-            raise CheckpointError(f"{path}: weights do not match the model (missing {untied[:3]}, unexpected {unexpected[:3]})")
+            raise CheckpointError(
+                f"{path}: weights do not match the model (missing {untied[:3]}, unexpected {unexpected[:3]})"
+            )
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         trainer = torch.load(path / "trainer.pt", weights_only=True)
         scheduler.load_state_dict(trainer["scheduler"])
@@ -169,7 +171,9 @@ class Checkpointer:
         if len(rngs) == self.dims.world:
             _set_rng_state(rngs[self.dims.rank])
         else:
-            log.warning("checkpoint was made by %d ranks, this run has %d: RNG streams restart", len(rngs), self.dims.world)
+            log.warning(
+                "checkpoint was made by %d ranks, this run has %d: RNG streams restart", len(rngs), self.dims.world
+            )
         data = {int(k): v for k, v in json.loads((path / "data.json").read_text()).items()}
         log.info("resumed from %s at step %d", path, trainer["step"])
         return trainer["step"], data

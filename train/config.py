@@ -7,6 +7,7 @@ it selects (model/, data/, attention/, parallel/, train/, logging/) -> an ``expe
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +32,9 @@ class ModelConfig:
     hf_config: dict[str, Any] = field(default_factory=dict)
     # "byte" (built in), a local tokenizer directory, or null: model.path's tokenizer, else "byte".
     tokenizer: str | None = None
-    # e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 8192}
-    rope_scaling: dict[str, Any] | None = None
+    # null: the model's own; e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 8192}.
+    # Typed Any so that a whole dict can be given on the command line (model.rope_scaling={...}).
+    rope_scaling: Any = None
 
 
 @dataclass
@@ -111,8 +113,21 @@ def _positive(key: str, value: float, minimum: float = 1) -> None:
         raise ConfigError(f"{key}={value} is not valid: it must be >= {minimum}")
 
 
+def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
+    """Hydra's ``+key=value`` may add keys that the schema lacks; refuse them by name."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        if key not in fields:
+            raise ConfigError(f"unknown config key {prefix}{key}: {schema.__name__} has {sorted(fields)}")
+        sub = node._get_node(key)
+        sub_type = OmegaConf.get_type(sub) if isinstance(sub, DictConfig) else None
+        if sub_type is not None and dataclasses.is_dataclass(sub_type):
+            _reject_unknown_keys(sub, sub_type, f"{prefix}{key}.")
+
+
 def to_config(cfg: DictConfig) -> Config:
     """The typed, validated config. Raises ConfigError naming the key to fix."""
+    _reject_unknown_keys(cfg, Config)
     config: Config = OmegaConf.to_object(cfg)
     t, lg = config.train, config.logging
     _one_of("train.stage", t.stage, {"cpt"})

@@ -7,6 +7,7 @@ weights; bf16 comes from autocast on GPU.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def build_tokenizer(cfg: ModelConfig):
 
 def _max_positions(config: PretrainedConfig) -> int:
     """Positions the model supports: max_position_embeddings, times the rope-scaling factor."""
-    rope = getattr(config, "rope_scaling", None) or {}
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind in (None, "default"):
         return config.max_position_embeddings
@@ -54,8 +55,13 @@ def build_config(cfg: ModelConfig, tokenizer, seq_len: int) -> PretrainedConfig:
         try:
             default = AutoConfig.for_model(cfg.arch)
         except ValueError as e:
-            raise ConfigError(f"model.arch={cfg.arch!r} is not an HF model_type (e.g. llama, qwen2, qwen3, mistral)") from e
-        unknown = sorted(k for k in cfg.hf_config if not hasattr(default, k))
+            raise ConfigError(
+                f"model.arch={cfg.arch!r} is not an HF model_type (e.g. llama, qwen2, qwen3, mistral)"
+            ) from e
+        # HF configs swallow unknown kwargs silently; refuse them so a typo cannot go unnoticed.
+        known = set(inspect.signature(type(default).__init__).parameters) | set(default.to_dict())
+        known |= {"rope_theta", "rope_scaling"}  # legacy names that transformers 5 still converts
+        unknown = sorted(k for k in cfg.hf_config if k not in known)
         if unknown:
             raise ConfigError(f"model.hf_config.{unknown[0]} is not a field of {type(default).__name__}")
         config = AutoConfig.for_model(cfg.arch, **cfg.hf_config)
@@ -64,18 +70,21 @@ def build_config(cfg: ModelConfig, tokenizer, seq_len: int) -> PretrainedConfig:
         for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
             setattr(config, name, getattr(tokenizer, name))
     if len(tokenizer) > config.vocab_size:
-        raise ConfigError(f"model.hf_config.vocab_size={config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
-    if cfg.rope_scaling is not None:
-        config.rope_scaling = dict(cfg.rope_scaling)
-        if hasattr(config, "rope_parameters") and isinstance(config.rope_parameters, dict):
-            theta = config.rope_parameters.get("rope_theta", getattr(config, "rope_theta", 10000.0))
-            config.rope_parameters = {"rope_theta": theta, **dict(cfg.rope_scaling)}
+        raise ConfigError(
+            f"model.hf_config.vocab_size={config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})"
+        )
+    if cfg.rope_scaling:
+        params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+        theta = params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0
+        rope = {"rope_theta": theta, **dict(cfg.rope_scaling)}
+        # transformers 5 reads rope_parameters; 4.x read rope_scaling
+        setattr(config, "rope_parameters" if hasattr(config, "rope_parameters") else "rope_scaling", rope)
     if seq_len > _max_positions(config):
         raise ConfigError(
             f"train.seq_len={seq_len} is beyond the model's {_max_positions(config)} positions "
             f"(max_position_embeddings={config.max_position_embeddings}, model.rope_scaling={cfg.rope_scaling}): "
             f"lower train.seq_len or set model.rope_scaling, e.g. "
-            f"'+model.rope_scaling={{rope_type:yarn,factor:{-(-seq_len // config.max_position_embeddings)}.0,"
+            f"'model.rope_scaling={{rope_type:yarn,factor:{-(-seq_len // config.max_position_embeddings)}.0,"
             f"original_max_position_embeddings:{config.max_position_embeddings}}}'"
         )
     return config
@@ -112,7 +121,9 @@ class CausalLMLoss(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         # input_ids, labels, position_ids: (B, T)
-        hidden = self.lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = self.lm.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         head = self.lm.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
             raise ConfigError("an lm_head with a bias is not supported by the chunked loss yet")

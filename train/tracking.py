@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,16 @@ class Tracker:
             import wandb  # only when used: a run with logging.wandb=disabled needs no wandb install
 
             id_file = Path(run_dir) / "wandb_id"
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
             id_file.write_text(run_id)
             self.wandb = wandb.init(
-                project=self.cfg.project, name=cfg.name, id=run_id, resume="allow", dir=str(run_dir),
-                mode=self.cfg.wandb, config=config_dict,
+                project=self.cfg.project,
+                name=cfg.name,
+                id=run_id,
+                resume="allow",
+                dir=str(run_dir),
+                mode=self.cfg.wandb,
+                config=config_dict,
             )
         if self.cfg.progress:
             self.bar = tqdm(total=cfg.train.steps, initial=start_step, desc=cfg.name, unit="step", dynamic_ncols=True)

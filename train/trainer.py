@@ -104,6 +104,8 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     t = cfg.train
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     config_yaml = OmegaConf.to_yaml(OmegaConf.create(config_dict))
+    if not dims.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # one rank speaks
     if dims.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_yaml)  # the resolved config of this run
@@ -132,11 +134,23 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
         log.info("nothing to do: the run is at step %d of train.steps=%d", start_step, t.steps)
         return last_ckpt
 
-    model = parallelize(loss_model, loss_model.decoder_layers, dims, cfg.parallel, t.activation_checkpointing, t.compile)
+    model = parallelize(
+        loss_model, loss_model.decoder_layers, dims, cfg.parallel, t.activation_checkpointing, t.compile
+    )
     d = cfg.data
     loader = PackedLoader(
-        load_documents(d), make_tokenize(tokenizer), tokenizer.eos_token_id, t.seq_len, dims.rank, dims.dp,
-        t.grad_accum, t.micro_batch, d.doc_mask, d.shuffle_buffer, d.seed, data_state,
+        load_documents(d),
+        make_tokenize(tokenizer),
+        tokenizer.eos_token_id,
+        t.seq_len,
+        dims.rank,
+        dims.dp,
+        t.grad_accum,
+        t.micro_batch,
+        d.doc_mask,
+        d.shuffle_buffer,
+        d.seed,
+        data_state,
     )
     n_params = sum(p.numel() for p in lm.parameters())
     n_embed = lm.get_input_embeddings().weight.numel()
@@ -158,9 +172,17 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
                     f"consider a lower train.optimizer.lr or train.grad_clip"
                 )
             dt = time.perf_counter() - t0
-            metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens_per_step / dt, "step_s": dt}
+            metrics = {
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "lr": lr,
+                "tokens_per_s": tokens_per_step / dt,
+                "step_s": dt,
+            }
             if peak > 0:
                 metrics["mfu"] = flops_tok * tokens_per_step / dt / peak
+            if dims.device.type == "cuda":
+                metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(dims.device) / 2**30
             tracker.log(step, metrics)
             if (t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps or stop_requested:
                 last_ckpt = ckpt.save(step, lm, tokenizer, optimizer, scheduler, loader.state_dict(), meta, config_yaml)

@@ -1,0 +1,218 @@
+"""Distributed training on CPU with gloo, in subprocesses: data parallelism matches accumulation,
+a two-"node" run on localhost through scripts/launch.sh saves and resumes, and a wrong rung is
+refused with a message that names the fix.
+
+Every job is the smoke experiment (a tiny model, a few steps) on the stdlib corpus, built once per
+session into a shared cache directory. Ports are chosen at run time (torchrun --standalone, or a
+free port for the multi-node rendezvous); each subprocess has a timeout and is killed with its
+whole process group when it runs past it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from data import build_stdlib_corpus
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = REPO_ROOT / "scripts" / "launch.sh"
+TIMEOUT_S = 150  # one job; a smoke job takes about 20 s on a 2-core machine
+STEPS = 4
+# Variables a surrounding torchrun (or the caller's shell) may have set: each job sets its own.
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR")
+LAUNCH_VARS += ("MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "RDZV_ENDPOINT", "RUN_ID")
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """The stdlib corpus, built once and shared by every job (data.cache_dir)."""
+    cache = tmp_path_factory.mktemp("data-cache")
+    build_stdlib_corpus(str(cache))
+    return cache
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith("TORCHELASTIC_")}
+    # One thread per process (2 processes share 2 cores); no GPU even where there is one; the
+    # launcher's torchrun is this interpreter's.
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HYDRA_FULL_ERROR="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def overrides(run_dir: Path, data_cache: Path, *extra: str) -> list[str]:
+    return [
+        "experiment=smoke",
+        f"train.steps={STEPS}",
+        "train.seq_len=64",
+        "logging.wandb=disabled",
+        "parallel.device=cpu",
+        f"data.cache_dir={data_cache}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
+class Job:
+    """A subprocess in its own process group, its stdout and stderr in one log file."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path):
+        self.cmd, self.log = cmd, log
+        with open(log, "w") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it may end meanwhile
+                os.killpg(self.proc.pid, signal.SIGKILL)  # torchrun and its workers
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_all(*jobs: Job, timeout: float = TIMEOUT_S) -> list[tuple[int, str]]:
+    """(exit code, output) of each job; all of them are killed if one runs past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    try:
+        for job in jobs:
+            job.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for job in jobs:
+            job.kill()
+        logs = "\n".join(f"$ {' '.join(j.cmd)}\n{j.output()[-4000:]}" for j in jobs)
+        pytest.fail(f"timed out after {timeout} s:\n{logs}")
+    finally:
+        for job in jobs:
+            job.kill()
+    return [(job.proc.returncode, job.output()) for job in jobs]
+
+
+def run(cmd: list[str], env: dict[str, str], log: Path) -> tuple[int, str]:
+    return wait_all(Job(cmd, env, log))[0]
+
+
+def check_ok(rc: int, out: str) -> None:
+    assert rc == 0, f"exit code {rc}:\n{out[-6000:]}"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def column(metrics: list[dict], key: str) -> torch.Tensor:
+    return torch.tensor([m[key] for m in metrics], dtype=torch.float64)
+
+
+def launch_two_nodes(run_dir: Path, data_cache: Path, tmp_path: Path, tag: str, *extra: str) -> list[tuple[int, str]]:
+    """Two launch.sh invocations on localhost, as the two nodes of one job with one process each."""
+    endpoint, run_id = f"127.0.0.1:{free_port()}", f"test-{uuid.uuid4().hex[:8]}"
+    args = ["bash", str(LAUNCH), "parallel=ddp", *overrides(run_dir, data_cache, *extra)]
+    jobs = [
+        Job(
+            args,
+            job_env(NNODES="2", NODE_RANK=str(i), NPROC_PER_NODE="1", RDZV_ENDPOINT=endpoint, RUN_ID=run_id),
+            tmp_path / f"{tag}-node{i}.log",
+        )
+        for i in range(2)
+    ]
+    return wait_all(*jobs)
+
+
+def test_ddp_matches_grad_accum(tmp_path, data_cache):
+    """2 ranks x 1 micro-batch == 1 rank x 2 micro-batches: the same rows, the same loss
+    normalisation, so the same losses and gradient norms step by step."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    ddp = Job(
+        [*torchrun, "-m", "train", "parallel=ddp", "train.grad_accum=1", *overrides(ddp_dir, data_cache)],
+        job_env(),
+        tmp_path / "ddp.log",
+    )
+    single = Job(
+        [sys.executable, "-m", "train", "parallel=single", "train.grad_accum=2", *overrides(single_dir, data_cache)],
+        job_env(),
+        tmp_path / "single.log",
+    )
+    for rc, out in wait_all(ddp, single):
+        check_ok(rc, out)
+
+    ddp_m, single_m = read_metrics(ddp_dir), read_metrics(single_dir)
+    assert [m["step"] for m in ddp_m] == [m["step"] for m in single_m] == list(range(1, STEPS + 1))
+    for key in ("loss", "grad_norm"):
+        torch.testing.assert_close(
+            column(ddp_m, key), column(single_m, key), rtol=1e-5, atol=0, msg=lambda m, k=key: f"{k}: {m}"
+        )
+    losses = column(ddp_m, "loss")
+    # The model learns, so a comparison of constant losses would prove nothing.
+    assert losses.max() - losses.min() > 1e-2, f"losses barely change: {losses.tolist()}"
+    assert losses[-1] < losses[0]
+
+
+def test_two_nodes_save_and_resume(tmp_path, data_cache):
+    """Two launch.sh "nodes" on localhost share one run directory: rank 0 writes every step and a
+    whole checkpoint with both data streams; the same launch with more steps resumes from it."""
+    run_dir = tmp_path / "run"
+    for rc, out in launch_two_nodes(run_dir, data_cache, tmp_path, "first"):
+        check_ok(rc, out)
+
+    assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, STEPS + 1))
+    final = run_dir / "checkpoints" / f"step_{STEPS:08d}"
+    assert (final / "model").is_dir() and list((final / "model").glob("*.safetensors"))
+    for name in ("optimizer.pt", "data.json", "rng.pt", "meta.json"):
+        assert (final / name).is_file(), name
+    streams = json.loads((final / "data.json").read_text())
+    assert sorted(streams) == ["0", "1"]  # global rows = 2 ranks x 1 micro-batch
+    assert all(s["offset"] > 0 or s["doc"] > 0 for s in streams.values()), streams
+    assert len(torch.load(final / "rng.pt", weights_only=False)) == 2  # one RNG state per rank
+    assert json.loads((final / "meta.json").read_text())["dp"] == 2
+
+    more = STEPS + 2
+    results = launch_two_nodes(run_dir, data_cache, tmp_path, "resume", f"train.steps={more}")
+    for rc, out in results:
+        check_ok(rc, out)
+    logs = "".join(out for _, out in results)
+    assert f"resumed from {final} at step {STEPS}" in logs, logs[-6000:]
+    # Continued after the saved step: each step logged once, none repeated from 1.
+    assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, more + 1))
+    assert (run_dir / "checkpoints" / f"step_{more:08d}" / "data.json").is_file()
+
+
+def test_single_rung_refuses_two_processes(tmp_path, data_cache):
+    """parallel=single under 2 processes fails and says to use parallel=ddp (launch.sh on one
+    node, with torchrun --standalone picking the port)."""
+    cmd = ["bash", str(LAUNCH), "parallel=single", *overrides(tmp_path / "run", data_cache)]
+    rc, out = run(cmd, job_env(NPROC_PER_NODE="2"), tmp_path / "single.log")
+    assert rc != 0, out[-4000:]
+    assert "parallel=single: use parallel=ddp" in out, out[-4000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not read_metrics(tmp_path / "run")
+
+
+def test_launch_help():
+    """-h prints the usage, with the multi-node recipe, and launches nothing."""
+    out = subprocess.run(["bash", str(LAUNCH), "--help"], capture_output=True, text=True, timeout=30, check=True)
+    assert "Usage:" in out.stdout
+    assert "NNODES=2 NODE_RANK=<i> RDZV_ENDPOINT=node0:29500 scripts/launch.sh parallel=ddp" in out.stdout
+    for var in ("NNODES", "NODE_RANK", "NPROC_PER_NODE", "RDZV_ENDPOINT", "RUN_ID"):
+        assert var in out.stdout
