@@ -1,1 +1,65 @@
-"""Subquadratic Sparse Attention kernels (SSA). The reference and Triton kernels arrive with issues 3 and 4."""
+"""Subquadratic Sparse Attention (SSA).
+
+``ssa_attention`` is the one public function: select key blocks by content (``selector/``), then
+attend exactly to them (``attention/``). The PyTorch references beside each op are the oracle and
+the CPU path; the Triton kernels (next issue) plug in behind ``backend``. Importing this package
+registers ``attn_implementation="ssa"`` with HF transformers (``hf.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssa_kernels.attention import sparse_attention
+from ssa_kernels.config import SSAConfig
+from ssa_kernels.selector import Selection, routed_bounds, routing_scores, select_blocks
+
+BACKENDS = ("auto", "reference")
+
+
+def routing_bias(q: torch.Tensor, k: torch.Tensor, sel: Selection, cfg: SSAConfig, doc_ids=None) -> torch.Tensor:
+    """[Bt, Hkv, nb, S] logit bias per listed block: ``score - score.detach()`` on routed blocks, 0
+    elsewhere. Zero in the forward pass, so the output is exactly attention over the selection; in
+    the backward each routed score receives the summed gradient of its block's attention logits, the
+    signal "this block deserved more (or less) attention", which trains the routing end to end."""
+    scores = routing_scores(q, k, sel.routed, cfg, doc_ids)  # [Bt, Hkv, nb, topk], differentiable
+    # A query block with no more candidates than topk_blocks routes to all of them whatever the
+    # scores: nothing to learn there (and with a budget covering every block, gradients stay dense).
+    lo, hi = routed_bounds(doc_ids, q.shape[2], cfg, q.device)  # [Bt or 1, nb], [nb]
+    contested = (hi - lo).clamp_min(0) > cfg.topk_blocks  # [Bt or 1, nb]
+    routed_ok = (sel.routed >= 0) & contested[:, None, :, None]
+    st = torch.where(routed_ok, scores - scores.detach(), 0.0)  # 0 forward, d/dscore = 1
+    # Slot of each routed block in the sorted, -1-padded union (padding sorts last as +inf).
+    big = torch.iinfo(torch.int64).max
+    union = torch.where(sel.indices >= 0, sel.indices, big)  # [Bt, Hkv, nb, S]
+    slot = torch.searchsorted(union, torch.where(routed_ok, sel.routed, big))  # [Bt, Hkv, nb, topk]
+    slot = slot.clamp_max(union.shape[-1] - 1)
+    bias = torch.zeros(sel.indices.shape, dtype=st.dtype, device=st.device)
+    return bias.scatter_add(-1, slot, st)
+
+
+def ssa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cfg: SSAConfig,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """SSA: q [Bt, Hq, T, D] (post-RoPE), k, v [Bt, Hkv, T, D] (GQA, not repeated), doc_ids [Bt, T]
+    (document index per token; attention stays within documents) -> out [Bt, Hq, T, D]."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: use one of {BACKENDS}")
+    with torch.no_grad():
+        sel = select_blocks(q, k, cfg, doc_ids)
+    bias = None
+    if cfg.routing == "straight_through" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        bias = routing_bias(q, k, sel, cfg, doc_ids)
+    out, _ = sparse_attention(q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias)
+    return out
+
+
+__all__ = ["SSAConfig", "Selection", "routing_bias", "select_blocks", "sparse_attention", "ssa_attention"]
+
+import ssa_kernels.hf  # noqa: E402,F401  (registers attn_implementation="ssa")

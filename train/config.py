@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import DataConfig
 from parallel import RUNGS, ParallelConfig
+from ssa_kernels.config import SSAConfig
 
 
 class ConfigError(ValueError):
@@ -39,8 +40,9 @@ class ModelConfig:
 
 @dataclass
 class AttentionConfig:
-    name: str = "dense"
-    impl: str = "sdpa"  # an HF attn_implementation: sdpa, eager, flash_attention_2, flex_attention
+    name: str = "dense"  # dense | ssa
+    impl: str = "sdpa"  # dense: an HF attn_implementation (sdpa, eager, flash_attention_2, flex_attention)
+    ssa: SSAConfig = field(default_factory=SSAConfig)  # used when name=ssa
 
 
 @dataclass
@@ -137,7 +139,7 @@ def to_config(cfg: DictConfig) -> Config:
     _one_of("logging.wandb", lg.wandb, {"offline", "online", "disabled"})
     _one_of("parallel.name", config.parallel.name, set(RUNGS))
     _one_of("parallel.device", config.parallel.device, {"auto", "cuda", "cpu"})
-    _one_of("attention.name", config.attention.name, {"dense"})
+    _one_of("attention.name", config.attention.name, {"dense", "ssa"})
     _one_of("attention.impl", config.attention.impl, {"sdpa", "eager", "flash_attention_2", "flex_attention"})
     _one_of("data.format", config.data.format, {"auto", "jsonl", "parquet", "text", "source"})
     for key in ("steps", "seq_len", "micro_batch", "grad_accum", "keep_checkpoints"):
@@ -151,6 +153,11 @@ def to_config(cfg: DictConfig) -> Config:
         raise ConfigError(f"train.optimizer.betas={t.optimizer.betas}: give two values, e.g. [0.9, 0.95]")
     if not 0 <= t.schedule.min_lr_ratio <= 1:
         raise ConfigError(f"train.schedule.min_lr_ratio={t.schedule.min_lr_ratio} must be in [0, 1]")
+    if config.attention.name == "ssa":
+        try:
+            config.attention.ssa.validate()
+        except ValueError as e:
+            raise ConfigError(str(e).replace("attention.", "attention.ssa.")) from e
     if config.resume not in ("auto", "none") and not config.resume:
         raise ConfigError("resume is empty: use auto, none or a checkpoint directory")
     return config

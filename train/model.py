@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from data import byte_tokenizer
+from ssa_kernels.hf import convert_to_ssa
 from train.config import AttentionConfig, ConfigError, ModelConfig
 from train.loss import linear_cross_entropy
 
@@ -91,13 +92,21 @@ def build_config(cfg: ModelConfig, tokenizer, seq_len: int) -> PretrainedConfig:
 
 
 def build_model(cfg: ModelConfig, attention: AttentionConfig, config: PretrainedConfig) -> PreTrainedModel:
-    kwargs = {"attn_implementation": attention.impl, "dtype": torch.float32}
+    """The HF model with fp32 weights; for attention=ssa, built dense and converted in place."""
+    impl = attention.impl if attention.name == "dense" else "sdpa"
+    kwargs = {"attn_implementation": impl, "dtype": torch.float32}
     if cfg.path is not None:
         model = AutoModelForCausalLM.from_pretrained(str(Path(cfg.path).expanduser()), config=config, **kwargs)
     else:
         model = AutoModelForCausalLM.from_config(config, **kwargs)
+    if attention.name == "ssa":
+        try:
+            convert_to_ssa(model, attention.ssa)
+        except ValueError as e:
+            raise ConfigError(f"attention=ssa: {e}") from e
     n = sum(p.numel() for p in model.parameters())
-    log.info("model: %s, %.2fM parameters, attention=%s", type(model).__name__, n / 1e6, attention.impl)
+    what = impl if attention.name == "dense" else f"ssa {attention.ssa}"
+    log.info("model: %s, %.2fM parameters, attention=%s", type(model).__name__, n / 1e6, what)
     return model
 
 

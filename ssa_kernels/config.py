@@ -1,0 +1,43 @@
+"""SSA hyper-parameters (``conf/attention/ssa.yaml``).
+
+Per (query block, kv head) the attended set is: ``sink_blocks`` first blocks + the blocks of the
+local window (the diagonal block and the ``local_window // block_size - 1`` blocks before it) +
+``topk_blocks`` blocks chosen by content through a coarse-to-fine beam search over a pyramid of
+pooled key summaries (each level pools ``branching`` children). The default budget is
+64 + 1024 + 112 x 64 = 8,256 tokens per query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SSAConfig:
+    block_size: int = 64  # tokens per block
+    branching: int = 8  # children pooled into one node of the next pyramid level
+    topk_blocks: int = 112  # routed blocks per (query block, kv head)
+    local_window: int = 1024  # tokens, a multiple of block_size; includes the diagonal block
+    sink_blocks: int = 1  # always-attended first blocks
+    # Nodes kept per level on the way down, coarsest level first; empty: 2 x the number of nodes
+    # that can hold topk_blocks leaves at that level (so the last beam offers 2 x topk candidates).
+    beam_widths: list[int] = field(default_factory=list)
+    top_nodes: int = 64  # the coarsest level has at most this many nodes (all are scored)
+    # How the routing scores learn: "straight_through" adds (score - score.detach()) to the logits of
+    # each routed block, zero in the forward pass (output exactly as without it) but giving every
+    # routed score the gradient of its block's total attention logit; "none" switches it off.
+    routing: str = "straight_through"
+
+    @property
+    def local_blocks(self) -> int:
+        return max(1, self.local_window // self.block_size)
+
+    def validate(self) -> None:
+        if self.block_size < 1 or self.branching < 2 or self.topk_blocks < 0 or self.sink_blocks < 0:
+            raise ValueError("attention.block_size >= 1, branching >= 2, topk_blocks >= 0, sink_blocks >= 0")
+        if self.routing not in ("straight_through", "none"):
+            raise ValueError(f"attention.routing={self.routing!r}: use straight_through or none")
+        if self.local_window % self.block_size:
+            raise ValueError(
+                f"attention.local_window={self.local_window} must be a multiple of block_size={self.block_size}"
+            )

@@ -1,0 +1,327 @@
+"""PyTorch reference of the SSA block selector: which key blocks each (query block, kv head) attends to.
+
+Keys are pooled into a pyramid: level 0 holds the mean key of every block of ``block_size`` tokens, and
+each node of level l+1 is the token-count-weighted mean of up to ``branching`` consecutive level-l nodes,
+up to the first level with at most ``top_nodes`` nodes (O(n) work and memory in all). Each query block is
+summarised by the mean of its queries over its real tokens and the G query heads of its kv-head group,
+and a node scores ``dot(query summary, node summary) / sqrt(D)``. The routed candidates of query block i
+are the blocks j with ``max(lo_i, sink_blocks) <= j < i - local_blocks + 1`` (lo_i: first block of the
+document of the block's first token, else 0); a beam search scores every coarsest-level node overlapping
+that range, keeps the best ``beam`` of them, scores their children, keeps the best, ... and at level 0
+keeps the best ``topk_blocks`` blocks. All query blocks of all (batch, kv head) pairs walk down together,
+one vectorised step per level on tensors of shape [Bt, Hkv, nb, beam * branching], reading node summaries
+by gather from the flattened level: with ``L = log_branching(nb / top_nodes)`` levels each query block
+scores at most ``top_nodes + L * beam * branching`` nodes, so selection costs O(n log n) time and O(n)
+memory per level, and no tensor of nb x nb, T x nb or T x T elements is ever formed. Node summaries are
+read from fp64 prefix sums over the blocks (the pyramid in O(1) per node), restricted to the blocks the
+query block may route to: a node straddling the end of the range is scored by its visible part, so no
+key after the query block influences the selection (causal, and equal in training and decoding). Ties between equal
+scores go to the smaller node index at every level. Sink blocks and the local window (diagonal block
+included) are added unconditionally; the union is returned sorted, deduplicated and padded with -1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssa_kernels.config import SSAConfig
+
+__all__ = ["Selection", "key_pyramid", "query_summary", "routed_bounds", "routing_scores", "select_blocks"]
+
+
+@dataclass
+class Selection:
+    """What :func:`select_blocks` returns; nb = ceil(T / block_size), S = sink + topk + local blocks."""
+
+    indices: Tensor  # [Bt, Hkv, nb, S] int64: sink ∪ routed ∪ local blocks, ascending, -1 padding at the end
+    routed: Tensor  # [Bt, Hkv, nb, topk_blocks] int64: routed blocks ascending, -1 padding at the end
+    routed_scores: Tensor  # [Bt, Hkv, nb, topk_blocks] float: score of each routed block, -inf for padding
+    candidates: Tensor  # [Bt, Hkv, nb] int64: nodes scored over all levels (those overlapping the routed range)
+
+
+def _accumulate_dtype(x: Tensor) -> torch.dtype:
+    # Summaries of bf16/fp16 inputs are pooled and scored in fp32; fp64 stays fp64 (gradcheck).
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _num_blocks(seq_len: int, block_size: int) -> int:
+    return -(-seq_len // block_size)
+
+
+def _block_token_counts(seq_len: int, block_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Real tokens per block, [nb]: block_size everywhere but a partial last block."""
+    starts = torch.arange(_num_blocks(seq_len, block_size), device=device) * block_size
+    return (seq_len - starts).clamp(max=block_size).to(dtype)
+
+
+def _block_sums(x: Tensor, block_size: int, dtype: torch.dtype) -> Tensor:
+    """Sum over each block of real tokens, accumulated in ``dtype``: [..., T, D] -> [..., nb, D].
+
+    Reads x through views (no padded or up-cast copy of x: only the [..., nb, D] result is allocated).
+    """
+    full = x.shape[-2] // block_size * block_size
+    sums = (
+        x[..., :full, :].unflatten(-2, (-1, block_size)).sum(-2, dtype=dtype)
+    )  # (..., T // B, B, D) -> (..., T // B, D)
+    if full < x.shape[-2]:  # partial last block
+        sums = torch.cat([sums, x[..., full:, :].sum(-2, keepdim=True, dtype=dtype)], dim=-2)  # (..., nb, D)
+    return sums
+
+
+def query_summary(q: Tensor, num_kv_heads: int, block_size: int) -> Tensor:
+    """Mean query of each block over its real tokens and the G query heads of each kv head.
+
+    q: [Bt, Hq, T, D] with Hq = G * num_kv_heads (heads h*G .. h*G+G-1 belong to kv head h).
+    Returns [Bt, Hkv, nb, D] in fp32 (fp64 for fp64 input); differentiable.
+    """
+    bt, hq, seq_len, d = q.shape
+    group = hq // num_kv_heads
+    dtype = _accumulate_dtype(q)
+    # (Bt, Hkv, G, T, D) -> (Bt, Hkv, G, nb, D) -> (Bt, Hkv, nb, D): pool tokens first, the small tensor over G
+    sums = _block_sums(q.view(bt, num_kv_heads, group, seq_len, d), block_size, dtype).sum(2)
+    counts = _block_token_counts(seq_len, block_size, q.device, dtype) * group  # (nb,)
+    return sums / counts[:, None]
+
+
+def key_pyramid(k: Tensor, cfg: SSAConfig) -> list[Tensor]:
+    """Node summaries per level, finest first: level l is [Bt, Hkv, ceil(nb / branching**l), D].
+
+    Level 0 is the mean key of every block over its real tokens; a level-(l+1) node is the
+    token-count-weighted mean of its (up to) ``branching`` children, i.e. the mean of all real tokens
+    below it. Levels are added until one has at most ``cfg.top_nodes`` nodes (or a single node).
+    """
+    seq_len = k.shape[-2]
+    sums = _block_sums(k, cfg.block_size, _accumulate_dtype(k))  # (Bt, Hkv, nb, D)
+    counts = _block_token_counts(seq_len, cfg.block_size, k.device, sums.dtype)  # (nb,)
+    levels = [sums / counts[:, None]]
+    while sums.shape[-2] > max(cfg.top_nodes, 1):
+        pad = -sums.shape[-2] % cfg.branching
+        # (Bt, Hkv, n_l + pad, D) -> (Bt, Hkv, n_{l+1}, branching, D) -> (Bt, Hkv, n_{l+1}, D)
+        sums = F.pad(sums, (0, 0, 0, pad)).unflatten(-2, (-1, cfg.branching)).sum(-2)
+        counts = F.pad(counts, (0, pad)).view(-1, cfg.branching).sum(-1)  # (n_{l+1},)
+        levels.append(sums / counts[:, None])
+    return levels
+
+
+def routed_bounds(doc_ids: Tensor | None, seq_len: int, cfg: SSAConfig, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Routed range [lo, hi) of every query block: ``lo`` [Bt or 1, nb], ``hi`` [nb] (int64).
+
+    lo_i = max(sink_blocks, first block of the document of the first token of block i) and
+    hi_i = i - local_blocks + 1, so routed blocks are causal, in the query's document, and disjoint
+    from the sink blocks and the local window. The range is empty where lo_i >= hi_i.
+    """
+    nb = _num_blocks(seq_len, cfg.block_size)
+    block = torch.arange(nb, device=device)
+    hi = block - (cfg.local_blocks - 1)
+    if doc_ids is None:
+        lo = torch.zeros(1, nb, dtype=torch.long, device=device)
+    else:
+        doc_ids = doc_ids.to(device=device, dtype=torch.long).contiguous()
+        first_doc = doc_ids[:, block * cfg.block_size].contiguous()  # (Bt, nb): document of each block's first token
+        # doc_ids rows are nondecreasing, so the document starts at the first position holding its id.
+        lo = torch.searchsorted(doc_ids, first_doc) // cfg.block_size  # (Bt, nb)
+    return lo.clamp(min=cfg.sink_blocks), hi
+
+
+def _check_inputs(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None) -> None:
+    cfg.validate()
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"q must be [Bt, Hq, T, D] and k [Bt, Hkv, T, D]; got {tuple(q.shape)} and {tuple(k.shape)}")
+    (bt, hq, seq_len, d), (bt_k, hkv, seq_len_k, d_k) = q.shape, k.shape
+    if (bt, seq_len, d) != (bt_k, seq_len_k, d_k) or hq % hkv:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} need equal Bt, T, D and Hq a multiple of Hkv")
+    if seq_len < 1:
+        raise ValueError("the sequence must hold at least one token")
+    if doc_ids is not None and tuple(doc_ids.shape) != (bt, seq_len):
+        raise ValueError(f"doc_ids must be [Bt, T] = {(bt, seq_len)}; got {tuple(doc_ids.shape)}")
+
+
+def _beam_width(level: int, num_levels: int, cfg: SSAConfig) -> int:
+    """Nodes kept at ``level`` (>= 1). ``cfg.beam_widths`` lists the coarsest level first; when it is
+    shorter than the number of levels above 0 (which depends on T), its last entry serves the finer ones."""
+    if cfg.beam_widths:
+        return max(1, cfg.beam_widths[min(num_levels - 1 - level, len(cfg.beam_widths) - 1)])
+    return max(1, 2 * math.ceil(cfg.topk_blocks / cfg.branching**level))
+
+
+def _overlaps(node: Tensor, cover: int, lo: Tensor, hi: Tensor) -> Tensor:
+    """Whether a node (covering blocks [node*cover, (node+1)*cover)) holds a block of [lo, hi).
+
+    Nodes past the last block of the level fail too: hi <= nb, so node*cover < hi implies node < n_l.
+    """
+    return (node >= 0) & (node * cover < hi) & ((node + 1) * cover > lo) & (lo < hi)
+
+
+def _best(node: Tensor, score: Tensor, keep: int) -> tuple[Tensor, Tensor]:
+    """The ``keep`` best (node, score) pairs of each row, best first; padding is node -1 / score -inf.
+
+    Valid nodes must come in ascending order along the row: the stable sort then breaks ties in favour
+    of the smaller node index (torch.topk does not specify its tie order).
+    """
+    order = score.argsort(dim=-1, descending=True, stable=True)[..., :keep]  # (..., keep)
+    return node.gather(-1, order), score.gather(-1, order)
+
+
+def _ascending(node: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
+    """Sort each row by node index, padding (-1) last, and carry ``aligned`` tensors along."""
+    key = torch.where(node < 0, torch.iinfo(node.dtype).max, node)
+    order = key.argsort(dim=-1, stable=True)
+    return tuple(t.gather(-1, order) for t in (node, *aligned))
+
+
+# Candidate summaries gathered at once, per (b, h, query block): bounds the [Bt, Hkv, nb, chunk, D] gather
+# buffer at 16 KiB of fp32 per query block instead of M x D (e.g. 224 x 128 at the default config).
+_GATHER_FLOATS = 4096
+
+
+def _score_nodes(q_sum: Tensor, level: Tensor, node: Tensor) -> Tensor:
+    """Scores of the nodes ``node`` [Bt, Hkv, nb, M] of one level [Bt, Hkv, n, D] against the (already
+    scaled) query summaries [Bt, Hkv, nb, D], read by gather from the flattened level: [Bt, Hkv, nb, M]."""
+    bt, hkv, n, d = level.shape
+    row0 = (torch.arange(bt * hkv, device=node.device) * n).view(bt, hkv, 1, 1)  # first row of each (b, h)
+    rows = node.clamp(0, n - 1) + row0  # (Bt, Hkv, nb, M): padding reads row 0, masked by the caller
+    flat = level.reshape(-1, d)  # (Bt * Hkv * n, D)
+    chunk = max(1, _GATHER_FLOATS // d)
+    scores = []
+    for part in rows.split(chunk, dim=-1):  # a few chunks of candidate slots, never of query blocks
+        picked = flat.index_select(0, part.reshape(-1)).view(*part.shape, d)  # (Bt, Hkv, nb, chunk, D)
+        scores.append((picked @ q_sum.unsqueeze(-1)).squeeze(-1))  # (Bt, Hkv, nb, chunk, 1) -> (..., chunk)
+    return torch.cat(scores, dim=-1)  # (Bt, Hkv, nb, M)
+
+
+def _num_levels(nb: int, cfg: SSAConfig) -> int:
+    """Levels of the pyramid over nb blocks (as :func:`key_pyramid` builds it)."""
+    levels, n = 1, nb
+    while n > max(cfg.top_nodes, 1):
+        n, levels = -(-n // cfg.branching), levels + 1
+    return levels
+
+
+def _key_prefix(k: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """Prefix sums over blocks, in fp64: keys [Bt, Hkv, nb+1, D] and token counts [nb+1], row 0 = 0.
+    Any run of blocks [s, e) then has summary (P[e] - P[s]) / (N[e] - N[s]) in O(1): the pyramid's
+    nodes, and also their parts that a query block may see."""
+    sums = _block_sums(k, block_size, torch.float64)  # (Bt, Hkv, nb, D)
+    prefix = F.pad(sums.cumsum(-2), (0, 0, 1, 0))  # (Bt, Hkv, nb + 1, D)
+    counts = _block_token_counts(k.shape[-2], block_size, k.device, torch.float64)
+    return prefix, F.pad(counts.cumsum(0), (1, 0))  # (nb + 1,)
+
+
+def _score_ranges(
+    q_sum: Tensor, prefix: Tensor, counts: Tensor, node: Tensor, cover: int, lo: Tensor, hi: Tensor
+) -> Tensor:
+    """Scores of nodes [Bt, Hkv, nb, M] covering ``cover`` blocks each, every node summed only over
+    its blocks inside the query block's routed range [lo, hi): no key after the range (none after the
+    query block) ever influences the choice. The sum is divided by the whole node's token count, as
+    if the hidden blocks scored 0: a sliver of a node is not favoured over whole nodes (whose means
+    average many blocks) just because it averages few. Invalid entries come back finite but
+    meaningless (the caller masks them)."""
+    bt, hkv, n1, d = prefix.shape
+    start = torch.maximum(node * cover, lo).clamp(0, n1 - 1)  # (Bt, Hkv, nb, M)
+    end = torch.minimum((node + 1) * cover, hi).clamp(0, n1 - 1)
+    end = torch.maximum(end, start + 1).clamp(max=n1 - 1)  # empty runs never divide by zero
+    start = torch.minimum(start, end - 1)
+    row0 = (torch.arange(bt * hkv, device=node.device) * n1).view(bt, hkv, 1, 1)  # first row of each (b, h)
+    flat = prefix.reshape(-1, d)  # (Bt * Hkv * (nb + 1), D)
+    qd = q_sum.to(torch.float64).unsqueeze(-1)  # (Bt, Hkv, nb, D, 1)
+    chunk = max(1, _GATHER_FLOATS // d)
+    parts = []
+    for s_part, e_part in zip(start.split(chunk, dim=-1), end.split(chunk, dim=-1)):
+        hi_rows = flat.index_select(0, (e_part + row0).reshape(-1)).view(*e_part.shape, d)  # (..., chunk, D)
+        lo_rows = flat.index_select(0, (s_part + row0).reshape(-1)).view(*s_part.shape, d)
+        parts.append(((hi_rows - lo_rows) @ qd).squeeze(-1))  # (Bt, Hkv, nb, chunk)
+    num = torch.cat(parts, dim=-1)  # (Bt, Hkv, nb, M)
+    whole = counts[((node + 1) * cover).clamp(1, n1 - 1)] - counts[(node * cover).clamp(0, n1 - 2)]
+    return (num / whole).to(q_sum.dtype)
+
+
+def _union(routed: Tensor, cfg: SSAConfig) -> Tensor:
+    """Sinks ∪ routed ∪ local window per row, ascending, -1 padding last: [Bt, Hkv, nb, S]."""
+    bt, hkv, nb, _ = routed.shape
+    block = torch.arange(nb, device=routed.device).view(1, 1, nb, 1)
+    local_start = block - (cfg.local_blocks - 1)  # may be negative for the first blocks
+    local = local_start + torch.arange(cfg.local_blocks, device=routed.device)  # (1, 1, nb, local_blocks)
+    local = torch.where(local >= 0, local, -1)
+    # A sink inside the local window is already there; keeping the others makes the three sets disjoint.
+    sinks = torch.arange(cfg.sink_blocks, device=routed.device).view(1, 1, 1, -1)
+    sinks = torch.where(sinks < local_start, sinks, -1)  # (1, 1, nb, sink_blocks)
+    parts = [sinks.expand(bt, hkv, nb, -1), routed, local.expand(bt, hkv, nb, -1)]
+    return _ascending(torch.cat(parts, dim=-1))[0]  # (Bt, Hkv, nb, S)
+
+
+@torch.no_grad()
+def select_blocks(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None = None) -> Selection:
+    """Select the key blocks each (query block, kv head) attends to (no autograd; see :func:`routing_scores`).
+
+    q: [Bt, Hq, T, D], k: [Bt, Hkv, T, D] with Hq a multiple of Hkv (GQA: one selection per group);
+    doc_ids: optional [Bt, T] int64, nondecreasing per row (packed documents); routing never crosses
+    back into an earlier document. Beam widths: ``cfg.beam_widths`` (coarsest level first) or, for a
+    level whose nodes cover C blocks, 2 * ceil(topk_blocks / C). Nodes are scored from fp64 prefix sums
+    over their blocks inside the query block's routed range only (divided by the whole node's token
+    count), so no key after the routed range, hence none after the query block, affects the choice.
+    Fewer than ``topk_blocks`` blocks may be routed when partial nodes win the narrow coarse beams.
+    """
+    _check_inputs(q, k, cfg, doc_ids)
+    bt, hq, seq_len, d = q.shape
+    hkv = k.shape[1]
+    nb = _num_blocks(seq_len, cfg.block_size)
+    topk = cfg.topk_blocks
+    q_sum = query_summary(q, hkv, cfg.block_size) / math.sqrt(d)  # (Bt, Hkv, nb, D), score scale folded in
+    num_levels = _num_levels(nb, cfg)
+    prefix, counts = _key_prefix(k, cfg.block_size)
+    lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)
+    lo, hi = lo.view(-1, 1, nb, 1), hi.view(1, 1, nb, 1)  # broadcast over (Bt, Hkv, nb, candidates)
+    candidates = torch.zeros(bt, hkv, nb, dtype=torch.long, device=q.device)
+
+    routed = torch.full((bt, hkv, nb, topk), -1, dtype=torch.long, device=q.device)
+    routed_scores = torch.full((bt, hkv, nb, topk), -math.inf, dtype=q_sum.dtype, device=q.device)
+    if topk > 0:
+        # Coarsest level: every node is a candidate; n_top <= max(top_nodes, nb) when there is one level.
+        top_cover = cfg.branching ** (num_levels - 1)
+        n_top = -(-nb // top_cover)
+        node = torch.arange(n_top, device=q.device).expand(bt, hkv, nb, n_top)  # (Bt, Hkv, nb, n_top)
+        score = _score_ranges(q_sum, prefix, counts, node, top_cover, lo, hi)
+        for level in range(num_levels - 1, -1, -1):
+            valid = _overlaps(node, cfg.branching**level, lo, hi)  # (Bt, Hkv, nb, M)
+            candidates += valid.sum(-1)
+            node = torch.where(valid, node, -1)
+            score = torch.where(valid, score, -math.inf)
+            if level == 0:
+                break
+            keep = min(_beam_width(level, num_levels, cfg), node.shape[-1])
+            parent = _ascending(_best(node, score, keep)[0])[0]  # (Bt, Hkv, nb, beam), ascending
+            child = parent.unsqueeze(-1) * cfg.branching + torch.arange(cfg.branching, device=q.device)
+            # (Bt, Hkv, nb, beam, branching) -> (Bt, Hkv, nb, beam * branching), ascending; padding stays -1
+            node = torch.where(parent.unsqueeze(-1) >= 0, child, -1).flatten(-2)
+            score = _score_ranges(q_sum, prefix, counts, node, cfg.branching ** (level - 1), lo, hi)
+        best, best_scores = _ascending(*_best(node, score, min(topk, node.shape[-1])))  # (Bt, Hkv, nb, <= topk)
+        routed[..., : best.shape[-1]] = best
+        routed_scores[..., : best.shape[-1]] = best_scores
+    return Selection(_union(routed, cfg), routed, routed_scores, candidates)
+
+
+def routing_scores(q: Tensor, k: Tensor, routed: Tensor, cfg: SSAConfig, doc_ids: Tensor | None = None) -> Tensor:
+    """Differentiable scores of given routed blocks: query summary . level-0 key summary / sqrt(D).
+
+    q: [Bt, Hq, T, D], k: [Bt, Hkv, T, D], routed: [Bt, Hkv, nb, R] int64 (e.g. ``Selection.routed``).
+    Returns [Bt, Hkv, nb, R] in fp32 (fp64 for fp64 input) with autograd to q and k; padding (-1) and
+    entries outside the routed range of their query block (see :func:`routed_bounds`; doc_ids as given
+    to :func:`select_blocks`) are -inf with zero gradient. Equals ``Selection.routed_scores`` for
+    ``Selection.routed``. Memory is O(nb * R * D), never nb x nb.
+    """
+    _check_inputs(q, k, cfg, doc_ids)
+    bt, hq, seq_len, d = q.shape
+    nb = _num_blocks(seq_len, cfg.block_size)
+    if routed.shape[:3] != (bt, k.shape[1], nb):
+        raise ValueError(f"routed must be [Bt, Hkv, nb, R] with (Bt, Hkv, nb) = {(bt, k.shape[1], nb)}")
+    q_sum = query_summary(q, k.shape[1], cfg.block_size) / math.sqrt(d)  # (Bt, Hkv, nb, D)
+    keys = _block_sums(k, cfg.block_size, _accumulate_dtype(k))  # (Bt, Hkv, nb, D)
+    keys = keys / _block_token_counts(seq_len, cfg.block_size, k.device, keys.dtype)[:, None]
+    lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)
+    valid = (routed >= lo.view(-1, 1, nb, 1)) & (routed < hi.view(1, 1, nb, 1))  # (Bt, Hkv, nb, R)
+    return torch.where(valid, _score_nodes(q_sum, keys, routed), -math.inf)

@@ -1,0 +1,133 @@
+"""The SSA layer end to end: the public function, routing gradients, HF integration."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ssa_kernels import SSAConfig, select_blocks, ssa_attention
+from ssa_kernels.hf import convert_to_ssa, doc_ids_from_positions
+
+FULL = {"block_size": 16, "topk_blocks": 1000, "local_window": 32, "top_nodes": 4}  # covers every block
+
+
+def relerr(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def dense(q, k, v, doc_ids=None):
+    g = q.shape[1] // k.shape[1]
+    kr, vr = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    t = q.shape[2]
+    mask = torch.ones(t, t, dtype=torch.bool).tril()
+    if doc_ids is not None:
+        mask = mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+    return F.scaled_dot_product_attention(q, kr, vr, attn_mask=mask)
+
+
+def qkv(bt, hq, hkv, t, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(bt, h, t, d, generator=g, dtype=torch.float64).requires_grad_() for h in (hq, hkv, hkv)]
+
+
+@pytest.mark.parametrize("hq,hkv,d,t", [(4, 4, 64, 200), (4, 2, 128, 161), (8, 2, 64, 97), (8, 1, 64, 250)])
+@pytest.mark.parametrize("routing", ["straight_through", "none"])
+def test_full_budget_equals_dense_forward_and_gradients(hq, hkv, d, t, routing):
+    q, k, v = qkv(2, hq, hkv, t, d, seed=hq * t + d)
+    cfg = SSAConfig(**FULL, routing=routing)
+    out = ssa_attention(q, k, v, cfg)
+    ref = dense(q, k, v)
+    do = torch.randn_like(out)
+    got = torch.autograd.grad((out * do).sum(), (q, k, v))
+    want = torch.autograd.grad((ref * do).sum(), (q, k, v))
+    assert relerr(out, ref) < 1e-6
+    for a, b in zip(got, want):
+        assert relerr(a, b) < 1e-6
+
+
+def test_full_budget_with_documents_equals_dense_and_never_crosses():
+    q, k, v = qkv(2, 4, 2, 180, 32, seed=3)
+    pos = torch.cat([torch.arange(70), torch.arange(50), torch.arange(60)]).expand(2, -1)
+    doc_ids = doc_ids_from_positions(pos)
+    assert doc_ids[0, 69] == 0 and doc_ids[0, 70] == 1 and doc_ids[0, -1] == 2
+    out = ssa_attention(q, k, v, SSAConfig(**FULL), doc_ids=doc_ids)
+    assert relerr(out, dense(q, k, v, doc_ids)) < 1e-6
+
+
+def test_routing_gradient_reaches_the_scores_only_when_switched_on():
+    """With a budget smaller than the candidates, straight-through adds a gradient path to q and k
+    through the routing scores: forward identical, gradients differ; with routing=none they equal
+    the gradients of attention over the same (fixed) selection."""
+    q, k, v = qkv(1, 2, 1, 256, 16, seed=7)
+    on = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4)
+    off = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4, routing="none")
+    out_on, out_off = ssa_attention(q, k, v, on), ssa_attention(q, k, v, off)
+    assert torch.equal(out_on, out_off)
+    g_on = torch.autograd.grad(out_on.square().sum(), (q, k))
+    g_off = torch.autograd.grad(out_off.square().sum(), (q, k))
+    assert relerr(g_on[0], g_off[0]) > 1e-3 and relerr(g_on[1], g_off[1]) > 1e-3
+
+
+def test_selection_is_shared_by_the_group_and_causal():
+    q, k, _ = qkv(1, 8, 2, 512, 16, seed=11)
+    sel = select_blocks(q.float(), k.float(), SSAConfig(block_size=16, topk_blocks=3, local_window=32, top_nodes=4))
+    nb = 32
+    assert sel.indices.shape[:3] == (1, 2, nb)
+    i = torch.arange(nb).view(1, 1, nb, 1)
+    assert ((sel.indices <= i) | (sel.indices == -1)).all()
+
+
+# --- HF integration -----------------------------------------------------------------------------
+
+ARCHS = ["llama", "qwen2", "qwen3", "mistral"]
+
+
+def tiny_model(arch, impl="sdpa"):
+    cfg = AutoConfig.for_model(
+        arch,
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        attn_implementation=impl,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).float()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_convert_keeps_weights_and_matches_dense_at_full_budget(arch, tmp_path):
+    model = tiny_model(arch)
+    ids = torch.randint(0, 97, (2, 150))
+    ref = model(ids).logits
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    convert_to_ssa(model, SSAConfig(**FULL))
+    assert model.config._attn_implementation == "ssa"
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+    out = model(ids).logits
+    assert relerr(out, ref) < 1e-5
+    # save / load round trip keeps the SSA settings and the outputs
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="ssa")
+    assert loaded.config.ssa == model.config.ssa
+    assert torch.equal(loaded(ids).logits, out)
+
+
+def test_convert_rejects_unsupported_models():
+    model = tiny_model("llama")
+    model.config.model_type = "gpt2"
+    with pytest.raises(ValueError, match="model_type='gpt2'"):
+        convert_to_ssa(model)
+
+
+def test_sparse_budget_differs_from_dense_and_trains():
+    model = convert_to_ssa(tiny_model("llama"), SSAConfig(block_size=16, topk_blocks=1, local_window=16, top_nodes=4))
+    ids = torch.randint(0, 97, (1, 256))
+    out = model(ids, labels=ids)
+    dense_model = tiny_model("llama")
+    assert not torch.allclose(out.logits, dense_model(ids).logits, atol=1e-3)
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
