@@ -131,3 +131,56 @@ def test_sparse_budget_differs_from_dense_and_trains():
     assert not torch.allclose(out.logits, dense_model(ids).logits, atol=1e-3)
     out.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+# --- linear memory of the whole layer (selection + routing bias + attention, forward and backward) --
+
+
+def _layer_largest_tensor(t):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from memprobe import MaxTensorProbe
+
+    g = torch.Generator().manual_seed(t)
+    q, k, v = (torch.randn(1, h, t, 8, generator=g).requires_grad_() for h in (2, 1, 1))
+    cfg = SSAConfig(block_size=16, topk_blocks=4, local_window=32, top_nodes=8)
+    with MaxTensorProbe() as probe:
+        ssa_attention(q, k, v, cfg).square().sum().backward()
+    return probe.max_numel
+
+
+def test_layer_largest_tensor_grows_linearly():
+    small, large = _layer_largest_tensor(2**13), _layer_largest_tensor(2**15)
+    assert large <= 4.5 * small, (small, large)  # an (n/B)^2 or n x n/B tensor would grow 16x
+
+
+LAYER_RSS = """
+import json, resource, sys, torch
+from ssa_kernels import SSAConfig, ssa_attention
+n = int(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(1, h, n, 32, generator=g).requires_grad_() for h in (2, 1, 1))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ssa_attention(q, k, v, SSAConfig(topk_blocks=8, local_window=128)).square().sum().backward()
+extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+print(json.dumps({"extra_mib": extra, "finite": bool(torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all())}))
+"""
+
+
+def test_layer_peak_memory_16k_to_64k_is_linear():
+    """Peak RSS of one SSA layer's forward + backward (block 64, GQA 2:1, d 32) in fresh processes.
+    A single fp32 T x nb tensor at 64K would be 256 MiB, T x T 16 GiB."""
+    import json
+    import subprocess
+    import sys
+
+    runs = {}
+    for n in (16384, 65536):
+        out = subprocess.run([sys.executable, "-c", LAYER_RSS, str(n)], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert runs[16384]["finite"] and runs[65536]["finite"]
+    assert runs[65536]["extra_mib"] <= 5 * max(runs[16384]["extra_mib"], 16), runs
+    assert runs[65536]["extra_mib"] < 400, runs

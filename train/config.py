@@ -87,6 +87,10 @@ class LoggingConfig:
     log_every: int = 1
     progress: bool = True
     peak_tflops: float = 0.0  # per GPU, for MFU; 0: looked up from the GPU's name
+    # attention=ssa: every N steps log router/layer{i}/{stat} and router/{stat} (selection share,
+    # distances, far share and mass; ssa_kernels/diagnostics.py) from the step's first micro-batch; 0: off
+    router_stats_every: int = 0
+    router_query_blocks: int = 8  # query blocks sampled per layer for router/far_mass; 0: not measured
 
 
 @dataclass
@@ -147,6 +151,8 @@ def to_config(cfg: DictConfig) -> Config:
     for key in ("ckpt_every", "loss_chunk"):
         _positive(f"train.{key}", getattr(t, key), 0)
     _positive("logging.log_every", lg.log_every)
+    _positive("logging.router_stats_every", lg.router_stats_every, 0)
+    _positive("logging.router_query_blocks", lg.router_query_blocks, 0)
     if not t.optimizer.lr > 0:
         raise ConfigError(f"train.optimizer.lr={t.optimizer.lr} must be > 0")
     if len(t.optimizer.betas) != 2:

@@ -75,7 +75,9 @@ class Tracker:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
         if step % self.cfg.log_every == 0:
-            text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            # Per-layer series (router/layer3/far_mass, ...) go to the file and wandb, not the console line.
+            shown = {k: v for k, v in metrics.items() if "/layer" not in k}
+            text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             (self.bar.write if self.bar is not None else log.info)(f"step {step}: {text}")
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from data import IGNORE_INDEX, PackedLoader, load_documents, make_tokenize
 from parallel import ParallelDims, destroy_distributed, init_distributed, no_sync, parallelize
+from ssa_kernels.diagnostics import SSARecorder, router_metrics, router_stats_recorder
 from train.checkpoint import Checkpointer
 from train.config import Config
 from train.model import CausalLMLoss, build_config, build_model, build_tokenizer
@@ -52,9 +53,20 @@ class StopSignal:
             signal.signal(s, h)
 
 
-def train_step(model, loader, optimizer, scheduler, dims: ParallelDims, cfg: Config, autocast, stop: StopSignal):
+def train_step(
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    dims: ParallelDims,
+    cfg: Config,
+    autocast,
+    stop: StopSignal,
+    recorder: SSARecorder | None = None,
+):
     """One optimizer step over ``train.grad_accum`` micro-batches. Returns (loss, grad_norm,
-    stop_requested) after one host sync; the optimizer is stepped only if both are finite."""
+    stop_requested) after one host sync; the optimizer is stepped only if both are finite.
+    ``recorder`` (SSA router diagnostics) watches the first micro-batch's forward."""
     accum = cfg.train.grad_accum
     batches = [next(loader) for _ in range(accum)]
     # Global valid-token count first: every micro-batch's loss is normalised by it.
@@ -65,7 +77,8 @@ def train_step(model, loader, optimizer, scheduler, dims: ParallelDims, cfg: Con
     loss_sum = torch.zeros((), device=dims.device)
     for i, batch in enumerate(batches):
         batch = {k: v.to(dims.device, non_blocking=True) for k, v in batch.items()}
-        with no_sync(model, i < accum - 1), autocast():
+        record = recorder if recorder is not None and i == 0 else contextlib.nullcontext()
+        with no_sync(model, i < accum - 1), autocast(), record:
             token_loss_sum = model(**batch)
         (token_loss_sum * scale).backward()
         loss_sum += token_loss_sum.detach()
@@ -160,11 +173,18 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     autocast = _autocast_for(t.precision, dims.device)
     tracker = Tracker(cfg, config_dict, run_dir, dims.is_main, start_step)
     stop = StopSignal()
+    router_every = cfg.logging.router_stats_every if cfg.attention.name == "ssa" else 0
     try:
         for step in range(start_step + 1, t.steps + 1):
             t0 = time.perf_counter()
             lr = scheduler.get_last_lr()[0]
-            loss, grad_norm, stop_requested = train_step(model, loader, optimizer, scheduler, dims, cfg, autocast, stop)
+            # SSA router stats, recorded during this step's training forward (one extra selection per layer)
+            recorder = None
+            if router_every and step % router_every == 0:
+                recorder = router_stats_recorder(cfg.logging.router_query_blocks, seed=step)
+            loss, grad_norm, stop_requested = train_step(
+                model, loader, optimizer, scheduler, dims, cfg, autocast, stop, recorder
+            )
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise NonFiniteLoss(
                     f"loss={loss}, grad_norm={grad_norm} at step {step}: stopped without saving this step. "
@@ -183,6 +203,8 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
                 metrics["mfu"] = flops_tok * tokens_per_step / dt / peak
             if dims.device.type == "cuda":
                 metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(dims.device) / 2**30
+            if recorder is not None:
+                metrics.update(router_metrics(recorder.records))
             tracker.log(step, metrics)
             if (t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps or stop_requested:
                 last_ckpt = ckpt.save(step, lm, tokenizer, optimizer, scheduler, loader.state_dict(), meta, config_yaml)

@@ -1,0 +1,33 @@
+"""Synthetic long-range tasks. ``block_retrieval``: a key-value needle far outside the local window,
+asked for at the end of the sequence; used to test that SSA's routing learns to find evidence."""
+
+from __future__ import annotations
+
+import torch
+
+FILLER = 64  # token ids [0, 64) are filler; keys and values follow
+
+
+def block_retrieval(
+    n: int, seq_len: int, block_size: int, generator: torch.Generator, num_keys: int = 32, local_blocks: int = 2
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids [n, seq_len], answer [n], needle_block [n]).
+
+    Filler tokens everywhere; one block (the needle, never a sink block nor in the last block's
+    local window) alternates a key token ``a`` and a value token ``b``; the last block repeats ``a``,
+    and the answer is ``b``: the model must route the last block to the needle block. Vocabulary:
+    FILLER + 2 * num_keys tokens.
+    """
+    nb = seq_len // block_size
+    if nb < local_blocks + 3:
+        raise ValueError(f"seq_len={seq_len} holds too few blocks of {block_size} for a needle outside the window")
+    ids = torch.randint(0, FILLER, (n, seq_len), generator=generator)
+    key = torch.randint(FILLER, FILLER + num_keys, (n,), generator=generator)
+    value = torch.randint(FILLER + num_keys, FILLER + 2 * num_keys, (n,), generator=generator)
+    needle = torch.randint(1, nb - local_blocks - 1, (n,), generator=generator)  # blocks [1, nb - local - 1)
+    cols = torch.arange(block_size)
+    rows = torch.arange(n)[:, None]
+    start = (needle * block_size)[:, None]  # [n, 1]
+    ids[rows, start + cols] = torch.where(cols % 2 == 0, key[:, None], value[:, None])
+    ids[:, nb * block_size - block_size : nb * block_size] = key[:, None]
+    return ids, value, needle

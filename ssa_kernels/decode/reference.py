@@ -1,0 +1,376 @@
+"""SSA decoding with a KV cache, in plain PyTorch: each new token selects key blocks through key
+prefix sums that grow by O(D) per token, then attends exactly to the selected blocks.
+
+Selection rules
+---------------
+*Training* (``ssa_attention`` / ``select_blocks``) selects once per query block, with the mean query of
+the whole block (all its tokens, over the G query heads of a kv-head group). A token being decoded cannot
+see the later queries of its block, so decoding uses the *causal per-token rule*: token t of block
+i = t // B selects with the mean query of tokens i*B .. t (its block so far, over the G heads), and
+otherwise exactly as ``select_blocks`` selects for the last query block of the prefix 0..t:
+
+- routed range [lo_i, hi_i) as in ``routed_bounds``: after the sink blocks, before the local window, not
+  before the first block of the document of block i's first token;
+- the pyramid of the prefix's nb_t = i + 1 blocks (``_num_levels(nb_t)`` levels, the same beam widths), the
+  same beam search, node scores read from fp64 prefix sums over blocks restricted to the routed range and
+  divided by the node's token count in the prefix (``_score_ranges``), ties to the smaller node index;
+- sinks ∪ routed ∪ local window (diagonal block included), then exact softmax attention of t over the keys
+  <= t of those blocks that lie in t's document.
+
+Where the rules coincide: for every t, the per-token rule gives at t what the training path gives at the
+last token of the prefix 0..t (the last query block of that prefix is t's block so far: same query mean,
+same pyramid). On a sequence of T tokens the two therefore agree at token T - 1, and at the last token of
+any full block i when the training selection of block i does not depend on the blocks after it. It can
+depend on them today: ``select_blocks`` sizes the pyramid from the whole sequence (levels from nb; a node
+reaching past the last block is divided by the token count it has in the sequence), so adding blocks after
+block i can change block i's choice (``tests/test_ssa_decode.py`` keeps an xfail for it).
+
+Functions
+---------
+- :func:`causal_rows_attention`: the full forward under the per-token rule (the oracle for decoding; fine
+  to be slow: one beam search per token, vectorised over chunks of tokens, no T x T tensor).
+- :class:`DecodeState`: per layer, fp64 prefix sums of key-block sums grown in place, plus the running key and
+  query sums of the current block and the current document. ``from_prefill`` builds it from a prompt in O(T).
+- :func:`ssa_decode_step`: one token; updates the state, selects, attends.
+
+Cost of a decode step: O(D) to update the state (plus amortised growth of the prefix buffer), a beam search
+scoring at most ``top_nodes + levels * beam * branching`` nodes at O(D) each from the prefix sums, and
+attention over (sink + topk + local) * B keys gathered from the cache. No tensor of T x D (or T) elements is
+read or made; the state holds Bt * Hkv * (nb + 1) * D fp64 numbers (1/B of the key cache's count).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssa_kernels.config import SSAConfig
+from ssa_kernels.selector.reference import (
+    _accumulate_dtype,
+    _ascending,
+    _beam_width,
+    _best,
+    _check_inputs,
+    _key_prefix,
+    _num_blocks,
+    _num_levels,
+    _overlaps,
+    _score_ranges,
+    routed_bounds,
+)
+
+__all__ = ["DecodeState", "causal_rows_attention", "ssa_decode_step"]
+
+# Query tokens per chunk of causal_rows_attention: bounds the [Bt, Hkv, R, (S*B), D] gathered keys and the
+# [Bt, Hkv, R, chunk, D] candidate gathers of the beam search.
+_CHUNK_TOKENS = 256
+
+
+class _PrefixTokenCounts:
+    """Token counts over blocks of the prefix 0..t, in the form ``_score_ranges`` reads them:
+    ``self[j]`` = tokens of the prefix in blocks < j = min(j * B, t + 1), t given per row.
+
+    ``select_blocks`` passes an [nb + 1] vector for one sequence; rows of different t (each its own prefix)
+    need a different last entry each, and a decode step would have to rebuild an [nb + 1] vector per token.
+    This stands in for the vector in both cases, with no O(nb) work."""
+
+    def __init__(self, n_tokens: Tensor, block_size: int):
+        self.n_tokens = n_tokens.to(torch.float64)  # broadcasts against the indices (per row)
+        self.block_size = block_size
+
+    def __getitem__(self, j: Tensor) -> Tensor:
+        return torch.minimum(j.to(torch.float64) * self.block_size, self.n_tokens)
+
+
+def _query_means(query_sums: Tensor, n_tokens: Tensor, group: int, head_dim: int, dtype: torch.dtype) -> Tensor:
+    """Scaled query summaries: fp64 sums [..., R, D] over n_tokens [R] tokens and ``group`` heads ->
+    mean / sqrt(D) in ``dtype`` (as ``select_blocks`` folds the score scale into the summary)."""
+    mean = query_sums / (n_tokens.to(torch.float64) * group).unsqueeze(-1)
+    return (mean / math.sqrt(head_dim)).to(dtype)
+
+
+def _route_rows(
+    q_sum: Tensor,
+    prefix: Tensor,
+    n_tokens: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    num_blocks: int,
+    num_levels: int,
+    cfg: SSAConfig,
+) -> Tensor:
+    """Routed blocks [Bt, Hkv, R, topk] (ascending, -1 padding last) of R query rows, each the last token of
+    its own prefix: the beam search of ``select_blocks`` over that prefix's pyramid.
+
+    q_sum [Bt, Hkv, R, D] scaled query summaries; prefix [Bt, Hkv, n1, D] fp64 key prefix sums over blocks,
+    exact for every block below the rows' ``hi`` (entries past it are never read for a valid node); n_tokens
+    [R] prefix lengths t + 1; lo [Bt or 1, R], hi [R] routed ranges; num_blocks: the largest prefix's block
+    count (nodes past a row's own prefix are out of its range, so extra ones only add padding);
+    num_levels: levels of the rows' pyramids, the same for all rows (group rows by it).
+    """
+    bt, hkv, rows, _ = q_sum.shape
+    dev = q_sum.device
+    topk = cfg.topk_blocks
+    routed = torch.full((bt, hkv, rows, topk), -1, dtype=torch.long, device=dev)
+    if topk == 0:
+        return routed
+    counts = _PrefixTokenCounts(n_tokens.view(1, 1, rows, 1), cfg.block_size)
+    lo, hi = lo.view(-1, 1, rows, 1), hi.view(1, 1, rows, 1)  # broadcast over (Bt, Hkv, R, candidates)
+    # The loop below is select_blocks' beam search, row for row (a shared helper would need the selector
+    # to factor it out).
+    top_cover = cfg.branching ** (num_levels - 1)
+    n_top = -(-num_blocks // top_cover)
+    node = torch.arange(n_top, device=dev).expand(bt, hkv, rows, n_top)  # (Bt, Hkv, R, n_top)
+    score = _score_ranges(q_sum, prefix, counts, node, top_cover, lo, hi)
+    for level in range(num_levels - 1, -1, -1):
+        valid = _overlaps(node, cfg.branching**level, lo, hi)  # (Bt, Hkv, R, M)
+        node = torch.where(valid, node, -1)
+        score = torch.where(valid, score, -math.inf)
+        if level == 0:
+            break
+        keep = min(_beam_width(level, num_levels, cfg), node.shape[-1])
+        parent = _ascending(_best(node, score, keep)[0])[0]  # (Bt, Hkv, R, beam), ascending
+        child = parent.unsqueeze(-1) * cfg.branching + torch.arange(cfg.branching, device=dev)
+        # (Bt, Hkv, R, beam, branching) -> (Bt, Hkv, R, beam * branching); padding stays -1
+        node = torch.where(parent.unsqueeze(-1) >= 0, child, -1).flatten(-2)
+        score = _score_ranges(q_sum, prefix, counts, node, cfg.branching ** (level - 1), lo, hi)
+    best = _ascending(_best(node, score, min(topk, node.shape[-1]))[0])[0]  # (Bt, Hkv, R, <= topk)
+    routed[..., : best.shape[-1]] = best
+    return routed
+
+
+def _union_rows(routed: Tensor, block: Tensor, cfg: SSAConfig) -> Tensor:
+    """Sinks ∪ routed ∪ local window of rows in blocks ``block`` [R], ascending, -1 padding last:
+    routed [Bt, Hkv, R, topk] -> [Bt, Hkv, R, S]. The selector's ``_union`` with row r in block block[r]
+    instead of block r."""
+    bt, hkv, rows, _ = routed.shape
+    block = block.view(1, 1, rows, 1)
+    local_start = block - (cfg.local_blocks - 1)  # may be negative for the first blocks
+    local = local_start + torch.arange(cfg.local_blocks, device=routed.device)  # (1, 1, R, local_blocks)
+    local = torch.where(local >= 0, local, -1)
+    sinks = torch.arange(cfg.sink_blocks, device=routed.device).view(1, 1, 1, -1)
+    sinks = torch.where(sinks < local_start, sinks, -1)  # (1, 1, R, sink_blocks): those outside the window
+    parts = [sinks.expand(bt, hkv, rows, -1), routed, local.expand(bt, hkv, rows, -1)]
+    return _ascending(torch.cat(parts, dim=-1))[0]  # (Bt, Hkv, R, S)
+
+
+def _attend_rows(
+    q: Tensor, k: Tensor, v: Tensor, indices: Tensor, q_pos: Tensor, key_start: Tensor, block_size: int, scale: float
+) -> Tensor:
+    """Exact softmax attention of query rows over their listed key blocks.
+
+    q [Bt, Hq, R, D] at positions q_pos [R]; k, v [Bt, Hkv, T, D]; indices [Bt, Hkv, R, S] (-1 padded);
+    key_start [Bt or 1, R]: first key of each row's document. Row r sees key s iff s's block is listed,
+    key_start <= s <= q_pos[r]. Computed in fp32 (fp64 for fp64 input); returns [Bt, Hq, R, D] in q's dtype.
+    Gathers only the listed blocks: [Bt, Hkv, R, S*B, D].
+    """
+    bt, hq, rows, d = q.shape
+    hkv, seq_len = k.shape[1], k.shape[2]
+    group = hq // hkv
+    dtype = _accumulate_dtype(q)
+    offs = torch.arange(block_size, device=q.device)
+    kpos = (indices.unsqueeze(-1) * block_size + offs).flatten(-2)  # (Bt, Hkv, R, S*B)
+    visible = (
+        (indices >= 0).repeat_interleave(block_size, dim=-1)
+        & (kpos <= q_pos.view(1, 1, rows, 1))
+        & (kpos >= key_start.view(-1, 1, rows, 1))
+    )  # (Bt, Hkv, R, S*B)
+    flat = kpos.clamp(0, seq_len - 1).flatten(2).unsqueeze(-1).expand(-1, -1, -1, d)  # (Bt, Hkv, R*S*B, D)
+    kg = k.gather(2, flat).view(bt, hkv, rows, -1, d).to(dtype)  # (Bt, Hkv, R, S*B, D)
+    vg = v.gather(2, flat).view(bt, hkv, rows, -1, d).to(dtype)
+    qg = q.view(bt, hkv, group, rows, d).transpose(2, 3).to(dtype)  # (Bt, Hkv, R, G, D): the group shares kg
+    s = torch.matmul(qg, kg.transpose(-1, -2)) * scale  # (Bt, Hkv, R, G, S*B)
+    s = s.masked_fill(~visible.unsqueeze(-2), -math.inf)  # the diagonal key t is always visible: no empty row
+    o = torch.matmul(s.softmax(dim=-1), vg)  # (Bt, Hkv, R, G, D)
+    return o.transpose(2, 3).reshape(bt, hq, rows, d).to(q.dtype)  # (Bt, Hq, R, D)
+
+
+def causal_rows_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cfg: SSAConfig,
+    doc_ids: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """SSA over a whole sequence under the causal per-token rule (see the module docstring): what decoding
+    the sequence token by token gives. q [Bt, Hq, T, D] (post-RoPE), k, v [Bt, Hkv, T, D], doc_ids [Bt, T]
+    nondecreasing or None -> out [Bt, Hq, T, D].
+
+    Autograd reaches q, k, v through the attention only (the selection is discrete; no routing gradient).
+    Memory is linear in T: per chunk of tokens the gathered blocks and beam candidates.
+    """
+    _check_inputs(q, k, cfg, doc_ids)
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k {tuple(k.shape)}; got {tuple(v.shape)}")
+    bt, hq, seq_len, d = q.shape
+    hkv, block_size = k.shape[1], cfg.block_size
+    group = hq // hkv
+    scale = d**-0.5 if scale is None else scale
+    nb = _num_blocks(seq_len, block_size)
+    with torch.no_grad():
+        prefix, _ = _key_prefix(k.detach(), block_size)  # (Bt, Hkv, nb + 1, D) fp64
+        # Sum of the queries of t's block up to t, over the G heads: (Bt, Hkv, G, T, D) -> (Bt, Hkv, T, D)
+        q_sums = q.detach().view(bt, hkv, group, seq_len, d).sum(2, dtype=torch.float64)
+        q_sums = F.pad(q_sums, (0, 0, 0, nb * block_size - seq_len))
+        q_sums = q_sums.view(bt, hkv, nb, block_size, d).cumsum(-2).view(bt, hkv, nb * block_size, d)[:, :, :seq_len]
+        lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)  # (Bt or 1, nb), (nb,)
+        if doc_ids is None:
+            key_start = torch.zeros(1, seq_len, dtype=torch.long, device=q.device)
+        else:  # first token of each token's document (rows are nondecreasing)
+            doc_ids = doc_ids.to(device=q.device, dtype=torch.long).contiguous()
+            key_start = torch.searchsorted(doc_ids, doc_ids)  # (Bt, T)
+    levels = [_num_levels(i + 1, cfg) for i in range(nb)]  # pyramid height of the prefix ending in block i
+    outs = []
+    t0 = 0
+    while t0 < seq_len:
+        # Tokens [t0, t1): at most _CHUNK_TOKENS, all with the same pyramid height.
+        t1 = min(seq_len, t0 + _CHUNK_TOKENS)
+        while levels[(t1 - 1) // block_size] != levels[t0 // block_size]:
+            t1 = (t1 - 1) // block_size * block_size
+        pos = torch.arange(t0, t1, device=q.device)  # (R,)
+        blk = pos // block_size
+        with torch.no_grad():
+            q_sum = _query_means(q_sums[:, :, t0:t1], pos - blk * block_size + 1, group, d, _accumulate_dtype(q))
+            routed = _route_rows(
+                q_sum, prefix, pos + 1, lo[:, blk], hi[blk], (t1 - 1) // block_size + 1, levels[t0 // block_size], cfg
+            )
+            indices = _union_rows(routed, blk, cfg)  # (Bt, Hkv, R, S)
+        outs.append(_attend_rows(q[:, :, t0:t1], k, v, indices, pos, key_start[:, t0:t1], block_size, scale))
+        t0 = t1
+    return torch.cat(outs, dim=2)  # (Bt, Hq, T, D)
+
+
+@dataclass
+class DecodeState:
+    """Per-layer state of SSA decoding; what :func:`ssa_decode_step` needs besides the KV cache.
+
+    ``prefix[..., j, :]`` is the sum of the keys of blocks < j for j <= nb (the last block possibly
+    partial), zeros after; the buffer grows by doubling. All sums are fp64.
+    """
+
+    prefix: Tensor  # [Bt, Hkv, capacity + 1, D] fp64 key prefix sums over blocks
+    key_sum: Tensor  # [Bt, Hkv, D] fp64: keys of the last block so far
+    query_sum: Tensor  # [Bt, Hkv, D] fp64: queries of the last block so far, summed over the G heads of the group
+    length: int  # tokens seen
+    block_size: int
+    doc: Tensor  # [Bt] int64: document id of the last token
+    doc_start: Tensor  # [Bt] int64: first token of that document (no earlier key is attended)
+    block_lo: Tensor  # [Bt] int64: lo of the last block's routed range (routed_bounds: >= sink_blocks)
+    last_key: Tensor | None = None  # [Bt, Hkv, D] key of the last token as given: checks the cache still matches
+    last_position: Tensor | None = None  # [Bt] int64 position id of the last token (HF glue: documents)
+
+    @property
+    def num_blocks(self) -> int:
+        return _num_blocks(self.length, self.block_size)
+
+    @classmethod
+    def empty(
+        cls, batch: int, kv_heads: int, head_dim: int, cfg: SSAConfig, device: torch.device | None = None
+    ) -> DecodeState:
+        """State before the first token."""
+        cfg.validate()
+        zeros = torch.zeros(batch, kv_heads, head_dim, dtype=torch.float64, device=device)
+        ids = torch.zeros(batch, dtype=torch.long, device=device)
+        prefix = torch.zeros(batch, kv_heads, 17, head_dim, dtype=torch.float64, device=device)
+        return cls(prefix, zeros, zeros.clone(), 0, cfg.block_size, ids, ids.clone(), ids + cfg.sink_blocks)
+
+    @classmethod
+    @torch.no_grad()
+    def from_prefill(cls, q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None = None) -> DecodeState:
+        """State after a prompt: q [Bt, Hq, T, D], k [Bt, Hkv, T, D] (post-RoPE, as cached), doc_ids [Bt, T]
+        nondecreasing or None. O(T * D) work, one pass over k and over q's last block."""
+        _check_inputs(q, k, cfg, doc_ids)
+        bt, hq, seq_len, d = q.shape
+        hkv, block_size = k.shape[1], cfg.block_size
+        nb = _num_blocks(seq_len, block_size)
+        last = (nb - 1) * block_size  # first token of the last block
+        sums, _ = _key_prefix(k, block_size)  # (Bt, Hkv, nb + 1, D) fp64
+        prefix = sums.new_zeros(bt, hkv, nb + 1 + max(16, nb // 4), d)  # headroom before the first growth
+        prefix[:, :, : nb + 1] = sums
+        key_sum = k[:, :, last:].sum(2, dtype=torch.float64)  # (Bt, Hkv, D)
+        # (Bt, Hkv, G, r, D) -> (Bt, Hkv, r, D) -> (Bt, Hkv, D): heads first, then tokens in order, as decoding adds them
+        query_sum = q[:, :, last:].reshape(bt, hkv, hq // hkv, -1, d).sum(2, dtype=torch.float64).cumsum(2)[:, :, -1]
+        if doc_ids is None:
+            doc = torch.zeros(bt, dtype=torch.long, device=q.device)
+            doc_start = doc.clone()
+        else:
+            doc_ids = doc_ids.to(device=q.device, dtype=torch.long).contiguous()
+            doc = doc_ids[:, -1].clone()
+            doc_start = torch.searchsorted(doc_ids, doc_ids[:, -1:].contiguous()).squeeze(1)  # (Bt,)
+        block_lo = routed_bounds(doc_ids, seq_len, cfg, q.device)[0][:, -1].expand(bt).clone()  # (Bt,)
+        return cls(prefix, key_sum, query_sum, seq_len, block_size, doc, doc_start, block_lo, k[:, :, -1].clone())
+
+    @torch.no_grad()
+    def append(self, q_new: Tensor, k_new: Tensor, cfg: SSAConfig, doc_id: Tensor | None = None) -> None:
+        """Take token t = length: q_new [Bt, Hq, D], k_new [Bt, Hkv, D], doc_id [Bt] (None: the last token's
+        document). O(D) work, plus a copy of the buffer when it doubles."""
+        bt, hkv, d = k_new.shape
+        t, block_size = self.length, self.block_size
+        i = t // block_size
+        if doc_id is not None:
+            doc_id = doc_id.to(device=k_new.device, dtype=torch.long)
+            if t > 0:  # a document starts wherever the id changes (ids are nondecreasing)
+                self.doc_start = torch.where(doc_id != self.doc, t, self.doc_start)
+            self.doc = doc_id.clone()
+        q_new = q_new.reshape(bt, hkv, -1, d).sum(2, dtype=torch.float64)  # (Bt, Hkv, D): over the group
+        if t % block_size == 0:  # a new block: its routed range starts at the document of its first token
+            self.key_sum = k_new.to(torch.float64)
+            self.query_sum = q_new
+            self.block_lo = (self.doc_start // block_size).clamp(min=cfg.sink_blocks)
+        else:
+            self.key_sum = self.key_sum + k_new
+            self.query_sum = self.query_sum + q_new
+        if self.prefix.shape[2] < i + 2:
+            grown = self.prefix.new_zeros(bt, hkv, max(i + 2, 2 * self.prefix.shape[2]), d)
+            grown[:, :, : self.prefix.shape[2]] = self.prefix
+            self.prefix = grown
+        self.prefix[:, :, i + 1] = self.prefix[:, :, i] + self.key_sum
+        self.last_key = k_new.clone()
+        self.length = t + 1
+
+
+def ssa_decode_step(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    state: DecodeState,
+    cfg: SSAConfig,
+    scale: float | None = None,
+    doc_id: Tensor | None = None,
+) -> Tensor:
+    """Attention output of one new token under the causal per-token rule, updating ``state``.
+
+    q [Bt, Hq, 1, D] (post-RoPE); k_cache, v_cache [Bt, Hkv, T, D] with T = state.length + 1 (the cache
+    already holds the new token); doc_id [Bt] int64, the new token's document (None: the previous token's).
+    Returns [Bt, Hq, 1, D] in q's dtype. Raises if the cache does not continue the state (another sequence,
+    reordered or cropped).
+    """
+    bt, hq, one, d = q.shape
+    hkv, t = k_cache.shape[1], state.length
+    if one != 1 or k_cache.shape != (bt, hkv, t + 1, d) or v_cache.shape != k_cache.shape or hq % hkv:
+        raise ValueError(
+            f"need q [Bt, Hq, 1, D] and k_cache = v_cache = [Bt, Hkv, state.length + 1 = {t + 1}, D]; "
+            f"got q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}"
+        )
+    if state.block_size != cfg.block_size:
+        raise ValueError(f"state.block_size={state.block_size} differs from cfg.block_size={cfg.block_size}")
+    if state.last_key is not None and not torch.equal(k_cache[:, :, t - 1], state.last_key):
+        raise ValueError("k_cache does not continue this DecodeState (another sequence, or reordered / cropped)")
+    state.append(q[:, :, 0], k_cache[:, :, t], cfg, doc_id)
+    block_size = cfg.block_size
+    i = t // block_size
+    pos = torch.tensor([t], device=q.device)
+    with torch.no_grad():
+        q_sum = _query_means(state.query_sum.unsqueeze(2), pos - i * block_size + 1, hq // hkv, d, _accumulate_dtype(q))
+        hi = pos // block_size - (cfg.local_blocks - 1)  # routed_bounds' hi of block i
+        routed = _route_rows(
+            q_sum, state.prefix, pos + 1, state.block_lo.view(bt, 1), hi, i + 1, _num_levels(i + 1, cfg), cfg
+        )
+        indices = _union_rows(routed, pos // block_size, cfg)  # (Bt, Hkv, 1, S)
+    scale = d**-0.5 if scale is None else scale
+    return _attend_rows(q, k_cache, v_cache, indices, pos, state.doc_start.view(bt, 1), block_size, scale)

@@ -1,0 +1,92 @@
+"""Small experiments on the SSA mechanism that tests and scripts share.
+
+``train_block_retrieval`` trains a tiny Llama converted to SSA on ``data.tasks.block_retrieval`` and
+tracks answer accuracy and the router's hit rate on the needle block (the share of (example, kv
+head) pairs whose last query block routes to it), so routing mechanisms can be compared.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
+
+import ssa_kernels.hf as ssa_hf
+from data.tasks import FILLER, block_retrieval
+from ssa_kernels import SSAConfig, select_blocks
+from ssa_kernels.hf import convert_to_ssa
+
+
+@contextmanager
+def routed_of_last_block(cfg: SSAConfig, out: dict[int, torch.Tensor]):
+    """Within the context, record per layer the routed blocks of the last query block,
+    [batch, kv_heads, topk]; the registered "ssa" attention is restored on exit."""
+    original = ssa_hf.ssa_attention_forward
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        out[module.layer_idx] = select_blocks(query, key, cfg).routed[:, :, -1]
+        return original(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("ssa", recording)
+    try:
+        yield out
+    finally:
+        AttentionInterface.register("ssa", original)
+
+
+@torch.no_grad()
+def evaluate(model, cfg: SSAConfig, seq_len: int, num_keys: int, n: int = 64, seed: int = 1234) -> tuple[float, float]:
+    """(answer accuracy, best layer's needle hit rate) on n fresh examples."""
+    ids, answer, needle = block_retrieval(n, seq_len, cfg.block_size, torch.Generator().manual_seed(seed), num_keys)
+    routed: dict[int, torch.Tensor] = {}
+    with routed_of_last_block(cfg, routed):
+        logits = model(ids).logits[:, -1]
+    accuracy = (logits.argmax(-1) == answer).float().mean().item()
+    hits = [(r == needle.view(-1, 1, 1)).any(-1).float().mean().item() for r in routed.values()]
+    return accuracy, max(hits)
+
+
+def train_block_retrieval(
+    routing: str,
+    steps: int,
+    seed: int = 0,
+    seq_len: int = 256,
+    block_size: int = 16,
+    topk_blocks: int = 2,
+    num_keys: int = 32,
+    batch: int = 16,
+    lr: float = 3e-3,
+    eval_every: int = 50,
+) -> list[dict]:
+    """Train from scratch; returns [{step, loss, accuracy, hit_rate, seconds}] at every eval."""
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=FILLER + 2 * num_keys, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=seq_len, attn_implementation="sdpa",
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config).float()
+    cfg = SSAConfig(
+        block_size=block_size, topk_blocks=topk_blocks, local_window=2 * block_size, top_nodes=4, routing=routing
+    )
+    convert_to_ssa(model, cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    data = torch.Generator().manual_seed(seed + 1)
+    history, t0 = [], time.perf_counter()
+    for step in range(steps + 1):
+        if step % eval_every == 0 or step == steps:
+            accuracy, hit_rate = evaluate(model, cfg, seq_len, num_keys)
+            history.append(
+                {"step": step, "accuracy": accuracy, "hit_rate": hit_rate, "seconds": time.perf_counter() - t0}
+            )
+        if step == steps:
+            break
+        ids, answer, _ = block_retrieval(batch, seq_len, block_size, data, num_keys)
+        loss = F.cross_entropy(model(ids).logits[:, -1], answer)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history[-1].setdefault("loss", loss.item())
+    return history
