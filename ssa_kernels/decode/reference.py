@@ -12,18 +12,17 @@ otherwise exactly as ``select_blocks`` selects for the last query block of the p
 - routed range [lo_i, hi_i) as in ``routed_bounds``: after the sink blocks, before the local window, not
   before the first block of the document of block i's first token;
 - the pyramid of the prefix's nb_t = i + 1 blocks (``_num_levels(nb_t)`` levels, the same beam widths), the
-  same beam search, node scores read from fp64 prefix sums over blocks restricted to the routed range and
-  divided by the node's token count in the prefix (``_score_ranges``), ties to the smaller node index;
+  same beam search (``selector.beam_search``, shared code), node scores read from fp64 prefix sums over
+  blocks restricted to the routed range and divided by the nominal node size, ties to the smaller index;
 - sinks ∪ routed ∪ local window (diagonal block included), then exact softmax attention of t over the keys
   <= t of those blocks that lie in t's document.
 
 Where the rules coincide: for every t, the per-token rule gives at t what the training path gives at the
 last token of the prefix 0..t (the last query block of that prefix is t's block so far: same query mean,
-same pyramid). On a sequence of T tokens the two therefore agree at token T - 1, and at the last token of
-any full block i when the training selection of block i does not depend on the blocks after it. It can
-depend on them today: ``select_blocks`` sizes the pyramid from the whole sequence (levels from nb; a node
-reaching past the last block is divided by the token count it has in the sequence), so adding blocks after
-block i can change block i's choice (``tests/test_ssa_decode.py`` keeps an xfail for it).
+same pyramid). The training selection of block i depends on nothing after block i (each query block
+searches the pyramid of its own prefix, ``selector.row_levels``, and node scores are divided by the
+nominal node size), so on any sequence the two rules agree at the last token of every full block, and
+at the last token of the sequence (``tests/test_ssa_decode.py``).
 
 Functions
 ---------
@@ -52,14 +51,11 @@ from ssa_kernels.config import SSAConfig
 from ssa_kernels.selector.reference import (
     _accumulate_dtype,
     _ascending,
-    _beam_width,
-    _best,
     _check_inputs,
     _key_prefix,
     _num_blocks,
     _num_levels,
-    _overlaps,
-    _score_ranges,
+    beam_search,
     routed_bounds,
 )
 
@@ -70,22 +66,6 @@ __all__ = ["DecodeState", "causal_rows_attention", "ssa_decode_step"]
 _CHUNK_TOKENS = 256
 
 
-class _PrefixTokenCounts:
-    """Token counts over blocks of the prefix 0..t, in the form ``_score_ranges`` reads them:
-    ``self[j]`` = tokens of the prefix in blocks < j = min(j * B, t + 1), t given per row.
-
-    ``select_blocks`` passes an [nb + 1] vector for one sequence; rows of different t (each its own prefix)
-    need a different last entry each, and a decode step would have to rebuild an [nb + 1] vector per token.
-    This stands in for the vector in both cases, with no O(nb) work."""
-
-    def __init__(self, n_tokens: Tensor, block_size: int):
-        self.n_tokens = n_tokens.to(torch.float64)  # broadcasts against the indices (per row)
-        self.block_size = block_size
-
-    def __getitem__(self, j: Tensor) -> Tensor:
-        return torch.minimum(j.to(torch.float64) * self.block_size, self.n_tokens)
-
-
 def _query_means(query_sums: Tensor, n_tokens: Tensor, group: int, head_dim: int, dtype: torch.dtype) -> Tensor:
     """Scaled query summaries: fp64 sums [..., R, D] over n_tokens [R] tokens and ``group`` heads ->
     mean / sqrt(D) in ``dtype`` (as ``select_blocks`` folds the score scale into the summary)."""
@@ -93,52 +73,18 @@ def _query_means(query_sums: Tensor, n_tokens: Tensor, group: int, head_dim: int
     return (mean / math.sqrt(head_dim)).to(dtype)
 
 
-def _route_rows(
-    q_sum: Tensor,
-    prefix: Tensor,
-    n_tokens: Tensor,
-    lo: Tensor,
-    hi: Tensor,
-    num_blocks: int,
-    num_levels: int,
-    cfg: SSAConfig,
-) -> Tensor:
-    """Routed blocks [Bt, Hkv, R, topk] (ascending, -1 padding last) of R query rows, each the last token of
-    its own prefix: the beam search of ``select_blocks`` over that prefix's pyramid.
-
-    q_sum [Bt, Hkv, R, D] scaled query summaries; prefix [Bt, Hkv, n1, D] fp64 key prefix sums over blocks,
-    exact for every block below the rows' ``hi`` (entries past it are never read for a valid node); n_tokens
-    [R] prefix lengths t + 1; lo [Bt or 1, R], hi [R] routed ranges; num_blocks: the largest prefix's block
-    count (nodes past a row's own prefix are out of its range, so extra ones only add padding);
-    num_levels: levels of the rows' pyramids, the same for all rows (group rows by it).
-    """
+def _route_rows(q_sum: Tensor, prefix: Tensor, lo: Tensor, hi: Tensor, blocks: Tensor, cfg: SSAConfig) -> Tensor:
+    """Routed blocks [Bt, Hkv, R, topk] (ascending, -1 padding last) of R query rows, row r the last
+    token of a prefix ending in block ``blocks[r]``: the selector's beam search (shared code) over that
+    prefix's pyramid. q_sum [Bt, Hkv, R, D] scaled query summaries; prefix [Bt, Hkv, n1, D] fp64 key
+    prefix sums over blocks, exact below every row's ``hi``; lo [Bt or 1, R], hi [R] routed ranges."""
     bt, hkv, rows, _ = q_sum.shape
-    dev = q_sum.device
-    topk = cfg.topk_blocks
-    routed = torch.full((bt, hkv, rows, topk), -1, dtype=torch.long, device=dev)
-    if topk == 0:
+    routed = torch.full((bt, hkv, rows, cfg.topk_blocks), -1, dtype=torch.long, device=q_sum.device)
+    if cfg.topk_blocks == 0:
         return routed
-    counts = _PrefixTokenCounts(n_tokens.view(1, 1, rows, 1), cfg.block_size)
-    lo, hi = lo.view(-1, 1, rows, 1), hi.view(1, 1, rows, 1)  # broadcast over (Bt, Hkv, R, candidates)
-    # The loop below is select_blocks' beam search, row for row (a shared helper would need the selector
-    # to factor it out).
-    top_cover = cfg.branching ** (num_levels - 1)
-    n_top = -(-num_blocks // top_cover)
-    node = torch.arange(n_top, device=dev).expand(bt, hkv, rows, n_top)  # (Bt, Hkv, R, n_top)
-    score = _score_ranges(q_sum, prefix, counts, node, top_cover, lo, hi)
-    for level in range(num_levels - 1, -1, -1):
-        valid = _overlaps(node, cfg.branching**level, lo, hi)  # (Bt, Hkv, R, M)
-        node = torch.where(valid, node, -1)
-        score = torch.where(valid, score, -math.inf)
-        if level == 0:
-            break
-        keep = min(_beam_width(level, num_levels, cfg), node.shape[-1])
-        parent = _ascending(_best(node, score, keep)[0])[0]  # (Bt, Hkv, R, beam), ascending
-        child = parent.unsqueeze(-1) * cfg.branching + torch.arange(cfg.branching, device=dev)
-        # (Bt, Hkv, R, beam, branching) -> (Bt, Hkv, R, beam * branching); padding stays -1
-        node = torch.where(parent.unsqueeze(-1) >= 0, child, -1).flatten(-2)
-        score = _score_ranges(q_sum, prefix, counts, node, cfg.branching ** (level - 1), lo, hi)
-    best = _ascending(_best(node, score, min(topk, node.shape[-1]))[0])[0]  # (Bt, Hkv, R, <= topk)
+    n_blocks = int(blocks.max()) + 1  # nodes past the longest prefix are out of every row's range
+    levels = torch.tensor([_num_levels(int(b) + 1, cfg) for b in blocks.tolist()], device=q_sum.device)
+    best, _, _ = beam_search(q_sum, prefix[:, :, : n_blocks + 1], lo, hi, levels, cfg)
     routed[..., : best.shape[-1]] = best
     return routed
 
@@ -213,7 +159,7 @@ def causal_rows_attention(
     scale = d**-0.5 if scale is None else scale
     nb = _num_blocks(seq_len, block_size)
     with torch.no_grad():
-        prefix, _ = _key_prefix(k.detach(), block_size)  # (Bt, Hkv, nb + 1, D) fp64
+        prefix = _key_prefix(k.detach(), block_size)  # (Bt, Hkv, nb + 1, D) fp64
         # Sum of the queries of t's block up to t, over the G heads: (Bt, Hkv, G, T, D) -> (Bt, Hkv, T, D)
         q_sums = q.detach().view(bt, hkv, group, seq_len, d).sum(2, dtype=torch.float64)
         q_sums = F.pad(q_sums, (0, 0, 0, nb * block_size - seq_len))
@@ -224,21 +170,16 @@ def causal_rows_attention(
         else:  # first token of each token's document (rows are nondecreasing)
             doc_ids = doc_ids.to(device=q.device, dtype=torch.long).contiguous()
             key_start = torch.searchsorted(doc_ids, doc_ids)  # (Bt, T)
-    levels = [_num_levels(i + 1, cfg) for i in range(nb)]  # pyramid height of the prefix ending in block i
     outs = []
     t0 = 0
     while t0 < seq_len:
-        # Tokens [t0, t1): at most _CHUNK_TOKENS, all with the same pyramid height.
+        # Tokens [t0, t1): at most _CHUNK_TOKENS (each row searches its own prefix's pyramid).
         t1 = min(seq_len, t0 + _CHUNK_TOKENS)
-        while levels[(t1 - 1) // block_size] != levels[t0 // block_size]:
-            t1 = (t1 - 1) // block_size * block_size
         pos = torch.arange(t0, t1, device=q.device)  # (R,)
         blk = pos // block_size
         with torch.no_grad():
             q_sum = _query_means(q_sums[:, :, t0:t1], pos - blk * block_size + 1, group, d, _accumulate_dtype(q))
-            routed = _route_rows(
-                q_sum, prefix, pos + 1, lo[:, blk], hi[blk], (t1 - 1) // block_size + 1, levels[t0 // block_size], cfg
-            )
+            routed = _route_rows(q_sum, prefix, lo[:, blk], hi[blk], blk, cfg)
             indices = _union_rows(routed, blk, cfg)  # (Bt, Hkv, R, S)
         outs.append(_attend_rows(q[:, :, t0:t1], k, v, indices, pos, key_start[:, t0:t1], block_size, scale))
         t0 = t1
@@ -289,7 +230,7 @@ class DecodeState:
         hkv, block_size = k.shape[1], cfg.block_size
         nb = _num_blocks(seq_len, block_size)
         last = (nb - 1) * block_size  # first token of the last block
-        sums, _ = _key_prefix(k, block_size)  # (Bt, Hkv, nb + 1, D) fp64
+        sums = _key_prefix(k, block_size)  # (Bt, Hkv, nb + 1, D) fp64
         prefix = sums.new_zeros(bt, hkv, nb + 1 + max(16, nb // 4), d)  # headroom before the first growth
         prefix[:, :, : nb + 1] = sums
         key_sum = k[:, :, last:].sum(2, dtype=torch.float64)  # (Bt, Hkv, D)
@@ -368,9 +309,7 @@ def ssa_decode_step(
     with torch.no_grad():
         q_sum = _query_means(state.query_sum.unsqueeze(2), pos - i * block_size + 1, hq // hkv, d, _accumulate_dtype(q))
         hi = pos // block_size - (cfg.local_blocks - 1)  # routed_bounds' hi of block i
-        routed = _route_rows(
-            q_sum, state.prefix, pos + 1, state.block_lo.view(bt, 1), hi, i + 1, _num_levels(i + 1, cfg), cfg
-        )
+        routed = _route_rows(q_sum, state.prefix, state.block_lo.view(bt, 1), hi, pos // block_size, cfg)
         indices = _union_rows(routed, pos // block_size, cfg)  # (Bt, Hkv, 1, S)
     scale = d**-0.5 if scale is None else scale
     return _attend_rows(q, k_cache, v_cache, indices, pos, state.doc_start.view(bt, 1), block_size, scale)

@@ -15,7 +15,9 @@ scores at most ``top_nodes + L * beam * branching`` nodes, so selection costs O(
 memory per level, and no tensor of nb x nb, T x nb or T x T elements is ever formed. Node summaries are
 read from fp64 prefix sums over the blocks (the pyramid in O(1) per node), restricted to the blocks the
 query block may route to: a node straddling the end of the range is scored by its visible part, so no
-key after the query block influences the selection (causal, and equal in training and decoding). Ties between equal
+key after the query block influences the selection. Each query block searches the pyramid of its own prefix
+(``row_levels``) and node sums are divided by the nominal node size, so nothing after the block, not even
+the sequence length, changes its choice: causal, and equal in training and decoding. Ties between equal
 scores go to the smaller node index at every level. Sink blocks and the local window (diagonal block
 included) are added unconditionally; the union is returned sorted, deduplicated and padded with -1.
 """
@@ -141,11 +143,9 @@ def _check_inputs(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None) 
         raise ValueError(f"doc_ids must be [Bt, T] = {(bt, seq_len)}; got {tuple(doc_ids.shape)}")
 
 
-def _beam_width(level: int, num_levels: int, cfg: SSAConfig) -> int:
-    """Nodes kept at ``level`` (>= 1). ``cfg.beam_widths`` lists the coarsest level first; when it is
-    shorter than the number of levels above 0 (which depends on T), its last entry serves the finer ones."""
-    if cfg.beam_widths:
-        return max(1, cfg.beam_widths[min(num_levels - 1 - level, len(cfg.beam_widths) - 1)])
+def _default_beam(level: int, cfg: SSAConfig) -> int:
+    """Nodes kept at ``level`` (>= 1) unless cfg.beam_widths says: twice the nodes that can hold
+    topk_blocks leaves, so the last beam offers 2 x topk candidate blocks."""
     return max(1, 2 * math.ceil(cfg.topk_blocks / cfg.branching**level))
 
 
@@ -202,30 +202,28 @@ def _num_levels(nb: int, cfg: SSAConfig) -> int:
     return levels
 
 
-def _key_prefix(k: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
-    """Prefix sums over blocks, in fp64: keys [Bt, Hkv, nb+1, D] and token counts [nb+1], row 0 = 0.
-    Any run of blocks [s, e) then has summary (P[e] - P[s]) / (N[e] - N[s]) in O(1): the pyramid's
-    nodes, and also their parts that a query block may see."""
+def _key_prefix(k: Tensor, block_size: int) -> Tensor:
+    """Prefix sums of key-block sums, in fp64: [Bt, Hkv, nb+1, D], row 0 = 0. Any run of blocks
+    [s, e) then has sum P[e] - P[s] in O(1): the pyramid's nodes, and also the parts of them that a
+    query block may see."""
     sums = _block_sums(k, block_size, torch.float64)  # (Bt, Hkv, nb, D)
-    prefix = F.pad(sums.cumsum(-2), (0, 0, 1, 0))  # (Bt, Hkv, nb + 1, D)
-    counts = _block_token_counts(k.shape[-2], block_size, k.device, torch.float64)
-    return prefix, F.pad(counts.cumsum(0), (1, 0))  # (nb + 1,)
+    return F.pad(sums.cumsum(-2), (0, 0, 1, 0))  # (Bt, Hkv, nb + 1, D)
 
 
 def _score_ranges(
-    q_sum: Tensor, prefix: Tensor, counts: Tensor, node: Tensor, cover: int, lo: Tensor, hi: Tensor
+    q_sum: Tensor, prefix: Tensor, node: Tensor, cover: int, block_size: int, lo: Tensor, hi: Tensor
 ) -> Tensor:
     """Scores of nodes [Bt, Hkv, nb, M] covering ``cover`` blocks each, every node summed only over
     its blocks inside the query block's routed range [lo, hi): no key after the range (none after the
-    query block) ever influences the choice. The sum is divided by the whole node's token count, as
-    if the hidden blocks scored 0: a sliver of a node is not favoured over whole nodes (whose means
-    average many blocks) just because it averages few. Invalid entries come back finite but
+    query block) ever influences the choice. The sum is divided by the node's nominal token count
+    (cover x block_size), as if hidden blocks scored 0: a sliver of a node is not favoured over whole
+    nodes (whose means average many blocks) just because it averages few, and the score depends on
+    nothing past the range, not even the sequence length. Invalid entries come back finite but
     meaningless (the caller masks them)."""
     bt, hkv, n1, d = prefix.shape
     start = torch.maximum(node * cover, lo).clamp(0, n1 - 1)  # (Bt, Hkv, nb, M)
     end = torch.minimum((node + 1) * cover, hi).clamp(0, n1 - 1)
-    end = torch.maximum(end, start + 1).clamp(max=n1 - 1)  # empty runs never divide by zero
-    start = torch.minimum(start, end - 1)
+    end = torch.maximum(end, start)
     row0 = (torch.arange(bt * hkv, device=node.device) * n1).view(bt, hkv, 1, 1)  # first row of each (b, h)
     flat = prefix.reshape(-1, d)  # (Bt * Hkv * (nb + 1), D)
     qd = q_sum.to(torch.float64).unsqueeze(-1)  # (Bt, Hkv, nb, D, 1)
@@ -235,9 +233,65 @@ def _score_ranges(
         hi_rows = flat.index_select(0, (e_part + row0).reshape(-1)).view(*e_part.shape, d)  # (..., chunk, D)
         lo_rows = flat.index_select(0, (s_part + row0).reshape(-1)).view(*s_part.shape, d)
         parts.append(((hi_rows - lo_rows) @ qd).squeeze(-1))  # (Bt, Hkv, nb, chunk)
-    num = torch.cat(parts, dim=-1)  # (Bt, Hkv, nb, M)
-    whole = counts[((node + 1) * cover).clamp(1, n1 - 1)] - counts[(node * cover).clamp(0, n1 - 2)]
-    return (num / whole).to(q_sum.dtype)
+    return (torch.cat(parts, dim=-1) / (cover * block_size)).to(q_sum.dtype)  # (Bt, Hkv, nb, M)
+
+
+def row_levels(num_rows: int, cfg: SSAConfig, device: torch.device) -> Tensor:
+    """Pyramid height of each query block i, [num_rows]: that of a sequence of i + 1 blocks, so a
+    block's search never depends on how many blocks follow it (training = decoding)."""
+    return torch.tensor([_num_levels(i + 1, cfg) for i in range(num_rows)], dtype=torch.long, device=device)
+
+
+def _row_beams(level: int, levels: Tensor, cfg: SSAConfig) -> Tensor:
+    """Nodes each row keeps at ``level`` (>= 1): everything while the level is above the row's own
+    pyramid (at most top_nodes nodes overlap its range there), else the beam width of the level:
+    ``cfg.beam_widths`` lists them from the row's coarsest level down (its last entry serves finer
+    levels when it is shorter), or the default."""
+    if cfg.beam_widths:
+        idx = (levels - 1 - level).clamp(0, len(cfg.beam_widths) - 1)
+        beam = torch.tensor(cfg.beam_widths, device=levels.device)[idx].clamp_min(1)
+    else:
+        beam = torch.full_like(levels, _default_beam(level, cfg))
+    return torch.where(level >= levels, max(cfg.top_nodes, 1), beam)
+
+
+def beam_search(
+    q_sum: Tensor, prefix: Tensor, lo: Tensor, hi: Tensor, levels: Tensor, cfg: SSAConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Coarse-to-fine search for R query rows: q_sum [Bt, Hkv, R, D] (scaled query summaries),
+    prefix [Bt, Hkv, n1, D] fp64 key-block prefix sums, lo [Bt or 1, R] and hi [R] routed ranges,
+    levels [R] each row's pyramid height. Returns routed blocks and their scores [Bt, Hkv, R, <= topk]
+    (ascending, -1 / -inf padding) and the candidates scored per row [Bt, Hkv, R].
+
+    All rows walk down together from the tallest pyramid; above its own top a row keeps every node
+    overlapping its range, so each row's result is that of a search over its own pyramid."""
+    bt, hkv, rows, _ = q_sum.shape
+    dev = q_sum.device
+    num_levels = int(levels.max())
+    lo, hi = lo.view(-1, 1, rows, 1), hi.view(1, 1, rows, 1)  # broadcast over (Bt, Hkv, R, candidates)
+    candidates = torch.zeros(bt, hkv, rows, dtype=torch.long, device=dev)
+    top_cover = cfg.branching ** (num_levels - 1)
+    n_top = -(-(prefix.shape[2] - 1) // top_cover)
+    node = torch.arange(n_top, device=dev).expand(bt, hkv, rows, n_top)  # (Bt, Hkv, R, n_top)
+    score = _score_ranges(q_sum, prefix, node, top_cover, cfg.block_size, lo, hi)
+    for level in range(num_levels - 1, -1, -1):
+        valid = _overlaps(node, cfg.branching**level, lo, hi)  # (Bt, Hkv, R, M)
+        candidates += (valid & (level < levels).view(1, 1, rows, 1)).sum(-1)  # a row's own pyramid only
+        node = torch.where(valid, node, -1)
+        score = torch.where(valid, score, -math.inf)
+        if level == 0:
+            break
+        beams = _row_beams(level, levels, cfg)  # (R,)
+        keep = min(int(beams.max()), node.shape[-1])
+        parent, _ = _best(node, score, keep)  # (Bt, Hkv, R, keep), best first
+        parent = torch.where(torch.arange(keep, device=dev) < beams.view(1, 1, rows, 1), parent, -1)
+        parent = _ascending(parent)[0]  # ascending, so ties keep going to the smaller index
+        child = parent.unsqueeze(-1) * cfg.branching + torch.arange(cfg.branching, device=dev)
+        # (Bt, Hkv, R, keep, branching) -> (Bt, Hkv, R, keep * branching); padding stays -1
+        node = torch.where(parent.unsqueeze(-1) >= 0, child, -1).flatten(-2)
+        score = _score_ranges(q_sum, prefix, node, cfg.branching ** (level - 1), cfg.block_size, lo, hi)
+    best, best_scores = _ascending(*_best(node, score, min(cfg.topk_blocks, node.shape[-1])))
+    return best, best_scores, candidates
 
 
 def _union(routed: Tensor, cfg: SSAConfig) -> Tensor:
@@ -262,8 +316,8 @@ def select_blocks(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None =
     doc_ids: optional [Bt, T] int64, nondecreasing per row (packed documents); routing never crosses
     back into an earlier document. Beam widths: ``cfg.beam_widths`` (coarsest level first) or, for a
     level whose nodes cover C blocks, 2 * ceil(topk_blocks / C). Nodes are scored from fp64 prefix sums
-    over their blocks inside the query block's routed range only (divided by the whole node's token
-    count), so no key after the routed range, hence none after the query block, affects the choice.
+    over their blocks inside the query block's routed range only (divided by the nominal node size;
+    each row searches the pyramid of its own prefix), so no key after the routed range, hence none after the query block, affects the choice.
     Fewer than ``topk_blocks`` blocks may be routed when partial nodes win the narrow coarse beams.
     """
     _check_inputs(q, k, cfg, doc_ids)
@@ -272,34 +326,13 @@ def select_blocks(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None =
     nb = _num_blocks(seq_len, cfg.block_size)
     topk = cfg.topk_blocks
     q_sum = query_summary(q, hkv, cfg.block_size) / math.sqrt(d)  # (Bt, Hkv, nb, D), score scale folded in
-    num_levels = _num_levels(nb, cfg)
-    prefix, counts = _key_prefix(k, cfg.block_size)
-    lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)
-    lo, hi = lo.view(-1, 1, nb, 1), hi.view(1, 1, nb, 1)  # broadcast over (Bt, Hkv, nb, candidates)
-    candidates = torch.zeros(bt, hkv, nb, dtype=torch.long, device=q.device)
-
     routed = torch.full((bt, hkv, nb, topk), -1, dtype=torch.long, device=q.device)
     routed_scores = torch.full((bt, hkv, nb, topk), -math.inf, dtype=q_sum.dtype, device=q.device)
+    candidates = torch.zeros(bt, hkv, nb, dtype=torch.long, device=q.device)
     if topk > 0:
-        # Coarsest level: every node is a candidate; n_top <= max(top_nodes, nb) when there is one level.
-        top_cover = cfg.branching ** (num_levels - 1)
-        n_top = -(-nb // top_cover)
-        node = torch.arange(n_top, device=q.device).expand(bt, hkv, nb, n_top)  # (Bt, Hkv, nb, n_top)
-        score = _score_ranges(q_sum, prefix, counts, node, top_cover, lo, hi)
-        for level in range(num_levels - 1, -1, -1):
-            valid = _overlaps(node, cfg.branching**level, lo, hi)  # (Bt, Hkv, nb, M)
-            candidates += valid.sum(-1)
-            node = torch.where(valid, node, -1)
-            score = torch.where(valid, score, -math.inf)
-            if level == 0:
-                break
-            keep = min(_beam_width(level, num_levels, cfg), node.shape[-1])
-            parent = _ascending(_best(node, score, keep)[0])[0]  # (Bt, Hkv, nb, beam), ascending
-            child = parent.unsqueeze(-1) * cfg.branching + torch.arange(cfg.branching, device=q.device)
-            # (Bt, Hkv, nb, beam, branching) -> (Bt, Hkv, nb, beam * branching), ascending; padding stays -1
-            node = torch.where(parent.unsqueeze(-1) >= 0, child, -1).flatten(-2)
-            score = _score_ranges(q_sum, prefix, counts, node, cfg.branching ** (level - 1), lo, hi)
-        best, best_scores = _ascending(*_best(node, score, min(topk, node.shape[-1])))  # (Bt, Hkv, nb, <= topk)
+        lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)
+        levels = row_levels(nb, cfg, q.device)
+        best, best_scores, candidates = beam_search(q_sum, _key_prefix(k, cfg.block_size), lo, hi, levels, cfg)
         routed[..., : best.shape[-1]] = best
         routed_scores[..., : best.shape[-1]] = best_scores
     return Selection(_union(routed, cfg), routed, routed_scores, candidates)
