@@ -1,12 +1,18 @@
 """The SSA layer end to end: the public function, routing gradients, HF integration."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from ssa_kernels import SSAConfig, select_blocks, ssa_attention
 from ssa_kernels.hf import convert_to_ssa, doc_ids_from_positions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
+from tiny import tiny_hf_model  # noqa: E402
 
 FULL = {"block_size": 16, "topk_blocks": 1000, "local_window": 32, "top_nodes": 4}  # covers every block
 
@@ -82,20 +88,8 @@ def test_selection_is_shared_by_the_group_and_causal():
 ARCHS = ["llama", "qwen2", "qwen3", "mistral"]
 
 
-def tiny_model(arch, impl="sdpa"):
-    cfg = AutoConfig.for_model(
-        arch,
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        attn_implementation=impl,
-    )
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg).float()
+def tiny_model(arch):
+    return tiny_hf_model(arch)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils._pytree import tree_flatten
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from ssa_kernels import SSAConfig, ssa_attention
 from ssa_kernels.decode import DecodeState, causal_rows_attention, ssa_decode_step
@@ -18,6 +18,7 @@ from ssa_kernels.selector.reference import _key_prefix, _union
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
 from memprobe import MaxTensorProbe  # noqa: E402
+from tiny import tiny_hf_model  # noqa: E402
 
 # Sparse enough that routing is contested (up to ~35 candidate blocks for 2-3 slots) over 3 pyramid levels.
 SPARSE = {"block_size": 16, "topk_blocks": 2, "local_window": 32, "top_nodes": 4, "routing": "none"}
@@ -188,19 +189,7 @@ HF_SSA = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4)
 
 
 def tiny_ssa_model(arch, dtype=torch.float32, rule="causal_rows"):
-    cfg = AutoConfig.for_model(
-        arch,
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        attn_implementation="sdpa",
-    )
-    torch.manual_seed(0)
-    model = convert_to_ssa(AutoModelForCausalLM.from_config(cfg).to(dtype).eval(), HF_SSA)
+    model = convert_to_ssa(tiny_hf_model(arch, dtype).eval(), HF_SSA)
     model.config.ssa = {**model.config.ssa, "rule": rule}  # uncached forwards select like decoding
     return model
 
