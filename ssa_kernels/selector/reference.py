@@ -331,10 +331,20 @@ def select_blocks(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None =
     candidates = torch.zeros(bt, hkv, nb, dtype=torch.long, device=q.device)
     if topk > 0:
         lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)
+        prefix = _key_prefix(k, cfg.block_size)
         levels = row_levels(nb, cfg, q.device)
-        best, best_scores, candidates = beam_search(q_sum, _key_prefix(k, cfg.block_size), lo, hi, levels, cfg)
-        routed[..., : best.shape[-1]] = best
-        routed_scores[..., : best.shape[-1]] = best_scores
+        # Rows of equal pyramid height are contiguous (height grows with i): search each run on its own,
+        # so no run pays the wide "keep everything above my top" beams of the shallower early rows.
+        bounds = torch.cumsum(torch.bincount(levels)[levels.min() :], 0).tolist()
+        for r0, r1 in zip([0, *bounds[:-1]], bounds):
+            if r0 == r1:
+                continue
+            best, best_scores, cand = beam_search(
+                q_sum[:, :, r0:r1], prefix[:, :, : r1 + 1], lo[:, r0:r1], hi[r0:r1], levels[r0:r1], cfg
+            )
+            routed[:, :, r0:r1, : best.shape[-1]] = best
+            routed_scores[:, :, r0:r1, : best.shape[-1]] = best_scores
+            candidates[:, :, r0:r1] = cand
     return Selection(_union(routed, cfg), routed, routed_scores, candidates)
 
 
