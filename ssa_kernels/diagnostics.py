@@ -32,7 +32,7 @@ from torch import Tensor
 from transformers import AttentionInterface
 
 from ssa_kernels.config import SSAConfig
-from ssa_kernels.hf import doc_ids_from_positions, ssa_config_of
+from ssa_kernels.hf import doc_ids_of, ssa_config_of
 from ssa_kernels.selector import Selection, select_blocks
 
 __all__ = [
@@ -324,8 +324,7 @@ class SSARecorder:
         rule = (getattr(module.config, "ssa", None) or {}).get("rule", "block")
         if rule != "block":  # per-token selection (the decode rule): select_blocks would not be what ran
             raise NotImplementedError(f"SSA router diagnostics cover the per-block selection, not rule={rule!r}")
-        position_ids = kwargs.get("position_ids")
-        doc_ids = doc_ids_from_positions(position_ids.expand(query.shape[0], -1)) if position_ids is not None else None
+        doc_ids = doc_ids_of(kwargs.get("position_ids"), query.shape[0])
         layer = getattr(module, "layer_idx", None)
         layer = len(self.records) if layer is None else layer
         with torch.no_grad():

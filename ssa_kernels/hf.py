@@ -35,6 +35,11 @@ def doc_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
     return (torch.diff(position_ids, dim=1, prepend=first) != 1).long().cumsum(dim=1)
 
 
+def doc_ids_of(position_ids: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """Document ids of an attention call's tokens from its ``position_ids`` kwarg (None: one document)."""
+    return doc_ids_from_positions(position_ids.expand(batch, -1)) if position_ids is not None else None
+
+
 def ssa_config_of(config) -> SSAConfig:
     saved = getattr(config, "ssa", None) or {}
     names = {f.name for f in fields(SSAConfig)}
@@ -112,7 +117,7 @@ def ssa_attention_forward(
     if query.shape[2] != key.shape[2]:  # earlier tokens are cached: decode the new ones
         out = _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids)
         return out.transpose(1, 2).contiguous(), None  # (B, Hq, Tq, D) -> (B, Tq, Hq, D)
-    doc_ids = doc_ids_from_positions(position_ids.expand(query.shape[0], -1)) if position_ids is not None else None
+    doc_ids = doc_ids_of(position_ids, query.shape[0])
     if rule == "causal_rows":
         out = causal_rows_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling)
     else:

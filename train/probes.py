@@ -8,44 +8,26 @@ head) pairs whose last query block routes to it), so routing mechanisms can be c
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
-import ssa_kernels.hf as ssa_hf
 from data.tasks import FILLER, block_retrieval
-from ssa_kernels import SSAConfig, select_blocks
+from ssa_kernels import SSAConfig
+from ssa_kernels.diagnostics import SSARecorder
 from ssa_kernels.hf import convert_to_ssa
-
-
-@contextmanager
-def routed_of_last_block(cfg: SSAConfig, out: dict[int, torch.Tensor]):
-    """Within the context, record per layer the routed blocks of the last query block,
-    [batch, kv_heads, topk]; the registered "ssa" attention is restored on exit."""
-    original = ssa_hf.ssa_attention_forward
-
-    def recording(module, query, key, value, attention_mask, **kwargs):
-        out[module.layer_idx] = select_blocks(query, key, cfg).routed[:, :, -1]
-        return original(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register("ssa", recording)
-    try:
-        yield out
-    finally:
-        AttentionInterface.register("ssa", original)
 
 
 @torch.no_grad()
 def evaluate(model, cfg: SSAConfig, seq_len: int, num_keys: int, n: int = 64, seed: int = 1234) -> tuple[float, float]:
     """(answer accuracy, best layer's needle hit rate) on n fresh examples."""
     ids, answer, needle = block_retrieval(n, seq_len, cfg.block_size, torch.Generator().manual_seed(seed), num_keys)
-    routed: dict[int, torch.Tensor] = {}
-    with routed_of_last_block(cfg, routed):
+    # per layer, the routed blocks of the last query block: [batch, kv_heads, topk]
+    with SSARecorder(lambda call: call.selection.routed[:, :, -1]) as recorder:
         logits = model(ids).logits[:, -1]
     accuracy = (logits.argmax(-1) == answer).float().mean().item()
-    hits = [(r == needle.view(-1, 1, 1)).any(-1).float().mean().item() for r in routed.values()]
+    hits = [(r == needle.view(-1, 1, 1)).any(-1).float().mean().item() for r in recorder.records.values()]
     return accuracy, max(hits)
 
 
