@@ -46,16 +46,22 @@ def ssa_attention(
     doc_ids: torch.Tensor | None = None,
     scale: float | None = None,
     backend: str = "auto",
+    route: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """SSA: q [Bt, Hq, T, D] (post-RoPE), k, v [Bt, Hkv, T, D] (GQA, not repeated), doc_ids [Bt, T]
-    (document index per token; attention stays within documents) -> out [Bt, Hq, T, D]."""
+    (document index per token; attention stays within documents) -> out [Bt, Hq, T, D].
+
+    ``route``: (route_q [Bt, Hr, T, d], route_k [Bt, Hkv, T, d]) with Hr a multiple of Hkv, what the
+    selector scores (a learned router's outputs, ``ssa_kernels/router.py``); None: q and k themselves.
+    The routing gradient (``cfg.routing``) reaches whatever produced them."""
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: use one of {BACKENDS}")
+    rq, rk = route if route is not None else (q, k)
     with torch.no_grad():
-        sel = select_blocks(q, k, cfg, doc_ids)
+        sel = select_blocks(rq, rk, cfg, doc_ids)
     bias = None
-    if cfg.routing == "straight_through" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-        bias = routing_bias(q, k, sel, cfg, doc_ids)
+    if cfg.routing == "straight_through" and torch.is_grad_enabled() and (rq.requires_grad or rk.requires_grad):
+        bias = routing_bias(rq, rk, sel, cfg, doc_ids)
     out, _ = sparse_attention(q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias)
     return out
 

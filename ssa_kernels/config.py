@@ -27,6 +27,11 @@ class SSAConfig:
     # each routed block, zero in the forward pass (output exactly as without it) but giving every
     # routed score the gradient of its block's total attention logit; "none" switches it off.
     routing: str = "straight_through"
+    # What produces the routing scores: "learned" (default), a router of its own per layer
+    # (``ssa_kernels/router.py``) on the detached layer input, trained only by ``routing``;
+    # "attention", the attention's own post-RoPE q and k (no extra weights; it also learns as
+    # attention trains, so ``routing: none`` does not freeze it).
+    router: str = "learned"
 
     @property
     def local_blocks(self) -> int:
@@ -37,6 +42,8 @@ class SSAConfig:
             raise ValueError("attention.block_size >= 1, branching >= 2, topk_blocks >= 0, sink_blocks >= 0")
         if self.routing not in ("straight_through", "none"):
             raise ValueError(f"attention.routing={self.routing!r}: use straight_through or none")
+        if self.router not in ("learned", "attention"):
+            raise ValueError(f"attention.router={self.router!r}: use learned or attention")
         if self.local_window % self.block_size:
             raise ValueError(
                 f"attention.local_window={self.local_window} must be a multiple of block_size={self.block_size}"

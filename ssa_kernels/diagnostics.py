@@ -32,7 +32,7 @@ from torch import Tensor
 from transformers import AttentionInterface
 
 from ssa_kernels.config import SSAConfig
-from ssa_kernels.hf import doc_ids_of, ssa_config_of
+from ssa_kernels.hf import doc_ids_of, route_of, ssa_config_of
 from ssa_kernels.selector import Selection, select_blocks
 
 __all__ = [
@@ -328,7 +328,9 @@ class SSARecorder:
         layer = getattr(module, "layer_idx", None)
         layer = len(self.records) if layer is None else layer
         with torch.no_grad():
-            sel = select_blocks(query.detach(), key.detach(), cfg, doc_ids)  # under the layer's autocast, as used
+            route = route_of(module, cfg, kwargs)  # a learned router's (route_q, route_k), or None: q and k
+            rq, rk = route if route is not None else (query, key)
+            sel = select_blocks(rq.detach(), rk.detach(), cfg, doc_ids)  # under the layer's autocast, as used
             with torch.autocast(query.device.type, enabled=False):
                 call = SSACall(layer, query.detach(), key.detach(), sel, cfg, doc_ids, kwargs.get("scaling"))
                 self.records[layer] = self.fn(call)

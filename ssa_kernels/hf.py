@@ -14,16 +14,23 @@ each attention module that passes that dict along as the keyword ``ssa_decode_st
 per query block with the block's mean query (the training path) unless ``model.config.ssa["rule"]`` is
 ``"causal_rows"``: then every token selects with the mean query of its block so far, the rule decoding
 uses, so cached and uncached forwards agree (a slow reference, for tests and evaluation).
+
+Learned routers (``SSAConfig.router == "learned"``, ``ssa_kernels/router.py``) are submodules
+``self_attn.ssa_router``; the same pre-hook passes the attention's input (``ssa_hidden``) so the
+attention function can run them. Their weights are saved by ``save_pretrained`` with the rest, but HF's
+``from_pretrained`` does not know them: load SSA checkpoints with :func:`from_pretrained` here.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, fields
+from pathlib import Path
 
 import torch
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, AutoModelForCausalLM, PreTrainedModel
 
 from ssa_kernels.config import SSAConfig
+from ssa_kernels.router import SSARouter
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -59,7 +66,22 @@ def selection_rule_of(config) -> str:
     return rule
 
 
-def _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids) -> torch.Tensor:
+def route_of(module: torch.nn.Module, cfg: SSAConfig, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(route_q, route_k) [Bt, Hkv, Tq, d] of an attention call from the layer's learned router, or None
+    when the config routes with the attention's own q/k."""
+    if cfg.router != "learned":
+        return None
+    router, hidden = getattr(module, "ssa_router", None), kwargs.get("ssa_hidden")
+    if router is None or hidden is None:
+        raise RuntimeError(
+            f"layer {getattr(module, 'layer_idx', '?')}: config.ssa['router'] is 'learned' but the attention "
+            "module has no ssa_router (or its input was not passed): build SSA models with "
+            "ssa_kernels.hf.convert_to_ssa, and load saved ones with ssa_kernels.hf.from_pretrained"
+        )
+    return router(hidden)
+
+
+def _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route) -> torch.Tensor:
     """Attention of the q_len newest tokens of a cached sequence, one decode step each: query
     [B, Hq, q_len, D], key/value [B, Hkv, past + q_len, D] -> [B, Hq, q_len, D]."""
     from ssa_kernels.decode import ssa_decode_step
@@ -86,8 +108,11 @@ def _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids
                 doc_id = state.doc + (pos != state.last_position + 1).long()
             state.last_position = pos.clone()
         end = state.length + 1
+        rq, rk = (None, None) if route is None else (route[0][:, :, j : j + 1], route[1][:, :, j])
         outs.append(
-            ssa_decode_step(query[:, :, j : j + 1], key[:, :, :end], value[:, :, :end], state, cfg, scaling, doc_id)
+            ssa_decode_step(
+                query[:, :, j : j + 1], key[:, :, :end], value[:, :, :end], state, cfg, scaling, doc_id, rq, rk
+            )
         )
     return torch.cat(outs, dim=2)  # (B, Hq, q_len, D)
 
@@ -113,49 +138,78 @@ def ssa_attention_forward(
     cfg = ssa_config_of(module.config)
     rule = selection_rule_of(module.config)
     position_ids = kwargs.get("position_ids")
-    states = kwargs.get("ssa_decode_states")  # dict on the KV cache, passed by _pass_decode_states; None without
+    states = kwargs.get("ssa_decode_states")  # dict on the KV cache, passed by _pass_ssa_kwargs; None without
+    route = route_of(module, cfg, kwargs)  # None: select with query / key themselves
     if query.shape[2] != key.shape[2]:  # earlier tokens are cached: decode the new ones
-        out = _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids)
+        out = _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route)
         return out.transpose(1, 2).contiguous(), None  # (B, Hq, Tq, D) -> (B, Tq, Hq, D)
     doc_ids = doc_ids_of(position_ids, query.shape[0])
     if rule == "causal_rows":
-        out = causal_rows_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling)
+        out = causal_rows_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling, route=route)
     else:
-        out = ssa_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling)
+        out = ssa_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling, route=route)
     if states is not None:  # prefill of a cached sequence
-        state = DecodeState.from_prefill(query, key, cfg, doc_ids)
+        rq, rk = route if route is not None else (query, key)
+        state = DecodeState.from_prefill(rq, rk, cfg, doc_ids, last_key=key[:, :, -1])
         if position_ids is not None:
             state.last_position = position_ids.expand(query.shape[0], -1)[:, -1].clone()
         states[module.layer_idx] = state
     return out.transpose(1, 2).contiguous(), None  # (B, Hq, T, D) -> (B, T, Hq, D)
 
 
-def _pass_decode_states(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """Forward pre-hook of an attention module: hands the per-layer decode states kept on the KV cache
-    (``past_key_values``) to the attention function, which HF calls without the cache."""
-    cache = kwargs.get("past_key_values")
-    if cache is None or getattr(module.config, "_attn_implementation", None) != "ssa":
+def _pass_ssa_kwargs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Forward pre-hook of an attention module: hands the attention function what HF does not pass it —
+    the layer input for the learned router (``ssa_hidden``) and the per-layer decode states kept on the
+    KV cache (``past_key_values``)."""
+    if getattr(module.config, "_attn_implementation", None) != "ssa":
         return None
-    states = getattr(cache, "ssa_decode_states", None)
-    if states is None:
-        states = cache.ssa_decode_states = {}
-    return args, {**kwargs, "ssa_decode_states": states}
+    extra = {}
+    if hasattr(module, "ssa_router"):
+        extra["ssa_hidden"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    cache = kwargs.get("past_key_values")
+    if cache is not None:
+        states = getattr(cache, "ssa_decode_states", None)
+        if states is None:
+            states = cache.ssa_decode_states = {}
+        extra["ssa_decode_states"] = states
+    return (args, {**kwargs, **extra}) if extra else None
+
+
+def _attention_modules(model: PreTrainedModel):
+    """(name, module) of every HF attention module (``*.self_attn`` with a ``layer_idx``)."""
+    return [(n, m) for n, m in model.named_modules() if n.endswith("self_attn") and hasattr(m, "layer_idx")]
 
 
 def enable_ssa_decode(model: PreTrainedModel) -> PreTrainedModel:
-    """Let ``model`` decode with a KV cache under SSA (idempotent): registers ``_pass_decode_states`` on
-    every attention module (``*.self_attn`` with a ``layer_idx``)."""
-    for name, module in model.named_modules():
-        if name.endswith("self_attn") and hasattr(module, "layer_idx") and not hasattr(module, "_ssa_decode_hook"):
-            module._ssa_decode_hook = module.register_forward_pre_hook(_pass_decode_states, with_kwargs=True)
+    """Let ``model`` run SSA with learned routers and decode with a KV cache (idempotent): registers
+    ``_pass_ssa_kwargs`` on every attention module."""
+    for _, module in _attention_modules(model):
+        if not hasattr(module, "_ssa_hook"):
+            module._ssa_hook = module.register_forward_pre_hook(_pass_ssa_kwargs, with_kwargs=True)
     return model
+
+
+def _attach_routers(model: PreTrainedModel, init_from_attention: bool) -> None:
+    config = model.config
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    for _, attn in _attention_modules(model):
+        head_dim = attn.head_dim
+        if hasattr(attn, "ssa_router"):  # already converted or loaded: keep the trained router
+            continue
+        if init_from_attention:
+            attn.ssa_router = SSARouter.from_attention(attn, kv_heads, head_dim)
+        else:
+            w = attn.k_proj.weight
+            attn.ssa_router = SSARouter(w.shape[1], kv_heads, head_dim, attn.q_proj.bias is not None).to(w)
 
 
 AttentionInterface.register("ssa", ssa_attention_forward)
 
 
 def convert_to_ssa(model: PreTrainedModel, cfg: SSAConfig | None = None) -> PreTrainedModel:
-    """Switch a dense HF causal LM to SSA in place; weights are untouched."""
+    """Switch a dense HF causal LM to SSA in place; weights are untouched. With ``cfg.router ==
+    "learned"`` each attention module without one gets an ``ssa_router`` initialised from its q/k
+    projections (a model loaded with :func:`from_pretrained` keeps its trained routers)."""
     cfg = cfg or SSAConfig()
     cfg.validate()
     model_type = getattr(model.config, "model_type", None)
@@ -163,4 +217,29 @@ def convert_to_ssa(model: PreTrainedModel, cfg: SSAConfig | None = None) -> PreT
         raise ValueError(f"convert_to_ssa supports {SUPPORTED_MODEL_TYPES}, not model_type={model_type!r}")
     model.config.ssa = asdict(cfg)
     model.set_attn_implementation("ssa")
+    if cfg.router == "learned":
+        _attach_routers(model, init_from_attention=True)
+    return enable_ssa_decode(model)
+
+
+def from_pretrained(path: str | Path, **kwargs) -> PreTrainedModel:
+    """Load an SSA model saved with ``save_pretrained``: HF's loader builds it and loads every weight it
+    knows; the learned routers (unknown to HF, reported by it as unexpected keys) are attached and
+    loaded here from the same safetensors files."""
+    from safetensors.torch import load_file
+
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="ssa", **kwargs)
+    cfg = ssa_config_of(model.config)
+    if not getattr(model.config, "ssa", None):
+        raise ValueError(f"{path}: config.json has no 'ssa' settings; convert a dense model with convert_to_ssa")
+    if cfg.router == "learned":
+        _attach_routers(model, init_from_attention=False)
+        wanted = {n for n, _ in model.named_parameters() if ".ssa_router." in n}
+        found = {}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            found.update({n: t for n, t in load_file(str(f)).items() if ".ssa_router." in n})
+        missing = wanted - set(found)
+        if missing:
+            raise ValueError(f"{path}: the safetensors files lack SSA router weights, e.g. {sorted(missing)[0]}")
+        model.load_state_dict(found, strict=False)
     return enable_ssa_decode(model)

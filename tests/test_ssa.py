@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from ssa_kernels import SSAConfig, select_blocks, ssa_attention
-from ssa_kernels.hf import convert_to_ssa, doc_ids_from_positions
+from ssa_kernels.hf import convert_to_ssa, doc_ids_from_positions, from_pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
 from tiny import tiny_hf_model  # noqa: E402
@@ -100,14 +100,25 @@ def test_convert_keeps_weights_and_matches_dense_at_full_budget(arch, tmp_path):
     before = {n: p.clone() for n, p in model.state_dict().items()}
     convert_to_ssa(model, SSAConfig(**FULL))
     assert model.config._attn_implementation == "ssa"
-    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+    after = model.state_dict()
+    assert all(torch.equal(p, after[n]) for n, p in before.items())
     out = model(ids).logits
     assert relerr(out, ref) < 1e-5
     # save / load round trip keeps the SSA settings and the outputs
     model.save_pretrained(tmp_path)
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="ssa")
+    loaded = from_pretrained(tmp_path)
     assert loaded.config.ssa == model.config.ssa
+    saved = loaded.state_dict()  # every weight, the learned routers' included
+    assert saved.keys() == after.keys() and all(torch.equal(p, saved[n]) for n, p in after.items())
     assert torch.equal(loaded(ids).logits, out)
+
+
+def test_plain_hf_load_of_a_routed_model_fails_clearly(tmp_path):
+    model = convert_to_ssa(tiny_model("llama"), SSAConfig(block_size=16, topk_blocks=1, local_window=16, top_nodes=4))
+    model.save_pretrained(tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="ssa")  # no routers attached
+    with pytest.raises(RuntimeError, match="ssa_kernels.hf.from_pretrained"):
+        plain(torch.randint(0, 97, (1, 64)))
 
 
 def test_convert_rejects_unsupported_models():
@@ -178,3 +189,22 @@ def test_layer_peak_memory_16k_to_64k_is_linear():
     assert runs[16384]["finite"] and runs[65536]["finite"]
     assert runs[65536]["extra_mib"] <= 5 * max(runs[16384]["extra_mib"], 16), runs
     assert runs[65536]["extra_mib"] < 400, runs
+
+
+def test_trainer_model_path_keeps_trained_routers(tmp_path):
+    """model.path pointing at a saved SSA model (e.g. a checkpoint's model/ dir) loads its routers,
+    not fresh ones initialised from q/k."""
+    from train.config import AttentionConfig, ModelConfig
+    from train.model import build_model
+
+    model = convert_to_ssa(tiny_model("llama"), SSAConfig(block_size=16, topk_blocks=1, local_window=16, top_nodes=4))
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.ssa_router.k.weight.add_(1.0)  # "trained": no longer k_proj's copy
+    model.save_pretrained(tmp_path)
+    attention = AttentionConfig(name="ssa", ssa=SSAConfig(block_size=16, topk_blocks=1, local_window=16, top_nodes=4))
+    loaded = build_model(
+        ModelConfig(path=str(tmp_path)), attention, AutoModelForCausalLM.from_pretrained(tmp_path).config
+    )
+    want = model.state_dict()
+    assert all(torch.equal(p, want[n]) for n, p in loaded.state_dict().items())

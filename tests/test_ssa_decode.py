@@ -2,6 +2,7 @@
 (causal per-token) selection rule, that rule against the training path on each prefix, the state's
 incremental prefix sums, the memory of a step, and HF generation."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from ssa_kernels import SSAConfig, ssa_attention
 from ssa_kernels.decode import DecodeState, causal_rows_attention, ssa_decode_step
 from ssa_kernels.decode.reference import _union_rows
-from ssa_kernels.hf import convert_to_ssa, enable_ssa_decode
+from ssa_kernels.hf import convert_to_ssa, enable_ssa_decode, from_pretrained
 from ssa_kernels.selector.reference import _key_prefix, _union
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
@@ -206,7 +207,8 @@ def tiny_ssa_model(arch, dtype=torch.float32, rule="causal_rows"):
 def test_hf_incremental_logits_equal_a_full_forward(arch, dtype, prompt, chunks):
     model = tiny_ssa_model(arch, dtype)
     ids = torch.randint(0, 97, (1, 300), generator=torch.Generator().manual_seed(3))
-    full = model(ids, use_cache=False).logits
+    full_out = model(ids, use_cache=False, output_hidden_states=True)
+    full = full_out.logits
     cache = DynamicCache(config=model.config)
     steps = [model(ids[:, :prompt], past_key_values=cache, use_cache=True).logits]
     t = prompt
@@ -216,13 +218,14 @@ def test_hf_incremental_logits_equal_a_full_forward(arch, dtype, prompt, chunks)
         t += n
     tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
     torch.testing.assert_close(torch.cat(steps, dim=1), full, **tol)
-    # The per-layer prefix sums, grown token by token, equal a recomputation from the cached keys.
+    # The per-layer prefix sums of the routing keys, grown token by token, equal a recomputation from the
+    # learned router on the layer's input.
     for layer, state in cache.ssa_decode_states.items():
-        keys = cache.layers[layer].keys
-        assert state.length == keys.shape[2] == ids.shape[1]
-        torch.testing.assert_close(
-            state.prefix[:, :, : state.num_blocks + 1], _key_prefix(keys, 16), rtol=1e-12, atol=1e-9
-        )
+        decoder_layer = model.model.layers[layer]
+        _, keys = decoder_layer.self_attn.ssa_router(decoder_layer.input_layernorm(full_out.hidden_states[layer]))
+        assert state.length == keys.shape[2] == ids.shape[1] == cache.layers[layer].keys.shape[2]
+        prefix_tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-9}
+        torch.testing.assert_close(state.prefix[:, :, : state.num_blocks + 1], _key_prefix(keys, 16), **prefix_tol)
 
 
 @torch.no_grad()
@@ -240,15 +243,22 @@ def test_hf_generate_equals_greedy_over_repeated_full_forwards():
 
 @torch.no_grad()
 def test_hf_generate_with_the_training_rule_and_after_loading(tmp_path):
-    """Default rule: the prompt runs the training path, new tokens the per-token rule. A model loaded with
-    attn_implementation="ssa" needs enable_ssa_decode before generating with a cache."""
+    """Default rule: the prompt runs the training path, new tokens the per-token rule. ``from_pretrained``
+    restores the learned routers and the decode hooks; a model without routers loaded by HF's own loader
+    needs enable_ssa_decode before generating with a cache."""
     model = tiny_ssa_model("qwen3", rule="block")
     prompt = torch.randint(0, 97, (1, 150), generator=torch.Generator().manual_seed(5))
     seq = model.generate(prompt, max_new_tokens=12, do_sample=False)
     assert seq.shape == (1, 162)
     assert seq[0, 150] == model(prompt, use_cache=False).logits[0, -1].argmax()  # prefill = training path
-    model.save_pretrained(tmp_path)
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="ssa").eval()
+    model.save_pretrained(tmp_path / "learned")
+    loaded = from_pretrained(tmp_path / "learned").eval()
+    assert torch.equal(loaded.generate(prompt, max_new_tokens=12, do_sample=False), seq)
+
+    model = convert_to_ssa(tiny_hf_model("qwen3").eval(), dataclasses.replace(HF_SSA, router="attention"))
+    seq = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    model.save_pretrained(tmp_path / "attention")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "attention", attn_implementation="ssa").eval()
     with pytest.raises(RuntimeError, match="enable_ssa_decode"):
         loaded.generate(prompt, max_new_tokens=2, do_sample=False)
     assert torch.equal(enable_ssa_decode(loaded).generate(prompt, max_new_tokens=12, do_sample=False), seq)

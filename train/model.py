@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from data import byte_tokenizer
 from ssa_kernels.hf import convert_to_ssa
+from ssa_kernels.hf import from_pretrained as ssa_from_pretrained
 from train.config import AttentionConfig, ConfigError, ModelConfig
 from train.loss import linear_cross_entropy
 
@@ -95,7 +96,10 @@ def build_model(cfg: ModelConfig, attention: AttentionConfig, config: Pretrained
     """The HF model with fp32 weights; for attention=ssa, built dense and converted in place."""
     impl = attention.impl if attention.name == "dense" else "sdpa"
     kwargs = {"attn_implementation": impl, "dtype": torch.float32}
-    if cfg.path is not None:
+    if cfg.path is not None and attention.name == "ssa" and getattr(config, "ssa", None):
+        # an SSA checkpoint: HF's loader would drop its learned routers (convert_to_ssa below keeps them)
+        model = ssa_from_pretrained(str(Path(cfg.path).expanduser()), config=config, dtype=torch.float32)
+    elif cfg.path is not None:
         model = AutoModelForCausalLM.from_pretrained(str(Path(cfg.path).expanduser()), config=config, **kwargs)
     else:
         model = AutoModelForCausalLM.from_config(config, **kwargs)

@@ -142,28 +142,34 @@ def causal_rows_attention(
     cfg: SSAConfig,
     doc_ids: Tensor | None = None,
     scale: float | None = None,
+    route: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """SSA over a whole sequence under the causal per-token rule (see the module docstring): what decoding
     the sequence token by token gives. q [Bt, Hq, T, D] (post-RoPE), k, v [Bt, Hkv, T, D], doc_ids [Bt, T]
     nondecreasing or None -> out [Bt, Hq, T, D].
 
     Autograd reaches q, k, v through the attention only (the selection is discrete; no routing gradient).
-    Memory is linear in T: per chunk of tokens the gathered blocks and beam candidates.
+    Memory is linear in T: per chunk of tokens the gathered blocks and beam candidates. ``route``:
+    (route_q [Bt, Hr, T, d], route_k [Bt, Hkv, T, d]) scored by the selector instead of q and k
+    (a learned router's outputs; see ``ssa_kernels.ssa_attention``).
     """
     _check_inputs(q, k, cfg, doc_ids)
+    rq, rk = route if route is not None else (q, k)
+    _check_inputs(rq, rk, cfg, doc_ids)
     if v.shape != k.shape:
         raise ValueError(f"v must have the shape of k {tuple(k.shape)}; got {tuple(v.shape)}")
     bt, hq, seq_len, d = q.shape
     hkv, block_size = k.shape[1], cfg.block_size
-    group = hq // hkv
     scale = d**-0.5 if scale is None else scale
     nb = _num_blocks(seq_len, block_size)
     with torch.no_grad():
-        prefix = _key_prefix(k.detach(), block_size)  # (Bt, Hkv, nb + 1, D) fp64
-        # Sum of the queries of t's block up to t, over the G heads: (Bt, Hkv, G, T, D) -> (Bt, Hkv, T, D)
-        q_sums = q.detach().view(bt, hkv, group, seq_len, d).sum(2, dtype=torch.float64)
+        rd, rgroup = rk.shape[-1], rq.shape[1] // hkv
+        prefix = _key_prefix(rk.detach(), block_size)  # (Bt, Hkv, nb + 1, d) fp64
+        # Sum of the routing queries of t's block up to t, over the group: (Bt, Hkv, Gr, T, d) -> (Bt, Hkv, T, d)
+        q_sums = rq.detach().view(bt, hkv, rgroup, seq_len, rd).sum(2, dtype=torch.float64)
         q_sums = F.pad(q_sums, (0, 0, 0, nb * block_size - seq_len))
-        q_sums = q_sums.view(bt, hkv, nb, block_size, d).cumsum(-2).view(bt, hkv, nb * block_size, d)[:, :, :seq_len]
+        q_sums = q_sums.view(bt, hkv, nb, block_size, rd).cumsum(-2).view(bt, hkv, nb * block_size, rd)
+        q_sums = q_sums[:, :, :seq_len]
         lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)  # (Bt or 1, nb), (nb,)
         if doc_ids is None:
             key_start = torch.zeros(1, seq_len, dtype=torch.long, device=q.device)
@@ -178,7 +184,7 @@ def causal_rows_attention(
         pos = torch.arange(t0, t1, device=q.device)  # (R,)
         blk = pos // block_size
         with torch.no_grad():
-            q_sum = _query_means(q_sums[:, :, t0:t1], pos - blk * block_size + 1, group, d, _accumulate_dtype(q))
+            q_sum = _query_means(q_sums[:, :, t0:t1], pos - blk * block_size + 1, rgroup, rd, _accumulate_dtype(rq))
             routed = _route_rows(q_sum, prefix, lo[:, blk], hi[blk], blk, cfg)
             indices = _union_rows(routed, blk, cfg)  # (Bt, Hkv, R, S)
         outs.append(_attend_rows(q[:, :, t0:t1], k, v, indices, pos, key_start[:, t0:t1], block_size, scale))
@@ -222,9 +228,12 @@ class DecodeState:
 
     @classmethod
     @torch.no_grad()
-    def from_prefill(cls, q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None = None) -> DecodeState:
-        """State after a prompt: q [Bt, Hq, T, D], k [Bt, Hkv, T, D] (post-RoPE, as cached), doc_ids [Bt, T]
-        nondecreasing or None. O(T * D) work, one pass over k and over q's last block."""
+    def from_prefill(
+        cls, q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None = None, last_key: Tensor | None = None
+    ) -> DecodeState:
+        """State after a prompt: q [Bt, Hq, T, D], k [Bt, Hkv, T, D] what the selector scores (post-RoPE q/k as
+        cached, or a learned router's outputs), doc_ids [Bt, T] nondecreasing or None; last_key [Bt, Hkv, D]: the
+        cached key of the last token (default k's). O(T * D) work, one pass over k and over q's last block."""
         _check_inputs(q, k, cfg, doc_ids)
         bt, hq, seq_len, d = q.shape
         hkv, block_size = k.shape[1], cfg.block_size
@@ -244,12 +253,16 @@ class DecodeState:
             doc = doc_ids[:, -1].clone()
             doc_start = torch.searchsorted(doc_ids, doc_ids[:, -1:].contiguous()).squeeze(1)  # (Bt,)
         block_lo = routed_bounds(doc_ids, seq_len, cfg, q.device)[0][:, -1].expand(bt).clone()  # (Bt,)
-        return cls(prefix, key_sum, query_sum, seq_len, block_size, doc, doc_start, block_lo, k[:, :, -1].clone())
+        last_key = k[:, :, -1] if last_key is None else last_key
+        return cls(prefix, key_sum, query_sum, seq_len, block_size, doc, doc_start, block_lo, last_key.clone())
 
     @torch.no_grad()
-    def append(self, q_new: Tensor, k_new: Tensor, cfg: SSAConfig, doc_id: Tensor | None = None) -> None:
-        """Take token t = length: q_new [Bt, Hq, D], k_new [Bt, Hkv, D], doc_id [Bt] (None: the last token's
-        document). O(D) work, plus a copy of the buffer when it doubles."""
+    def append(
+        self, q_new: Tensor, k_new: Tensor, cfg: SSAConfig, doc_id: Tensor | None = None, last_key: Tensor | None = None
+    ) -> None:
+        """Take token t = length: q_new [Bt, Hq, D], k_new [Bt, Hkv, D] (what the selector scores), doc_id [Bt]
+        (None: the last token's document), last_key [Bt, Hkv, D] its cached key (default k_new). O(D) work,
+        plus a copy of the buffer when it doubles."""
         bt, hkv, d = k_new.shape
         t, block_size = self.length, self.block_size
         i = t // block_size
@@ -271,7 +284,7 @@ class DecodeState:
             grown[:, :, : self.prefix.shape[2]] = self.prefix
             self.prefix = grown
         self.prefix[:, :, i + 1] = self.prefix[:, :, i] + self.key_sum
-        self.last_key = k_new.clone()
+        self.last_key = (k_new if last_key is None else last_key).clone()
         self.length = t + 1
 
 
@@ -283,11 +296,15 @@ def ssa_decode_step(
     cfg: SSAConfig,
     scale: float | None = None,
     doc_id: Tensor | None = None,
+    route_q: Tensor | None = None,
+    route_k: Tensor | None = None,
 ) -> Tensor:
     """Attention output of one new token under the causal per-token rule, updating ``state``.
 
     q [Bt, Hq, 1, D] (post-RoPE); k_cache, v_cache [Bt, Hkv, T, D] with T = state.length + 1 (the cache
-    already holds the new token); doc_id [Bt] int64, the new token's document (None: the previous token's).
+    already holds the new token); doc_id [Bt] int64, the new token's document (None: the previous token's);
+    route_q [Bt, Hr, 1, d], route_k [Bt, Hkv, d]: the new token's routing query and key when a learned router
+    scores (None: q and its cached key).
     Returns [Bt, Hq, 1, D] in q's dtype. Raises if the cache does not continue the state (another sequence,
     reordered or cropped).
     """
@@ -302,12 +319,15 @@ def ssa_decode_step(
         raise ValueError(f"state.block_size={state.block_size} differs from cfg.block_size={cfg.block_size}")
     if state.last_key is not None and not torch.equal(k_cache[:, :, t - 1], state.last_key):
         raise ValueError("k_cache does not continue this DecodeState (another sequence, or reordered / cropped)")
-    state.append(q[:, :, 0], k_cache[:, :, t], cfg, doc_id)
+    rq = q[:, :, 0] if route_q is None else route_q[:, :, 0]
+    rk = k_cache[:, :, t] if route_k is None else route_k
+    state.append(rq, rk, cfg, doc_id, last_key=k_cache[:, :, t])
     block_size = cfg.block_size
     i = t // block_size
     pos = torch.tensor([t], device=q.device)
     with torch.no_grad():
-        q_sum = _query_means(state.query_sum.unsqueeze(2), pos - i * block_size + 1, hq // hkv, d, _accumulate_dtype(q))
+        rgroup, rd = rq.shape[1] // hkv, rq.shape[-1]
+        q_sum = _query_means(state.query_sum.unsqueeze(2), pos - i * block_size + 1, rgroup, rd, _accumulate_dtype(q))
         hi = pos // block_size - (cfg.local_blocks - 1)  # routed_bounds' hi of block i
         routed = _route_rows(q_sum, state.prefix, state.block_lo.view(bt, 1), hi, pos // block_size, cfg)
         indices = _union_rows(routed, pos // block_size, cfg)  # (Bt, Hkv, 1, S)
