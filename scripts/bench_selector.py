@@ -1,8 +1,13 @@
-"""Time the SSA selector reference (pyramid prefix sums + beam search) on the GPU: bf16, 32 q / 8 kv
-heads, d = 128, batch 1, default SSAConfig. Prints a table and writes
-docs/results/selector-<gpu>.json. The reference is the oracle for the Triton selector (issue 4).
+"""Time the SSA selector on the GPU: the PyTorch reference (fp64 prefix sums + vectorised beam search) beside
+the Triton fast path (``select_blocks_fast``). bf16, 32 q / 8 kv heads, d = 128, batch 1, default SSAConfig.
+Prints a table and writes docs/results/selector-<gpu>.json (one row per n and method). The reference runs up
+to ``--ref-max`` tokens (it needs ~10 GiB extra at 1M); ``--check`` compares the two selections at one n
+(share of rows with the same routed set, and how far apart the fp64 scores of differing rows are);
+``--sweep`` times the fast path under other launch parameters (rows,warps,dim_chunk) at ``--sweep-n``
+tokens and keeps the fastest for the table. Fast rows also give ``summaries_ms``: pooling q and k and
+building the pyramid, the part that reads the T x D inputs.
 
-    python scripts/bench_selector.py --n 131072 1048576
+    python scripts/bench_selector.py --n 131072 524288 1048576 4194304 --check 32768
 """
 
 from __future__ import annotations
@@ -17,40 +22,106 @@ import torch
 import triton.testing
 
 from ssa_kernels import SSAConfig, select_blocks
+from ssa_kernels.selector import fast, routing_scores, select_blocks_fast
 
 REPO = Path(__file__).resolve().parent.parent
+METHODS = {"ssa_selector_reference": select_blocks, "ssa_selector_fast": select_blocks_fast}
+
+
+def inputs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    return q, torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+
+
+def measure(fn, q: torch.Tensor, k: torch.Tensor, cfg: SSAConfig) -> tuple[float, float, object]:
+    """(median ms, extra peak GiB over the inputs, selection)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    sel = fn(q, k, cfg)
+    torch.cuda.synchronize()
+    extra = (torch.cuda.max_memory_allocated() - base) / 2**30
+    ms = triton.testing.do_bench(lambda: fn(q, k, cfg), warmup=50, rep=300, return_mode="median")
+    return ms, extra, sel
+
+
+def check(n: int, cfg: SSAConfig) -> dict:
+    """Fast vs reference on the same inputs: equal routed rows, and for the others the largest relative gap
+    between their sorted fp64 scores (a near-tie swap leaves them equal to ~1e-6)."""
+    q, k = inputs(n, seed=1)
+    ref, got = select_blocks(q, k, cfg), select_blocks_fast(q, k, cfg)
+    same = (ref.routed == got.routed).all(-1)
+    exact_ref = routing_scores(q.double(), k.double(), ref.routed, cfg).sort(-1, descending=True).values
+    exact_got = routing_scores(q.double(), k.double(), got.routed, cfg).sort(-1, descending=True).values
+    finite = torch.isfinite(exact_ref)
+    scale = exact_ref[finite].abs().max().item()
+    gap = (exact_ref - exact_got).abs().nan_to_num(0.0).max().item() / scale  # -inf - -inf: nan -> 0
+    return {
+        "n": n, "rows": same.numel(), "rows_equal": int(same.sum()), "share_equal": same.float().mean().item(),
+        "max_score_gap_rel": gap, "indices_equal_rows": int((ref.indices == got.indices).all(-1).sum()),
+        "candidates_equal_on_equal_rows": bool(torch.equal(ref.candidates[same], got.candidates[same])),
+        "padding_same": bool(torch.equal(finite, torch.isfinite(exact_got))),
+    }  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, nargs="+", default=[8192, 32768, 131072, 524288, 1048576])
+    ap.add_argument("--n", type=int, nargs="+", default=[131072, 524288, 1048576, 4194304])
+    ap.add_argument("--ref-max", type=int, default=1048576, help="largest n the reference runs at")
+    ap.add_argument("--check", type=int, nargs="*", default=[32768], help="n to compare fast with reference at")
+    ap.add_argument("--sweep", nargs="*", default=[], help="rows,warps,dim_chunk launch parameters to try")
+    ap.add_argument("--sweep-n", type=int, default=1048576)
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     args = ap.parse_args()
     cfg = SSAConfig()
+    checks = []
+    for n in args.check:
+        checks.append(check(n, cfg))
+        print("check", json.dumps(checks[-1]), flush=True)
+    sweep = []
+    if args.sweep:
+        q, k = inputs(args.sweep_n)
+        best = (float("inf"), fast.TUNING)
+        for spec in args.sweep:
+            rows, warps, chunk = (int(x) for x in spec.split(","))
+            fast.TUNING = fast.Tuning(rows=rows, num_warps=warps, dim_chunk=chunk)
+            ms, _, _ = measure(select_blocks_fast, q, k, cfg)
+            sweep.append({"n": args.sweep_n, "rows": rows, "num_warps": warps, "dim_chunk": chunk, "ms": ms})
+            print(f"sweep rows={rows} warps={warps} dim_chunk={chunk}: {ms:.2f} ms", flush=True)
+            best = min(best, (ms, fast.TUNING), key=lambda x: x[0])
+        fast.TUNING = best[1]
+        print(f"using {fast.TUNING}", flush=True)
+        del q, k
     results = []
     for n in args.n:
-        q = torch.randn(1, 32, n, 128, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, 8, n, 128, device="cuda", dtype=torch.bfloat16)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        sel = select_blocks(q, k, cfg)
-        extra = (torch.cuda.max_memory_allocated() - base) / 2**30
-        ms = triton.testing.do_bench(
-            lambda q=q, k=k: select_blocks(q, k, cfg), warmup=50, rep=300, return_mode="median"
-        )
-        routed = (sel.routed >= 0).sum(-1).float()
-        row = {
-            "n": n, "method": "ssa_selector_reference", "pass": "selector", "ms": ms, "extrapolated": False,
-            "extra_peak_gib": extra, "max_candidates": int(sel.candidates.max()),
-            "mean_routed": routed[..., 16:].mean().item(),
-        }  # fmt: skip
-        results.append(row)
-        print(f"n={n:>8}  {ms:9.2f} ms  extra {extra:6.2f} GiB  max candidates {row['max_candidates']}"
-              f"  mean routed {row['mean_routed']:.1f}/{cfg.topk_blocks}", flush=True)  # fmt: skip
+        q, k = inputs(n)
+        for method, fn in METHODS.items():
+            if fn is select_blocks and n > args.ref_max:
+                continue
+            ms, extra, sel = measure(fn, q, k, cfg)
+            routed = (sel.routed >= 0).sum(-1).float()
+            row = {
+                "n": n, "method": method, "pass": "selector", "ms": ms, "extrapolated": False,
+                "extra_peak_gib": extra, "max_candidates": int(sel.candidates.max()),
+                "mean_routed": routed[..., 16:].mean().item(),
+            }  # fmt: skip
+            if fn is select_blocks_fast:
+                row["summaries_ms"] = triton.testing.do_bench(
+                    lambda q=q, k=k: fast._summaries(q, k, cfg), warmup=25, rep=100, return_mode="median"
+                )
+            results.append(row)
+            print(f"n={n:>8}  {method:<24} {ms:9.2f} ms  extra {extra:6.2f} GiB  max candidates "
+                  f"{row['max_candidates']}  mean routed {row['mean_routed']:.1f}/{cfg.topk_blocks}"
+                  f"  summaries {row.get('summaries_ms', float('nan')):.2f} ms", flush=True)  # fmt: skip
+            del sel
+        del q, k
+        torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name()
-    doc = {"device": gpu, "date": datetime.date.today().isoformat(),
-           "command": "python scripts/bench_selector.py " + " ".join(sys.argv[1:]), "results": results}  # fmt: skip
+    doc = {"device": gpu, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+           "triton": triton.__version__, "tuning": vars(fast.TUNING),
+           "command": "python scripts/bench_selector.py " + " ".join(sys.argv[1:]),
+           "results": results, "checks": checks, "sweep": sweep}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"selector-{gpu.replace('NVIDIA ', '').split()[0].lower()}.json").write_text(json.dumps(doc, indent=1))

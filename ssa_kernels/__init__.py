@@ -2,8 +2,9 @@
 
 ``ssa_attention`` is the one public function: select key blocks by content (``selector/``), then
 attend exactly to them (``attention/``). The PyTorch references beside each op are the oracle and
-the CPU path; the Triton kernels (next issue) plug in behind ``backend``. Importing this package
-registers ``attn_implementation="ssa"`` with HF transformers (``hf.py``).
+the CPU path; the Triton kernels (``attention/triton.py``, ``selector/fast.py``) run behind
+``backend``. Importing this package registers ``attn_implementation="ssa"`` with HF transformers
+(``hf.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from ssa_kernels.attention import sparse_attention
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.selector import Selection, routed_bounds, routing_scores, select_blocks
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "triton")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """ "auto" -> "triton" for CUDA tensors, "reference" elsewhere; others as given."""
+    if backend not in BACKENDS:
+        raise ValueError(f"attention.backend={backend!r}: use one of {BACKENDS}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    return backend
 
 
 def routing_bias(q: torch.Tensor, k: torch.Tensor, sel: Selection, cfg: SSAConfig, doc_ids=None) -> torch.Tensor:
@@ -45,7 +55,7 @@ def ssa_attention(
     cfg: SSAConfig,
     doc_ids: torch.Tensor | None = None,
     scale: float | None = None,
-    backend: str = "auto",
+    backend: str | None = None,
     route: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """SSA: q [Bt, Hq, T, D] (post-RoPE), k, v [Bt, Hkv, T, D] (GQA, not repeated), doc_ids [Bt, T]
@@ -53,16 +63,21 @@ def ssa_attention(
 
     ``route``: (route_q [Bt, Hr, T, d], route_k [Bt, Hkv, T, d]) with Hr a multiple of Hkv, what the
     selector scores (a learned router's outputs, ``ssa_kernels/router.py``); None: q and k themselves.
-    The routing gradient (``cfg.routing``) reaches whatever produced them."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: use one of {BACKENDS}")
+    The routing gradient (``cfg.routing``) reaches whatever produced them. ``backend``: overrides
+    ``cfg.backend`` (see :func:`resolve_backend`)."""
+    if resolve_backend(backend or cfg.backend, q.device) == "triton":
+        # imported here: Triton is needed only when its kernels run
+        from ssa_kernels.attention.triton import sparse_attention_triton as attend
+        from ssa_kernels.selector.fast import select_blocks_fast as select
+    else:
+        attend, select = sparse_attention, select_blocks
     rq, rk = route if route is not None else (q, k)
     with torch.no_grad():
-        sel = select_blocks(rq, rk, cfg, doc_ids)
+        sel = select(rq, rk, cfg, doc_ids)
     bias = None
     if cfg.routing == "straight_through" and torch.is_grad_enabled() and (rq.requires_grad or rk.requires_grad):
         bias = routing_bias(rq, rk, sel, cfg, doc_ids)
-    out, _ = sparse_attention(q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias)
+    out, _ = attend(q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias)
     return out
 
 

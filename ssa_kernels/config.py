@@ -32,6 +32,9 @@ class SSAConfig:
     # "attention", the attention's own post-RoPE q and k (no extra weights; it also learns as
     # attention trains, so ``routing: none`` does not freeze it).
     router: str = "learned"
+    # Which implementation runs: "auto" (Triton kernels on CUDA tensors, the PyTorch reference
+    # elsewhere), "triton" or "reference" (the oracle; slow on GPU, exact and simple).
+    backend: str = "auto"
 
     @property
     def local_blocks(self) -> int:
@@ -42,6 +45,8 @@ class SSAConfig:
             raise ValueError("attention.block_size >= 1, branching >= 2, topk_blocks >= 0, sink_blocks >= 0")
         if self.routing not in ("straight_through", "none"):
             raise ValueError(f"attention.routing={self.routing!r}: use straight_through or none")
+        if self.backend not in ("auto", "triton", "reference"):
+            raise ValueError(f"attention.backend={self.backend!r}: use auto, triton or reference")
         if self.router not in ("learned", "attention"):
             raise ValueError(f"attention.router={self.router!r}: use learned or attention")
         if self.local_window % self.block_size:

@@ -332,4 +332,9 @@ def ssa_decode_step(
         routed = _route_rows(q_sum, state.prefix, state.block_lo.view(bt, 1), hi, pos // block_size, cfg)
         indices = _union_rows(routed, pos // block_size, cfg)  # (Bt, Hkv, 1, S)
     scale = d**-0.5 if scale is None else scale
-    return _attend_rows(q, k_cache, v_cache, indices, pos, state.doc_start.view(bt, 1), block_size, scale)
+    key_start = state.doc_start.view(bt, 1)
+    if q.is_cuda and cfg.backend != "reference":  # the Triton flash-decoding kernel (same semantics)
+        from ssa_kernels.decode.triton import decode_attention_triton
+
+        return decode_attention_triton(q, k_cache, v_cache, indices, pos, key_start, block_size, scale)
+    return _attend_rows(q, k_cache, v_cache, indices, pos, key_start, block_size, scale)

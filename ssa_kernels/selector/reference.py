@@ -194,6 +194,34 @@ def _score_nodes(q_sum: Tensor, level: Tensor, node: Tensor) -> Tensor:
     return torch.cat(scores, dim=-1)  # (Bt, Hkv, nb, M)
 
 
+class _RoutedScores(torch.autograd.Function):
+    """:func:`_score_nodes` with a backward that re-gathers instead of saving: autograd through the chunked
+    gathers would keep every gathered [..., M, D] chunk, i.e. nb x topk x D floats (7.5 GB at 1M tokens, 8
+    kv heads, fp32). Saves only the inputs; both passes are chunked over the M slots."""
+
+    @staticmethod
+    def forward(ctx, q_sum: Tensor, level: Tensor, node: Tensor) -> Tensor:
+        ctx.save_for_backward(q_sum, level, node)
+        return _score_nodes(q_sum, level, node)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q_sum, level, node = ctx.saved_tensors
+        bt, hkv, n, d = level.shape
+        row0 = (torch.arange(bt * hkv, device=node.device) * n).view(bt, hkv, 1, 1)
+        rows = node.clamp(0, n - 1) + row0  # (Bt, Hkv, nb, M) as in _score_nodes
+        grad = torch.nan_to_num(grad.to(q_sum.dtype), nan=0.0, posinf=0.0, neginf=0.0)  # masked slots
+        flat = level.reshape(-1, d)
+        d_q = torch.zeros_like(q_sum)
+        d_level = torch.zeros_like(flat)
+        chunk = max(1, _GATHER_FLOATS // d)
+        for part, g in zip(rows.split(chunk, dim=-1), grad.split(chunk, dim=-1)):
+            picked = flat.index_select(0, part.reshape(-1)).view(*part.shape, d)  # (Bt, Hkv, nb, c, D)
+            d_q += (g.unsqueeze(-2) @ picked).squeeze(-2)  # (Bt, Hkv, nb, 1, c) @ (.., c, D) -> (Bt, Hkv, nb, D)
+            d_level.index_add_(0, part.reshape(-1), (g.unsqueeze(-1) * q_sum.unsqueeze(-2)).reshape(-1, d))
+        return d_q, d_level.view_as(level), None
+
+
 def _num_levels(nb: int, cfg: SSAConfig) -> int:
     """Levels of the pyramid over nb blocks (as :func:`key_pyramid` builds it)."""
     levels, n = 1, nb
@@ -367,4 +395,4 @@ def routing_scores(q: Tensor, k: Tensor, routed: Tensor, cfg: SSAConfig, doc_ids
     keys = keys / _block_token_counts(seq_len, cfg.block_size, k.device, keys.dtype)[:, None]
     lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)
     valid = (routed >= lo.view(-1, 1, nb, 1)) & (routed < hi.view(1, 1, nb, 1))  # (Bt, Hkv, nb, R)
-    return torch.where(valid, _score_nodes(q_sum, keys, routed), -math.inf)
+    return torch.where(valid, _RoutedScores.apply(q_sum, keys, routed), -math.inf)

@@ -1,0 +1,273 @@
+"""Check and time the Triton SSA block-sparse attention (``ssa_kernels/attention/triton.py``) on one GPU.
+
+    PYTHONPATH=. python3 scripts/bench_attention_kernel.py [--check] [--sizes 131072,1048576] [--sweep fwd,dq,dkdv]
+
+--check: bf16 kernel vs the fp32 reference at small T (ragged, docs, block bias, small CSR pieces), relative
+errors of out, lse and every gradient. --sizes: times forward, fwd+bwd and the backward's parts on the
+synthetic SSA selection (per query block: sink block 0, the 16 local blocks, 112 random distinct earlier
+blocks; sorted, -1 padded for early rows) at Bt=1, Hq=32, Hkv=8, D=128, B=64, bf16. --sweep: times each
+listed kernel's configurations (BLOCK_M, num_warps, num_stages) at the first size.
+
+FLOPs: forward 4 * D * sum over (query head, query row) of visible keys; fwd+bwd 3.5x that (the backward
+counted as 2.5x the forward, FlashAttention's convention; the kernels actually recompute QK^T and dP^T in
+both backward passes, 3.5x the forward's matmuls in the backward alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _load(name: str, rel: str):
+    """Load one file as a module without running ssa_kernels/__init__.py (which imports the whole package,
+    HF glue included; this script needs only the two attention files)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+tri = _load("ssa_attention_triton", "ssa_kernels/attention/triton.py")
+sparse_attention = _load("ssa_attention_reference", "ssa_kernels/attention/reference.py").sparse_attention
+
+T0 = time.time()
+BUDGET_S = float(os.environ.get("BENCH_BUDGET_S", "160"))
+
+
+def log(*a) -> None:
+    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
+
+
+def synthetic_indices(
+    hkv: int, nb: int, gen: torch.Generator, n_routed: int = 112, n_local: int = 16, dev: str = "cuda"
+) -> torch.Tensor:
+    """[1, hkv, nb, 1 + n_routed + n_local] int64, built with torch ops on dev without any nb x nb tensor."""
+    i = torch.arange(nb, device=dev)
+    local = i[:, None] - torch.arange(n_local - 1, -1, -1, device=dev)[None, :]  # [nb, 16]: i-15 .. i
+    local = torch.where(local >= 0, local, -1).expand(hkv, nb, n_local)  # [hkv, nb, 16]
+    sink = torch.where(i >= n_local, 0, -1).view(1, nb, 1).expand(hkv, nb, 1)  # [hkv, nb, 1]
+    # Routed: distinct blocks from [1, i - n_local], R = max(0, i - n_local) candidates per row.
+    R = (i - n_local).clamp_min(0)  # [nb]
+    routed = torch.full((hkv, nb, n_routed), -1, dtype=torch.int64, device=dev)
+    small = R <= 512  # exact: the n_routed smallest of 512 random keys, positions >= R excluded
+    ns = int(small.sum())
+    keys = torch.rand(hkv, ns, 512, device=dev, generator=gen)  # [hkv, ns, 512]
+    pos = torch.arange(512, device=dev)
+    keys = torch.where(pos[None, None, :] < R[small][None, :, None], keys, 2.0)
+    kv, kj = keys.topk(n_routed, dim=-1, largest=False)  # [hkv, ns, n_routed]
+    routed[:, small] = torch.where(kv < 2.0, kj + 1, -1)
+    nl = nb - ns  # large rows: 256 draws, duplicates dropped, n_routed of the distinct ones kept
+    if nl:
+        Rl = R[~small].view(1, nl, 1).float()
+        draws = (torch.rand(hkv, nl, 256, device=dev, generator=gen) * Rl).long().clamp_max(Rl.long() - 1)
+        draws, _ = draws.sort(-1)  # [hkv, nl, 256]
+        dup = torch.zeros_like(draws, dtype=torch.bool)
+        dup[..., 1:] = draws[..., 1:] == draws[..., :-1]
+        prio = torch.where(dup, -1.0, torch.rand(draws.shape, device=dev, generator=gen))
+        pv, pj = prio.topk(n_routed, dim=-1)  # [hkv, nl, n_routed]
+        routed[:, ~small] = torch.where(pv >= 0, draws.gather(-1, pj) + 1, -1)
+    rows = torch.cat([sink, routed, local], -1)  # [hkv, nb, S]
+    big = torch.iinfo(torch.int64).max
+    rows, _ = torch.where(rows >= 0, rows, big).sort(-1)
+    rows = torch.where(rows == big, -1, rows)
+    return rows.unsqueeze(0).contiguous()  # [1, hkv, nb, S]
+
+
+def fwd_flops(indices: torch.Tensor, G: int, B: int, D: int) -> float:
+    """4 * D * G * sum over (kv head, query row) of visible keys; T a multiple of B, diagonal always listed."""
+    cnt = (indices >= 0).sum(-1).double()  # [1, hkv, nb]
+    per_block = (cnt - 1) * B * B + B * (B + 1) / 2
+    return float(4 * D * G * per_block.sum())
+
+
+def timeit(fn, reps: int, warmup: int = 1) -> float:
+    """Median ms over reps (events), after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def relerr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def check() -> float:
+    """bf16 kernel vs fp32 reference; returns the max relative error over out, lse and grads."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    worst = 0.0
+    tri.POISON = True
+    # Few kernel specialisations (compiles are slow): docs + bias everywhere, T not a multiple of 16.
+    for bt, hq, hkv, t, d, bs, docs_on, split in [
+        (2, 8, 2, 3000, 128, 64, True, 3),
+        (1, 32, 8, 8100, 128, 64, True, None),
+        (1, 4, 4, 1500, 64, 64, True, 2),
+    ]:
+        nb = -(-t // bs)
+        idx = synthetic_indices(hkv, nb, g, n_routed=min(112, nb), n_local=4)[:, :, :, :]
+        idx = idx.expand(bt, -1, -1, -1).contiguous()
+        q = torch.randn(bt, hq, t, d, device="cuda", generator=g, dtype=torch.bfloat16)
+        k = torch.randn(bt, hkv, t, d, device="cuda", generator=g, dtype=torch.bfloat16)
+        v = torch.randn(bt, hkv, t, d, device="cuda", generator=g, dtype=torch.bfloat16)
+        bias = 0.3 * torch.randn(idx.shape, device="cuda", generator=g)
+        doc = None
+        if docs_on:
+            doc = (torch.rand(bt, t, device="cuda", generator=g) < 3e-3).long().cumsum(1)
+        do = torch.randn(q.shape, device="cuda", generator=g, dtype=torch.bfloat16)
+        dl = torch.randn(q.shape[:3], device="cuda", generator=g)
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, bias)]
+        out, lse = tri._sparse_attention_triton(*leaves[:3], idx, bs, doc_ids=doc, block_bias=leaves[3], kv_split=split)
+        grads = torch.autograd.grad((out.float() * do.float()).sum() + (lse * dl).sum(), leaves)
+        rl = [x.detach().float().requires_grad_() for x in (q, k, v, bias)]
+        ro, rlse = sparse_attention(*rl[:3], idx, bs, doc_ids=doc, block_bias=rl[3])
+        rg = torch.autograd.grad((ro * do.float()).sum() + (rlse * dl).sum(), rl)
+        fin = torch.isfinite(rlse)
+        errs = {"out": relerr(out, ro), "lse": relerr(lse[fin], rlse[fin])}
+        errs.update({n: relerr(a, b) for n, a, b in zip(("dq", "dk", "dv", "dbias"), grads, rg)})
+        bad = [n for n, x in zip(("out", "dq", "dk", "dv", "dbias"), (out, *grads)) if not torch.isfinite(x).all()]
+        bad += [] if torch.equal(torch.isinf(lse), ~fin) else ["lse-inf-pattern"]
+        worst = max(worst, *errs.values())
+        log(f"check Bt{bt} Hq{hq} Hkv{hkv} T{t} D{d} B{bs} docs={docs_on} split={split}:",
+            " ".join(f"{n}={e:.2e}" for n, e in errs.items()), "NONFINITE:" + ",".join(bad) if bad else "")  # fmt: skip
+    tri.POISON = False
+    log(f"check: max rel err {worst:.2e} ({'OK' if worst <= 1e-2 else 'FAIL'})")
+    return worst
+
+
+def setup(T: int, hq=32, hkv=8, d=128, bs=64, seed=1):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    nb = T // bs
+    idx = synthetic_indices(hkv, nb, g)
+    q = torch.randn(1, hq, T, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    k = torch.randn(1, hkv, T, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    v = torch.randn(1, hkv, T, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    return q, k, v, idx, fwd_flops(idx, hq // hkv, bs, d)
+
+
+def bench_size(T: int, reps: int) -> None:
+    bs, scale = 64, 128**-0.5
+    q, k, v, idx, fl = setup(T)  # q, k, v require grad
+    log(
+        f"T={T}: S={idx.shape[-1]}, mean listed {float((idx >= 0).sum(-1).float().mean()):.1f}, fwd GFLOP {fl / 1e9:.0f}"
+    )
+    with torch.no_grad():
+        f_ms = timeit(lambda: tri.sparse_attention_triton(q, k, v, idx, bs), reps)
+    log(f"T={T} fwd      {f_ms:8.1f} ms  {fl / f_ms / 1e9:6.0f} TFLOP/s")
+    if time.time() - T0 > BUDGET_S:
+        return
+    do = torch.randn_like(q)
+
+    def fb():
+        out, _ = tri.sparse_attention_triton(q, k, v, idx, bs)
+        q.grad = k.grad = v.grad = None
+        out.backward(do)
+
+    fb()
+    torch.cuda.synchronize()
+    q.grad = k.grad = v.grad = None
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()  # q, k, v, dO, indices
+    fb_ms = timeit(fb, reps, warmup=0)
+    # Peak beyond q, k, v, dO and the unavoidable out, dq, dk, dv (bf16): the kernels' own workspace.
+    own = 2 * (q.numel() + k.numel() + v.numel() + q.numel())
+    extra = torch.cuda.max_memory_allocated() - base - own
+    ref = 2 * 2 * (q.numel() + k.numel() + v.numel() + q.numel())  # q, k, v, o and their grads, bf16
+    log(f"T={T} fwd+bwd  {fb_ms:8.1f} ms  {3.5 * fl / fb_ms / 1e9:6.0f} TFLOP/s (3.5x fwd FLOPs);"
+        f" extra memory {extra / 2**30:.2f} GiB = {100 * extra / ref:.1f}% of q,k,v,o+grads")  # fmt: skip
+    # Parts of the backward (dq alone, dk/dv alone: two launches; all: the fused launch).
+    with torch.no_grad():
+        out, lse = tri.sparse_attention_triton(q, k, v, idx, bs)
+        cnt, n_lo = tri._row_counts(idx)
+        args = (q, k, v, out, lse, idx, cnt, n_lo, None, None, do, None, bs, scale, None)
+        dq_ms = timeit(lambda: tri._backward(*args, (True, False, False, False)), reps)
+        kv_ms = timeit(lambda: tri._backward(*args, (False, True, True, False)), reps)
+        all_ms = timeit(lambda: tri._backward(*args, (True, True, True, False)), reps)
+        csr_ms = timeit(lambda: tri._kv_work(idx, None), reps)
+    _, items, red, n_slots = tri._kv_work(idx, None)
+    log(
+        f"T={T} bwd parts: delta+dq {dq_ms:.1f} ms ({1.5 * fl / dq_ms / 1e9:.0f} TFLOP/s of 3 matmuls),"
+        f" delta+csr+dkdv {kv_ms:.1f} ms ({2 * fl / kv_ms / 1e9:.0f} TFLOP/s of 4 matmuls), csr {csr_ms:.1f} ms,"
+        f" whole backward {all_ms:.1f} ms"
+        f" ({3.5 * fl / all_ms / 1e9:.0f} TFLOP/s of 7 matmuls); items {items.shape[0]}, split blocks"
+        f" {red.shape[0]}, partial slots {n_slots}, longest {int((items[:, 3] - items[:, 1]).max())}"
+    )
+
+
+def sweep(specs: list[str], T: int) -> None:
+    """specs: "kind:BLOCK_M,num_warps,num_stages[:kv_order]" with kind fwd | dq | dkdv."""
+    bs, scale = 64, 128**-0.5
+    q, k, v, idx, fl = setup(T)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    do = torch.randn_like(q)
+    with torch.no_grad():
+        out, lse = tri.sparse_attention_triton(q, k, v, idx, bs)
+        cnt, n_lo = tri._row_counts(idx)
+    args = (q, k, v, out, lse, idx, cnt, n_lo, None, None, do, None, bs, scale, None)
+    reps = 5 if T <= 131072 else 2
+    for spec in specs:
+        if time.time() - T0 > BUDGET_S:
+            log("budget reached, sweep stopped")
+            return
+        kind, cfg, *order = spec.split(":")
+        nums = [int(x) for x in cfg.split(",")]
+        tri.CONFIG_OVERRIDE.clear()
+        tri.CONFIG_OVERRIDE[kind] = dict(zip(("BLOCK_M", "num_warps", "num_stages"), nums))
+        tri.KV_ORDER = order[0] if order else "kb"
+        try:
+            with torch.no_grad():
+                if kind == "fwd":
+                    ms = timeit(lambda: tri._forward(q, k, v, idx, cnt, n_lo, None, None, bs, scale), reps)
+                    tf = fl / ms / 1e9
+                elif kind == "dq":
+                    ms = timeit(lambda: tri._backward(*args, (True, False, False, False)), reps)
+                    tf = 1.5 * fl / ms / 1e9
+                else:
+                    ms = timeit(lambda: tri._backward(*args, (False, True, True, False)), reps)
+                    tf = 2 * fl / ms / 1e9
+            log(f"sweep T={T} {spec}: {ms:.2f} ms {tf:.0f} TFLOP/s")
+        except Exception as e:  # noqa: BLE001 - out of resources etc.: report and go on
+            log(f"sweep {spec}: failed {type(e).__name__}: {str(e)[:200]}")
+    tri.CONFIG_OVERRIDE.clear()
+    tri.KV_ORDER = "kb"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--sizes", default="131072,1048576")
+    ap.add_argument("--sweep", default="", help='e.g. "fwd:256,8,2 dkdv:128,8,2:lpt"')
+    ap.add_argument("--sweep-T", type=int, default=131072)
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    log(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", tri.triton.__version__)
+    if a.check:
+        check()
+    for T in [int(x) for x in a.sizes.split(",") if x]:
+        if time.time() - T0 > BUDGET_S:
+            log(f"budget reached, T={T} skipped")
+            break
+        bench_size(T, a.reps if T <= 131072 else max(1, a.reps - 1))
+        torch.cuda.empty_cache()
+    if a.sweep:
+        sweep(a.sweep.split(), a.sweep_T)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,977 @@
+"""Triton forward and backward of SSA block-sparse attention (same semantics as ``reference.sparse_attention``).
+
+Shapes: q [Bt, Hq, T, D], k/v [Bt, Hkv, T, D], Hq = G * Hkv; indices [Bt, Hkv, nb, S] (nb = ceil(T / B),
+B = block_size), per query block the sorted key blocks, -1 padded at the end, shared by the G query heads
+of a kv head. Query t sees key s iff block(s) is listed for block(t), s <= t and (with doc_ids) same document.
+
+Design
+------
+Tile. The unit of work is (batch, kv head, query block i): its G query heads x B tokens are the G*B rows of
+one tile, and each listed K/V block (B contiguous rows of D when k is [Bt, Hkv, T, D]) is loaded once for
+all of them, which gives the GQA group FA2-like arithmetic intensity without repeating K/V. A program takes
+BLOCK_M rows of that tile (BLOCK_M divides G*B; with several programs per tile they get adjacent program
+ids, so the second reads the K/V blocks the first just pulled into L2; the forward takes all 256 rows of
+G=4, B=64 in one program: 357 ms at 1M against 438 ms for two 128-row programs). Grid
+(nb * G*B/BLOCK_M, Bt*Hkv), query blocks in descending order: late blocks list the most key blocks, so the
+longest programs start first.
+
+Forward (``_fwd_kernel``). fp32 online softmax in base 2 (log2(e) folded into the scale; the block bias is
+scaled by log2(e) too), LSE written in natural log as the reference does. The loop bound is the number of
+valid entries (padding is never visited). Because each row is sorted, the entries below the diagonal come
+first: they run without any mask, and only the rest (the diagonal block, or a future block listed by
+mistake) applies the causal mask. The document mask is a constexpr flag, applied to every block when
+doc_ids is given. Rows with no visible key keep m = -inf; the exponent is taken against 0 instead, so they
+end with l = 0 and get out = 0, lse = -inf, never NaN.
+
+Backward.
+- ``_delta_kernel``: delta = rowsum(dO * O) - dlse in fp32 (the lse gradient folds into delta since
+  d lse / d s = P).
+- ``_dq_kernel``: the forward's grid and loop; P recomputed from lse, dS = P * (dP - delta),
+  dq = scale * dS K written in q's dtype (one program owns its rows). The block-bias gradient of slot j is
+  the sum of dS over the program's rows and the block's keys; with several programs per tile each writes
+  its own fp32 partial and torch sums them. Padding slots get exact zeros.
+- ``_dkdv_kernel``: key-block major through a CSR kv block -> (query block, slot) built in torch (a stable
+  sort of the flattened indices by key block, bincount + cumsum for the offsets), so each list is in
+  ascending query-block order and the entries that need the causal mask (query block <= key block) are a
+  prefix of it. A program holds one key block's K, V (in shared memory) and dk, dv (fp32 registers) and
+  walks its list; each iteration takes BLOCK_M of the G*B query rows as the M side of the products
+  (S = Q K^T, P^T and dS^T are transposed through shared memory for dv += P^T dO, dk += dS^T Q). The
+  (entry, row slice) pairs form one flat loop, so Triton pipelines the next query rows' loads across entries.
+  Balancing: the sink and other popular blocks are listed by almost every query block, so a list longer
+  than L entries is cut into pieces of at most L, each its own program. L defaults to about
+  (valid entries) / (8 x SMs): a list is only cut when it would be a large share of one SM's work, which
+  bounds the fp32 partials to about 8 x SMs blocks (tens of MB), never a full-size fp32 dk/dv. A key block
+  handled by one program writes dk/dv directly in the input dtype; the pieces of a split list write fp32
+  partials that ``_reduce_kernel`` sums. Order (``KV_ORDER``): pieces longer than 8x the mean list first,
+  longest first, then the rest in key-block order per head, so programs running together share the query
+  rows of their overlapping local windows in L2 (measured 4% faster than pure longest-first at 1M).
+
+Memory beyond q, k, v, out and their gradients: lse and delta ([Bt, Hq, T] fp32), the CSR (an int64 per
+listed entry and the sort's keys), the block-bias partials and the split partials; no full-size fp32
+dq/dk/dv (measured: 0.51 GiB at 1M tokens, 1.3% of q, k, v, out and their gradients).
+
+Performance (H100, bf16, Bt=1, Hq=32, Hkv=8, D=128, B=64, sink + 16 local + 112 random routed blocks,
+``scripts/bench_attention_kernel.py``; FLOPs = 4 D x visible (query, key) pairs x heads):
+  T=128K: forward 38 ms (449 TFLOP/s), forward + backward 188 ms.
+  T=1M:   forward 357 ms (394 TFLOP/s), forward + backward 1716 ms (dq 470 ms, dk/dv 900 ms).
+The dk/dv pass is bound by memory bandwidth: each listed (key block, query block) pair reads the G*B query
+rows of q and dO (128 KB at G=4, B=64, D=128) for 64 keys of work, and randomly routed pairs rarely share
+them in L2 (17M pairs at 1M: ~2.2 TB, ~2.4 TB/s achieved). Tried and measured slower at 1M: the forward
+with lazy rescaling (rescale only when a row max grows by > 2^8: 391 vs 362 ms; the branch costs more than
+the saved multiplies), deeper pipelines (3-4 stages: no change), 128-row forward programs (438 ms), and
+one fused backward launch interleaving dq and dk/dv programs two per SM (1468 vs 1415 ms).
+
+Test hooks: ``POISON = True`` fills every output and workspace with NaN before the kernels run, so an
+element no kernel writes shows up; ``kv_split`` in ``_sparse_attention_triton`` forces a small L.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["sparse_attention_triton"]
+
+# Test hook: allocate outputs and workspaces filled with NaN (an unwritten element then fails a test).
+POISON = False
+# Tuning hook (scripts/bench_attention_kernel.py): {"fwd" | "dq" | "dkdv": {"BLOCK_M", "num_warps", "num_stages"}}
+CONFIG_OVERRIDE: dict[str, dict[str, int]] = {}
+# Smallest automatic CSR piece length: shorter pieces only add partial buffers and reductions.
+_MIN_SPLIT = 32
+# CSR pieces wanted per SM at most (see module docstring).
+_PIECES_PER_SM = 8
+# Order of the dk/dv work items: "kb" = pieces longer than _LONG_FACTOR x the mean list first (longest first),
+# then key-block order per head; "lpt" = all pieces longest first.
+KV_ORDER = "kb"
+_LONG_FACTOR = 8
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    t,
+    doc_q,
+    idx_row,
+    bias_row,
+    k_base,
+    v_base,
+    doc_base,
+    sk_t,
+    sv_t,
+    T,
+    qk_scale,
+    lo,
+    hi,
+    B: tl.constexpr,
+    D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """Online softmax over listed entries [lo, hi) of one index row; CAUSAL applies s <= t."""
+    offs_n = tl.arange(0, B)
+    offs_d = tl.arange(0, D)
+    for e in range(lo, hi):
+        kb = tl.load(idx_row + e)  # int64 key block
+        kpos = kb * B + offs_n  # [B] key positions
+        k_ok = kpos < T  # only the ragged last block has keys past T
+        k = tl.load(k_base + kpos[:, None] * sk_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+        v = tl.load(v_base + kpos[:, None] * sv_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+        qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [M, B], log2 units
+        if HAS_BIAS:
+            qk += tl.load(bias_row + e).to(tl.float32) * 1.4426950408889634
+        if CAUSAL:
+            keep = t[:, None] >= kpos[None, :]
+            if HAS_DOC:
+                doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
+                keep = keep & (doc_q[:, None] == doc_k[None, :])
+            qk = tl.where(keep, qk, float("-inf"))
+        elif HAS_DOC:
+            doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
+            qk = tl.where(doc_q[:, None] == doc_k[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # A row that has seen no key yet keeps m = -inf: exponentiate against 0 so -inf - -inf (NaN) never occurs.
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_use[:, None])  # [M, B]
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    lse_ptr,
+    idx_ptr,
+    cnt_ptr,
+    nlo_ptr,
+    bias_ptr,
+    doc_ptr,
+    sq_b,
+    sq_h,
+    sq_t,
+    sk_b,
+    sk_h,
+    sk_t,
+    sv_b,
+    sv_h,
+    sv_t,
+    so_b,
+    so_h,
+    so_t,
+    T,
+    nb,
+    S,
+    Hkv,
+    qk_scale,
+    G: tl.constexpr,
+    B: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    N_SPLIT: tl.constexpr = G * B // BLOCK_M
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    i = nb - 1 - pid // N_SPLIT  # longest index rows (late query blocks) first
+    b = bh // Hkv
+    h = bh % Hkv
+    rows = (pid % N_SPLIT) * BLOCK_M + tl.arange(0, BLOCK_M)  # rows of the G*B tile: head-major, then token
+    t = i * B + rows % B  # [M] token of each row
+    hq = h * G + rows // B  # [M] query head of each row
+    row_ok = t < T
+    offs_d = tl.arange(0, D)
+    q_off = b.to(tl.int64) * sq_b + hq.to(tl.int64) * sq_h + t.to(tl.int64) * sq_t  # [M]
+    q = tl.load(q_ptr + q_off[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [M, D]
+
+    sel = bh.to(tl.int64) * nb + i  # (b, h, i) in [Bt*Hkv*nb]
+    n_valid = tl.load(cnt_ptr + sel)
+    n_lo = tl.load(nlo_ptr + sel)  # entries below the diagonal: no mask needed
+    idx_row = idx_ptr + sel * S
+    bias_row = bias_ptr + sel * S
+    k_base = k_ptr + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h
+    v_base = v_ptr + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h
+    doc_base = doc_ptr + b.to(tl.int64) * T
+    if HAS_DOC:
+        doc_q = tl.load(doc_base + t, mask=row_ok, other=-1)
+    else:
+        doc_q = t
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, doc_base, sk_t, sv_t, T, qk_scale,
+        0, n_lo, B, D, False, HAS_BIAS, HAS_DOC, PREC,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, doc_base, sk_t, sv_t, T, qk_scale,
+        n_lo, n_valid, B, D, True, HAS_BIAS, HAS_DOC, PREC,
+    )  # fmt: skip
+
+    empty = l_i == 0.0  # no visible key: out 0, lse -inf
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    o_off = b.to(tl.int64) * so_b + hq.to(tl.int64) * so_h + t.to(tl.int64) * so_t
+    tl.store(o_ptr + o_off[:, None] + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+    lse_off = (b.to(tl.int64) * Hkv * G + hq) * T + t
+    tl.store(lse_ptr + lse_off, lse, mask=row_ok)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Backward: delta, dq (+ block bias), dk/dv, reduction of split pieces
+# ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _delta_kernel(
+    o_ptr,
+    do_ptr,
+    dlse_ptr,
+    delta_ptr,
+    so_b,
+    so_h,
+    so_t,
+    sdo_b,
+    sdo_h,
+    sdo_t,
+    T,
+    Hq,
+    D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    HAS_DLSE: tl.constexpr,
+):
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    ok = t < T
+    offs_d = tl.arange(0, D)
+    o_off = b.to(tl.int64) * so_b + h.to(tl.int64) * so_h + t.to(tl.int64) * so_t
+    do_off = b.to(tl.int64) * sdo_b + h.to(tl.int64) * sdo_h + t.to(tl.int64) * sdo_t
+    o = tl.load(o_ptr + o_off[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + do_off[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)  # [BLOCK_T]
+    row = bh.to(tl.int64) * T + t
+    if HAS_DLSE:
+        delta -= tl.load(dlse_ptr + row, mask=ok, other=0.0)
+    tl.store(delta_ptr + row, delta, mask=ok)
+
+
+@triton.jit
+def _dq_inner(
+    dq,
+    q,
+    do,
+    lse2,
+    delta,
+    t,
+    doc_q,
+    idx_row,
+    bias_row,
+    dbias_row,
+    k_base,
+    v_base,
+    doc_base,
+    sk_t,
+    sv_t,
+    T,
+    qk_scale,
+    lo,
+    hi,
+    B: tl.constexpr,
+    D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    WANT_DBIAS: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    offs_n = tl.arange(0, B)
+    offs_d = tl.arange(0, D)
+    for e in range(lo, hi):
+        kb = tl.load(idx_row + e)
+        kpos = kb * B + offs_n  # [B]
+        k_ok = kpos < T
+        k = tl.load(k_base + kpos[:, None] * sk_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+        v = tl.load(v_base + kpos[:, None] * sv_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+        qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [M, B]
+        if HAS_BIAS:
+            qk += tl.load(bias_row + e).to(tl.float32) * 1.4426950408889634
+        if CAUSAL:
+            keep = t[:, None] >= kpos[None, :]
+            if HAS_DOC:
+                doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
+                keep = keep & (doc_q[:, None] == doc_k[None, :])
+            qk = tl.where(keep, qk, float("-inf"))
+        elif HAS_DOC:
+            doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
+            qk = tl.where(doc_q[:, None] == doc_k[None, :], qk, float("-inf"))
+        p = tl.math.exp2(qk - lse2[:, None])  # lse2 = +inf on empty/out-of-range rows, so p = 0 there
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, B]
+        ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
+        if WANT_DBIAS:
+            tl.store(dbias_row + e, tl.sum(tl.sum(ds, 1), 0))
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
+    return dq
+
+
+@triton.jit
+def _dq_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    dq_ptr,
+    lse_ptr,
+    delta_ptr,
+    idx_ptr,
+    cnt_ptr,
+    nlo_ptr,
+    bias_ptr,
+    dbias_ptr,
+    doc_ptr,
+    sq_b,
+    sq_h,
+    sq_t,
+    sk_b,
+    sk_h,
+    sk_t,
+    sv_b,
+    sv_h,
+    sv_t,
+    sdo_b,
+    sdo_h,
+    sdo_t,
+    sdq_b,
+    sdq_h,
+    sdq_t,
+    T,
+    nb,
+    S,
+    Hkv,
+    n_sel,
+    qk_scale,
+    sm_scale,
+    G: tl.constexpr,
+    B: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    S_P2: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    WANT_DBIAS: tl.constexpr,
+    WANT_DQ: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    N_SPLIT: tl.constexpr = G * B // BLOCK_M
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    i = nb - 1 - pid // N_SPLIT
+    ms = pid % N_SPLIT
+    b = bh // Hkv
+    h = bh % Hkv
+    rows = ms * BLOCK_M + tl.arange(0, BLOCK_M)
+    t = i * B + rows % B  # [M]
+    hq = h * G + rows // B  # [M]
+    row_ok = t < T
+    offs_d = tl.arange(0, D)
+    q_off = b.to(tl.int64) * sq_b + hq.to(tl.int64) * sq_h + t.to(tl.int64) * sq_t
+    do_off = b.to(tl.int64) * sdo_b + hq.to(tl.int64) * sdo_h + t.to(tl.int64) * sdo_t
+    q = tl.load(q_ptr + q_off[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [M, D]
+    do = tl.load(do_ptr + do_off[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [M, D]
+    lrow = (b.to(tl.int64) * Hkv * G + hq) * T + t
+    lse = tl.load(lse_ptr + lrow, mask=row_ok, other=float("-inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(delta_ptr + lrow, mask=row_ok, other=0.0)
+
+    sel = bh.to(tl.int64) * nb + i
+    n_valid = tl.load(cnt_ptr + sel)
+    n_lo = tl.load(nlo_ptr + sel)
+    idx_row = idx_ptr + sel * S
+    bias_row = bias_ptr + sel * S
+    dbias_row = dbias_ptr + (ms * n_sel + sel) * S  # this program's partial (one per row split)
+    k_base = k_ptr + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h
+    v_base = v_ptr + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h
+    doc_base = doc_ptr + b.to(tl.int64) * T
+    if HAS_DOC:
+        doc_q = tl.load(doc_base + t, mask=row_ok, other=-1)
+    else:
+        doc_q = t
+
+    dq = tl.zeros([BLOCK_M, D], tl.float32)
+    dq = _dq_inner(
+        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, doc_base, sk_t, sv_t, T,
+        qk_scale, 0, n_lo, B, D, False, HAS_BIAS, WANT_DBIAS, HAS_DOC, PREC,
+    )  # fmt: skip
+    dq = _dq_inner(
+        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, doc_base, sk_t, sv_t, T,
+        qk_scale, n_lo, n_valid, B, D, True, HAS_BIAS, WANT_DBIAS, HAS_DOC, PREC,
+    )  # fmt: skip
+    if WANT_DBIAS:  # padding slots: exact zeros, as in the reference
+        offs_s = tl.arange(0, S_P2)
+        tl.store(dbias_row + offs_s, tl.zeros([S_P2], tl.float32), mask=(offs_s >= n_valid) & (offs_s < S))
+    if WANT_DQ:
+        dq_off = b.to(tl.int64) * sdq_b + hq.to(tl.int64) * sdq_h + t.to(tl.int64) * sdq_t
+        tl.store(
+            dq_ptr + dq_off[:, None] + offs_d[None, :],
+            (dq * sm_scale).to(dq_ptr.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+
+
+@triton.jit
+def _dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    kpos,
+    doc_k,
+    csr_ptr,
+    sel0,
+    h,
+    q_base,
+    do_base,
+    lse_base,
+    delta_base,
+    bias_ptr,
+    doc_base,
+    sq_h,
+    sq_t,
+    sdo_h,
+    sdo_t,
+    T,
+    S,
+    qk_scale,
+    lo,
+    hi,
+    G: tl.constexpr,
+    B: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """dk, dv [B, D] += contributions of CSR entries [lo, hi); one iteration = one BLOCK_M slice of the G*B rows."""
+    N_SUB: tl.constexpr = G * B // BLOCK_M
+    offs_d = tl.arange(0, D)
+    for it in range(lo * N_SUB, hi * N_SUB):
+        pos = tl.load(csr_ptr + it // N_SUB)  # flat position in indices: ((b*Hkv + h)*nb + i)*S + j
+        i = (pos // S - sel0).to(tl.int32)  # query block
+        rows = (it % N_SUB) * BLOCK_M + tl.arange(0, BLOCK_M)
+        t = i * B + rows % B  # [M]
+        hq = h * G + rows // B  # [M]
+        row_ok = t < T
+        q_off = hq.to(tl.int64) * sq_h + t.to(tl.int64) * sq_t
+        do_off = hq.to(tl.int64) * sdo_h + t.to(tl.int64) * sdo_t
+        q = tl.load(q_base + q_off[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [M, D]
+        do = tl.load(do_base + do_off[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [M, D]
+        lrow = hq.to(tl.int64) * T + t
+        lse = tl.load(lse_base + lrow, mask=row_ok, other=float("-inf"))
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # p = 0 on empty rows
+        delta = tl.load(delta_base + lrow, mask=row_ok, other=0.0)
+        # Query rows as the M side (A = q from shared memory, B = K^T): K and V stay in shared memory, not
+        # registers, which leaves room for the two [B, D] fp32 accumulators; P^T and dS^T are transposed
+        # through shared memory for the dv/dk products.
+        qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [M, B]
+        if HAS_BIAS:
+            qk += tl.load(bias_ptr + pos).to(tl.float32) * 1.4426950408889634
+        if CAUSAL:
+            keep = t[:, None] >= kpos[None, :]
+            if HAS_DOC:
+                doc_q = tl.load(doc_base + t, mask=row_ok, other=-1)
+                keep = keep & (doc_q[:, None] == doc_k[None, :])
+            qk = tl.where(keep, qk, float("-inf"))
+        elif HAS_DOC:
+            doc_q = tl.load(doc_base + t, mask=row_ok, other=-1)
+            qk = tl.where(doc_q[:, None] == doc_k[None, :], qk, float("-inf"))
+        p = tl.math.exp2(qk - lse2[:, None])  # [M, B]; 0 on rows past T or without visible keys
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PREC)  # [B, D]
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, B]
+        ds = p * (dp - delta[:, None])
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PREC)  # [B, D]
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    dk_ptr,
+    dv_ptr,
+    dkp_ptr,
+    dvp_ptr,
+    lse_ptr,
+    delta_ptr,
+    items_ptr,
+    csr_ptr,
+    bias_ptr,
+    doc_ptr,
+    sq_b,
+    sq_h,
+    sq_t,
+    sk_b,
+    sk_h,
+    sk_t,
+    sv_b,
+    sv_h,
+    sv_t,
+    sdo_b,
+    sdo_h,
+    sdo_t,
+    sdk_b,
+    sdk_h,
+    sdk_t,
+    sdv_b,
+    sdv_h,
+    sdv_t,
+    T,
+    nb,
+    S,
+    Hkv,
+    qk_scale,
+    sm_scale,
+    G: tl.constexpr,
+    B: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    item = items_ptr + tl.program_id(0).to(tl.int64) * 5  # (key block, start, mid, end, partial slot)
+    kbf = tl.load(item)  # (b*Hkv + h)*nb + kb
+    start = tl.load(item + 1)
+    mid = tl.load(item + 2)  # entries [start, mid) have query block <= kb: causal mask
+    end = tl.load(item + 3)
+    slot = tl.load(item + 4)  # -1: this program owns the block; else index of its fp32 partial
+    bh = kbf // nb
+    kb = kbf % nb
+    b = bh // Hkv
+    h = bh % Hkv
+    offs_n = tl.arange(0, B)
+    offs_d = tl.arange(0, D)
+    kpos = kb * B + offs_n  # [B]
+    k_ok = kpos < T
+    k_off = b * sk_b + h * sk_h + kpos * sk_t
+    v_off = b * sv_b + h * sv_h + kpos * sv_t
+    k = tl.load(k_ptr + k_off[:, None] + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+    v = tl.load(v_ptr + v_off[:, None] + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+    doc_base = doc_ptr + b * T
+    if HAS_DOC:
+        doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
+    else:
+        doc_k = kpos
+    q_base = q_ptr + b * sq_b
+    do_base = do_ptr + b * sdo_b
+    lse_base = lse_ptr + b * Hkv * G * T
+    delta_base = delta_ptr + b * Hkv * G * T
+    sel0 = bh * nb
+
+    dk = tl.zeros([B, D], tl.float32)
+    dv = tl.zeros([B, D], tl.float32)
+    dk, dv = _dkdv_inner(
+        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, lse_base, delta_base, bias_ptr, doc_base,
+        sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, start, mid, G, B, D, BLOCK_M, True, HAS_BIAS, HAS_DOC, PREC,
+    )  # fmt: skip
+    dk, dv = _dkdv_inner(
+        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, lse_base, delta_base, bias_ptr, doc_base,
+        sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, mid, end, G, B, D, BLOCK_M, False, HAS_BIAS, HAS_DOC, PREC,
+    )  # fmt: skip
+    dk = dk * sm_scale
+    if slot < 0:
+        dk_off = b * sdk_b + h * sdk_h + kpos * sdk_t
+        dv_off = b * sdv_b + h * sdv_h + kpos * sdv_t
+        tl.store(dk_ptr + dk_off[:, None] + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=k_ok[:, None])
+        tl.store(dv_ptr + dv_off[:, None] + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=k_ok[:, None])
+    else:
+        p_off = slot * (B * D) + offs_n[:, None] * D + offs_d[None, :]  # [B, D] in partial slot
+        tl.store(dkp_ptr + p_off, dk)
+        tl.store(dvp_ptr + p_off, dv)
+
+
+@triton.jit
+def _reduce_kernel(
+    dkp_ptr,
+    dvp_ptr,
+    dk_ptr,
+    dv_ptr,
+    red_ptr,
+    sdk_b,
+    sdk_h,
+    sdk_t,
+    sdv_b,
+    sdv_h,
+    sdv_t,
+    T,
+    nb,
+    Hkv,
+    B: tl.constexpr,
+    D: tl.constexpr,
+):
+    """Sum the fp32 partials of one split key block (slots first .. first+n-1) into dk/dv."""
+    red = red_ptr + tl.program_id(0).to(tl.int64) * 3
+    kbf = tl.load(red)
+    first = tl.load(red + 1)
+    n = tl.load(red + 2)
+    offs_n = tl.arange(0, B)
+    offs_d = tl.arange(0, D)
+    p_off = offs_n[:, None] * D + offs_d[None, :]
+    dk = tl.zeros([B, D], tl.float32)
+    dv = tl.zeros([B, D], tl.float32)
+    for s in range(first, first + n):
+        dk += tl.load(dkp_ptr + s * (B * D) + p_off)
+        dv += tl.load(dvp_ptr + s * (B * D) + p_off)
+    bh = kbf // nb
+    b = bh // Hkv
+    h = bh % Hkv
+    kpos = (kbf % nb) * B + offs_n
+    k_ok = kpos < T
+    dk_off = b * sdk_b + h * sdk_h + kpos * sdk_t
+    dv_off = b * sdv_b + h * sdv_h + kpos * sdv_t
+    tl.store(dk_ptr + dk_off[:, None] + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=k_ok[:, None])
+    tl.store(dv_ptr + dv_off[:, None] + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=k_ok[:, None])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _alloc(shape, dtype, device) -> torch.Tensor:
+    if POISON:
+        return torch.full(shape, math.nan, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _prec(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 products (the tests compare at 1e-4); bf16/fp16 ignore it.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _largest_pow2_divisor(n: int) -> int:
+    return n & -n
+
+
+def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str, int]:
+    """BLOCK_M (rows of the G*B tile per program; must divide G*B), num_warps, num_stages."""
+    if device.type != "cuda":  # interpreter: small tiles keep numpy fast
+        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 1}
+    elif kind == "fwd":  # (measured on H100, scripts/bench_attention_kernel.py; spill-free in triton 3.6)
+        cfg = (
+            {"BLOCK_M": 256, "num_warps": 8, "num_stages": 2}
+            if D > 64
+            else {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
+        )
+    elif kind == "dq":
+        cfg = (
+            {"BLOCK_M": 128, "num_warps": 8, "num_stages": 2}
+            if D > 64
+            else {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
+        )
+    else:  # dkdv: B key rows per program, BLOCK_M query rows per iteration; 2 programs per SM
+        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2}
+    cfg = {**cfg, **CONFIG_OVERRIDE.get(kind, {})}
+    # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
+    cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
+    return cfg
+
+
+def _row_counts(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """indices [Bt, Hkv, nb, S] -> (valid entries, entries below the diagonal), each int32 [Bt, Hkv, nb]."""
+    nb = indices.shape[2]
+    valid = indices >= 0  # [Bt, Hkv, nb, S]
+    below = valid & (indices < torch.arange(nb, device=indices.device).view(nb, 1))  # [Bt, Hkv, nb, S]
+    return valid.sum(-1, dtype=torch.int32), below.sum(-1, dtype=torch.int32)
+
+
+def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: float):
+    Bt, Hq, T, D = q.shape
+    Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
+    G = Hq // Hkv
+    out = _alloc(q.shape, q.dtype, q.device)  # [Bt, Hq, T, D]
+    lse = _alloc((Bt, Hq, T), torch.float32, q.device)  # [Bt, Hq, T]
+    cfg = _config("fwd", G, B, D, q.device)
+    bm = cfg["BLOCK_M"]
+    grid = (nb * (G * B // bm), Bt * Hkv)
+    dummy = cnt  # stands in for absent optional tensors (never read: constexpr flags)
+    _fwd_kernel[grid](
+        q, k, v, out, lse, indices, cnt, n_lo,
+        block_bias if block_bias is not None else dummy,
+        doc_ids if doc_ids is not None else dummy,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        T, nb, S, Hkv, scale * 1.4426950408889634,
+        G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=block_bias is not None, HAS_DOC=doc_ids is not None,
+        PREC=_prec(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    return out, lse
+
+
+def _auto_split(total: int, device: torch.device) -> int:
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(_MIN_SPLIT, -(-total // (_PIECES_PER_SM * sms)))
+
+
+def _kv_work(indices: torch.Tensor, split: int | None):
+    """CSR kv block -> listed entries and its work items (see module docstring).
+
+    Returns csr [E] int64 (flat positions in indices of the valid entries, grouped by key block, ascending
+    query block within a group), items [n_items, 5] int64 (key block, start, mid, end, partial slot or -1),
+    longest first, red [n_split_blocks, 3] int64 (key block, first partial slot, pieces), and n_slots."""
+    Bt, Hkv, nb, S = indices.shape
+    dev = indices.device
+    nk = Bt * Hkv * nb
+    valid = indices >= 0  # [Bt, Hkv, nb, S]
+    base = torch.arange(Bt * Hkv, device=dev).view(Bt, Hkv, 1, 1) * nb  # [Bt, Hkv, 1, 1]
+    key = torch.where(valid, base + indices, nk).view(-1)  # [Bt*Hkv*nb*S]; padding sorts last (key nk)
+    key = key.to(torch.int32) if nk < 2**31 - 1 else key
+    # Stable: within one key block the entries keep their flat order, i.e. ascending query block.
+    _, csr = torch.sort(key, stable=True)  # [Bt*Hkv*nb*S] int64
+    counts = torch.bincount(key, minlength=nk + 1)[:nk]  # [nk] entries per key block
+    # Entries that need the causal mask: query block <= key block (the diagonal, or listed by mistake).
+    qb = torch.arange(nb, device=dev).view(nb, 1)
+    key_le = torch.where(valid & (indices >= qb), base + indices, nk).view(-1)  # [Bt*Hkv*nb*S]
+    n_le = torch.bincount(key_le, minlength=nk + 1)[:nk]  # [nk]
+    starts = torch.cumsum(counts, 0) - counts  # [nk]
+    total = int(starts[-1] + counts[-1])
+    L = split if split is not None else _auto_split(total, dev)
+    pieces = ((counts + L - 1) // L).clamp_min(1)  # [nk]; an unlisted block still gets one program (zeros)
+    n_items = int(pieces.sum())
+    blk = torch.repeat_interleave(torch.arange(nk, device=dev), pieces, output_size=n_items)  # [n_items]
+    first_item = torch.cumsum(pieces, 0) - pieces  # [nk]
+    piece = torch.arange(n_items, device=dev) - first_item[blk]  # [n_items] piece number within its block
+    blk_end = (starts + counts)[blk]
+    start = starts[blk] + piece * L
+    end = torch.minimum(start + L, blk_end)
+    mid = torch.clamp(starts[blk] + n_le[blk], min=start, max=end)
+    is_split = pieces[blk] > 1  # [n_items]
+    slot_all = torch.cumsum(is_split.long(), 0) - 1  # slots of one split block are consecutive
+    slot = torch.where(is_split, slot_all, -1)
+    n_slots = int(is_split.sum())
+    length = end - start
+    if KV_ORDER == "lpt":
+        order = torch.argsort(length, descending=True, stable=True)  # longest first
+    else:
+        # Long pieces first (longest first), then the rest in key-block order within each head: programs
+        # running together then share query rows in L2 (the local window, nearby routed picks).
+        long = length > _LONG_FACTOR * max(1, total) / nk
+        order = torch.cat(
+            [torch.nonzero(long).view(-1)[torch.argsort(length[long], descending=True)], torch.nonzero(~long).view(-1)]
+        )  # [n_items]; nonzero(...) [n, 1] -> view(-1) [n]
+    items = torch.stack([blk, start, mid, end, slot], 1)[order].contiguous()  # [n_items, 5]
+    split_blk = torch.nonzero(pieces > 1).view(-1)  # [n_split_blocks]
+    red = torch.stack([split_blk, slot_all[first_item[split_blk]], pieces[split_blk]], 1).contiguous()
+    return csr, items, red, n_slots
+
+
+def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_out, grad_lse, B, scale, split, want):
+    Bt, Hq, T, D = q.shape
+    Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
+    G = Hq // Hkv
+    dev = q.device
+    want_q, want_k, want_v, want_bias = want
+    if grad_out is None:  # only lse was used
+        grad_out = torch.zeros_like(out)
+    if grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    has_bias, has_doc = block_bias is not None, doc_ids is not None
+    dummy = cnt
+    qk_scale = scale * 1.4426950408889634
+
+    delta = _alloc((Bt, Hq, T), torch.float32, dev)  # [Bt, Hq, T]
+    dlse = grad_lse.contiguous() if grad_lse is not None else None
+    block_t = 64
+    _delta_kernel[(triton.cdiv(T, block_t), Bt * Hq)](
+        out, grad_out, dlse if dlse is not None else delta, delta,
+        out.stride(0), out.stride(1), out.stride(2),
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        T, Hq, D=D, BLOCK_T=block_t, HAS_DLSE=dlse is not None,
+    )  # fmt: skip
+
+    dq = dk = dv = dbias = None
+    if want_q or want_bias:
+        cfg = _config("dq", G, B, D, dev)
+        bm = cfg["BLOCK_M"]
+        n_split = G * B // bm
+        dq = _alloc(q.shape, q.dtype, dev) if want_q else None  # [Bt, Hq, T, D]
+        dq_arg = dq if dq is not None else q  # never written when not wanted
+        dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
+        _dq_kernel[(nb * n_split, Bt * Hkv)](
+            q, k, v, grad_out, dq_arg, lse, delta, indices, cnt, n_lo,
+            block_bias if has_bias else dummy,
+            dbias_part if dbias_part is not None else delta,
+            doc_ids if has_doc else dummy,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+            dq_arg.stride(0), dq_arg.stride(1), dq_arg.stride(2),
+            T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, scale,
+            G=G, B=B, D=D, BLOCK_M=bm, S_P2=triton.next_power_of_2(S), HAS_BIAS=has_bias,
+            WANT_DBIAS=want_bias, WANT_DQ=want_q, HAS_DOC=has_doc, PREC=_prec(q.dtype),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+        if want_bias:
+            # [n_split, Bt, Hkv, nb, S] -> [Bt, Hkv, nb, S]: the row splits' partial sums
+            dbias = (dbias_part[0] if n_split == 1 else dbias_part.sum(0)).to(block_bias.dtype)
+
+    if want_k or want_v:
+        csr, items, red, n_slots = _kv_work(indices, split)
+        cfg = _config("dkdv", G, B, D, dev)
+        dk = _alloc(k.shape, k.dtype, dev)  # [Bt, Hkv, T, D]
+        dv = _alloc(v.shape, v.dtype, dev)
+        dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
+        dvp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)
+        _dkdv_kernel[(items.shape[0],)](
+            q, k, v, grad_out, dk, dv, dkp, dvp, lse, delta, items, csr,
+            block_bias if has_bias else dummy,
+            doc_ids if has_doc else dummy,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+            dk.stride(0), dk.stride(1), dk.stride(2),
+            dv.stride(0), dv.stride(1), dv.stride(2),
+            T, nb, S, Hkv, qk_scale, scale,
+            G=G, B=B, D=D, BLOCK_M=cfg["BLOCK_M"], HAS_BIAS=has_bias, HAS_DOC=has_doc, PREC=_prec(q.dtype),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+        if red.shape[0]:
+            _reduce_kernel[(red.shape[0],)](
+                dkp, dvp, dk, dv, red,
+                dk.stride(0), dk.stride(1), dk.stride(2),
+                dv.stride(0), dv.stride(1), dv.stride(2),
+                T, nb, Hkv, B=B, D=D,
+            )  # fmt: skip
+        dk = dk if want_k else None
+        dv = dv if want_v else None
+    return dq, dk, dv, dbias
+
+
+class _SparseAttentionTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, indices, doc_ids, block_bias, block_size: int, scale: float, split: int | None):
+        cnt, n_lo = _row_counts(indices)  # [Bt, Hkv, nb] int32 each
+        with _device(q):
+            out, lse = _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, block_size, scale)
+        ctx.save_for_backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias)
+        ctx.block_size, ctx.scale, ctx.split = block_size, scale, split
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias = ctx.saved_tensors
+        n = ctx.needs_input_grad
+        with _device(q):
+            dq, dk, dv, dbias = _backward(
+                q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_out, grad_lse,
+                ctx.block_size, ctx.scale, ctx.split, (n[0], n[1], n[2], n[5]),
+            )  # fmt: skip
+        return dq, dk, dv, None, None, dbias, None, None, None
+
+
+def _device(x: torch.Tensor):
+    """Launch on x's GPU whatever the current device is (Triton launches on the current one)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _prepare(x: torch.Tensor) -> torch.Tensor:
+    """Kernels index rows by strides and need unit stride along D."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _sparse_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    block_size: int,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+    block_bias: torch.Tensor | None = None,
+    kv_split: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sparse_attention_triton`` with the CSR piece length L exposed (None: automatic)."""
+    Bt, Hq, T, D = q.shape
+    Bk, Hkv, Tk, Dk = k.shape
+    B = block_size
+    nb = -(-T // B)
+    if k.shape != v.shape or (Bk, Tk, Dk) != (Bt, T, D) or Hkv < 1 or Hq % Hkv:
+        raise ValueError(
+            f"q {tuple(q.shape)} needs k = v = [Bt, Hkv, T, D] with Hq % Hkv == 0; got k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if indices.dim() != 4 or indices.shape[:3] != (Bt, Hkv, nb) or indices.dtype != torch.int64:
+        raise ValueError(
+            f"indices must be int64 [Bt, Hkv, nb, S] = [{Bt}, {Hkv}, {nb}, S]; got {indices.dtype} {tuple(indices.shape)}"
+        )
+    if doc_ids is not None and (doc_ids.shape != (Bt, T) or doc_ids.dtype != torch.int64):
+        raise ValueError(f"doc_ids must be int64 [Bt, T] = [{Bt}, {T}]; got {doc_ids.dtype} {tuple(doc_ids.shape)}")
+    if block_bias is not None and block_bias.shape != indices.shape:
+        raise ValueError(
+            f"block_bias must have the shape of indices {tuple(indices.shape)}; got {tuple(block_bias.shape)}"
+        )
+    # tl.arange and tl.dot: power-of-two tile sides of at least 16.
+    if B < 16 or B & (B - 1) or D < 16 or D & (D - 1):
+        raise ValueError(f"block_size and head dim must be powers of two >= 16; got {B}, {D}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one of fp16/bf16/fp32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if scale is None:
+        scale = D**-0.5
+    q, k, v = _prepare(q), _prepare(k), _prepare(v)
+    indices = indices.contiguous()
+    doc_ids = doc_ids.contiguous() if doc_ids is not None else None
+    block_bias = block_bias.contiguous() if block_bias is not None else None
+    return _SparseAttentionTriton.apply(q, k, v, indices, doc_ids, block_bias, B, float(scale), kv_split)
+
+
+def sparse_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    block_size: int,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+    block_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact softmax attention of each query over the key blocks listed for its block (Triton).
+
+    Same semantics as ``reference.sparse_attention``: q [Bt, Hq, T, D]; k, v [Bt, Hkv, T, D] (Hq = G * Hkv);
+    indices [Bt, Hkv, ceil(T/block_size), S] int64, sorted per row, no duplicates, -1 padded at the end;
+    doc_ids [Bt, T] int64 or None; scale default 1/sqrt(D); block_bias [Bt, Hkv, nb, S] or None (added to
+    every logit of listed slot j for all G*B rows of the query block; differentiable).
+
+    Returns out [Bt, Hq, T, D] in q's dtype and lse [Bt, Hq, T] fp32 (natural log), both differentiable
+    w.r.t. q, k, v and block_bias. Queries with no visible key get out 0, lse -inf and zero gradients.
+    block_size and D must be powers of two >= 16.
+    """
+    return _sparse_attention_triton(q, k, v, indices, block_size, doc_ids, scale, block_bias)

@@ -1,0 +1,240 @@
+"""Triton SSA block-sparse attention against the PyTorch reference (``sparse_attention`` on fp32 inputs).
+
+Forward (out, lse) and gradients (q, k, v, block_bias) are compared by relative error ||a - b|| / ||b||.
+The kernels run with ``POISON`` set, so every output and workspace starts as NaN and an element no kernel
+writes fails the finiteness checks. On CPU the kernels run in Triton's interpreter (tests/conftest.py), in
+fp32 and fp16 only (the interpreter's bf16 tl.dot is wrong); the bf16 case runs only with CUDA.
+"""
+
+import math
+
+import pytest
+import torch
+
+import ssa_kernels.attention.triton as tri
+from ssa_kernels.attention.reference import sparse_attention
+from ssa_kernels.attention.triton import _sparse_attention_triton, sparse_attention_triton
+
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setattr(tri, "POISON", True)
+
+
+def relerr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def random_indices(bt: int, hkv: int, nb: int, s: int, g: torch.Generator, diag: bool = True) -> torch.Tensor:
+    """[bt, hkv, nb, s] int64: per row the diagonal (if diag) plus a random subset of earlier blocks of random
+    size, sorted, -1 padded; rows have different valid counts."""
+    out = torch.full((bt, hkv, nb, s), -1, dtype=torch.int64)
+    for b in range(bt):
+        for h in range(hkv):
+            for i in range(nb):
+                n = int(torch.randint(0, min(i, s - 1) + 1, (), generator=g))
+                row = torch.randperm(i, generator=g)[:n].tolist() + ([i] if diag else [])
+                row = sorted(row)
+                out[b, h, i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+    return out
+
+
+def random_docs(bt: int, t: int, n_docs: int, g: torch.Generator) -> torch.Tensor:
+    """[bt, t] nondecreasing document ids, n_docs ragged documents."""
+    rows = []
+    for _ in range(bt):
+        cuts = torch.randperm(t - 1, generator=g)[: n_docs - 1] + 1
+        row = torch.zeros(t, dtype=torch.int64)
+        row[cuts] = 1
+        rows.append(row.cumsum(0))
+    return torch.stack(rows)
+
+
+def run_both(
+    q, k, v, indices, bs, g, doc_ids=None, bias=None, kv_split=None, public=False, lse_only=False
+) -> tuple[dict, dict]:
+    """Kernel in q's dtype vs reference in fp32 on the same (rounded) inputs; returns (kernel, reference)
+    dicts of out, lse and the gradients of a random linear loss in out and lse."""
+    dtype = q.dtype
+    do = torch.randn(q.shape, generator=g).to(dtype)
+    dl = torch.randn(q.shape[:3], generator=g)
+    leaves = [x.detach().to(DEV).requires_grad_() for x in (q, k, v)]
+    ref_leaves = [x.detach().float().to(DEV).requires_grad_() for x in (q, k, v)]
+    if bias is not None:
+        leaves.append(bias.detach().to(DEV).requires_grad_())
+        ref_leaves.append(bias.detach().float().to(DEV).requires_grad_())
+    idx = indices.to(DEV)
+    docs = doc_ids.to(DEV) if doc_ids is not None else None
+    b_k = leaves[3] if bias is not None else None
+    b_r = ref_leaves[3] if bias is not None else None
+    if public:
+        out, lse = sparse_attention_triton(*leaves[:3], idx, bs, doc_ids=docs, block_bias=b_k)
+    else:
+        out, lse = _sparse_attention_triton(*leaves[:3], idx, bs, doc_ids=docs, block_bias=b_k, kv_split=kv_split)
+    ref_out, ref_lse = sparse_attention(*ref_leaves[:3], idx, bs, doc_ids=docs, block_bias=b_r)
+    dl_d = dl.to(DEV)
+    loss = (lse * dl_d).sum() if lse_only else (out.float() * do.float().to(DEV)).sum() + (lse * dl_d).sum()
+    ref_loss = (ref_lse * dl_d).sum() + (0 if lse_only else (ref_out * do.float().to(DEV)).sum())
+    grads = torch.autograd.grad(loss, leaves)
+    ref_grads = torch.autograd.grad(ref_loss, ref_leaves)
+    names = ["q", "k", "v", "bias"][: len(leaves)]
+    got = {"out": out, "lse": lse, **{"d" + n: x for n, x in zip(names, grads)}}
+    ref = {"out": ref_out, "lse": ref_lse, **{"d" + n: x for n, x in zip(names, ref_grads)}}
+    return got, ref
+
+
+def assert_close(got: dict, ref: dict, tol: float) -> None:
+    assert got["out"].dtype == ref["out"].dtype or got["out"].dtype in (torch.float16, torch.bfloat16)
+    assert got["lse"].dtype == torch.float32 and got["lse"].shape == ref["lse"].shape
+    # lse: -inf exactly where the reference has -inf (rows with no visible key), close elsewhere.
+    inf_ref = torch.isinf(ref["lse"])
+    assert torch.equal(torch.isinf(got["lse"]), inf_ref), "lse -inf pattern differs"
+    assert not torch.isnan(got["lse"]).any()
+    for name, a in got.items():
+        b = ref[name]
+        assert a.shape == b.shape, name
+        if name == "lse":
+            a, b = a[~inf_ref], b[~inf_ref]
+        assert torch.isfinite(a).all(), f"{name}: non-finite (unwritten or NaN) elements"
+        err = relerr(a, b)
+        assert err <= tol, (name, err)
+
+
+def make_inputs(bt, hq, hkv, t, d, g, dtype):
+    q = torch.randn(bt, hq, t, d, generator=g).to(dtype)
+    k = torch.randn(bt, hkv, t, d, generator=g).to(dtype)
+    v = torch.randn(bt, hkv, t, d, generator=g).to(dtype)
+    return q, k, v
+
+
+# (Bt, Hq, Hkv, T, D, block, S, dtype, doc, bias): GQA 1/4/8, D 64/128, ragged T, Bt > 1, docs and bias.
+CASES = [
+    (1, 2, 2, 100, 64, 16, 4, torch.float32, False, False),  # G=1, ragged (100 = 6*16 + 4)
+    (2, 4, 1, 128, 64, 16, 5, torch.float32, True, True),  # G=4, Bt=2, docs + bias
+    (1, 8, 1, 77, 128, 16, 3, torch.float32, False, True),  # G=8, D=128, ragged
+    (2, 8, 2, 96, 128, 16, 6, torch.float16, True, False),  # G=4, fp16, docs
+    (1, 2, 2, 64, 64, 32, 2, torch.float16, False, True),  # G=1, block 32, fp16, bias
+]
+
+
+@pytest.mark.parametrize(
+    "bt,hq,hkv,t,d,bs,s,dtype,doc,bias",
+    CASES,
+    ids=[
+        f"B{c[0]}-Hq{c[1]}-Hkv{c[2]}-T{c[3]}-D{c[4]}-BS{c[5]}-S{c[6]}-{str(c[7])[6:]}-doc{c[8]:d}-bias{c[9]:d}"
+        for c in CASES
+    ],
+)
+def test_matches_reference(bt, hq, hkv, t, d, bs, s, dtype, doc, bias):
+    g = torch.Generator().manual_seed(hash((bt, hq, hkv, t, d, bs, s, str(dtype), doc, bias)) % 2**31)
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, dtype)
+    nb = -(-t // bs)
+    indices = random_indices(bt, hkv, nb, s, g)
+    docs = random_docs(bt, t, 3, g) if doc else None
+    bb = 0.5 * torch.randn(indices.shape, generator=g) if bias else None
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
+    assert_close(got, ref, TOL[dtype])
+
+
+@pytest.mark.parametrize("order", ["lpt", "kb"])
+def test_kv_work_orders(monkeypatch, order):
+    """Both orders of the dk/dv work items (longest first; long pieces first, then key-block order)."""
+    monkeypatch.setattr(tri, "KV_ORDER", order)
+    g = torch.Generator().manual_seed(3)
+    bt, hq, hkv, t, d, bs, s = 2, 4, 2, 90, 64, 16, 4
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.float32)
+    q = 4 * q  # large logits: a wide range of softmax weights
+    indices = random_indices(bt, hkv, -(-t // bs), s, g)
+    docs = random_docs(bt, t, 2, g)
+    bb = 0.5 * torch.randn(indices.shape, generator=g)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
+    assert_close(got, ref, TOL[torch.float32])
+
+
+def test_public_function_auto_split():
+    """The public entry point (automatic CSR piece length) on a full causal budget."""
+    g = torch.Generator().manual_seed(5)
+    bt, hq, hkv, t, d, bs = 1, 4, 2, 64, 64, 16
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.float32)
+    nb = t // bs
+    j = torch.arange(nb)
+    indices = torch.where(j[None, :] <= j[:, None], j[None, :], -1).expand(bt, hkv, nb, nb).clone()
+    got, ref = run_both(q, k, v, indices, bs, g, public=True)
+    assert_close(got, ref, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("kv_split", [1, 2, None])
+def test_every_query_block_selects_the_sink(kv_split):
+    """Stress for the CSR balancing: every query block lists block 0 (and its diagonal), so block 0's list
+    is as long as nb and is cut into pieces of kv_split entries whose fp32 partials are reduced."""
+    g = torch.Generator().manual_seed(7 + (kv_split or 0))
+    bt, hq, hkv, t, d, bs = 1, 4, 2, 192, 64, 16
+    nb = t // bs
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.float32)
+    i = torch.arange(nb)
+    rows = torch.stack([torch.zeros_like(i), i], 1)  # [nb, 2]: sink, diagonal
+    rows[0, 1] = -1  # block 0: the sink is its diagonal
+    indices = rows.expand(bt, hkv, nb, 2).clone()
+    bb = 0.5 * torch.randn(indices.shape, generator=g)
+    got, ref = run_both(q, k, v, indices, bs, g, bias=bb, kv_split=kv_split)
+    assert_close(got, ref, TOL[torch.float32])
+
+
+def test_rows_without_visible_keys_and_unlisted_blocks():
+    """Query blocks whose list is empty or lacks the diagonal: out 0, lse -inf, zero gradients, no NaN.
+    Key blocks nobody lists get zero dk/dv (written, not left as poison)."""
+    g = torch.Generator().manual_seed(11)
+    bt, hq, hkv, t, d, bs, s = 1, 4, 2, 80, 64, 16, 3
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.float32)
+    nb = t // bs
+    indices = torch.full((bt, hkv, nb, s), -1, dtype=torch.int64)
+    indices[0, 0, 1, :2] = torch.tensor([0, 1])
+    indices[0, 0, 3, :1] = torch.tensor([1])  # no diagonal: block 3 of head 0 sees nothing... except block 1
+    indices[0, 0, 4, :3] = torch.tensor([0, 2, 4])
+    indices[0, 1, 2, :1] = torch.tensor([2])
+    # head 0: blocks 0 and 2 empty; head 1: only block 2 listed; block 3 listed nowhere
+    bb = 0.5 * torch.randn(indices.shape, generator=g)
+    got, ref = run_both(q, k, v, indices, bs, g, bias=bb, kv_split=2)
+    assert_close(got, ref, TOL[torch.float32])
+    out, lse = got["out"].cpu(), got["lse"].cpu()
+    assert (out[:, 0:2, 0:bs] == 0).all() and torch.isneginf(lse[:, 0:2, 0:bs]).all()
+    assert (got["dq"][:, 0:2, 0:bs] == 0).all()
+    assert (got["dk"][:, :, 3 * bs : 4 * bs] == 0).all() and (got["dv"][:, :, 3 * bs : 4 * bs] == 0).all()
+
+
+def test_lse_only_loss_and_strided_inputs():
+    """A loss through lse alone (grad_out is None), with q/k/v as transposed views of [Bt, T, H, D]."""
+    g = torch.Generator().manual_seed(13)
+    bt, hq, hkv, t, d, bs, s = 2, 4, 2, 70, 64, 16, 3
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in make_inputs(bt, hq, hkv, t, d, g, torch.float32))
+    assert not q.is_contiguous()
+    indices = random_indices(bt, hkv, -(-t // bs), s, g)
+    got, ref = run_both(q, k, v, indices, bs, g, kv_split=2, lse_only=True)
+    assert_close(got, ref, TOL[torch.float32])
+
+
+def test_rejects_bad_shapes():
+    q = torch.zeros(1, 2, 32, 24)
+    k = torch.zeros(1, 2, 32, 24)
+    with pytest.raises(ValueError):
+        sparse_attention_triton(q, k, k, torch.zeros(1, 2, 2, 1, dtype=torch.int64), 16)  # D not a power of 2
+    q = torch.zeros(1, 2, 32, 32)
+    with pytest.raises(ValueError):
+        sparse_attention_triton(q, q, q, torch.zeros(1, 2, 3, 1, dtype=torch.int64), 16)  # nb mismatch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in Triton's interpreter")
+def test_bf16_on_gpu():
+    g = torch.Generator().manual_seed(17)
+    bt, hq, hkv, t, d, bs, s = 2, 8, 2, 1000, 128, 64, 6
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.bfloat16)
+    indices = random_indices(bt, hkv, -(-t // bs), s, g)
+    docs = random_docs(bt, t, 4, g)
+    bb = 0.5 * torch.randn(indices.shape, generator=g)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=4)
+    assert_close(got, ref, TOL[torch.bfloat16])
+    assert not math.isnan(got["out"].float().sum().item())

@@ -1,0 +1,262 @@
+"""The fast (Triton) SSA selector against the reference: same structure, same choices up to fp32 near-ties,
+prefix consistency, documents, GQA, ragged lengths, several configs. On CPU the kernels run in Triton's
+interpreter (tests/conftest.py), where top-k is done by ranks instead of the GPU's bitonic tl.topk."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssa_kernels.config import SSAConfig
+from ssa_kernels.selector import Selection, routing_scores, select_blocks, select_blocks_fast
+from ssa_kernels.selector.fast import _runs
+from ssa_kernels.selector.reference import _union, row_levels
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
+from memprobe import MaxTensorProbe  # noqa: E402
+
+WIDE = [10**9]  # beams that keep every node
+
+
+def make_qk(bt, hq, hkv, seq_len, d, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(bt, hq, seq_len, d, generator=gen, dtype=dtype)
+    return q, torch.randn(bt, hkv, seq_len, d, generator=gen, dtype=dtype)
+
+
+def make_doc_ids(bt, seq_len, num_docs, seed=0):
+    """Nondecreasing document ids per row; boundaries anywhere, mid-block included."""
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.rand(bt, seq_len, generator=gen).argsort(-1)[:, : num_docs - 1]
+    first = torch.zeros(bt, seq_len, dtype=torch.long)
+    first.scatter_(1, starts, 1)
+    first[:, 0] = 0
+    return first.cumsum(-1)
+
+
+def expected_ranges(doc_ids, bt, seq_len, cfg):
+    """Routed range [lo, hi) per (b, i), from the definition, with a token loop."""
+    out = {}
+    for b in range(bt):
+        docs = None if doc_ids is None else doc_ids[b].tolist()
+        for i in range(math.ceil(seq_len / cfg.block_size)):
+            t = i * cfg.block_size
+            while docs is not None and t > 0 and docs[t - 1] == docs[i * cfg.block_size]:
+                t -= 1
+            lo = t // cfg.block_size if docs is not None else 0
+            out[b, i] = (max(lo, cfg.sink_blocks), i - cfg.local_blocks + 1)
+    return out
+
+
+def check_structure(sel, bt, hkv, seq_len, cfg, doc_ids):
+    sel = Selection(*(t.cpu() for t in (sel.indices, sel.routed, sel.routed_scores, sel.candidates)))
+    doc_ids = None if doc_ids is None else doc_ids.cpu()
+    nb = math.ceil(seq_len / cfg.block_size)
+    size = cfg.sink_blocks + cfg.topk_blocks + cfg.local_blocks
+    assert sel.indices.shape == (bt, hkv, nb, size) and sel.indices.dtype == torch.long
+    assert sel.routed.shape == sel.routed_scores.shape == (bt, hkv, nb, cfg.topk_blocks)
+    assert sel.routed.dtype == sel.candidates.dtype == torch.long and sel.candidates.shape == (bt, hkv, nb)
+    assert sel.routed_scores.dtype == torch.float32
+    valid = sel.routed >= 0
+    assert not (valid[..., 1:] & ~valid[..., :-1]).any(), "padding only at the end"
+    assert ((sel.routed[..., 1:] > sel.routed[..., :-1]) | ~valid[..., 1:]).all(), "strictly ascending"
+    assert torch.equal(torch.isfinite(sel.routed_scores), valid)
+    assert torch.equal(sel.indices, _union(sel.routed, cfg)), "indices = sinks | routed | local, sorted, padded"
+    ranges = expected_ranges(doc_ids, bt, seq_len, cfg)
+    lo = torch.tensor([[ranges[b, i][0] for i in range(nb)] for b in range(bt)]).view(bt, 1, nb, 1)
+    hi = torch.tensor([ranges[0, i][1] for i in range(nb)]).view(1, 1, nb, 1)
+    assert ((sel.routed >= lo) & (sel.routed < hi) | ~valid).all(), "routed inside [doc start or sinks, window)"
+    assert torch.equal(sel.candidates > 0, (hi > lo).view(-1, 1, nb).expand(bt, hkv, nb)), "candidates iff range"
+
+
+def assert_matches_reference(q, k, cfg, doc_ids=None, max_differing=0.02):
+    """Fast == reference up to fp32 near-ties: rows whose routed sets differ must have the same sorted
+    scores (recomputed in fp64) to 1e-5 relative, and be rare; candidates equal where the sets are equal."""
+    fast, ref = select_blocks_fast(q, k, cfg, doc_ids), select_blocks(q, k, cfg, doc_ids)
+    bt, hkv, seq_len = q.shape[0], k.shape[1], q.shape[2]
+    check_structure(fast, bt, hkv, seq_len, cfg, doc_ids)
+    same = (fast.routed == ref.routed).all(-1)  # both ascending, -1 last: equal rows <=> equal sets
+    assert same.float().mean() >= 1 - max_differing, f"{(~same).sum()} of {same.numel()} rows differ"
+    assert torch.equal(fast.candidates[same], ref.candidates[same])
+    exact_fast = routing_scores(q.double(), k.double(), fast.routed, cfg, doc_ids)  # fp64, -inf padding
+    exact_ref = routing_scores(q.double(), k.double(), ref.routed, cfg, doc_ids)
+    scale = exact_ref[torch.isfinite(exact_ref)].abs().max() if torch.isfinite(exact_ref).any() else 1.0
+    torch.testing.assert_close(
+        exact_fast.sort(-1, descending=True).values, exact_ref.sort(-1, descending=True).values,
+        rtol=1e-5, atol=1e-5 * scale,
+    )  # fmt: skip
+    torch.testing.assert_close(fast.routed_scores.double(), exact_fast, rtol=1e-5, atol=1e-5 * scale)
+    return fast, ref, same
+
+
+CASES = {
+    # bt, hq, hkv, T, cfg, docs, d
+    "gqa4-T203-blk4-br2-docs": (2, 8, 2, 203, SSAConfig(4, 2, 5, 8, 1, top_nodes=3), 4, 8),
+    "gqa1-T517-blk8-br4": (2, 2, 2, 517, SSAConfig(8, 4, 6, 32, 1, top_nodes=4), 0, 16),
+    "gqa4-T3207-blk16-br8-sink2-docs": (1, 4, 1, 3207, SSAConfig(16, 8, 12, 32, 2, top_nodes=4), 3, 8),
+    "gqa2-T640-blk5-br3-beams35-D12": (2, 4, 2, 640, SSAConfig(5, 3, 7, 10, 1, [3, 5], top_nodes=2), 5, 12),
+    "T400-blk4-br2-beam1-top1": (1, 4, 2, 400, SSAConfig(4, 2, 4, 8, 0, [1], top_nodes=1), 0, 8),
+    "T300-blk4-br3-wide": (1, 2, 1, 300, SSAConfig(4, 3, 5, 4, 1, WIDE, top_nodes=3), 2, 8),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_matches_reference(case):
+    bt, hq, hkv, seq_len, cfg, docs, d = case
+    q, k = make_qk(bt, hq, hkv, seq_len, d)
+    doc_ids = make_doc_ids(bt, seq_len, docs) if docs else None
+    fast, ref, same = assert_matches_reference(q, k, cfg, doc_ids)
+    assert (fast.routed >= 0).sum() > 0.5 * (ref.routed >= 0).sum()
+
+
+def test_budget_covering_everything_routes_every_candidate():
+    cfg = SSAConfig(block_size=4, branching=2, topk_blocks=64, local_window=8, sink_blocks=1, top_nodes=4)
+    q, k = make_qk(2, 4, 2, 250, 8)
+    doc_ids = make_doc_ids(2, 250, 3)
+    fast, ref = select_blocks_fast(q, k, cfg, doc_ids), select_blocks(q, k, cfg, doc_ids)
+    for name in ("indices", "routed", "candidates"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+    ranges = expected_ranges(doc_ids, 2, 250, cfg)
+    for (b, i), (lo, hi) in ranges.items():
+        assert [j for j in fast.routed[b, 0, i].tolist() if j >= 0] == list(range(lo, hi))
+
+
+@pytest.mark.parametrize("beams", [[], WIDE], ids=["default-beams", "wide-beams"])
+def test_exact_integer_ties_equal_reference(beams):
+    """Integer scores (exact in fp32 too) tie often: the same ties must go to the same (smaller) nodes."""
+    cfg = SSAConfig(block_size=1, branching=2, topk_blocks=4, local_window=1, sink_blocks=1, beam_widths=beams)
+    cfg.top_nodes = 2
+    q = torch.ones(2, 1, 200, 1)  # query summary 1, D = 1: a block's score is its (integer) key
+    k = torch.randint(-3, 4, (2, 1, 200, 1), generator=torch.Generator().manual_seed(0)).float()
+    fast, ref = select_blocks_fast(q, k, cfg), select_blocks(q, k, cfg)
+    for name in ("indices", "routed", "routed_scores", "candidates"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+
+
+def test_zero_keys_prefer_the_smaller_block_index():
+    cfg = SSAConfig(block_size=4, branching=3, topk_blocks=5, local_window=8, sink_blocks=1, top_nodes=3)
+    q, k = make_qk(1, 2, 1, 400, 4)
+    fast, ref = select_blocks_fast(q, torch.zeros_like(k), cfg), select_blocks(q, torch.zeros_like(k), cfg)
+    for name in ("indices", "routed", "routed_scores", "candidates"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+
+
+def test_default_beams_find_planted_blocks():
+    bt, hq, hkv, block, d = 2, 4, 2, 16, 16
+    cfg = SSAConfig(block_size=block, branching=4, topk_blocks=4, local_window=32, sink_blocks=1, top_nodes=8)
+    nb = 256
+    seq_len = nb * block - 5
+    gen = torch.Generator().manual_seed(1)
+    u = torch.nn.functional.normalize(torch.randn(bt, hkv, 1, d, generator=gen), dim=-1)
+    q = 0.5 * torch.randn(bt, hq, seq_len, d, generator=gen) + u.repeat_interleave(hq // hkv, dim=1) * math.sqrt(d)
+    k = torch.randn(bt, hkv, seq_len, d, generator=gen)
+    planted = {(b, h): [17 + 40 * b + 11 * h, 150 + 30 * b + 7 * h] for b in range(bt) for h in range(hkv)}
+    for (b, h), js in planted.items():
+        for j in js:
+            k[b, h, j * block : (j + 1) * block] = 16 * u[b, h]
+    sel = select_blocks_fast(q, k, cfg)
+    for (b, h), js in planted.items():
+        for j in js:
+            hits = [j in sel.routed[b, h, i].tolist() for i in range(j + cfg.local_blocks, nb)]
+            assert all(hits), (b, h, j)
+
+
+@pytest.mark.parametrize("docs", [0, 4], ids=["nodocs", "docs"])
+def test_prefix_consistency(docs):
+    """Selection of block i depends on nothing after it: a truncated sequence selects the same, bit for bit
+    (same candidates, same fp32 scores), at block-aligned and ragged cuts; later keys and queries do not matter."""
+    cfg = SSAConfig(block_size=8, branching=3, topk_blocks=6, local_window=16, sink_blocks=1, top_nodes=4)
+    bt, hq, hkv, seq_len = 2, 4, 2, 8 * 180 + 3
+    q, k = make_qk(bt, hq, hkv, seq_len, 8)
+    doc_ids = make_doc_ids(bt, seq_len, docs) if docs else None
+    full = select_blocks_fast(q, k, cfg, doc_ids)
+    for cut in (8 * 13, 8 * 40 + 5, 8 * 111):
+        part = select_blocks_fast(
+            q[:, :, :cut], k[:, :, :cut], cfg, None if doc_ids is None else doc_ids[:, :cut].contiguous()
+        )
+        m = cut // cfg.block_size  # whole blocks of the truncated sequence
+        for name in ("indices", "routed", "routed_scores", "candidates"):
+            assert torch.equal(getattr(part, name)[:, :, :m], getattr(full, name)[:, :, :m]), (cut, name)
+    later_q, later_k = q.clone(), k.clone()
+    later_q[:, :, 8 * 90 :] = torch.randn_like(later_q[:, :, 8 * 90 :])
+    later_k[:, :, 8 * 90 :] = torch.randn_like(later_k[:, :, 8 * 90 :])
+    other = select_blocks_fast(later_q, later_k, cfg, doc_ids)
+    assert torch.equal(other.indices[:, :, :90], full.indices[:, :, :90])
+
+
+def test_strided_inputs_and_fp64_fallback():
+    cfg = SSAConfig(block_size=4, branching=2, topk_blocks=3, local_window=8, sink_blocks=1, top_nodes=4)
+    q, k = make_qk(2, 4, 2, 150, 8)
+    base = select_blocks_fast(q, k, cfg)
+    strided = select_blocks_fast(
+        q.transpose(1, 2).contiguous().transpose(1, 2), k.transpose(1, 2).contiguous().transpose(1, 2), cfg
+    )
+    for name in ("indices", "routed", "routed_scores", "candidates"):
+        assert torch.equal(getattr(base, name), getattr(strided, name)), name
+    fast64, ref64 = select_blocks_fast(q.double(), k.double(), cfg), select_blocks(q.double(), k.double(), cfg)
+    for name in ("indices", "routed", "routed_scores", "candidates"):
+        assert torch.equal(getattr(fast64, name), getattr(ref64, name)), name
+
+
+@pytest.mark.parametrize("seq_len", [1, 5, 8], ids=["T1", "T5-lt-block", "T8-eq-block"])
+def test_single_block_and_no_routing(seq_len):
+    cfg = SSAConfig(block_size=8, branching=2, topk_blocks=3, local_window=16, sink_blocks=2, top_nodes=1)
+    q, k = make_qk(2, 2, 1, seq_len, 4)
+    fast, ref = select_blocks_fast(q, k, cfg), select_blocks(q, k, cfg)
+    for name in ("indices", "routed", "routed_scores", "candidates"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+    cfg0 = SSAConfig(block_size=4, topk_blocks=0, local_window=8, sink_blocks=1)
+    q, k = make_qk(1, 1, 1, 30, 4)
+    assert torch.equal(select_blocks_fast(q, k, cfg0).indices, select_blocks(q, k, cfg0).indices)
+
+
+def test_topk_larger_than_candidates():
+    cfg = SSAConfig(block_size=4, branching=2, topk_blocks=50, local_window=4, sink_blocks=1, top_nodes=2)
+    q, k = make_qk(1, 2, 2, 39, 4)
+    fast, ref = select_blocks_fast(q, k, cfg), select_blocks(q, k, cfg)
+    for name in ("indices", "routed", "candidates"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+
+
+def test_very_wide_beams_fall_back_to_the_reference():
+    """Beams keeping every node need ~nb candidate slots per query block: past _MAX_SLOTS the reference runs."""
+    cfg = SSAConfig(block_size=1, branching=2, topk_blocks=3, local_window=1, sink_blocks=1, beam_widths=WIDE)
+    cfg.top_nodes = 2
+    q, k = make_qk(1, 1, 1, 1500, 2)
+    fast, ref = select_blocks_fast(q, k, cfg), select_blocks(q, k, cfg)
+    for name in ("indices", "routed", "routed_scores", "candidates"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+
+
+def test_runs_follow_row_levels():
+    for nb, cfg in ((1, SSAConfig()), (5000, SSAConfig()), (777, SSAConfig(branching=3, top_nodes=5)),
+                    (100, SSAConfig(branching=2, top_nodes=1))):  # fmt: skip
+        levels = torch.cat([torch.full((r1 - r0,), lv) for r0, r1, lv in _runs(nb, cfg)])
+        assert torch.equal(levels, row_levels(nb, cfg, torch.device("cpu")))
+
+
+def test_largest_tensor_grows_linearly():
+    cfg = SSAConfig(block_size=16, topk_blocks=8, local_window=32)
+    largest = {}
+    for seq_len in (2**12, 2**14):
+        q, k = make_qk(1, 2, 1, seq_len, 4)
+        with MaxTensorProbe() as probe:
+            select_blocks_fast(q, k, cfg, make_doc_ids(1, seq_len, 3))
+        largest[seq_len] = probe.max_numel
+    assert largest[2**14] <= 4.5 * largest[2**12], largest
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_matches_reference(dtype):
+    """The compiled kernels (bitonic tl.topk / tl.sort) on the GPU, at the default config."""
+    cfg = SSAConfig()
+    q, k = make_qk(2, 8, 2, 64 * 1200 + 17, 128, seed=3)
+    doc_ids = make_doc_ids(2, q.shape[2], 3, seed=3)
+    q, k, doc_ids = q.cuda().to(dtype), k.cuda().to(dtype), doc_ids.cuda()
+    fast, ref, same = assert_matches_reference(q, k, cfg, doc_ids, max_differing=0.01)
+    cpu_cfg = SSAConfig(block_size=8, branching=4, topk_blocks=6, local_window=32, sink_blocks=1, top_nodes=8)
+    q, k = make_qk(2, 8, 2, 3000, 16, seed=4)
+    assert_matches_reference(q.cuda(), k.cuda(), cpu_cfg, make_doc_ids(2, 3000, 5).cuda())
