@@ -71,6 +71,9 @@ def ssa_attention(
         from ssa_kernels.selector.fast import select_blocks_fast as select
     else:
         attend, select = sparse_attention, select_blocks
+    if torch.is_autocast_enabled(q.device.type):  # HF's RoPE leaves q, k in fp32 beside a bf16 v: one dtype
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     rq, rk = route if route is not None else (q, k)
     with torch.no_grad():
         sel = select(rq, rk, cfg, doc_ids)

@@ -215,12 +215,13 @@ def test_triton_backend_matches_reference_with_a_learned_route():
     and gradients, the routing gradient into a separate route (q, k) included."""
     torch.manual_seed(0)
     cfg = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4)
-    q, k, v = (torch.randn(1, h, 200, 16, requires_grad=True) for h in (4, 2, 2))
-    rq, rk = (torch.randn(1, 2, 200, 16, requires_grad=True) for _ in range(2))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v = (torch.randn(1, h, 200, 16, device=dev, requires_grad=True) for h in (4, 2, 2))
+    rq, rk = (torch.randn(1, 2, 200, 16, device=dev, requires_grad=True) for _ in range(2))
     results = []
     for backend in ("reference", "triton"):
         out = ssa_attention(q, k, v, cfg, backend=backend, route=(rq, rk))
-        grads = torch.autograd.grad((out * torch.linspace(-1, 1, 16)).sum(), (q, k, v, rq, rk))
+        grads = torch.autograd.grad((out * torch.linspace(-1, 1, 16, device=dev)).sum(), (q, k, v, rq, rk))
         results.append((out, *grads))
     for got, want in zip(results[1], results[0]):
         assert relerr(got, want) < 1e-5

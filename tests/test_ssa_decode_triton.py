@@ -117,7 +117,8 @@ def test_all_padding_split_and_noncontiguous_inputs():
 def test_equals_the_reference_decode_step():
     """Inside ``ssa_decode_step`` (real selection: sinks, routed, local window), the kernel given the same
     arguments as the reference's attention returns the same output."""
-    cfg = SSAConfig(block_size=16, topk_blocks=3, local_window=32, top_nodes=4, routing="none")
+    # backend="reference": on CUDA, ssa_decode_step would otherwise call the kernel itself, not _attend_rows
+    cfg = SSAConfig(block_size=16, topk_blocks=3, local_window=32, top_nodes=4, routing="none", backend="reference")
     g = torch.Generator().manual_seed(0)
     bt, hq, hkv, seq_len, d = 2, 8, 2, 300, 64
     q, k, v = (torch.randn(bt, h, seq_len, d, generator=g).to(DEVICE) for h in (hq, hkv, hkv))
