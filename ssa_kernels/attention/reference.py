@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUTO_CHUNK_BYTES", "auto_chunk_blocks", "sparse_attention"]
+__all__ = ["AUTO_CHUNK_BYTES", "auto_chunk_blocks", "check_inputs", "sparse_attention"]
 
 AUTO_CHUNK_BYTES = 64 << 20  # gathered K/V + score-sized temporaries of one chunk, fp32
 
@@ -221,6 +221,28 @@ class _SparseAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, dbias, None, None, None
 
 
+def check_inputs(q, k, v, indices, block_size: int, doc_ids=None, block_bias=None) -> None:
+    """The shapes and dtypes every sparse-attention implementation needs (this reference and the Triton
+    kernels): raises ValueError naming the argument."""
+    Bt, Hq, T, D = q.shape
+    Bk, Hkv, Tk, Dk = k.shape
+    nb = -(-T // block_size)
+    if k.shape != v.shape or (Bk, Tk, Dk) != (Bt, T, D) or Hkv < 1 or Hq % Hkv:
+        raise ValueError(
+            f"q {tuple(q.shape)} needs k = v = [Bt, Hkv, T, D] with Hq % Hkv == 0; got k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if indices.dim() != 4 or indices.shape[:3] != (Bt, Hkv, nb) or indices.dtype != torch.int64:
+        raise ValueError(
+            f"indices must be int64 [Bt, Hkv, nb, S] = [{Bt}, {Hkv}, {nb}, S]; got {indices.dtype} {tuple(indices.shape)}"
+        )
+    if doc_ids is not None and (doc_ids.shape != (Bt, T) or doc_ids.dtype != torch.int64):
+        raise ValueError(f"doc_ids must be int64 [Bt, T] = [{Bt}, {T}]; got {doc_ids.dtype} {tuple(doc_ids.shape)}")
+    if block_bias is not None and block_bias.shape != indices.shape:
+        raise ValueError(
+            f"block_bias must have the shape of indices {tuple(indices.shape)}; got {tuple(block_bias.shape)}"
+        )
+
+
 def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -245,24 +267,10 @@ def sparse_attention(
     gradients to q, k, v. Queries with no visible key get out 0 and lse -inf. See the module docstring.
     """
     Bt, Hq, T, D = q.shape
-    Bk, Hkv, Tk, Dk = k.shape
-    nb = -(-T // block_size)
-    if k.shape != v.shape or (Bk, Tk, Dk) != (Bt, T, D) or Hkv < 1 or Hq % Hkv:
-        raise ValueError(
-            f"q {tuple(q.shape)} needs k = v = [Bt, Hkv, T, D] with Hq % Hkv == 0; got k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if indices.dim() != 4 or indices.shape[:3] != (Bt, Hkv, nb) or indices.dtype != torch.int64:
-        raise ValueError(
-            f"indices must be int64 [Bt, Hkv, nb, S] = [{Bt}, {Hkv}, {nb}, S]; got {indices.dtype} {tuple(indices.shape)}"
-        )
-    if doc_ids is not None and (doc_ids.shape != (Bt, T) or doc_ids.dtype != torch.int64):
-        raise ValueError(f"doc_ids must be int64 [Bt, T] = [{Bt}, {T}]; got {doc_ids.dtype} {tuple(doc_ids.shape)}")
+    Hkv, nb = k.shape[1], indices.shape[2]
+    check_inputs(q, k, v, indices, block_size, doc_ids, block_bias)
     if scale is None:
         scale = D**-0.5
     if chunk_blocks <= 0:
         chunk_blocks = auto_chunk_blocks(Bt, Hkv, Hq // Hkv, nb, indices.shape[3], block_size, D)
-    if block_bias is not None and block_bias.shape != indices.shape:
-        raise ValueError(
-            f"block_bias must have the shape of indices {tuple(indices.shape)}; got {tuple(block_bias.shape)}"
-        )
     return _SparseAttention.apply(q, k, v, indices, doc_ids, block_bias, block_size, float(scale), chunk_blocks)

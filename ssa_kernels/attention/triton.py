@@ -74,6 +74,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ssa_kernels.attention.reference import check_inputs
+
 __all__ = ["sparse_attention_triton"]
 
 # Test hook: allocate outputs and workspaces filled with NaN (an unwritten element then fails a test).
@@ -93,6 +95,28 @@ _LONG_FACTOR = 8
 # ----------------------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _masked_logits(
+    q, k, t, kpos, bias_ptr, doc_q, doc_k, qk_scale, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_DOC: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Logits [M, B] in log2 units of query rows at positions t [M] against keys at kpos [B]: q k^T scale, plus
+    the listed block's bias (HAS_BIAS: read at bias_ptr), -inf where the key is in the row's future (CAUSAL: the
+    diagonal block) or in another document (HAS_DOC: doc_q [M] vs doc_k [B]). One definition for the forward,
+    the dQ pass and the dK/dV pass, so the three cannot disagree on what a row sees."""
+    qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [M, B]
+    if HAS_BIAS:
+        qk += tl.load(bias_ptr).to(tl.float32) * 1.4426950408889634
+    if CAUSAL:
+        keep = t[:, None] >= kpos[None, :]
+        if HAS_DOC:
+            keep = keep & (doc_q[:, None] == doc_k[None, :])
+        qk = tl.where(keep, qk, float("-inf"))
+    elif HAS_DOC:
+        qk = tl.where(doc_q[:, None] == doc_k[None, :], qk, float("-inf"))
+    return qk
 
 
 @triton.jit
@@ -130,18 +154,10 @@ def _fwd_inner(
         k_ok = kpos < T  # only the ragged last block has keys past T
         k = tl.load(k_base + kpos[:, None] * sk_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
         v = tl.load(v_base + kpos[:, None] * sv_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
-        qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [M, B], log2 units
-        if HAS_BIAS:
-            qk += tl.load(bias_row + e).to(tl.float32) * 1.4426950408889634
-        if CAUSAL:
-            keep = t[:, None] >= kpos[None, :]
-            if HAS_DOC:
-                doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
-                keep = keep & (doc_q[:, None] == doc_k[None, :])
-            qk = tl.where(keep, qk, float("-inf"))
-        elif HAS_DOC:
+        doc_k = kpos  # placeholder, unused without documents
+        if HAS_DOC:
             doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
-            qk = tl.where(doc_q[:, None] == doc_k[None, :], qk, float("-inf"))
+        qk = _masked_logits(q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC)
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         # A row that has seen no key yet keeps m = -inf: exponentiate against 0 so -inf - -inf (NaN) never occurs.
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -316,18 +332,10 @@ def _dq_inner(
         k_ok = kpos < T
         k = tl.load(k_base + kpos[:, None] * sk_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
         v = tl.load(v_base + kpos[:, None] * sv_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
-        qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [M, B]
-        if HAS_BIAS:
-            qk += tl.load(bias_row + e).to(tl.float32) * 1.4426950408889634
-        if CAUSAL:
-            keep = t[:, None] >= kpos[None, :]
-            if HAS_DOC:
-                doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
-                keep = keep & (doc_q[:, None] == doc_k[None, :])
-            qk = tl.where(keep, qk, float("-inf"))
-        elif HAS_DOC:
+        doc_k = kpos  # placeholder, unused without documents
+        if HAS_DOC:
             doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
-            qk = tl.where(doc_q[:, None] == doc_k[None, :], qk, float("-inf"))
+        qk = _masked_logits(q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC)
         p = tl.math.exp2(qk - lse2[:, None])  # lse2 = +inf on empty/out-of-range rows, so p = 0 there
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, B]
         ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
@@ -497,18 +505,10 @@ def _dkdv_inner(
         # Query rows as the M side (A = q from shared memory, B = K^T): K and V stay in shared memory, not
         # registers, which leaves room for the two [B, D] fp32 accumulators; P^T and dS^T are transposed
         # through shared memory for the dv/dk products.
-        qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [M, B]
-        if HAS_BIAS:
-            qk += tl.load(bias_ptr + pos).to(tl.float32) * 1.4426950408889634
-        if CAUSAL:
-            keep = t[:, None] >= kpos[None, :]
-            if HAS_DOC:
-                doc_q = tl.load(doc_base + t, mask=row_ok, other=-1)
-                keep = keep & (doc_q[:, None] == doc_k[None, :])
-            qk = tl.where(keep, qk, float("-inf"))
-        elif HAS_DOC:
+        doc_q = t  # placeholder, unused without documents
+        if HAS_DOC:
             doc_q = tl.load(doc_base + t, mask=row_ok, other=-1)
-            qk = tl.where(doc_q[:, None] == doc_k[None, :], qk, float("-inf"))
+        qk = _masked_logits(q, k, t, kpos, bias_ptr + pos, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC)
         p = tl.math.exp2(qk - lse2[:, None])  # [M, B]; 0 on rows past T or without visible keys
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PREC)  # [B, D]
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, B]
@@ -921,24 +921,8 @@ def _sparse_attention_triton(
     kv_split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``sparse_attention_triton`` with the CSR piece length L exposed (None: automatic)."""
-    Bt, Hq, T, D = q.shape
-    Bk, Hkv, Tk, Dk = k.shape
-    B = block_size
-    nb = -(-T // B)
-    if k.shape != v.shape or (Bk, Tk, Dk) != (Bt, T, D) or Hkv < 1 or Hq % Hkv:
-        raise ValueError(
-            f"q {tuple(q.shape)} needs k = v = [Bt, Hkv, T, D] with Hq % Hkv == 0; got k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    if indices.dim() != 4 or indices.shape[:3] != (Bt, Hkv, nb) or indices.dtype != torch.int64:
-        raise ValueError(
-            f"indices must be int64 [Bt, Hkv, nb, S] = [{Bt}, {Hkv}, {nb}, S]; got {indices.dtype} {tuple(indices.shape)}"
-        )
-    if doc_ids is not None and (doc_ids.shape != (Bt, T) or doc_ids.dtype != torch.int64):
-        raise ValueError(f"doc_ids must be int64 [Bt, T] = [{Bt}, {T}]; got {doc_ids.dtype} {tuple(doc_ids.shape)}")
-    if block_bias is not None and block_bias.shape != indices.shape:
-        raise ValueError(
-            f"block_bias must have the shape of indices {tuple(indices.shape)}; got {tuple(block_bias.shape)}"
-        )
+    D, B = q.shape[-1], block_size
+    check_inputs(q, k, v, indices, block_size, doc_ids, block_bias)
     # tl.arange and tl.dot: power-of-two tile sides of at least 16.
     if B < 16 or B & (B - 1) or D < 16 or D & (D - 1):
         raise ValueError(f"block_size and head dim must be powers of two >= 16; got {B}, {D}")
