@@ -20,13 +20,9 @@ from ssa_kernels.attention import auto_chunk_blocks, sparse_attention
 
 sys.path.insert(0, str(Path(__file__).parent))
 from memprobe import MaxTensorProbe  # noqa: E402
+from sparse_inputs import random_docs, random_indices, relerr  # noqa: E402
 
 TOL = 1e-5
-
-
-def relerr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 def full_indices(bt: int, hkv: int, nb: int) -> torch.Tensor:
@@ -38,31 +34,6 @@ def full_indices(bt: int, hkv: int, nb: int) -> torch.Tensor:
 
 def pad_rows(rows: list[list[int]], s: int) -> list[list[int]]:
     return [sorted(r) + [-1] * (s - len(r)) for r in rows]
-
-
-def random_indices(bt: int, hkv: int, nb: int, s: int, g: torch.Generator, max_len: int | None = None) -> torch.Tensor:
-    """Per (batch, kv head, query block i): the diagonal i plus a random subset of [0, i) of random
-    size, at most ``max_len`` entries in all, sorted, -1 padded to s."""
-    max_len = s if max_len is None else max_len
-    out = []
-    for _ in range(bt * hkv):
-        rows = []
-        for i in range(nb):
-            n = int(torch.randint(0, min(i, max_len - 1) + 1, (), generator=g))
-            rows.append([i] + torch.randperm(i, generator=g)[:n].tolist())
-        out.append(pad_rows(rows, s))
-    return torch.tensor(out, dtype=torch.int64).view(bt, hkv, nb, s)
-
-
-def random_docs(bt: int, t: int, n_docs: int, g: torch.Generator) -> torch.Tensor:
-    """[bt, t] nondecreasing document ids with n_docs ragged documents (each >= 1 token)."""
-    docs = []
-    for _ in range(bt):
-        cuts = torch.randperm(t - 1, generator=g)[: n_docs - 1] + 1
-        row = torch.zeros(t, dtype=torch.int64)
-        row[cuts] = 1
-        docs.append(row.cumsum(0))
-    return torch.stack(docs)
 
 
 def dense_reference(q, k, v, indices, block_size, doc_ids=None, scale=None):
@@ -327,7 +298,7 @@ def test_largest_tensor_grows_linearly():
 
 PEAK = textwrap.dedent(
     """
-    import json, resource, sys, torch
+    import json, sys, torch
     from ssa_kernels.attention import sparse_attention
     torch.manual_seed(0)
     T, D, BS, S = int(sys.argv[1]), 64, 64, 8
@@ -336,12 +307,17 @@ PEAK = textwrap.dedent(
     local = i - torch.arange(S - 2, -1, -1)  # sink + 7 blocks ending at the diagonal
     rows = torch.cat([torch.zeros(nb, 1, dtype=torch.int64), torch.where(local > 0, local, nb)], 1).sort(1).values
     idx = torch.where(rows == nb, -1, rows)[None, None]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def kib(field):  # a /proc/self/status line such as "VmHWM:  123456 kB"
+        return int(next(line for line in open("/proc/self/status") if line.startswith(field)).split()[1])
+    # Reset the peak-RSS mark, so a transient peak of the imports (above this test's own) cannot hide it.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = kib("VmRSS:")
     q = torch.randn(1, 2, T, D, requires_grad=True)
     k, v = (torch.randn(1, 1, T, D, requires_grad=True) for _ in range(2))
     out, lse = sparse_attention(q, k, v, idx, BS, chunk_blocks=16)
     (out.sum() + lse.sum()).backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = kib("VmHWM:")
     print(json.dumps({"extra_mib": (peak - base) / 1024}))
     """
 )

@@ -7,6 +7,8 @@ fp32 and fp16 only (the interpreter's bf16 tl.dot is wrong); the bf16 case runs 
 """
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,9 @@ import ssa_kernels.attention.triton as tri
 from ssa_kernels.attention.reference import sparse_attention
 from ssa_kernels.attention.triton import _sparse_attention_triton, sparse_attention_triton
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
+from sparse_inputs import random_docs, random_indices, relerr  # noqa: E402
+
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -22,36 +27,6 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
     monkeypatch.setattr(tri, "POISON", True)
-
-
-def relerr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
-
-
-def random_indices(bt: int, hkv: int, nb: int, s: int, g: torch.Generator, diag: bool = True) -> torch.Tensor:
-    """[bt, hkv, nb, s] int64: per row the diagonal (if diag) plus a random subset of earlier blocks of random
-    size, sorted, -1 padded; rows have different valid counts."""
-    out = torch.full((bt, hkv, nb, s), -1, dtype=torch.int64)
-    for b in range(bt):
-        for h in range(hkv):
-            for i in range(nb):
-                n = int(torch.randint(0, min(i, s - 1) + 1, (), generator=g))
-                row = torch.randperm(i, generator=g)[:n].tolist() + ([i] if diag else [])
-                row = sorted(row)
-                out[b, h, i, : len(row)] = torch.tensor(row, dtype=torch.int64)
-    return out
-
-
-def random_docs(bt: int, t: int, n_docs: int, g: torch.Generator) -> torch.Tensor:
-    """[bt, t] nondecreasing document ids, n_docs ragged documents."""
-    rows = []
-    for _ in range(bt):
-        cuts = torch.randperm(t - 1, generator=g)[: n_docs - 1] + 1
-        row = torch.zeros(t, dtype=torch.int64)
-        row[cuts] = 1
-        rows.append(row.cumsum(0))
-    return torch.stack(rows)
 
 
 def run_both(
