@@ -193,9 +193,9 @@ def _attach_routers(model: PreTrainedModel, init_from_attention: bool) -> None:
     config = model.config
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     for _, attn in _attention_modules(model):
-        head_dim = attn.head_dim
         if hasattr(attn, "ssa_router"):  # already converted or loaded: keep the trained router
             continue
+        head_dim = attn.head_dim
         if init_from_attention:
             attn.ssa_router = SSARouter.from_attention(attn, kv_heads, head_dim)
         else:
@@ -226,7 +226,7 @@ def from_pretrained(path: str | Path, **kwargs) -> PreTrainedModel:
     """Load an SSA model saved with ``save_pretrained``: HF's loader builds it and loads every weight it
     knows; the learned routers (unknown to HF, reported by it as unexpected keys) are attached and
     loaded here from the same safetensors files."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="ssa", **kwargs)
     cfg = ssa_config_of(model.config)
@@ -237,7 +237,8 @@ def from_pretrained(path: str | Path, **kwargs) -> PreTrainedModel:
         wanted = {n for n, _ in model.named_parameters() if ".ssa_router." in n}
         found = {}
         for f in sorted(Path(path).glob("*.safetensors")):
-            found.update({n: t for n, t in load_file(str(f)).items() if ".ssa_router." in n})
+            with safe_open(str(f), framework="pt") as shard:  # reads only the router tensors, not the shard
+                found.update({n: shard.get_tensor(n) for n in shard.keys() if ".ssa_router." in n})
         missing = wanted - set(found)
         if missing:
             raise ValueError(f"{path}: the safetensors files lack SSA router weights, e.g. {sorted(missing)[0]}")
