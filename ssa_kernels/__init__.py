@@ -12,19 +12,8 @@ from __future__ import annotations
 import torch
 
 from ssa_kernels.attention import sparse_attention
-from ssa_kernels.config import SSAConfig
+from ssa_kernels.config import SSAConfig, resolve_backend
 from ssa_kernels.selector import Selection, routed_bounds, routing_scores, select_blocks
-
-BACKENDS = ("auto", "reference", "triton")
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """ "auto" -> "triton" for CUDA tensors, "reference" elsewhere; others as given."""
-    if backend not in BACKENDS:
-        raise ValueError(f"attention.backend={backend!r}: use one of {BACKENDS}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "reference"
-    return backend
 
 
 def routing_bias(q: torch.Tensor, k: torch.Tensor, sel: Selection, cfg: SSAConfig, doc_ids=None) -> torch.Tensor:

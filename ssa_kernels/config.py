@@ -11,6 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+BACKENDS = ("auto", "reference", "triton")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """ "auto" -> "triton" for CUDA tensors, "reference" elsewhere; others as given."""
+    if backend not in BACKENDS:
+        raise ValueError(f"attention.backend={backend!r}: use one of {BACKENDS}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    return backend
+
 
 @dataclass
 class SSAConfig:
@@ -45,7 +58,7 @@ class SSAConfig:
             raise ValueError("attention.block_size >= 1, branching >= 2, topk_blocks >= 0, sink_blocks >= 0")
         if self.routing not in ("straight_through", "none"):
             raise ValueError(f"attention.routing={self.routing!r}: use straight_through or none")
-        if self.backend not in ("auto", "triton", "reference"):
+        if self.backend not in BACKENDS:
             raise ValueError(f"attention.backend={self.backend!r}: use auto, triton or reference")
         if self.router not in ("learned", "attention"):
             raise ValueError(f"attention.router={self.router!r}: use learned or attention")

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssa_kernels.config import SSAConfig
+from ssa_kernels.config import SSAConfig, resolve_backend
 from ssa_kernels.selector.reference import (
     _accumulate_dtype,
     _ascending,
@@ -333,7 +333,7 @@ def ssa_decode_step(
         indices = _union_rows(routed, pos // block_size, cfg)  # (Bt, Hkv, 1, S)
     scale = d**-0.5 if scale is None else scale
     key_start = state.doc_start.view(bt, 1)
-    if q.is_cuda and cfg.backend != "reference":  # the Triton flash-decoding kernel (same semantics)
+    if q.is_cuda and resolve_backend(cfg.backend, q.device) == "triton":  # Triton flash-decoding, same semantics
         from ssa_kernels.decode.triton import decode_attention_triton
 
         return decode_attention_triton(q, k_cache, v_cache, indices, pos, key_start, block_size, scale)
