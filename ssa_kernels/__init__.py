@@ -16,25 +16,40 @@ from ssa_kernels.config import SSAConfig, resolve_backend
 from ssa_kernels.selector import Selection, routed_bounds, routing_scores, select_blocks
 
 
+def _routed_slots(sel: Selection, cfg: SSAConfig, doc_ids, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot, routed_ok), each [Bt, Hkv, nb, topk]: where each routed block sits in the sorted union
+    ``sel.indices`` and whether its score carries the routing gradient. A query block with no more
+    candidates than topk_blocks routes to all of them whatever the scores: nothing to learn there (and
+    with a budget covering every block, gradients stay dense)."""
+    lo, hi = routed_bounds(doc_ids, seq_len, cfg, sel.routed.device)  # [Bt or 1, nb], [nb]
+    contested = (hi - lo).clamp_min(0) > cfg.topk_blocks  # [Bt or 1, nb]
+    routed_ok = (sel.routed >= 0) & contested[:, None, :, None]
+    # Slot of each routed block in the sorted, -1-padded union (padding sorts last as +inf).
+    big = torch.iinfo(torch.int64).max
+    union = torch.where(sel.indices >= 0, sel.indices, big)  # [Bt, Hkv, nb, S]
+    slot = torch.searchsorted(union, torch.where(routed_ok, sel.routed, big))  # [Bt, Hkv, nb, topk]
+    return slot.clamp_max(union.shape[-1] - 1), routed_ok
+
+
 def routing_bias(q: torch.Tensor, k: torch.Tensor, sel: Selection, cfg: SSAConfig, doc_ids=None) -> torch.Tensor:
     """[Bt, Hkv, nb, S] logit bias per listed block: ``score - score.detach()`` on routed blocks, 0
     elsewhere. Zero in the forward pass, so the output is exactly attention over the selection; in
     the backward each routed score receives the summed gradient of its block's attention logits, the
     signal "this block deserved more (or less) attention", which trains the routing end to end."""
     scores = routing_scores(q, k, sel.routed, cfg, doc_ids)  # [Bt, Hkv, nb, topk], differentiable
-    # A query block with no more candidates than topk_blocks routes to all of them whatever the
-    # scores: nothing to learn there (and with a budget covering every block, gradients stay dense).
-    lo, hi = routed_bounds(doc_ids, q.shape[2], cfg, q.device)  # [Bt or 1, nb], [nb]
-    contested = (hi - lo).clamp_min(0) > cfg.topk_blocks  # [Bt or 1, nb]
-    routed_ok = (sel.routed >= 0) & contested[:, None, :, None]
+    slot, routed_ok = _routed_slots(sel, cfg, doc_ids, q.shape[2])
     st = torch.where(routed_ok, scores - scores.detach(), 0.0)  # 0 forward, d/dscore = 1
-    # Slot of each routed block in the sorted, -1-padded union (padding sorts last as +inf).
-    big = torch.iinfo(torch.int64).max
-    union = torch.where(sel.indices >= 0, sel.indices, big)  # [Bt, Hkv, nb, S]
-    slot = torch.searchsorted(union, torch.where(routed_ok, sel.routed, big))  # [Bt, Hkv, nb, topk]
-    slot = slot.clamp_max(union.shape[-1] - 1)
     bias = torch.zeros(sel.indices.shape, dtype=st.dtype, device=st.device)
     return bias.scatter_add(-1, slot, st)
+
+
+def routed_mask(sel: Selection, cfg: SSAConfig, doc_ids, seq_len: int) -> torch.Tensor:
+    """[Bt, Hkv, nb, S] bool: the slots of ``sel.indices`` whose routing score carries the gradient
+    (those :func:`routing_bias` gives a nonzero gradient). The attention backends take it to add the
+    same gradient to q and k in place when q and k route (``attention/routing.py``)."""
+    slot, routed_ok = _routed_slots(sel, cfg, doc_ids, seq_len)
+    hits = torch.zeros(sel.indices.shape, dtype=torch.int32, device=slot.device)
+    return hits.scatter_add_(-1, slot, routed_ok.to(torch.int32)) > 0  # padding slots may share a slot: add
 
 
 def ssa_attention(
@@ -66,13 +81,26 @@ def ssa_attention(
     rq, rk = route if route is not None else (q, k)
     with torch.no_grad():
         sel = select(rq, rk, cfg, doc_ids)
-    bias = None
+    bias = mask = None
     if cfg.routing == "straight_through" and torch.is_grad_enabled() and (rq.requires_grad or rk.requires_grad):
-        bias = routing_bias(rq, rk, sel, cfg, doc_ids)
-    out, _ = attend(q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias)
+        if route is None:  # q and k route: the backend adds the routing gradient to dq, dk in place
+            mask = routed_mask(sel, cfg, doc_ids, q.shape[2])
+        else:
+            bias = routing_bias(rq, rk, sel, cfg, doc_ids)
+    out, _ = attend(
+        q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias, routed_mask=mask
+    )
     return out
 
 
-__all__ = ["SSAConfig", "Selection", "routing_bias", "select_blocks", "sparse_attention", "ssa_attention"]
+__all__ = [
+    "SSAConfig",
+    "Selection",
+    "routed_mask",
+    "routing_bias",
+    "select_blocks",
+    "sparse_attention",
+    "ssa_attention",
+]
 
 import ssa_kernels.hf  # noqa: E402,F401  (registers attn_implementation="ssa")

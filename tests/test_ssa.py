@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from transformers import AutoModelForCausalLM
 
-from ssa_kernels import SSAConfig, select_blocks, ssa_attention
+from ssa_kernels import SSAConfig, routing_bias, select_blocks, sparse_attention, ssa_attention
 from ssa_kernels.hf import convert_to_ssa, doc_ids_from_positions, from_pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
@@ -226,3 +228,85 @@ def test_triton_backend_matches_reference_with_a_learned_route():
     for got, want in zip(results[1], results[0]):
         assert relerr(got, want) < 1e-5
     assert results[0][4].abs().sum() > 0  # the routing gradient reached route_k
+
+
+# --- the attention router's routing gradient, fused into the backends' backward -----------------
+
+
+def _attend(backend):
+    if backend == "triton":
+        from ssa_kernels.attention.triton import sparse_attention_triton
+
+        return sparse_attention_triton
+    return sparse_attention
+
+
+@pytest.mark.parametrize("backend,dtype", [("reference", torch.float64), ("triton", torch.float32)])
+def test_fused_routing_gradient_equals_autograd_through_the_scores(backend, dtype):
+    """route=None: the backends add the straight-through routing gradient to dq and dk in place
+    (``routed_mask``, attention/routing.py); it equals autograd through ``routing_bias`` (block means of
+    q and k, the scores, the bias): GQA 4:2, batch 2, ragged T, documents."""
+    dev = "cuda" if torch.cuda.is_available() and backend == "triton" else "cpu"
+    cfg = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, h, 231, 16, generator=g, dtype=dtype).to(dev).requires_grad_() for h in (4, 2, 2))
+    pos = torch.cat([torch.arange(150), torch.arange(81)]).expand(2, -1)
+    doc_ids = doc_ids_from_positions(pos).to(dev)
+    do = torch.randn(2, 4, 231, 16, generator=g, dtype=dtype).to(dev)
+    fused = ssa_attention(q, k, v, cfg, doc_ids=doc_ids, backend=backend)
+    got = torch.autograd.grad((fused * do).sum(), (q, k, v))
+    sel = select_blocks(q.detach(), k.detach(), cfg, doc_ids)
+    bias = routing_bias(q, k, sel, cfg, doc_ids)
+    out, _ = _attend(backend)(q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, block_bias=bias)
+    want = torch.autograd.grad((out * do).sum(), (q, k, v))
+    plain, _ = _attend(backend)(q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids)
+    without = torch.autograd.grad((plain * do).sum(), (q, k))
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert relerr(fused, out) < tol
+    for a, b in zip(got, want):
+        assert relerr(a, b) < tol
+    # the routing term is really there (q and k), and is what differs from attention alone
+    assert relerr(without[0], want[0]) > 1e-4 and relerr(without[1], want[1]) > 1e-4
+
+
+class _BigStorages(TorchDispatchMode):
+    """Fresh storages (aliasing no input of the op: not views, detach or Triton-interpreter copies back)
+    of at least ``nbytes`` that ops produce."""
+
+    def __init__(self, nbytes):
+        super().__init__()
+        self.nbytes, self.seen = nbytes, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() >= self.nbytes:
+                if t.untyped_storage().data_ptr() not in inputs:
+                    self.seen.add(t.untyped_storage().data_ptr())
+        return out
+
+
+@pytest.mark.parametrize("backend", ["triton"])  # the reference's chunk temporaries are larger than q here
+def test_routing_gradient_makes_no_q_sized_temporary(backend):
+    """The Triton backward of an SSA layer whose q and k route allocates one q-sized buffer: dq itself.
+    Through autograd (``routing_bias``) the block means' gradient is a second one (8 GiB at 1M tokens)."""
+    dev = "cuda" if torch.cuda.is_available() and backend == "triton" else "cpu"
+    cfg = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4)
+    q, k, v = (torch.randn(1, h, 256, 16, device=dev, requires_grad=True) for h in (8, 2, 2))
+    q_bytes = q.untyped_storage().nbytes()
+
+    def backward_storages(out):
+        do = torch.randn_like(out)
+        with _BigStorages(q_bytes) as probe:
+            out.backward(do)
+        return len(probe.seen)
+
+    fused = backward_storages(ssa_attention(q, k, v, cfg, backend=backend))
+    sel = select_blocks(q.detach(), k.detach(), cfg)
+    bias = routing_bias(q, k, sel, cfg)
+    plain = backward_storages(_attend(backend)(q, k, v, sel.indices, cfg.block_size, block_bias=bias)[0])
+    assert fused == 1, fused
+    assert plain >= 2, plain  # the probe sees the autograd path's temporary

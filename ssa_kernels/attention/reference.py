@@ -36,6 +36,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ssa_kernels.attention.routing import add_routing_grads
+
 __all__ = ["AUTO_CHUNK_BYTES", "auto_chunk_blocks", "check_inputs", "sparse_attention"]
 
 AUTO_CHUNK_BYTES = 64 << 20  # gathered K/V + score-sized temporaries of one chunk, fp32
@@ -147,7 +149,7 @@ def _doc_blocks(doc_ids: torch.Tensor | None, nb: int, B: int) -> torch.Tensor |
 
 class _SparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, indices, doc_ids, block_bias, block_size: int, scale: float, chunk: int):
+    def forward(ctx, q, k, v, indices, doc_ids, block_bias, routed_mask, block_size: int, scale: float, chunk: int):
         Bt, Hq, T, D = q.shape
         Hkv, nb = k.shape[1], indices.shape[2]
         G, B = Hq // Hkv, block_size
@@ -167,20 +169,21 @@ class _SparseAttention(torch.autograd.Function):
             out[:, :, t0:t1] = _groups_to_heads(o, G)[:, :, : t1 - t0]
             lse_c = lse_c.reshape(Bt, Hkv, b1 - b0, G * B)  # [Bt, Hkv, c, G*B]
             lse[:, :, t0:t1] = _groups_to_heads(lse_c, G)[:, :, : t1 - t0]
-        ctx.save_for_backward(q, k, v, indices, doc_ids, block_bias, out, lse)
+        ctx.save_for_backward(q, k, v, indices, doc_ids, block_bias, routed_mask, out, lse)
         ctx.block_size, ctx.scale, ctx.chunk = block_size, scale, chunk
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        q, k, v, indices, doc_ids, block_bias, out, lse = ctx.saved_tensors
+        q, k, v, indices, doc_ids, block_bias, routed_mask, out, lse = ctx.saved_tensors
         B, scale, chunk = ctx.block_size, ctx.scale, ctx.chunk
         Bt, Hq, T, D = q.shape
         Hkv, nb = k.shape[1], indices.shape[2]
         G = Hq // Hkv
         want_q, want_k, want_v = ctx.needs_input_grad[:3]
-        want_bias = ctx.needs_input_grad[5]
-        dbias = torch.full(block_bias.shape, math.nan, dtype=torch.float32, device=q.device) if want_bias else None
+        want_route = routed_mask is not None and (want_q or want_k)
+        want_bias = ctx.needs_input_grad[5] or want_route
+        dbias = torch.full(indices.shape, math.nan, dtype=torch.float32, device=q.device) if want_bias else None
         if grad_out is None:  # only lse was used
             grad_out = torch.zeros_like(out)
         kb, vb = _kv_blocks(k, nb, B), _kv_blocks(v, nb, B)  # [Bt*Hkv*nb, B, D]
@@ -217,11 +220,13 @@ class _SparseAttention(torch.autograd.Function):
                 ck.scatter_add(dkb, torch.matmul(ds.transpose(-1, -2), qc).mul_(scale))
         dk = dkb.view(Bt, Hkv, nb * B, D)[:, :, :T].to(k.dtype) if want_k else None  # [Bt, Hkv, T, D]
         dv = dvb.view(Bt, Hkv, nb * B, D)[:, :, :T].to(v.dtype) if want_v else None
-        dbias = dbias.to(block_bias.dtype) if want_bias else None
-        return dq, dk, dv, None, None, dbias, None, None, None
+        if want_route:
+            add_routing_grads(dq, dk, q, k, indices, dbias, routed_mask, B)
+        dbias = dbias.to(block_bias.dtype) if ctx.needs_input_grad[5] else None
+        return dq, dk, dv, None, None, dbias, None, None, None, None
 
 
-def check_inputs(q, k, v, indices, block_size: int, doc_ids=None, block_bias=None) -> None:
+def check_inputs(q, k, v, indices, block_size: int, doc_ids=None, block_bias=None, routed_mask=None) -> None:
     """The shapes and dtypes every sparse-attention implementation needs (this reference and the Triton
     kernels): raises ValueError naming the argument."""
     Bt, Hq, T, D = q.shape
@@ -241,6 +246,11 @@ def check_inputs(q, k, v, indices, block_size: int, doc_ids=None, block_bias=Non
         raise ValueError(
             f"block_bias must have the shape of indices {tuple(indices.shape)}; got {tuple(block_bias.shape)}"
         )
+    if routed_mask is not None and (routed_mask.shape != indices.shape or routed_mask.dtype != torch.bool):
+        raise ValueError(
+            f"routed_mask must be bool with the shape of indices {tuple(indices.shape)}; got {routed_mask.dtype} "
+            f"{tuple(routed_mask.shape)}"
+        )
 
 
 def sparse_attention(
@@ -253,6 +263,7 @@ def sparse_attention(
     scale: float | None = None,
     chunk_blocks: int = 0,
     block_bias: torch.Tensor | None = None,
+    routed_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact softmax attention of each query over the key blocks listed for its block.
 
@@ -261,16 +272,20 @@ def sparse_attention(
     chunk_blocks query blocks per chunk (0: about AUTO_CHUNK_BYTES of temporaries); block_bias
     [Bt, Hkv, nb, S] or None: added to the logits of every key of listed block s, for every query of
     the block and every head of the group (differentiable: its gradient is the sum of dS over the tile;
-    SSA's routing uses it, ``ssa_kernels/__init__.py``).
+    SSA's routing uses it, ``ssa_kernels/__init__.py``); routed_mask [Bt, Hkv, nb, S] bool or None: the
+    slots routed by the attention's own q and k, whose straight-through routing gradient the backward adds
+    to dq and dk in place (``routing.py``; the forward is unchanged).
 
     Returns out [Bt, Hq, T, D] in q's dtype and lse [Bt, Hq, T] fp32 (natural log); both carry
     gradients to q, k, v. Queries with no visible key get out 0 and lse -inf. See the module docstring.
     """
     Bt, Hq, T, D = q.shape
     Hkv, nb = k.shape[1], indices.shape[2]
-    check_inputs(q, k, v, indices, block_size, doc_ids, block_bias)
+    check_inputs(q, k, v, indices, block_size, doc_ids, block_bias, routed_mask)
     if scale is None:
         scale = D**-0.5
     if chunk_blocks <= 0:
         chunk_blocks = auto_chunk_blocks(Bt, Hkv, Hq // Hkv, nb, indices.shape[3], block_size, D)
-    return _SparseAttention.apply(q, k, v, indices, doc_ids, block_bias, block_size, float(scale), chunk_blocks)
+    return _SparseAttention.apply(
+        q, k, v, indices, doc_ids, block_bias, routed_mask, block_size, float(scale), chunk_blocks
+    )

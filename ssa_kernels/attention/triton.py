@@ -75,6 +75,7 @@ import triton
 import triton.language as tl
 
 from ssa_kernels.attention.reference import check_inputs
+from ssa_kernels.attention.routing import add_routing_grads
 
 __all__ = ["sparse_attention_triton"]
 
@@ -120,6 +121,25 @@ def _masked_logits(
 
 
 @triton.jit
+def _load_kv(k_base, v_base, k_desc, v_desc, kv_row0, kb, kpos, sk_t, sv_t, T, B: tl.constexpr, D: tl.constexpr,
+             TMA: tl.constexpr):  # fmt: skip
+    """K, V [B, D] of key block kb (positions kpos [B]). TMA: bulk tensor copies from the flat [Bt*Hkv*T, D]
+    descriptors, row kv_row0 + kb*B; rows past T then hold the next head's keys (or zeros past the tensor),
+    which only ever meet causally masked logits (p = 0 exactly; the ragged block is never below the
+    diagonal). Otherwise pointer loads, zeros past T."""
+    if TMA:
+        row = (kv_row0 + kb * B).to(tl.int32)
+        k = k_desc.load([row, 0])
+        v = v_desc.load([row, 0])
+    else:
+        offs_d = tl.arange(0, D)
+        k_ok = kpos < T  # only the ragged last block has keys past T
+        k = tl.load(k_base + kpos[:, None] * sk_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+        v = tl.load(v_base + kpos[:, None] * sv_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+    return k, v
+
+
+@triton.jit
 def _fwd_inner(
     acc,
     l_i,
@@ -131,6 +151,9 @@ def _fwd_inner(
     bias_row,
     k_base,
     v_base,
+    k_desc,
+    v_desc,
+    kv_row0,
     doc_base,
     sk_t,
     sv_t,
@@ -143,20 +166,18 @@ def _fwd_inner(
     CAUSAL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_DOC: tl.constexpr,
+    TMA: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """Online softmax over listed entries [lo, hi) of one index row; CAUSAL applies s <= t."""
     offs_n = tl.arange(0, B)
-    offs_d = tl.arange(0, D)
     for e in range(lo, hi):
         kb = tl.load(idx_row + e)  # int64 key block
         kpos = kb * B + offs_n  # [B] key positions
-        k_ok = kpos < T  # only the ragged last block has keys past T
-        k = tl.load(k_base + kpos[:, None] * sk_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
-        v = tl.load(v_base + kpos[:, None] * sv_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+        k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_row0, kb, kpos, sk_t, sv_t, T, B, D, TMA)
         doc_k = kpos  # placeholder, unused without documents
         if HAS_DOC:
-            doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
+            doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
         qk = _masked_logits(q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC)
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         # A row that has seen no key yet keeps m = -inf: exponentiate against 0 so -inf - -inf (NaN) never occurs.
@@ -841,8 +862,9 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         if want_bias:
-            # [n_split, Bt, Hkv, nb, S] -> [Bt, Hkv, nb, S]: the row splits' partial sums
-            dbias = (dbias_part[0] if n_split == 1 else dbias_part.sum(0)).to(block_bias.dtype)
+            # [n_split, Bt, Hkv, nb, S] -> [Bt, Hkv, nb, S]: the row splits' partial sums (fp32)
+            dbias = dbias_part[0] if n_split == 1 else dbias_part.sum(0)
+            dbias = dbias.to(block_bias.dtype) if has_bias else dbias
 
     if want_k or want_v:
         csr, items, red, n_slots = _kv_work(indices, split)
@@ -879,24 +901,27 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
 
 class _SparseAttentionTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, indices, doc_ids, block_bias, block_size: int, scale: float, split: int | None):
+    def forward(ctx, q, k, v, indices, doc_ids, block_bias, routed_mask, block_size: int, scale: float, split):
         cnt, n_lo = _row_counts(indices)  # [Bt, Hkv, nb] int32 each
         with _device(q):
             out, lse = _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, block_size, scale)
-        ctx.save_for_backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias)
+        ctx.save_for_backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, routed_mask)
         ctx.block_size, ctx.scale, ctx.split = block_size, scale, split
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias = ctx.saved_tensors
+        q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, routed_mask = ctx.saved_tensors
         n = ctx.needs_input_grad
+        want_route = routed_mask is not None and (n[0] or n[1])
         with _device(q):
             dq, dk, dv, dbias = _backward(
                 q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_out, grad_lse,
-                ctx.block_size, ctx.scale, ctx.split, (n[0], n[1], n[2], n[5]),
+                ctx.block_size, ctx.scale, ctx.split, (n[0], n[1], n[2], n[5] or want_route),
             )  # fmt: skip
-        return dq, dk, dv, None, None, dbias, None, None, None
+            if want_route:  # the routing gradient of the attention router, in place (routing.py)
+                add_routing_grads(dq, dk, q, k, indices, dbias, routed_mask, ctx.block_size)
+        return dq, dk, dv, None, None, dbias if n[5] else None, None, None, None, None
 
 
 def _device(x: torch.Tensor):
@@ -919,10 +944,11 @@ def _sparse_attention_triton(
     scale: float | None = None,
     block_bias: torch.Tensor | None = None,
     kv_split: int | None = None,
+    routed_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``sparse_attention_triton`` with the CSR piece length L exposed (None: automatic)."""
     D, B = q.shape[-1], block_size
-    check_inputs(q, k, v, indices, block_size, doc_ids, block_bias)
+    check_inputs(q, k, v, indices, block_size, doc_ids, block_bias, routed_mask)
     # tl.arange and tl.dot: power-of-two tile sides of at least 16.
     if B < 16 or B & (B - 1) or D < 16 or D & (D - 1):
         raise ValueError(f"block_size and head dim must be powers of two >= 16; got {B}, {D}")
@@ -934,7 +960,7 @@ def _sparse_attention_triton(
     indices = indices.contiguous()
     doc_ids = doc_ids.contiguous() if doc_ids is not None else None
     block_bias = block_bias.contiguous() if block_bias is not None else None
-    return _SparseAttentionTriton.apply(q, k, v, indices, doc_ids, block_bias, B, float(scale), kv_split)
+    return _SparseAttentionTriton.apply(q, k, v, indices, doc_ids, block_bias, routed_mask, B, float(scale), kv_split)
 
 
 def sparse_attention_triton(
@@ -946,16 +972,19 @@ def sparse_attention_triton(
     doc_ids: torch.Tensor | None = None,
     scale: float | None = None,
     block_bias: torch.Tensor | None = None,
+    routed_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact softmax attention of each query over the key blocks listed for its block (Triton).
 
     Same semantics as ``reference.sparse_attention``: q [Bt, Hq, T, D]; k, v [Bt, Hkv, T, D] (Hq = G * Hkv);
     indices [Bt, Hkv, ceil(T/block_size), S] int64, sorted per row, no duplicates, -1 padded at the end;
     doc_ids [Bt, T] int64 or None; scale default 1/sqrt(D); block_bias [Bt, Hkv, nb, S] or None (added to
-    every logit of listed slot j for all G*B rows of the query block; differentiable).
+    every logit of listed slot j for all G*B rows of the query block; differentiable); routed_mask
+    [Bt, Hkv, nb, S] bool or None: slots routed by q and k themselves, whose routing gradient the backward
+    adds to dq and dk in place (``routing.py``).
 
     Returns out [Bt, Hq, T, D] in q's dtype and lse [Bt, Hq, T] fp32 (natural log), both differentiable
     w.r.t. q, k, v and block_bias. Queries with no visible key get out 0, lse -inf and zero gradients.
     block_size and D must be powers of two >= 16.
     """
-    return _sparse_attention_triton(q, k, v, indices, block_size, doc_ids, scale, block_bias)
+    return _sparse_attention_triton(q, k, v, indices, block_size, doc_ids, scale, block_bias, routed_mask=routed_mask)
