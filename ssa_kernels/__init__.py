@@ -13,7 +13,15 @@ import torch
 
 from ssa_kernels.attention import sparse_attention
 from ssa_kernels.config import SSAConfig, resolve_backend
-from ssa_kernels.selector import Selection, routed_bounds, routing_scores, select_blocks
+from ssa_kernels.selector import (
+    PooledRoute,
+    Selection,
+    routed_bounds,
+    routing_scores,
+    routing_scores_pooled,
+    select_blocks,
+    select_blocks_pooled,
+)
 
 
 def _routed_slots(sel: Selection, cfg: SSAConfig, doc_ids, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,8 +44,12 @@ def routing_bias(q: torch.Tensor, k: torch.Tensor, sel: Selection, cfg: SSAConfi
     elsewhere. Zero in the forward pass, so the output is exactly attention over the selection; in
     the backward each routed score receives the summed gradient of its block's attention logits, the
     signal "this block deserved more (or less) attention", which trains the routing end to end."""
-    scores = routing_scores(q, k, sel.routed, cfg, doc_ids)  # [Bt, Hkv, nb, topk], differentiable
-    slot, routed_ok = _routed_slots(sel, cfg, doc_ids, q.shape[2])
+    return _straight_through(routing_scores(q, k, sel.routed, cfg, doc_ids), sel, cfg, doc_ids, q.shape[2])
+
+
+def _straight_through(scores: torch.Tensor, sel: Selection, cfg: SSAConfig, doc_ids, seq_len: int) -> torch.Tensor:
+    """The bias of :func:`routing_bias` from differentiable routed scores [Bt, Hkv, nb, topk]."""
+    slot, routed_ok = _routed_slots(sel, cfg, doc_ids, seq_len)
     st = torch.where(routed_ok, scores - scores.detach(), 0.0)  # 0 forward, d/dscore = 1
     bias = torch.zeros(sel.indices.shape, dtype=st.dtype, device=st.device)
     return bias.scatter_add(-1, slot, st)
@@ -60,31 +72,36 @@ def ssa_attention(
     doc_ids: torch.Tensor | None = None,
     scale: float | None = None,
     backend: str | None = None,
-    route: tuple[torch.Tensor, torch.Tensor] | None = None,
+    route: tuple[torch.Tensor, torch.Tensor] | PooledRoute | None = None,
 ) -> torch.Tensor:
     """SSA: q [Bt, Hq, T, D] (post-RoPE), k, v [Bt, Hkv, T, D] (GQA, not repeated), doc_ids [Bt, T]
     (document index per token; attention stays within documents) -> out [Bt, Hq, T, D].
 
     ``route``: (route_q [Bt, Hr, T, d], route_k [Bt, Hkv, T, d]) with Hr a multiple of Hkv, what the
-    selector scores (a learned router's outputs, ``ssa_kernels/router.py``); None: q and k themselves.
+    selector scores (a learned router's outputs, ``ssa_kernels/router.py``), or their block means
+    (``PooledRoute``: the router projected block-pooled hidden states); None: q and k themselves.
     The routing gradient (``cfg.routing``) reaches whatever produced them. ``backend``: overrides
     ``cfg.backend`` (see :func:`resolve_backend`)."""
     if resolve_backend(backend or cfg.backend, q.device) == "triton":
         # imported here: Triton is needed only when its kernels run
         from ssa_kernels.attention.triton import sparse_attention_triton as attend
         from ssa_kernels.selector.fast import select_blocks_fast as select
+        from ssa_kernels.selector.fast import select_blocks_fast_pooled as select_pooled
     else:
-        attend, select = sparse_attention, select_blocks
+        attend, select, select_pooled = sparse_attention, select_blocks, select_blocks_pooled
     if torch.is_autocast_enabled(q.device.type):  # HF's RoPE leaves q, k in fp32 beside a bf16 v: one dtype
         dtype = torch.get_autocast_dtype(q.device.type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    rq, rk = route if route is not None else (q, k)
+    pooled = isinstance(route, PooledRoute)
+    rq, rk = route[:2] if route is not None else (q, k)
     with torch.no_grad():
-        sel = select(rq, rk, cfg, doc_ids)
+        sel = select_pooled(route, cfg, doc_ids) if pooled else select(rq, rk, cfg, doc_ids)
     bias = mask = None
     if cfg.routing == "straight_through" and torch.is_grad_enabled() and (rq.requires_grad or rk.requires_grad):
         if route is None:  # q and k route: the backend adds the routing gradient to dq, dk in place
             mask = routed_mask(sel, cfg, doc_ids, q.shape[2])
+        elif pooled:
+            bias = _straight_through(routing_scores_pooled(route, sel.routed, cfg, doc_ids), sel, cfg, doc_ids, q.shape[2])
         else:
             bias = routing_bias(rq, rk, sel, cfg, doc_ids)
     out, _ = attend(
@@ -94,6 +111,7 @@ def ssa_attention(
 
 
 __all__ = [
+    "PooledRoute",
     "SSAConfig",
     "Selection",
     "routed_mask",

@@ -31,6 +31,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM, PreTrainedMod
 
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.router import SSARouter
+from ssa_kernels.selector import PooledRoute
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -66,9 +67,12 @@ def selection_rule_of(config) -> str:
     return rule
 
 
-def route_of(module: torch.nn.Module, cfg: SSAConfig, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(route_q, route_k) [Bt, Hkv, Tq, d] of an attention call from the layer's learned router, or None
-    when the config routes with the attention's own q/k."""
+def route_of(
+    module: torch.nn.Module, cfg: SSAConfig, kwargs: dict, pooled: bool = False
+) -> tuple[torch.Tensor, torch.Tensor] | PooledRoute | None:
+    """(route_q, route_k) [Bt, Hkv, Tq, d] of an attention call from the layer's learned router (with
+    ``pooled``: their block means, ``SSARouter.pooled``), or None when the config routes with the
+    attention's own q/k."""
     if cfg.router != "learned":
         return None
     router, hidden = getattr(module, "ssa_router", None), kwargs.get("ssa_hidden")
@@ -78,7 +82,7 @@ def route_of(module: torch.nn.Module, cfg: SSAConfig, kwargs: dict) -> tuple[tor
             "module has no ssa_router (or its input was not passed): build SSA models with "
             "ssa_kernels.hf.convert_to_ssa, and load saved ones with ssa_kernels.hf.from_pretrained"
         )
-    return router(hidden)
+    return router.pooled(hidden, cfg.block_size) if pooled else router(hidden)
 
 
 def _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route) -> torch.Tensor:
@@ -139,7 +143,10 @@ def ssa_attention_forward(
     rule = selection_rule_of(module.config)
     position_ids = kwargs.get("position_ids")
     states = kwargs.get("ssa_decode_states")  # dict on the KV cache, passed by _pass_ssa_kwargs; None without
-    route = route_of(module, cfg, kwargs)  # None: select with query / key themselves
+    # None: select with query / key themselves. Per-token routing tensors only where a decode state needs
+    # them (a cached prefill, decoding) or the per-token rule runs; training selects from block means.
+    pooled = rule == "block" and states is None and query.shape[2] == key.shape[2]
+    route = route_of(module, cfg, kwargs, pooled=pooled)
     if query.shape[2] != key.shape[2]:  # earlier tokens are cached: decode the new ones
         out = _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route)
         return out.transpose(1, 2).contiguous(), None  # (B, Hq, Tq, D) -> (B, Tq, Hq, D)

@@ -310,3 +310,67 @@ def test_routing_gradient_makes_no_q_sized_temporary(backend):
     plain = backward_storages(_attend(backend)(q, k, v, sel.indices, cfg.block_size, block_bias=bias)[0])
     assert fused == 1, fused
     assert plain >= 2, plain  # the probe sees the autograd path's temporary
+
+
+# --- pooled routing: the learned router projects block means of the hidden states -------------------
+
+
+def _router_case(dtype, dev="cpu", t=231):
+    from ssa_kernels.router import SSARouter
+
+    torch.manual_seed(3)
+    router = SSARouter(24, 2, 16).to(device=dev, dtype=dtype)
+    hidden = torch.randn(2, t, 24, device=dev, dtype=dtype)
+    q, k, v = (torch.randn(2, h, t, 16, device=dev, dtype=dtype, requires_grad=True) for h in (4, 2, 2))
+    pos = torch.cat([torch.arange(150), torch.arange(t - 150)]).expand(2, -1)
+    return router, hidden, (q, k, v), doc_ids_from_positions(pos).to(dev)
+
+
+def test_pooled_router_gives_the_block_means_of_its_per_token_outputs():
+    router, hidden, _, _ = _router_case(torch.float64)
+    route = router.pooled(hidden, 16)
+    rq, rk = router(hidden)
+    assert route.seq_len == 231 and route.q_mean.shape == (2, 2, 15, 16)
+    for got, per_token in ((route.q_mean, rq), (route.k_mean, rk)):
+        want = torch.stack([per_token[:, :, i * 16 : (i + 1) * 16].mean(2) for i in range(15)], 2)
+        assert relerr(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("backend,dtype", [("reference", torch.float64), ("triton", torch.float32)])
+def test_pooled_route_selects_and_trains_like_the_per_token_route(backend, dtype):
+    """ssa_attention(route=PooledRoute) equals route=(route_q, route_k) per token: same selection, output
+    and gradients (q, k, v and the router's weights, which only the routing gradient reaches)."""
+    from ssa_kernels.selector import select_blocks_pooled
+
+    dev = "cuda" if torch.cuda.is_available() and backend == "triton" else "cpu"
+    router, hidden, (q, k, v), doc_ids = _router_case(dtype, dev)
+    cfg = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4, backend=backend)
+    sel_tok = select_blocks(*(x.detach() for x in router(hidden)), cfg, doc_ids)
+    sel_pool = select_blocks_pooled(router.pooled(hidden, 16), cfg, doc_ids)
+    assert torch.equal(sel_tok.indices, sel_pool.indices)
+    do = torch.randn(2, 4, 231, 16, device=dev, dtype=dtype)
+    results = []
+    for route in (router(hidden), router.pooled(hidden, 16)):
+        out = ssa_attention(q, k, v, cfg, doc_ids=doc_ids, route=route)
+        grads = torch.autograd.grad((out * do).sum(), (q, k, v, router.q.weight, router.k.weight))
+        results.append((out, *grads))
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for got, want in zip(results[1], results[0]):
+        assert relerr(got, want) < tol
+    assert results[1][4].abs().sum() > 0  # the routing gradient reached the router
+
+
+def test_fast_pooled_selector_matches_the_reference():
+    from ssa_kernels.selector import PooledRoute, select_blocks_pooled
+    from ssa_kernels.selector.fast import select_blocks_fast_pooled
+
+    g = torch.Generator().manual_seed(9)
+    cfg = SSAConfig(block_size=16, topk_blocks=3, local_window=32, top_nodes=4)
+    route = PooledRoute(torch.randn(2, 2, 40, 16, generator=g), torch.randn(2, 2, 40, 16, generator=g), 633)
+    pos = torch.cat([torch.arange(300), torch.arange(333)]).expand(2, -1)
+    doc_ids = doc_ids_from_positions(pos)
+    want = select_blocks_pooled(route, cfg, doc_ids)
+    got = select_blocks_fast_pooled(route, cfg, doc_ids)
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.routed, want.routed)
+    with pytest.raises(ValueError, match="nb = ceil"):
+        select_blocks_pooled(PooledRoute(route.q_mean, route.k_mean, 500), cfg)

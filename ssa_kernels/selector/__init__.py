@@ -3,28 +3,35 @@ Triton kernels in ``fast.py``: ``select_blocks_fast``, imported on first use so 
 Triton and TRITON_INTERPRET is read only then)."""
 
 from ssa_kernels.selector.reference import (
+    PooledRoute,
     Selection,
     key_pyramid,
     query_summary,
     routed_bounds,
     routing_scores,
+    routing_scores_pooled,
     select_blocks,
+    select_blocks_pooled,
 )
 
 __all__ = [
+    "PooledRoute",
     "Selection",
     "key_pyramid",
     "query_summary",
     "routed_bounds",
     "routing_scores",
+    "routing_scores_pooled",
     "select_blocks",
     "select_blocks_fast",
+    "select_blocks_fast_pooled",
+    "select_blocks_pooled",
 ]
 
 
 def __getattr__(name: str):
-    if name == "select_blocks_fast":
-        from ssa_kernels.selector.fast import select_blocks_fast
+    if name in ("select_blocks_fast", "select_blocks_fast_pooled"):
+        from ssa_kernels.selector import fast
 
-        return select_blocks_fast
+        return getattr(fast, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -66,16 +66,19 @@ from torch import Tensor
 
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.selector.reference import (
+    PooledRoute,
     Selection,
     _check_inputs,
+    _check_pooled,
     _default_beam,
     _num_blocks,
     _num_levels,
     routed_bounds,
     select_blocks,
+    select_blocks_pooled,
 )
 
-__all__ = ["select_blocks_fast"]
+__all__ = ["select_blocks_fast", "select_blocks_fast_pooled"]
 
 
 @dataclass
@@ -502,21 +505,40 @@ def _slots(runs: list[tuple[int, int, int]], cfg: SSAConfig) -> tuple[int, int]:
     return _pow2(ma), _pow2(mb)
 
 
+def _level_offsets(nb: int, cfg: SSAConfig) -> tuple[list[int], list[int]]:
+    """Nodes per level of the pyramid over nb blocks and the level offsets (with the total last)."""
+    sizes = _level_sizes(nb, cfg)
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    return sizes, offsets
+
+
 def _summaries(q: Tensor, k: Tensor, cfg: SSAConfig) -> tuple[Tensor, Tensor, Tensor, list[int], list[int]]:
     """Scaled mean queries [Bt * Hkv, nb, D], node sums and sibling prefix sums [Bt * Hkv, sum(sizes), D]
     (fp32, levels concatenated finest first), nodes per level and level offsets (with the total last)."""
     bt, _, seq_len, d = q.shape
     hkv = k.shape[1]
     nb = _num_blocks(seq_len, cfg.block_size)
-    sizes = _level_sizes(nb, cfg)
-    offsets = [0]
-    for n in sizes:
-        offsets.append(offsets[-1] + n)
+    sizes, offsets = _level_offsets(nb, cfg)
     q_sum = torch.empty(bt * hkv, nb, d, dtype=torch.float32, device=q.device)
     lev = torch.empty(bt * hkv, offsets[-1], d, dtype=torch.float32, device=q.device)
     ps = torch.empty_like(lev)
     _pool(q, hkv, cfg.block_size, q_sum, mean=True)
     _pool(k, hkv, cfg.block_size, lev, mean=False)  # level 0 = block sums
+    _pyramid(lev, ps, offsets, sizes, cfg.branching)
+    return q_sum, lev, ps, sizes, offsets
+
+
+def _pooled_summaries(route: PooledRoute, cfg: SSAConfig) -> tuple[Tensor, Tensor, Tensor, list[int], list[int]]:
+    """:func:`_summaries` from block means (``PooledRoute``): no pooling kernel, the means are given."""
+    bt, hkv, nb, d = route.q_mean.shape
+    sizes, offsets = _level_offsets(nb, cfg)
+    q_sum = (route.q_mean.float() / math.sqrt(d)).reshape(bt * hkv, nb, d)
+    lev = torch.empty(bt * hkv, offsets[-1], d, dtype=torch.float32, device=q_sum.device)
+    ps = torch.empty_like(lev)
+    counts = (route.seq_len - torch.arange(nb, device=q_sum.device) * cfg.block_size).clamp(max=cfg.block_size)
+    lev[:, :nb] = route.k_mean.float().reshape(bt * hkv, nb, d) * counts[:, None]  # level 0 = block sums
     _pyramid(lev, ps, offsets, sizes, cfg.branching)
     return q_sum, lev, ps, sizes, offsets
 
@@ -531,18 +553,37 @@ def select_blocks_fast(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | N
     TRITON_INTERPRET=1 run the reference.
     """
     _check_inputs(q, k, cfg, doc_ids)
-    bt, hq, seq_len, d = q.shape
-    hkv = k.shape[1]
+    if _use_reference(q, k, q.shape[2], cfg):
+        return select_blocks(q, k, cfg, doc_ids)
+    return _search(_summaries(q, k, cfg), q.shape[0], k.shape[1], q.shape[2], cfg, doc_ids)
+
+
+@torch.no_grad()
+def select_blocks_fast_pooled(route: PooledRoute, cfg: SSAConfig, doc_ids: Tensor | None = None) -> Selection:
+    """:func:`ssa_kernels.selector.select_blocks_pooled` (block means given) with the Triton search."""
+    _check_pooled(route, cfg, doc_ids)
+    if _use_reference(route.q_mean, route.k_mean, route.seq_len, cfg):
+        return select_blocks_pooled(route, cfg, doc_ids)
+    bt, hkv = route.q_mean.shape[:2]
+    return _search(_pooled_summaries(route, cfg), bt, hkv, route.seq_len, cfg, doc_ids)
+
+
+def _use_reference(q: Tensor, k: Tensor, seq_len: int, cfg: SSAConfig) -> bool:
+    """fp64 (the exact oracle), nothing routed, very wide beams, or CPU tensors outside the interpreter."""
+    ma, mb = _slots(_runs(_num_blocks(seq_len, cfg.block_size), cfg), cfg)
+    on_device = q.is_cuda or _INTERPRETED
+    return torch.float64 in (q.dtype, k.dtype) or cfg.topk_blocks == 0 or max(ma, mb) > _MAX_SLOTS or not on_device
+
+
+def _search(summaries, bt: int, hkv: int, seq_len: int, cfg: SSAConfig, doc_ids: Tensor | None) -> Selection:
+    """The beam-search launches over the pyramid of ``_summaries``: the Selection."""
+    q_sum, lev, ps, sizes, offsets = summaries
     nb = _num_blocks(seq_len, cfg.block_size)
+    d = q_sum.shape[-1]
     runs = _runs(nb, cfg)
     ma, mb = _slots(runs, cfg)
-    on_device = q.is_cuda or _INTERPRETED
-    if torch.float64 in (q.dtype, k.dtype) or cfg.topk_blocks == 0 or max(ma, mb) > _MAX_SLOTS or not on_device:
-        return select_blocks(q, k, cfg, doc_ids)
-
-    dev = q.device
+    dev = q_sum.device
     topk, br = cfg.topk_blocks, cfg.branching
-    q_sum, lev, ps, sizes, offsets = _summaries(q, k, cfg)
     tot = offsets[-1]
 
     lo, _ = routed_bounds(doc_ids, seq_len, cfg, dev)  # (Bt or 1, nb); hi = block - local_blocks + 1

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,17 @@ from torch import Tensor
 
 from ssa_kernels.config import SSAConfig
 
-__all__ = ["Selection", "key_pyramid", "query_summary", "routed_bounds", "routing_scores", "select_blocks"]
+__all__ = [
+    "PooledRoute",
+    "Selection",
+    "key_pyramid",
+    "query_summary",
+    "routed_bounds",
+    "routing_scores",
+    "routing_scores_pooled",
+    "select_blocks",
+    "select_blocks_pooled",
+]
 
 
 @dataclass
@@ -44,6 +55,30 @@ class Selection:
     routed: Tensor  # [Bt, Hkv, nb, topk_blocks] int64: routed blocks ascending, -1 padding at the end
     routed_scores: Tensor  # [Bt, Hkv, nb, topk_blocks] float: score of each routed block, -inf for padding
     candidates: Tensor  # [Bt, Hkv, nb] int64: nodes scored over all levels (those overlapping the routed range)
+
+
+class PooledRoute(NamedTuple):
+    """What a learned router hands the selector when it projects block-pooled hidden states: per (batch, kv
+    head, block) the mean routing query and key over the block's real tokens, [Bt, Hkv, nb, D] each, and
+    the sequence length T (nb = ceil(T / block_size)). Routing needs nothing finer than these means, so
+    the per-token [Bt, Hkv, T, D] routing tensors (and their gradients) are never made."""
+
+    q_mean: Tensor
+    k_mean: Tensor
+    seq_len: int
+
+
+def _check_pooled(route: PooledRoute, cfg: SSAConfig, doc_ids: Tensor | None) -> None:
+    cfg.validate()
+    nb = _num_blocks(route.seq_len, cfg.block_size)
+    qm, km = route.q_mean, route.k_mean
+    if qm.dim() != 4 or qm.shape != km.shape or qm.shape[2] != nb:
+        raise ValueError(
+            f"PooledRoute needs q_mean = k_mean = [Bt, Hkv, nb, D] with nb = ceil({route.seq_len} / "
+            f"{cfg.block_size}) = {nb}; got {tuple(qm.shape)} and {tuple(km.shape)}"
+        )
+    if doc_ids is not None and tuple(doc_ids.shape) != (qm.shape[0], route.seq_len):
+        raise ValueError(f"doc_ids must be [Bt, T] = {(qm.shape[0], route.seq_len)}; got {tuple(doc_ids.shape)}")
 
 
 def _accumulate_dtype(x: Tensor) -> torch.dtype:
@@ -349,18 +384,40 @@ def select_blocks(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None =
     Fewer than ``topk_blocks`` blocks may be routed when partial nodes win the narrow coarse beams.
     """
     _check_inputs(q, k, cfg, doc_ids)
-    bt, hq, seq_len, d = q.shape
-    hkv = k.shape[1]
-    nb = _num_blocks(seq_len, cfg.block_size)
+    d = q.shape[-1]
+    q_sum = query_summary(q, k.shape[1], cfg.block_size) / math.sqrt(d)  # (Bt, Hkv, nb, D), score scale folded in
+    return _select(q_sum, lambda: _key_prefix(k, cfg.block_size), q.shape[2], cfg, doc_ids)
+
+
+@torch.no_grad()
+def select_blocks_pooled(route: PooledRoute, cfg: SSAConfig, doc_ids: Tensor | None = None) -> Selection:
+    """:func:`select_blocks` given the block means themselves (a learned router that projects pooled hidden
+    states, ``ssa_kernels/router.py``): the same selection as ``select_blocks`` on per-token tensors whose
+    block means these are, up to rounding."""
+    _check_pooled(route, cfg, doc_ids)
+    d = route.q_mean.shape[-1]
+    q_sum = route.q_mean.to(_accumulate_dtype(route.q_mean)) / math.sqrt(d)  # (Bt, Hkv, nb, D)
+
+    def prefix() -> Tensor:
+        counts = _block_token_counts(route.seq_len, cfg.block_size, q_sum.device, torch.float64)  # (nb,)
+        return F.pad((route.k_mean.to(torch.float64) * counts[:, None]).cumsum(-2), (0, 0, 1, 0))
+
+    return _select(q_sum, prefix, route.seq_len, cfg, doc_ids)
+
+
+def _select(q_sum: Tensor, key_prefix, seq_len: int, cfg: SSAConfig, doc_ids: Tensor | None) -> Selection:
+    """The search of :func:`select_blocks` from scaled query summaries [Bt, Hkv, nb, D] and a callable
+    giving the fp64 key-block prefix sums [Bt, Hkv, nb + 1, D] (made only when something is routed)."""
+    bt, hkv, nb, _ = q_sum.shape
+    dev = q_sum.device
     topk = cfg.topk_blocks
-    q_sum = query_summary(q, hkv, cfg.block_size) / math.sqrt(d)  # (Bt, Hkv, nb, D), score scale folded in
-    routed = torch.full((bt, hkv, nb, topk), -1, dtype=torch.long, device=q.device)
-    routed_scores = torch.full((bt, hkv, nb, topk), -math.inf, dtype=q_sum.dtype, device=q.device)
-    candidates = torch.zeros(bt, hkv, nb, dtype=torch.long, device=q.device)
+    routed = torch.full((bt, hkv, nb, topk), -1, dtype=torch.long, device=dev)
+    routed_scores = torch.full((bt, hkv, nb, topk), -math.inf, dtype=q_sum.dtype, device=dev)
+    candidates = torch.zeros(bt, hkv, nb, dtype=torch.long, device=dev)
     if topk > 0:
-        lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)
-        prefix = _key_prefix(k, cfg.block_size)
-        levels = row_levels(nb, cfg, q.device)
+        lo, hi = routed_bounds(doc_ids, seq_len, cfg, dev)
+        prefix = key_prefix()
+        levels = row_levels(nb, cfg, dev)
         # Rows of equal pyramid height are contiguous (height grows with i): search each run on its own,
         # so no run pays the wide "keep everything above my top" beams of the shallower early rows.
         bounds = torch.cumsum(torch.bincount(levels)[levels.min() :], 0).tolist()
@@ -387,12 +444,23 @@ def routing_scores(q: Tensor, k: Tensor, routed: Tensor, cfg: SSAConfig, doc_ids
     """
     _check_inputs(q, k, cfg, doc_ids)
     bt, hq, seq_len, d = q.shape
-    nb = _num_blocks(seq_len, cfg.block_size)
-    if routed.shape[:3] != (bt, k.shape[1], nb):
-        raise ValueError(f"routed must be [Bt, Hkv, nb, R] with (Bt, Hkv, nb) = {(bt, k.shape[1], nb)}")
-    q_sum = query_summary(q, k.shape[1], cfg.block_size) / math.sqrt(d)  # (Bt, Hkv, nb, D)
+    q_mean = query_summary(q, k.shape[1], cfg.block_size)  # (Bt, Hkv, nb, D)
     keys = _block_sums(k, cfg.block_size, _accumulate_dtype(k))  # (Bt, Hkv, nb, D)
     keys = keys / _block_token_counts(seq_len, cfg.block_size, k.device, keys.dtype)[:, None]
-    lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)
+    return _routed_scores(q_mean, keys, routed, seq_len, cfg, doc_ids)
+
+
+def routing_scores_pooled(route: PooledRoute, routed: Tensor, cfg: SSAConfig, doc_ids: Tensor | None = None) -> Tensor:
+    """:func:`routing_scores` from block means (``PooledRoute``); autograd reaches the means, O(nb) sized."""
+    _check_pooled(route, cfg, doc_ids)
+    acc = _accumulate_dtype(route.q_mean)
+    return _routed_scores(route.q_mean.to(acc), route.k_mean.to(acc), routed, route.seq_len, cfg, doc_ids)
+
+
+def _routed_scores(q_mean: Tensor, keys: Tensor, routed: Tensor, seq_len: int, cfg: SSAConfig, doc_ids) -> Tensor:
+    bt, hkv, nb, d = keys.shape
+    if routed.shape[:3] != (bt, hkv, nb):
+        raise ValueError(f"routed must be [Bt, Hkv, nb, R] with (Bt, Hkv, nb) = {(bt, hkv, nb)}")
+    lo, hi = routed_bounds(doc_ids, seq_len, cfg, keys.device)
     valid = (routed >= lo.view(-1, 1, nb, 1)) & (routed < hi.view(1, 1, nb, 1))  # (Bt, Hkv, nb, R)
-    return torch.where(valid, _RoutedScores.apply(q_sum, keys, routed), -math.inf)
+    return torch.where(valid, _RoutedScores.apply(q_mean / math.sqrt(d), keys, routed), -math.inf)
