@@ -6,7 +6,9 @@
 errors of out, lse and every gradient. --sizes: times forward, fwd+bwd and the backward's parts on the
 synthetic SSA selection (per query block: sink block 0, the 16 local blocks, 112 random distinct earlier
 blocks; sorted, -1 padded for early rows) at Bt=1, Hq=32, Hkv=8, D=128, B=64, bf16. --sweep: times each
-listed kernel's configurations (BLOCK_M, num_warps, num_stages) at the first size.
+listed kernel's configurations (BLOCK_M, num_warps, num_stages[, TMA]) at --sweep-T. --config: a CONFIG_OVERRIDE
+for the --sizes timings (e.g. "fwd:TMA=0 dq:TMA=0,num_stages=2 dkdv:TMA=0", the pointer-load baseline);
+--check-override: a second --check with such an override.
 
 FLOPs: forward 4 * D * sum over (query head, query row) of visible keys; fwd+bwd 3.5x that (the backward
 counted as 2.5x the forward, FlashAttention's convention; the kernels actually recompute QK^T and dP^T in
@@ -109,8 +111,12 @@ def relerr(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
-def check() -> float:
-    """bf16 kernel vs fp32 reference; returns the max relative error over out, lse and grads."""
+def check(override: dict | None = None) -> float:
+    """bf16 kernel vs fp32 reference; returns the max relative error over out, lse and grads. override: a
+    CONFIG_OVERRIDE for the checked kernels (e.g. the TMA variants)."""
+    tri.CONFIG_OVERRIDE.clear()
+    tri.CONFIG_OVERRIDE.update(override or {})
+    log(f"check with CONFIG_OVERRIDE {tri.CONFIG_OVERRIDE}")
     g = torch.Generator(device="cuda").manual_seed(0)
     worst = 0.0
     tri.POISON = True
@@ -147,6 +153,7 @@ def check() -> float:
         log(f"check Bt{bt} Hq{hq} Hkv{hkv} T{t} D{d} B{bs} docs={docs_on} split={split}:",
             " ".join(f"{n}={e:.2e}" for n, e in errs.items()), "NONFINITE:" + ",".join(bad) if bad else "")  # fmt: skip
     tri.POISON = False
+    tri.CONFIG_OVERRIDE.clear()
     log(f"check: max rel err {worst:.2e} ({'OK' if worst <= 1e-2 else 'FAIL'})")
     return worst
 
@@ -211,7 +218,7 @@ def bench_size(T: int, reps: int) -> None:
 
 
 def sweep(specs: list[str], T: int) -> None:
-    """specs: "kind:BLOCK_M,num_warps,num_stages[:kv_order]" with kind fwd | dq | dkdv."""
+    """specs: "kind:BLOCK_M,num_warps,num_stages[,TMA[,WS[,PAIR]]][:kv_order]" with kind fwd | dq | dkdv."""
     bs, scale = 64, 128**-0.5
     q, k, v, idx, fl = setup(T)
     q, k, v = q.detach(), k.detach(), v.detach()
@@ -228,7 +235,7 @@ def sweep(specs: list[str], T: int) -> None:
         kind, cfg, *order = spec.split(":")
         nums = [int(x) for x in cfg.split(",")]
         tri.CONFIG_OVERRIDE.clear()
-        tri.CONFIG_OVERRIDE[kind] = dict(zip(("BLOCK_M", "num_warps", "num_stages"), nums))
+        tri.CONFIG_OVERRIDE[kind] = dict(zip(("BLOCK_M", "num_warps", "num_stages", "TMA", "WS", "PAIR"), nums))
         tri.KV_ORDER = order[0] if order else "kb"
         try:
             with torch.no_grad():
@@ -248,9 +255,20 @@ def sweep(specs: list[str], T: int) -> None:
     tri.KV_ORDER = "kb"
 
 
+def parse_override(text: str) -> dict[str, dict[str, int]]:
+    """ "fwd:TMA=1 dkdv:TMA=1,BLOCK_M=64" -> {"fwd": {"TMA": 1}, "dkdv": {"TMA": 1, "BLOCK_M": 64}}"""
+    override = {}
+    for spec in text.split():
+        kind, kv = spec.split(":")
+        override[kind] = {n: int(x) for n, x in (p.split("=") for p in kv.split(","))}
+    return override
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--config", default="", help="CONFIG_OVERRIDE for --sizes, same syntax as --check-override")
+    ap.add_argument("--check-override", default="", help='also check with e.g. "fwd:TMA=1 dkdv:TMA=1,BLOCK_M=64"')
     ap.add_argument("--sizes", default="131072,1048576")
     ap.add_argument("--sweep", default="", help='e.g. "fwd:256,8,2 dkdv:128,8,2:lpt"')
     ap.add_argument("--sweep-T", type=int, default=131072)
@@ -259,6 +277,11 @@ def main() -> None:
     log(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", tri.triton.__version__)
     if a.check:
         check()
+    if a.check_override:
+        check(parse_override(a.check_override))
+    tri.CONFIG_OVERRIDE.update(parse_override(a.config))
+    if a.config:
+        log(f"timing with CONFIG_OVERRIDE {tri.CONFIG_OVERRIDE}")
     for T in [int(x) for x in a.sizes.split(",") if x]:
         if time.time() - T0 > BUDGET_S:
             log(f"budget reached, T={T} skipped")

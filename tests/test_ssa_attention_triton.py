@@ -130,6 +130,28 @@ def test_kv_work_orders(monkeypatch, order):
     assert_close(got, ref, TOL[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bs,bm_kv", [(16, 16), (32, 16)])
+def test_tma_loads(monkeypatch, dtype, bs, bm_kv):
+    """The bulk-tensor-copy loads (K/V in the forward and dQ pass, q/dO slices of BLOCK_M <= block rows in the
+    dK/dV pass) on ragged T and Bt > 1, where a box past T reads the next head's rows."""
+    monkeypatch.setattr(
+        tri, "CONFIG_OVERRIDE", {"fwd": {"TMA": 1}, "dq": {"TMA": 1}, "dkdv": {"TMA": 1, "BLOCK_M": bm_kv}}
+    )
+    used = []
+    flat_desc = tri._flat_desc
+    monkeypatch.setattr(tri, "_flat_desc", lambda *a: used.append(flat_desc(*a)[1]) or flat_desc(*a))
+    g = torch.Generator().manual_seed(19 + bs)
+    bt, hq, hkv, t, d, s = 2, 8, 2, 90, 64, 3
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, dtype)
+    indices = random_indices(bt, hkv, -(-t // bs), s, g)
+    docs = random_docs(bt, t, 3, g)
+    bb = 0.5 * torch.randn(indices.shape, generator=g)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
+    assert_close(got, ref, TOL[dtype])
+    assert len(used) == 6 and all(used)  # fwd k, v; dq k, v; dkdv q, dO
+
+
 def test_public_function_auto_split():
     """The public entry point (automatic CSR piece length) on a full causal budget."""
     g = torch.Generator().manual_seed(5)

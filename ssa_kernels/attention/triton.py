@@ -46,20 +46,34 @@ Backward.
   longest first, then the rest in key-block order per head, so programs running together share the query
   rows of their overlapping local windows in L2 (measured 4% faster than pure longest-first at 1M).
 
+Loads (TMA). At D = 128 the K/V blocks of the forward and the dQ pass and the q/dO slices of the dK/dV pass
+(BLOCK_M <= B rows of one head) are bulk tensor copies from descriptors over the flat [Bt*H*T, D] view
+(``_flat_desc``: contiguous, 16-byte aligned inputs on Hopper; otherwise pointer loads). A box that crosses T
+reads the next head's rows (zeros past the tensor): in the forward and dQ pass they are keys past T, which only
+the ragged last block has and only below the causal mask (p = 0 exactly); in the dK/dV pass they are query rows
+past T, whose lse is loaded as -inf (p = 0). Measured at 1M: forward 361 -> 339 ms, dQ 477 -> 428 ms (with 3
+stages), dK/dV 906 -> 766 ms (~2.9 TB/s of q/dO reads: the pointer loads left bandwidth unused).
+
 Memory beyond q, k, v, out and their gradients: lse and delta ([Bt, Hq, T] fp32), the CSR (an int64 per
 listed entry and the sort's keys), the block-bias partials and the split partials; no full-size fp32
 dq/dk/dv (measured: 0.51 GiB at 1M tokens, 1.3% of q, k, v, out and their gradients).
 
 Performance (H100, bf16, Bt=1, Hq=32, Hkv=8, D=128, B=64, sink + 16 local + 112 random routed blocks,
-``scripts/bench_attention_kernel.py``; FLOPs = 4 D x visible (query, key) pairs x heads):
-  T=128K: forward 38 ms (449 TFLOP/s), forward + backward 188 ms.
-  T=1M:   forward 357 ms (394 TFLOP/s), forward + backward 1716 ms (dq 470 ms, dk/dv 900 ms).
+``scripts/bench_attention_kernel.py``; FLOPs = 4 D x visible (query, key) pairs x heads; pointer loads -> TMA):
+  T=128K: forward 38.2 -> 36.1 ms (474 TFLOP/s), forward + backward 189 -> 163 ms (dq 58 -> 45, dk/dv 102 -> 85).
+  T=1M:   forward 361 -> 339 ms (415 TFLOP/s), forward + backward 1727 -> 1535 ms (dq 477 -> 428 ms,
+          dk/dv 906 -> 766 ms; the parts include delta, the dk/dv part the CSR build, 16 ms).
 The dk/dv pass is bound by memory bandwidth: each listed (key block, query block) pair reads the G*B query
 rows of q and dO (128 KB at G=4, B=64, D=128) for 64 keys of work, and randomly routed pairs rarely share
-them in L2 (17M pairs at 1M: ~2.2 TB, ~2.4 TB/s achieved). Tried and measured slower at 1M: the forward
-with lazy rescaling (rescale only when a row max grows by > 2^8: 391 vs 362 ms; the branch costs more than
-the saved multiplies), deeper pipelines (3-4 stages: no change), 128-row forward programs (438 ms), and
-one fused backward launch interleaving dq and dk/dv programs two per SM (1468 vs 1415 ms).
+them in L2 (17M pairs at 1M: ~2.2 TB, ~2.9 TB/s achieved with TMA). Tried and measured slower at 1M: the
+forward with lazy rescaling (rescale only when a row max grows by > 2^8: 391 vs 362 ms; the branch costs more
+than the saved multiplies), deeper pipelines (forward 3-4 stages: no change; dk/dv with TMA and 3-4 stages:
+1030 vs 773 ms, one program per SM instead of two), 128-row forward programs (438 ms), one fused backward
+launch interleaving dq and dk/dv programs two per SM (1468 vs 1415 ms), and with TMA: two listed blocks per
+forward step (one max and one rescale per 128 keys: 413 ms with 256 rows x 16 warps, 415 ms with 8 warps,
+366 ms with 128 rows, vs 330 ms), 16-warp forward (340 ms) and dQ (256 rows: 481 vs 449 ms), 4-warp dQ
+(868 ms), dk/dv with 32-row slices (1746 ms) or 8 warps (1426 ms), longest-first dk/dv order (815 vs
+773 ms), and ``tl.range(warp_specialize=True)`` on the main loops (triton 3.6 on Hopper: no change).
 
 Test hooks: ``POISON = True`` fills every output and workspace with NaN before the kernels run, so an
 element no kernel writes shows up; ``kv_split`` in ``_sparse_attention_triton`` forces a small L.
@@ -73,6 +87,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ssa_kernels.attention.reference import check_inputs
 from ssa_kernels.attention.routing import add_routing_grads
@@ -196,6 +211,8 @@ def _fwd_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
+    k_desc,
+    v_desc,
     o_ptr,
     lse_ptr,
     idx_ptr,
@@ -226,6 +243,7 @@ def _fwd_kernel(
     BLOCK_M: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_DOC: tl.constexpr,
+    TMA: tl.constexpr,
     PREC: tl.constexpr,
 ):
     N_SPLIT: tl.constexpr = G * B // BLOCK_M
@@ -258,13 +276,14 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
+    kv_row0 = bh.to(tl.int64) * T  # first row of this (b, h) in the flat [Bt*Hkv*T, D] descriptors
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, doc_base, sk_t, sv_t, T, qk_scale,
-        0, n_lo, B, D, False, HAS_BIAS, HAS_DOC, PREC,
+        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, kv_row0, doc_base, sk_t,
+        sv_t, T, qk_scale, 0, n_lo, B, D, False, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, doc_base, sk_t, sv_t, T, qk_scale,
-        n_lo, n_valid, B, D, True, HAS_BIAS, HAS_DOC, PREC,
+        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, kv_row0, doc_base, sk_t,
+        sv_t, T, qk_scale, n_lo, n_valid, B, D, True, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
 
     empty = l_i == 0.0  # no visible key: out 0, lse -inf
@@ -330,6 +349,9 @@ def _dq_inner(
     dbias_row,
     k_base,
     v_base,
+    k_desc,
+    v_desc,
+    kv_row0,
     doc_base,
     sk_t,
     sv_t,
@@ -343,19 +365,17 @@ def _dq_inner(
     HAS_BIAS: tl.constexpr,
     WANT_DBIAS: tl.constexpr,
     HAS_DOC: tl.constexpr,
+    TMA: tl.constexpr,
     PREC: tl.constexpr,
 ):
     offs_n = tl.arange(0, B)
-    offs_d = tl.arange(0, D)
     for e in range(lo, hi):
         kb = tl.load(idx_row + e)
         kpos = kb * B + offs_n  # [B]
-        k_ok = kpos < T
-        k = tl.load(k_base + kpos[:, None] * sk_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
-        v = tl.load(v_base + kpos[:, None] * sv_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+        k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_row0, kb, kpos, sk_t, sv_t, T, B, D, TMA)
         doc_k = kpos  # placeholder, unused without documents
         if HAS_DOC:
-            doc_k = tl.load(doc_base + kpos, mask=k_ok, other=-1)
+            doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
         qk = _masked_logits(q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC)
         p = tl.math.exp2(qk - lse2[:, None])  # lse2 = +inf on empty/out-of-range rows, so p = 0 there
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, B]
@@ -371,6 +391,8 @@ def _dq_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
+    k_desc,
+    v_desc,
     do_ptr,
     dq_ptr,
     lse_ptr,
@@ -412,6 +434,7 @@ def _dq_kernel(
     WANT_DBIAS: tl.constexpr,
     WANT_DQ: tl.constexpr,
     HAS_DOC: tl.constexpr,
+    TMA: tl.constexpr,
     PREC: tl.constexpr,
 ):
     N_SPLIT: tl.constexpr = G * B // BLOCK_M
@@ -449,14 +472,15 @@ def _dq_kernel(
     else:
         doc_q = t
 
+    kv_row0 = bh.to(tl.int64) * T
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     dq = _dq_inner(
-        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, doc_base, sk_t, sv_t, T,
-        qk_scale, 0, n_lo, B, D, False, HAS_BIAS, WANT_DBIAS, HAS_DOC, PREC,
+        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, k_desc, v_desc, kv_row0,
+        doc_base, sk_t, sv_t, T, qk_scale, 0, n_lo, B, D, False, HAS_BIAS, WANT_DBIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     dq = _dq_inner(
-        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, doc_base, sk_t, sv_t, T,
-        qk_scale, n_lo, n_valid, B, D, True, HAS_BIAS, WANT_DBIAS, HAS_DOC, PREC,
+        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, k_desc, v_desc, kv_row0,
+        doc_base, sk_t, sv_t, T, qk_scale, n_lo, n_valid, B, D, True, HAS_BIAS, WANT_DBIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     if WANT_DBIAS:  # padding slots: exact zeros, as in the reference
         offs_s = tl.arange(0, S_P2)
@@ -483,6 +507,9 @@ def _dkdv_inner(
     h,
     q_base,
     do_base,
+    q_desc,
+    do_desc,
+    q_row0,
     lse_base,
     delta_base,
     bias_ptr,
@@ -503,6 +530,7 @@ def _dkdv_inner(
     CAUSAL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_DOC: tl.constexpr,
+    TMA: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """dk, dv [B, D] += contributions of CSR entries [lo, hi); one iteration = one BLOCK_M slice of the G*B rows."""
@@ -515,10 +543,16 @@ def _dkdv_inner(
         t = i * B + rows % B  # [M]
         hq = h * G + rows // B  # [M]
         row_ok = t < T
-        q_off = hq.to(tl.int64) * sq_h + t.to(tl.int64) * sq_t
-        do_off = hq.to(tl.int64) * sdo_h + t.to(tl.int64) * sdo_t
-        q = tl.load(q_base + q_off[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [M, D]
-        do = tl.load(do_base + do_off[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [M, D]
+        if TMA:  # BLOCK_M <= B: the slice is BLOCK_M consecutive rows of one head in the flat [Bt*Hq*T, D]
+            r0 = (it % N_SUB) * BLOCK_M
+            row = (q_row0 + (h * G + r0 // B) * T + i * B + r0 % B).to(tl.int32)
+            q = q_desc.load([row, 0])  # [M, D]; rows past T: the next head's (finite), their p is 0 (lse2 = inf)
+            do = do_desc.load([row, 0])  # [M, D]
+        else:
+            q_off = hq.to(tl.int64) * sq_h + t.to(tl.int64) * sq_t
+            do_off = hq.to(tl.int64) * sdo_h + t.to(tl.int64) * sdo_t
+            q = tl.load(q_base + q_off[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [M, D]
+            do = tl.load(do_base + do_off[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # [M, D]
         lrow = hq.to(tl.int64) * T + t
         lse = tl.load(lse_base + lrow, mask=row_ok, other=float("-inf"))
         lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # p = 0 on empty rows
@@ -544,6 +578,8 @@ def _dkdv_kernel(
     k_ptr,
     v_ptr,
     do_ptr,
+    q_desc,
+    do_desc,
     dk_ptr,
     dv_ptr,
     dkp_ptr,
@@ -584,6 +620,7 @@ def _dkdv_kernel(
     BLOCK_M: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_DOC: tl.constexpr,
+    TMA: tl.constexpr,
     PREC: tl.constexpr,
 ):
     item = items_ptr + tl.program_id(0).to(tl.int64) * 5  # (key block, start, mid, end, partial slot)
@@ -617,13 +654,16 @@ def _dkdv_kernel(
 
     dk = tl.zeros([B, D], tl.float32)
     dv = tl.zeros([B, D], tl.float32)
+    q_row0 = b * Hkv * G * T  # first row of batch b in the flat [Bt*Hq*T, D] descriptors
     dk, dv = _dkdv_inner(
-        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, lse_base, delta_base, bias_ptr, doc_base,
-        sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, start, mid, G, B, D, BLOCK_M, True, HAS_BIAS, HAS_DOC, PREC,
+        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, q_desc, do_desc, q_row0, lse_base,
+        delta_base, bias_ptr, doc_base, sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, start, mid, G, B, D, BLOCK_M,
+        True, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     dk, dv = _dkdv_inner(
-        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, lse_base, delta_base, bias_ptr, doc_base,
-        sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, mid, end, G, B, D, BLOCK_M, False, HAS_BIAS, HAS_DOC, PREC,
+        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, q_desc, do_desc, q_row0, lse_base,
+        delta_base, bias_ptr, doc_base, sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, mid, end, G, B, D, BLOCK_M,
+        False, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     dk = dk * sm_scale
     if slot < 0:
@@ -700,25 +740,41 @@ def _largest_pow2_divisor(n: int) -> int:
     return n & -n
 
 
+def _flat_desc(x: torch.Tensor, rows: int, want: bool) -> tuple[object, bool]:
+    """(descriptor of x [Bt, H, T, D] viewed as [Bt*H*T, D] with [rows, D] boxes, True) when wanted and
+    possible (contiguous, 16-byte aligned, a Hopper GPU or the interpreter), else (x, False)."""
+    ok = (
+        want
+        and x.is_contiguous()
+        and x.data_ptr() % 16 == 0
+        and x.numel() // x.shape[-1] < 2**31
+        and (not x.is_cuda or torch.cuda.get_device_capability(x.device)[0] >= 9)
+    )
+    if not ok:
+        return x, False
+    return TensorDescriptor.from_tensor(x.view(-1, x.shape[-1]), [rows, x.shape[-1]]), True
+
+
 def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str, int]:
     """BLOCK_M (rows of the G*B tile per program; must divide G*B), num_warps, num_stages."""
     if device.type != "cuda":  # interpreter: small tiles keep numpy fast
-        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 1}
+        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 1, "TMA": 0}
     elif kind == "fwd":  # (measured on H100, scripts/bench_attention_kernel.py; spill-free in triton 3.6)
         cfg = (
-            {"BLOCK_M": 256, "num_warps": 8, "num_stages": 2}
+            {"BLOCK_M": 256, "num_warps": 8, "num_stages": 2, "TMA": 1}
             if D > 64
             else {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
         )
     elif kind == "dq":
         cfg = (
-            {"BLOCK_M": 128, "num_warps": 8, "num_stages": 2}
+            {"BLOCK_M": 128, "num_warps": 8, "num_stages": 3, "TMA": 1}
             if D > 64
             else {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
         )
-    else:  # dkdv: B key rows per program, BLOCK_M query rows per iteration; 2 programs per SM
-        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2}
-    cfg = {**cfg, **CONFIG_OVERRIDE.get(kind, {})}
+    else:  # dkdv: B key rows per program, BLOCK_M query rows per iteration; 2 programs per SM (3 stages: 1)
+        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2, "TMA": int(D > 64)}
+    # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_flat_desc``); measured at D = 128 only.
+    cfg = {"TMA": 0, **cfg, **CONFIG_OVERRIDE.get(kind, {})}
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
     return cfg
@@ -742,8 +798,11 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
     bm = cfg["BLOCK_M"]
     grid = (nb * (G * B // bm), Bt * Hkv)
     dummy = cnt  # stands in for absent optional tensors (never read: constexpr flags)
+    k_desc, tma = _flat_desc(k, B, cfg["TMA"])
+    v_desc, tma_v = _flat_desc(v, B, tma)
+    tma = tma and tma_v
     _fwd_kernel[grid](
-        q, k, v, out, lse, indices, cnt, n_lo,
+        q, k, v, k_desc if tma else k, v_desc if tma else v, out, lse, indices, cnt, n_lo,
         block_bias if block_bias is not None else dummy,
         doc_ids if doc_ids is not None else dummy,
         q.stride(0), q.stride(1), q.stride(2),
@@ -751,7 +810,7 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         T, nb, S, Hkv, scale * 1.4426950408889634,
-        G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=block_bias is not None, HAS_DOC=doc_ids is not None,
+        G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=block_bias is not None, HAS_DOC=doc_ids is not None, TMA=tma,
         PREC=_prec(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return out, lse
@@ -846,8 +905,11 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         dq = _alloc(q.shape, q.dtype, dev) if want_q else None  # [Bt, Hq, T, D]
         dq_arg = dq if dq is not None else q  # never written when not wanted
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
+        k_desc, tma = _flat_desc(k, B, cfg["TMA"])
+        v_desc, tma_v = _flat_desc(v, B, tma)
+        tma = tma and tma_v
         _dq_kernel[(nb * n_split, Bt * Hkv)](
-            q, k, v, grad_out, dq_arg, lse, delta, indices, cnt, n_lo,
+            q, k, v, k_desc if tma else k, v_desc if tma else v, grad_out, dq_arg, lse, delta, indices, cnt, n_lo,
             block_bias if has_bias else dummy,
             dbias_part if dbias_part is not None else delta,
             doc_ids if has_doc else dummy,
@@ -858,7 +920,7 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
             dq_arg.stride(0), dq_arg.stride(1), dq_arg.stride(2),
             T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, scale,
             G=G, B=B, D=D, BLOCK_M=bm, S_P2=triton.next_power_of_2(S), HAS_BIAS=has_bias,
-            WANT_DBIAS=want_bias, WANT_DQ=want_q, HAS_DOC=has_doc, PREC=_prec(q.dtype),
+            WANT_DBIAS=want_bias, WANT_DQ=want_q, HAS_DOC=has_doc, TMA=tma, PREC=_prec(q.dtype),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         if want_bias:
@@ -873,8 +935,12 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         dv = _alloc(v.shape, v.dtype, dev)
         dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
         dvp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)
+        bm = cfg["BLOCK_M"]
+        q_desc, tma = _flat_desc(q, bm, cfg["TMA"] and bm <= B)
+        do_desc, tma_do = _flat_desc(grad_out, bm, tma)
+        tma = tma and tma_do
         _dkdv_kernel[(items.shape[0],)](
-            q, k, v, grad_out, dk, dv, dkp, dvp, lse, delta, items, csr,
+            q, k, v, grad_out, q_desc if tma else q, do_desc if tma else q, dk, dv, dkp, dvp, lse, delta, items, csr,
             block_bias if has_bias else dummy,
             doc_ids if has_doc else dummy,
             q.stride(0), q.stride(1), q.stride(2),
@@ -884,7 +950,8 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
             dk.stride(0), dk.stride(1), dk.stride(2),
             dv.stride(0), dv.stride(1), dv.stride(2),
             T, nb, S, Hkv, qk_scale, scale,
-            G=G, B=B, D=D, BLOCK_M=cfg["BLOCK_M"], HAS_BIAS=has_bias, HAS_DOC=has_doc, PREC=_prec(q.dtype),
+            G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=has_bias, HAS_DOC=has_doc, TMA=tma,
+            PREC=_prec(q.dtype),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         if red.shape[0]:
