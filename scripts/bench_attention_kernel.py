@@ -158,13 +158,22 @@ def check(override: dict | None = None) -> float:
     return worst
 
 
+LAYOUT = "bhtd"  # --layout: "bhtd" contiguous [Bt, H, T, D]; "hf" [Bt, T, H, D] storage seen transposed (HF)
+
+
 def setup(T: int, hq=32, hkv=8, d=128, bs=64, seed=1):
     g = torch.Generator(device="cuda").manual_seed(seed)
     nb = T // bs
     idx = synthetic_indices(hkv, nb, g)
-    q = torch.randn(1, hq, T, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
-    k = torch.randn(1, hkv, T, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
-    v = torch.randn(1, hkv, T, d, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+
+    def make(h):
+        if LAYOUT == "hf":
+            x = torch.randn(1, T, h, d, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
+        else:
+            x = torch.randn(1, h, T, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        return x.requires_grad_()
+
+    q, k, v = make(hq), make(hkv), make(hkv)
     return q, k, v, idx, fwd_flops(idx, hq // hkv, bs, d)
 
 
@@ -273,7 +282,10 @@ def main() -> None:
     ap.add_argument("--sweep", default="", help='e.g. "fwd:256,8,2 dkdv:128,8,2:lpt"')
     ap.add_argument("--sweep-T", type=int, default=131072)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--layout", choices=("bhtd", "hf"), default="bhtd", help="q/k/v memory layout of --sizes")
     a = ap.parse_args()
+    global LAYOUT
+    LAYOUT = a.layout
     log(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", tri.triton.__version__)
     if a.check:
         check()

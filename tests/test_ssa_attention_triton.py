@@ -131,19 +131,23 @@ def test_kv_work_orders(monkeypatch, order):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("bs,bm_kv", [(16, 16), (32, 16)])
-def test_tma_loads(monkeypatch, dtype, bs, bm_kv):
+@pytest.mark.parametrize("bs,bm_kv,hf_layout", [(16, 16, False), (32, 16, False), (16, 16, True)])
+def test_tma_loads(monkeypatch, dtype, bs, bm_kv, hf_layout):
     """The bulk-tensor-copy loads (K/V in the forward and dQ pass, q/dO slices of BLOCK_M <= block rows in the
-    dK/dV pass) on ragged T and Bt > 1, where a box past T reads the next head's rows."""
+    dK/dV pass) on ragged T and Bt > 1, where a box crosses T; also on HF's layout ([Bt, T, H, D] storage
+    seen as [Bt, H, T, D]), whose strides the descriptors take as they are."""
     monkeypatch.setattr(
         tri, "CONFIG_OVERRIDE", {"fwd": {"TMA": 1}, "dq": {"TMA": 1}, "dkdv": {"TMA": 1, "BLOCK_M": bm_kv}}
     )
     used = []
-    flat_desc = tri._flat_desc
-    monkeypatch.setattr(tri, "_flat_desc", lambda *a: used.append(flat_desc(*a)[1]) or flat_desc(*a))
+    flat_desc = tri._tensor_desc
+    monkeypatch.setattr(tri, "_tensor_desc", lambda *a: used.append(flat_desc(*a)[1]) or flat_desc(*a))
     g = torch.Generator().manual_seed(19 + bs)
     bt, hq, hkv, t, d, s = 2, 8, 2, 90, 64, 3
     q, k, v = make_inputs(bt, hq, hkv, t, d, g, dtype)
+    if hf_layout:
+        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+        assert not q.is_contiguous()
     indices = random_indices(bt, hkv, -(-t // bs), s, g)
     docs = random_docs(bt, t, 3, g)
     bb = 0.5 * torch.randn(indices.shape, generator=g)

@@ -47,11 +47,9 @@ Backward.
   rows of their overlapping local windows in L2 (measured 4% faster than pure longest-first at 1M).
 
 Loads (TMA). At D = 128 the K/V blocks of the forward and the dQ pass and the q/dO slices of the dK/dV pass
-(BLOCK_M <= B rows of one head) are bulk tensor copies from descriptors over the flat [Bt*H*T, D] view
-(``_flat_desc``: contiguous, 16-byte aligned inputs on Hopper; otherwise pointer loads). A box that crosses T
-reads the next head's rows (zeros past the tensor): in the forward and dQ pass they are keys past T, which only
-the ragged last block has and only below the causal mask (p = 0 exactly); in the dK/dV pass they are query rows
-past T, whose lse is loaded as -inf (p = 0). Measured at 1M: forward 361 -> 339 ms, dQ 477 -> 428 ms (with 3
+(BLOCK_M <= B rows of one head) are bulk tensor copies from [Bt, H, T, D] descriptors with [1, 1, rows, D]
+boxes (``_tensor_desc``: any strides with unit stride along D and 16-byte alignment, so HF's transposed
+[Bt, T, H, D] layouts qualify too; Hopper; otherwise pointer loads). A box that crosses T is zero-filled. Measured at 1M: forward 361 -> 339 ms, dQ 477 -> 428 ms (with 3
 stages), dK/dV 906 -> 766 ms (~2.9 TB/s of q/dO reads: the pointer loads left bandwidth unused).
 
 Memory beyond q, k, v, out and their gradients: lse and delta ([Bt, Hq, T] fp32), the CSR (an int64 per
@@ -136,16 +134,14 @@ def _masked_logits(
 
 
 @triton.jit
-def _load_kv(k_base, v_base, k_desc, v_desc, kv_row0, kb, kpos, sk_t, sv_t, T, B: tl.constexpr, D: tl.constexpr,
-             TMA: tl.constexpr):  # fmt: skip
-    """K, V [B, D] of key block kb (positions kpos [B]). TMA: bulk tensor copies from the flat [Bt*Hkv*T, D]
-    descriptors, row kv_row0 + kb*B; rows past T then hold the next head's keys (or zeros past the tensor),
-    which only ever meet causally masked logits (p = 0 exactly; the ragged block is never below the
-    diagonal). Otherwise pointer loads, zeros past T."""
+def _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, kb, kpos, sk_t, sv_t, T, B: tl.constexpr,
+             D: tl.constexpr, TMA: tl.constexpr):  # fmt: skip
+    """K, V [B, D] of key block kb (positions kpos [B]) of batch kv_b, kv head kv_h. TMA: bulk tensor copies
+    from the [Bt, Hkv, T, D] descriptors (any strides: HF's transposed layouts too), zeros past T; otherwise
+    pointer loads, zeros past T."""
     if TMA:
-        row = (kv_row0 + kb * B).to(tl.int32)
-        k = k_desc.load([row, 0])
-        v = v_desc.load([row, 0])
+        k = k_desc.load([kv_b, kv_h, (kb * B).to(tl.int32), 0]).reshape([B, D])
+        v = v_desc.load([kv_b, kv_h, (kb * B).to(tl.int32), 0]).reshape([B, D])
     else:
         offs_d = tl.arange(0, D)
         k_ok = kpos < T  # only the ragged last block has keys past T
@@ -168,7 +164,8 @@ def _fwd_inner(
     v_base,
     k_desc,
     v_desc,
-    kv_row0,
+    kv_b,
+    kv_h,
     doc_base,
     sk_t,
     sv_t,
@@ -189,7 +186,7 @@ def _fwd_inner(
     for e in range(lo, hi):
         kb = tl.load(idx_row + e)  # int64 key block
         kpos = kb * B + offs_n  # [B] key positions
-        k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_row0, kb, kpos, sk_t, sv_t, T, B, D, TMA)
+        k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, kb, kpos, sk_t, sv_t, T, B, D, TMA)
         doc_k = kpos  # placeholder, unused without documents
         if HAS_DOC:
             doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
@@ -276,13 +273,12 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    kv_row0 = bh.to(tl.int64) * T  # first row of this (b, h) in the flat [Bt*Hkv*T, D] descriptors
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, kv_row0, doc_base, sk_t,
+        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, b, h, doc_base, sk_t,
         sv_t, T, qk_scale, 0, n_lo, B, D, False, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, kv_row0, doc_base, sk_t,
+        acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, b, h, doc_base, sk_t,
         sv_t, T, qk_scale, n_lo, n_valid, B, D, True, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
 
@@ -351,7 +347,8 @@ def _dq_inner(
     v_base,
     k_desc,
     v_desc,
-    kv_row0,
+    kv_b,
+    kv_h,
     doc_base,
     sk_t,
     sv_t,
@@ -372,7 +369,7 @@ def _dq_inner(
     for e in range(lo, hi):
         kb = tl.load(idx_row + e)
         kpos = kb * B + offs_n  # [B]
-        k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_row0, kb, kpos, sk_t, sv_t, T, B, D, TMA)
+        k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, kb, kpos, sk_t, sv_t, T, B, D, TMA)
         doc_k = kpos  # placeholder, unused without documents
         if HAS_DOC:
             doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
@@ -472,14 +469,13 @@ def _dq_kernel(
     else:
         doc_q = t
 
-    kv_row0 = bh.to(tl.int64) * T
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     dq = _dq_inner(
-        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, k_desc, v_desc, kv_row0,
+        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, k_desc, v_desc, b, h,
         doc_base, sk_t, sv_t, T, qk_scale, 0, n_lo, B, D, False, HAS_BIAS, WANT_DBIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     dq = _dq_inner(
-        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, k_desc, v_desc, kv_row0,
+        dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, k_desc, v_desc, b, h,
         doc_base, sk_t, sv_t, T, qk_scale, n_lo, n_valid, B, D, True, HAS_BIAS, WANT_DBIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     if WANT_DBIAS:  # padding slots: exact zeros, as in the reference
@@ -509,7 +505,7 @@ def _dkdv_inner(
     do_base,
     q_desc,
     do_desc,
-    q_row0,
+    q_b,
     lse_base,
     delta_base,
     bias_ptr,
@@ -543,11 +539,11 @@ def _dkdv_inner(
         t = i * B + rows % B  # [M]
         hq = h * G + rows // B  # [M]
         row_ok = t < T
-        if TMA:  # BLOCK_M <= B: the slice is BLOCK_M consecutive rows of one head in the flat [Bt*Hq*T, D]
+        if TMA:  # BLOCK_M <= B: the slice is BLOCK_M consecutive tokens of one head; zeros past T
             r0 = (it % N_SUB) * BLOCK_M
-            row = (q_row0 + (h * G + r0 // B) * T + i * B + r0 % B).to(tl.int32)
-            q = q_desc.load([row, 0])  # [M, D]; rows past T: the next head's (finite), their p is 0 (lse2 = inf)
-            do = do_desc.load([row, 0])  # [M, D]
+            box = [q_b.to(tl.int32), (h * G + r0 // B).to(tl.int32), (i * B + r0 % B).to(tl.int32), 0]
+            q = q_desc.load(box).reshape([BLOCK_M, D])  # [M, D]
+            do = do_desc.load(box).reshape([BLOCK_M, D])  # [M, D]
         else:
             q_off = hq.to(tl.int64) * sq_h + t.to(tl.int64) * sq_t
             do_off = hq.to(tl.int64) * sdo_h + t.to(tl.int64) * sdo_t
@@ -654,14 +650,13 @@ def _dkdv_kernel(
 
     dk = tl.zeros([B, D], tl.float32)
     dv = tl.zeros([B, D], tl.float32)
-    q_row0 = b * Hkv * G * T  # first row of batch b in the flat [Bt*Hq*T, D] descriptors
     dk, dv = _dkdv_inner(
-        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, q_desc, do_desc, q_row0, lse_base,
+        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, q_desc, do_desc, b, lse_base,
         delta_base, bias_ptr, doc_base, sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, start, mid, G, B, D, BLOCK_M,
         True, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     dk, dv = _dkdv_inner(
-        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, q_desc, do_desc, q_row0, lse_base,
+        dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, q_desc, do_desc, b, lse_base,
         delta_base, bias_ptr, doc_base, sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, mid, end, G, B, D, BLOCK_M,
         False, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
@@ -740,19 +735,22 @@ def _largest_pow2_divisor(n: int) -> int:
     return n & -n
 
 
-def _flat_desc(x: torch.Tensor, rows: int, want: bool) -> tuple[object, bool]:
-    """(descriptor of x [Bt, H, T, D] viewed as [Bt*H*T, D] with [rows, D] boxes, True) when wanted and
-    possible (contiguous, 16-byte aligned, a Hopper GPU or the interpreter), else (x, False)."""
+def _tensor_desc(x: torch.Tensor, rows: int, want: bool) -> tuple[object, bool]:
+    """(descriptor of x [Bt, H, T, D] with [1, 1, rows, D] boxes, True) when wanted and possible (unit stride
+    along D, 16-byte aligned base and strides, a Hopper GPU or the interpreter), else (x, False). Any layout
+    of the other dims: HF's q/k/v are [Bt, T, H, D] tensors seen transposed."""
+    elem = x.element_size()
     ok = (
         want
-        and x.is_contiguous()
+        and x.stride(-1) == 1
         and x.data_ptr() % 16 == 0
-        and x.numel() // x.shape[-1] < 2**31
+        and all(st * elem % 16 == 0 for st in x.stride()[:-1])
+        and max(x.shape[:-1]) < 2**31
         and (not x.is_cuda or torch.cuda.get_device_capability(x.device)[0] >= 9)
     )
     if not ok:
         return x, False
-    return TensorDescriptor.from_tensor(x.view(-1, x.shape[-1]), [rows, x.shape[-1]]), True
+    return TensorDescriptor.from_tensor(x, [1, 1, rows, x.shape[-1]]), True
 
 
 def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str, int]:
@@ -773,7 +771,7 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
         )
     else:  # dkdv: B key rows per program, BLOCK_M query rows per iteration; 2 programs per SM (3 stages: 1)
         cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2, "TMA": int(D > 64)}
-    # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_flat_desc``); measured at D = 128 only.
+    # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
     cfg = {"TMA": 0, **cfg, **CONFIG_OVERRIDE.get(kind, {})}
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
@@ -798,8 +796,8 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
     bm = cfg["BLOCK_M"]
     grid = (nb * (G * B // bm), Bt * Hkv)
     dummy = cnt  # stands in for absent optional tensors (never read: constexpr flags)
-    k_desc, tma = _flat_desc(k, B, cfg["TMA"])
-    v_desc, tma_v = _flat_desc(v, B, tma)
+    k_desc, tma = _tensor_desc(k, B, cfg["TMA"])
+    v_desc, tma_v = _tensor_desc(v, B, tma)
     tma = tma and tma_v
     _fwd_kernel[grid](
         q, k, v, k_desc if tma else k, v_desc if tma else v, out, lse, indices, cnt, n_lo,
@@ -905,8 +903,8 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         dq = _alloc(q.shape, q.dtype, dev) if want_q else None  # [Bt, Hq, T, D]
         dq_arg = dq if dq is not None else q  # never written when not wanted
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
-        k_desc, tma = _flat_desc(k, B, cfg["TMA"])
-        v_desc, tma_v = _flat_desc(v, B, tma)
+        k_desc, tma = _tensor_desc(k, B, cfg["TMA"])
+        v_desc, tma_v = _tensor_desc(v, B, tma)
         tma = tma and tma_v
         _dq_kernel[(nb * n_split, Bt * Hkv)](
             q, k, v, k_desc if tma else k, v_desc if tma else v, grad_out, dq_arg, lse, delta, indices, cnt, n_lo,
@@ -936,8 +934,8 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
         dvp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)
         bm = cfg["BLOCK_M"]
-        q_desc, tma = _flat_desc(q, bm, cfg["TMA"] and bm <= B)
-        do_desc, tma_do = _flat_desc(grad_out, bm, tma)
+        q_desc, tma = _tensor_desc(q, bm, cfg["TMA"] and bm <= B)
+        do_desc, tma_do = _tensor_desc(grad_out, bm, tma)
         tma = tma and tma_do
         _dkdv_kernel[(items.shape[0],)](
             q, k, v, grad_out, q_desc if tma else q, do_desc if tma else q, dk, dv, dkp, dvp, lse, delta, items, csr,
