@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dense-fwdbwd-max", type=size, default=128 * KI, help="largest n of a measured dense fwdbwd")
     ap.add_argument("--flex-block", type=int, nargs="+", help="Flex block size(s): 64 exact, 128 remapped")
     ap.add_argument("--methods", nargs="+", help="run only these methods (default all)")
+    ap.add_argument("--decode-only", action="store_true", help="only the decode pass (at --decode-n)")
+    ap.add_argument("--decode-select-sweep", nargs="*", help="decode select kernel rows,warps,chunk to time")
     args = ap.parse_args(argv)
     if args.cpu_smoke:
         args.n = args.n or SMOKE_N
@@ -450,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pass
     bench = Bench(args, device, meta, out_dir / f"attention-{tag}.json")
     t_start = time.perf_counter()
-    for n in sorted(set(args.n) | set(args.decode_n)):
+    for n in sorted(set(args.decode_n) if args.decode_only else set(args.n) | set(args.decode_n)):
         run_size(bench, setup, n)
         gc.collect()
         if bench.cuda:
@@ -468,7 +470,7 @@ def run_size(bench: Bench, s: Setup, n: int) -> None:
     """Sequence length n: every method in fwd and fwdbwd if n is in --n, the decode pass if n is in --decode-n."""
     gen = torch.Generator(device=s.device).manual_seed(n)
     q, k, v = (torch.randn(1, h, n, s.d, device=s.device, dtype=s.dtype, generator=gen) for h in (s.hq, s.hkv, s.hkv))
-    if n in s.args.n:
+    if n in s.args.n and not s.args.decode_only:
         d_o = torch.randn(1, s.hq, n, s.d, device=s.device, dtype=s.dtype, generator=gen)
         run_passes(bench, s, n, q, k, v, d_o)
         del d_o
@@ -638,6 +640,9 @@ def decode(bench: Bench, s: Setup, n: int, q, k, v) -> None:
         triton_cfg = dataclasses.replace(cfg, backend="triton")  # ssa_decode_step's own dispatch to the kernel
         bench.run(n, "ssa_decode_triton_step", "decode", lambda: lambda: step(step_cfg=triton_cfg), **tri, **run)
 
+    if bench.cuda:
+        decode_fast(bench, s, n, q, k, v, want if sel_args is not None else None, sel_args, run)
+
     # Dense: the G heads of a kv head are G query rows over all n keys (no mask: every key is <= n - 1).
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -647,14 +652,156 @@ def decode(bench: Bench, s: Setup, n: int, q, k, v) -> None:
         kinds.append(("dense_decode_cudnn", SDPBackend.CUDNN_ATTENTION))
     for kind, backend in kinds:
 
-        def dense_dec(backend=backend):
-            def call():
-                with torch.no_grad(), sdpa_kernel(backend):
-                    return F.scaled_dot_product_attention(qd, k, v, scale=scale)
+        def dense_call(backend=backend):
+            with torch.no_grad(), sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qd, k, v, scale=scale)
 
-            return call
+        bench.run(n, kind, "decode", lambda call=dense_call: call, exponent=1.0, cap_s=s.args.cap_s, iters=iters)
+        if bench.cuda:  # replayed from a CUDA graph, as the SSA graph rows: the faster dense figure counts
+            bench.run(
+                n,
+                f"{kind}_graph",
+                "decode",
+                lambda call=dense_call: graphed(call),
+                cuda_graph=True,
+                exponent=1.0,
+                cap_s=s.args.cap_s,
+                iters=iters,
+            )
 
-        bench.run(n, kind, "decode", dense_dec, exponent=1.0, cap_s=s.args.cap_s, iters=iters)
+
+def decode_fast(bench: Bench, s: Setup, n: int, q, k, v, want, sel_args, run: dict[str, Any]) -> None:
+    """The full fast SSA step (``ssa_kernels.decode.fast``: state update + Triton selection + Triton attention)
+    from Python and replayed from a CUDA graph. Every call decodes the next real token: the state is built from
+    the first n - m tokens and the calls decode tokens n - m .. n - 1 (the caches already hold them; the step
+    writes the same values again), so the timings include block completions like any decode. Checked first on
+    token n - 1 against the reference step (``want``, its selection ``sel_args[3]``)."""
+    from ssa_kernels.decode.fast import DecodePyramid, SSADecodeGraph, fast_decode_step
+
+    cfg, scale = s.cfg, s.d**-0.5
+    calls = (s.args.warmup + max(1, s.args.reps)) * run["iters"] + 8  # tokens the timed calls take
+    info: dict[str, Any] = {"calls_per_timing": run["iters"], "selection": "fast (included)", "state_update": True}
+    try:
+        with torch.no_grad():
+            check = DecodePyramid.from_prefill(q[:, :, : n - 1], k[:, :, : n - 1], cfg, capacity=n)
+            got = fast_decode_step(q[:, :, n - 1 :], k[:, :, n - 1], v[:, :, n - 1], k, v, check, cfg, scale)
+        if want is not None:
+            info["rel_err_vs_reference"] = ((got.double() - want.double()).norm() / want.double().norm()).item()
+            info["same_selection_as_reference"] = bool(torch.equal(check.indices, sel_args[3]))
+        del check
+    except Exception as err:  # noqa: BLE001 - bench.run records the same failure below
+        info["check_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+
+    def fresh() -> DecodePyramid:
+        with torch.no_grad():
+            return DecodePyramid.from_prefill(q[:, :, : n - calls], k[:, :, : n - calls], cfg, capacity=n)
+
+    def python_step():
+        state, t = fresh(), [n - calls]
+
+        def call():
+            i = t[0]
+            t[0] += 1
+            return fast_decode_step(q[:, :, i : i + 1], k[:, :, i], v[:, :, i], k, v, state, cfg, scale)
+
+        return call
+
+    def graph_step():
+        state, t = fresh(), [n - calls]
+        graph = SSADecodeGraph(state, k, v, cfg, q_heads=s.hq, scale=scale)
+
+        def call():
+            i = t[0]
+            t[0] += 1
+            return graph(q[:, :, i : i + 1], k[:, :, i], v[:, :, i])
+
+        return call
+
+    bench.run(n, "ssa_decode_fast_step", "decode", python_step, **info, **run)
+    bench.run(n, "ssa_decode_fast_graph", "decode", graph_step, cuda_graph=True, **info, **run)
+    decode_graph_steps(bench, s, n, q, k, v, fresh, n - calls, info)
+
+
+def decode_graph_steps(bench: Bench, s: Setup, n: int, q, k, v, fresh, first: int, info: dict[str, Any]) -> None:
+    """K consecutive decode steps (tokens first .. first + K - 1) captured in ONE CUDA graph, as a graphed
+    model's decode loop runs them: each step reads its token's q, k, v where they lie (no copies into
+    static buffers), ms per step = replay / K, the state restored from a snapshot between replays (not
+    timed). Also the step's parts the same way (state update, selection, attention), so the split shows."""
+    from ssa_kernels.decode.fast import decode_select, decode_update, fast_decode_step
+    from ssa_kernels.decode.triton import decode_attention_triton
+
+    cfg, scale, steps = s.cfg, s.d**-0.5, 16
+    state = fresh()
+    snap = state.clone()
+    tokens = range(first, first + steps)
+    bt = q.shape[0]
+    parts = {
+        "ssa_decode_fast_graph_k": lambda i: fast_decode_step(
+            q[:, :, i : i + 1], k[:, :, i], v[:, :, i], k, v, state, cfg, scale
+        ),
+        "ssa_decode_part_update": lambda i: decode_update(
+            state, q[:, :, i], k[:, :, i], cfg, kv=(k[:, :, i], v[:, :, i], k, v)
+        ),
+        "ssa_decode_part_select": lambda i: decode_select(state, cfg),
+        "ssa_decode_part_attention": lambda i: decode_attention_triton(
+            q[:, :, i : i + 1], k, v, state.indices, state.pos, state.doc_start.view(bt, 1), cfg.block_size, scale
+        ),
+    }
+
+    def graph_ms(step, update_first: bool) -> float:
+        """ms per step: the K steps in one graph, replayed from the same state (restore not timed)."""
+        with torch.no_grad():
+            state.copy_(snap)
+            fast_decode_step(q[:, :, first : first + 1], k[:, :, first], v[:, :, first], k, v, state, cfg, scale)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up (compilation) off the capture
+                for i in tokens:
+                    step(i)
+            torch.cuda.current_stream().wait_stream(side)
+            state.copy_(snap)
+            if update_first:  # selection / attention alone: of a taken token
+                decode_update(state, q[:, :, first], k[:, :, first], cfg, kv=(k[:, :, first], v[:, :, first], k, v))
+            start = state.clone()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for i in tokens:
+                    step(i)
+            times = []
+            for _ in range(max(3, s.args.reps)):
+                state.copy_(start)
+                torch.cuda.synchronize()
+                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                e0.record()
+                graph.replay()
+                e1.record()
+                torch.cuda.synchronize()
+                times.append(e0.elapsed_time(e1) / steps)
+        return sorted(times)[len(times) // 2]
+
+    def record(method: str, step, update_first: bool, **extra) -> None:
+        row = {"n": n, "method": method, "pass": "decode", "ms": None, "extrapolated": False}
+        try:
+            row["ms"] = graph_ms(step, update_first)
+            row.update({"cuda_graph": True, "steps_per_graph": steps, **extra})
+        except Exception as err:  # noqa: BLE001
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        bench.record(row)
+
+    from ssa_kernels.decode import fast as decode_fast_mod
+
+    main = {k_: v_ for k_, v_ in info.items() if k_ != "calls_per_timing"}
+    tuning = dataclasses.asdict(decode_fast_mod.SELECT_TUNING)
+    for method, step in parts.items():
+        extra = {**main, "select_tuning": tuning} if method == "ssa_decode_fast_graph_k" else {}
+        record(method, step, update_first=method not in ("ssa_decode_fast_graph_k", "ssa_decode_part_update"), **extra)
+    default = decode_fast_mod.SELECT_TUNING
+    for spec in s.args.decode_select_sweep or []:  # rows,warps,chunk
+        r_, w_, c_ = (int(x) for x in spec.split(","))
+        decode_fast_mod.SELECT_TUNING = dataclasses.replace(default, rows=r_, num_warps=w_, dim_chunk=c_)
+        record(f"sweep_select_{spec}", parts["ssa_decode_part_select"], True, select_tuning=spec)
+        record(f"sweep_step_{spec}", parts["ssa_decode_fast_graph_k"], False, select_tuning=spec)
+    decode_fast_mod.SELECT_TUNING = default
 
 
 # ------------------------------------------------------------------------------------------ reporting
@@ -719,6 +866,9 @@ def ratios(results) -> dict[str, Any]:
         if dense is None:
             continue
         for method in (
+            "ssa_decode_fast_graph_k",
+            "ssa_decode_fast_graph",
+            "ssa_decode_fast_step",
             "ssa_decode_triton",
             "ssa_decode_triton_graph",
             "ssa_decode_triton_step",
