@@ -726,6 +726,13 @@ def _alloc(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _alloc_like(x: torch.Tensor) -> torch.Tensor:
+    """A tensor of x's shape, dtype and memory layout: out and dq in q's layout, dk, dv in k's and v's. With
+    HF's q/k/v ([Bt, T, H, D] storage seen as [Bt, H, T, D]) the caller's transpose back is then free, and
+    autograd never copies a gradient into its input's layout (a q-sized copy at 1M tokens: 8 GiB)."""
+    return torch.full_like(x, math.nan) if POISON else torch.empty_like(x)
+
+
 def _prec(dtype: torch.dtype) -> str:
     # fp32 inputs: exact fp32 products (the tests compare at 1e-4); bf16/fp16 ignore it.
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -790,7 +797,7 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
     G = Hq // Hkv
-    out = _alloc(q.shape, q.dtype, q.device)  # [Bt, Hq, T, D]
+    out = _alloc_like(q)  # [Bt, Hq, T, D]
     lse = _alloc((Bt, Hq, T), torch.float32, q.device)  # [Bt, Hq, T]
     cfg = _config("fwd", G, B, D, q.device)
     bm = cfg["BLOCK_M"]
@@ -900,7 +907,7 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         cfg = _config("dq", G, B, D, dev)
         bm = cfg["BLOCK_M"]
         n_split = G * B // bm
-        dq = _alloc(q.shape, q.dtype, dev) if want_q else None  # [Bt, Hq, T, D]
+        dq = _alloc_like(q) if want_q else None  # [Bt, Hq, T, D]
         dq_arg = dq if dq is not None else q  # never written when not wanted
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
         k_desc, tma = _tensor_desc(k, B, cfg["TMA"])
@@ -929,8 +936,8 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
     if want_k or want_v:
         csr, items, red, n_slots = _kv_work(indices, split)
         cfg = _config("dkdv", G, B, D, dev)
-        dk = _alloc(k.shape, k.dtype, dev)  # [Bt, Hkv, T, D]
-        dv = _alloc(v.shape, v.dtype, dev)
+        dk = _alloc_like(k)  # [Bt, Hkv, T, D]
+        dv = _alloc_like(v)
         dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
         dvp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)
         bm = cfg["BLOCK_M"]
