@@ -402,7 +402,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import torch.nn.attention.flex_attention as fa
 
         if device.type == "cuda":
-            flex_fn = torch.compile(fa.flex_attention)
+            # Static shapes: one specialised kernel per n. With the default automatic dynamic shapes the second
+            # n recompiles a shape-generic kernel, measured 25% slower at 1M on H200 (fwd 490 vs 393 ms, fwd+bwd
+            # 1901 vs 1432 ms): an unfair baseline.
+            flex_fn = torch.compile(fa.flex_attention, dynamic=False)
         else:  # smoke test: eager and undynamo'd (fast to start; forward only, which is all CPU Flex has)
             fa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
             flex_fn = fa.flex_attention
@@ -480,10 +483,20 @@ def run_size(bench: Bench, s: Setup, n: int) -> None:
 
 def run_passes(bench: Bench, s: Setup, n: int, q, k, v, d_o) -> None:
     """fwd and fwdbwd of every method (and the selector) at n."""
+    # The same storage serves both passes (no clones: at 4M tokens they would be 48 GiB): grads come from
+    # torch.autograd.grad; the forward-only calls get detached views.
+    qg, kg, vg = (x.requires_grad_(True) for x in (q, k, v))
+    try:
+        _run_passes(bench, s, n, q.detach(), k.detach(), v.detach(), qg, kg, vg, d_o)
+    finally:
+        for x in (q, k, v):
+            x.requires_grad_(False)
+
+
+def _run_passes(bench: Bench, s: Setup, n: int, q, k, v, qg, kg, vg, d_o) -> None:
     from ssa_kernels import ssa_attention
 
     args, cfg = s.args, s.cfg
-    qg, kg, vg = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
     sparse = {"exponent": 1.0, "cap_s": args.sparse_cap_s}
     ssa_info = {"backend": args.backend}
 
@@ -514,6 +527,10 @@ def run_passes(bench: Bench, s: Setup, n: int, q, k, v, d_o) -> None:
     bench.run(n, "ssa", "fwdbwd", ssa_fwdbwd, memory=True, **ssa_info, **sparse)
 
     # --- FlexAttention given SSA's selection
+    if bench.cuda and s.flex_fn is not None:
+        # A fresh static compile per n: past dynamo's recompile limit (8) Flex would fall back to eager, which
+        # materialises the n x n scores (measured: a 32 TiB allocation at 512K).
+        torch._dynamo.reset()
     for blk in s.flex_blocks if s.flex_fn is not None else []:
         method = "flex" if len(s.flex_blocks) == 1 else f"flex_b{blk}"
         info: dict[str, Any] = {"flex_block": blk, "note": FLEX_NOTE}
