@@ -2,10 +2,19 @@
 built-in byte tokenizer, and deterministic resumable packing into training sequences."""
 
 from data.packing import IGNORE_INDEX, PackedLoader, StreamState, stream_ids, window_to_example
+from data.sample import Sample, read_jsonl, write_jsonl
+from data.scoring import effective_length, mrcr_score, string_match_all, string_match_part
 from data.sources import DataConfig, DataError, build_stdlib_corpus, load_documents
 from data.tokenizer import byte_tokenizer, make_tokenize
 
 __all__ = [
+    "Sample",
+    "effective_length",
+    "mrcr_score",
+    "read_jsonl",
+    "string_match_all",
+    "string_match_part",
+    "write_jsonl",
     "IGNORE_INDEX",
     "DataConfig",
     "DataError",
