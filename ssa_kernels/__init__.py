@@ -101,7 +101,9 @@ def ssa_attention(
         if route is None:  # q and k route: the backend adds the routing gradient to dq, dk in place
             mask = routed_mask(sel, cfg, doc_ids, q.shape[2])
         elif pooled:
-            bias = _straight_through(routing_scores_pooled(route, sel.routed, cfg, doc_ids), sel, cfg, doc_ids, q.shape[2])
+            bias = _straight_through(
+                routing_scores_pooled(route, sel.routed, cfg, doc_ids), sel, cfg, doc_ids, q.shape[2]
+            )
         else:
             bias = routing_bias(rq, rk, sel, cfg, doc_ids)
     out, _ = attend(
