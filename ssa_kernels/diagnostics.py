@@ -39,6 +39,8 @@ __all__ = [
     "SSACall",
     "SSARecorder",
     "dense_recall",
+    "distance_bin_edges",
+    "distance_histogram",
     "far_mass",
     "layer_router_stats",
     "router_metrics",
@@ -46,6 +48,7 @@ __all__ = [
     "router_stats_recorder",
     "sample_query_blocks",
     "selection_stats",
+    "share_at_least",
 ]
 
 
@@ -407,3 +410,40 @@ def router_recall(
     if not rec.records:
         raise ValueError("router_recall: no SSA attention ran; convert the model with ssa_kernels.hf.convert_to_ssa")
     return router_metrics(rec.records, prefix)
+
+
+# --- reach: how far back the selected blocks lie ---------------------------------------------------
+
+
+def distance_bin_edges(seq_len: int, block_size: int) -> list[int]:
+    """Upper edges, in blocks, of log2 bins of (query block - selected block): ``[0, 2, 4, 8, ...]``,
+    the last one >= nb - 1 (the largest causal distance). Bin 0 is the diagonal (distance 0), bin 1
+    holds 1-2 blocks back, bin k >= 2 holds (2^(k-1), 2^k] blocks back."""
+    nb = -(-seq_len // block_size)
+    edges = [0]
+    while edges[-1] < nb - 1:
+        edges.append(max(2, 2 * edges[-1]))
+    return edges
+
+
+def distance_histogram(indices: Tensor, edges: list[int]) -> Tensor:
+    """Counts of the valid entries of ``indices`` [..., nb, S] (-1 padded) per distance bin; distance
+    = query block - listed block, in blocks; ``edges``: :func:`distance_bin_edges`. int64 [len(edges)],
+    summing to ``(indices >= 0).sum()`` for causal selections. No host sync."""
+    nb = indices.shape[-2]
+    i = torch.arange(nb, device=indices.device).view(nb, 1)
+    valid = indices >= 0
+    dist = (i - indices)[valid]  # (entries,)
+    upper = torch.tensor(edges, device=indices.device, dtype=dist.dtype)
+    bins = torch.bucketize(dist, upper)  # edges[k-1] < d <= edges[k] -> k
+    return torch.bincount(bins, minlength=len(edges))[: len(edges)]
+
+
+def share_at_least(indices: Tensor, block_size: int, min_tokens: float) -> Tensor:
+    """Share of the valid entries of ``indices`` [..., nb, S] at least ``min_tokens`` back (query block
+    start - listed block start, in tokens); 0 when there are none. fp64 0-dim tensor, no host sync."""
+    nb = indices.shape[-2]
+    i = torch.arange(nb, device=indices.device).view(nb, 1)
+    valid = indices >= 0
+    far = valid & ((i - indices) * block_size >= min_tokens)
+    return far.sum().double() / valid.sum().clamp_min(1).double()
