@@ -105,8 +105,39 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+@dataclass
+class EvalConfig:
+    """``python -m train.eval`` (``conf/eval.yaml``; validated by ``train.eval.to_eval_config``)."""
+
+    # A saved model directory (HF or SSA ``save_pretrained``), a trainer checkpoint (``.../step_N``, its
+    # ``model/`` is read) or a run directory (its latest checkpoint). null: the ``model`` group's model
+    # (``model.path``, or random init from ``model.hf_config`` seeded by ``seed``: smoke tests).
+    checkpoint: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # null: as saved (an SSA checkpoint runs SSA with its own settings, others dense). attention=dense forces
+    # dense attention; attention=ssa converts a dense model (or re-sets an SSA one's settings, keeping routers).
+    attention: AttentionConfig | None = None
+    tasks: list[str] = field(default_factory=lambda: ["ruler"])  # names of data/synthetic.py, or ruler / all
+    lengths: list[str] = field(default_factory=lambda: ["4K"])  # token budgets: 4096, "4K" (x1024), "1M"
+    depths: list[float] | None = None  # needle depths in [0, 1]; null: drawn as RULER draws them
+    samples: int = 10  # per (task, length, depth); eval seeds seed .. seed + samples - 1
+    seed: int = 0
+    max_new_tokens: int | None = None  # null: the task's (RULER's tokens_to_generate; MRCR: its reserve)
+    max_prefill_tokens: int = 0  # longest prompt to prefill on one device; 0: the model's positions only
+    out_dir: str = "runs/eval"  # results.json, results.md, niah_heatmap.png
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    wandb: str = "disabled"  # disabled | offline | online (offline when no API key works)
+    project: str = "ssa-eval"
+    progress: bool = True  # a tqdm bar over (task, length) pairs on stderr
+    # null: the model's greedy decoding. oracle (the gold target), random (a random guess of the answer's shape) or
+    # "package.module:function" taking a data.sample.Sample and returning the prediction: checks the harness.
+    answer_fn: str | None = None
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
+    ConfigStore.instance().store(name="base_eval_config", node=EvalConfig)
 
 
 def _one_of(key: str, value: Any, allowed) -> None:
