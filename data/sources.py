@@ -29,6 +29,18 @@ class DataError(ValueError):
 
 
 @dataclass
+class SyntheticConfig:
+    """Synthetic retrieval rows mixed into the packed documents (``data/mix.py``; ``conf/data/mix.yaml``)."""
+
+    ratio: float = 0.0  # share of training rows that are synthetic samples; 0: documents only
+    tasks: list[str] = field(default_factory=lambda: ["niah_single_1", "niah_multikey_2"])  # data/synthetic.py names
+    lengths: list[int] = field(default_factory=list)  # token budgets per sample; empty: train.seq_len
+    # "answer": only the answer tokens (and the EOS after them) carry labels; "all": every token of the sample
+    supervise: str = "answer"
+    seed_start: int = 0  # TRAIN-split seeds (data/sample.py: disjoint from every eval seed)
+
+
+@dataclass
 class DataConfig:
     # "stdlib": the embedded default corpus; "files": the paths below.
     source: str = "stdlib"
@@ -43,6 +55,7 @@ class DataConfig:
     # Positions restart per document and attention stays within documents.
     doc_mask: bool = False
     cache_dir: str = "~/.cache/ssa-train"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 def load_documents(cfg: DataConfig) -> datasets.IterableDataset:

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from data import DataConfig
+from data import DataConfig, DataError, check_synthetic
 from parallel import RUNGS, ParallelConfig
 from ssa_kernels.config import SSAConfig
 
@@ -177,6 +177,10 @@ def to_config(cfg: DictConfig) -> Config:
     _one_of("attention.name", config.attention.name, {"dense", "ssa"})
     _one_of("attention.impl", config.attention.impl, {"sdpa", "eager", "flash_attention_2", "flex_attention"})
     _one_of("data.format", config.data.format, {"auto", "jsonl", "parquet", "text", "source"})
+    try:
+        check_synthetic(config.data.synthetic, t.seq_len)
+    except DataError as e:
+        raise ConfigError(str(e)) from e
     for key in ("steps", "seq_len", "micro_batch", "grad_accum", "keep_checkpoints"):
         _positive(f"train.{key}", getattr(t, key))
     for key in ("ckpt_every", "loss_chunk"):

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from data import IGNORE_INDEX, PackedLoader, load_documents, make_tokenize
+from data import IGNORE_INDEX, build_loader
 from parallel import ParallelDims, destroy_distributed, init_distributed, no_sync, parallelize
 from ssa_kernels.diagnostics import SSARecorder, router_metrics, router_stats_recorder
 from train.checkpoint import Checkpointer
@@ -150,21 +150,8 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     model = parallelize(
         loss_model, loss_model.decoder_layers, dims, cfg.parallel, t.activation_checkpointing, t.compile
     )
-    d = cfg.data
-    loader = PackedLoader(
-        load_documents(d),
-        make_tokenize(tokenizer),
-        tokenizer.eos_token_id,
-        t.seq_len,
-        dims.rank,
-        dims.dp,
-        t.grad_accum,
-        t.micro_batch,
-        d.doc_mask,
-        d.shuffle_buffer,
-        d.seed,
-        data_state,
-    )
+    # packed documents, mixed with synthetic retrieval rows when data.synthetic.ratio > 0 (data/mix.py)
+    loader = build_loader(cfg.data, tokenizer, t.seq_len, dims.rank, dims.dp, t.grad_accum, t.micro_batch, data_state)
     n_params = sum(p.numel() for p in lm.parameters())
     n_embed = lm.get_input_embeddings().weight.numel()
     flops_tok = flops_per_token(lm.config, n_params, n_embed, t.seq_len)

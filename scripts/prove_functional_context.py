@@ -1,0 +1,301 @@
+"""Proof of functional context (issue 6): train small models from scratch at <= 16K, then test needle
+retrieval at 16K .. 1M (4M on an H200). docs/functional_context.md has the command, the estimates and
+the results.
+
+Per model in ``--models`` (ssa | swa | dense; same model, data and steps):
+
+1. train (unless ``--eval-only``): ``train.trainer.train`` on the config composed by Hydra from
+   ``experiment=functional_context attention=<ssa|swa|dense>`` (``conf/``; validated by
+   ``train.config.to_config``) into ``<out>/<model>/`` (checkpoints, metrics.jsonl, config.yaml);
+   ``--time-budget-min`` sends this process SIGTERM after that many minutes, and the trainer saves a
+   checkpoint at the end of the step and stops (the lr schedule follows ``--train-steps``);
+2. evaluate the latest checkpoint (or ``--checkpoint``) with ``train.eval.evaluate`` on
+   ``--tasks`` x ``--eval-lengths`` x ``--depths`` x ``--samples`` (dense: lengths <= ``--dense-max-len``)
+   into ``<out>/<model>/eval/``.
+
+Then writes into ``--out``: ``functional-context.json`` ({"device", "date", "command", "results":
+[{"model", "task", "length", "depth", "accuracy", "samples"}]}, accuracy = mean score / 100; models
+evaluated earlier and not now are kept), ``functional-context-<model>.png`` (accuracy, depth x length,
+one panel per task) and ``functional-context.md`` (the table). ``--docs`` copies them to
+``docs/results/`` and puts the table into ``docs/functional_context.md``.
+
+    python scripts/prove_functional_context.py --out runs/fc --models ssa swa dense
+    python scripts/prove_functional_context.py --out runs/fc --eval-only --eval-lengths 16K 64K --depths 0.5
+    python scripts/prove_functional_context.py --out runs/fc --eval-only --models ssa --checkpoint my/ckpt
+    python scripts/prove_functional_context.py --out /tmp/fc --smoke   # CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from train.config import register_configs, to_config  # noqa: E402
+from train.eval import CONF_DIR, evaluate, format_length, parse_length, to_eval_config  # noqa: E402
+from train.trainer import train  # noqa: E402
+
+log = logging.getLogger("prove_functional_context")
+MODELS = ("ssa", "swa", "dense")
+ATTENTION = {"ssa": "ssa", "swa": "swa", "dense": "dense"}  # conf/attention/<name>.yaml
+DOCS_BEGIN, DOCS_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+# --smoke: a 2-layer model at 1K tokens with a 256-token window and 4 routed blocks, so that routing
+# happens at these lengths; a few steps, 2 lengths x 2 depths x 1 sample, 16 new tokens (CPU, seconds).
+SMOKE_TRAIN = [
+    "model.hf_config.hidden_size=64",
+    "model.hf_config.intermediate_size=128",
+    "model.hf_config.num_hidden_layers=2",
+    "model.hf_config.num_attention_heads=2",
+    "model.hf_config.num_key_value_heads=1",
+    "model.hf_config.head_dim=32",
+    "model.hf_config.max_position_embeddings=65536",
+    "attention.ssa.local_window=256",
+    "train.ckpt_every=0",
+    "train.schedule.warmup_steps=1",
+    "logging.log_every=1",
+]
+SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
+                  max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", required=True, help="directory for checkpoints (<out>/<model>/) and results")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--train-steps", type=int, default=None, help="per model (default: the experiment's, 1200)")
+    p.add_argument("--time-budget-min", type=float, default=0.0, help="per model: stop training after this; 0: none")
+    p.add_argument("--train-len", type=int, default=16384, help="training sequence length (tokens)")
+    p.add_argument("--eval-lengths", nargs="+", default=["16K", "64K", "256K", "1M"], help="e.g. 16K 1M 4M")
+    p.add_argument("--depths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--samples", type=int, default=4, help="per (task, length, depth)")
+    p.add_argument("--tasks", nargs="+", default=["niah_single_1", "niah_multikey_2"])
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (niah: 128)")
+    p.add_argument("--dense-max-len", default="256K", help="the dense model is evaluated up to this length")
+    p.add_argument("--ssa-topk", type=int, default=None, help="attention.ssa.topk_blocks of the ssa model")
+    p.add_argument("--eval-only", action="store_true", help="evaluate <out>/<model> (or --checkpoint) only")
+    p.add_argument("--checkpoint", default=None, help="with --eval-only and one --models: evaluate this instead")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument(
+        "--override", nargs="*", default=[], help="extra Hydra overrides for training, e.g. train.optimizer.lr=2e-3"
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check (seconds)")
+    p.add_argument(
+        "--docs", action="store_true", help="copy the results to docs/results and docs/functional_context.md"
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        defaults = p.parse_args(["--out", args.out])
+        for key, value in SMOKE_ARGS.items():  # smoke sizes, unless given on the command line
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, value)
+    if args.checkpoint and (not args.eval_only or len(args.models) != 1):
+        p.error("--checkpoint needs --eval-only and exactly one --models name (the label of its results)")
+    for value in args.eval_lengths + [args.dense_max_len]:
+        parse_length(value)
+    return args
+
+
+def compose_config(name: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def train_overrides(model: str, args: argparse.Namespace) -> list[str]:
+    o = ["experiment=functional_context", f"attention={ATTENTION[model]}", f"name=functional_context_{model}",
+         f"train.seq_len={args.train_len}", f"parallel.device={args.device}"]  # fmt: skip
+    if args.train_steps is not None:
+        o.append(f"train.steps={args.train_steps}")
+    if args.smoke:
+        o += SMOKE_TRAIN
+    if model == "ssa" and args.ssa_topk is not None:
+        o.append(f"attention.ssa.topk_blocks={args.ssa_topk}")
+    return o + list(args.override)
+
+
+def train_model(model: str, args: argparse.Namespace, run_dir: Path) -> dict:
+    cfg = compose_config("config", train_overrides(model, args))
+    config = to_config(cfg)
+    timer = None
+    if args.time_budget_min > 0:  # the trainer's SIGTERM handler saves after the step and stops
+        timer = threading.Timer(args.time_budget_min * 60, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
+    t0 = time.perf_counter()
+    try:
+        ckpt = train(config, OmegaConf.to_container(cfg, resolve=True), run_dir)
+    finally:
+        if timer is not None:
+            timer.cancel()
+    seconds = time.perf_counter() - t0
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    info = {"checkpoint": str(ckpt), "train_seconds": round(seconds, 1), "steps": metrics[-1]["step"] if metrics else 0,
+            "loss_first": metrics[0]["loss"] if metrics else None, "loss_last": metrics[-1]["loss"] if metrics else None,
+            "overrides": train_overrides(model, args)}  # fmt: skip
+    (run_dir / "train_summary.json").write_text(json.dumps(info, indent=1))
+    log.info("%s: trained %s steps in %.0f s -> %s", model, info["steps"], seconds, ckpt)
+    return info
+
+
+def eval_model(model: str, args: argparse.Namespace, checkpoint: str, out_dir: Path) -> list[dict]:
+    lengths = [v for v in args.eval_lengths if model != "dense" or parse_length(v) <= parse_length(args.dense_max_len)]
+    if not lengths:
+        return []
+    overrides = [f"checkpoint={checkpoint}", f"tasks=[{','.join(args.tasks)}]", f"lengths=[{','.join(lengths)}]",
+                 f"depths=[{','.join(str(d) for d in args.depths)}]", f"samples={args.samples}",
+                 f"device={args.device}", f"out_dir={out_dir}", "progress=false", "wandb=disabled"]  # fmt: skip
+    if args.max_new_tokens is not None:
+        overrides.append(f"max_new_tokens={args.max_new_tokens}")
+    config = to_eval_config(compose_config("eval", overrides))
+    results = evaluate(config, command=f"prove_functional_context.py ({model})")
+    return accuracy_rows(model, results["results"])
+
+
+def accuracy_rows(model: str, rows: list[dict]) -> list[dict]:
+    """Mean score / 100 per (task, length, depth)."""
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        cells[r["task"], r["length"], r["depth"]].append(r["score"])
+    return [{"model": model, "task": t, "length": L, "depth": d, "accuracy": round(sum(s) / len(s) / 100, 4),
+             "samples": len(s)} for (t, L, d), s in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0))]  # fmt: skip
+
+
+def device_name(device: str) -> str:
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def heatmap(rows: list[dict], model: str, path: Path) -> Path | None:
+    """Accuracy (0-1) per depth x length, one panel per task."""
+    rows = [r for r in rows if r["model"] == model and r["depth"] is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    lengths = sorted({r["length"] for r in rows})
+    depths = sorted({r["depth"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.6 + 1.0 * len(lengths) * len(tasks), 1.4 + 0.45 * len(depths)),
+                             squeeze=False)  # fmt: skip
+    acc = {(r["task"], r["length"], r["depth"]): r["accuracy"] for r in rows}
+    for ax, task in zip(axes[0], tasks, strict=True):
+        values = [[acc.get((task, L, d), math.nan) for L in lengths] for d in depths]  # (depths, lengths)
+        im = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(lengths)), [format_length(L) for L in lengths])
+        ax.set_yticks(range(len(depths)), [f"{100 * d:.0f}%" for d in depths])
+        ax.set_xlabel("length (tokens)")
+        ax.set_ylabel("needle depth")
+        ax.set_title(f"{model}: {task}", fontsize=9)
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def markdown_table(doc: dict) -> str:
+    """Accuracy per (model, task) x length, mean over depths; '-' where not evaluated."""
+    rows = doc["results"]
+    lengths = sorted({r["length"] for r in rows})
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        cells[r["model"], r["task"], r["length"]].append(r["accuracy"])
+    keys = sorted({(r["model"], r["task"]) for r in rows}, key=lambda k: (MODELS.index(k[0]), k[1]))
+    lines = [f"Device: {doc['device']}; {doc['date']}; accuracy = mean score / 100 over depths and samples.", "",
+             "| model | task | " + " | ".join(format_length(L) for L in lengths) + " |",
+             "|---|---|" + "---:|" * len(lengths)]  # fmt: skip
+    for m, t in keys:
+        vals = [cells.get((m, t, L)) for L in lengths]
+        lines.append(f"| {m} | {t} | " + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in vals) + " |")
+    lines += ["", f"Command: `{doc['command']}`", ""]
+    return "\n".join(lines)
+
+
+def write_results(out: Path, new_rows: list[dict], models: list[str], args: argparse.Namespace, extra: dict) -> dict:
+    path = out / "functional-context.json"
+    old = json.loads(path.read_text()) if path.is_file() else {"results": [], "models": {}}
+    rows = [r for r in old["results"] if r["model"] not in models] + new_rows  # re-evaluated models replace theirs
+    doc = {
+        "device": device_name(args.device),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "scripts/prove_functional_context.py", *sys.argv[1:]]),
+        "results": rows,
+        "models": {**old.get("models", {}), **extra},
+    }
+    path.write_text(json.dumps(doc, indent=1))
+    (out / "functional-context.md").write_text(markdown_table(doc))
+    for model in sorted({r["model"] for r in rows}):
+        heatmap(rows, model, out / f"functional-context-{model}.png")
+    log.info("wrote %s", path)
+    return doc
+
+
+def copy_to_docs(out: Path, doc: dict) -> None:
+    results = REPO / "docs" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "functional-context.json", results / "functional-context.json")
+    images = []
+    for png in sorted(out.glob("functional-context-*.png")):
+        shutil.copy(png, results / png.name)
+        images.append(f"![{png.stem}](results/{png.name})")
+    section = "\n".join([DOCS_BEGIN, "", markdown_table(doc), *images, "", DOCS_END])
+    page = REPO / "docs" / "functional_context.md"
+    text = page.read_text() if page.is_file() else f"# Functional context\n\n## Results\n\n{DOCS_BEGIN}\n{DOCS_END}\n"
+    start, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
+    if start < 0 or end < 0:
+        text = text.rstrip() + "\n\n## Results\n\n" + section + "\n"
+    else:
+        text = text[:start] + section + text[end + len(DOCS_END) :]
+    page.write_text(text)
+    log.info("updated %s and %s", page, results)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    register_configs()
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rows, extra = [], {}
+    for model in args.models:
+        run_dir = out / model
+        info = {} if args.eval_only else train_model(model, args, run_dir)
+        checkpoint = args.checkpoint or str(run_dir)
+        t0 = time.perf_counter()
+        rows += eval_model(model, args, checkpoint, run_dir / "eval")
+        extra[model] = {**info, "evaluated": checkpoint, "eval_seconds": round(time.perf_counter() - t0, 1)}
+    doc = write_results(out, rows, list(args.models), args, extra)
+    if args.docs:
+        copy_to_docs(out, doc)
+    sys.stdout.write(markdown_table(doc))
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Issue 6 on CPU: the document + synthetic data mix (data/mix.py), the sliding-window (swa) model's
+selection, the configs, and a --smoke run of scripts/prove_functional_context.py."""
+
+import importlib.util
+import itertools
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from data import IGNORE_INDEX, DataConfig, SyntheticConfig, build_loader, byte_tokenizer
+from data.mix import MixedLoader, SyntheticRows
+from data.synthetic import generate
+from ssa_kernels.diagnostics import SSARecorder
+from train.__main__ import CONF_DIR
+from train.config import ConfigError, to_config
+from train.model import build_config, build_model
+
+REPO = Path(__file__).resolve().parent.parent
+SEQ = 1024
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("corpus-cache"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+def mix_config(cache_dir, **synthetic) -> DataConfig:
+    return DataConfig(cache_dir=cache_dir, synthetic=SyntheticConfig(**{"ratio": 0.5, **synthetic}))
+
+
+def compose_cfg(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def is_synthetic_row(labels: torch.Tensor) -> bool:
+    return int((labels != IGNORE_INDEX).sum()) < 64  # an answer + EOS (text rows label every token)
+
+
+def take(loader, n):
+    return [{k: v.clone() for k, v in b.items()} for b in itertools.islice(loader, n)]
+
+
+# --- the data mix ---------------------------------------------------------------------------------
+
+
+def test_ratio_is_the_share_of_synthetic_rows(cache_dir, tok):
+    for ratio in (0.0, 0.3, 1.0):
+        loader = MixedLoader.__new__(MixedLoader)  # only the row choice, no corpus
+        loader.ratio, loader.mix_seed = ratio, 0
+        share = np.mean([loader.is_synthetic(sid, n) for sid in range(4) for n in range(1000)])
+        assert abs(share - ratio) < 0.03, (ratio, share)
+    batches = take(build_loader(mix_config(cache_dir, ratio=0.5), tok, SEQ, 0, 1, 1, 2), 20)
+    rows = [is_synthetic_row(b["labels"][j]) for b in batches for j in range(2)]
+    assert 8 <= sum(rows) <= 32  # 40 rows at 0.5
+
+
+def test_answer_only_supervision_labels_the_answer_and_eos(tok):
+    for task in ("niah_single_1", "niah_multikey_2"):
+        cfg = SyntheticConfig(ratio=1.0, tasks=[task])
+        rows = SyntheticRows(cfg, tok, SEQ)
+        row = rows.row(7, random.Random(0))
+        sample = rows.sample(7, random.Random(0))
+        labels = row["labels"]
+        valid = labels[labels != IGNORE_INDEX]
+        assert tok.decode(valid) == sample.target + tok.eos_token
+        # each label is the next input token: the answer is predicted right after the prompt
+        n_prompt = len(sample.prompt.encode())
+        assert tok.decode(row["input_ids"][:n_prompt]) == sample.prompt
+        assert labels[n_prompt - 1] == row["input_ids"][n_prompt]
+        all_rows = SyntheticRows(SyntheticConfig(ratio=1.0, tasks=[task], supervise="all"), tok, SEQ)
+        n_all = int((all_rows.row(7, random.Random(0))["labels"] != IGNORE_INDEX).sum())
+        assert n_all == n_prompt + len(valid) - 1  # every token of the sample but the first
+
+
+def test_synthetic_rows_use_train_seeds_never_eval_samples(cache_dir, tok):
+    rows = SyntheticRows(SyntheticConfig(ratio=1.0, tasks=["niah_single_1"]), tok, SEQ)
+    for seed in range(5):
+        s = rows.sample(seed, random.Random(0))
+        assert s.split == "train"
+        evals = {generate("niah_single_1", SEQ, tok, e, d, "eval").answers[0] for e in range(5) for d in (None, 0.5)}
+        assert s.answers[0] not in evals
+    # the loader's seeds: distinct per (row, window)
+    loader = build_loader(mix_config(cache_dir, ratio=1.0, tasks=["niah_single_1"]), tok, SEQ, 0, 1, 1, 2)
+    answers = [tok.decode(b["labels"][j][b["labels"][j] != IGNORE_INDEX]) for b in take(loader, 5) for j in range(2)]
+    assert len(set(answers)) == len(answers)
+
+
+def test_mix_is_deterministic_resumable_and_split_independent(cache_dir, tok):
+    data = mix_config(cache_dir, ratio=0.5)
+    a = take(build_loader(data, tok, SEQ, 0, 1, 1, 2), 6)
+    b = take(build_loader(data, tok, SEQ, 0, 1, 1, 2), 6)
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
+    # resume from the state after 3 batches
+    loader = build_loader(data, tok, SEQ, 0, 1, 1, 2)
+    take(loader, 3)
+    state = json.loads(json.dumps({str(k): v for k, v in loader.state_dict().items()}))  # as data.json stores it
+    resumed = take(build_loader(data, tok, SEQ, 0, 1, 1, 2, {int(k): v for k, v in state.items()}), 3)
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a[3:], resumed, strict=True) for k in x)
+    # 1 rank x 2 rows == 2 ranks x 1 row: the same global rows
+    r0 = take(build_loader(data, tok, SEQ, 0, 2, 1, 1), 3)
+    r1 = take(build_loader(data, tok, SEQ, 1, 2, 1, 1), 3)
+    for x, y0, y1 in zip(a, r0, r1, strict=False):
+        assert torch.equal(x["input_ids"], torch.cat([y0["input_ids"], y1["input_ids"]]))
+
+
+def test_ratio_zero_is_the_packed_loader_unchanged(cache_dir, tok):
+    from data import PackedLoader
+
+    loader = build_loader(DataConfig(cache_dir=cache_dir), tok, SEQ, 0, 1, 1, 2)
+    assert type(loader) is PackedLoader
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.synthetic.ratio=1.5", "data.synthetic.ratio"),
+        ("data.synthetic.tasks=[nope]", "data.synthetic.tasks"),
+        ("data.synthetic.lengths=[99999999]", "data.synthetic.lengths"),
+        ("data.synthetic.supervise=prompt", "data.synthetic.supervise"),
+    ],
+)
+def test_bad_mix_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        to_config(compose_cfg(["data=mix", override]))
+
+
+@pytest.mark.parametrize("attention", ["ssa", "swa", "dense"])
+def test_experiment_composes_for_each_model(attention):
+    config = to_config(compose_cfg(["experiment=functional_context", f"attention={attention}"]))
+    assert config.train.seq_len == 16384 and config.data.synthetic.ratio > 0
+    assert config.model.hf_config["max_position_embeddings"] >= 1 << 20
+    if attention == "swa":
+        assert config.attention.name == "ssa" and config.attention.ssa.topk_blocks == 0
+
+
+# --- swa: sink + window only ----------------------------------------------------------------------
+
+
+def test_swa_selection_never_routes(tok):
+    overrides = ["attention=swa", "attention.ssa.local_window=256", "model.hf_config.max_position_embeddings=4096"]
+    config = to_config(compose_cfg(overrides))
+    cfg = config.attention.ssa
+    torch.manual_seed(0)
+    model = build_model(config.model, config.attention, build_config(config.model, tok, 2048)).eval()
+    ids = torch.randint(0, 256, (1, 2048))
+    with SSARecorder(lambda call: call.selection.indices.clone()) as rec, torch.no_grad():
+        model(input_ids=ids)
+    assert len(rec.records) == model.config.num_hidden_layers
+    nb = 2048 // cfg.block_size
+    q_block = torch.arange(nb)[None, None, :, None]  # (1, 1, nb, 1)
+    for indices in rec.records.values():  # [Bt, Hkv, nb, S]
+        listed = indices >= 0
+        sink = indices < cfg.sink_blocks
+        window = (indices <= q_block) & (indices > q_block - cfg.local_blocks)
+        assert bool((~listed | sink | window).all()), "a block outside sink + window was selected"
+        # and the window is all there: sink + local blocks (fewer at the start)
+        expect = torch.clamp(q_block[0, 0, :, 0] + 1, max=cfg.local_blocks) + (q_block[0, 0, :, 0] >= cfg.local_blocks)
+        assert torch.equal(listed.sum(-1)[0, 0], expect)
+
+
+# --- the script -----------------------------------------------------------------------------------
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("prove_fc", REPO / "scripts" / "prove_functional_context.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    script = load_script()
+    out = tmp_path / "fc"
+    doc = script.main(["--out", str(out), "--smoke", "--models", "ssa", "swa"])
+    assert set(doc) >= {"device", "date", "command", "results"}
+    rows = doc["results"]
+    assert {tuple(sorted(r)) for r in rows} == {("accuracy", "depth", "length", "model", "samples", "task")}
+    cells = {(r["model"], r["task"], r["length"], r["depth"]) for r in rows}
+    assert len(cells) == 2 * 2 * 2 * 2 == len(rows)  # models x tasks x lengths x depths
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    assert json.loads((out / "functional-context.json").read_text()) == doc
+    for name in ("functional-context.md", "functional-context-ssa.png", "functional-context-swa.png"):
+        assert (out / name).is_file(), name
+    for model in ("ssa", "swa"):
+        assert list((out / model / "checkpoints").glob("step_*/model/config.json"))
+        assert (out / model / "eval" / "results.json").is_file()
+    # eval-only on one model: its rows are replaced, the other model's kept
+    doc2 = script.main(["--out", str(out), "--smoke", "--eval-only", "--models", "swa", "--eval-lengths", "1024",
+                        "--depths", "0.5"])  # fmt: skip
+    swa = [r for r in doc2["results"] if r["model"] == "swa"]
+    assert {(r["length"], r["depth"]) for r in swa} == {(1024, 0.5)}
+    assert len([r for r in doc2["results"] if r["model"] == "ssa"]) == 8
