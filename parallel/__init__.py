@@ -15,8 +15,13 @@ from torch import nn
 from parallel.ddp import apply_ddp
 from parallel.dims import ParallelDims, ParallelError, destroy_distributed, init_distributed
 from parallel.single import apply_single
+from parallel.ulysses import apply_ulysses
 
-RUNGS: dict[str, Callable[[nn.Module, ParallelDims], nn.Module]] = {"single": apply_single, "ddp": apply_ddp}
+RUNGS: dict[str, Callable[[nn.Module, ParallelDims], nn.Module]] = {
+    "single": apply_single,
+    "ddp": apply_ddp,
+    "ulysses": apply_ulysses,
+}
 
 __all__ = [
     "RUNGS",
@@ -35,6 +40,7 @@ class ParallelConfig:
     name: str = "single"  # a key of RUNGS
     device: str = "auto"  # auto | cuda | cpu
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    sp: int = 1  # sequence-parallel degree (parallel=ulysses); dp = world // sp
 
 
 def parallelize(
@@ -49,6 +55,10 @@ def parallelize(
     ``decoder_layers``). Returns the module to call for training."""
     if cfg.name not in RUNGS:
         raise ParallelError(f"parallel.name={cfg.name!r}: use one of {sorted(RUNGS)}")
+    if dims.sp > 1 and cfg.name != "ulysses":
+        raise ParallelError(
+            f"parallel.sp={dims.sp} shards sequences, which parallel={cfg.name} does not: use parallel=ulysses"
+        )
     if activation_checkpointing:
         for i, layer in enumerate(decoder_layers):
             decoder_layers[i] = _checkpointed(layer)

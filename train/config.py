@@ -183,6 +183,7 @@ def to_config(cfg: DictConfig) -> Config:
         raise ConfigError(str(e)) from e
     for key in ("steps", "seq_len", "micro_batch", "grad_accum", "keep_checkpoints"):
         _positive(f"train.{key}", getattr(t, key))
+    _positive("parallel.sp", config.parallel.sp)
     for key in ("ckpt_every", "loss_chunk"):
         _positive(f"train.{key}", getattr(t, key), 0)
     _positive("logging.log_every", lg.log_every)

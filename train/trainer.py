@@ -73,7 +73,8 @@ def train_step(
     n_valid = torch.stack([(b["labels"] != IGNORE_INDEX).sum() for b in batches]).sum().to(dims.device, torch.float32)
     if dims.distributed:
         dist.all_reduce(n_valid)
-    scale = dims.dp / n_valid.clamp_min(1)  # DDP averages gradients over dp ranks
+        n_valid /= dims.sp  # the sp ranks of an SP group hold the same rows (each computes a shard's loss)
+    scale = dims.world / n_valid.clamp_min(1)  # DDP averages gradients over all dp x sp ranks
     loss_sum = torch.zeros((), device=dims.device)
     for i, batch in enumerate(batches):
         batch = {k: v.to(dims.device, non_blocking=True) for k, v in batch.items()}
@@ -106,7 +107,7 @@ def _autocast_for(precision: str, device: torch.device):
 def train(cfg: Config, config_dict: dict, run_dir: Path) -> Path | None:
     """Run (or resume) the job described by ``cfg`` in ``run_dir``; returns the last checkpoint."""
     run_dir = Path(run_dir)
-    dims = init_distributed(cfg.parallel.device, cfg.parallel.backend)
+    dims = init_distributed(cfg.parallel.device, cfg.parallel.backend, cfg.parallel.sp)
     try:
         return _train(cfg, config_dict, run_dir, dims)
     finally:
@@ -151,7 +152,9 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
         loss_model, loss_model.decoder_layers, dims, cfg.parallel, t.activation_checkpointing, t.compile
     )
     # packed documents, mixed with synthetic retrieval rows when data.synthetic.ratio > 0 (data/mix.py)
-    loader = build_loader(cfg.data, tokenizer, t.seq_len, dims.rank, dims.dp, t.grad_accum, t.micro_batch, data_state)
+    loader = build_loader(
+        cfg.data, tokenizer, t.seq_len, dims.dp_rank, dims.dp, t.grad_accum, t.micro_batch, data_state
+    )
     n_params = sum(p.numel() for p in lm.parameters())
     n_embed = lm.get_input_embeddings().weight.numel()
     flops_tok = flops_per_token(lm.config, n_params, n_embed, t.seq_len)
