@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ssa_kernels.selector import PooledRoute
+from ssa_kernels.selector.reference import block_means
 
 
 class SSARouter(nn.Module):
@@ -55,14 +56,8 @@ class SSARouter(nn.Module):
         then projected: 1/block_size of the router's FLOPs, and no [Bt, Hkv, T, d] routing tensor or
         gradient is ever made (at 1M tokens, 8 kv heads, d = 128, bf16: 2 x 2 GiB per layer)."""
         x = hidden.detach()
-        bt, t, width = x.shape
-        full = t // block_size * block_size
-        acc = torch.promote_types(x.dtype, torch.float32)
-        sums = x[:, :full].unflatten(1, (-1, block_size)).sum(2, dtype=acc)  # (Bt, T // B, hidden)
-        if full < t:  # partial last block
-            sums = torch.cat([sums, x[:, full:].sum(1, keepdim=True, dtype=acc)], dim=1)
-        counts = (t - torch.arange(sums.shape[1], device=x.device) * block_size).clamp(max=block_size)
-        mean = (sums / counts[:, None]).to(x.dtype)  # (Bt, nb, hidden)
+        bt, t, _ = x.shape
+        mean = block_means(x, block_size).to(x.dtype)  # (Bt, nb, hidden)
         nb = mean.shape[1]
         rq = self.q(mean).view(bt, nb, self.kv_heads, self.head_dim).transpose(1, 2)  # (Bt, Hkv, nb, d)
         rk = self.k(mean).view(bt, nb, self.kv_heads, self.head_dim).transpose(1, 2)

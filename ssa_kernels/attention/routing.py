@@ -25,25 +25,13 @@ import math
 
 import torch
 
+from ssa_kernels.selector.reference import _block_token_counts, block_means, query_summary, scores_backward
+
 __all__ = ["add_routing_grads"]
 
 # Slots gathered at once: bounds the [Bt, Hkv, nb, chunk, D] fp32 gather (256 MiB; 0.6% of q, k, v, o
 # and their gradients at 1M tokens).
 _GATHER_BYTES = 256 << 20
-
-
-def _block_means(x: torch.Tensor, block_size: int, groups: int = 1) -> torch.Tensor:
-    """Mean over each block's real tokens (and over ``groups`` consecutive heads):
-    [Bt, H, T, D] -> [Bt, H // groups, nb, D] in fp32 (fp64 for fp64). Reads x through views."""
-    bt, h, t, d = x.shape
-    acc = torch.promote_types(x.dtype, torch.float32)
-    full = t // block_size * block_size
-    xv = x.view(bt, h // groups, groups, t, d)
-    sums = xv[..., :full, :].unflatten(-2, (-1, block_size)).sum(-2, dtype=acc)  # (Bt, Hkv, G, T // B, D)
-    if full < t:  # partial last block
-        sums = torch.cat([sums, xv[..., full:, :].sum(-2, keepdim=True, dtype=acc)], dim=-2)
-    counts = (t - torch.arange(sums.shape[-2], device=x.device) * block_size).clamp(max=block_size)  # (nb,)
-    return sums.sum(2) / (counts.to(acc) * groups)[:, None]  # (Bt, Hkv, nb, D)
 
 
 def _add_per_block(x: torch.Tensor, g: torch.Tensor, block_size: int) -> None:
@@ -77,22 +65,13 @@ def add_routing_grads(
     bt, hq, t, d = q.shape
     hkv, nb = k.shape[1], indices.shape[2]
     acc = torch.promote_types(q.dtype, torch.float32)
-    w = torch.where(routed_mask, dbias.to(acc), 0.0)  # (Bt, Hkv, nb, S)
-    q_mean = _block_means(q, block_size, hq // hkv)  # (Bt, Hkv, nb, D)
-    k_mean = _block_means(k, block_size).reshape(-1, d)  # (Bt * Hkv * nb, D)
-    base = (torch.arange(bt * hkv, device=q.device) * nb).view(bt, hkv, 1, 1)
-    rows = indices.clamp_min(0) + base  # (Bt, Hkv, nb, S); padding has w = 0
-    g_q = torch.zeros_like(q_mean) if dq is not None else None
-    g_k = torch.zeros_like(k_mean) if dk is not None else None
+    w = torch.where(routed_mask, dbias.to(acc), 0.0)  # (Bt, Hkv, nb, S); padding slots have w = 0
+    q_mean = query_summary(q, hkv, block_size)  # (Bt, Hkv, nb, D)
+    k_mean = block_means(k, block_size)  # (Bt, Hkv, nb, D)
     chunk = max(1, _GATHER_BYTES // max(1, bt * hkv * nb * d * 4))
-    for part, w_part in zip(rows.split(chunk, -1), w.split(chunk, -1)):  # (Bt, Hkv, nb, c) each
-        if g_q is not None:
-            picked = k_mean.index_select(0, part.reshape(-1)).view(*part.shape, d)  # (Bt, Hkv, nb, c, D)
-            g_q += (w_part.unsqueeze(-2) @ picked).squeeze(-2)  # (.., 1, c) @ (.., c, D) -> (Bt, Hkv, nb, D)
-        if g_k is not None:
-            g_k.index_add_(0, part.reshape(-1), (w_part.unsqueeze(-1) * q_mean.unsqueeze(-2)).reshape(-1, d))
-    counts = (t - torch.arange(nb, device=q.device) * block_size).clamp(max=block_size).to(acc)  # (nb,)
+    g_q, g_k = scores_backward(q_mean, k_mean, indices, w, chunk, dq is not None, dk is not None)
+    counts = _block_token_counts(t, block_size, q.device, acc)  # (nb,)
     if g_q is not None:
         _add_per_block(dq, g_q / (math.sqrt(d) * (hq // hkv) * counts[:, None]), block_size)
     if g_k is not None:
-        _add_per_block(dk, g_k.view(bt, hkv, nb, d) / (math.sqrt(d) * counts[:, None]), block_size)
+        _add_per_block(dk, g_k / (math.sqrt(d) * counts[:, None]), block_size)

@@ -68,6 +68,7 @@ from ssa_kernels.config import SSAConfig
 from ssa_kernels.selector.reference import (
     PooledRoute,
     Selection,
+    _block_token_counts,
     _check_inputs,
     _check_pooled,
     _default_beam,
@@ -537,7 +538,7 @@ def _pooled_summaries(route: PooledRoute, cfg: SSAConfig) -> tuple[Tensor, Tenso
     q_sum = (route.q_mean.float() / math.sqrt(d)).reshape(bt * hkv, nb, d)
     lev = torch.empty(bt * hkv, offsets[-1], d, dtype=torch.float32, device=q_sum.device)
     ps = torch.empty_like(lev)
-    counts = (route.seq_len - torch.arange(nb, device=q_sum.device) * cfg.block_size).clamp(max=cfg.block_size)
+    counts = _block_token_counts(route.seq_len, cfg.block_size, q_sum.device, torch.float32)  # (nb,)
     lev[:, :nb] = route.k_mean.float().reshape(bt * hkv, nb, d) * counts[:, None]  # level 0 = block sums
     _pyramid(lev, ps, offsets, sizes, cfg.branching)
     return q_sum, lev, ps, sizes, offsets

@@ -110,6 +110,12 @@ def _block_sums(x: Tensor, block_size: int, dtype: torch.dtype) -> Tensor:
     return sums
 
 
+def block_means(x: Tensor, block_size: int) -> Tensor:
+    """Mean over each block's real tokens: [..., T, D] -> [..., nb, D] in fp32 (fp64 for fp64 input)."""
+    sums = _block_sums(x, block_size, _accumulate_dtype(x))
+    return sums / _block_token_counts(x.shape[-2], block_size, x.device, sums.dtype)[:, None]
+
+
 def query_summary(q: Tensor, num_kv_heads: int, block_size: int) -> Tensor:
     """Mean query of each block over its real tokens and the G query heads of each kv head.
 
@@ -242,19 +248,32 @@ class _RoutedScores(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         q_sum, level, node = ctx.saved_tensors
-        bt, hkv, n, d = level.shape
-        row0 = (torch.arange(bt * hkv, device=node.device) * n).view(bt, hkv, 1, 1)
-        rows = node.clamp(0, n - 1) + row0  # (Bt, Hkv, nb, M) as in _score_nodes
         grad = torch.nan_to_num(grad.to(q_sum.dtype), nan=0.0, posinf=0.0, neginf=0.0)  # masked slots
-        flat = level.reshape(-1, d)
-        d_q = torch.zeros_like(q_sum)
-        d_level = torch.zeros_like(flat)
-        chunk = max(1, _GATHER_FLOATS // d)
-        for part, g in zip(rows.split(chunk, dim=-1), grad.split(chunk, dim=-1)):
+        chunk = max(1, _GATHER_FLOATS // level.shape[-1])
+        want_q, want_level = ctx.needs_input_grad[:2]
+        return (*scores_backward(q_sum, level, node, grad, chunk, want_q, want_level), None)
+
+
+def scores_backward(
+    q_sum: Tensor, level: Tensor, node: Tensor, grad: Tensor, chunk: int, want_q: bool = True, want_level: bool = True
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``q_sum . level[node]`` (:func:`_score_nodes`) for ``grad`` [Bt, Hkv, nb, M] (finite, 0 on
+    padding): d q_sum [Bt, Hkv, nb, D] and d level [Bt, Hkv, n, D] (None where not wanted), gathering
+    ``chunk`` of the M slots at a time, re-gathered rather than saved. Also serves the attention backends'
+    fused routing gradient (``attention/routing.py``)."""
+    bt, hkv, n, d = level.shape
+    row0 = (torch.arange(bt * hkv, device=node.device) * n).view(bt, hkv, 1, 1)
+    rows = node.clamp(0, n - 1) + row0  # (Bt, Hkv, nb, M) as in _score_nodes
+    flat = level.reshape(-1, d)
+    d_q = torch.zeros_like(q_sum) if want_q else None
+    d_level = torch.zeros_like(flat) if want_level else None
+    for part, g in zip(rows.split(chunk, dim=-1), grad.split(chunk, dim=-1)):
+        if d_q is not None:
             picked = flat.index_select(0, part.reshape(-1)).view(*part.shape, d)  # (Bt, Hkv, nb, c, D)
             d_q += (g.unsqueeze(-2) @ picked).squeeze(-2)  # (Bt, Hkv, nb, 1, c) @ (.., c, D) -> (Bt, Hkv, nb, D)
+        if d_level is not None:
             d_level.index_add_(0, part.reshape(-1), (g.unsqueeze(-1) * q_sum.unsqueeze(-2)).reshape(-1, d))
-        return d_q, d_level.view_as(level), None
+    return d_q, d_level.view_as(level) if d_level is not None else None
 
 
 def _num_levels(nb: int, cfg: SSAConfig) -> int:
@@ -445,8 +464,7 @@ def routing_scores(q: Tensor, k: Tensor, routed: Tensor, cfg: SSAConfig, doc_ids
     _check_inputs(q, k, cfg, doc_ids)
     bt, hq, seq_len, d = q.shape
     q_mean = query_summary(q, k.shape[1], cfg.block_size)  # (Bt, Hkv, nb, D)
-    keys = _block_sums(k, cfg.block_size, _accumulate_dtype(k))  # (Bt, Hkv, nb, D)
-    keys = keys / _block_token_counts(seq_len, cfg.block_size, k.device, keys.dtype)[:, None]
+    keys = block_means(k, cfg.block_size)  # (Bt, Hkv, nb, D)
     return _routed_scores(q_mean, keys, routed, seq_len, cfg, doc_ids)
 
 
