@@ -20,9 +20,10 @@ builds the same layout in O(T) from fp64 block sums (``_pyramid`` over the compl
 Step (:func:`fast_decode_step`)
 -------------------------------
 1. ``_update_kernel``, one program per (batch row, kv head): writes the new k, v into the caches at the
-   position read from ``length``, updates the block sums, the pyramid and the scaled query summary (fp64
-   sums, as the reference), and publishes the position in ``pos``; ``_commit_kernel`` then advances the
-   row's length and document bookkeeping (a second launch: the update's programs all read the old values).
+   position read from ``length`` and updates the block sums, the pyramid and the scaled query summary
+   (fp64 sums, as the reference). ``_commit_kernel``, one program, then does the row bookkeeping: the
+   position ``pos``, the document id and start, the routed range's start of a new block, and the length
+   (a second launch: the update's programs all read the old length).
 2. ``_decode_select_kernel``, one program per (batch, kv head): the beam search of ``selector.fast`` (its
    jitted helpers, reused as they are) for the query block ``pos // block_size``, whose pyramid height is
    computed in the kernel, so the same launch serves every token; writes the union row
@@ -75,12 +76,7 @@ def _update_kernel(
     v_ptr,
     kc_ptr,
     vc_ptr,
-    doc_id_ptr,
     len_ptr,
-    pos_ptr,
-    doc_ptr,
-    dstart_ptr,
-    lo_ptr,
     qacc_ptr,
     kacc_ptr,
     qs_ptr,
@@ -119,34 +115,21 @@ def _update_kernel(
     BLOCK: tl.constexpr,
     BR: tl.constexpr,
     LC: tl.constexpr,
-    SINK: tl.constexpr,
-    HAS_DOC: tl.constexpr,
     WRITE_KV: tl.constexpr,
 ):
     """Take token t = length[b] of batch row b for kv head h (one program per (b, h)). rq [Bt, Hkv * RG, RD],
     rk [Bt, Hkv, RD]: what the selector scores; k, v [Bt, Hkv, D]: written into the caches at t when WRITE_KV.
-    The row's length, document id and document start are only read here (every program of the row reads the
-    same values); ``_commit_kernel`` writes their new values after this launch. Head 0 publishes ``pos`` and
-    the routed range's start of a new block (read only by the later launches)."""
+    The row's length is only read here (every program of the row reads the same value); ``_commit_kernel``
+    advances it and the row's other bookkeeping after this launch."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)  # 64-bit: (h * RG + g) * s_rq_h passes 2^31 at 1M tokens x 16 heads
     dr = tl.arange(0, RDP)
     rmask = dr < RD
     dd = tl.arange(0, DP)
     dmask = dd < D
-    # Row scalars as vectors over the head dim (Triton's interpreter mis-types a scalar bool & a vector bool).
-    lane = (dr == 0) & (dr * 0 + h == 0)  # head 0 writes the row scalars
-    t = tl.load(len_ptr + b + dr * 0)  # (RDP,) all t
+    t = tl.load(len_ptr + b + dr * 0)  # (RDP,) all t: the token's position, as a vector over the head dim
     blk = t // BLOCK  # the token's block
     r = t % BLOCK  # its place in the block
-    if b == 0:
-        tl.store(pos_ptr + dr * 0, t, mask=lane)
-    dstart = tl.load(dstart_ptr + b + dr * 0)
-    if HAS_DOC:  # a document starts wherever the id changes (ids are nondecreasing)
-        did = tl.load(doc_id_ptr + b + dr * 0).to(tl.int64)
-        dstart = tl.where((t > 0) & (did != tl.load(doc_ptr + b + dr * 0)), t, dstart)
-    # A new block: its routed range starts at the document of its first token.
-    tl.store(lo_ptr + b + dr * 0, tl.maximum(dstart // BLOCK, SINK), mask=lane & (r == 0))
 
     fresh = r == 0
     done = r == BLOCK - 1  # the token completes its block
@@ -193,18 +176,25 @@ def _update_kernel(
 
 
 @triton.jit
-def _commit_kernel(doc_id_ptr, len_ptr, doc_ptr, dstart_ptr, n_rows, RP: tl.constexpr, HAS_DOC: tl.constexpr):
-    """After ``_update_kernel``: per batch row, length t -> t + 1, and the document id and start of token t
-    (as the update computed them)."""
+def _commit_kernel(
+    doc_id_ptr, len_ptr, pos_ptr, doc_ptr, dstart_ptr, lo_ptr, n_rows, BLOCK: tl.constexpr, SINK: tl.constexpr,
+    RP: tl.constexpr, HAS_DOC: tl.constexpr,
+):  # fmt: skip
+    """After ``_update_kernel``, the bookkeeping of each batch row for its token t = length: the position
+    ``pos`` (rows are equal), the document id and start of token t, the routed range's start of a block
+    that t opens, and length t -> t + 1. One program, so every row scalar has one writer."""
     b = tl.arange(0, RP)
     ok = b < n_rows
     t = tl.load(len_ptr + b, mask=ok, other=0)
-    if HAS_DOC:
+    tl.store(pos_ptr + b * 0, t, mask=b == 0)
+    dstart = tl.load(dstart_ptr + b, mask=ok, other=0)
+    if HAS_DOC:  # a document starts wherever the id changes (ids are nondecreasing)
         did = tl.load(doc_id_ptr + b, mask=ok, other=0).to(tl.int64)
-        dstart = tl.load(dstart_ptr + b, mask=ok, other=0)
         dstart = tl.where((t > 0) & (did != tl.load(doc_ptr + b, mask=ok, other=0)), t, dstart)
         tl.store(doc_ptr + b, did, mask=ok)
         tl.store(dstart_ptr + b, dstart, mask=ok)
+    # A new block: its routed range starts at the document of its first token.
+    tl.store(lo_ptr + b, tl.maximum(dstart // BLOCK, SINK), mask=ok & (t % BLOCK == 0))
     tl.store(len_ptr + b, t + 1, mask=ok)
 
 
@@ -489,17 +479,17 @@ def decode_update(
         s_k, s_v, s_kc, s_vc = k_new.stride(), v_new.stride(), k_cache.stride(), v_cache.stride()
     doc = state.doc if doc_id is None else doc_id.to(device=state.doc.device, dtype=torch.long).contiguous()
     _update_kernel[(bt, hkv)](
-        route_q, route_k, k_new, v_new, k_cache, v_cache, doc, state.length, state.pos, state.doc, state.doc_start,
-        state.block_lo, state.query_acc, state.key_acc, state.query_summary, state.lev, state.ps,
+        route_q, route_k, k_new, v_new, k_cache, v_cache, state.length,
+        state.query_acc, state.key_acc, state.query_summary, state.lev, state.ps,
         tab, tab[lc:], tab[2 * lc :], *route_q.stride(), *route_k.stride(), *s_k, *s_v, *s_kc, *s_vc,
         state.lev.shape[1],
         HKV=hkv, RG=route_q.shape[1] // hkv, RD=rd, RDP=_pow2(rd), D=d, DP=_pow2(d), BLOCK=cfg.block_size,
-        BR=cfg.branching, LC=lc, SINK=cfg.sink_blocks, HAS_DOC=doc_id is not None, WRITE_KV=kv is not None,
-        num_warps=1,
+        BR=cfg.branching, LC=lc, WRITE_KV=kv is not None, num_warps=1,
     )  # fmt: skip
     _commit_kernel[(1,)](
-        doc, state.length, state.doc, state.doc_start, bt, RP=_pow2(bt), HAS_DOC=doc_id is not None, num_warps=1
-    )
+        doc, state.length, state.pos, state.doc, state.doc_start, state.block_lo, bt, BLOCK=cfg.block_size,
+        SINK=cfg.sink_blocks, RP=_pow2(bt), HAS_DOC=doc_id is not None, num_warps=1,
+    )  # fmt: skip
     state.num_tokens += 1
 
 
