@@ -92,18 +92,17 @@ def _all_gather_positions(position_ids: torch.Tensor, ctx: UlyssesAttention) -> 
 
 
 def _dense(query, key, value, position_ids, dropout, scaling):
-    """Causal attention within documents. query [B, h, T, D], key/value [B, hkv, T, D] -> [B, T, h, D].
-    One document (positions never restart): SDPA's own causal path, no mask tensor; packed documents: a
-    per-document causal mask (T x T booleans, as HF's own sdpa path builds for packed rows)."""
-    doc = None if position_ids is None else doc_ids_from_positions(position_ids.expand(query.shape[0], -1))
-    mask = None
-    if doc is not None and bool((doc[:, -1] > 0).any()):  # (B, T): doc ids start at 0 and never decrease
-        t = query.shape[2]
-        causal = torch.ones(t, t, dtype=torch.bool, device=query.device).tril()
+    """Causal attention within documents. query [B, h, T, D], key/value [B, hkv, T, D] -> [B, T, h, D]."""
+    key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # (B, h, T, D)
+    value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
+    t = query.shape[2]
+    causal = torch.ones(t, t, dtype=torch.bool, device=query.device).tril()
+    if position_ids is not None:
+        doc = doc_ids_from_positions(position_ids.expand(query.shape[0], -1))  # (B, T)
         mask = (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]  # (B, 1, T, T)
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scaling, enable_gqa=True
-    )
+    else:
+        mask = causal
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
     return out.transpose(1, 2).contiguous()  # (B, h, T, D) -> (B, T, h, D)
 
 

@@ -29,13 +29,11 @@ from train.model import CausalLMLoss
 
 SSA = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4, router="attention", backend="reference")
 DOCS = (37, 50, 9, 1000)  # document lengths of the packed row (the last one is cut at T)
-ONE_DOC = (1000,)  # positions never restart: dense attention takes SDPA's causal path, no mask tensor
-CASES = [  # (attention, T, documents): T=112 and T=127 are padded (to 128) under sp=2 / sp=4
-    ("sdpa", 128, DOCS),
-    ("ssa", 128, DOCS),
-    ("sdpa", 127, DOCS),
-    ("ssa", 112, DOCS),
-    ("sdpa", 128, ONE_DOC),
+CASES = [  # (attention, T): T=112 and T=127 are padded (to 128) under sp=2 / sp=4
+    ("sdpa", 128),
+    ("ssa", 128),
+    ("sdpa", 127),
+    ("ssa", 112),
 ]
 
 
@@ -51,20 +49,20 @@ def tiny_model(attention: str) -> CausalLMLoss:
     return CausalLMLoss(lm)
 
 
-def packed_batch(t: int, docs: tuple[int, ...] = DOCS, rows: int = 2) -> dict[str, torch.Tensor]:
+def packed_batch(t: int, rows: int = 2) -> dict[str, torch.Tensor]:
     """Rows of several documents: positions restart at each, no label crosses a boundary."""
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 128, (rows, t + 1), generator=g)
-    pos = torch.cat([torch.arange(n) for n in docs])[:t]
+    pos = torch.cat([torch.arange(n) for n in DOCS])[:t]
     starts = (pos == 0).nonzero().flatten()
     labels = ids[:, 1:].clone()
     labels[:, starts[1:] - 1] = -100  # the last token of a document has no target
     return {"input_ids": ids[:, :-1], "labels": labels, "position_ids": pos.expand(rows, -1).clone()}
 
 
-def reference(attention: str, t: int, docs: tuple[int, ...]):
+def reference(attention: str, t: int):
     model = tiny_model(attention)
-    loss = model(**packed_batch(t, docs))
+    loss = model(**packed_batch(t))
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -83,15 +81,15 @@ def _worker(sp: int) -> None:
         handler.emit = lambda r: records.append(r.getMessage())
         logging.getLogger("parallel.ulysses").addHandler(handler)
         logging.getLogger("parallel.ulysses").setLevel(logging.INFO)
-        for attention, t, docs in CASES:
+        for attention, t in CASES:
             records.clear()
             model = apply_ulysses(tiny_model(attention), dims)
-            local = model(**packed_batch(t, docs))  # this rank's shard's loss sum
+            local = model(**packed_batch(t))  # this rank's shard's loss sum
             (local * world).backward()  # DDP averages over the world: the sum of every shard's gradient
             total = local.detach().clone()
             dist.all_reduce(total)
-            ref_loss, ref_grads = refs[(attention, t, docs)]
-            what = f"{attention} T={t} docs={len(docs)} sp={sp} rank={rank}"
+            ref_loss, ref_grads = refs[(attention, t)]
+            what = f"{attention} T={t} sp={sp} rank={rank}"
             torch.testing.assert_close(total, ref_loss, rtol=1e-5, atol=1e-5, msg=lambda m, w=what: f"{w} loss: {m}")
             for name, p in model.module.module.named_parameters():
                 torch.testing.assert_close(
