@@ -9,7 +9,10 @@ ranks and accumulation, and resumes exactly (the state is the text stream's curs
 count).
 
 A synthetic row is ``prompt + target + EOS``, padded to ``seq_len + 1`` with PAD (labels ignored);
-positions start at 0. Supervision (``data.synthetic.supervise``):
+positions start at 0. With ``data.synthetic.lengths`` shorter than the row, several samples are packed
+into it back to back, each its own document (positions restart, so attention stays within a sample):
+short samples give many answers per step and teach the lookup quickly, long ones teach it at length
+(and, for SSA, are the only ones whose blocks are routed rather than all in the local window). Supervision (``data.synthetic.supervise``):
 
 - ``answer`` (default): only the target and the EOS after it carry labels, so a synthetic row teaches
   retrieval and stopping, not the haystack's filler. The trainer normalises the loss by the step's
@@ -23,12 +26,14 @@ positions start at 0. Supervision (``data.synthetic.supervise``):
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import torch
 
 from data.packing import IGNORE_INDEX, PackedLoader, window_to_example
-from data.sample import SEEDS_PER_SPLIT
+from data.ruler import NEEDLE
+from data.sample import SEEDS_PER_SPLIT, LengthError
 from data.sources import DataConfig, DataError, SyntheticConfig, load_documents
 from data.synthetic import ALL_TASKS, generate
 from data.tokenizer import is_byte_tokenizer, make_tokenize
@@ -54,6 +59,8 @@ def check_synthetic(cfg: SyntheticConfig, seq_len: int) -> None:
             )
     if cfg.supervise not in SUPERVISE:
         raise DataError(f"data.synthetic.supervise={cfg.supervise!r}: use one of {SUPERVISE}")
+    if not 0 <= cfg.extra_queries <= 64:
+        raise DataError(f"data.synthetic.extra_queries={cfg.extra_queries} must be in [0, 64]")
     if not 0 <= cfg.seed_start < SEEDS_PER_SPLIT // 2:
         raise DataError(f"data.synthetic.seed_start={cfg.seed_start}: use 0 <= seed_start < 2**30")
 
@@ -72,6 +79,30 @@ class PromptEncoder:
         return np.asarray(self.tokenizer(text, add_special_tokens=True)["input_ids"], np.int64)
 
 
+# a niah needle line, RULER's NEEDLE with numbers as values: (key, value)
+_NEEDLE_RE = re.compile(re.escape(NEEDLE).replace(r"\{type_needle_v\}", "numbers")
+                        .replace(r"\{key\}", r"(\S+)").replace(r"\{value\}", r"(\d+)"))  # fmt: skip
+# one answered lookup, in the words of RULER's niah answer prefix
+EXTRA_QUERY = "\nThe special magic number for {key} mentioned in the provided text is {value}."
+# tokens kept free for them (byte tokenizer: the line is ~70 + key bytes)
+_EXTRA_BUDGET = 96
+# niah tasks whose prompt has several needles with distinct keys (multivalue's needles share one key)
+EXTRA_TASKS = ("niah_multikey_1", "niah_multikey_2", "niah_multiquery")
+
+
+def extra_lookups(prompt: str, count: int, rng: random.Random) -> str:
+    """``count`` answered lookups of needles of ``prompt`` (drawn with replacement; "" with fewer than two):
+    text appended after a niah sample's answer so that one sample teaches the lookup ``count`` more times.
+    The answer of a lookup is in the prompt, so it is learnt by finding the key's needle, as the real
+    question is."""
+    found = _NEEDLE_RE.findall(prompt)
+    keys = [k for k, _ in found]
+    needles = sorted({(k, v) for k, v in found if keys.count(k) == 1})  # a key with one value only
+    if len(needles) < 2 or not count:  # one needle: its lookups would only repeat the answer just given
+        return ""
+    return "".join(EXTRA_QUERY.format(key=k, value=v) for k, v in (rng.choice(needles) for _ in range(count)))
+
+
 class SyntheticRows:
     """``row(seed, rng) -> {"input_ids", "labels", "position_ids"}``: one synthetic sample of a task and
     length drawn by ``rng``, with TRAIN-split seed ``seed``, as a training row of ``seq_len`` tokens."""
@@ -85,28 +116,54 @@ class SyntheticRows:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.specials = len(self.encode(""))  # BOS the encoder adds: kept out of the sample's budget
 
-    def sample(self, seed: int, rng: random.Random):
+    def sample(self, seed: int, rng: random.Random, budget: int | None = None):
         task, length = rng.choice(self.cfg.tasks), rng.choice(self.lengths)
-        # the sample's budget holds prompt + answer; the EOS after the answer is the row's one extra token
-        return generate(task, length - self.specials, self.tokenizer, seed, None, "train")
+        length = length if budget is None else min(length, budget)
+        # the sample's budget holds prompt + answer (+ the extra lookups); the EOS after the answer is the
+        # row's one extra token. Extra lookups are halved until the task's minimum haystack fits.
+        extra = self.cfg.extra_queries if task in EXTRA_TASKS else 0
+        while True:
+            try:
+                s = generate(task, length - self.specials - _EXTRA_BUDGET * extra, self.tokenizer, seed, None, "train")
+            except LengthError:
+                if extra == 0:
+                    raise
+                extra //= 2
+                continue
+            s.metadata["extra_queries"] = extra
+            return s
+
+    def target(self, s, rng: random.Random) -> str:
+        """The labelled continuation of sample ``s``: its answer, plus its extra answered lookups (EXTRA_TASKS)."""
+        return s.target + extra_lookups(s.prompt, s.metadata.get("extra_queries", 0), rng)
 
     def row(self, seed: int, rng: random.Random) -> dict[str, np.ndarray]:
-        s = self.sample(seed, rng)
-        prompt = self.encode(s.prompt)
-        ids = np.concatenate([prompt, self.tokenize(s.target), [self.eos]]).astype(np.int64)
-        n, size = len(ids), self.seq_len + 1
-        if n > size:
-            raise DataError(
-                f"a {s.task} sample of {n} tokens does not fit train.seq_len={self.seq_len}: "
-                f"lower data.synthetic.lengths"
-            )
+        """Samples of lengths drawn from ``data.synthetic.lengths``, packed back to back until the next
+        shortest one would not fit (one sample when the lengths are [] = train.seq_len). Each sample is its
+        own document (positions restart at 0, as in evaluation, so attention stays within it) with its own
+        TRAIN seed ``seed * per_row + j``; a draw longer than the room left is cut to the room."""
+        size = self.seq_len + 1
+        per_row = max(1, self.seq_len // min(self.lengths))
         tokens = np.full(size, self.pad, np.int64)
-        tokens[:n] = ids
-        labels = tokens[1:].copy()  # labels[i] is token i + 1
-        labels[n - 1 :] = IGNORE_INDEX  # padding
-        if self.cfg.supervise == "answer":
-            labels[: len(prompt) - 1] = IGNORE_INDEX  # the first answer token is predicted at len(prompt) - 1
-        return {"input_ids": tokens[:-1], "labels": labels, "position_ids": np.arange(self.seq_len)}
+        labels = np.full(self.seq_len, IGNORE_INDEX, np.int64)  # labels[i] is token i + 1
+        positions = np.arange(self.seq_len)
+        start, j = 0, 0
+        while start == 0 or size - start - 1 >= min(self.lengths):
+            s = self.sample((seed * per_row + j) % (SEEDS_PER_SPLIT - 1), rng, budget=size - start - 1)
+            prompt = self.encode(s.prompt)
+            ids = np.concatenate([prompt, self.tokenize(self.target(s, rng)), [self.eos]]).astype(np.int64)
+            n = len(ids)
+            if start + n > size:
+                raise DataError(
+                    f"a {s.task} sample of {n} tokens does not fit train.seq_len={self.seq_len}: "
+                    f"lower data.synthetic.lengths"
+                )
+            tokens[start : start + n] = ids
+            first = start + (len(prompt) - 1 if self.cfg.supervise == "answer" else 0)
+            labels[first : start + n - 1] = ids[first - start + 1 :]  # the answer (or all) and its EOS
+            positions[start:] = np.arange(self.seq_len - start)  # this sample's positions, and the padding's
+            start, j = start + n, j + 1
+        return {"input_ids": tokens[:-1], "labels": labels, "position_ids": positions}
 
 
 class MixedLoader(PackedLoader):

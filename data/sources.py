@@ -38,6 +38,8 @@ class SyntheticConfig:
     # "answer": only the answer tokens (and the EOS after them) carry labels; "all": every token of the sample
     supervise: str = "answer"
     seed_start: int = 0  # TRAIN-split seeds (data/sample.py: disjoint from every eval seed)
+    # niah samples: after the answer, this many more answered lookups of the sample's own needles (data/mix.py)
+    extra_queries: int = 0
 
 
 @dataclass

@@ -70,6 +70,7 @@ SMOKE_TRAIN = [
     "model.hf_config.max_position_embeddings=65536",
     "attention.ssa.local_window=256",
     "train.ckpt_every=0",
+    "data.synthetic.lengths=[]",
     "train.schedule.warmup_steps=1",
     "logging.log_every=1",
 ]
@@ -81,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="directory for checkpoints (<out>/<model>/) and results")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--train-steps", type=int, default=None, help="per model (default: the experiment's, 1200)")
+    p.add_argument("--train-steps", type=int, default=None, help="per model (default: the experiment's, 2400)")
     p.add_argument("--time-budget-min", type=float, default=0.0, help="per model: stop training after this; 0: none")
     p.add_argument("--train-len", type=int, default=16384, help="training sequence length (tokens)")
     p.add_argument("--eval-lengths", nargs="+", default=["16K", "64K", "256K", "1M"], help="e.g. 16K 1M 4M")

@@ -85,6 +85,61 @@ def test_answer_only_supervision_labels_the_answer_and_eos(tok):
         assert n_all == n_prompt + len(valid) - 1  # every token of the sample but the first
 
 
+def test_short_lengths_pack_several_samples_per_row_each_its_own_document(tok):
+    seq = 4096
+    cfg = SyntheticConfig(ratio=1.0, tasks=["niah_single_1", "niah_multikey_2"], lengths=[1024, 2048])
+    rows = SyntheticRows(cfg, tok, seq)
+    for seed in range(4):
+        row = rows.row(seed, random.Random(seed))
+        ids, labels, pos = row["input_ids"], row["labels"], row["position_ids"]
+        assert ids.shape == labels.shape == pos.shape == (seq,)
+        starts = [0] + [i for i in range(1, seq) if pos[i] == 0]
+        assert len(starts) >= 2  # 1024 + 2048 + ... fill a 4096-token row
+        # the same draws again, one by one: each sample sits at its start, its answer + EOS labelled
+        rng, per_row, answers, n_answer = random.Random(seed), seq // 1024, [], 0
+        for j, start in enumerate(starts):
+            s = rows.sample(seed * per_row + j, rng, budget=seq - start)
+            n_prompt = len(s.prompt.encode())
+            assert tok.decode(ids[start : start + n_prompt]) == s.prompt
+            seg = labels[start + n_prompt - 1 : start + n_prompt + len(s.target)]
+            assert tok.decode(seg) == s.target + tok.eos_token
+            assert (labels[start : start + n_prompt - 1] == IGNORE_INDEX).all()
+            answers.append(s.answers[0])
+            n_answer += len(s.target.encode()) + 1
+        assert int((labels != IGNORE_INDEX).sum()) == n_answer  # nothing else is labelled
+        assert len(set(answers)) == len(answers)
+
+
+def test_extra_queries_append_answered_lookups_of_the_samples_own_needles(tok):
+    import re
+
+    from data.mix import _NEEDLE_RE, EXTRA_QUERY
+
+    cfg = SyntheticConfig(ratio=1.0, tasks=["niah_multikey_2"], lengths=[1024, 2048], extra_queries=6)
+    rows = SyntheticRows(cfg, tok, 4096)
+    line = re.compile(re.escape(EXTRA_QUERY).replace(r"\{key\}", r"(\S+)").replace(r"\{value\}", r"(\d+)"))
+    for seed in range(3):
+        row = rows.row(seed, random.Random(seed))
+        ids, labels, pos = row["input_ids"], row["labels"], row["position_ids"]
+        starts = [i for i in range(len(pos)) if pos[i] == 0] + [len(pos)]
+        for a, b in zip(starts, starts[1:], strict=False):
+            text = tok.decode(ids[a:b])
+            prompt_end = text.index(" The special magic number for ") + 1  # RULER's answer prefix
+            needles = dict(_NEEDLE_RE.findall(text[:prompt_end]))
+            assert len(needles) >= 2
+            lookups = line.findall(text[prompt_end:])
+            assert 1 <= len(lookups) <= 6
+            for key, value in lookups:
+                assert needles[key] == value  # the answer is the value of that key's needle in the prompt
+            seg = labels[a:b]
+            assert tok.decode(seg[seg != IGNORE_INDEX]).count("mentioned in the provided text is") == len(lookups)
+    # one needle (niah_single_1): nothing appended, the row is the plain sample
+    single = SyntheticRows(SyntheticConfig(ratio=1.0, tasks=["niah_single_1"], extra_queries=6), tok, SEQ)
+    plain = SyntheticRows(SyntheticConfig(ratio=1.0, tasks=["niah_single_1"]), tok, SEQ)
+    lab = single.row(5, random.Random(0))["labels"]
+    assert tok.decode(lab[lab != IGNORE_INDEX]) == plain.sample(5, random.Random(0)).target + tok.eos_token
+
+
 def test_synthetic_rows_use_train_seeds_never_eval_samples(cache_dir, tok):
     rows = SyntheticRows(SyntheticConfig(ratio=1.0, tasks=["niah_single_1"]), tok, SEQ)
     for seed in range(5):
@@ -130,6 +185,7 @@ def test_ratio_zero_is_the_packed_loader_unchanged(cache_dir, tok):
         ("data.synthetic.tasks=[nope]", "data.synthetic.tasks"),
         ("data.synthetic.lengths=[99999999]", "data.synthetic.lengths"),
         ("data.synthetic.supervise=prompt", "data.synthetic.supervise"),
+        ("data.synthetic.extra_queries=-1", "data.synthetic.extra_queries"),
     ],
 )
 def test_bad_mix_values_name_the_key(override, key):
