@@ -24,8 +24,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from data import build_stdlib_corpus
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = REPO_ROOT / "scripts" / "launch.sh"
 TIMEOUT_S = 150  # one job; a smoke job takes about 20 s on a 2-core machine
@@ -33,14 +31,6 @@ STEPS = 4
 # Variables a surrounding torchrun (or the caller's shell) may have set: each job sets its own.
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR")
 LAUNCH_VARS += ("MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "RDZV_ENDPOINT", "RUN_ID")
-
-
-@pytest.fixture(scope="session")
-def data_cache(tmp_path_factory) -> Path:
-    """The stdlib corpus, built once and shared by every job (data.cache_dir)."""
-    cache = tmp_path_factory.mktemp("data-cache")
-    build_stdlib_corpus(str(cache))
-    return cache
 
 
 def free_port() -> int:

@@ -1,7 +1,7 @@
 """Rung ``ulysses`` on CPU with gloo: loss and every parameter gradient with sequence parallelism
 equal the single-process run (fp32, 1e-5) for dense and SSA attention on packed multi-document
-rows, with kv-head repetition (sp=4 > 2 kv heads) and padding; and a trainer run under torchrun
-resumes after a kill with the uninterrupted run's losses.
+rows, with kv-head repetition (sp=4 > 2 kv heads) and padding; and a trainer run under torchrun equals
+the single-process run step by step and resumes after a SIGKILL with the uninterrupted run's losses.
 
 Workers run under ``torchrun --standalone`` (the port is chosen at run time), each in a subprocess
 with a timeout, as in tests/test_distributed.py; each rank computes the single-process reference itself.
@@ -9,10 +9,16 @@ with a timeout, as in tests/test_distributed.py; each rank computes the single-p
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import faulthandler
+import json
 import logging
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +30,7 @@ from parallel.dims import ParallelDims, ParallelError
 from parallel.ulysses import apply_ulysses, kv_repeat_for
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
-from tests.test_distributed import REPO_ROOT, TIMEOUT_S, job_env
+from tests.test_distributed import REPO_ROOT, TIMEOUT_S, Job, check_ok, job_env, wait_all
 from train.model import CausalLMLoss
 
 SSA = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4, router="attention", backend="reference")
@@ -69,6 +75,7 @@ def reference(attention: str, t: int):
 
 def _worker(sp: int) -> None:
     """One torchrun rank: every case under sp, compared with this process's single-process run."""
+    faulthandler.dump_traceback_later(TIMEOUT_S - 20, exit=True)  # a hang fails with every thread's stack
     torch.set_num_threads(1)
     refs = {case: reference(*case) for case in CASES}
     dist.init_process_group("gloo")
@@ -118,6 +125,100 @@ def test_heads_not_divisible_names_the_key():
     with pytest.raises(ParallelError, match="parallel.sp=3 must divide the model's 4 attention heads"):
         kv_repeat_for(4, 2, 3)
     assert kv_repeat_for(4, 2, 4) == 2 and kv_repeat_for(8, 8, 4) == 1
+
+
+# --- the trainer under ulysses -------------------------------------------------------------------
+
+STEPS = 60  # ~0.1 s each: the kill after step 12 lands well before the end; checkpoints every 10
+SEQ_LEN = {"ssa": (112, 128), "dense": (111, 112)}  # (train.seq_len, padded under sp=2)
+TRAINER_ATTENTION = {
+    "ssa": ["attention=ssa", "attention.ssa.router=attention", "attention.ssa.block_size=16",
+            "attention.ssa.local_window=32", "attention.ssa.topk_blocks=2", "attention.ssa.top_nodes=4"],
+    "dense": ["attention=dense"],
+}  # fmt: skip
+
+
+def trainer_cmd(parallel: str, run_dir: Path, data_cache: Path, attention: str) -> list[str]:
+    # rows padded under sp=2: ssa 112 -> 128 (a whole block of padding, sp x block 16), dense 111 -> 112
+    args = ["-m", "train", "experiment=smoke", f"parallel={parallel}", "parallel.device=cpu", f"train.steps={STEPS}",
+            "train.ckpt_every=10", f"train.seq_len={SEQ_LEN[attention][0]}", "logging.wandb=disabled", f"data.cache_dir={data_cache}",
+            f"hydra.run.dir={run_dir}", *TRAINER_ATTENTION[attention]]  # fmt: skip
+    if parallel == "single":
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *args, "parallel.sp=2"]
+
+
+def step_metrics(run_dir: Path) -> dict[int, tuple[float, float]]:
+    """step -> (loss, grad_norm); a step logged twice (re-run after a resume) keeps its last value."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: (r["loss"], r["grad_norm"]) for r in rows}
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, from /proc (torchrun's workers leave its process group)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def kill_at_step(cmd: list[str], run_dir: Path, step: int, log: Path) -> None:
+    """Start ``cmd`` and SIGKILL it, torchrun and every worker at once, once ``step`` is logged."""
+    job = Job(cmd, job_env(), log)
+    deadline, metrics = time.monotonic() + TIMEOUT_S, run_dir / "metrics.jsonl"
+    try:
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= step):
+            assert job.proc.poll() is None, job.output()[-6000:]
+            assert time.monotonic() < deadline, f"step {step} not reached:\n{job.output()[-6000:]}"
+            time.sleep(0.05)
+    finally:
+        for pid in [job.proc.pid, *descendants(job.proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        job.kill()
+
+
+@pytest.mark.parametrize("attention", ["ssa", "dense"])
+def test_trainer_under_ulysses_matches_single_and_resumes_after_a_kill(tmp_path, data_cache, attention):
+    """``python -m train parallel=ulysses parallel.sp=2`` under torchrun: each step's loss and gradient norm
+    equal the single-process run's (1e-5); a run SIGKILLed after step 12 resumes from its last checkpoint
+    and reproduces the uninterrupted run bit for bit; the saved config names no "ulysses" attention."""
+    ref_dir, single_dir, kill_dir = tmp_path / "ulysses", tmp_path / "single", tmp_path / "kill"
+    jobs = [Job(trainer_cmd("ulysses", ref_dir, data_cache, attention), job_env(), tmp_path / "ulysses.log"),
+            Job(trainer_cmd("single", single_dir, data_cache, attention), job_env(), tmp_path / "single.log")]  # fmt: skip
+    for rc, out in wait_all(*jobs):
+        check_ok(rc, out)
+    assert f"padded to {SEQ_LEN[attention][1]}" in (tmp_path / "ulysses.log").read_text()
+    ref, single = step_metrics(ref_dir), step_metrics(single_dir)
+    assert sorted(ref) == sorted(single) == list(range(1, STEPS + 1))
+    for key in (0, 1):  # loss, grad_norm
+        torch.testing.assert_close(
+            torch.tensor([ref[s][key] for s in ref], dtype=torch.float64),
+            torch.tensor([single[s][key] for s in ref], dtype=torch.float64),
+            rtol=1e-5, atol=0,
+        )  # fmt: skip
+    assert ref[STEPS][0] < ref[1][0]  # it learns: equal constants would prove nothing
+
+    kill_at_step(trainer_cmd("ulysses", kill_dir, data_cache, attention), kill_dir, 12, tmp_path / "kill.log")
+    saved = sorted(int(p.name.split("_")[1]) for p in (kill_dir / "checkpoints").glob("step_????????"))
+    assert saved and saved[-1] < STEPS, saved  # killed mid-run
+    rc, out = wait_all(
+        Job(trainer_cmd("ulysses", kill_dir, data_cache, attention), job_env(), tmp_path / "resume.log")
+    )[0]
+    check_ok(rc, out)
+    assert f"step_{saved[-1]:08d} at step {saved[-1]}" in out, out[-6000:]
+    assert step_metrics(kill_dir) == ref  # bit-identical floats, every step
+    config = (kill_dir / "checkpoints" / f"step_{STEPS:08d}" / "model" / "config.json").read_text()
+    assert "ulysses" not in config  # the saved model loads with its own attention, without the rung
 
 
 if __name__ == "__main__":
