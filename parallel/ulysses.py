@@ -5,7 +5,8 @@ its group. Everything but attention is per token, so only attention needs the wh
 wrapper registered as HF attention implementation ``"ulysses"`` turns q/k/v from
 ``[B, H, T/sp, D]`` (a sequence shard, all heads) into ``[B, H/sp, T, D]`` (all tokens, a head shard)
 with one all-to-all each, runs the model's own attention (SDPA / eager / flash, or SSA) on its
-heads, and all-to-alls the output back. KV heads are repeated when ``sp`` does not divide them
+heads, and all-to-alls the output back. SSA's learned router pools and projects each rank's own
+shard per block, and its block means take the same all-to-all as k (``_gathered_route``). KV heads are repeated when ``sp`` does not divide them
 (each copy sees the same q/k, so SSA's per-kv-head block selection of a copy equals the
 original's). The positions are all-gathered, so the inner attention sees the documents of the whole
 packed row (SSA and HF derive document ids from positions).
@@ -31,6 +32,7 @@ from transformers import AttentionInterface
 from parallel.ddp import apply_ddp
 from parallel.dims import ParallelDims, ParallelError
 from ssa_kernels.hf import _attention_modules, doc_ids_from_positions, ssa_attention_forward, ssa_config_of
+from ssa_kernels.selector import PooledRoute
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,29 @@ def _dense(query, key, value, position_ids, dropout, scaling):
     return out.transpose(1, 2).contiguous()  # (B, h, T, D) -> (B, T, h, D)
 
 
+def _gathered_route(module, hidden: torch.Tensor | None, ctx: UlyssesAttention) -> PooledRoute | None:
+    """A learned router's block means for the head shard: the router pools and projects this rank's
+    sequence shard ([B, T/sp, hidden] -> [B, Hkv, nb/sp, d]; shards are whole blocks, since rows are
+    padded to sp x block), and the means go through the same all-to-all as k (-> [B, Hkv/sp, nb, d]).
+    The routing gradient flows back through it to every rank's router replica. None: the attention
+    router (q/k themselves)."""
+    cfg = ssa_config_of(module.config)
+    if cfg.router != "learned":
+        return None
+    if hidden is None or not hasattr(module, "ssa_router"):
+        raise ParallelError(
+            f"layer {module.layer_idx}: attention.ssa.router=learned but the attention module has no ssa_router "
+            "or got no layer input (build the model with ssa_kernels.hf.convert_to_ssa)"
+        )
+    pooled = module.ssa_router.pooled(hidden, cfg.block_size)
+    means = []
+    for m in (pooled.q_mean, pooled.k_mean):  # (B, Hkv, nb/sp, d)
+        if ctx.kv_repeat > 1:
+            m = m.repeat_interleave(ctx.kv_repeat, dim=1)
+        means.append(_AllToAll.apply(m, ctx.group, ctx.sp, True))  # (B, Hkv/sp, nb, d)
+    return PooledRoute(means[0], means[1], pooled.seq_len * ctx.sp)
+
+
 def ulysses_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """HF attention function. query [B, Hq, T/sp, D], key/value [B, Hkv, T/sp, D] (post-RoPE, local
     shard) -> ([B, T/sp, Hq, D], None)."""
@@ -118,7 +143,10 @@ def ulysses_attention_forward(module, query, key, value, attention_mask, dropout
     if position_ids is not None:
         position_ids = _all_gather_positions(position_ids, ctx)  # (B, T)
     if ctx.inner == "ssa":
-        out, _ = ssa_attention_forward(module, q, k, v, None, dropout, scaling, position_ids=position_ids)
+        route = _gathered_route(module, kwargs.get("ssa_hidden"), ctx)
+        out, _ = ssa_attention_forward(
+            module, q, k, v, None, dropout, scaling, position_ids=position_ids, ssa_route=route
+        )
     elif ctx.inner.startswith("flash"):  # varlen from the full positions; not exercised on CPU
         fn = AttentionInterface._global_mapping[ctx.inner]
         out, _ = fn(module, q, k, v, None, dropout=dropout, scaling=scaling, position_ids=position_ids, **kwargs)
@@ -190,11 +218,6 @@ def apply_ulysses(model: nn.Module, dims: ParallelDims) -> nn.Module:
     inner = config._attn_implementation
     if inner not in INNER:
         raise ParallelError(f"parallel=ulysses wraps attention {INNER}, not {inner!r} (attention.impl)")
-    if inner == "ssa" and ssa_config_of(config).router == "learned":
-        raise ParallelError(
-            "parallel=ulysses does not yet gather the input of SSA's learned routers: use "
-            "attention.ssa.router=attention (route with the attention's own q/k), or parallel=ddp"
-        )
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     ctx = UlyssesAttention(dims.sp_group, dims.sp, inner, kv_repeat_for(heads, kv_heads, dims.sp))

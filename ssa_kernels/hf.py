@@ -146,7 +146,9 @@ def ssa_attention_forward(
     # None: select with query / key themselves. Per-token routing tensors only where a decode state needs
     # them (a cached prefill, decoding) or the per-token rule runs; training selects from block means.
     pooled = rule == "block" and states is None and query.shape[2] == key.shape[2]
-    route = route_of(module, cfg, kwargs, pooled=pooled)
+    route = kwargs.get("ssa_route")  # given by a wrapper that gathers it itself (parallel.ulysses)
+    if route is None:
+        route = route_of(module, cfg, kwargs, pooled=pooled)
     if query.shape[2] != key.shape[2]:  # earlier tokens are cached: decode the new ones
         out = _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route)
         return out.transpose(1, 2).contiguous(), None  # (B, Hq, Tq, D) -> (B, Tq, Hq, D)
@@ -168,13 +170,11 @@ def _pass_ssa_kwargs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tupl
     """Forward pre-hook of an attention module: hands the attention function what HF does not pass it —
     the layer input for the learned router (``ssa_hidden``) and the per-layer decode states kept on the
     KV cache (``past_key_values``)."""
-    if getattr(module.config, "_attn_implementation", None) != "ssa":
-        return None
     extra = {}
-    if hasattr(module, "ssa_router"):
+    if hasattr(module, "ssa_router"):  # SSA itself, or SSA inside a wrapper (parallel.ulysses)
         extra["ssa_hidden"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     cache = kwargs.get("past_key_values")
-    if cache is not None:
+    if cache is not None and getattr(module.config, "_attn_implementation", None) == "ssa":
         states = getattr(cache, "ssa_decode_states", None)
         if states is None:
             states = cache.ssa_decode_states = {}

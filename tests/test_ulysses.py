@@ -10,7 +10,7 @@ with a timeout, as in tests/test_distributed.py; each rank computes the single-p
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import faulthandler
 import json
 import logging
@@ -35,11 +35,15 @@ from train.model import CausalLMLoss
 
 SSA = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4, router="attention", backend="reference")
 DOCS = (37, 50, 9, 1000)  # document lengths of the packed row (the last one is cut at T)
+# The learned router's case: a routing gradient exists only where a block has more routed candidates than
+# topk_blocks (ssa_kernels._routed_slots), which the short documents above never give.
+DOCS_FOR = {"ssa_learned": (9, 1000)}
 CASES = [  # (attention, T): T=112 and T=127 are padded (to 128) under sp=2 / sp=4
     ("sdpa", 128),
     ("ssa", 128),
     ("sdpa", 127),
     ("ssa", 112),
+    ("ssa_learned", 112),  # the learned router: block means all-to-all'd like k
 ]
 
 
@@ -50,16 +54,17 @@ def tiny_model(attention: str) -> CausalLMLoss:
         num_key_value_heads=2, max_position_embeddings=256, attention_dropout=0.0,
     )  # fmt: skip
     lm = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
-    if attention == "ssa":
-        convert_to_ssa(lm, copy.deepcopy(SSA))
+    if attention.startswith("ssa"):
+        cfg = dataclasses.replace(SSA, router="learned" if attention == "ssa_learned" else "attention")
+        convert_to_ssa(lm, cfg)
     return CausalLMLoss(lm)
 
 
-def packed_batch(t: int, rows: int = 2) -> dict[str, torch.Tensor]:
+def packed_batch(t: int, rows: int = 2, docs: tuple[int, ...] = DOCS) -> dict[str, torch.Tensor]:
     """Rows of several documents: positions restart at each, no label crosses a boundary."""
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 128, (rows, t + 1), generator=g)
-    pos = torch.cat([torch.arange(n) for n in DOCS])[:t]
+    pos = torch.cat([torch.arange(n) for n in docs])[:t]
     starts = (pos == 0).nonzero().flatten()
     labels = ids[:, 1:].clone()
     labels[:, starts[1:] - 1] = -100  # the last token of a document has no target
@@ -68,9 +73,12 @@ def packed_batch(t: int, rows: int = 2) -> dict[str, torch.Tensor]:
 
 def reference(attention: str, t: int):
     model = tiny_model(attention)
-    loss = model(**packed_batch(t))
+    loss = model(**packed_batch(t, docs=DOCS_FOR.get(attention, DOCS)))
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    routers = [g for n, g in grads.items() if ".ssa_router." in n]
+    assert all(g.abs().max() > 0 for g in routers), attention  # else their equality would prove nothing
+    return loss.detach(), grads
 
 
 def _worker(sp: int) -> None:
@@ -91,7 +99,7 @@ def _worker(sp: int) -> None:
         for attention, t in CASES:
             records.clear()
             model = apply_ulysses(tiny_model(attention), dims)
-            local = model(**packed_batch(t))  # this rank's shard's loss sum
+            local = model(**packed_batch(t, docs=DOCS_FOR.get(attention, DOCS)))  # this rank's shard's loss sum
             (local * world).backward()  # DDP averages over the world: the sum of every shard's gradient
             total = local.detach().clone()
             dist.all_reduce(total)
@@ -102,7 +110,7 @@ def _worker(sp: int) -> None:
                 torch.testing.assert_close(
                     p.grad, ref_grads[name], rtol=1e-5, atol=1e-5, msg=lambda m, n=name, w=what: f"{w} {n}: {m}"
                 )
-            multiple = sp * (SSA.block_size if attention == "ssa" else 1)
+            multiple = sp * (SSA.block_size if attention.startswith("ssa") else 1)
             if t % multiple:
                 assert any("padded to" in r for r in records), (what, records)
             if sp > 2:
@@ -138,14 +146,17 @@ TRAINER_ATTENTION = {
 }  # fmt: skip
 
 
-def trainer_cmd(parallel: str, run_dir: Path, data_cache: Path, attention: str) -> list[str]:
+def trainer_cmd(
+    parallel: str, run_dir: Path, data_cache: Path, attention: str, *extra: str, nproc: int = 2
+) -> list[str]:
     # rows padded under sp=2: ssa 112 -> 128 (a whole block of padding, sp x block 16), dense 111 -> 112
     args = ["-m", "train", "experiment=smoke", f"parallel={parallel}", "parallel.device=cpu", f"train.steps={STEPS}",
             "train.ckpt_every=10", f"train.seq_len={SEQ_LEN[attention][0]}", "logging.wandb=disabled", f"data.cache_dir={data_cache}",
-            f"hydra.run.dir={run_dir}", *TRAINER_ATTENTION[attention]]  # fmt: skip
+            f"hydra.run.dir={run_dir}", *TRAINER_ATTENTION[attention], *extra]  # fmt: skip
     if parallel == "single":
         return [sys.executable, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *args, "parallel.sp=2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*torchrun, *args, "parallel.sp=2"]
 
 
 def step_metrics(run_dir: Path) -> dict[int, tuple[float, float]]:
@@ -219,6 +230,26 @@ def test_trainer_under_ulysses_matches_single_and_resumes_after_a_kill(tmp_path,
     assert step_metrics(kill_dir) == ref  # bit-identical floats, every step
     config = (kill_dir / "checkpoints" / f"step_{STEPS:08d}" / "model" / "config.json").read_text()
     assert "ulysses" not in config  # the saved model loads with its own attention, without the rung
+
+
+def test_data_parallel_times_ulysses_matches_grad_accum(tmp_path, data_cache):
+    """dp=2 x sp=2 (4 processes: two SP groups reading different rows) == one process with grad_accum=2
+    (the same two rows per step): the same loss and gradient norm at every step (1e-5), SSA."""
+    steps = ["train.steps=4", "train.ckpt_every=0"]
+    jobs = [
+        Job(trainer_cmd("ulysses", tmp_path / "dpsp", data_cache, "ssa", *steps, nproc=4), job_env(), tmp_path / "dpsp.log"),
+        Job(trainer_cmd("single", tmp_path / "single", data_cache, "ssa", *steps, "train.grad_accum=2"), job_env(),
+            tmp_path / "single.log"),
+    ]  # fmt: skip
+    for rc, out in wait_all(*jobs):
+        check_ok(rc, out)
+    dpsp, single = step_metrics(tmp_path / "dpsp"), step_metrics(tmp_path / "single")
+    assert sorted(dpsp) == sorted(single) == [1, 2, 3, 4]
+    for key in (0, 1):
+        a = torch.tensor([dpsp[s][key] for s in dpsp], dtype=torch.float64)
+        b = torch.tensor([single[s][key] for s in dpsp], dtype=torch.float64)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
+    assert dpsp[4][0] < dpsp[1][0]
 
 
 if __name__ == "__main__":
