@@ -61,6 +61,8 @@ def check_synthetic(cfg: SyntheticConfig, seq_len: int) -> None:
         raise DataError(f"data.synthetic.supervise={cfg.supervise!r}: use one of {SUPERVISE}")
     if not 0 <= cfg.extra_queries <= 64:
         raise DataError(f"data.synthetic.extra_queries={cfg.extra_queries} must be in [0, 64]")
+    if cfg.extra_order not in ("random", "prompt"):
+        raise DataError(f"data.synthetic.extra_order={cfg.extra_order!r}: use random or prompt")
     if not 0 <= cfg.seed_start < SEEDS_PER_SPLIT // 2:
         raise DataError(f"data.synthetic.seed_start={cfg.seed_start}: use 0 <= seed_start < 2**30")
 
@@ -90,17 +92,20 @@ _EXTRA_BUDGET = 96
 EXTRA_TASKS = ("niah_multikey_1", "niah_multikey_2", "niah_multiquery")
 
 
-def extra_lookups(prompt: str, count: int, rng: random.Random) -> str:
-    """``count`` answered lookups of needles of ``prompt`` (drawn with replacement; "" with fewer than two):
-    text appended after a niah sample's answer so that one sample teaches the lookup ``count`` more times.
-    The answer of a lookup is in the prompt, so it is learnt by finding the key's needle, as the real
-    question is."""
+def extra_lookups(prompt: str, count: int, rng: random.Random, order: str = "random") -> str:
+    """``count`` answered lookups of needles of ``prompt`` ("" with fewer than two): text appended after a
+    niah sample's answer so that one sample teaches the lookup ``count`` more times. The answer of a
+    lookup is in the prompt, so it is learnt by finding the key's needle, as the real question is.
+    ``order``: "random" draws needles with replacement (the key must be looked up); "prompt" takes the
+    first ``count`` in the prompt's order, so each next key is predictable too (plain copying, the
+    easier skill that induction heads learn first)."""
     found = _NEEDLE_RE.findall(prompt)
     keys = [k for k, _ in found]
-    needles = sorted({(k, v) for k, v in found if keys.count(k) == 1})  # a key with one value only
+    needles = [(k, v) for k, v in found if keys.count(k) == 1]  # a key with one value only, prompt order
     if len(needles) < 2 or not count:  # one needle: its lookups would only repeat the answer just given
         return ""
-    return "".join(EXTRA_QUERY.format(key=k, value=v) for k, v in (rng.choice(needles) for _ in range(count)))
+    picked = needles[:count] if order == "prompt" else [rng.choice(sorted(needles)) for _ in range(count)]
+    return "".join(EXTRA_QUERY.format(key=k, value=v) for k, v in picked)
 
 
 class SyntheticRows:
@@ -135,7 +140,7 @@ class SyntheticRows:
 
     def target(self, s, rng: random.Random) -> str:
         """The labelled continuation of sample ``s``: its answer, plus its extra answered lookups (EXTRA_TASKS)."""
-        return s.target + extra_lookups(s.prompt, s.metadata.get("extra_queries", 0), rng)
+        return s.target + extra_lookups(s.prompt, s.metadata.get("extra_queries", 0), rng, self.cfg.extra_order)
 
     def row(self, seed: int, rng: random.Random) -> dict[str, np.ndarray]:
         """Samples of lengths drawn from ``data.synthetic.lengths``, packed back to back until the next

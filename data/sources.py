@@ -40,6 +40,7 @@ class SyntheticConfig:
     seed_start: int = 0  # TRAIN-split seeds (data/sample.py: disjoint from every eval seed)
     # niah samples: after the answer, this many more answered lookups of the sample's own needles (data/mix.py)
     extra_queries: int = 0
+    extra_order: str = "random"  # random: needles drawn with replacement; prompt: in the prompt's order
 
 
 @dataclass

@@ -133,6 +133,15 @@ def test_extra_queries_append_answered_lookups_of_the_samples_own_needles(tok):
                 assert needles[key] == value  # the answer is the value of that key's needle in the prompt
             seg = labels[a:b]
             assert tok.decode(seg[seg != IGNORE_INDEX]).count("mentioned in the provided text is") == len(lookups)
+    # extra_order=prompt: the first needles of the prompt, in its order (plain copying)
+    ordered = SyntheticRows(
+        SyntheticConfig(ratio=1.0, tasks=["niah_multikey_2"], lengths=[2048], extra_queries=5, extra_order="prompt"),
+        tok, 2048,
+    )  # fmt: skip
+    ids = ordered.row(3, random.Random(3))["input_ids"]
+    text = tok.decode(ids)
+    prompt_end = text.index(" The special magic number for ") + 1
+    assert line.findall(text[prompt_end:]) == _NEEDLE_RE.findall(text[:prompt_end])[:5]
     # one needle (niah_single_1): nothing appended, the row is the plain sample
     single = SyntheticRows(SyntheticConfig(ratio=1.0, tasks=["niah_single_1"], extra_queries=6), tok, SEQ)
     plain = SyntheticRows(SyntheticConfig(ratio=1.0, tasks=["niah_single_1"]), tok, SEQ)
@@ -186,6 +195,7 @@ def test_ratio_zero_is_the_packed_loader_unchanged(cache_dir, tok):
         ("data.synthetic.lengths=[99999999]", "data.synthetic.lengths"),
         ("data.synthetic.supervise=prompt", "data.synthetic.supervise"),
         ("data.synthetic.extra_queries=-1", "data.synthetic.extra_queries"),
+        ("data.synthetic.extra_order=sorted", "data.synthetic.extra_order"),
     ],
 )
 def test_bad_mix_values_name_the_key(override, key):
