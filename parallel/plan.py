@@ -1,0 +1,190 @@
+"""The ladder planner: estimated per-GPU and host memory of each rung for a model, sequence length and
+machine, and the cheapest rung that fits.
+
+    python -m parallel.plan --model conf/model/llama_1b.yaml --seq-len 131072 --gpus 1 --gpu-mem-gib 80
+    python -m parallel.plan --model conf/model/llama_1b.yaml --seq-len 524288 --gpus 8 --attention ssa
+
+The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
+- model states, fp32 master weights, fp32 gradients and AdamW's two fp32 moments, 16 bytes per
+  parameter. DDP (any rung with more than one process) adds its fp32 gradient buckets (4 bytes per
+  parameter). The parameters are counted exactly, from the HF model built on the meta device, with
+  SSA's learned routers when attention is ssa.
+- activations of T_local = seq_len / sp tokens under bf16 autocast. One decoder layer keeps about
+  ``40 H + 9 I`` bytes per token, with H the hidden size and I the MLP width. That is the fp32 residual
+  and RMSNorm inputs (4 H each), the bf16 normed inputs, q/k/v, RoPE outputs, the attention output and
+  o_proj's input (~26 H), and the MLP's gate, up, activation and product (2 I each) plus their fp32
+  norm (~6 H + I). With activation checkpointing, each layer keeps only its fp32 input (4 H per token),
+  and one layer is recomputed at a time.
+- the loss: lm_head + cross-entropy run in chunks of about 1 GiB of fp32 logits, plus their gradient.
+- rung extras. Under ulysses, a layer holds q/k/v/o twice around the all-to-alls (+ 4 (Hq + Hkv) d
+  bytes per token). With dense attention, the inner attention builds a [T, T] bool mask (T² bytes).
+
+The constants come from the op list above, not from a fit. ``tests/test_plan.py`` checks them against
+every peak measured on a GPU and recorded under ``docs/results/`` (within 15%). Rungs not built yet
+(offload, nested_offload, ring) are listed as such and never picked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM
+
+GIB = 2**30
+LOSS_CHUNK_BYTES = GIB  # train/loss.py: loss_chunk = 0 sizes chunks to about 1 GiB of fp32 logits
+# Cheapest first: the planner picks the first rung that fits.
+ORDER = ("single", "ddp", "ulysses", "offload", "nested_offload", "ring")
+NOT_BUILT = {"offload", "nested_offload", "ring"}
+
+
+@dataclass
+class Shape:
+    """What the estimate needs of a model: sizes from its HF config and the exact parameter count."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    params: int
+
+    @classmethod
+    def from_hf_config(cls, config, attention: str = "dense") -> Shape:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        params = sum(p.numel() for p in model.parameters())
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        if attention == "ssa":  # learned routers: a q and a k projection of kv_heads x head_dim per layer
+            params += config.num_hidden_layers * 2 * config.hidden_size * kv_heads * head_dim
+        return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers, heads, kv_heads,
+                   head_dim, config.vocab_size, params)  # fmt: skip
+
+
+def load_shape(model_yaml: str | Path, attention: str = "dense") -> Shape:
+    """A :class:`Shape` from a ``conf/model/*.yaml`` (``arch`` + ``hf_config``; ``path`` for a local HF
+    model). The byte tokenizer's vocabulary (256 + specials, padded) applies when hf_config has none."""
+    spec = OmegaConf.to_container(OmegaConf.load(str(model_yaml)))
+    hf = dict(spec.get("hf_config") or {})
+    if spec.get("path"):
+        config = AutoConfig.from_pretrained(str(Path(spec["path"]).expanduser()), **hf)
+    else:
+        hf.setdefault("vocab_size", 320)
+        config = AutoConfig.for_model(spec.get("arch", "llama"), **hf)
+    return Shape.from_hf_config(config, attention)
+
+
+@dataclass
+class Estimate:
+    rung: str
+    sp: int
+    gpu_bytes: float
+    host_bytes: float
+    terms: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def gpu_gib(self) -> float:
+        return self.gpu_bytes / GIB
+
+
+def estimate(
+    shape: Shape,
+    seq_len: int,
+    rung: str,
+    gpus: int = 1,
+    sp: int = 1,
+    attention: str = "dense",
+    activation_checkpointing: bool = True,
+    micro_batch: int = 1,
+) -> Estimate:
+    """Peak bytes on one GPU (and on the host) of one training step under ``rung``; see the module
+    docstring for the terms."""
+    if rung in NOT_BUILT:
+        return Estimate(rung, sp, math.inf, math.inf, note="not built yet")
+    h, i = shape.hidden, shape.intermediate
+    t_local = micro_batch * seq_len / sp
+    terms = {"model states (fp32 weights, grads, AdamW)": 16.0 * shape.params}
+    if gpus > 1:
+        terms["DDP gradient buckets"] = 4.0 * shape.params
+    per_layer = (40 * h + 9 * i) * t_local
+    if rung == "ulysses" and sp > 1:
+        per_layer += 4 * (shape.heads + shape.kv_heads) * shape.head_dim * t_local
+    if activation_checkpointing:
+        terms["checkpointed layer inputs (fp32)"] = shape.layers * 4.0 * h * t_local
+        terms["one layer recomputed"] = per_layer
+    else:
+        terms["activations of every layer"] = shape.layers * per_layer
+    logits = 4.0 * shape.vocab * t_local
+    terms["loss chunk (fp32 logits + grad)"] = 2 * min(logits, LOSS_CHUNK_BYTES)
+    if rung == "ulysses" and sp > 1 and attention == "dense":
+        terms["dense [T, T] mask"] = float(micro_batch * seq_len * seq_len)
+    return Estimate(rung, sp, sum(terms.values()), 0.0, terms)
+
+
+def plan(
+    shape: Shape,
+    seq_len: int,
+    gpus: int,
+    gpu_mem_gib: float,
+    attention: str = "dense",
+    activation_checkpointing: bool = True,
+    headroom: float = 0.9,
+) -> tuple[list[Estimate], Estimate | None]:
+    """Every rung's estimate (ulysses at the smallest sp that fits, among those dividing the GPUs and the
+    heads) and the first of ``ORDER`` whose estimate is within ``headroom`` x the GPU's memory."""
+    budget = headroom * gpu_mem_gib * GIB
+    rows = []
+    for rung in ORDER:
+        if rung in ("single",) and gpus != 1:
+            continue
+        if rung == "ddp" and gpus == 1:
+            continue
+        if rung == "ulysses":
+            sps = [s for s in range(2, gpus + 1) if gpus % s == 0 and shape.heads % s == 0]
+            ests = [estimate(shape, seq_len, rung, gpus, s, attention, activation_checkpointing) for s in sps]
+            fitting = [e for e in ests if e.gpu_bytes <= budget]
+            if ests:
+                rows.append(fitting[0] if fitting else ests[-1])
+            continue
+        rows.append(estimate(shape, seq_len, rung, gpus, 1, attention, activation_checkpointing))
+    pick = next((e for e in rows if e.gpu_bytes <= budget), None)
+    return rows, pick
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", required=True, help="a conf/model/*.yaml (arch + hf_config, or path)")
+    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--gpus", type=int, default=1, help="GPUs of one node")
+    p.add_argument("--gpu-mem-gib", type=float, default=80.0)
+    p.add_argument("--attention", choices=("dense", "ssa"), default="ssa")
+    p.add_argument("--no-ac", action="store_true", help="without activation checkpointing")
+    args = p.parse_args(argv)
+    shape = load_shape(args.model, args.attention)
+    rows, pick = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, args.attention, not args.no_ac)
+    print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, seq_len {args.seq_len:,}, {args.gpus} GPU(s) "
+          f"of {args.gpu_mem_gib:g} GiB, attention {args.attention}")  # fmt: skip
+    print(f"{'rung':<16}{'sp':>4}{'GPU GiB':>10}  fits")
+    for e in rows:
+        gib = "-" if math.isinf(e.gpu_bytes) else f"{e.gpu_gib:.1f}"
+        fits = e.note or ("yes" if e is pick or e.gpu_bytes <= 0.9 * args.gpu_mem_gib * GIB else "no")
+        print(f"{e.rung:<16}{e.sp:>4}{gib:>10}  {fits}")
+    if pick is None:
+        print("no built rung fits: lower train.seq_len or add GPUs")
+    else:
+        print(f"pick: parallel={pick.rung}" + (f" parallel.sp={pick.sp}" if pick.sp > 1 else ""))
+        for name, b in pick.terms.items():
+            print(f"  {name:<44}{b / GIB:8.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
