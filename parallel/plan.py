@@ -21,7 +21,8 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
 
 The constants come from the op list above, not from a fit. ``tests/test_plan.py`` checks them against
 every peak measured on a GPU and recorded under ``docs/results/`` (within 15%). Rungs not built yet
-(offload, nested_offload, ring) are listed as such and never picked.
+(offload, nested_offload, ring) are listed as such and never picked. ``parallel=auto`` asks
+:func:`choose` at the start of training (``train/trainer.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
+
+from parallel.dims import ParallelError
 
 GIB = 2**30
 LOSS_CHUNK_BYTES = GIB  # train/loss.py: loss_chunk = 0 sizes chunks to about 1 GiB of fp32 logits
@@ -158,6 +161,31 @@ def plan(
         rows.append(estimate(shape, seq_len, rung, gpus, 1, attention, activation_checkpointing))
     pick = next((e for e in rows if e.gpu_bytes <= budget), None)
     return rows, pick
+
+
+def choose(
+    shape: Shape,
+    seq_len: int,
+    world: int,
+    local_world: int,
+    gpu_mem_gib: float | None,
+    attention: str = "dense",
+    activation_checkpointing: bool = True,
+) -> tuple[str, int, list[Estimate]]:
+    """``parallel=auto``: (rung name, sp, the estimates) for a job of ``world`` processes,
+    ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory does not decide:
+    single or ddp)."""
+    if gpu_mem_gib is None:
+        return ("single" if world == 1 else "ddp"), 1, []
+    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, attention, activation_checkpointing)
+    if pick is None:
+        table = ", ".join(f"{e.rung} {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
+        raise ParallelError(
+            f"parallel=auto: no built rung fits train.seq_len={seq_len:,} in {gpu_mem_gib:.0f} GiB per GPU "
+            f"(estimates: {table}); lower train.seq_len, turn on train.activation_checkpointing or add GPUs"
+        )
+    name = "ddp" if pick.rung == "single" and world > 1 else pick.rung  # one GPU per node, several nodes
+    return name, pick.sp, rows
 
 
 def main(argv: list[str] | None = None) -> None:

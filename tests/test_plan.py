@@ -3,13 +3,17 @@ measured on a GPU and recorded under docs/results/ (within 15%), the rung it pic
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parallel.plan import GIB, Shape, estimate, load_shape, main, plan
+from parallel.dims import ParallelError
+from parallel.plan import GIB, Shape, choose, estimate, load_shape, main, plan
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
 
@@ -77,3 +81,25 @@ def test_estimates_scale_with_the_terms():
     assert b.terms[act] == 2 * a.terms[act]
     assert b.terms["model states (fp32 weights, grads, AdamW)"] == a.terms["model states (fp32 weights, grads, AdamW)"]
     assert torch.isclose(torch.tensor(a.terms[act]), torch.tensor(12 * 4.0 * 768 * 32768))
+
+
+def test_choose_for_parallel_auto():
+    shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
+    assert choose(shape, 1 << 20, 1, 1, None)[:2] == ("single", 1)  # CPU: memory does not decide
+    assert choose(shape, 1 << 20, 4, 2, None)[:2] == ("ddp", 1)
+    assert choose(shape, 131072, 1, 1, 80.0, "ssa")[:2] == ("single", 1)
+    assert choose(shape, 131072, 2, 1, 80.0, "ssa")[:2] == ("ddp", 1)  # two nodes of one GPU
+    name, sp, _ = choose(shape, 1 << 20, 16, 8, 80.0, "ssa")
+    assert name == "ulysses" and sp == plan(shape, 1 << 20, 8, 80.0, "ssa")[1].sp
+    with pytest.raises(ParallelError, match=r"no built rung fits train\.seq_len=1,048,576"):
+        choose(shape, 1 << 20, 1, 1, 80.0, "ssa")
+
+
+def test_parallel_auto_in_the_trainer(tmp_path, data_cache):
+    cmd = [sys.executable, "-m", "train", "experiment=smoke", "parallel=auto", "parallel.device=cpu", "train.steps=2",
+           f"data.cache_dir={data_cache}", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "parallel=auto picked parallel=single parallel.sp=1" in out.stderr
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

@@ -172,7 +172,7 @@ def to_config(cfg: DictConfig) -> Config:
     _one_of("train.optimizer.name", t.optimizer.name, {"adamw"})
     _one_of("train.schedule.name", t.schedule.name, {"cosine", "constant"})
     _one_of("logging.wandb", lg.wandb, {"offline", "online", "disabled"})
-    _one_of("parallel.name", config.parallel.name, set(RUNGS))
+    _one_of("parallel.name", config.parallel.name, set(RUNGS) | {"auto"})
     _one_of("parallel.device", config.parallel.device, {"auto", "cuda", "cpu"})
     _one_of("attention.name", config.attention.name, {"dense", "ssa"})
     _one_of("attention.impl", config.attention.impl, {"sdpa", "eager", "flash_attention_2", "flex_attention"})

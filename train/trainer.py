@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 
 from data import IGNORE_INDEX, build_loader
 from parallel import ParallelDims, destroy_distributed, init_distributed, no_sync, parallelize
+from parallel.plan import GIB, Shape, choose
 from ssa_kernels.diagnostics import SSARecorder, router_metrics, router_stats_recorder
 from train.checkpoint import Checkpointer
 from train.config import Config
@@ -107,11 +109,31 @@ def _autocast_for(precision: str, device: torch.device):
 def train(cfg: Config, config_dict: dict, run_dir: Path) -> Path | None:
     """Run (or resume) the job described by ``cfg`` in ``run_dir``; returns the last checkpoint."""
     run_dir = Path(run_dir)
+    if cfg.parallel.name == "auto":
+        _resolve_auto(cfg)
     dims = init_distributed(cfg.parallel.device, cfg.parallel.backend, cfg.parallel.sp)
     try:
         return _train(cfg, config_dict, run_dir, dims)
     finally:
         destroy_distributed()
+
+
+def _resolve_auto(cfg: Config) -> None:
+    """``parallel=auto``: the planner's rung (and sp) for this model, sequence length and machine
+    (``parallel/plan.py``), written into ``cfg.parallel``."""
+    config = build_config(cfg.model, build_tokenizer(cfg.model), cfg.train.seq_len)
+    shape = Shape.from_hf_config(config, cfg.attention.name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    on_gpu = cfg.parallel.device != "cpu" and torch.cuda.is_available()
+    mem = torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else None
+    seq = cfg.train.seq_len * cfg.train.micro_batch
+    name, sp, rows = choose(shape, seq, world, local_world, mem, cfg.attention.name, cfg.train.activation_checkpointing)
+    estimates = "; ".join(f"{e.rung} sp={e.sp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
+    log.info(
+        "parallel=auto picked parallel=%s parallel.sp=%d (%s)", name, sp, estimates or "CPU: no GPU memory to plan"
+    )
+    cfg.parallel.name, cfg.parallel.sp = name, sp
 
 
 def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) -> Path | None:
