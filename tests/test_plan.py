@@ -26,6 +26,7 @@ MEASURED = {
     ("spine-h100.json", "125M seq 32K AC"): ("llama_125m", 32768, "dense", True),
     ("train-step-h100.json", "1B seq 128K dense AC"): ("llama_1b", 131072, "dense", True),
     ("train-step-h100.json", "1B seq 128K ssa AC"): ("llama_1b", 131072, "ssa", True),
+    ("planner-check-h200.json", "1B seq 256K ssa AC"): ("llama_1b", 262144, "ssa", True),
 }
 
 
