@@ -1,6 +1,6 @@
 """Memory-ladder rungs, applied to a built model from outside it (never inside the model file).
 
-``parallelize`` applies, in order: activation checkpointing -> torch.compile -> the rung's wrapper.
+``parallelize`` applies, in order: tiled MLP -> activation checkpointing -> torch.compile -> the rung's wrapper.
 Adding a rung = one file here + one yaml in ``conf/parallel/``.
 """
 
@@ -15,6 +15,7 @@ from torch import nn
 from parallel.ddp import apply_ddp
 from parallel.dims import ParallelDims, ParallelError, destroy_distributed, init_distributed
 from parallel.single import apply_single
+from parallel.tiled_mlp import apply_tiled_mlp
 from parallel.ulysses import apply_ulysses
 
 RUNGS: dict[str, Callable[[nn.Module, ParallelDims], nn.Module]] = {
@@ -41,6 +42,7 @@ class ParallelConfig:
     device: str = "auto"  # auto | cuda | cpu
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     sp: int = 1  # sequence-parallel degree (parallel=ulysses); dp = world // sp
+    tiled_mlp: int = 0  # tokens per MLP tile (parallel/tiled_mlp.py), any rung; 0: off
 
 
 def parallelize(
@@ -59,6 +61,8 @@ def parallelize(
         raise ParallelError(
             f"parallel.sp={dims.sp} shards sequences, which parallel={cfg.name} does not: use parallel=ulysses"
         )
+    if cfg.tiled_mlp:
+        apply_tiled_mlp(decoder_layers, cfg.tiled_mlp)
     if activation_checkpointing:
         for i, layer in enumerate(decoder_layers):
             decoder_layers[i] = _checkpointed(layer)

@@ -16,6 +16,8 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
   norm (~6 H + I). With activation checkpointing, each layer keeps only its fp32 input (4 H per token),
   and one layer is recomputed at a time.
 - the loss: lm_head + cross-entropy run in chunks of about 1 GiB of fp32 logits, plus their gradient.
+- a tiled MLP (``parallel.tiled_mlp``, ``parallel/tiled_mlp.py``) keeps the 9 I bytes for one tile of
+  tokens instead of all of them.
 - rung extras. Under ulysses, a layer holds q/k/v/o twice around the all-to-alls (+ 4 (Hq + Hkv) d
   bytes per token). With dense attention, the inner attention builds a [T, T] bool mask (T² bytes).
 
@@ -108,6 +110,7 @@ def estimate(
     attention: str = "dense",
     activation_checkpointing: bool = True,
     micro_batch: int = 1,
+    tiled_mlp: int = 0,
 ) -> Estimate:
     """Peak bytes on one GPU (and on the host) of one training step under ``rung``; see the module
     docstring for the terms."""
@@ -118,7 +121,9 @@ def estimate(
     terms = {"model states (fp32 weights, grads, AdamW)": 16.0 * shape.params}
     if gpus > 1:
         terms["DDP gradient buckets"] = 4.0 * shape.params
-    per_layer = (40 * h + 9 * i) * t_local
+    # a tiled MLP (parallel.tiled_mlp) holds its intermediates for one tile of tokens at a time
+    mlp_tokens = min(t_local, micro_batch * tiled_mlp) if tiled_mlp else t_local
+    per_layer = 40 * h * t_local + 9 * i * mlp_tokens
     if rung == "ulysses" and sp > 1:
         per_layer += 4 * (shape.heads + shape.kv_heads) * shape.head_dim * t_local
     if activation_checkpointing:
@@ -141,6 +146,7 @@ def plan(
     attention: str = "dense",
     activation_checkpointing: bool = True,
     headroom: float = 0.9,
+    tiled_mlp: int = 0,
 ) -> tuple[list[Estimate], Estimate | None]:
     """Every rung's estimate (ulysses at the smallest sp that fits, among those dividing the GPUs and the
     heads) and the first of ``ORDER`` whose estimate is within ``headroom`` x the GPU's memory."""
@@ -153,12 +159,14 @@ def plan(
             continue
         if rung == "ulysses":
             sps = [s for s in range(2, gpus + 1) if gpus % s == 0 and shape.heads % s == 0]
-            ests = [estimate(shape, seq_len, rung, gpus, s, attention, activation_checkpointing) for s in sps]
+            ests = [
+                estimate(shape, seq_len, rung, gpus, s, attention, activation_checkpointing, 1, tiled_mlp) for s in sps
+            ]
             fitting = [e for e in ests if e.gpu_bytes <= budget]
             if ests:
                 rows.append(fitting[0] if fitting else ests[-1])
             continue
-        rows.append(estimate(shape, seq_len, rung, gpus, 1, attention, activation_checkpointing))
+        rows.append(estimate(shape, seq_len, rung, gpus, 1, attention, activation_checkpointing, 1, tiled_mlp))
     pick = next((e for e in rows if e.gpu_bytes <= budget), None)
     return rows, pick
 
@@ -171,13 +179,14 @@ def choose(
     gpu_mem_gib: float | None,
     attention: str = "dense",
     activation_checkpointing: bool = True,
+    tiled_mlp: int = 0,
 ) -> tuple[str, int, list[Estimate]]:
     """``parallel=auto``: (rung name, sp, the estimates) for a job of ``world`` processes,
     ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory does not decide:
     single or ddp)."""
     if gpu_mem_gib is None:
         return ("single" if world == 1 else "ddp"), 1, []
-    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, attention, activation_checkpointing)
+    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, attention, activation_checkpointing, 0.9, tiled_mlp)
     if pick is None:
         table = ", ".join(f"{e.rung} {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
         raise ParallelError(
@@ -196,9 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpu-mem-gib", type=float, default=80.0)
     p.add_argument("--attention", choices=("dense", "ssa"), default="ssa")
     p.add_argument("--no-ac", action="store_true", help="without activation checkpointing")
+    p.add_argument("--tiled-mlp", type=int, default=0, help="tokens per MLP tile (parallel.tiled_mlp); 0: off")
     args = p.parse_args(argv)
     shape = load_shape(args.model, args.attention)
-    rows, pick = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, args.attention, not args.no_ac)
+    rows, pick = plan(
+        shape, args.seq_len, args.gpus, args.gpu_mem_gib, args.attention, not args.no_ac, 0.9, args.tiled_mlp
+    )
     print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, seq_len {args.seq_len:,}, {args.gpus} GPU(s) "
           f"of {args.gpu_mem_gib:g} GiB, attention {args.attention}")  # fmt: skip
     print(f"{'rung':<16}{'sp':>4}{'GPU GiB':>10}  fits")

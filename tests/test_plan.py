@@ -104,3 +104,10 @@ def test_parallel_auto_in_the_trainer(tmp_path, data_cache):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "parallel=auto picked parallel=single parallel.sp=1" in out.stderr
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_tiled_mlp_term():
+    shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
+    plain, tiled = (estimate(shape, 262144, "single", tiled_mlp=t) for t in (0, 16384))
+    key = "one layer recomputed"
+    assert plain.terms[key] - tiled.terms[key] == 9 * 8192 * (262144 - 16384)

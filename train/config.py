@@ -184,6 +184,8 @@ def to_config(cfg: DictConfig) -> Config:
     for key in ("steps", "seq_len", "micro_batch", "grad_accum", "keep_checkpoints"):
         _positive(f"train.{key}", getattr(t, key))
     _positive("parallel.sp", config.parallel.sp)
+    if config.parallel.tiled_mlp < 0:
+        raise ConfigError(f"parallel.tiled_mlp={config.parallel.tiled_mlp}: tokens per tile, >= 1 (0: off)")
     for key in ("ckpt_every", "loss_chunk"):
         _positive(f"train.{key}", getattr(t, key), 0)
     _positive("logging.log_every", lg.log_every)

@@ -1,0 +1,107 @@
+"""Tiled MLP (parallel/tiled_mlp.py): the same loss and every gradient as the plain MLP (fp32, ragged last
+tile, with and without activation checkpointing), parameter names unchanged, one gradient event per
+parameter per backward, and the MLP's saved activations reduced to its input."""
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from parallel import ParallelConfig, ParallelDims, parallelize
+from parallel.tiled_mlp import apply_tiled_mlp
+from train.model import CausalLMLoss
+
+T = 100  # tiles of 16: six full and a ragged one of 4
+
+
+def model() -> CausalLMLoss:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    return CausalLMLoss(LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32))
+
+
+def batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 128, (2, T + 1), generator=g)
+    return {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "position_ids": torch.arange(T).expand(2, -1)}
+
+
+def loss_and_grads(m):
+    loss = m(**batch())
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("ac", [False, True])
+def test_same_loss_and_gradients_as_the_plain_mlp(ac):
+    dims = ParallelDims(1, 0, 0, 1, 1, torch.device("cpu"))
+    ref_loss, ref = loss_and_grads(model())
+    tiled = model()
+    run = parallelize(tiled, tiled.decoder_layers, dims, ParallelConfig(tiled_mlp=16), activation_checkpointing=ac)
+    loss, grads = loss_and_grads(run)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    grads = {n.replace("._checkpoint_wrapped_module", ""): g for n, g in grads.items()}  # AC's wrapper, not tiling's
+    assert grads.keys() == ref.keys()  # parameter names unchanged
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    assert all(layer.mlp.tiled_mlp_tokens == 16 for layer in tiled.lm.model.layers)
+
+
+def test_one_gradient_event_per_parameter():
+    m = model()
+    apply_tiled_mlp(m.decoder_layers, 16)
+    counts = {}
+    for name, p in m.named_parameters():
+        p.register_post_accumulate_grad_hook(lambda p, n=name: counts.__setitem__(n, counts.get(n, 0) + 1))
+    m(**batch()).backward()
+    assert counts and all(c == 1 for c in counts.values()), counts  # as DDP's reducer requires
+
+
+def saved_bytes(m) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(**batch())
+    return total
+
+
+def test_mlp_keeps_only_its_input():
+    plain, tiled = model(), model()
+    apply_tiled_mlp(tiled.decoder_layers, 16)
+    saved = saved_bytes(plain) - saved_bytes(tiled)
+    # plain: gate, up, act(gate) (and its input), act * up, per layer, [2, T, I] fp32 each, at least 4 of them
+    intermediate = 2 * T * 160 * 4
+    assert saved >= 2 * 4 * intermediate - 2 * 2 * T * 64 * 4, saved  # minus the input each tiled MLP keeps
+
+
+def test_bad_tile_names_the_key():
+    with pytest.raises(ValueError, match="parallel.tiled_mlp=0"):
+        apply_tiled_mlp(copy.deepcopy(model().decoder_layers), 0)
+
+
+def test_trainer_with_tiled_mlp_logs_the_same_losses(tmp_path, data_cache):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    runs = {}
+    for tile in (0, 16):
+        run_dir = tmp_path / f"tile{tile}"
+        cmd = [sys.executable, "-m", "train", "experiment=smoke", "parallel.device=cpu", f"parallel.tiled_mlp={tile}",
+               "train.activation_checkpointing=true", f"data.cache_dir={data_cache}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+        out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[tile] = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(runs[0]) == 4 and runs[0][-1] < runs[0][0]
+    torch.testing.assert_close(torch.tensor(runs[16]), torch.tensor(runs[0]), rtol=1e-5, atol=0)
