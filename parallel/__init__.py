@@ -1,6 +1,7 @@
 """Memory-ladder rungs, applied to a built model from outside it (never inside the model file).
 
-``parallelize`` applies, in order: tiled MLP -> activation checkpointing -> torch.compile -> the rung's wrapper.
+``parallelize`` applies, in order: tiled MLP -> activation checkpointing (its kept inputs on the host with
+``parallel.offload_activations``) -> torch.compile -> the rung's wrapper.
 Adding a rung = one file here + one yaml in ``conf/parallel/``.
 """
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from parallel.ddp import apply_ddp
@@ -43,6 +45,8 @@ class ParallelConfig:
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     sp: int = 1  # sequence-parallel degree (parallel=ulysses); dp = world // sp
     tiled_mlp: int = 0  # tokens per MLP tile (parallel/tiled_mlp.py), any rung; 0: off
+    # move what activation checkpointing keeps (each layer's input) to host memory during the forward
+    offload_activations: bool = False
 
 
 def parallelize(
@@ -63,9 +67,16 @@ def parallelize(
         )
     if cfg.tiled_mlp:
         apply_tiled_mlp(decoder_layers, cfg.tiled_mlp)
+    if cfg.offload_activations and not activation_checkpointing:
+        raise ParallelError(
+            "parallel.offload_activations moves what activation checkpointing keeps to the host: "
+            "set train.activation_checkpointing=true"
+        )
     if activation_checkpointing:
         for i, layer in enumerate(decoder_layers):
             decoder_layers[i] = _checkpointed(layer)
+            if cfg.offload_activations:
+                _offload_saved(decoder_layers[i])
     if compile:
         for layer in decoder_layers:
             layer.compile()  # in place: parameter names (and checkpoints) stay unchanged
@@ -76,6 +87,20 @@ def _checkpointed(layer: nn.Module) -> nn.Module:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
     return checkpoint_wrapper(layer, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+
+
+def _offload_saved(layer: nn.Module) -> None:
+    """Run ``layer`` (a checkpointed block, whose saved tensors are only its inputs) under torch's
+    ``save_on_cpu``: those inputs go to (pinned) host memory in the forward and come back for the
+    backward's recomputation. The forward is replaced in place, so parameter names stay unchanged."""
+    forward = layer.forward
+
+    def offloaded(*args, **kwargs):
+        pin = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
+        with torch.autograd.graph.save_on_cpu(pin_memory=pin):
+            return forward(*args, **kwargs)
+
+    layer.forward = offloaded
 
 
 def no_sync(model: nn.Module, skip_sync: bool):

@@ -16,6 +16,8 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
   norm (~6 H + I). With activation checkpointing, each layer keeps only its fp32 input (4 H per token),
   and one layer is recomputed at a time.
 - the loss: lm_head + cross-entropy run in chunks of about 1 GiB of fp32 logits, plus their gradient.
+- with ``parallel.offload_activations`` the checkpointed layer inputs are on the host (one layer's
+  on the GPU at a time), counted as host memory.
 - a tiled MLP (``parallel.tiled_mlp``, ``parallel/tiled_mlp.py``) keeps the 9 I bytes for one tile of
   tokens instead of all of them.
 - rung extras. Under ulysses, a layer holds q/k/v/o twice around the all-to-alls (+ 4 (Hq + Hkv) d
@@ -111,6 +113,7 @@ def estimate(
     activation_checkpointing: bool = True,
     micro_batch: int = 1,
     tiled_mlp: int = 0,
+    offload_activations: bool = False,
 ) -> Estimate:
     """Peak bytes on one GPU (and on the host) of one training step under ``rung``; see the module
     docstring for the terms."""
@@ -126,8 +129,13 @@ def estimate(
     per_layer = 40 * h * t_local + 9 * i * mlp_tokens
     if rung == "ulysses" and sp > 1:
         per_layer += 4 * (shape.heads + shape.kv_heads) * shape.head_dim * t_local
+    host = 0.0
     if activation_checkpointing:
-        terms["checkpointed layer inputs (fp32)"] = shape.layers * 4.0 * h * t_local
+        kept = shape.layers * 4.0 * h * t_local
+        if offload_activations:  # on the host; one layer's input is on the GPU while it moves or recomputes
+            host += kept
+            kept = 4.0 * h * t_local
+        terms["checkpointed layer inputs (fp32)"] = kept
         terms["one layer recomputed"] = per_layer
     else:
         terms["activations of every layer"] = shape.layers * per_layer
@@ -135,7 +143,7 @@ def estimate(
     terms["loss chunk (fp32 logits + grad)"] = 2 * min(logits, LOSS_CHUNK_BYTES)
     if rung == "ulysses" and sp > 1 and attention == "dense":
         terms["dense [T, T] mask"] = float(micro_batch * seq_len * seq_len)
-    return Estimate(rung, sp, sum(terms.values()), 0.0, terms)
+    return Estimate(rung, sp, sum(terms.values()), host, terms)
 
 
 def plan(
@@ -147,6 +155,7 @@ def plan(
     activation_checkpointing: bool = True,
     headroom: float = 0.9,
     tiled_mlp: int = 0,
+    offload_activations: bool = False,
 ) -> tuple[list[Estimate], Estimate | None]:
     """Every rung's estimate (ulysses at the smallest sp that fits, among those dividing the GPUs and the
     heads) and the first of ``ORDER`` whose estimate is within ``headroom`` x the GPU's memory."""
@@ -166,7 +175,11 @@ def plan(
             if ests:
                 rows.append(fitting[0] if fitting else ests[-1])
             continue
-        rows.append(estimate(shape, seq_len, rung, gpus, 1, attention, activation_checkpointing, 1, tiled_mlp))
+        rows.append(
+            estimate(
+                shape, seq_len, rung, gpus, 1, attention, activation_checkpointing, 1, tiled_mlp, offload_activations
+            )
+        )
     pick = next((e for e in rows if e.gpu_bytes <= budget), None)
     return rows, pick
 
@@ -180,13 +193,24 @@ def choose(
     attention: str = "dense",
     activation_checkpointing: bool = True,
     tiled_mlp: int = 0,
+    offload_activations: bool = False,
 ) -> tuple[str, int, list[Estimate]]:
     """``parallel=auto``: (rung name, sp, the estimates) for a job of ``world`` processes,
     ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory does not decide:
     single or ddp)."""
     if gpu_mem_gib is None:
         return ("single" if world == 1 else "ddp"), 1, []
-    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, attention, activation_checkpointing, 0.9, tiled_mlp)
+    rows, pick = plan(
+        shape,
+        seq_len,
+        local_world,
+        gpu_mem_gib,
+        attention,
+        activation_checkpointing,
+        0.9,
+        tiled_mlp,
+        offload_activations,
+    )
     if pick is None:
         table = ", ".join(f"{e.rung} {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
         raise ParallelError(
@@ -206,10 +230,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attention", choices=("dense", "ssa"), default="ssa")
     p.add_argument("--no-ac", action="store_true", help="without activation checkpointing")
     p.add_argument("--tiled-mlp", type=int, default=0, help="tokens per MLP tile (parallel.tiled_mlp); 0: off")
+    p.add_argument("--offload-activations", action="store_true", help="parallel.offload_activations")
     args = p.parse_args(argv)
     shape = load_shape(args.model, args.attention)
     rows, pick = plan(
-        shape, args.seq_len, args.gpus, args.gpu_mem_gib, args.attention, not args.no_ac, 0.9, args.tiled_mlp
+        shape,
+        args.seq_len,
+        args.gpus,
+        args.gpu_mem_gib,
+        args.attention,
+        not args.no_ac,
+        0.9,
+        args.tiled_mlp,
+        args.offload_activations,
     )
     print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, seq_len {args.seq_len:,}, {args.gpus} GPU(s) "
           f"of {args.gpu_mem_gib:g} GiB, attention {args.attention}")  # fmt: skip
@@ -224,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"pick: parallel={pick.rung}" + (f" parallel.sp={pick.sp}" if pick.sp > 1 else ""))
         for name, b in pick.terms.items():
             print(f"  {name:<44}{b / GIB:8.2f} GiB")
+        if pick.host_bytes:
+            print(f"  {'host: offloaded layer inputs':<44}{pick.host_bytes / GIB:8.2f} GiB")
 
 
 if __name__ == "__main__":

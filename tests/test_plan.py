@@ -111,3 +111,11 @@ def test_tiled_mlp_term():
     plain, tiled = (estimate(shape, 262144, "single", tiled_mlp=t) for t in (0, 16384))
     key = "one layer recomputed"
     assert plain.terms[key] - tiled.terms[key] == 9 * 8192 * (262144 - 16384)
+
+
+def test_offloaded_activations_move_to_the_host():
+    shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
+    on_gpu, offloaded = (estimate(shape, 262144, "single", offload_activations=o) for o in (False, True))
+    key = "checkpointed layer inputs (fp32)"
+    assert offloaded.host_bytes == on_gpu.terms[key] == 16 * offloaded.terms[key]  # 16 layers, one stays
+    assert on_gpu.host_bytes == 0 and offloaded.gpu_bytes < on_gpu.gpu_bytes

@@ -49,6 +49,32 @@ def test_same_loss_and_gradients_as_the_plain_mlp(ac):
     assert all(layer.mlp.tiled_mlp_tokens == 16 for layer in tiled.lm.model.layers)
 
 
+def test_offloaded_activations_same_loss_and_gradients():
+    """parallel.offload_activations: the checkpointed layers' inputs saved through save_on_cpu (on CPU the
+    move is a copy; what it saves on a GPU is for the device benchmark); the same numbers, and refused
+    without activation checkpointing."""
+    from parallel import ParallelError
+
+    dims = ParallelDims(1, 0, 0, 1, 1, torch.device("cpu"))
+    ref_loss, ref = loss_and_grads(model())
+    m = model()
+    cfg = ParallelConfig(tiled_mlp=16, offload_activations=True)
+    loss, grads = loss_and_grads(parallelize(m, m.decoder_layers, dims, cfg, activation_checkpointing=True))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref[name.replace("._checkpoint_wrapped_module", "")], rtol=1e-5, atol=1e-6)
+    calls = []
+    real = torch.autograd.graph.save_on_cpu
+    torch.autograd.graph.save_on_cpu = lambda **kw: (calls.append(kw), real(**kw))[1]
+    try:
+        m(**batch())
+    finally:
+        torch.autograd.graph.save_on_cpu = real
+    assert calls == [{"pin_memory": False}] * 2  # each of the 2 layers, unpinned on CPU
+    with pytest.raises(ParallelError, match="train.activation_checkpointing=true"):
+        parallelize(model(), model().decoder_layers, dims, ParallelConfig(offload_activations=True))
+
+
 def test_one_gradient_event_per_parameter():
     m = model()
     apply_tiled_mlp(m.decoder_layers, 16)

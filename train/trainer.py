@@ -129,7 +129,8 @@ def _resolve_auto(cfg: Config) -> None:
     mem = torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else None
     seq = cfg.train.seq_len * cfg.train.micro_batch
     ac, tiles = cfg.train.activation_checkpointing, cfg.parallel.tiled_mlp
-    name, sp, rows = choose(shape, seq, world, local_world, mem, cfg.attention.name, ac, tiles)
+    offload = cfg.parallel.offload_activations
+    name, sp, rows = choose(shape, seq, world, local_world, mem, cfg.attention.name, ac, tiles, offload)
     estimates = "; ".join(f"{e.rung} sp={e.sp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
     log.info(
         "parallel=auto picked parallel=%s parallel.sp=%d (%s)", name, sp, estimates or "CPU: no GPU memory to plan"
