@@ -47,6 +47,7 @@ LOSS_CHUNK_BYTES = GIB  # train/loss.py: loss_chunk = 0 sizes chunks to about 1 
 # Cheapest first: the planner picks the first rung that fits.
 ORDER = ("single", "ddp", "ulysses", "offload", "nested_offload", "ring")
 NOT_BUILT = {"offload", "nested_offload", "ring"}
+HEADROOM = 0.9  # a rung fits when its estimate is within this share of the GPU's memory
 
 
 @dataclass
@@ -103,36 +104,36 @@ class Estimate:
         return self.gpu_bytes / GIB
 
 
-def estimate(
-    shape: Shape,
-    seq_len: int,
-    rung: str,
-    gpus: int = 1,
-    sp: int = 1,
-    attention: str = "dense",
-    activation_checkpointing: bool = True,
-    micro_batch: int = 1,
-    tiled_mlp: int = 0,
-    offload_activations: bool = False,
-) -> Estimate:
+@dataclass(frozen=True)
+class Setup:
+    """How the job runs, apart from the rung: what the estimate's terms depend on."""
+
+    attention: str = "dense"  # dense | ssa
+    activation_checkpointing: bool = True
+    tiled_mlp: int = 0  # parallel.tiled_mlp: tokens per MLP tile; 0: off
+    offload_activations: bool = False  # parallel.offload_activations
+    micro_batch: int = 1
+
+
+def estimate(shape: Shape, seq_len: int, rung: str, gpus: int = 1, sp: int = 1, setup: Setup = Setup()) -> Estimate:
     """Peak bytes on one GPU (and on the host) of one training step under ``rung``; see the module
     docstring for the terms."""
     if rung in NOT_BUILT:
         return Estimate(rung, sp, math.inf, math.inf, note="not built yet")
-    h, i = shape.hidden, shape.intermediate
-    t_local = micro_batch * seq_len / sp
+    h, i, mb = shape.hidden, shape.intermediate, setup.micro_batch
+    t_local = mb * seq_len / sp
     terms = {"model states (fp32 weights, grads, AdamW)": 16.0 * shape.params}
     if gpus > 1:
         terms["DDP gradient buckets"] = 4.0 * shape.params
     # a tiled MLP (parallel.tiled_mlp) holds its intermediates for one tile of tokens at a time
-    mlp_tokens = min(t_local, micro_batch * tiled_mlp) if tiled_mlp else t_local
+    mlp_tokens = min(t_local, mb * setup.tiled_mlp) if setup.tiled_mlp else t_local
     per_layer = 40 * h * t_local + 9 * i * mlp_tokens
     if rung == "ulysses" and sp > 1:
         per_layer += 4 * (shape.heads + shape.kv_heads) * shape.head_dim * t_local
     host = 0.0
-    if activation_checkpointing:
+    if setup.activation_checkpointing:
         kept = shape.layers * 4.0 * h * t_local
-        if offload_activations:  # on the host; one layer's input is on the GPU while it moves or recomputes
+        if setup.offload_activations:  # on the host; one layer's input is on the GPU while it moves or recomputes
             host += kept
             kept = 4.0 * h * t_local
         terms["checkpointed layer inputs (fp32)"] = kept
@@ -141,76 +142,44 @@ def estimate(
         terms["activations of every layer"] = shape.layers * per_layer
     logits = 4.0 * shape.vocab * t_local
     terms["loss chunk (fp32 logits + grad)"] = 2 * min(logits, LOSS_CHUNK_BYTES)
-    if rung == "ulysses" and sp > 1 and attention == "dense":
-        terms["dense [T, T] mask"] = float(micro_batch * seq_len * seq_len)
+    if rung == "ulysses" and sp > 1 and setup.attention == "dense":
+        terms["dense [T, T] mask"] = float(mb * seq_len * seq_len)
     return Estimate(rung, sp, sum(terms.values()), host, terms)
 
 
 def plan(
-    shape: Shape,
-    seq_len: int,
-    gpus: int,
-    gpu_mem_gib: float,
-    attention: str = "dense",
-    activation_checkpointing: bool = True,
-    headroom: float = 0.9,
-    tiled_mlp: int = 0,
-    offload_activations: bool = False,
+    shape: Shape, seq_len: int, gpus: int, gpu_mem_gib: float, setup: Setup = Setup(), headroom: float = HEADROOM
 ) -> tuple[list[Estimate], Estimate | None]:
     """Every rung's estimate (ulysses at the smallest sp that fits, among those dividing the GPUs and the
     heads) and the first of ``ORDER`` whose estimate is within ``headroom`` x the GPU's memory."""
     budget = headroom * gpu_mem_gib * GIB
     rows = []
     for rung in ORDER:
-        if rung in ("single",) and gpus != 1:
+        if rung == "single" and gpus != 1:
             continue
         if rung == "ddp" and gpus == 1:
             continue
         if rung == "ulysses":
             sps = [s for s in range(2, gpus + 1) if gpus % s == 0 and shape.heads % s == 0]
-            ests = [
-                estimate(shape, seq_len, rung, gpus, s, attention, activation_checkpointing, 1, tiled_mlp) for s in sps
-            ]
+            ests = [estimate(shape, seq_len, rung, gpus, s, setup) for s in sps]
             fitting = [e for e in ests if e.gpu_bytes <= budget]
             if ests:
                 rows.append(fitting[0] if fitting else ests[-1])
             continue
-        rows.append(
-            estimate(
-                shape, seq_len, rung, gpus, 1, attention, activation_checkpointing, 1, tiled_mlp, offload_activations
-            )
-        )
+        rows.append(estimate(shape, seq_len, rung, gpus, 1, setup))
     pick = next((e for e in rows if e.gpu_bytes <= budget), None)
     return rows, pick
 
 
 def choose(
-    shape: Shape,
-    seq_len: int,
-    world: int,
-    local_world: int,
-    gpu_mem_gib: float | None,
-    attention: str = "dense",
-    activation_checkpointing: bool = True,
-    tiled_mlp: int = 0,
-    offload_activations: bool = False,
+    shape: Shape, seq_len: int, world: int, local_world: int, gpu_mem_gib: float | None, setup: Setup = Setup()
 ) -> tuple[str, int, list[Estimate]]:
     """``parallel=auto``: (rung name, sp, the estimates) for a job of ``world`` processes,
     ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory does not decide:
     single or ddp)."""
     if gpu_mem_gib is None:
         return ("single" if world == 1 else "ddp"), 1, []
-    rows, pick = plan(
-        shape,
-        seq_len,
-        local_world,
-        gpu_mem_gib,
-        attention,
-        activation_checkpointing,
-        0.9,
-        tiled_mlp,
-        offload_activations,
-    )
+    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, setup)
     if pick is None:
         table = ", ".join(f"{e.rung} {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
         raise ParallelError(
@@ -233,23 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--offload-activations", action="store_true", help="parallel.offload_activations")
     args = p.parse_args(argv)
     shape = load_shape(args.model, args.attention)
-    rows, pick = plan(
-        shape,
-        args.seq_len,
-        args.gpus,
-        args.gpu_mem_gib,
-        args.attention,
-        not args.no_ac,
-        0.9,
-        args.tiled_mlp,
-        args.offload_activations,
-    )
+    setup = Setup(args.attention, not args.no_ac, args.tiled_mlp, args.offload_activations)
+    rows, pick = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup)
     print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, seq_len {args.seq_len:,}, {args.gpus} GPU(s) "
           f"of {args.gpu_mem_gib:g} GiB, attention {args.attention}")  # fmt: skip
     print(f"{'rung':<16}{'sp':>4}{'GPU GiB':>10}  fits")
     for e in rows:
         gib = "-" if math.isinf(e.gpu_bytes) else f"{e.gpu_gib:.1f}"
-        fits = e.note or ("yes" if e is pick or e.gpu_bytes <= 0.9 * args.gpu_mem_gib * GIB else "no")
+        fits = e.note or ("yes" if e.gpu_bytes <= HEADROOM * args.gpu_mem_gib * GIB else "no")
         print(f"{e.rung:<16}{e.sp:>4}{gib:>10}  {fits}")
     if pick is None:
         print("no built rung fits: lower train.seq_len or add GPUs")

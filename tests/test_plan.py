@@ -3,9 +3,6 @@ measured on a GPU and recorded under docs/results/ (within 15%), the rung it pic
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +10,13 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from parallel.dims import ParallelError
-from parallel.plan import GIB, Shape, choose, estimate, load_shape, main, plan
+from parallel.plan import GIB, Setup, Shape, choose, estimate, load_shape, main, plan
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
+from tests.test_train import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
+SSA = Setup("ssa")
 RESULTS = REPO / "docs" / "results"
 # job name in a results file -> (model yaml, seq_len, attention, activation checkpointing). The compile job
 # is left out: torch.compile fuses away activations that the estimate counts (17.0 vs 23.8 GiB eager).
@@ -47,24 +46,24 @@ def test_estimate_within_15_percent_of_the_measured_peak(key):
     measured = rows[job]["peak_mem_gib"]
     model, seq_len, attention, ac = MEASURED[key]
     shape = load_shape(REPO / "conf" / "model" / f"{model}.yaml", attention)
-    est = estimate(shape, seq_len, "single", 1, 1, attention, ac).gpu_bytes / GIB
+    est = estimate(shape, seq_len, "single", 1, 1, Setup(attention, ac)).gpu_bytes / GIB
     assert abs(est - measured) / measured <= 0.15, (job, est, measured)
 
 
 def test_plan_picks_the_cheapest_rung_that_fits():
     shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
-    rows, pick = plan(shape, 131072, 1, 80.0, "ssa")
+    rows, pick = plan(shape, 131072, 1, 80.0, SSA)
     assert pick is not None and pick.rung == "single"
     # 1M tokens: nothing built fits one GPU; 8 GPUs: ulysses at the smallest sp that fits
-    rows, pick = plan(shape, 1 << 20, 1, 80.0, "ssa")
+    rows, pick = plan(shape, 1 << 20, 1, 80.0, SSA)
     assert pick is None and all(r.gpu_gib > 72 for r in rows)
-    rows, pick = plan(shape, 1 << 20, 8, 80.0, "ssa")
+    rows, pick = plan(shape, 1 << 20, 8, 80.0, SSA)
     assert pick is not None and pick.rung == "ulysses"
     smaller = [s for s in (2, 4, 8) if s < pick.sp]
-    assert all(estimate(shape, 1 << 20, "ulysses", 8, s, "ssa").gpu_gib > 72 for s in smaller)
+    assert all(estimate(shape, 1 << 20, "ulysses", 8, s, SSA).gpu_gib > 72 for s in smaller)
     assert pick.gpu_gib <= 72
     # dense under ulysses pays for its [T, T] mask: more memory than SSA at the same sp
-    dense = estimate(shape, 1 << 20, "ulysses", 8, pick.sp, "dense")
+    dense = estimate(shape, 1 << 20, "ulysses", 8, pick.sp, Setup("dense"))
     assert dense.terms["dense [T, T] mask"] == float(1 << 40) and dense.gpu_bytes > pick.gpu_bytes
     assert {r.rung for r in rows if r.note == "not built yet"} == {"offload", "nested_offload", "ring"}
 
@@ -88,34 +87,33 @@ def test_choose_for_parallel_auto():
     shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
     assert choose(shape, 1 << 20, 1, 1, None)[:2] == ("single", 1)  # CPU: memory does not decide
     assert choose(shape, 1 << 20, 4, 2, None)[:2] == ("ddp", 1)
-    assert choose(shape, 131072, 1, 1, 80.0, "ssa")[:2] == ("single", 1)
-    assert choose(shape, 131072, 2, 1, 80.0, "ssa")[:2] == ("ddp", 1)  # two nodes of one GPU
-    name, sp, _ = choose(shape, 1 << 20, 16, 8, 80.0, "ssa")
-    assert name == "ulysses" and sp == plan(shape, 1 << 20, 8, 80.0, "ssa")[1].sp
+    assert choose(shape, 131072, 1, 1, 80.0, SSA)[:2] == ("single", 1)
+    assert choose(shape, 131072, 2, 1, 80.0, SSA)[:2] == ("ddp", 1)  # two nodes of one GPU
+    name, sp, _ = choose(shape, 1 << 20, 16, 8, 80.0, SSA)
+    assert name == "ulysses" and sp == plan(shape, 1 << 20, 8, 80.0, SSA)[1].sp
     with pytest.raises(ParallelError, match=r"no built rung fits train\.seq_len=1,048,576"):
-        choose(shape, 1 << 20, 1, 1, 80.0, "ssa")
+        choose(shape, 1 << 20, 1, 1, 80.0, SSA)
 
 
 def test_parallel_auto_in_the_trainer(tmp_path, data_cache):
-    cmd = [sys.executable, "-m", "train", "experiment=smoke", "parallel=auto", "parallel.device=cpu", "train.steps=2",
-           f"data.cache_dir={data_cache}", f"hydra.run.dir={tmp_path}"]  # fmt: skip
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_cli(tmp_path, ["parallel=auto", "parallel.device=cpu", "train.steps=2"], data_cache)
     assert "parallel=auto picked parallel=single parallel.sp=1" in out.stderr
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_tiled_mlp_term():
     shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
-    plain, tiled = (estimate(shape, 262144, "single", tiled_mlp=t) for t in (0, 16384))
+    plain, tiled = (estimate(shape, 262144, "single", setup=Setup(tiled_mlp=t)) for t in (0, 16384))
     key = "one layer recomputed"
     assert plain.terms[key] - tiled.terms[key] == 9 * 8192 * (262144 - 16384)
 
 
 def test_offloaded_activations_move_to_the_host():
     shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
-    on_gpu, offloaded = (estimate(shape, 262144, "single", offload_activations=o) for o in (False, True))
+    on_gpu, offloaded = (estimate(shape, 262144, "single", setup=Setup(offload_activations=o)) for o in (False, True))
     key = "checkpointed layer inputs (fp32)"
     assert offloaded.host_bytes == on_gpu.terms[key] == 16 * offloaded.terms[key]  # 16 layers, one stays
     assert on_gpu.host_bytes == 0 and offloaded.gpu_bytes < on_gpu.gpu_bytes
+    # and under every rung the planner tries, ulysses included
+    rows, _ = plan(shape, 1 << 20, 8, 80.0, Setup("ssa", offload_activations=True))
+    assert all(r.host_bytes > 0 for r in rows if not r.note)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from data import IGNORE_INDEX, build_loader
 from parallel import ParallelDims, destroy_distributed, init_distributed, no_sync, parallelize
-from parallel.plan import GIB, Shape, choose
+from parallel.plan import GIB, Setup, Shape, choose
 from ssa_kernels.diagnostics import SSARecorder, router_metrics, router_stats_recorder
 from train.checkpoint import Checkpointer
 from train.config import Config
@@ -127,10 +127,9 @@ def _resolve_auto(cfg: Config) -> None:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     on_gpu = cfg.parallel.device != "cpu" and torch.cuda.is_available()
     mem = torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else None
-    seq = cfg.train.seq_len * cfg.train.micro_batch
-    ac, tiles = cfg.train.activation_checkpointing, cfg.parallel.tiled_mlp
-    offload = cfg.parallel.offload_activations
-    name, sp, rows = choose(shape, seq, world, local_world, mem, cfg.attention.name, ac, tiles, offload)
+    p, t = cfg.parallel, cfg.train
+    setup = Setup(cfg.attention.name, t.activation_checkpointing, p.tiled_mlp, p.offload_activations, t.micro_batch)
+    name, sp, rows = choose(shape, t.seq_len, world, local_world, mem, setup)
     estimates = "; ".join(f"{e.rung} sp={e.sp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
     log.info(
         "parallel=auto picked parallel=%s parallel.sp=%d (%s)", name, sp, estimates or "CPU: no GPU memory to plan"
