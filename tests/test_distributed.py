@@ -62,6 +62,23 @@ def overrides(run_dir: Path, data_cache: Path, *extra: str) -> list[str]:
     ]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, from /proc."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
 class Job:
     """A subprocess in its own process group, its stdout and stderr in one log file."""
 
@@ -73,9 +90,14 @@ class Job:
             )
 
     def kill(self) -> None:
+        """SIGKILL the job: its process group and every descendant (torchrun's workers leave the group)."""
         if self.proc.poll() is None:
+            workers = descendants(self.proc.pid)  # before the parent dies and they are re-parented
             with contextlib.suppress(ProcessLookupError):  # it may end meanwhile
-                os.killpg(self.proc.pid, signal.SIGKILL)  # torchrun and its workers
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.wait()
 
     def output(self) -> str:

@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from parallel import ParallelConfig, ParallelDims, parallelize
 from parallel.tiled_mlp import apply_tiled_mlp
+from tests.test_train import losses, run_cli
 from train.model import CausalLMLoss
 
 T = 100  # tiles of 16: six full and a ragged one of 4
@@ -113,21 +114,11 @@ def test_bad_tile_names_the_key():
 
 
 def test_trainer_with_tiled_mlp_logs_the_same_losses(tmp_path, data_cache):
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
     runs = {}
     for tile in (0, 16):
         run_dir = tmp_path / f"tile{tile}"
-        cmd = [sys.executable, "-m", "train", "experiment=smoke", "parallel.device=cpu", f"parallel.tiled_mlp={tile}",
-               "train.activation_checkpointing=true", f"data.cache_dir={data_cache}", f"hydra.run.dir={run_dir}"]  # fmt: skip
-        out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-        assert out.returncode == 0, out.stderr[-3000:]
-        runs[tile] = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        run_cli(run_dir, ["parallel.device=cpu", f"parallel.tiled_mlp={tile}", "train.activation_checkpointing=true"],
+                data_cache)  # fmt: skip
+        runs[tile] = [loss for loss, _ in losses(run_dir).values()]
     assert len(runs[0]) == 4 and runs[0][-1] < runs[0][0]
     torch.testing.assert_close(torch.tensor(runs[16]), torch.tensor(runs[0]), rtol=1e-5, atol=0)

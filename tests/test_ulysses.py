@@ -9,16 +9,11 @@ with a timeout, as in tests/test_distributed.py; each rank computes the single-p
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import faulthandler
-import json
 import logging
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +26,7 @@ from parallel.ulysses import apply_ulysses, kv_repeat_for
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
 from tests.test_distributed import REPO_ROOT, TIMEOUT_S, Job, check_ok, job_env, wait_all
+from tests.test_train import _wait_for_step, losses
 from train.model import CausalLMLoss
 
 SSA = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4, router="attention", backend="reference")
@@ -159,42 +155,12 @@ def trainer_cmd(
     return [*torchrun, *args, "parallel.sp=2"]
 
 
-def step_metrics(run_dir: Path) -> dict[int, tuple[float, float]]:
-    """step -> (loss, grad_norm); a step logged twice (re-run after a resume) keeps its last value."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: (r["loss"], r["grad_norm"]) for r in rows}
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, from /proc (torchrun's workers leave its process group)."""
-    parent = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        parent[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        kids = [p for p, pp in parent.items() if pp in frontier]
-        found += kids
-        frontier = kids
-    return found
-
-
 def kill_at_step(cmd: list[str], run_dir: Path, step: int, log: Path) -> None:
     """Start ``cmd`` and SIGKILL it, torchrun and every worker at once, once ``step`` is logged."""
     job = Job(cmd, job_env(), log)
-    deadline, metrics = time.monotonic() + TIMEOUT_S, run_dir / "metrics.jsonl"
     try:
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= step):
-            assert job.proc.poll() is None, job.output()[-6000:]
-            assert time.monotonic() < deadline, f"step {step} not reached:\n{job.output()[-6000:]}"
-            time.sleep(0.05)
+        _wait_for_step(run_dir, step, job.proc, TIMEOUT_S)
     finally:
-        for pid in [job.proc.pid, *descendants(job.proc.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         job.kill()
 
 
@@ -209,7 +175,7 @@ def test_trainer_under_ulysses_matches_single_and_resumes_after_a_kill(tmp_path,
     for rc, out in wait_all(*jobs):
         check_ok(rc, out)
     assert f"padded to {SEQ_LEN[attention][1]}" in (tmp_path / "ulysses.log").read_text()
-    ref, single = step_metrics(ref_dir), step_metrics(single_dir)
+    ref, single = losses(ref_dir), losses(single_dir)
     assert sorted(ref) == sorted(single) == list(range(1, STEPS + 1))
     for key in (0, 1):  # loss, grad_norm
         torch.testing.assert_close(
@@ -227,7 +193,7 @@ def test_trainer_under_ulysses_matches_single_and_resumes_after_a_kill(tmp_path,
     )[0]
     check_ok(rc, out)
     assert f"step_{saved[-1]:08d} at step {saved[-1]}" in out, out[-6000:]
-    assert step_metrics(kill_dir) == ref  # bit-identical floats, every step
+    assert losses(kill_dir) == ref  # bit-identical floats, every step
     config = (kill_dir / "checkpoints" / f"step_{STEPS:08d}" / "model" / "config.json").read_text()
     assert "ulysses" not in config  # the saved model loads with its own attention, without the rung
 
@@ -243,7 +209,7 @@ def test_data_parallel_times_ulysses_matches_grad_accum(tmp_path, data_cache):
     ]  # fmt: skip
     for rc, out in wait_all(*jobs):
         check_ok(rc, out)
-    dpsp, single = step_metrics(tmp_path / "dpsp"), step_metrics(tmp_path / "single")
+    dpsp, single = losses(tmp_path / "dpsp"), losses(tmp_path / "single")
     assert sorted(dpsp) == sorted(single) == [1, 2, 3, 4]
     for key in (0, 1):
         a = torch.tensor([dpsp[s][key] for s in dpsp], dtype=torch.float64)
