@@ -76,6 +76,7 @@ class TrainConfig:
     compile: bool = False
     loss_chunk: int = 0  # tokens per lm_head + cross-entropy chunk; 0: about 1 GiB of fp32 logits
     ckpt_every: int = 100  # steps; a checkpoint is also written at the end and on SIGTERM/SIGINT
+    save_final: bool = True  # the end-of-run checkpoint (benchmarks turn it off: tens of GB for 8B models)
     keep_checkpoints: int = 2
     seed: int = 0
 

@@ -219,7 +219,7 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
             if recorder is not None:
                 metrics.update(router_metrics(recorder.records))
             tracker.log(step, metrics)
-            if (t.ckpt_every and step % t.ckpt_every == 0) or step == t.steps or stop_requested:
+            if (t.ckpt_every and step % t.ckpt_every == 0) or (step == t.steps and t.save_final) or stop_requested:
                 last_ckpt = ckpt.save(step, lm, tokenizer, optimizer, scheduler, loader.state_dict(), meta, config_yaml)
             if stop_requested:
                 log.warning("stopped by signal at step %d; resume=auto continues from %s", step, last_ckpt)
