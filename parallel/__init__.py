@@ -16,6 +16,7 @@ from torch import nn
 
 from parallel.ddp import apply_ddp
 from parallel.dims import ParallelDims, ParallelError, destroy_distributed, init_distributed
+from parallel.ring import apply_ring
 from parallel.single import apply_single
 from parallel.tiled_mlp import apply_tiled_mlp
 from parallel.ulysses import apply_ulysses
@@ -24,6 +25,7 @@ RUNGS: dict[str, Callable[[nn.Module, ParallelDims], nn.Module]] = {
     "single": apply_single,
     "ddp": apply_ddp,
     "ulysses": apply_ulysses,
+    "ring": apply_ring,
 }
 
 __all__ = [
@@ -43,7 +45,8 @@ class ParallelConfig:
     name: str = "single"  # a key of RUNGS
     device: str = "auto"  # auto | cuda | cpu
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
-    sp: int = 1  # sequence-parallel degree (parallel=ulysses); dp = world // sp
+    sp: int = 1  # Ulysses degree (parallel=ulysses, or inside each node under parallel=ring); dp = world // (sp x cp)
+    cp: int = 1  # ring degree (parallel=ring): ranks that pass k/v around, zigzag shards of each row
     tiled_mlp: int = 0  # tokens per MLP tile (parallel/tiled_mlp.py), any rung; 0: off
     # move what activation checkpointing keeps (each layer's input) to host memory during the forward
     offload_activations: bool = False
@@ -61,10 +64,12 @@ def parallelize(
     ``decoder_layers``). Returns the module to call for training."""
     if cfg.name not in RUNGS:
         raise ParallelError(f"parallel.name={cfg.name!r}: use one of {sorted(RUNGS)}")
-    if dims.sp > 1 and cfg.name != "ulysses":
+    if dims.sp > 1 and cfg.name not in ("ulysses", "ring"):
         raise ParallelError(
             f"parallel.sp={dims.sp} shards sequences, which parallel={cfg.name} does not: use parallel=ulysses"
         )
+    if dims.cp > 1 and cfg.name != "ring":
+        raise ParallelError(f"parallel.cp={dims.cp} is the ring's degree: use parallel=ring (or parallel.cp=1)")
     if cfg.tiled_mlp:
         apply_tiled_mlp(decoder_layers, cfg.tiled_mlp)
     if cfg.offload_activations and not activation_checkpointing:

@@ -19,21 +19,36 @@ class ParallelDims:
     world: int  # processes in the job
     rank: int
     local_rank: int
-    dp: int  # data-parallel degree: world // sp
+    dp: int  # data-parallel degree: world // (sp x cp)
     nnodes: int
     device: torch.device
-    sp: int = 1  # sequence-parallel degree; an SP group is ``sp`` consecutive ranks (one node's GPUs)
+    sp: int = 1  # Ulysses degree; an SP group is ``sp`` consecutive ranks (one node's GPUs)
     sp_group: Any = None  # this rank's SP process group (None when sp == 1)
+    cp: int = 1  # ring (context-parallel) degree; a CP group is ``cp`` ranks ``sp`` apart (across nodes)
+    cp_group: Any = None  # this rank's ring process group (None when cp == 1)
+
+    # Rank layout, innermost first: rank = (dp_rank x cp + cp_rank) x sp + sp_rank. The sp x cp ranks of
+    # one data-parallel replica read the same rows and each holds one sequence shard of them.
+
+    @property
+    def seq_shards(self) -> int:
+        """Ranks that share each row (sp x cp), each holding a shard of it."""
+        return self.sp * self.cp
 
     @property
     def dp_rank(self) -> int:
-        """Index of this rank's SP group: the ranks of one group read the same rows."""
-        return self.rank // self.sp
+        """Index of this rank's replica (its sp x cp ranks read the same rows)."""
+        return self.rank // self.seq_shards
 
     @property
     def sp_rank(self) -> int:
-        """Which sequence shard of its group's rows this rank holds."""
+        """Which Ulysses shard of its ring shard this rank holds."""
         return self.rank % self.sp
+
+    @property
+    def cp_rank(self) -> int:
+        """Which ring (zigzag) shard of its replica's rows this rank holds."""
+        return self.rank // self.sp % self.cp
 
     @property
     def is_main(self) -> bool:
@@ -44,10 +59,11 @@ class ParallelDims:
         return self.world > 1
 
 
-def init_distributed(device: str = "auto", backend: str = "auto", sp: int = 1) -> ParallelDims:
+def init_distributed(device: str = "auto", backend: str = "auto", sp: int = 1, cp: int = 1) -> ParallelDims:
     """Join the process group that torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, ...), or run
     as one process when launched without it. NCCL on GPU, gloo on CPU unless ``backend`` says.
-    ``sp`` > 1 splits the world into SP groups of ``sp`` consecutive ranks (dp = world // sp)."""
+    ``sp`` > 1 splits the world into SP groups of ``sp`` consecutive ranks; ``cp`` > 1 into ring groups
+    of ``cp`` ranks ``sp`` apart (dp = world // (sp x cp); see ``ParallelDims`` for the layout)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -59,6 +75,12 @@ def init_distributed(device: str = "auto", backend: str = "auto", sp: int = 1) -
     if sp < 1 or world % sp:
         divisors = [d for d in range(1, world + 1) if world % d == 0]
         raise ParallelError(f"parallel.sp={sp} must divide the {world} processes of the job: use one of {divisors}")
+    if cp < 1 or world % (sp * cp):
+        divisors = [d for d in range(1, world // sp + 1) if world // sp % d == 0] if world % sp == 0 else [1]
+        raise ParallelError(
+            f"parallel.cp={cp} x parallel.sp={sp} must divide the {world} processes of the job: use parallel.cp in "
+            f"{divisors}"
+        )
     if sp > local_world:
         raise ParallelError(
             f"parallel.sp={sp} is more than the {local_world} processes of a node: Ulysses all-to-alls are "
@@ -67,14 +89,25 @@ def init_distributed(device: str = "auto", backend: str = "auto", sp: int = 1) -
     if world > 1 and not dist.is_initialized():
         backend = ("nccl" if use_cuda else "gloo") if backend == "auto" else backend
         dist.init_process_group(backend=backend, device_id=dev if backend == "nccl" else None)
-    sp_group = None
-    if sp > 1:  # every rank creates every group (new_group is collective), keeps its own
+    sp_group = cp_group = None
+    # Every rank creates every group in the same order (new_group is collective) and keeps its own.
+    if sp > 1:
         for first in range(0, world, sp):
             group = dist.new_group(list(range(first, first + sp)))
             if first <= rank < first + sp:
                 sp_group = group
+    if cp > 1:
+        for first in range(0, world, sp * cp):  # one replica's sp x cp ranks
+            for s in range(sp):
+                members = [first + c * sp + s for c in range(cp)]
+                group = dist.new_group(members)
+                if rank in members:
+                    cp_group = group
     nnodes = max(1, world // max(1, local_world))
-    return ParallelDims(world, rank, local_rank, dp=world // sp, nnodes=nnodes, device=dev, sp=sp, sp_group=sp_group)
+    return ParallelDims(
+        world, rank, local_rank, dp=world // (sp * cp), nnodes=nnodes, device=dev, sp=sp, sp_group=sp_group, cp=cp,
+        cp_group=cp_group,
+    )  # fmt: skip
 
 
 def destroy_distributed() -> None:

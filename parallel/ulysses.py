@@ -178,10 +178,18 @@ class SequenceSharded(nn.Module):
     shard: rows (B, T) padded to a multiple of ``multiple`` (padding is a document of its own with
     IGNORE labels, after every real token, so causal attention keeps it out of the real tokens)."""
 
+    rung = "ulysses"  # named in the padding log line
+    multiple_names = "parallel.sp x block"
+
     def __init__(self, module: nn.Module, sp: int, sp_rank: int, multiple: int):
         super().__init__()
         self.module, self.sp, self.sp_rank, self.multiple = module, sp, sp_rank, multiple
         self._logged = False
+
+    def shard(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's tokens of padded rows: (B, T) -> (B, T/sp), the sp_rank-th contiguous slice."""
+        n = x.shape[1] // self.sp
+        return x[:, self.sp_rank * n : (self.sp_rank + 1) * n]
 
     @property
     def decoder_layers(self) -> nn.ModuleList:
@@ -193,19 +201,17 @@ class SequenceSharded(nn.Module):
         if pad:
             if not self._logged:
                 log.info(
-                    "ulysses: sequences of %d tokens padded to %d (a multiple of parallel.sp x block = %d); "
+                    "%s: sequences of %d tokens padded to %d (a multiple of %s = %d); "
                     "the %d padding tokens have no labels",
-                    t, t + pad, self.multiple, pad,
+                    self.rung, t, t + pad, self.multiple_names, self.multiple, pad,
                 )  # fmt: skip
                 self._logged = True
             pad_pos = torch.arange(pad, device=position_ids.device).expand(position_ids.shape[0], -1)
             input_ids = F.pad(input_ids, (0, pad), value=0)
             labels = F.pad(labels, (0, pad), value=IGNORE_INDEX)
             position_ids = torch.cat([position_ids, pad_pos], dim=1)  # restart: a document of its own
-        n = (t + pad) // self.sp
-        shard = slice(self.sp_rank * n, (self.sp_rank + 1) * n)
-        # (B, T) -> (B, T/sp): global positions kept, labels already shifted
-        return self.module(input_ids[:, shard], labels[:, shard], position_ids[:, shard])
+        # (B, T) -> this rank's tokens: global positions kept, labels already shifted
+        return self.module(self.shard(input_ids), self.shard(labels), self.shard(position_ids))
 
 
 def apply_ulysses(model: nn.Module, dims: ParallelDims) -> nn.Module:

@@ -75,8 +75,8 @@ def train_step(
     n_valid = torch.stack([(b["labels"] != IGNORE_INDEX).sum() for b in batches]).sum().to(dims.device, torch.float32)
     if dims.distributed:
         dist.all_reduce(n_valid)
-        n_valid /= dims.sp  # the sp ranks of an SP group hold the same rows (each computes a shard's loss)
-    scale = dims.world / n_valid.clamp_min(1)  # DDP averages gradients over all dp x sp ranks
+        n_valid /= dims.seq_shards  # the sp x cp ranks of a replica hold the same rows (each a shard's loss)
+    scale = dims.world / n_valid.clamp_min(1)  # DDP averages gradients over all dp x sp x cp ranks
     loss_sum = torch.zeros((), device=dims.device)
     for i, batch in enumerate(batches):
         batch = {k: v.to(dims.device, non_blocking=True) for k, v in batch.items()}
@@ -111,7 +111,7 @@ def train(cfg: Config, config_dict: dict, run_dir: Path) -> Path | None:
     run_dir = Path(run_dir)
     if cfg.parallel.name == "auto":
         _resolve_auto(cfg)
-    dims = init_distributed(cfg.parallel.device, cfg.parallel.backend, cfg.parallel.sp)
+    dims = init_distributed(cfg.parallel.device, cfg.parallel.backend, cfg.parallel.sp, cfg.parallel.cp)
     try:
         return _train(cfg, config_dict, run_dir, dims)
     finally:

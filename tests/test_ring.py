@@ -1,0 +1,242 @@
+"""Rung ``ring`` on CPU with gloo: the ring attention functions (dense and SSA's block-sparse) equal
+attention over the whole row, forward and gradients, at cp = 2 and 4; a model's loss and every parameter
+gradient under ring cp=2 and Ulysses x ring 2 x 2 equal the single-process run (fp32, 1e-5) for dense and
+SSA attention (both routers) on packed multi-document rows with padding; and a trainer run under torchrun
+equals the single-process run step by step and resumes after a SIGKILL with the uninterrupted run's losses.
+
+Workers run under ``torchrun --standalone`` (the port is chosen at run time), each in a subprocess with a
+timeout, as in tests/test_ulysses.py; each rank computes the single-process reference itself.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from parallel.dims import init_distributed
+from parallel.ring import Ring, ring_attention, sparse_ring_attention, unzigzag, zigzag_shard
+from ssa_kernels.attention import sparse_attention
+from ssa_kernels.config import SSAConfig
+from ssa_kernels.hf import doc_ids_from_positions
+from ssa_kernels.selector import select_blocks
+from tests.test_distributed import REPO_ROOT, TIMEOUT_S, Job, check_ok, job_env, wait_all
+from tests.test_train import losses
+from tests.test_ulysses import SEQ_LEN, TRAINER_ATTENTION, kill_at_step, packed_batch, tiny_model
+
+# (attention, T, documents): 112 and 127 are padded to 128 (ring cp=2: multiple 4 dense / 64 SSA;
+# 2 x 2: 8 / 128). (9, 1000) gives SSA blocks with more routed candidates than topk_blocks, so a routing
+# gradient exists (ssa_kernels._routed_slots) and the router gradients are compared.
+CASES = [
+    ("sdpa", 128, (37, 50, 9, 1000)),
+    ("sdpa", 127, (37, 50, 9, 1000)),
+    ("ssa", 112, (37, 50, 9, 1000)),
+    ("ssa", 112, (9, 1000)),
+    ("ssa_learned", 112, (9, 1000)),
+]
+
+
+def _fill(g: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=g, dtype=torch.float32)
+
+
+def _docs(t: int, lengths=(20, 7, 30, 1000)) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = torch.cat([torch.arange(n) for n in lengths])[:t].expand(2, -1)  # (B=2, T)
+    return pos, doc_ids_from_positions(pos)
+
+
+def _dense_reference(q, k, v, doc):
+    """Causal attention within documents over the whole row: q [B, Hq, T, D], k/v [B, Hkv, T, D]."""
+    g = q.shape[1] // k.shape[1]
+    t = q.shape[2]
+    mask = torch.ones(t, t, dtype=torch.bool).tril() & (doc[:, :, None] == doc[:, None, :])  # (B, T, T)
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+
+
+def _close(a, b, what):
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what}: {m}")
+
+
+def check_ring_attention(ring: Ring) -> None:
+    """Dense ring attention on this rank's zigzag shard == its shard of whole-row attention (output and
+    q/k/v gradients), with GQA and packed documents."""
+    cp, r = ring.size, ring.rank
+    g = torch.Generator().manual_seed(0)
+    q, k, v, w = _fill(g, 2, 4, 64, 8), _fill(g, 2, 2, 64, 8), _fill(g, 2, 2, 64, 8), _fill(g, 2, 4, 64, 8)
+    _, doc = _docs(64)
+    full = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = _dense_reference(*full, doc)
+    (out * w).sum().backward()
+    mine = [zigzag_shard(x, cp, r, dim=2).requires_grad_() for x in (q, k, v)]
+    out_r = ring_attention(*mine, ring, doc)
+    (out_r * zigzag_shard(w, cp, r, dim=2)).sum().backward()
+    _close(out_r, zigzag_shard(out.detach(), cp, r, dim=2), f"dense ring cp={cp} out")
+    for name, a, b in zip("qkv", mine, full):
+        _close(a.grad, zigzag_shard(b.grad, cp, r, dim=2), f"dense ring cp={cp} d{name}")
+
+
+def check_sparse_ring_attention(ring: Ring) -> None:
+    """SSA's block-sparse attention around the ring (the selector's lists, a differentiable block bias) ==
+    this rank's rows of ``sparse_attention`` over the whole row: output, q/k/v and bias gradients."""
+    cp, r = ring.size, ring.rank
+    cfg = SSAConfig(block_size=8, topk_blocks=3, local_window=16, top_nodes=4, router="attention", backend="reference")
+    g = torch.Generator().manual_seed(1)
+    t = 128
+    q, k, v, w = _fill(g, 2, 4, t, 8), _fill(g, 2, 2, t, 8), _fill(g, 2, 2, t, 8), _fill(g, 2, 4, t, 8)
+    _, doc = _docs(t, (40, 5, 1000))
+    indices = select_blocks(q, k, cfg, doc).indices  # (B, Hkv, nb, S)
+    bias = _fill(g, *indices.shape)
+    full = [x.clone().requires_grad_() for x in (q, k, v, bias)]
+    out, _ = sparse_attention(*full[:3], indices, cfg.block_size, doc_ids=doc, block_bias=full[3])
+    (out * w).sum().backward()
+    rows = zigzag_shard(torch.arange(t // cfg.block_size), cp, r, dim=0)  # our query blocks
+    mine = [zigzag_shard(x, cp, r, dim=2).requires_grad_() for x in (q, k, v)]
+    mine.append(bias[:, :, rows].requires_grad_())
+    out_r = sparse_ring_attention(*mine[:3], indices[:, :, rows], cfg.block_size, ring, doc, block_bias=mine[3])
+    (out_r * zigzag_shard(w, cp, r, dim=2)).sum().backward()
+    _close(out_r, zigzag_shard(out.detach(), cp, r, dim=2), f"sparse ring cp={cp} out")
+    for name, a, b in zip("qkv", mine, full):
+        _close(a.grad, zigzag_shard(b.grad, cp, r, dim=2), f"sparse ring cp={cp} d{name}")
+    _close(mine[3].grad, full[3].grad[:, :, rows], f"sparse ring cp={cp} dbias")
+
+
+def reference(attention: str, t: int, docs: tuple[int, ...]):
+    model = tiny_model(attention)
+    loss = model(**packed_batch(t, docs=docs))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    routers = [g for n, g in grads.items() if ".ssa_router." in n]
+    assert all(g.abs().max() > 0 for g in routers), attention  # else their equality would prove nothing
+    return loss.detach(), grads
+
+
+def check_model(dims, refs) -> None:
+    """Loss and every parameter gradient of each case under ``dims`` == the single-process run."""
+    from parallel.ring import apply_ring
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    for name in ("parallel.ring", "parallel.ulysses"):  # the padding line comes from SequenceSharded
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    for attention, t, docs in CASES:
+        records.clear()
+        model = apply_ring(tiny_model(attention), dims)
+        local = model(**packed_batch(t, docs=docs))  # this rank's shard's loss sum
+        (local * dims.world).backward()  # DDP averages over the world: the sum of every shard's gradient
+        total = local.detach().clone()
+        dist.all_reduce(total)
+        ref_loss, ref_grads = refs[(attention, t, docs)]
+        what = f"{attention} T={t} docs={docs} cp={dims.cp} sp={dims.sp} rank={dims.rank}"
+        _close(total, ref_loss, f"{what} loss")
+        for name, p in model.module.module.named_parameters():
+            _close(p.grad, ref_grads[name], f"{what} {name}")
+        if t != 128:
+            assert any("padded to 128" in r for r in records), (what, records)
+
+
+def _worker(world: int) -> None:
+    """One torchrun rank. 2 processes: the functions at cp=2 and the model at ring cp=2. 4 processes:
+    the functions at cp=4 and the model at Ulysses 2 x ring 2."""
+    faulthandler.dump_traceback_later(TIMEOUT_S - 20, exit=True)  # a hang fails with every thread's stack
+    torch.set_num_threads(1)
+    refs = {case: reference(*case) for case in CASES}
+    dims = init_distributed("cpu", "gloo", sp=1, cp=world)
+    try:
+        ring = Ring.of(dims.cp_group)
+        assert (ring.size, ring.rank) == (world, dims.rank)
+        check_ring_attention(ring)
+        check_sparse_ring_attention(ring)
+        if world == 4:
+            dims = init_distributed("cpu", "gloo", sp=2, cp=2)
+            assert (dims.sp_rank, dims.cp_rank) == (dims.rank % 2, dims.rank // 2)
+        check_model(dims, refs)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ring_matches_single_process(world):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
+    out = subprocess.run(
+        [*torchrun, str(Path(__file__)), str(world)],
+        cwd=REPO_ROOT, env=job_env(PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+
+
+def test_zigzag_placement():
+    """Ring rank r holds chunks r and 2cp-1-r of 2cp; unzigzag puts the shards back in order."""
+    x = torch.arange(16).view(1, 16)
+    assert zigzag_shard(x, 2, 0).tolist() == [[0, 1, 2, 3, 12, 13, 14, 15]]
+    assert zigzag_shard(x, 2, 1).tolist() == [[4, 5, 6, 7, 8, 9, 10, 11]]
+    assert zigzag_shard(x, 4, 1).tolist() == [[2, 3, 12, 13]]
+    assert torch.equal(unzigzag([zigzag_shard(x, 4, r) for r in range(4)], dim=1), x)
+
+
+# --- the trainer under ring ----------------------------------------------------------------------
+
+STEPS = 30  # checkpoints every 10; the kill lands after step 12
+
+
+def trainer_cmd(run_dir: Path, data_cache: Path, attention: str, *parallel: str) -> list[str]:
+    """``python -m train`` on the smoke experiment; ``parallel`` empty: one process, else torchrun with
+    as many processes as parallel.cp x parallel.sp."""
+    # rows padded under cp=2: ssa 112 -> 128 (2 x cp x block 16 = 64), dense 111 -> 112 (2 x cp = 4)
+    args = ["-m", "train", "experiment=smoke", "parallel.device=cpu", f"train.steps={STEPS}", "train.ckpt_every=10",
+            f"train.seq_len={SEQ_LEN[attention][0]}", "logging.wandb=disabled", f"data.cache_dir={data_cache}",
+            f"hydra.run.dir={run_dir}", *TRAINER_ATTENTION[attention]]  # fmt: skip
+    if not parallel:
+        return [sys.executable, *args, "parallel=single"]
+    nproc = 1
+    for p in parallel:
+        if p.startswith(("parallel.cp=", "parallel.sp=")):
+            nproc *= int(p.split("=")[1])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*torchrun, *args, "parallel=ring", *parallel]
+
+
+def _same_steps(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    for key in (0, 1):  # loss, grad_norm
+        torch.testing.assert_close(
+            torch.tensor([a[s][key] for s in a], dtype=torch.float64),
+            torch.tensor([b[s][key] for s in a], dtype=torch.float64),
+            rtol=1e-5, atol=0,
+        )  # fmt: skip
+    assert a[STEPS][0] < a[1][0]  # it learns: equal constants would prove nothing
+
+
+@pytest.mark.parametrize("attention", ["ssa", "dense"])
+def test_trainer_under_ring_matches_single(tmp_path, data_cache, attention):
+    """``python -m train parallel=ring parallel.cp=2`` under torchrun: each step's loss and gradient norm
+    equal the single-process run's (1e-5), rows padded as logged."""
+    jobs = [Job(trainer_cmd(tmp_path / "ring", data_cache, attention, "parallel.cp=2"), job_env(), tmp_path / "ring.log"),
+            Job(trainer_cmd(tmp_path / "single", data_cache, attention), job_env(), tmp_path / "single.log")]  # fmt: skip
+    for rc, out in wait_all(*jobs):
+        check_ok(rc, out)
+    assert f"padded to {SEQ_LEN[attention][1]}" in (tmp_path / "ring.log").read_text()
+    _same_steps(losses(tmp_path / "ring"), losses(tmp_path / "single"))
+    if attention == "ssa":  # a SIGKILLed run (torchrun and every worker) resumes and reproduces it bit for bit
+        kill_dir = tmp_path / "kill"
+        kill_at_step(trainer_cmd(kill_dir, data_cache, attention, "parallel.cp=2"), kill_dir, 12, tmp_path / "kill.log")
+        saved = sorted(int(p.name.split("_")[1]) for p in (kill_dir / "checkpoints").glob("step_????????"))
+        assert saved and saved[-1] < STEPS, saved  # killed mid-run
+        cmd = trainer_cmd(kill_dir, data_cache, attention, "parallel.cp=2")
+        rc, out = wait_all(Job(cmd, job_env(), tmp_path / "resume.log"))[0]
+        check_ok(rc, out)
+        assert f"step_{saved[-1]:08d} at step {saved[-1]}" in out, out[-6000:]
+        assert losses(kill_dir) == losses(tmp_path / "ring")
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]))
