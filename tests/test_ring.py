@@ -28,8 +28,8 @@ from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import doc_ids_from_positions
 from ssa_kernels.selector import select_blocks
 from tests.test_distributed import REPO_ROOT, TIMEOUT_S, Job, check_ok, job_env, wait_all
-from tests.test_train import losses
-from tests.test_ulysses import SEQ_LEN, TRAINER_ATTENTION, kill_at_step, packed_batch, tiny_model
+from tests.test_train import _wait_for_step, losses
+from tests.test_ulysses import SEQ_LEN, TRAINER_ATTENTION, packed_batch, tiny_model
 
 # (attention, T, documents): 112 and 127 are padded to 128 (ring cp=2: multiple 4 dense / 64 SSA;
 # 2 x 2: 8 / 128). (9, 1000) gives SSA blocks with more routed candidates than topk_blocks, so a routing
@@ -174,6 +174,36 @@ def test_ring_matches_single_process(world):
     assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
 
 
+@pytest.mark.parametrize("cp", [2, 4])
+def test_each_listed_block_is_visited_once_and_empty_steps_are_skipped(cp):
+    """Over the ring's steps, every listed block of every query block is present in exactly one visiting
+    chunk (so each is attended once); with only the diagonal block listed, every step but our own is
+    skipped (None)."""
+    from parallel.ring import _visiting
+
+    g = torch.Generator().manual_seed(2)
+    q, k = _fill(g, 2, 4, 128, 8), _fill(g, 2, 2, 128, 8)
+    _, doc = _docs(128, (40, 5, 1000))
+    block, nb = 8, 16
+    for cfg, diagonal_only in [
+        (SSAConfig(block_size=block, topk_blocks=3, local_window=16, top_nodes=4, router="attention"), False),
+        (SSAConfig(block_size=block, topk_blocks=0, local_window=block, sink_blocks=0, router="attention"), True),
+    ]:
+        indices = select_blocks(q, k, cfg, doc).indices
+        for r in range(cp):
+            ring = Ring(None, cp, r, 0, 0)
+            mine = indices[:, :, zigzag_shard(torch.arange(nb), cp, r, dim=0)]
+            hits = torch.zeros_like(mine)
+            for j in range(cp):
+                vis = _visiting(mine, ring, j, nb // (2 * cp))
+                if diagonal_only:
+                    assert (vis is None) == (j != r), (r, j)
+                if vis is not None:
+                    slot, local = vis
+                    hits.scatter_add_(-1, slot, (local >= 0).long())
+            assert torch.equal(hits, (mine >= 0).long()), (cfg, r)
+
+
 def test_zigzag_placement():
     """Ring rank r holds chunks r and 2cp-1-r of 2cp; unzigzag puts the shards back in order."""
     x = torch.arange(16).view(1, 16)
@@ -185,7 +215,7 @@ def test_zigzag_placement():
 
 # --- the trainer under ring ----------------------------------------------------------------------
 
-STEPS = 30  # checkpoints every 10; the kill lands after step 12
+STEPS = 20  # checkpoints every 10; the kill lands after step 12
 
 
 def trainer_cmd(run_dir: Path, data_cache: Path, attention: str, *parallel: str) -> list[str]:
@@ -216,26 +246,38 @@ def _same_steps(a: dict, b: dict) -> None:
     assert a[STEPS][0] < a[1][0]  # it learns: equal constants would prove nothing
 
 
-@pytest.mark.parametrize("attention", ["ssa", "dense"])
-def test_trainer_under_ring_matches_single(tmp_path, data_cache, attention):
+# SSA only: dense ring attention is the same trainer path (tested against single-process at model level
+# above); a dense run here would add ~20 s to a file that should stay near a minute and a half.
+def test_trainer_under_ring_matches_single_and_resumes_after_a_kill(tmp_path, data_cache):
     """``python -m train parallel=ring parallel.cp=2`` under torchrun: each step's loss and gradient norm
-    equal the single-process run's (1e-5), rows padded as logged."""
-    jobs = [Job(trainer_cmd(tmp_path / "ring", data_cache, attention, "parallel.cp=2"), job_env(), tmp_path / "ring.log"),
+    equal the single-process run's (1e-5), rows padded as logged; a third run, SIGKILLed (torchrun and every
+    worker) after step 12, resumes from its last checkpoint and reproduces the first bit for bit."""
+    attention = "ssa"
+    ring_cmd = trainer_cmd(tmp_path / "ring", data_cache, attention, "parallel.cp=2")
+    jobs = [Job(ring_cmd, job_env(), tmp_path / "ring.log"),
             Job(trainer_cmd(tmp_path / "single", data_cache, attention), job_env(), tmp_path / "single.log")]  # fmt: skip
+    kill_dir = tmp_path / "kill"
+    kill_cmd = trainer_cmd(kill_dir, data_cache, attention, "parallel.cp=2")
+    # alongside the others (the runs are mostly start-up): killed, then resumed
+    kill_job = Job(kill_cmd, job_env(), tmp_path / "kill.log")
+    try:
+        _wait_for_step(kill_dir, 12, kill_job.proc, TIMEOUT_S)
+    except BaseException:
+        for job in jobs:
+            job.kill()
+        raise
+    finally:
+        kill_job.kill()
+    saved = sorted(int(p.name.split("_")[1]) for p in (kill_dir / "checkpoints").glob("step_????????"))
+    assert saved and saved[-1] < STEPS, saved  # killed mid-run
+    jobs.append(Job(kill_cmd, job_env(), tmp_path / "resume.log"))
     for rc, out in wait_all(*jobs):
         check_ok(rc, out)
     assert f"padded to {SEQ_LEN[attention][1]}" in (tmp_path / "ring.log").read_text()
     _same_steps(losses(tmp_path / "ring"), losses(tmp_path / "single"))
-    if attention == "ssa":  # a SIGKILLed run (torchrun and every worker) resumes and reproduces it bit for bit
-        kill_dir = tmp_path / "kill"
-        kill_at_step(trainer_cmd(kill_dir, data_cache, attention, "parallel.cp=2"), kill_dir, 12, tmp_path / "kill.log")
-        saved = sorted(int(p.name.split("_")[1]) for p in (kill_dir / "checkpoints").glob("step_????????"))
-        assert saved and saved[-1] < STEPS, saved  # killed mid-run
-        cmd = trainer_cmd(kill_dir, data_cache, attention, "parallel.cp=2")
-        rc, out = wait_all(Job(cmd, job_env(), tmp_path / "resume.log"))[0]
-        check_ok(rc, out)
-        assert f"step_{saved[-1]:08d} at step {saved[-1]}" in out, out[-6000:]
-        assert losses(kill_dir) == losses(tmp_path / "ring")
+    out = (tmp_path / "resume.log").read_text()
+    assert f"step_{saved[-1]:08d} at step {saved[-1]}" in out, out[-6000:]
+    assert losses(kill_dir) == losses(tmp_path / "ring")
 
 
 if __name__ == "__main__":
