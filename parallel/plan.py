@@ -22,11 +22,16 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
   tokens instead of all of them.
 - rung extras. Under ulysses, a layer holds q/k/v/o twice around the all-to-alls (+ 4 (Hq + Hkv) d
   bytes per token). With dense attention, the inner attention builds a [T, T] bool mask (T² bytes).
+  Under ring (``parallel/ring.py``, T / cp tokens per rank), the layer in backward holds its k/v and
+  the incoming ones (bf16, 8 Hkv d), fp32 copies of the visiting k/v (8 Hkv d), the fp32 dK/dV
+  accumulators and the incoming ones (16 Hkv d) and fp32 dQ and output accumulators (8 Hq d) per token,
+  plus two 64 MiB chunks of scores; no [T, T] mask. Not yet checked against a GPU measurement.
 
 The constants come from the op list above, not from a fit. ``tests/test_plan.py`` checks them against
 every peak measured on a GPU and recorded under ``docs/results/`` (within 15%). Rungs not built yet
-(offload, nested_offload, ring) are listed as such and never picked. ``parallel=auto`` asks
-:func:`choose` at the start of training (``train/trainer.py``).
+(offload, nested_offload) are listed as such and never picked. ``parallel=auto`` asks
+:func:`choose` at the start of training (``train/trainer.py``); it does not pick ring, whose degree
+(``parallel.cp``) it does not set yet.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ GIB = 2**30
 LOSS_CHUNK_BYTES = GIB  # train/loss.py: loss_chunk = 0 sizes chunks to about 1 GiB of fp32 logits
 # Cheapest first: the planner picks the first rung that fits.
 ORDER = ("single", "ddp", "ulysses", "offload", "nested_offload", "ring")
-NOT_BUILT = {"offload", "nested_offload", "ring"}
+NOT_BUILT = {"offload", "nested_offload"}
+RING_CHUNK_BYTES = 2 * (64 << 20)  # parallel/ring.py: CHUNK_BYTES of scores in forward and backward
+AUTO_RUNGS = tuple(r for r in ORDER if r != "ring")  # parallel=auto would have to set parallel.cp too
 HEADROOM = 0.9  # a rung fits when its estimate is within this share of the GPU's memory
 
 
@@ -98,6 +105,7 @@ class Estimate:
     host_bytes: float
     terms: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    cp: int = 1  # ring degree (parallel=ring)
 
     @property
     def gpu_gib(self) -> float:
@@ -115,21 +123,28 @@ class Setup:
     micro_batch: int = 1
 
 
-def estimate(shape: Shape, seq_len: int, rung: str, gpus: int = 1, sp: int = 1, setup: Setup = Setup()) -> Estimate:
-    """Peak bytes on one GPU (and on the host) of one training step under ``rung``; see the module
-    docstring for the terms."""
+def estimate(
+    shape: Shape, seq_len: int, rung: str, gpus: int = 1, sp: int = 1, setup: Setup = Setup(), cp: int = 1
+) -> Estimate:
+    """Peak bytes on one GPU (and on the host) of one training step under ``rung`` (``cp``: the ring's
+    degree under parallel=ring); see the module docstring for the terms."""
     if rung in NOT_BUILT:
         return Estimate(rung, sp, math.inf, math.inf, note="not built yet")
     h, i, mb = shape.hidden, shape.intermediate, setup.micro_batch
-    t_local = mb * seq_len / sp
+    cp = cp if rung == "ring" else 1
+    t_local = mb * seq_len / (sp * cp)
     terms = {"model states (fp32 weights, grads, AdamW)": 16.0 * shape.params}
     if gpus > 1:
         terms["DDP gradient buckets"] = 4.0 * shape.params
     # a tiled MLP (parallel.tiled_mlp) holds its intermediates for one tile of tokens at a time
     mlp_tokens = min(t_local, mb * setup.tiled_mlp) if setup.tiled_mlp else t_local
     per_layer = 40 * h * t_local + 9 * i * mlp_tokens
-    if rung == "ulysses" and sp > 1:
+    if rung in ("ulysses", "ring") and sp > 1:
         per_layer += 4 * (shape.heads + shape.kv_heads) * shape.head_dim * t_local
+    if rung == "ring" and cp > 1:  # per token of the ring rank's T / cp, for its heads (a shard under sp)
+        kv_heads = math.lcm(shape.kv_heads, sp) // sp  # kv heads repeated when sp does not divide them
+        per_layer += (32 * kv_heads + 8 * shape.heads // sp) * shape.head_dim * mb * seq_len / cp
+        per_layer += RING_CHUNK_BYTES
     host = 0.0
     if setup.activation_checkpointing:
         kept = shape.layers * 4.0 * h * t_local
@@ -144,14 +159,21 @@ def estimate(shape: Shape, seq_len: int, rung: str, gpus: int = 1, sp: int = 1, 
     terms["loss chunk (fp32 logits + grad)"] = 2 * min(logits, LOSS_CHUNK_BYTES)
     if rung == "ulysses" and sp > 1 and setup.attention == "dense":
         terms["dense [T, T] mask"] = float(mb * seq_len * seq_len)
-    return Estimate(rung, sp, sum(terms.values()), host, terms)
+    return Estimate(rung, sp, sum(terms.values()), host, terms, cp=cp)
 
 
 def plan(
-    shape: Shape, seq_len: int, gpus: int, gpu_mem_gib: float, setup: Setup = Setup(), headroom: float = HEADROOM
+    shape: Shape,
+    seq_len: int,
+    gpus: int,
+    gpu_mem_gib: float,
+    setup: Setup = Setup(),
+    headroom: float = HEADROOM,
+    rungs: tuple[str, ...] = ORDER,
 ) -> tuple[list[Estimate], Estimate | None]:
     """Every rung's estimate (ulysses at the smallest sp that fits, among those dividing the GPUs and the
-    heads) and the first of ``ORDER`` whose estimate is within ``headroom`` x the GPU's memory."""
+    heads; ring at the smallest cp dividing the GPUs that fits) and the first of ``rungs`` (in ``ORDER``)
+    whose estimate is within ``headroom`` x the GPU's memory."""
     budget = headroom * gpu_mem_gib * GIB
     rows = []
     for rung in ORDER:
@@ -166,8 +188,14 @@ def plan(
             if ests:
                 rows.append(fitting[0] if fitting else ests[-1])
             continue
+        if rung == "ring":
+            ests = [estimate(shape, seq_len, rung, gpus, 1, setup, cp=c) for c in range(2, gpus + 1) if gpus % c == 0]
+            fitting = [e for e in ests if e.gpu_bytes <= budget]
+            if ests:
+                rows.append(fitting[0] if fitting else ests[-1])
+            continue
         rows.append(estimate(shape, seq_len, rung, gpus, 1, setup))
-    pick = next((e for e in rows if e.gpu_bytes <= budget), None)
+    pick = next((e for e in rows if e.gpu_bytes <= budget and e.rung in rungs), None)
     return rows, pick
 
 
@@ -179,12 +207,14 @@ def choose(
     single or ddp)."""
     if gpu_mem_gib is None:
         return ("single" if world == 1 else "ddp"), 1, []
-    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, setup)
+    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, setup, rungs=AUTO_RUNGS)
     if pick is None:
         table = ", ".join(f"{e.rung} {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
+        ring = next((e for e in rows if e.rung == "ring" and e.gpu_bytes <= HEADROOM * gpu_mem_gib * GIB), None)
+        fix = f"set parallel=ring parallel.cp={ring.cp} (auto does not pick ring)" if ring else "add GPUs"
         raise ParallelError(
             f"parallel=auto: no built rung fits train.seq_len={seq_len:,} in {gpu_mem_gib:.0f} GiB per GPU "
-            f"(estimates: {table}); lower train.seq_len, turn on train.activation_checkpointing or add GPUs"
+            f"(estimates: {table}); lower train.seq_len, turn on train.activation_checkpointing or {fix}"
         )
     name = "ddp" if pick.rung == "single" and world > 1 else pick.rung  # one GPU per node, several nodes
     return name, pick.sp, rows
@@ -206,15 +236,16 @@ def main(argv: list[str] | None = None) -> None:
     rows, pick = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup)
     print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, seq_len {args.seq_len:,}, {args.gpus} GPU(s) "
           f"of {args.gpu_mem_gib:g} GiB, attention {args.attention}")  # fmt: skip
-    print(f"{'rung':<16}{'sp':>4}{'GPU GiB':>10}  fits")
+    print(f"{'rung':<16}{'sp':>4}{'cp':>4}{'GPU GiB':>10}  fits")
     for e in rows:
         gib = "-" if math.isinf(e.gpu_bytes) else f"{e.gpu_gib:.1f}"
         fits = e.note or ("yes" if e.gpu_bytes <= HEADROOM * args.gpu_mem_gib * GIB else "no")
-        print(f"{e.rung:<16}{e.sp:>4}{gib:>10}  {fits}")
+        print(f"{e.rung:<16}{e.sp:>4}{e.cp:>4}{gib:>10}  {fits}")
     if pick is None:
         print("no built rung fits: lower train.seq_len or add GPUs")
     else:
-        print(f"pick: parallel={pick.rung}" + (f" parallel.sp={pick.sp}" if pick.sp > 1 else ""))
+        cp = f" parallel.cp={pick.cp}" if pick.cp > 1 else ""
+        print(f"pick: parallel={pick.rung}" + (f" parallel.sp={pick.sp}" if pick.sp > 1 else "") + cp)
         for name, b in pick.terms.items():
             print(f"  {name:<44}{b / GIB:8.2f} GiB")
         if pick.host_bytes:

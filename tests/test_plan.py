@@ -65,7 +65,27 @@ def test_plan_picks_the_cheapest_rung_that_fits():
     # dense under ulysses pays for its [T, T] mask: more memory than SSA at the same sp
     dense = estimate(shape, 1 << 20, "ulysses", 8, pick.sp, Setup("dense"))
     assert dense.terms["dense [T, T] mask"] == float(1 << 40) and dense.gpu_bytes > pick.gpu_bytes
-    assert {r.rung for r in rows if r.note == "not built yet"} == {"offload", "nested_offload", "ring"}
+    assert {r.rung for r in rows if r.note == "not built yet"} == {"offload", "nested_offload"}
+
+
+def test_ring_estimate_and_auto_leaves_it_out():
+    """Ring at cp holds T/cp tokens per GPU like ulysses at sp = cp, plus its k/v, gradient and output
+    buffers; the planner picks it where ulysses cannot shard the heads finely enough, parallel=auto does not
+    (it would have to set parallel.cp) and says that nothing it can pick fits."""
+    shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
+    t = 1 << 20
+    ulysses, ring = estimate(shape, t, "ulysses", 8, 8, SSA), estimate(shape, t, "ring", 8, 1, SSA, cp=8)
+    layer = "one layer recomputed"
+    alltoall = 4 * (shape.heads + shape.kv_heads) * shape.head_dim * t / 8
+    buffers = (32 * shape.kv_heads + 8 * shape.heads) * shape.head_dim * t / 8 + 2 * (64 << 20)
+    assert ring.terms[layer] == ulysses.terms[layer] - alltoall + buffers
+    assert (ring.cp, ring.sp) == (8, 1)
+    six_heads = Shape(768, 2048, 12, 6, 2, 128, 32000, 100_000_000)  # ulysses: sp=2 at most on 4 GPUs
+    rows, pick = plan(six_heads, 1 << 21, 4, 80.0, SSA)
+    assert (pick.rung, pick.cp) == ("ring", 4) and pick.gpu_gib < 72
+    assert next(r for r in rows if r.rung == "ulysses").gpu_gib > 72
+    with pytest.raises(ParallelError, match="no built rung fits .* set parallel=ring parallel.cp=4"):
+        choose(six_heads, 1 << 21, 4, 4, 80.0, SSA)
 
 
 def test_cli_prints_the_pick(capsys):
