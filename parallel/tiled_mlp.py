@@ -11,6 +11,10 @@ backward. DDP's reducer and any gradient hook then see one ready event per param
 tiling. Calling ``torch.autograd.backward`` per tile would fire AccumulateGrad once per tile, which
 DDP refuses. Written here because neither torch nor transformers has it. ALST (Arctic Long Sequence
 Training) does the same in DeepSpeed, where ZeRO-3's gathered parameters need extra care.
+
+The backward's recomputation runs under the autocast state of the forward (autograd runs backward
+outside any ``torch.autocast`` block). Without it the recomputed MLP ran in fp32: on an H100 the 1B
+model's step at 128K went from 6.9 s to 19.0 s with 16K-token tiles.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class _TiledMLPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, params: list[torch.Tensor], tile: int, x: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
         ctx.fn, ctx.params, ctx.tile = fn, params, tile
+        dev = x.device.type
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         ctx.save_for_backward(x)
         with torch.no_grad():
             return torch.cat([fn(x[:, s : s + tile]) for s in range(0, x.shape[1], tile)], dim=1)
@@ -33,11 +39,12 @@ class _TiledMLPFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         (x,) = ctx.saved_tensors
         fn, params, tile = ctx.fn, ctx.params, ctx.tile
+        dev, enabled, dtype = ctx.autocast
         dx = torch.empty_like(x) if x.requires_grad else None
         dparams: list[torch.Tensor | None] = [None] * len(params)
         for s in range(0, x.shape[1], tile):
             xt = x[:, s : s + tile].detach().requires_grad_(x.requires_grad)
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
                 out = fn(xt)
             inputs = ([xt] if dx is not None else []) + params
             grads = list(torch.autograd.grad(out, inputs, grad_out[:, s : s + tile]))

@@ -1,0 +1,253 @@
+"""The memory-ladder benchmark (issue 7): the largest context at which a model completes full training steps
+(forward + backward + optimizer) per rung, and step time against dense attention on the same rung.
+
+Each attempt is a real ``python -m train`` run (``torchrun`` when the rung uses several GPUs) of a random-init
+model on the embedded corpus, one sequence per step, activation checkpointing on, no checkpoint written
+(``train.save_final=false``). ``step_s`` is the median of the steps after the first, ``peak_gpu_gib`` the
+trainer's ``torch.cuda.max_memory_allocated`` (largest over ranks and steps), ``peak_host_gib`` the largest
+resident set of the run's processes (``os.wait4``'s rusage of the launcher, which covers its waited-for
+children). Beside each attempt the planner's estimate (``parallel/plan.py``) is recorded, so its error can be
+read off every measured peak. An attempt that fails (out of memory, timeout) is recorded with ``ok: false``
+and the tail of its log; with ``--search`` the first failure ends that (attention, rung) pair.
+
+    python3 scripts/bench_ladder.py --model llama_1b --rungs single nested --attention ssa --seq-lens 256K 512K 1M --search
+    python3 scripts/bench_ladder.py --model llama_8b --rungs offload --attention ssa dense --seq-lens 256K 512K
+
+Writes ``<out>/ladder-<gpu>.json`` ({"device", "date", "command", "results": [{"model", "attention", "rung",
+"gpus", "seq_len", "ok", "step_s", "peak_gpu_gib", "peak_host_gib", ...}]}), merged with the rows already
+there (same model, attention, rung, gpus and seq_len: replaced), after every attempt, and prints a table.
+``--dry-run`` prints the commands and the planner's estimates without running anything (a CPU check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KI, MI = 1024, 1024 * 1024
+GIB = 2**30
+
+# Rung recipes: (processes, overrides, planner setup keys). "nested" is the nested-offload pieces that run
+# without DeepSpeed (tiled MLP + checkpointed layer inputs on the host); the DeepSpeed rungs are named as the
+# parallel configs they use.
+TILE = 16384
+RUNGS: dict[str, tuple[int, list[str]]] = {
+    "single": (1, ["parallel=single"]),
+    "tiled": (1, ["parallel=single", f"parallel.tiled_mlp={TILE}"]),
+    "offact": (1, ["parallel=single", "parallel.offload_activations=true"]),
+    "nested": (1, ["parallel=single", f"parallel.tiled_mlp={TILE}", "parallel.offload_activations=true"]),
+    "ulysses2": (2, ["parallel=ulysses", "parallel.sp=2"]),
+    "ulysses2_nested": (
+        2,
+        ["parallel=ulysses", "parallel.sp=2", f"parallel.tiled_mlp={TILE}", "parallel.offload_activations=true"],
+    ),
+    "offload": (1, ["parallel=offload"]),
+    "nested_offload": (1, ["parallel=nested_offload"]),
+}
+
+
+def size(text: str) -> int:
+    """'256K', '1M', '131072' -> tokens."""
+    text = text.strip().upper()
+    mult = {"K": KI, "M": MI}.get(text[-1:], 1)
+    return int(float(text[:-1] if mult > 1 else text) * mult)
+
+
+def overrides_for(model: str, attention: str, rung: str, seq_len: int, steps: int) -> list[str]:
+    return [
+        f"model={model}",
+        f"attention={attention}",
+        *RUNGS[rung][1],
+        f"train.seq_len={seq_len}",
+        f"model.hf_config.max_position_embeddings={max(seq_len, 8192)}",
+        f"train.steps={steps}",
+        "train.micro_batch=1",
+        "train.grad_accum=1",
+        "train.activation_checkpointing=true",
+        "train.ckpt_every=0",
+        "train.save_final=false",
+        "train.schedule.warmup_steps=1",
+        "logging.log_every=1",
+        "logging.progress=false",
+        "logging.router_stats_every=0",
+        "name=ladder",
+    ]
+
+
+def command(nproc: int, overrides: list[str], run_dir: Path) -> list[str]:
+    launcher = [sys.executable, "-m", "train"]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                    "-m", "train"]  # fmt: skip
+    return [*launcher, f"hydra.run.dir={run_dir}", *overrides]
+
+
+def planned(model: str, attention: str, rung: str, seq_len: int) -> dict:
+    """The planner's GPU and host estimate (GiB) for this attempt, or {} where it has no estimate."""
+    sys.path.insert(0, str(REPO))
+    from parallel.plan import Setup, estimate, load_shape
+
+    nproc, ovr = RUNGS[rung]
+    kv = dict(o.split("=", 1) for o in ovr)
+    name = kv["parallel"]
+    sp = int(kv.get("parallel.sp", 1))
+    setup = Setup(
+        attention, True, int(kv.get("parallel.tiled_mlp", 0)), kv.get("parallel.offload_activations") == "true"
+    )
+    shape = load_shape(REPO / "conf" / "model" / f"{model}.yaml", attention)
+    e = estimate(shape, seq_len, name, nproc, sp, setup)
+    if e.note:
+        return {"plan_note": e.note}
+    return {"planned_gpu_gib": round(e.gpu_bytes / GIB, 2), "planned_host_gib": round(e.host_bytes / GIB, 2)}
+
+
+def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, timeout_s: float, work: Path) -> dict:
+    nproc, _ = RUNGS[rung]
+    ovr = overrides_for(model, attention, rung, seq_len, steps)
+    run_dir = work / f"{model}-{attention}-{rung}-{seq_len}"
+    cmd = command(nproc, ovr, run_dir)
+    row = {"model": model, "attention": attention, "rung": rung, "gpus": nproc, "seq_len": seq_len,
+           "command": " ".join(["python -m train" if nproc == 1 else f"torchrun --nproc-per-node={nproc} -m train",
+                                *ovr])}  # fmt: skip
+    row.update(planned(model, attention, rung, seq_len))
+    log = work / f"{run_dir.name}.log"
+    t0 = time.time()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        deadline = t0 + timeout_s
+        status, rusage, timed_out = None, None, False
+        while status is None:
+            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                status, rusage = st, ru
+            elif time.time() > deadline:
+                os.killpg(proc.pid, 9)  # the launcher and its workers (one session)
+                _, status, rusage = os.wait4(proc.pid, 0)
+                timed_out = True
+            else:
+                time.sleep(0.5)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    row["wall_s"] = round(time.time() - t0, 1)
+    row["peak_host_gib"] = round(rusage.ru_maxrss * 1024 / GIB, 2)  # ru_maxrss is in KiB on Linux
+    metrics = run_dir / "metrics.jsonl"
+    steps_done = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+    row["steps_done"] = len(steps_done)
+    row["ok"] = proc.returncode == 0 and len(steps_done) >= steps and not timed_out
+    if steps_done:
+        steady = steps_done[1:] or steps_done
+        row["step_s"] = round(statistics.median(r["step_s"] for r in steady), 3)
+        row["tokens_per_s"] = round(seq_len / row["step_s"], 1)
+        if any("peak_mem_gib" in r for r in steps_done):
+            row["peak_gpu_gib"] = round(max(r.get("peak_mem_gib", 0.0) for r in steps_done), 2)
+        row["losses"] = [round(r["loss"], 4) for r in steps_done]
+    if not row["ok"]:
+        text = log.read_text(errors="replace")
+        row["error"] = "timeout" if timed_out else _error_line(text)
+        row["log_tail"] = text[-3000:]
+    return row
+
+
+def _error_line(text: str) -> str:
+    for key in ("OutOfMemoryError", "out of memory", "CUDA error", "Error", "error"):
+        hits = [ln for ln in text.splitlines() if key in ln]
+        if hits:
+            return hits[-1][:400]
+    return text.strip().splitlines()[-1][:400] if text.strip() else "no output"
+
+
+def save(path: Path, device: str, argv: list[str], rows: list[dict]) -> None:
+    old = json.loads(path.read_text())["results"] if path.exists() else []
+    key = lambda r: (r["model"], r["attention"], r["rung"], r["gpus"], r["seq_len"])  # noqa: E731
+    new = {key(r) for r in rows}
+    doc = {
+        "device": device,
+        "date": datetime.date.today().isoformat(),
+        "command": "python3 scripts/bench_ladder.py " + shlex.join(argv),
+        "results": [r for r in old if key(r) not in new] + rows,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'model':10} {'attn':5} {'rung':16} {'gpus':>4} {'seq_len':>9} {'ok':>3} {'step s':>8} {'GPU GiB':>8} {'plan':>7} {'host GiB':>8}  error"  # noqa: E501
+    lines = [head]
+    for r in rows:
+        step = f"{r['step_s']:.2f}" if r.get("step_s") is not None else "-"
+        gpu = f"{r['peak_gpu_gib']:.1f}" if r.get("peak_gpu_gib") is not None else "-"
+        plan = f"{r['planned_gpu_gib']:.1f}" if r.get("planned_gpu_gib") is not None else "-"
+        host = f"{r['peak_host_gib']:.1f}" if r.get("peak_host_gib") is not None else "-"
+        lines.append(f"{r['model']:10} {r['attention']:5} {r['rung']:16} {r['gpus']:>4} {r['seq_len']:>9} "
+                     f"{'yes' if r.get('ok') else 'no':>3} {step:>8} {gpu:>8} {plan:>7} {host:>8}  "
+                     f"{(r.get('error') or '')[:80]}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="llama_8b", help="a conf/model/<name>.yaml")
+    ap.add_argument("--attention", nargs="+", default=["ssa"], choices=("ssa", "dense"))
+    ap.add_argument("--rungs", nargs="+", default=["nested"], choices=sorted(RUNGS))
+    ap.add_argument("--seq-lens", type=size, nargs="+", default=[256 * KI, 512 * KI, MI])
+    ap.add_argument("--search", action="store_true", help="stop a (attention, rung) pair at its first failure")
+    ap.add_argument("--steps", type=int, default=3, help="training steps per attempt (the first is left out)")
+    ap.add_argument("--timeout-s", type=float, default=420.0, help="per attempt")
+    ap.add_argument("--budget-s", type=float, default=1e9, help="start no attempt after this many seconds")
+    ap.add_argument("--out", default=str(REPO / "docs" / "results"))
+    ap.add_argument("--dry-run", action="store_true", help="print commands and planner estimates only")
+    args = ap.parse_args(argv)
+
+    if args.dry_run:
+        for att in args.attention:
+            for rung in args.rungs:
+                for n in args.seq_lens:
+                    nproc, _ = RUNGS[rung]
+                    ovr = overrides_for(args.model, att, rung, n, args.steps)
+                    print(json.dumps({"rung": rung, "attention": att, "seq_len": n,
+                                      **planned(args.model, att, rung, n)}))  # fmt: skip
+                    print("   ", shlex.join(command(nproc, ovr, Path("runs/ladder"))))
+        return
+
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = device.replace("NVIDIA ", "").split()[0].lower() if torch.cuda.is_available() else "cpu"  # h100, h200
+    path = out / f"ladder-{tag}.json"
+    t_start = time.time()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for att in args.attention:
+            for rung in args.rungs:
+                for n in sorted(args.seq_lens):
+                    if time.time() - t_start > args.budget_s:
+                        print(f"budget spent: not starting {att} {rung} {n}", flush=True)
+                        break
+                    row = attempt(args.model, att, rung, n, args.steps, args.timeout_s, Path(tmp))
+                    row["device"] = device
+                    rows.append(row)
+                    save(path, device, argv, rows)
+                    print(table([row]).splitlines()[1], flush=True)
+                    if args.search and not row["ok"]:
+                        break
+    print(f"\n{device}, {len(rows)} attempts, {time.time() - t_start:.0f} s")
+    print(table(rows))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
