@@ -2,21 +2,23 @@
 
 ``parallelize`` applies, in order: tiled MLP -> activation checkpointing (its kept inputs on the host with
 ``parallel.offload_activations``) -> torch.compile -> the rung's wrapper.
-Adding a rung = one file here + one yaml in ``conf/parallel/``.
+Adding a rung = one file here + one yaml in ``conf/parallel/``. :func:`build_runner` gives the trainer the
+rung's ``StepRunner`` (``parallel/runner.py``): torch's optimizer, or the rung's own (``offload``: DeepSpeed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from parallel.ddp import apply_ddp
 from parallel.dims import ParallelDims, ParallelError, destroy_distributed, init_distributed
+from parallel.offload import OffloadConfig, OffloadRunner, apply_offload
 from parallel.ring import apply_ring
+from parallel.runner import OptimizerFactory, SchedulerFactory, StepRunner, StepSettings, TorchRunner
 from parallel.single import apply_single
 from parallel.tiled_mlp import apply_tiled_mlp
 from parallel.ulysses import apply_ulysses
@@ -25,6 +27,7 @@ RUNGS: dict[str, Callable[[nn.Module, ParallelDims], nn.Module]] = {
     "single": apply_single,
     "ddp": apply_ddp,
     "ulysses": apply_ulysses,
+    "offload": apply_offload,
     "ring": apply_ring,
 }
 
@@ -35,9 +38,13 @@ __all__ = [
     "ParallelError",
     "destroy_distributed",
     "init_distributed",
-    "no_sync",
+    "StepRunner",
+    "StepSettings",
+    "build_runner",
     "parallelize",
 ]
+# Rungs whose optimizer step is not torch's on whole parameters bring their own StepRunner (parallel/runner.py).
+RUNNERS: dict[str, type] = {"offload": OffloadRunner}
 
 
 @dataclass
@@ -50,6 +57,7 @@ class ParallelConfig:
     tiled_mlp: int = 0  # tokens per MLP tile (parallel/tiled_mlp.py), any rung; 0: off
     # move what activation checkpointing keeps (each layer's input) to host memory during the forward
     offload_activations: bool = False
+    offload: OffloadConfig = field(default_factory=OffloadConfig)  # parallel=offload: DeepSpeed ZeRO-3 settings
 
 
 def parallelize(
@@ -64,7 +72,7 @@ def parallelize(
     ``decoder_layers``). Returns the module to call for training."""
     if cfg.name not in RUNGS:
         raise ParallelError(f"parallel.name={cfg.name!r}: use one of {sorted(RUNGS)}")
-    if dims.sp > 1 and cfg.name not in ("ulysses", "ring"):
+    if dims.sp > 1 and cfg.name not in ("ulysses", "ring", "offload"):
         raise ParallelError(
             f"parallel.sp={dims.sp} shards sequences, which parallel={cfg.name} does not: use parallel=ulysses"
         )
@@ -108,6 +116,15 @@ def _offload_saved(layer: nn.Module) -> None:
     layer.forward = offloaded
 
 
-def no_sync(model: nn.Module, skip_sync: bool):
-    """Skip gradient all-reduce on all but the last micro-batch of an accumulation."""
-    return model.no_sync() if skip_sync and hasattr(model, "no_sync") else nullcontext()
+def build_runner(
+    module: nn.Module,
+    dims: ParallelDims,
+    cfg: ParallelConfig,
+    make_optimizer: OptimizerFactory,
+    make_scheduler: SchedulerFactory,
+    settings: StepSettings,
+) -> StepRunner:
+    """The rung's StepRunner for ``module`` (what :func:`parallelize` returned)."""
+    if cfg.name in RUNNERS:
+        return RUNNERS[cfg.name](module, dims, cfg.offload, make_optimizer, make_scheduler, settings)
+    return TorchRunner(module, dims, make_optimizer, make_scheduler, settings)

@@ -214,16 +214,17 @@ class SequenceSharded(nn.Module):
         return self.module(self.shard(input_ids), self.shard(labels), self.shard(position_ids))
 
 
-def apply_ulysses(model: nn.Module, dims: ParallelDims) -> nn.Module:
-    """Switch ``model.lm``'s attention to the Ulysses wrapper of its own implementation, shard
-    sequences over the SP group, and DDP the result over the whole world (dp x sp)."""
+def shard_sequences(model: nn.Module, dims: ParallelDims) -> nn.Module:
+    """Switch ``model.lm``'s attention to the Ulysses wrapper of its own implementation and shard
+    sequences over the SP group (``model`` unchanged when sp == 1). No gradient synchronisation: the
+    caller's rung adds it (DDP here, ZeRO-3 under ``offload``)."""
     if dims.sp == 1:
-        return apply_ddp(model, dims)  # no sequence parallelism: plain data parallelism
+        return model
     lm = model.lm
     config = lm.config
     inner = config._attn_implementation
     if inner not in INNER:
-        raise ParallelError(f"parallel=ulysses wraps attention {INNER}, not {inner!r} (attention.impl)")
+        raise ParallelError(f"parallel.sp>1 wraps attention {INNER}, not {inner!r} (attention.impl)")
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     ctx = UlyssesAttention(dims.sp_group, dims.sp, inner, kv_repeat_for(heads, kv_heads, dims.sp))
@@ -233,4 +234,10 @@ def apply_ulysses(model: nn.Module, dims: ParallelDims) -> nn.Module:
         attn.ulysses = ctx
     lm.set_attn_implementation("ulysses")
     multiple = dims.sp * (ssa_config_of(config).block_size if inner == "ssa" else 1)
-    return apply_ddp(SequenceSharded(model, dims.sp, dims.sp_rank, multiple), dims)
+    return SequenceSharded(model, dims.sp, dims.sp_rank, multiple)
+
+
+def apply_ulysses(model: nn.Module, dims: ParallelDims) -> nn.Module:
+    """Shard sequences over the SP group (:func:`shard_sequences`) and DDP the result over the whole
+    world (dp x sp); plain data parallelism when sp == 1."""
+    return apply_ddp(shard_sequences(model, dims), dims)

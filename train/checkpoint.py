@@ -1,10 +1,13 @@
 """Atomic checkpoints: model (HF format, loadable with from_pretrained), optimizer, scheduler, RNG
 of every rank, data position of every stream, and the resolved config.
 
-Rank 0 writes everything (RNG and data states are gathered to it) into ``step_N.tmp`` and renames
-it to ``step_N`` when complete, so a directory named ``step_N`` is always whole; a run killed while
-saving leaves only a ``.tmp`` that the next start removes. Loading reads from a filesystem that all
-ranks see.
+Everything is written into ``step_N.tmp``, which rank 0 renames to ``step_N`` when complete, so a
+directory named ``step_N`` is always whole; a run killed while saving leaves only a ``.tmp`` that the
+next start removes. Rank 0 writes the files (RNG and data states are gathered to it; the rung's
+``StepRunner`` gathers the whole weights); a rung whose optimizer state is partitioned (``offload``)
+has every rank write its own part into the same ``.tmp`` first. Loading reads from a filesystem that
+all ranks see, in two parts: the weights into the built model (:meth:`Checkpointer.load`), then the
+optimizer state, schedule and RNG into the rung's runner (:meth:`Checkpointer.load_state`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers.utils import logging as hf_logging
 
-from parallel import ParallelDims
+from parallel import ParallelDims, StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -91,30 +94,35 @@ class Checkpointer:
     def save(
         self,
         step: int,
+        runner: StepRunner,
         lm: nn.Module,
         tokenizer,
-        optimizer: torch.optim.Optimizer,
-        scheduler,
         data_state: dict[int, dict],
         meta: dict[str, Any],
         config_yaml: str,
     ) -> Path:
+        """Collective: every rank calls it. ``lm`` is the HF model inside the runner's module."""
         data_states = _gather(data_state, self.dims)
         rng_states = _gather(_rng_state(), self.dims)
         final = self.root / f"step_{step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
         if self.dims.is_main:
-            hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
-            tmp = final.with_name(final.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            lm.save_pretrained(tmp / "model", safe_serialization=True)
+        if self.dims.distributed:
+            dist.barrier()  # tmp exists before any rank writes its part into it
+        weights = runner.full_state_dict(lm)  # on rank 0
+        runner.save_state(tmp)
+        if self.dims.is_main:
+            hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
+            lm.save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save({"scheduler": scheduler.state_dict(), "step": step}, tmp / "trainer.pt")
+            torch.save({"scheduler": runner.scheduler.state_dict(), "step": step}, tmp / "trainer.pt")
             torch.save(rng_states, tmp / "rng.pt")
             merged = {str(sid): s for part in data_states for sid, s in part.items()}
             (tmp / "data.json").write_text(json.dumps(merged, indent=1, sort_keys=True))
-            (tmp / "meta.json").write_text(json.dumps({**meta, "step": step}, indent=1))
+            saved_meta = {**meta, "step": step, "optimizer_state": runner.state_kind}
+            (tmp / "meta.json").write_text(json.dumps(saved_meta, indent=1))
             (tmp / "config.yaml").write_text(config_yaml)
             _fsync_tree(tmp)
             if final.exists():  # re-saving the same step after a resume: replace it whole
@@ -143,15 +151,9 @@ class Checkpointer:
             raise CheckpointError(f"resume={resume!r}: not a checkpoint directory (no meta.json)")
         return path
 
-    def load(
-        self,
-        path: Path,
-        lm: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler,
-        meta: dict[str, Any],
-    ) -> tuple[int, dict[int, dict]]:
-        """Restore everything in place; returns (step, data state of every stream)."""
+    def load(self, path: Path, lm: nn.Module, meta: dict[str, Any]) -> tuple[int, dict[int, dict]]:
+        """Restore the weights into the built model (before any rung partitions it); returns (step, data
+        state of every stream). :meth:`load_state` restores the rest once the rung's runner exists."""
         saved = json.loads((path / "meta.json").read_text())
         check_compatible(saved, meta, path)
         state = {}
@@ -164,9 +166,22 @@ class Checkpointer:
             raise CheckpointError(
                 f"{path}: weights do not match the model (missing {untied[:3]}, unexpected {unexpected[:3]})"
             )
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         trainer = torch.load(path / "trainer.pt", weights_only=True)
-        scheduler.load_state_dict(trainer["scheduler"])
+        data = {int(k): v for k, v in json.loads((path / "data.json").read_text()).items()}
+        return trainer["step"], data
+
+    def load_state(self, path: Path, runner: StepRunner) -> None:
+        """Restore the optimizer state (through the rung's runner), the schedule and every rank's RNG."""
+        saved = json.loads((path / "meta.json").read_text()).get("optimizer_state", "torch")
+        if saved != runner.state_kind:
+            raise CheckpointError(
+                f"{path} holds the optimizer state of {saved!r}, this run has {runner.state_kind!r}: resume with "
+                f"the rung and number of processes that wrote it (parallel.name, torchrun --nproc-per-node), or "
+                f"start a new run from its weights (model=hf model.path={path / 'model'})"
+            )
+        runner.load_state(path)
+        trainer = torch.load(path / "trainer.pt", weights_only=True)
+        runner.scheduler.load_state_dict(trainer["scheduler"])
         rngs = torch.load(path / "rng.pt", weights_only=False)
         if len(rngs) == self.dims.world:
             _set_rng_state(rngs[self.dims.rank])
@@ -174,9 +189,7 @@ class Checkpointer:
             log.warning(
                 "checkpoint was made by %d ranks, this run has %d: RNG streams restart", len(rngs), self.dims.world
             )
-        data = {int(k): v for k, v in json.loads((path / "data.json").read_text()).items()}
         log.info("resumed from %s at step %d", path, trainer["step"])
-        return trainer["step"], data
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

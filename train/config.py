@@ -15,7 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from data import DataConfig, DataError, check_synthetic
-from parallel import RUNGS, ParallelConfig
+from parallel import RUNGS, ParallelConfig, ParallelError
+from parallel.offload import check_offload_config
 from ssa_kernels.config import SSAConfig
 
 
@@ -187,6 +188,15 @@ def to_config(cfg: DictConfig) -> Config:
     _positive("parallel.sp", config.parallel.sp)
     if config.parallel.tiled_mlp < 0:
         raise ConfigError(f"parallel.tiled_mlp={config.parallel.tiled_mlp}: tokens per tile, >= 1 (0: off)")
+    try:
+        check_offload_config(config.parallel.offload)
+    except ParallelError as e:
+        raise ConfigError(str(e)) from e
+    if config.parallel.name == "offload" and t.compile:
+        raise ConfigError(
+            "train.compile=true with parallel=offload: compiled layers under ZeRO-3's parameter hooks are not "
+            "tested here; set train.compile=false"
+        )
     for key in ("ckpt_every", "loss_chunk"):
         _positive(f"train.{key}", getattr(t, key), 0)
     _positive("logging.log_every", lg.log_every)

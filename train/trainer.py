@@ -1,6 +1,7 @@
 """The continued-pretraining (CPT) trainer. One step, in three hops:
-``batches = next(loader)`` (data/) -> ``model(**batch)`` (the parallelized HF model with the
-chunked loss) -> ``optimizer.step()``, then log and checkpoint.
+``batches = next(loader)`` (data/) -> ``runner.module(**batch)`` (the parallelized HF model with the
+chunked loss) -> ``runner.backward`` / ``runner.step()`` (the rung's optimizer half,
+``parallel/runner.py``), then log and checkpoint.
 
 The loss is the sum of token losses over the global count of valid tokens (all micro-batches, all
 ranks), so accumulation and data parallelism never change it.
@@ -21,7 +22,15 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from data import IGNORE_INDEX, build_loader
-from parallel import ParallelDims, destroy_distributed, init_distributed, no_sync, parallelize
+from parallel import (
+    ParallelDims,
+    StepRunner,
+    StepSettings,
+    build_runner,
+    destroy_distributed,
+    init_distributed,
+    parallelize,
+)
 from parallel.plan import GIB, Setup, Shape, choose
 from ssa_kernels.diagnostics import SSARecorder, router_metrics, router_stats_recorder
 from train.checkpoint import Checkpointer
@@ -56,10 +65,8 @@ class StopSignal:
 
 
 def train_step(
-    model,
+    runner: StepRunner,
     loader,
-    optimizer,
-    scheduler,
     dims: ParallelDims,
     cfg: Config,
     autocast,
@@ -67,7 +74,7 @@ def train_step(
     recorder: SSARecorder | None = None,
 ):
     """One optimizer step over ``train.grad_accum`` micro-batches. Returns (loss, grad_norm,
-    stop_requested) after one host sync; the optimizer is stepped only if both are finite.
+    stop_requested) after one host sync; the runner steps the optimizer only if the norm is finite.
     ``recorder`` (SSA router diagnostics) watches the first micro-batch's forward."""
     accum = cfg.train.grad_accum
     batches = [next(loader) for _ in range(accum)]
@@ -81,27 +88,28 @@ def train_step(
     for i, batch in enumerate(batches):
         batch = {k: v.to(dims.device, non_blocking=True) for k, v in batch.items()}
         record = recorder if recorder is not None and i == 0 else contextlib.nullcontext()
-        with no_sync(model, i < accum - 1), autocast(), record:
-            token_loss_sum = model(**batch)
-        (token_loss_sum * scale).backward()
+        with runner.accumulating(i < accum - 1), autocast(), record:
+            token_loss_sum = runner.module(**batch)
+        runner.backward(token_loss_sum * scale)
         loss_sum += token_loss_sum.detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
     flag = torch.tensor(float(stop.received is not None), device=dims.device)
     reduced = torch.stack([loss_sum, flag])
     if dims.distributed:
         dist.all_reduce(reduced)
+    grad_norm = runner.step()  # clip, optimizer and schedule step, zero grads
     loss, grad_norm, stop_all = (torch.stack([reduced[0] / n_valid, grad_norm.float(), reduced[1]])).tolist()
-    if math.isfinite(loss) and math.isfinite(grad_norm):
-        optimizer.step()
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     return loss, grad_norm, stop_all > 0
 
 
-def _autocast_for(precision: str, device: torch.device):
+def _precision(precision: str, device: torch.device) -> str:
+    """train.precision resolved: auto is bf16 on GPU, fp32 on CPU."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _autocast_for(precision: str, device: torch.device):
+    if _precision(precision, device) == "fp32":
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
@@ -151,8 +159,8 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     lm = build_model(cfg.model, cfg.attention, build_config(cfg.model, tokenizer, t.seq_len))
     lm.train()
     loss_model = CausalLMLoss(lm, t.loss_chunk).to(dims.device)
-    optimizer = build_optimizer(loss_model, t.optimizer)
-    scheduler = build_scheduler(optimizer, t.steps, t.schedule)
+    n_params = sum(p.numel() for p in lm.parameters())  # counted before a rung partitions them
+    n_embed = lm.get_input_embeddings().weight.numel()
 
     global_rows = dims.dp * t.grad_accum * t.micro_batch
     meta = {
@@ -165,7 +173,7 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     start_step, data_state = 0, None
     resume_from = ckpt.resolve(cfg.resume)
     if resume_from is not None:
-        start_step, data_state = ckpt.load(resume_from, lm, optimizer, scheduler, meta)
+        start_step, data_state = ckpt.load(resume_from, lm, meta)  # weights; the optimizer's state below
     last_ckpt = resume_from
     if start_step >= t.steps:
         log.info("nothing to do: the run is at step %d of train.steps=%d", start_step, t.steps)
@@ -174,12 +182,21 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     model = parallelize(
         loss_model, loss_model.decoder_layers, dims, cfg.parallel, t.activation_checkpointing, t.compile
     )
+    settings = StepSettings(t.grad_clip, t.micro_batch, t.grad_accum, _precision(t.precision, dims.device) == "bf16")
+    runner = build_runner(
+        model,
+        dims,
+        cfg.parallel,
+        lambda module: build_optimizer(module, t.optimizer),
+        lambda optimizer: build_scheduler(optimizer, t.steps, t.schedule),
+        settings,
+    )
+    if resume_from is not None:
+        ckpt.load_state(resume_from, runner)  # optimizer state, schedule, RNG
     # packed documents, mixed with synthetic retrieval rows when data.synthetic.ratio > 0 (data/mix.py)
     loader = build_loader(
         cfg.data, tokenizer, t.seq_len, dims.dp_rank, dims.dp, t.grad_accum, t.micro_batch, data_state
     )
-    n_params = sum(p.numel() for p in lm.parameters())
-    n_embed = lm.get_input_embeddings().weight.numel()
     flops_tok = flops_per_token(lm.config, n_params, n_embed, t.seq_len)
     peak = peak_flops(dims.device, cfg.logging.peak_tflops) * dims.world
     tokens_per_step = global_rows * t.seq_len
@@ -190,14 +207,12 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     try:
         for step in range(start_step + 1, t.steps + 1):
             t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[0]
+            lr = runner.scheduler.get_last_lr()[0]
             # SSA router stats, recorded during this step's training forward (one extra selection per layer)
             recorder = None
             if router_every and step % router_every == 0:
                 recorder = router_stats_recorder(cfg.logging.router_query_blocks, seed=step)
-            loss, grad_norm, stop_requested = train_step(
-                model, loader, optimizer, scheduler, dims, cfg, autocast, stop, recorder
-            )
+            loss, grad_norm, stop_requested = train_step(runner, loader, dims, cfg, autocast, stop, recorder)
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise NonFiniteLoss(
                     f"loss={loss}, grad_norm={grad_norm} at step {step}: stopped without saving this step. "
@@ -220,7 +235,7 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
                 metrics.update(router_metrics(recorder.records))
             tracker.log(step, metrics)
             if (t.ckpt_every and step % t.ckpt_every == 0) or (step == t.steps and t.save_final) or stop_requested:
-                last_ckpt = ckpt.save(step, lm, tokenizer, optimizer, scheduler, loader.state_dict(), meta, config_yaml)
+                last_ckpt = ckpt.save(step, runner, lm, tokenizer, loader.state_dict(), meta, config_yaml)
             if stop_requested:
                 log.warning("stopped by signal at step %d; resume=auto continues from %s", step, last_ckpt)
                 break
