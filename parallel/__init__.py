@@ -28,6 +28,7 @@ RUNGS: dict[str, Callable[[nn.Module, ParallelDims], nn.Module]] = {
     "ddp": apply_ddp,
     "ulysses": apply_ulysses,
     "offload": apply_offload,
+    "nested_offload": apply_offload,  # offload with the pieces below required on (conf/parallel/nested_offload.yaml)
     "ring": apply_ring,
 }
 
@@ -44,7 +45,7 @@ __all__ = [
     "parallelize",
 ]
 # Rungs whose optimizer step is not torch's on whole parameters bring their own StepRunner (parallel/runner.py).
-RUNNERS: dict[str, type] = {"offload": OffloadRunner}
+RUNNERS: dict[str, type] = {"offload": OffloadRunner, "nested_offload": OffloadRunner}
 
 
 @dataclass
@@ -72,7 +73,7 @@ def parallelize(
     ``decoder_layers``). Returns the module to call for training."""
     if cfg.name not in RUNGS:
         raise ParallelError(f"parallel.name={cfg.name!r}: use one of {sorted(RUNGS)}")
-    if dims.sp > 1 and cfg.name not in ("ulysses", "ring", "offload"):
+    if dims.sp > 1 and cfg.name not in ("ulysses", "ring", "offload", "nested_offload"):
         raise ParallelError(
             f"parallel.sp={dims.sp} shards sequences, which parallel={cfg.name} does not: use parallel=ulysses"
         )

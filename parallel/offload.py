@@ -1,4 +1,5 @@
-"""Rung ``offload``: DeepSpeed ZeRO-3 with the parameters and the optimizer offloaded to host memory.
+"""Rungs ``offload`` and ``nested_offload``: DeepSpeed ZeRO-3 with the parameters and the optimizer
+offloaded to host memory.
 
 Each rank keeps 1/world of every parameter, of its gradient and of AdamW's state, all on the host
 (``offload_param`` / ``offload_optimizer`` device cpu, pinned on GPU machines). A layer's parameters are
@@ -9,6 +10,11 @@ micro-batch and accumulated in fp32 on the host; AdamW steps there.
 Composes with data parallelism (ZeRO partitions over the whole world, which is its data-parallel group)
 and with Ulysses (``parallel.sp`` > 1: the same all-to-all attention and sequence sharding as
 ``parallel/ulysses.py``, without DDP; gradients are averaged over dp x sp as under DDP).
+
+``nested_offload`` is the same rung with the other memory pieces required on: the layer inputs that
+activation checkpointing keeps go to the host (``parallel.offload_activations``), the MLP runs in tiles
+(``parallel.tiled_mlp``), and the lm_head + loss runs in chunks as under every rung (``train/loss.py``).
+``conf/parallel/nested_offload.yaml`` turns them on; ``train.activation_checkpointing=true`` is required.
 
 The rung has two halves: :func:`apply_offload` prepares the built model (``parallelize``), and
 :class:`OffloadRunner` makes DeepSpeed's engine, which owns backward, the optimizer step and the
@@ -71,10 +77,17 @@ def apply_offload(model: nn.Module, dims: ParallelDims) -> nn.Module:
     """Prepare the built loss model (``model.lm`` inside) for ZeRO-3; the engine is made by
     :class:`OffloadRunner`, which also needs the optimizer."""
     import deepspeed
+    from deepspeed.utils import set_z3_leaf_module
 
     # The chunked loss reads lm_head's weight directly (train/loss.py), outside lm_head's forward, where
     # ZeRO-3 would not have gathered it: gather it for the loss model's forward (and backward) instead.
     deepspeed.zero.register_external_parameter(model, model.lm.get_output_embeddings().weight)
+    # A tiled MLP (parallel/tiled_mlp.py) passes its weights to an autograd.Function, which reads them again
+    # in backward, outside its linears' forwards: ZeRO-3 gathers all of the MLP's weights around the whole
+    # MLP instead (a "leaf" module), in forward and again before its backward.
+    for module in model.modules():
+        if getattr(module, "tiled_mlp_tokens", None):
+            set_z3_leaf_module(module, True)
     return shard_sequences(model, dims)  # Ulysses attention and sharded rows when parallel.sp > 1
 
 

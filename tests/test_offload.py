@@ -7,6 +7,8 @@
 - ``python -m train parallel=offload`` logs the single-process run's loss and gradient norm at every step,
   a SIGKILLed run resumes from its last checkpoint with the uninterrupted run's numbers bit for bit, and the
   checkpoint's model loads with plain transformers (no DeepSpeed) with the single-process run's weights.
+- ``parallel=nested_offload`` (the same with activation checkpointing, layer inputs on the host and a tiled
+  MLP) equals the plain single-process run alike, with data parallelism and with Ulysses.
 - Bad settings are refused with the key to change.
 
 Every parameter is partitioned (``parallel.offload.persistence_threshold=0``): with DeepSpeed's default the
@@ -41,12 +43,14 @@ CLIP = 0.85
 OPTIM = OptimizerConfig(lr=3e-3)
 SCHEDULE = ScheduleConfig(warmup_steps=2)
 PARTITION_ALL = OffloadConfig(optimizer="torch", persistence_threshold=0)
-# (attention, layout, activation checkpointing); layout: dp (each rank one of the two rows) or sp (Ulysses,
-# both rows, each rank a sequence shard)
+# (attention, layout, pieces). layout: dp (each rank one of the two rows) or sp (Ulysses, both rows, each rank a
+# sequence shard). pieces: "" (none), "ac" (activation checkpointing), "nested" (parallel=nested_offload:
+# AC with the layer inputs on the host and the MLP in tiles of TILE tokens)
 CASES = {
-    1: [("sdpa", "dp", False), ("ssa", "dp", False)],
-    2: [("sdpa", "dp", False), ("ssa", "dp", True), ("sdpa", "sp", False), ("ssa", "sp", False)],
+    1: [("sdpa", "dp", ""), ("ssa", "dp", "")],
+    2: [("sdpa", "dp", ""), ("ssa", "dp", "ac"), ("ssa", "dp", "nested"), ("sdpa", "sp", "nested"), ("ssa", "sp", "")],
 }
+TILE = 48  # the MLP of T=128 tokens in three tiles, the last one ragged (sp=2: 64 tokens, a ragged second)
 T = 128
 DOCS = (20, 1000)  # the second document is long enough for SSA to choose (2 of up to 6 earlier blocks)
 
@@ -83,10 +87,12 @@ def _reference(attention: str, ac: bool) -> list[tuple[float, float, dict[str, t
     return out
 
 
-def _offload_runner(attention: str, layout: str, ac: bool, dims: ParallelDims):
+def _offload_runner(attention: str, layout: str, pieces: str, dims: ParallelDims):
     model = tiny_model(attention)
-    cfg = ParallelConfig(name="offload", sp=dims.sp, offload=PARTITION_ALL)
-    module = parallelize(model, model.decoder_layers, dims, cfg, activation_checkpointing=ac)
+    nested = pieces == "nested"
+    cfg = ParallelConfig(name="nested_offload" if nested else "offload", sp=dims.sp, offload=PARTITION_ALL,
+                         tiled_mlp=TILE if nested else 0, offload_activations=nested)  # fmt: skip
+    module = parallelize(model, model.decoder_layers, dims, cfg, activation_checkpointing=bool(pieces))
     rows = 2 if layout == "sp" else 1
     return model, build_runner(
         module,
@@ -107,16 +113,16 @@ def _step(runner, batch: dict[str, torch.Tensor], n_valid: torch.Tensor, world: 
     return total.item() / n_valid.item(), runner.step().item()
 
 
-def _check_case(attention: str, layout: str, ac: bool, dims: ParallelDims, ref, tmp: Path) -> None:
-    what = f"{attention} {layout} ac={ac} world={dims.world} rank={dims.rank}"
-    model, runner = _offload_runner(attention, layout, ac, dims)
+def _check_case(attention: str, layout: str, pieces: str, dims: ParallelDims, ref, tmp: Path) -> None:
+    what = f"{attention} {layout} pieces={pieces!r} world={dims.world} rank={dims.rank}"
+    model, runner = _offload_runner(attention, layout, pieces, dims)
     for i, (ref_loss, ref_norm, ref_weights) in enumerate(ref):
         full = _batch(i)
         n_valid = (full["labels"] != -100).sum()
         batch = full if layout == "sp" else {k: v[dims.rank :: dims.world] for k, v in full.items()}
         if i == STEPS_PER_CASE - 1 and layout == "dp":  # every rank writes its partition; a new runner reads them
             runner.save_state(tmp)
-            restored_model, restored = _offload_runner(attention, layout, ac, dims)
+            restored_model, restored = _offload_runner(attention, layout, pieces, dims)
             restored.load_state(tmp)
             restored.scheduler.load_state_dict(runner.scheduler.state_dict())
             loss, norm = _step(runner, batch, n_valid, dims.world)
@@ -141,15 +147,16 @@ def _worker(world: int, tmp: Path) -> None:
     """One torchrun rank: every case of this world size against this process's single-process run."""
     faulthandler.dump_traceback_later(TIMEOUT_S - 20, exit=True)  # a hang fails with every thread's stack
     torch.set_num_threads(1)
-    refs = {(a, ac): _reference(a, ac) for a, _, ac in CASES[world]}
+    refs = {(a, bool(pieces)): _reference(a, bool(pieces)) for a, _, pieces in CASES[world]}
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     try:
-        for attention, layout, ac in CASES[world]:
+        for attention, layout, pieces in CASES[world]:
             sp = world if layout == "sp" else 1
             group = dist.new_group(list(range(world))) if sp > 1 else None  # sp == world: one SP group
             dims = ParallelDims(world, rank, rank, world // sp, 1, torch.device("cpu"), sp, group)
-            _check_case(attention, layout, ac, dims, refs[(attention, ac)], tmp / f"{attention}-{layout}")
+            ref = refs[(attention, bool(pieces))]  # single process, plain MLP, AC as the case
+            _check_case(attention, layout, pieces, dims, ref, tmp / f"{attention}-{layout}-{pieces}")
     finally:
         dist.destroy_process_group()
 
@@ -237,16 +244,29 @@ def test_trainer_under_offload_matches_single_and_resumes_after_a_kill(tmp_path,
 
 
 @pytest.mark.parametrize(
-    "override,key",
+    "overrides,key",
     [
-        ("parallel.offload.optimizer=adam", "parallel.offload.optimizer"),
-        ("parallel.offload.persistence_threshold=-1", "parallel.offload.persistence_threshold"),
-        ("train.compile=true", "train.compile"),
+        (["parallel=offload", "parallel.offload.optimizer=adam"], "parallel.offload.optimizer"),
+        (["parallel=offload", "parallel.offload.persistence_threshold=-1"], "parallel.offload.persistence_threshold"),
+        (["parallel=offload", "train.compile=true"], "train.compile"),
+        (["parallel=nested_offload"], "train.activation_checkpointing=true"),
+        (["parallel=nested_offload", "train.activation_checkpointing=true", "parallel.tiled_mlp=0"],
+         "parallel.tiled_mlp"),
     ],
-)
-def test_bad_offload_settings_name_the_key(override, key):
+)  # fmt: skip
+def test_bad_offload_settings_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        to_config(compose_cfg(["parallel=offload", override]))
+        to_config(compose_cfg(overrides))
+
+
+def test_nested_offload_composes_the_pieces():
+    p = to_config(compose_cfg(["parallel=nested_offload", "train.activation_checkpointing=true"])).parallel
+    assert (p.name, p.offload_activations, p.tiled_mlp > 0, p.offload.optimizer) == (
+        "nested_offload",
+        True,
+        True,
+        "auto",
+    )
 
 
 if __name__ == "__main__":

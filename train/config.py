@@ -192,11 +192,19 @@ def to_config(cfg: DictConfig) -> Config:
         check_offload_config(config.parallel.offload)
     except ParallelError as e:
         raise ConfigError(str(e)) from e
-    if config.parallel.name == "offload" and t.compile:
+    p = config.parallel
+    if p.name in ("offload", "nested_offload") and t.compile:
         raise ConfigError(
-            "train.compile=true with parallel=offload: compiled layers under ZeRO-3's parameter hooks are not "
+            f"train.compile=true with parallel={p.name}: compiled layers under ZeRO-3's parameter hooks are not "
             "tested here; set train.compile=false"
         )
+    if p.name == "nested_offload":
+        pieces = {"train.activation_checkpointing=true": t.activation_checkpointing,
+                  "parallel.offload_activations=true": p.offload_activations,
+                  "parallel.tiled_mlp=16384": p.tiled_mlp > 0}  # fmt: skip
+        missing = [k for k, on in pieces.items() if not on]
+        if missing:
+            raise ConfigError(f"parallel=nested_offload is offload with its memory pieces on: set {' '.join(missing)}")
     for key in ("ckpt_every", "loss_chunk"):
         _positive(f"train.{key}", getattr(t, key), 0)
     _positive("logging.log_every", lg.log_every)
