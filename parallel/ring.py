@@ -34,6 +34,7 @@ on the all-gathered means, back to every rank's own blocks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -174,9 +175,10 @@ def _rotate_with_grads(
         if not last:
             reqs, incoming = ring.shift(kv, tag=0)
         step_fn((ring.rank - step) % ring.size, kv, dkv)
-        dreqs, dkv = ring.shift(dkv, tag=1)  # to the next holder of this k/v (the owner after the last step)
-        for r in dreqs:
-            r.wait()
+        if ring.size > 1:  # to the next holder of this k/v (the owner after the last step)
+            dreqs, dkv = ring.shift(dkv, tag=1)
+            for r in dreqs:
+                r.wait()
         if not last:
             for r in reqs:
                 r.wait()
@@ -191,6 +193,25 @@ def _merge(acc_out: torch.Tensor, acc_lse: torch.Tensor, out: torch.Tensor, lse:
     shift = torch.where(torch.isfinite(new), new, 0.0)  # exp(-inf - 0) = 0, never NaN
     acc_out.mul_(torch.exp(acc_lse - shift)[..., None]).add_(out * torch.exp(lse - shift)[..., None])
     acc_lse.copy_(new)
+
+
+def _acc(x: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: fp32, or fp64 for fp64 inputs (gradcheck)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _without_autocast(fn):
+    """Run an autograd.Function's forward/backward with autocast off: the per-pair math is fp32 by design
+    (bf16 scores and exponentials would lose what the fp32 merge keeps), and autocast would run its
+    matmuls in bf16. Inputs keep their dtype; outputs and gradients come back in it."""
+
+    @functools.wraps(fn)
+    def run(ctx, *args):
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(ctx, *args)
+
+    return run
 
 
 # --- dense ring -----------------------------------------------------------------------------------
@@ -213,13 +234,14 @@ def _pair_forward(q, k, v, qidx, kidx, doc_q, doc_k, scale) -> tuple[torch.Tenso
     out [B, Hq, Lq, D] and lse [B, Hq, Lq], fp32; a row with no visible key: out 0, lse -inf."""
     b, hq, lq, d = q.shape
     hkv = k.shape[1]
-    kf, vf = k.float()[:, :, None], v.float()[:, :, None]  # (B, Hkv, 1, Lk, D)
-    out = torch.empty(b, hq, lq, d, dtype=torch.float32, device=q.device)
-    lse = torch.empty(b, hq, lq, dtype=torch.float32, device=q.device)
+    acc = _acc(q)
+    kf, vf = k.to(acc)[:, :, None], v.to(acc)[:, :, None]  # (B, Hkv, 1, Lk, D)
+    out = torch.empty(b, hq, lq, d, dtype=acc, device=q.device)
+    lse = torch.empty(b, hq, lq, dtype=acc, device=q.device)
     rows = _query_rows(b, hq, k.shape[2])
     for r0 in range(0, lq, rows):
         r1 = min(lq, r0 + rows)
-        qc = q[:, :, r0:r1].float().view(b, hkv, hq // hkv, r1 - r0, d)  # (B, Hkv, G, rows, D)
+        qc = q[:, :, r0:r1].to(acc).view(b, hkv, hq // hkv, r1 - r0, d)  # (B, Hkv, G, rows, D)
         s = torch.matmul(qc, kf.transpose(-1, -2)).mul_(scale)  # (B, Hkv, G, rows, Lk)
         s.masked_fill_(~_allowed(qidx[r0:r1], kidx, doc_q[:, r0:r1], doc_k), -math.inf)
         lse_c = torch.logsumexp(s, dim=-1)  # (B, Hkv, G, rows)
@@ -234,15 +256,16 @@ def _pair_backward(q, k, v, do, lse, delta, qidx, kidx, doc_q, doc_k, scale):
     dk, dv [B, Hkv, Lk, D], fp32 (dk, dv summed over each kv head's G query heads)."""
     b, hq, lq, d = q.shape
     hkv, g = k.shape[1], hq // k.shape[1]
-    kf, vf = k.float()[:, :, None], v.float()[:, :, None]  # (B, Hkv, 1, Lk, D)
-    dq = torch.empty(b, hq, lq, d, dtype=torch.float32, device=q.device)
-    dk = torch.zeros(b, hkv, k.shape[2], d, dtype=torch.float32, device=q.device)
+    acc = _acc(q)
+    kf, vf = k.to(acc)[:, :, None], v.to(acc)[:, :, None]  # (B, Hkv, 1, Lk, D)
+    dq = torch.empty(b, hq, lq, d, dtype=acc, device=q.device)
+    dk = torch.zeros(b, hkv, k.shape[2], d, dtype=acc, device=q.device)
     dv = torch.zeros_like(dk)
     rows = _query_rows(b, hq, k.shape[2])
     for r0 in range(0, lq, rows):
         r1, n = min(lq, r0 + rows), min(lq, r0 + rows) - r0
-        qc = q[:, :, r0:r1].float().view(b, hkv, g, n, d)  # (B, Hkv, G, rows, D)
-        doc_ = do[:, :, r0:r1].float().view(b, hkv, g, n, d)
+        qc = q[:, :, r0:r1].to(acc).view(b, hkv, g, n, d)  # (B, Hkv, G, rows, D)
+        doc_ = do[:, :, r0:r1].to(acc).view(b, hkv, g, n, d)
         lse_c = lse[:, :, r0:r1].view(b, hkv, g, n, 1)
         s = torch.matmul(qc, kf.transpose(-1, -2)).mul_(scale)  # (B, Hkv, G, rows, Lk)
         s.masked_fill_(~_allowed(qidx[r0:r1], kidx, doc_q[:, r0:r1], doc_k), -math.inf)
@@ -264,12 +287,14 @@ def _pairs(ring: Ring, j: int):
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
+    @_without_autocast
     def forward(ctx, q, k, v, doc, ring: Ring, scale: float):
         # q [B, Hq, L, D], k/v [B, Hkv, L, D]: this rank's two chunks; doc [B, T] global document ids
         b, hq, length, d = q.shape
         c = length // 2
-        out = torch.zeros(b, hq, length, d, dtype=torch.float32, device=q.device)
-        lse = torch.full((b, hq, length), -math.inf, dtype=torch.float32, device=q.device)
+        acc = _acc(q)
+        out = torch.zeros(b, hq, length, d, dtype=acc, device=q.device)
+        lse = torch.full((b, hq, length), -math.inf, dtype=acc, device=q.device)
         qidx = ring.token_index(ring.rank, length, q.device)  # (L,)
         doc_q = doc[:, qidx]  # (B, L)
 
@@ -289,13 +314,15 @@ class _RingAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_without_autocast
     def backward(ctx, grad_out):
         q, k, v, doc, out, lse = ctx.saved_tensors
         ring, scale = ctx.ring, ctx.scale
         length = q.shape[2]
         c = length // 2
-        delta = (grad_out.float() * out.float()).sum(-1)  # (B, Hq, L)
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        acc = _acc(q)
+        delta = (grad_out.to(acc) * out.to(acc)).sum(-1)  # (B, Hq, L)
+        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         qidx = ring.token_index(ring.rank, length, q.device)
         doc_q = doc[:, qidx]
 
@@ -312,7 +339,7 @@ class _RingAttention(torch.autograd.Function):
                 dkv[0][:, :, ks] += dk_
                 dkv[1][:, :, ks] += dv_
 
-        dkv = torch.zeros((2, *k.shape), dtype=torch.float32, device=k.device)  # (2, B, Hkv, L, D)
+        dkv = torch.zeros((2, *k.shape), dtype=acc, device=k.device)  # (2, B, Hkv, L, D)
         dkv = _rotate_with_grads(ring, torch.stack([k, v]), dkv, step)
         return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
 
@@ -399,7 +426,7 @@ class _SparseStep:
         bt, hkv, c, width, B, G = self.shape
         s = torch.matmul(qc, kg.transpose(-1, -2)).mul_(scale)  # (Bt, Hkv, c, G*B, W*B)
         if bias is not None:  # one logit offset per listed block, for all its keys and all G*B rows
-            s = s.view(bt, hkv, c, G * B, width, B).add_(bias[:, :, :, None, :, None].float())
+            s = s.view(bt, hkv, c, G * B, width, B).add_(bias[:, :, :, None, :, None].to(s.dtype))
         return s.view(bt, hkv, c, G, B, width * B).masked_fill_(~self.allowed, -math.inf)
 
 
@@ -417,13 +444,15 @@ def _as_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
 
 class _SparseRing(torch.autograd.Function):
     @staticmethod
+    @_without_autocast
     def forward(ctx, q, k, v, bias, indices, doc, ring: Ring, block_size: int, scale: float):
         # q [Bt, Hq, L, D], k/v [Bt, Hkv, L, D]; indices/bias [Bt, Hkv, L/B, S] for our query blocks
         bt, hq, length, d = q.shape
         hkv, nbl, B = k.shape[1], indices.shape[2], block_size
         G, cb = hq // hkv, nbl // 2
-        out = torch.zeros(bt, hq, length, d, dtype=torch.float32, device=q.device)
-        lse = torch.full((bt, hq, length), -math.inf, dtype=torch.float32, device=q.device)
+        acc = _acc(q)
+        out = torch.zeros(bt, hq, length, d, dtype=acc, device=q.device)
+        lse = torch.full((bt, hq, length), -math.inf, dtype=acc, device=q.device)
         qidx = ring.token_index(ring.rank, length, q.device)
         doc_q = doc[:, qidx]
 
@@ -433,14 +462,14 @@ class _SparseRing(torch.autograd.Function):
                 return
             slot, local = vis
             kidx = ring.token_index(j, length, q.device)
-            kb, vb = _as_blocks(kv[0].float(), B), _as_blocks(kv[1].float(), B)
+            kb, vb = _as_blocks(kv[0].to(acc), B), _as_blocks(kv[1].to(acc), B)
             bias_v = bias.gather(-1, slot) if bias is not None else None
             chunk = _sparse_chunk(bt, hkv, G, slot.shape[-1], B, d)
             for b0 in range(0, nbl, chunk):
                 b1 = min(nbl, b0 + chunk)
                 t0, t1 = b0 * B, b1 * B
                 st = _SparseStep(local, b0, b1, B, qidx, kidx, doc_q, doc[:, kidx], G)
-                qc = _heads_to_groups(q[:, :, t0:t1].float(), hkv, b1 - b0, B)  # (Bt, Hkv, c, G*B, D)
+                qc = _heads_to_groups(q[:, :, t0:t1].to(acc), hkv, b1 - b0, B)  # (Bt, Hkv, c, G*B, D)
                 s = st.scores(qc, st.gather(kb), scale, bias_v[:, :, b0:b1] if bias_v is not None else None)
                 lse_c = torch.logsumexp(s, dim=-1)  # (Bt, Hkv, c, G, B)
                 p = s.sub_(torch.where(torch.isfinite(lse_c), lse_c, 0.0)[..., None]).exp_()
@@ -455,17 +484,19 @@ class _SparseRing(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_without_autocast
     def backward(ctx, grad_out):
         q, k, v, bias, indices, doc, out, lse = ctx.saved_tensors
         ring, B, scale = ctx.ring, ctx.block_size, ctx.scale
         bt, hq, length, d = q.shape
         hkv, nbl = k.shape[1], indices.shape[2]
         G, cb = hq // hkv, nbl // 2
+        acc = _acc(q)
         qidx = ring.token_index(ring.rank, length, q.device)
         doc_q = doc[:, qidx]
-        delta = (grad_out.float() * out.float()).sum(-1, keepdim=True)  # (Bt, Hq, L, 1)
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        dbias = torch.zeros(indices.shape, dtype=torch.float32, device=q.device) if bias is not None else None
+        delta = (grad_out.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # (Bt, Hq, L, 1)
+        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
+        dbias = torch.zeros(indices.shape, dtype=acc, device=q.device) if bias is not None else None
 
         def step(j: int, kv: torch.Tensor, dkv: torch.Tensor) -> None:
             vis = _visiting(indices, ring, j, cb)
@@ -473,7 +504,7 @@ class _SparseRing(torch.autograd.Function):
                 return
             slot, local = vis
             kidx = ring.token_index(j, length, q.device)
-            kb, vb = _as_blocks(kv[0].float(), B), _as_blocks(kv[1].float(), B)
+            kb, vb = _as_blocks(kv[0].to(acc), B), _as_blocks(kv[1].to(acc), B)
             dkb, dvb = _as_blocks(dkv[0], B), _as_blocks(dkv[1], B)  # views: index_add_ writes through
             bias_v = bias.gather(-1, slot) if bias is not None else None
             chunk = _sparse_chunk(bt, hkv, G, slot.shape[-1], B, d)
@@ -481,7 +512,7 @@ class _SparseRing(torch.autograd.Function):
                 b1 = min(nbl, b0 + chunk)
                 c, t0, t1 = b1 - b0, b0 * B, b1 * B
                 st = _SparseStep(local, b0, b1, B, qidx, kidx, doc_q, doc[:, kidx], G)
-                qc, do_c = (_heads_to_groups(x[:, :, t0:t1].float(), hkv, c, B) for x in (q, grad_out))
+                qc, do_c = (_heads_to_groups(x[:, :, t0:t1].to(acc), hkv, c, B) for x in (q, grad_out))
                 kg, vg = st.gather(kb), st.gather(vb)
                 s = st.scores(qc, kg, scale, bias_v[:, :, b0:b1] if bias_v is not None else None)
                 lse_c = _heads_to_groups(lse[:, :, t0:t1, None], hkv, c, B).view(bt, hkv, c, G, B, 1)
@@ -500,7 +531,7 @@ class _SparseRing(torch.autograd.Function):
                 dq[:, :, t0:t1] += _groups_to_heads(torch.matmul(ds, kg).mul_(scale), G)
                 st.scatter_add(dkb, torch.matmul(ds.transpose(-1, -2), qc).mul_(scale))
 
-        dkv = torch.zeros((2, *k.shape), dtype=torch.float32, device=k.device)
+        dkv = torch.zeros((2, *k.shape), dtype=acc, device=k.device)
         dkv = _rotate_with_grads(ring, torch.stack([k, v]), dkv, step)
         dbias = dbias.to(bias.dtype) if dbias is not None and ctx.needs_input_grad[3] else None
         return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), dbias, None, None, None, None, None

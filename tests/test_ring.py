@@ -204,6 +204,30 @@ def test_each_listed_block_is_visited_once_and_empty_steps_are_skipped(cp):
             assert torch.equal(hits, (mine >= 0).long()), (cfg, r)
 
 
+def test_ring_functions_gradcheck_and_ignore_autocast():
+    """On a ring of one (no communication: the same Functions, every pair on one rank), fp64 gradcheck of
+    the dense and the sparse ring attention (q, k, v and the block bias), and bf16 autocast leaves their
+    fp32 math unchanged."""
+    ring = Ring(None, 1, 0, 0, 0)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (_fill(g, 1, h, 16, 4).double().requires_grad_() for h in (2, 1, 1))
+    _, doc = _docs(16, (5, 3, 100))
+    assert torch.autograd.gradcheck(lambda q, k, v: ring_attention(q, k, v, ring, doc[:1]), (q, k, v))
+    cfg = SSAConfig(block_size=4, topk_blocks=1, local_window=4, top_nodes=2, router="attention")
+    indices = select_blocks(q.detach(), k.detach(), cfg, doc[:1]).indices
+    bias = _fill(g, *indices.shape).double().requires_grad_()
+
+    def sparse(q, k, v, bias):
+        return sparse_ring_attention(q, k, v, indices, 4, ring, doc[:1], block_bias=bias)
+
+    assert torch.autograd.gradcheck(sparse, (q, k, v, bias))
+    q32, k32, v32 = (x.detach().float() for x in (q, k, v))
+    plain = ring_attention(q32, k32, v32, ring, doc[:1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = ring_attention(q32, k32, v32, ring, doc[:1])
+    assert under.dtype == torch.float32 and torch.equal(under, plain)
+
+
 def test_zigzag_placement():
     """Ring rank r holds chunks r and 2cp-1-r of 2cp; unzigzag puts the shards back in order."""
     x = torch.arange(16).view(1, 16)
