@@ -26,10 +26,21 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
   the incoming ones (bf16, 8 Hkv d), fp32 copies of the visiting k/v (8 Hkv d), the fp32 dK/dV
   accumulators and the incoming ones (16 Hkv d) and fp32 dQ and output accumulators (8 Hq d) per token,
   plus two 64 MiB chunks of scores; no [T, T] mask. Not yet checked against a GPU measurement.
+- offload and nested_offload (``parallel/offload.py``, DeepSpeed ZeRO-3 with bf16 parameters): no model
+  states on the GPU. It holds the gathered bf16 weights of the layer being computed and of the prefetched
+  next one (2 x 2 bytes per layer parameter), that layer's bf16 gradients and their reduce-scatter buffer
+  (2 x 2 bytes), and lm_head's weight, gathered for the whole loss (2 bytes), with the chunked loss's fp32
+  gradient of it (4 bytes per vocab x hidden). The host holds the model states, 16 bytes per parameter, plus
+  the bf16 parameter partitions (2). nested_offload is offload with the checkpointed layer inputs on the
+  host and a tiled MLP (``conf/parallel/nested_offload.yaml``; activation checkpointing on). Not yet
+  checked against a GPU measurement.
+
+Host memory is the node's: every GPU process's offloaded layer inputs, and the offload rungs' model states.
+With ``host_mem_gib`` (``--host-mem-gib``; the machine's memory under ``parallel=auto``), a rung fits only
+when its host estimate is within the same headroom of it.
 
 The constants come from the op list above, not from a fit. ``tests/test_plan.py`` checks them against
-every peak measured on a GPU and recorded under ``docs/results/`` (within 15%). Rungs not built yet
-(offload, nested_offload) are listed as such and never picked. ``parallel=auto`` asks
+every peak measured on a GPU and recorded under ``docs/results/`` (within 15%). ``parallel=auto`` asks
 :func:`choose` at the start of training (``train/trainer.py``); it does not pick ring, whose degree
 (``parallel.cp``) it does not set yet.
 """
@@ -38,7 +49,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -51,7 +62,9 @@ GIB = 2**30
 LOSS_CHUNK_BYTES = GIB  # train/loss.py: loss_chunk = 0 sizes chunks to about 1 GiB of fp32 logits
 # Cheapest first: the planner picks the first rung that fits.
 ORDER = ("single", "ddp", "ulysses", "offload", "nested_offload", "ring")
-NOT_BUILT = {"offload", "nested_offload"}
+NOT_BUILT: set[str] = set()  # rungs listed as "not built yet" and never picked
+OFFLOAD = ("offload", "nested_offload")
+NESTED_TILE = 16384  # conf/parallel/nested_offload.yaml: tokens per MLP tile
 RING_CHUNK_BYTES = 2 * (64 << 20)  # parallel/ring.py: CHUNK_BYTES of scores in forward and backward
 AUTO_RUNGS = tuple(r for r in ORDER if r != "ring")  # parallel=auto would have to set parallel.cp too
 HEADROOM = 0.9  # a rung fits when its estimate is within this share of the GPU's memory
@@ -69,19 +82,27 @@ class Shape:
     head_dim: int
     vocab: int
     params: int
+    layer_params: int = 0  # one decoder layer's (with SSA's router); 0: params / layers
+
+    @property
+    def per_layer_params(self) -> float:
+        return self.layer_params or self.params / self.layers
 
     @classmethod
     def from_hf_config(cls, config, attention: str = "dense") -> Shape:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
         params = sum(p.numel() for p in model.parameters())
+        layer = sum(p.numel() for p in model.get_decoder().layers[0].parameters())
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         if attention == "ssa":  # learned routers: a q and a k projection of kv_heads x head_dim per layer
-            params += config.num_hidden_layers * 2 * config.hidden_size * kv_heads * head_dim
+            router = 2 * config.hidden_size * kv_heads * head_dim
+            params += config.num_hidden_layers * router
+            layer += router
         return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers, heads, kv_heads,
-                   head_dim, config.vocab_size, params)  # fmt: skip
+                   head_dim, config.vocab_size, params, layer)  # fmt: skip
 
 
 def load_shape(model_yaml: str | Path, attention: str = "dense") -> Shape:
@@ -106,6 +127,7 @@ class Estimate:
     terms: dict[str, float] = field(default_factory=dict)
     note: str = ""
     cp: int = 1  # ring degree (parallel=ring)
+    host_terms: dict[str, float] = field(default_factory=dict)  # the node's host memory, by term
 
     @property
     def gpu_gib(self) -> float:
@@ -130,12 +152,25 @@ def estimate(
     degree under parallel=ring); see the module docstring for the terms."""
     if rung in NOT_BUILT:
         return Estimate(rung, sp, math.inf, math.inf, note="not built yet")
+    if rung == "nested_offload":  # its pieces are on whatever the setup says
+        setup = replace(setup, activation_checkpointing=True, offload_activations=True,
+                        tiled_mlp=setup.tiled_mlp or NESTED_TILE)  # fmt: skip
     h, i, mb = shape.hidden, shape.intermediate, setup.micro_batch
     cp = cp if rung == "ring" else 1
     t_local = mb * seq_len / (sp * cp)
-    terms = {"model states (fp32 weights, grads, AdamW)": 16.0 * shape.params}
-    if gpus > 1:
-        terms["DDP gradient buckets"] = 4.0 * shape.params
+    host_terms = {}
+    if rung in OFFLOAD:  # ZeRO-3: the model states on the host, one layer's weights at a time on the GPU
+        layer = shape.per_layer_params
+        terms = {
+            "gathered layer weights (bf16, this + prefetched)": 2 * 2.0 * layer,
+            "a layer's gradients (bf16) + reduce-scatter buffer": 2 * 2.0 * layer,
+            "lm_head weight for the loss (bf16) + fp32 grad": 6.0 * shape.vocab * h,
+        }
+        host_terms["model states (fp32 weights, grads, AdamW) + bf16 params"] = 18.0 * shape.params
+    else:
+        terms = {"model states (fp32 weights, grads, AdamW)": 16.0 * shape.params}
+        if gpus > 1:
+            terms["DDP gradient buckets"] = 4.0 * shape.params
     # a tiled MLP (parallel.tiled_mlp) holds its intermediates for one tile of tokens at a time
     mlp_tokens = min(t_local, mb * setup.tiled_mlp) if setup.tiled_mlp else t_local
     per_layer = 40 * h * t_local + 9 * i * mlp_tokens
@@ -145,11 +180,10 @@ def estimate(
         kv_heads = math.lcm(shape.kv_heads, sp) // sp  # kv heads repeated when sp does not divide them
         per_layer += (32 * kv_heads + 8 * shape.heads // sp) * shape.head_dim * mb * seq_len / cp
         per_layer += RING_CHUNK_BYTES
-    host = 0.0
     if setup.activation_checkpointing:
         kept = shape.layers * 4.0 * h * t_local
         if setup.offload_activations:  # on the host; one layer's input is on the GPU while it moves or recomputes
-            host += kept
+            host_terms["offloaded layer inputs (every GPU's)"] = gpus * kept
             kept = 4.0 * h * t_local
         terms["checkpointed layer inputs (fp32)"] = kept
         terms["one layer recomputed"] = per_layer
@@ -159,7 +193,7 @@ def estimate(
     terms["loss chunk (fp32 logits + grad)"] = 2 * min(logits, LOSS_CHUNK_BYTES)
     if rung == "ulysses" and sp > 1 and setup.attention == "dense":
         terms["dense [T, T] mask"] = float(mb * seq_len * seq_len)
-    return Estimate(rung, sp, sum(terms.values()), host, terms, cp=cp)
+    return Estimate(rung, sp, sum(terms.values()), sum(host_terms.values()), terms, cp=cp, host_terms=host_terms)
 
 
 def plan(
@@ -170,11 +204,13 @@ def plan(
     setup: Setup = Setup(),
     headroom: float = HEADROOM,
     rungs: tuple[str, ...] = ORDER,
+    host_mem_gib: float | None = None,
 ) -> tuple[list[Estimate], Estimate | None]:
     """Every rung's estimate (ulysses at the smallest sp that fits, among those dividing the GPUs and the
     heads; ring at the smallest cp dividing the GPUs that fits) and the first of ``rungs`` (in ``ORDER``)
-    whose estimate is within ``headroom`` x the GPU's memory."""
+    whose estimate is within ``headroom`` x the GPU's memory (and x ``host_mem_gib``, when given)."""
     budget = headroom * gpu_mem_gib * GIB
+    host_budget = math.inf if host_mem_gib is None else headroom * host_mem_gib * GIB
     rows = []
     for rung in ORDER:
         if rung == "single" and gpus != 1:
@@ -195,19 +231,25 @@ def plan(
                 rows.append(fitting[0] if fitting else ests[-1])
             continue
         rows.append(estimate(shape, seq_len, rung, gpus, 1, setup))
-    pick = next((e for e in rows if e.gpu_bytes <= budget and e.rung in rungs), None)
+    pick = next((e for e in rows if e.gpu_bytes <= budget and e.host_bytes <= host_budget and e.rung in rungs), None)
     return rows, pick
 
 
 def choose(
-    shape: Shape, seq_len: int, world: int, local_world: int, gpu_mem_gib: float | None, setup: Setup = Setup()
+    shape: Shape,
+    seq_len: int,
+    world: int,
+    local_world: int,
+    gpu_mem_gib: float | None,
+    setup: Setup = Setup(),
+    host_mem_gib: float | None = None,
 ) -> tuple[str, int, list[Estimate]]:
     """``parallel=auto``: (rung name, sp, the estimates) for a job of ``world`` processes,
     ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory does not decide:
-    single or ddp)."""
+    single or ddp) and nodes of ``host_mem_gib`` (None: not checked)."""
     if gpu_mem_gib is None:
         return ("single" if world == 1 else "ddp"), 1, []
-    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, setup, rungs=AUTO_RUNGS)
+    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, setup, rungs=AUTO_RUNGS, host_mem_gib=host_mem_gib)
     if pick is None:
         table = ", ".join(f"{e.rung} {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
         ring = next((e for e in rows if e.rung == "ring" and e.gpu_bytes <= HEADROOM * gpu_mem_gib * GIB), None)
@@ -226,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--gpus", type=int, default=1, help="GPUs of one node")
     p.add_argument("--gpu-mem-gib", type=float, default=80.0)
+    p.add_argument("--host-mem-gib", type=float, default=None, help="the node's memory; default: not checked")
     p.add_argument("--attention", choices=("dense", "ssa"), default="ssa")
     p.add_argument("--no-ac", action="store_true", help="without activation checkpointing")
     p.add_argument("--tiled-mlp", type=int, default=0, help="tokens per MLP tile (parallel.tiled_mlp); 0: off")
@@ -233,23 +276,25 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     shape = load_shape(args.model, args.attention)
     setup = Setup(args.attention, not args.no_ac, args.tiled_mlp, args.offload_activations)
-    rows, pick = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup)
+    rows, pick = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup, host_mem_gib=args.host_mem_gib)
     print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, seq_len {args.seq_len:,}, {args.gpus} GPU(s) "
           f"of {args.gpu_mem_gib:g} GiB, attention {args.attention}")  # fmt: skip
-    print(f"{'rung':<16}{'sp':>4}{'cp':>4}{'GPU GiB':>10}  fits")
+    print(f"{'rung':<16}{'sp':>4}{'cp':>4}{'GPU GiB':>10}{'host GiB':>10}  fits")
+    host_budget = math.inf if args.host_mem_gib is None else HEADROOM * args.host_mem_gib * GIB
     for e in rows:
         gib = "-" if math.isinf(e.gpu_bytes) else f"{e.gpu_gib:.1f}"
-        fits = e.note or ("yes" if e.gpu_bytes <= HEADROOM * args.gpu_mem_gib * GIB else "no")
-        print(f"{e.rung:<16}{e.sp:>4}{e.cp:>4}{gib:>10}  {fits}")
+        host = "-" if math.isinf(e.host_bytes) else f"{e.host_bytes / GIB:.1f}"
+        fits = e.gpu_bytes <= HEADROOM * args.gpu_mem_gib * GIB and e.host_bytes <= host_budget
+        print(f"{e.rung:<16}{e.sp:>4}{e.cp:>4}{gib:>10}{host:>10}  {e.note or ('yes' if fits else 'no')}")
     if pick is None:
         print("no built rung fits: lower train.seq_len or add GPUs")
     else:
         cp = f" parallel.cp={pick.cp}" if pick.cp > 1 else ""
         print(f"pick: parallel={pick.rung}" + (f" parallel.sp={pick.sp}" if pick.sp > 1 else "") + cp)
         for name, b in pick.terms.items():
-            print(f"  {name:<44}{b / GIB:8.2f} GiB")
-        if pick.host_bytes:
-            print(f"  {'host: offloaded layer inputs':<44}{pick.host_bytes / GIB:8.2f} GiB")
+            print(f"  {name:<58}{b / GIB:8.2f} GiB")
+        for name, b in pick.host_terms.items():
+            print(f"  host: {name:<52}{b / GIB:8.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def test_parameter_count_is_the_built_models(attention):
     model = LlamaForCausalLM._from_config(copy.deepcopy(config))
     if attention == "ssa":
         convert_to_ssa(model, SSAConfig())
-    assert Shape.from_hf_config(config, attention).params == sum(p.numel() for p in model.parameters())
+    shape = Shape.from_hf_config(config, attention)
+    assert shape.params == sum(p.numel() for p in model.parameters())
+    assert shape.layer_params == sum(p.numel() for p in model.model.layers[0].parameters())  # the offload term
 
 
 @pytest.mark.parametrize("key", list(MEASURED))
@@ -65,7 +67,7 @@ def test_plan_picks_the_cheapest_rung_that_fits():
     # dense under ulysses pays for its [T, T] mask: more memory than SSA at the same sp
     dense = estimate(shape, 1 << 20, "ulysses", 8, pick.sp, Setup("dense"))
     assert dense.terms["dense [T, T] mask"] == float(1 << 40) and dense.gpu_bytes > pick.gpu_bytes
-    assert {r.rung for r in rows if r.note == "not built yet"} == {"offload", "nested_offload"}
+    assert not [r for r in rows if r.note]  # every rung is built
 
 
 def test_ring_estimate_and_auto_leaves_it_out():
@@ -81,11 +83,12 @@ def test_ring_estimate_and_auto_leaves_it_out():
     assert ring.terms[layer] == ulysses.terms[layer] - alltoall + buffers
     assert (ring.cp, ring.sp) == (8, 1)
     six_heads = Shape(768, 2048, 12, 6, 2, 128, 32000, 100_000_000)  # ulysses: sp=2 at most on 4 GPUs
-    rows, pick = plan(six_heads, 1 << 21, 4, 80.0, SSA)
+    # 64 GiB of host memory: nested_offload (before ring in the ladder) would need 290 GiB for the layer inputs
+    rows, pick = plan(six_heads, 1 << 21, 4, 80.0, SSA, host_mem_gib=64.0)
     assert (pick.rung, pick.cp) == ("ring", 4) and pick.gpu_gib < 72
     assert next(r for r in rows if r.rung == "ulysses").gpu_gib > 72
     with pytest.raises(ParallelError, match="no built rung fits .* set parallel=ring parallel.cp=4"):
-        choose(six_heads, 1 << 21, 4, 4, 80.0, SSA)
+        choose(six_heads, 1 << 21, 4, 4, 80.0, SSA, host_mem_gib=64.0)
 
 
 def test_cli_prints_the_pick(capsys):
@@ -137,3 +140,26 @@ def test_offloaded_activations_move_to_the_host():
     # and under every rung the planner tries, ulysses included
     rows, _ = plan(shape, 1 << 20, 8, 80.0, Setup("ssa", offload_activations=True))
     assert all(r.host_bytes > 0 for r in rows if not r.note)
+
+
+def test_offload_terms_and_picks():
+    """ZeRO-3 offload: no model states on the GPU (18 bytes per parameter on the host instead), one layer's
+    bf16 weights twice and its gradients, lm_head's weight and fp32 gradient; the planner picks offload
+    where the model states do not fit one GPU, nested_offload where the activations do not either, and
+    neither when the host is too small."""
+    shape = load_shape(REPO / "conf" / "model" / "llama_8b.yaml", "ssa")
+    single, offload = (estimate(shape, 32768, r, 1, 1, SSA) for r in ("single", "offload"))
+    assert "model states (fp32 weights, grads, AdamW)" not in offload.terms
+    assert offload.host_terms == {"model states (fp32 weights, grads, AdamW) + bf16 params": 18.0 * shape.params}
+    assert offload.terms["gathered layer weights (bf16, this + prefetched)"] == 4.0 * shape.layer_params
+    assert offload.terms["lm_head weight for the loss (bf16) + fp32 grad"] == 6.0 * 128256 * 4096
+    assert single.gpu_bytes - offload.gpu_bytes > 16.0 * shape.params - 0.1 * single.gpu_bytes
+    assert plan(shape, 32768, 1, 80.0, SSA)[1].rung == "offload"  # 8B: 124 GiB of model states alone
+    # 256K: the activations of one recomputed layer and the layer inputs need the nested pieces
+    rows, pick = plan(shape, 262144, 1, 80.0, SSA, host_mem_gib=512.0)
+    assert pick.rung == "nested_offload" and next(r for r in rows if r.rung == "offload").gpu_gib > 72
+    nested = estimate(shape, 262144, "nested_offload", 1, 1, SSA)  # the pieces whatever the setup says
+    assert nested.terms == estimate(shape, 262144, "offload", 1, 1, Setup("ssa", True, 16384, True)).terms
+    assert nested.host_terms["offloaded layer inputs (every GPU's)"] == 32 * 4.0 * 4096 * 262144
+    assert plan(shape, 262144, 1, 80.0, SSA, host_mem_gib=128.0)[1] is None  # 267 GiB on the host
+    assert choose(shape, 262144, 1, 1, 80.0, SSA, host_mem_gib=512.0)[:2] == ("nested_offload", 1)

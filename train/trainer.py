@@ -31,7 +31,7 @@ from parallel import (
     init_distributed,
     parallelize,
 )
-from parallel.plan import GIB, Setup, Shape, choose
+from parallel.plan import GIB, NESTED_TILE, Setup, Shape, choose
 from ssa_kernels.diagnostics import SSARecorder, router_metrics, router_stats_recorder
 from train.checkpoint import Checkpointer
 from train.config import Config
@@ -135,14 +135,18 @@ def _resolve_auto(cfg: Config) -> None:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     on_gpu = cfg.parallel.device != "cpu" and torch.cuda.is_available()
     mem = torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else None
+    host_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB  # the node's memory
     p, t = cfg.parallel, cfg.train
     setup = Setup(cfg.attention.name, t.activation_checkpointing, p.tiled_mlp, p.offload_activations, t.micro_batch)
-    name, sp, rows = choose(shape, t.seq_len, world, local_world, mem, setup)
+    name, sp, rows = choose(shape, t.seq_len, world, local_world, mem, setup, host_mem)
     estimates = "; ".join(f"{e.rung} sp={e.sp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
     log.info(
         "parallel=auto picked parallel=%s parallel.sp=%d (%s)", name, sp, estimates or "CPU: no GPU memory to plan"
     )
     cfg.parallel.name, cfg.parallel.sp = name, sp
+    if name == "nested_offload":  # the planner counted its pieces: turn them on (conf/parallel/nested_offload.yaml)
+        p.tiled_mlp, p.offload_activations = p.tiled_mlp or NESTED_TILE, True
+        t.activation_checkpointing = True
 
 
 def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) -> Path | None:
