@@ -242,19 +242,23 @@ def test_zigzag_placement():
 STEPS = 20  # checkpoints every 10; the kill lands after step 12
 
 
-def trainer_cmd(run_dir: Path, data_cache: Path, attention: str, *parallel: str) -> list[str]:
-    """``python -m train`` on the smoke experiment; ``parallel`` empty: one process, else torchrun with
-    as many processes as parallel.cp x parallel.sp."""
+def trainer_cmd(
+    run_dir: Path, data_cache: Path, attention: str, *parallel: str, extra: tuple[str, ...] = (), nproc: int = 0
+) -> list[str]:
+    """``python -m train`` on the smoke experiment, positions restarting at each packed document;
+    ``parallel`` empty: one process, else ``parallel=ring``
+    with these overrides under torchrun with ``nproc`` processes (0: parallel.cp x parallel.sp)."""
     # rows padded under cp=2: ssa 112 -> 128 (2 x cp x block 16 = 64), dense 111 -> 112 (2 x cp = 4)
     args = ["-m", "train", "experiment=smoke", "parallel.device=cpu", f"train.steps={STEPS}", "train.ckpt_every=10",
             f"train.seq_len={SEQ_LEN[attention][0]}", "logging.wandb=disabled", f"data.cache_dir={data_cache}",
-            f"hydra.run.dir={run_dir}", *TRAINER_ATTENTION[attention]]  # fmt: skip
+            f"hydra.run.dir={run_dir}", "data.doc_mask=true", *TRAINER_ATTENTION[attention], *extra]  # fmt: skip
     if not parallel:
         return [sys.executable, *args, "parallel=single"]
-    nproc = 1
-    for p in parallel:
-        if p.startswith(("parallel.cp=", "parallel.sp=")):
-            nproc *= int(p.split("=")[1])
+    if not nproc:
+        nproc = 1
+        for p in parallel:
+            if p.startswith(("parallel.cp=", "parallel.sp=")):
+                nproc *= int(p.split("=")[1])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     return [*torchrun, *args, "parallel=ring", *parallel]
 
