@@ -228,6 +228,21 @@ def test_ring_functions_gradcheck_and_ignore_autocast():
     assert under.dtype == torch.float32 and torch.equal(under, plain)
 
 
+def test_ring_degree_must_divide_the_world(monkeypatch):
+    """parallel.cp x parallel.sp must divide the processes: the error names the key and what would work
+    (raised before any process group is made)."""
+    from parallel.dims import ParallelError
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(
+        ParallelError, match=r"parallel.cp=3 x parallel.sp=1 must divide the 4 processes .* \[1, 2, 4\]"
+    ):
+        init_distributed("cpu", "gloo", sp=1, cp=3)
+    with pytest.raises(ParallelError, match=r"parallel.cp=4 x parallel.sp=2 .* \[1, 2\]"):
+        init_distributed("cpu", "gloo", sp=2, cp=4)
+
+
 def test_zigzag_placement():
     """Ring rank r holds chunks r and 2cp-1-r of 2cp; unzigzag puts the shards back in order."""
     x = torch.arange(16).view(1, 16)
