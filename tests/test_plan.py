@@ -52,6 +52,29 @@ def test_estimate_within_15_percent_of_the_measured_peak(key):
     assert abs(est - measured) / measured <= 0.15, (job, est, measured)
 
 
+LADDER = [
+    (f.name, i)
+    for f in sorted(RESULTS.glob("ladder-*.json"))
+    for i, r in enumerate(json.loads(f.read_text())["results"])
+    if r.get("peak_gpu_gib") and r.get("steps_done", 0) >= 2
+]
+
+
+@pytest.mark.parametrize("key", LADDER)
+def test_estimate_within_15_percent_of_the_ladder_benchmark(key):
+    """Every run of scripts/bench_ladder.py that measured a GPU peak (tiled MLP, layer inputs on the host,
+    DeepSpeed offload) against the current planner, rebuilt from the row's rung recipe."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ladder", REPO / "scripts" / "bench_ladder.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    file, i = key
+    row = json.loads((RESULTS / file).read_text())["results"][i]
+    est = bench.planned(row["model"], row["attention"], row["rung"], row["seq_len"])["planned_gpu_gib"]
+    assert abs(est - row["peak_gpu_gib"]) / row["peak_gpu_gib"] <= 0.15, (row["rung"], row["seq_len"], est, row)
+
+
 def test_plan_picks_the_cheapest_rung_that_fits():
     shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
     rows, pick = plan(shape, 131072, 1, 80.0, SSA)
