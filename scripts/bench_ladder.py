@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the planner (parallel.plan) when run as a script
 KI, MI = 1024, 1024 * 1024
 GIB = 2**30
 
@@ -94,7 +95,6 @@ def command(nproc: int, overrides: list[str], run_dir: Path) -> list[str]:
 
 def planned(model: str, attention: str, rung: str, seq_len: int) -> dict:
     """The planner's GPU and host estimate (GiB) for this attempt, or {} where it has no estimate."""
-    sys.path.insert(0, str(REPO))
     from parallel.plan import Setup, estimate, load_shape
 
     nproc, ovr = RUNGS[rung]

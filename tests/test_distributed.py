@@ -129,6 +129,21 @@ def check_ok(rc: int, out: str) -> None:
     assert rc == 0, f"exit code {rc}:\n{out[-6000:]}"
 
 
+def torchrun(nproc: int) -> list[str]:
+    """The launcher prefix of an ``nproc``-process job on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+
+
+def run_workers(script: str | Path, nproc: int, *args: str) -> None:
+    """Run a test file's ``__main__`` worker under torchrun (``nproc`` ranks, ``args`` after the path) and
+    require every rank to exit 0."""
+    out = subprocess.run(
+        [*torchrun(nproc), str(script), *args],
+        cwd=REPO_ROOT, env=job_env(PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    check_ok(out.returncode, out.stdout + out.stderr)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -156,9 +171,8 @@ def test_ddp_matches_grad_accum(tmp_path, data_cache):
     """2 ranks x 1 micro-batch == 1 rank x 2 micro-batches: the same rows, the same loss
     normalisation, so the same losses and gradient norms step by step."""
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     ddp = Job(
-        [*torchrun, "-m", "train", "parallel=ddp", "train.grad_accum=1", *overrides(ddp_dir, data_cache)],
+        [*torchrun(2), "-m", "train", "parallel=ddp", "train.grad_accum=1", *overrides(ddp_dir, data_cache)],
         job_env(),
         tmp_path / "ddp.log",
     )

@@ -18,7 +18,6 @@ tiny test models would stay whole on every rank and the gather/partition path wo
 from __future__ import annotations
 
 import faulthandler
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch.distributed as dist
 from parallel import ParallelConfig, ParallelDims, build_runner, parallelize
 from parallel.offload import OffloadConfig
 from parallel.runner import StepSettings
-from tests.test_distributed import REPO_ROOT, TIMEOUT_S, Job, check_ok, job_env, wait_all
+from tests.test_distributed import TIMEOUT_S, Job, check_ok, job_env, run_workers, wait_all
 from tests.test_train import _wait_for_step, compose_cfg, losses, run_inprocess
 from tests.test_ulysses import packed_batch, tiny_model
 from train.checkpoint import CheckpointError
@@ -163,12 +162,7 @@ def _worker(world: int, tmp: Path) -> None:
 
 @pytest.mark.parametrize("world", [1, 2])
 def test_offload_matches_single_process(world, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
-    out = subprocess.run(
-        [*torchrun, str(Path(__file__)), str(world), str(tmp_path)],
-        cwd=REPO_ROOT, env=job_env(PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=TIMEOUT_S,
-    )  # fmt: skip
-    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+    run_workers(__file__, world, str(world), str(tmp_path))
 
 
 # --- the trainer under offload --------------------------------------------------------------------

@@ -2,6 +2,7 @@
 measured on a GPU and recorded under docs/results/ (within 15%), the rung it picks, and its CLI."""
 
 import copy
+import importlib.util
 import json
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def test_estimate_within_15_percent_of_the_measured_peak(key):
     assert abs(est - measured) / measured <= 0.15, (job, est, measured)
 
 
+def _bench_ladder():
+    spec = importlib.util.spec_from_file_location("bench_ladder", REPO / "scripts" / "bench_ladder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench_ladder()  # its rung recipes and planner call, loaded once
 LADDER = [
     (f.name, i)
     for f in sorted(RESULTS.glob("ladder-*.json"))
@@ -64,11 +73,6 @@ LADDER = [
 def test_estimate_within_15_percent_of_the_ladder_benchmark(key):
     """Every run of scripts/bench_ladder.py that measured a GPU peak (tiled MLP, layer inputs on the host,
     DeepSpeed offload) against the current planner, rebuilt from the row's rung recipe."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_ladder", REPO / "scripts" / "bench_ladder.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     file, i = key
     row = json.loads((RESULTS / file).read_text())["results"][i]
     est = bench.planned(row["model"], row["attention"], row["rung"], row["seq_len"])["planned_gpu_gib"]

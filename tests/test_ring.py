@@ -13,7 +13,6 @@ from __future__ import annotations
 import faulthandler
 import gc
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from ssa_kernels.attention import sparse_attention
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import doc_ids_from_positions
 from ssa_kernels.selector import select_blocks
-from tests.test_distributed import REPO_ROOT, TIMEOUT_S, Job, check_ok, job_env, wait_all
+from tests.test_distributed import TIMEOUT_S, Job, check_ok, job_env, run_workers, torchrun, wait_all
 from tests.test_train import _wait_for_step, losses
 from tests.test_ulysses import SEQ_LEN, TRAINER_ATTENTION, packed_batch, tiny_model
 
@@ -170,12 +169,7 @@ def _worker(world: int) -> None:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_ring_matches_single_process(world):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
-    out = subprocess.run(
-        [*torchrun, str(Path(__file__)), str(world)],
-        cwd=REPO_ROOT, env=job_env(PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=TIMEOUT_S,
-    )  # fmt: skip
-    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+    run_workers(__file__, world, str(world))
 
 
 @pytest.mark.parametrize("cp", [2, 4])
@@ -278,8 +272,7 @@ def trainer_cmd(
         for p in parallel:
             if p.startswith(("parallel.cp=", "parallel.sp=")):
                 nproc *= int(p.split("=")[1])
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return [*torchrun, *args, "parallel=ring", *parallel]
+    return [*torchrun(nproc), *args, "parallel=ring", *parallel]
 
 
 def _same_steps(a: dict, b: dict) -> None:

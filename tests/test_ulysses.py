@@ -14,7 +14,6 @@ import faulthandler
 import gc
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from parallel.dims import ParallelDims, ParallelError
 from parallel.ulysses import apply_ulysses, kv_repeat_for
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
-from tests.test_distributed import REPO_ROOT, TIMEOUT_S, Job, check_ok, job_env, wait_all
+from tests.test_distributed import TIMEOUT_S, Job, check_ok, job_env, run_workers, torchrun, wait_all
 from tests.test_train import _wait_for_step, losses
 from train.model import CausalLMLoss
 
@@ -129,12 +128,7 @@ def _worker(sp: int) -> None:
 
 @pytest.mark.parametrize("sp", [2, 4])
 def test_ulysses_matches_single_process(sp):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={sp}"]
-    out = subprocess.run(
-        [*torchrun, str(Path(__file__)), str(sp)],
-        cwd=REPO_ROOT, env=job_env(PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=TIMEOUT_S,
-    )  # fmt: skip
-    assert out.returncode == 0, (out.stdout + out.stderr)[-6000:]
+    run_workers(__file__, sp, str(sp))
 
 
 def test_heads_not_divisible_names_the_key():
@@ -163,8 +157,7 @@ def trainer_cmd(
             f"hydra.run.dir={run_dir}", *TRAINER_ATTENTION[attention], *extra]  # fmt: skip
     if parallel == "single":
         return [sys.executable, *args]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return [*torchrun, *args, "parallel.sp=2"]
+    return [*torchrun(nproc), *args, "parallel.sp=2"]
 
 
 def kill_at_step(cmd: list[str], run_dir: Path, step: int, log: Path) -> None:
