@@ -3,13 +3,14 @@ machine, and the cheapest rung that fits.
 
     python -m parallel.plan --model conf/model/llama_1b.yaml --seq-len 131072 --gpus 1 --gpu-mem-gib 80
     python -m parallel.plan --model conf/model/llama_1b.yaml --seq-len 524288 --gpus 8 --attention ssa
+    python -m parallel.plan --model conf/model/llama_8b.yaml --seq-len 2097152 --gpus 8 --nodes 2 --attention ssa
 
 The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
 - model states, fp32 master weights, fp32 gradients and AdamW's two fp32 moments, 16 bytes per
-  parameter. DDP (any rung with more than one process) adds its fp32 gradient buckets (4 bytes per
-  parameter). The parameters are counted exactly, from the HF model built on the meta device, with
+  parameter. DDP (any rung of a job with more than one process) adds its fp32 gradient buckets (4 bytes
+  per parameter). The parameters are counted exactly, from the HF model built on the meta device, with
   SSA's learned routers when attention is ssa.
-- activations of T_local = seq_len / sp tokens under bf16 autocast. One decoder layer keeps about
+- activations of T_local = seq_len / (sp x cp) tokens under bf16 autocast. One decoder layer keeps about
   ``40 H + 9 I`` bytes per token, with H the hidden size and I the MLP width. That is the fp32 residual
   and RMSNorm inputs (4 H each), the bf16 normed inputs, q/k/v, RoPE outputs, the attention output and
   o_proj's input (~26 H), and the MLP's gate, up, activation and product (2 I each) plus their fp32
@@ -20,9 +21,11 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
   on the GPU at a time), counted as host memory.
 - a tiled MLP (``parallel.tiled_mlp``, ``parallel/tiled_mlp.py``) keeps the 9 I bytes for one tile of
   tokens instead of all of them.
-- rung extras. Under ulysses, a layer holds q/k/v/o twice around the all-to-alls (+ 4 (Hq + Hkv) d
-  bytes per token). With dense attention, the inner attention builds a [T, T] bool mask (T² bytes).
-  Under ring (``parallel/ring.py``, T / cp tokens per rank), the layer in backward holds its k/v and
+- rung extras. Under ulysses and multinode (the same Ulysses SP, its group spanning nodes), a layer holds
+  q/k/v/o twice around the all-to-alls (+ 4 (Hq + Hkv) d bytes per token). With dense attention, the inner
+  attention builds a [T, T] bool mask (T² bytes). Under ring (``parallel/ring.py``, T / cp tokens per rank;
+  with sp > 1, Ulysses inside a node x the ring across, T / (sp x cp) tokens and the all-to-all copies),
+  the layer in backward holds its k/v and
   the incoming ones (bf16, 8 Hkv d), fp32 copies of the visiting k/v (8 Hkv d), the fp32 dK/dV
   accumulators and the incoming ones (16 Hkv d) and fp32 dQ and output accumulators (8 Hq d) per token,
   plus two 64 MiB chunks of scores; no [T, T] mask. Not yet checked against a GPU measurement.
@@ -31,18 +34,25 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
   next one (2 x 2 bytes per layer parameter), that layer's bf16 gradients and their reduce-scatter buffer
   (2 x 2 bytes), and lm_head's weight, gathered for the whole loss (2 bytes), with the chunked loss's fp32
   gradient of it (4 bytes per vocab x hidden). The host holds the model states, 16 bytes per parameter, plus
-  the bf16 parameter partitions (2). nested_offload is offload with the checkpointed layer inputs on the
-  host and a tiled MLP (``conf/parallel/nested_offload.yaml``; activation checkpointing on). Not yet
-  checked against a GPU measurement.
+  the bf16 parameter partitions (2), partitioned over the job: a node holds 1 / nodes of them. nested_offload
+  is offload with the checkpointed layer inputs on the host and a tiled MLP
+  (``conf/parallel/nested_offload.yaml``; activation checkpointing on). Not yet checked against a GPU
+  measurement.
 
-Host memory is the node's: every GPU process's offloaded layer inputs, and the offload rungs' model states.
-With ``host_mem_gib`` (``--host-mem-gib``; the machine's memory under ``parallel=auto``), a rung fits only
-when its host estimate is within the same headroom of it.
+Host memory is the node's: its GPU processes' offloaded layer inputs, and its share of the offload rungs'
+model states. With ``host_mem_gib`` (``--host-mem-gib``; the machine's memory under ``parallel=auto``), a
+rung fits only when its host estimate is within the same headroom of it.
+
+The ladder, cheapest first (``ORDER``): single, ddp, ulysses (sp dividing a node's GPUs and the heads),
+offload, multinode (sp a multiple of a node's GPUs dividing the world and the heads; only with several
+nodes), nested_offload, ring (sp dividing a node's GPUs and the heads, cp >= 2, sp x cp dividing the world).
+Each sharded rung is shown at its smallest degree that fits; ring at the smallest sp x cp, ties to the larger
+sp (Ulysses' all-to-all inside a node is cheaper than passing k/v around a ring).
 
 The constants come from the op list above, not from a fit. ``tests/test_plan.py`` checks them against
 every peak measured on a GPU and recorded under ``docs/results/`` (within 15%). ``parallel=auto`` asks
-:func:`choose` at the start of training (``train/trainer.py``); it does not pick ring, whose degree
-(``parallel.cp``) it does not set yet.
+:func:`choose` at the start of training (``train/trainer.py``), which may pick any rung and sets
+``parallel.name``, ``parallel.sp`` and ``parallel.cp``.
 """
 
 from __future__ import annotations
@@ -61,12 +71,12 @@ from parallel.dims import ParallelError
 GIB = 2**30
 LOSS_CHUNK_BYTES = GIB  # train/loss.py: loss_chunk = 0 sizes chunks to about 1 GiB of fp32 logits
 # Cheapest first: the planner picks the first rung that fits.
-ORDER = ("single", "ddp", "ulysses", "offload", "nested_offload", "ring")
+ORDER = ("single", "ddp", "ulysses", "offload", "multinode", "nested_offload", "ring")
 NOT_BUILT: set[str] = set()  # rungs listed as "not built yet" and never picked
 OFFLOAD = ("offload", "nested_offload")
+ULYSSES = ("ulysses", "multinode")  # the same Ulysses SP; multinode's group spans nodes
 NESTED_TILE = 16384  # conf/parallel/nested_offload.yaml: tokens per MLP tile
 RING_CHUNK_BYTES = 2 * (64 << 20)  # parallel/ring.py: CHUNK_BYTES of scores in forward and backward
-AUTO_RUNGS = tuple(r for r in ORDER if r != "ring")  # parallel=auto would have to set parallel.cp too
 HEADROOM = 0.9  # a rung fits when its estimate is within this share of the GPU's memory
 
 
@@ -146,10 +156,17 @@ class Setup:
 
 
 def estimate(
-    shape: Shape, seq_len: int, rung: str, gpus: int = 1, sp: int = 1, setup: Setup = Setup(), cp: int = 1
+    shape: Shape,
+    seq_len: int,
+    rung: str,
+    gpus: int = 1,
+    sp: int = 1,
+    setup: Setup = Setup(),
+    cp: int = 1,
+    nodes: int = 1,
 ) -> Estimate:
-    """Peak bytes on one GPU (and on the host) of one training step under ``rung`` (``cp``: the ring's
-    degree under parallel=ring); see the module docstring for the terms."""
+    """Peak bytes on one GPU (and on one node's host) of one training step under ``rung`` on ``nodes`` nodes
+    of ``gpus`` GPUs (``cp``: the ring's degree under parallel=ring); see the module docstring for the terms."""
     if rung in NOT_BUILT:
         return Estimate(rung, sp, math.inf, math.inf, note="not built yet")
     if rung == "nested_offload":  # its pieces are on whatever the setup says
@@ -166,15 +183,15 @@ def estimate(
             "a layer's gradients (bf16) + reduce-scatter buffer": 2 * 2.0 * layer,
             "lm_head weight for the loss (bf16) + fp32 grad": 6.0 * shape.vocab * h,
         }
-        host_terms["model states (fp32 weights, grads, AdamW) + bf16 params"] = 18.0 * shape.params
+        host_terms["model states (fp32 weights, grads, AdamW) + bf16 params"] = 18.0 * shape.params / nodes
     else:
         terms = {"model states (fp32 weights, grads, AdamW)": 16.0 * shape.params}
-        if gpus > 1:
+        if gpus * nodes > 1:
             terms["DDP gradient buckets"] = 4.0 * shape.params
     # a tiled MLP (parallel.tiled_mlp) holds its intermediates for one tile of tokens at a time
     mlp_tokens = min(t_local, mb * setup.tiled_mlp) if setup.tiled_mlp else t_local
     per_layer = 40 * h * t_local + 9 * i * mlp_tokens
-    if rung in ("ulysses", "ring") and sp > 1:
+    if rung in ULYSSES + ("ring",) and sp > 1:
         per_layer += 4 * (shape.heads + shape.kv_heads) * shape.head_dim * t_local
     if rung == "ring" and cp > 1:  # per token of the ring rank's T / cp, for its heads (a shard under sp)
         kv_heads = math.lcm(shape.kv_heads, sp) // sp  # kv heads repeated when sp does not divide them
@@ -191,7 +208,7 @@ def estimate(
         terms["activations of every layer"] = shape.layers * per_layer
     logits = 4.0 * shape.vocab * t_local
     terms["loss chunk (fp32 logits + grad)"] = 2 * min(logits, LOSS_CHUNK_BYTES)
-    if rung == "ulysses" and sp > 1 and setup.attention == "dense":
+    if rung in ULYSSES and sp > 1 and setup.attention == "dense":
         terms["dense [T, T] mask"] = float(mb * seq_len * seq_len)
     return Estimate(rung, sp, sum(terms.values()), sum(host_terms.values()), terms, cp=cp, host_terms=host_terms)
 
@@ -205,33 +222,38 @@ def plan(
     headroom: float = HEADROOM,
     rungs: tuple[str, ...] = ORDER,
     host_mem_gib: float | None = None,
+    nodes: int = 1,
 ) -> tuple[list[Estimate], Estimate | None]:
-    """Every rung's estimate (ulysses at the smallest sp that fits, among those dividing the GPUs and the
-    heads; ring at the smallest cp dividing the GPUs that fits) and the first of ``rungs`` (in ``ORDER``)
-    whose estimate is within ``headroom`` x the GPU's memory (and x ``host_mem_gib``, when given)."""
+    """Every rung's estimate on ``nodes`` nodes of ``gpus`` GPUs each, and the first of ``rungs`` (in
+    ``ORDER``) that fits: its estimate within ``headroom`` x the GPU's memory (and x ``host_mem_gib``, the
+    node's, when given). A sharded rung is shown at the smallest degree that fits, or at its largest when
+    none does: ulysses at sp dividing a node's GPUs and the heads; multinode (``nodes`` > 1) at sp a multiple
+    of a node's GPUs dividing the world and the heads; ring at sp dividing a node's GPUs and the heads and
+    cp >= 2 with sp x cp dividing the world, the smallest sp x cp first, ties to the larger sp."""
     budget = headroom * gpu_mem_gib * GIB
     host_budget = math.inf if host_mem_gib is None else headroom * host_mem_gib * GIB
+    world = gpus * nodes
+    in_node = [s for s in range(1, gpus + 1) if gpus % s == 0 and shape.heads % s == 0]  # Ulysses inside a node
+    ring = [(s, c) for s in in_node for c in range(2, world // s + 1) if world % (s * c) == 0]
+    degrees = {  # rung -> its (sp, cp) candidates, in the order of preference
+        "single": [(1, 1)] if world == 1 else [],
+        "ddp": [(1, 1)] if world > 1 else [],
+        "ulysses": [(s, 1) for s in in_node if s > 1],
+        "offload": [(1, 1)],
+        "multinode": [(k * gpus, 1) for k in range(2, nodes + 1) if nodes % k == 0 and shape.heads % (k * gpus) == 0],
+        "nested_offload": [(1, 1)],
+        "ring": sorted(ring, key=lambda sc: (sc[0] * sc[1], -sc[0])),
+    }
+
+    def fits(e: Estimate) -> bool:
+        return e.gpu_bytes <= budget and e.host_bytes <= host_budget
+
     rows = []
     for rung in ORDER:
-        if rung == "single" and gpus != 1:
-            continue
-        if rung == "ddp" and gpus == 1:
-            continue
-        if rung == "ulysses":
-            sps = [s for s in range(2, gpus + 1) if gpus % s == 0 and shape.heads % s == 0]
-            ests = [estimate(shape, seq_len, rung, gpus, s, setup) for s in sps]
-            fitting = [e for e in ests if e.gpu_bytes <= budget]
-            if ests:
-                rows.append(fitting[0] if fitting else ests[-1])
-            continue
-        if rung == "ring":
-            ests = [estimate(shape, seq_len, rung, gpus, 1, setup, cp=c) for c in range(2, gpus + 1) if gpus % c == 0]
-            fitting = [e for e in ests if e.gpu_bytes <= budget]
-            if ests:
-                rows.append(fitting[0] if fitting else ests[-1])
-            continue
-        rows.append(estimate(shape, seq_len, rung, gpus, 1, setup))
-    pick = next((e for e in rows if e.gpu_bytes <= budget and e.host_bytes <= host_budget and e.rung in rungs), None)
+        ests = [estimate(shape, seq_len, rung, gpus, sp, setup, cp, nodes) for sp, cp in degrees[rung]]
+        if ests:
+            rows.append(next((e for e in ests if fits(e)), ests[-1]))
+    pick = next((e for e in rows if fits(e) and e.rung in rungs), None)
     return rows, pick
 
 
@@ -243,23 +265,35 @@ def choose(
     gpu_mem_gib: float | None,
     setup: Setup = Setup(),
     host_mem_gib: float | None = None,
-) -> tuple[str, int, list[Estimate]]:
-    """``parallel=auto``: (rung name, sp, the estimates) for a job of ``world`` processes,
-    ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory does not decide:
-    single or ddp) and nodes of ``host_mem_gib`` (None: not checked)."""
+) -> tuple[str, int, int, list[Estimate]]:
+    """``parallel=auto``: (rung name, parallel.sp, parallel.cp, the estimates) for a job of ``world``
+    processes, ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory does not
+    decide: single or ddp) and nodes of ``host_mem_gib`` (None: not checked). Any rung of ``ORDER``."""
     if gpu_mem_gib is None:
-        return ("single" if world == 1 else "ddp"), 1, []
-    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, setup, rungs=AUTO_RUNGS, host_mem_gib=host_mem_gib)
+        return ("single" if world == 1 else "ddp"), 1, 1, []
+    nodes = max(1, world // local_world)
+    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, setup, host_mem_gib=host_mem_gib, nodes=nodes)
     if pick is None:
-        table = ", ".join(f"{e.rung} {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
-        ring = next((e for e in rows if e.rung == "ring" and e.gpu_bytes <= HEADROOM * gpu_mem_gib * GIB), None)
-        fix = f"set parallel=ring parallel.cp={ring.cp} (auto does not pick ring)" if ring else "add GPUs"
-        raise ParallelError(
-            f"parallel=auto: no built rung fits train.seq_len={seq_len:,} in {gpu_mem_gib:.0f} GiB per GPU "
-            f"(estimates: {table}); lower train.seq_len, turn on train.activation_checkpointing or {fix}"
+        table = ", ".join(
+            f"{e.rung} sp={e.sp} cp={e.cp} {e.gpu_gib:.1f} GiB"
+            + (f" + {e.host_bytes / GIB:.1f} GiB host" if e.host_bytes else "")
+            for e in rows
+            if not e.note
         )
-    name = "ddp" if pick.rung == "single" and world > 1 else pick.rung  # one GPU per node, several nodes
-    return name, pick.sp, rows
+        fix = ["lower train.seq_len"]
+        if not setup.activation_checkpointing:
+            fix.append("set train.activation_checkpointing=true")
+        if setup.attention == "dense":
+            fix.append("use attention=ssa (no [T, T] mask)")
+        host = [e.host_bytes for e in rows if e.gpu_bytes <= HEADROOM * gpu_mem_gib * GIB and e.host_bytes > 0]
+        if host and host_mem_gib is not None:
+            fix.append(f"run on nodes of more than {min(host) / GIB / HEADROOM:.0f} GiB of memory")
+        fix.append("add GPUs or nodes")
+        raise ParallelError(
+            f"parallel=auto: no rung fits train.seq_len={seq_len:,} on {nodes} node(s) of {local_world} GPU(s) of "
+            f"{gpu_mem_gib:.0f} GiB (estimates: {table}); {', '.join(fix[:-1])} or {fix[-1]}"
+        )
+    return pick.rung, pick.sp, pick.cp, rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, help="a conf/model/*.yaml (arch + hf_config, or path)")
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--gpus", type=int, default=1, help="GPUs of one node")
+    p.add_argument("--nodes", type=int, default=1, help="nodes of --gpus GPUs each")
     p.add_argument("--gpu-mem-gib", type=float, default=80.0)
     p.add_argument("--host-mem-gib", type=float, default=None, help="the node's memory; default: not checked")
     p.add_argument("--attention", choices=("dense", "ssa"), default="ssa")
@@ -276,10 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     shape = load_shape(args.model, args.attention)
     setup = Setup(args.attention, not args.no_ac, args.tiled_mlp, args.offload_activations)
-    rows, pick = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup, host_mem_gib=args.host_mem_gib)
-    print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, seq_len {args.seq_len:,}, {args.gpus} GPU(s) "
-          f"of {args.gpu_mem_gib:g} GiB, attention {args.attention}")  # fmt: skip
-    print(f"{'rung':<16}{'sp':>4}{'cp':>4}{'GPU GiB':>10}{'host GiB':>10}  fits")
+    rows, pick = plan(
+        shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup, host_mem_gib=args.host_mem_gib, nodes=args.nodes
+    )
+    print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, seq_len {args.seq_len:,}, {args.nodes} node(s) of "
+          f"{args.gpus} GPU(s) of {args.gpu_mem_gib:g} GiB, attention {args.attention}")  # fmt: skip
+    print(f"{'rung':<16}{'sp':>4}{'cp':>4}{'GPU GiB':>10}{'host GiB':>10}  fits  (host: one node's)")
     host_budget = math.inf if args.host_mem_gib is None else HEADROOM * args.host_mem_gib * GIB
     for e in rows:
         gib = "-" if math.isinf(e.gpu_bytes) else f"{e.gpu_gib:.1f}"
@@ -287,10 +324,9 @@ def main(argv: list[str] | None = None) -> None:
         fits = e.gpu_bytes <= HEADROOM * args.gpu_mem_gib * GIB and e.host_bytes <= host_budget
         print(f"{e.rung:<16}{e.sp:>4}{e.cp:>4}{gib:>10}{host:>10}  {e.note or ('yes' if fits else 'no')}")
     if pick is None:
-        print("no built rung fits: lower train.seq_len or add GPUs")
+        print("no rung fits: lower train.seq_len or add GPUs or nodes")
     else:
-        cp = f" parallel.cp={pick.cp}" if pick.cp > 1 else ""
-        print(f"pick: parallel={pick.rung}" + (f" parallel.sp={pick.sp}" if pick.sp > 1 else "") + cp)
+        print(f"pick: parallel={pick.rung} parallel.sp={pick.sp} parallel.cp={pick.cp}")
         for name, b in pick.terms.items():
             print(f"  {name:<58}{b / GIB:8.2f} GiB")
         for name, b in pick.host_terms.items():

@@ -1,10 +1,12 @@
 """The ladder planner (parallel/plan.py): exact parameter counts, its estimates against every peak
-measured on a GPU and recorded under docs/results/ (within 15%), the rung it picks, and its CLI."""
+measured on a GPU and recorded under docs/results/ (within 15%), the rung it picks (ring and multinode
+included), parallel=auto in the trainer, and its CLI."""
 
 import copy
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +16,9 @@ from parallel.dims import ParallelError
 from parallel.plan import GIB, Setup, Shape, choose, estimate, load_shape, main, plan
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
-from tests.test_train import run_cli
+from tests.test_train import compose_cfg, run_cli
+from train.config import to_config
+from train.trainer import _resolve_auto
 
 REPO = Path(__file__).resolve().parent.parent
 SSA = Setup("ssa")
@@ -97,10 +101,13 @@ def test_plan_picks_the_cheapest_rung_that_fits():
     assert not [r for r in rows if r.note]  # every rung is built
 
 
-def test_ring_estimate_and_auto_leaves_it_out():
+SIX_HEADS = Shape(768, 2048, 12, 6, 2, 128, 32000, 100_000_000)  # ulysses: sp=2 at most on 4 GPUs
+
+
+def test_ring_estimate_and_pick():
     """Ring at cp holds T/cp tokens per GPU like ulysses at sp = cp, plus its k/v, gradient and output
-    buffers; the planner picks it where ulysses cannot shard the heads finely enough, parallel=auto does not
-    (it would have to set parallel.cp) and says that nothing it can pick fits."""
+    buffers; the planner and parallel=auto pick it (with its cp) where ulysses cannot shard the heads finely
+    enough."""
     shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
     t = 1 << 20
     ulysses, ring = estimate(shape, t, "ulysses", 8, 8, SSA), estimate(shape, t, "ring", 8, 1, SSA, cp=8)
@@ -109,19 +116,102 @@ def test_ring_estimate_and_auto_leaves_it_out():
     buffers = (32 * shape.kv_heads + 8 * shape.heads) * shape.head_dim * t / 8 + 2 * (64 << 20)
     assert ring.terms[layer] == ulysses.terms[layer] - alltoall + buffers
     assert (ring.cp, ring.sp) == (8, 1)
-    six_heads = Shape(768, 2048, 12, 6, 2, 128, 32000, 100_000_000)  # ulysses: sp=2 at most on 4 GPUs
     # 64 GiB of host memory: nested_offload (before ring in the ladder) would need 290 GiB for the layer inputs
-    rows, pick = plan(six_heads, 1 << 21, 4, 80.0, SSA, host_mem_gib=64.0)
-    assert (pick.rung, pick.cp) == ("ring", 4) and pick.gpu_gib < 72
+    rows, pick = plan(SIX_HEADS, 1 << 21, 4, 80.0, SSA, host_mem_gib=64.0)
+    assert pick.rung == "ring" and pick.sp * pick.cp == 4 and pick.gpu_gib < 72
     assert next(r for r in rows if r.rung == "ulysses").gpu_gib > 72
-    with pytest.raises(ParallelError, match="no built rung fits .* set parallel=ring parallel.cp=4"):
-        choose(six_heads, 1 << 21, 4, 4, 80.0, SSA, host_mem_gib=64.0)
+    assert estimate(SIX_HEADS, 1 << 21, "ring", 4, 1, SSA, cp=2).gpu_gib > 72  # the smaller ring does not fit
+    assert choose(SIX_HEADS, 1 << 21, 4, 4, 80.0, SSA, host_mem_gib=64.0)[:3] == ("ring", pick.sp, pick.cp)
+
+
+def test_ring_prefers_the_larger_sp_among_equal_degrees():
+    """Of the rings of sp x cp = 4 GPUs, the hybrid (Ulysses sp=2 inside the node x ring cp=2) is picked
+    while it fits; with less memory, the pure ring (cp=4, no all-to-all copies) is the one that fits."""
+    hybrid, pure = (estimate(SIX_HEADS, 1 << 21, "ring", 4, sp, SSA, cp=cp).gpu_gib for sp, cp in ((2, 2), (1, 4)))
+    assert 0.9 * 60 < hybrid < 0.9 * 80 and pure < 0.9 * 60  # both fit 80 GiB, only the pure ring 60 GiB
+    assert choose(SIX_HEADS, 1 << 21, 4, 4, 80.0, SSA, host_mem_gib=64.0)[:3] == ("ring", 2, 2)
+    assert choose(SIX_HEADS, 1 << 21, 4, 4, 60.0, SSA, host_mem_gib=64.0)[:3] == ("ring", 1, 4)
+
+
+def test_hybrid_ring_across_nodes_where_heads_limit_ulysses():
+    """Six heads on two nodes of 4 GPUs: ulysses stops at sp=2 and multinode has no sp (8 does not divide 6
+    heads), so at 3M tokens auto picks Ulysses sp=2 inside each node x a ring of cp=4 across; one node of
+    4 GPUs fits nothing and the error names the keys to change."""
+    t = 3 << 20
+    rows, pick = plan(SIX_HEADS, t, 4, 80.0, SSA, host_mem_gib=64.0, nodes=2)
+    assert "multinode" not in [r.rung for r in rows]
+    assert next(r for r in rows if r.rung == "ulysses").gpu_gib > 72
+    assert (
+        choose(SIX_HEADS, t, 8, 4, 80.0, SSA, host_mem_gib=64.0)[:3] == ("ring", 2, 4) == (pick.rung, pick.sp, pick.cp)
+    )
+    assert estimate(SIX_HEADS, t, "ring", 4, 2, SSA, cp=2, nodes=2).gpu_gib > 72  # sp x cp = 4 does not fit
+    with pytest.raises(ParallelError, match=r"no rung fits train\.seq_len=3,145,728 on 1 node\(s\).*add GPUs or nodes"):
+        choose(SIX_HEADS, t, 4, 4, 80.0, SSA, host_mem_gib=64.0)
+
+
+def test_multinode_picked_where_one_node_is_too_small():
+    """The 1B model at 2M tokens on two nodes of 8 x 80 GiB: ulysses inside a node (sp=8, 256K tokens per
+    GPU) does not fit, Ulysses over both nodes (multinode sp=16) does, and comes before ring in the ladder
+    although ring fits too. Its estimate is ulysses' at that sp, the dense [T, T] mask included."""
+    shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
+    t = 1 << 21
+    rows, pick = plan(shape, t, 8, 80.0, SSA, nodes=2)
+    by_rung = {r.rung: r for r in rows}
+    assert by_rung["ulysses"].sp == 8 and by_rung["ulysses"].gpu_gib > 72
+    assert (pick.rung, pick.sp, pick.cp) == ("multinode", 16, 1) and by_rung["ring"].gpu_gib <= 72
+    assert choose(shape, t, 16, 8, 80.0, SSA)[:3] == ("multinode", 16, 1)
+    assert "multinode" not in [r.rung for r in plan(shape, t, 8, 80.0, SSA)[0]]  # one node
+    with pytest.raises(ParallelError, match="no rung fits"):
+        choose(shape, t, 8, 8, 80.0, SSA)
+    for setup in (SSA, Setup("dense")):
+        multinode, ulysses = (estimate(shape, t, r, 8, 16, setup, nodes=2) for r in ("multinode", "ulysses"))
+        assert multinode.terms == ulysses.terms
+    assert "dense [T, T] mask" in multinode.terms
+    # the 32 heads bound it: on 8 nodes of 8 GPUs sp=64 is not tried (at 8M tokens nothing fits, the row shows
+    # the largest, 32); on 4 nodes the smallest sp that fits
+    multinode = next(r for r in plan(shape, 1 << 23, 8, 80.0, SSA, nodes=8)[0] if r.rung == "multinode")
+    assert multinode.sp == 32 and multinode.gpu_gib > 72
+    assert plan(shape, t, 8, 80.0, SSA, nodes=4)[1].sp == 16
+    # host memory is the node's: the offload rungs' model states are partitioned over the nodes
+    one, two = (estimate(shape, t, "offload", 8, 1, SSA, nodes=n).host_bytes for n in (1, 2))
+    assert two == one / 2
+
+
+def test_resolve_auto_writes_the_pick_into_the_config(monkeypatch):
+    """parallel=auto in the trainer: the node count from WORLD_SIZE / LOCAL_WORLD_SIZE, the GPU's memory
+    from torch.cuda, and the pick's name, sp and cp written into cfg.parallel (the tiny model at 1M tokens
+    with SSA)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    t = 1 << 20
+    overrides = ["parallel=auto", "attention=ssa", f"train.seq_len={t}", f"model.hf_config.max_position_embeddings={t}",
+                 "train.activation_checkpointing=true", "train.micro_batch=1"]  # fmt: skip
+
+    def resolve(world, local_world, gpu_gib):
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+        props = SimpleNamespace(total_memory=int(gpu_gib * GIB))
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+        cfg = to_config(compose_cfg(overrides))
+        _resolve_auto(cfg)
+        return cfg.parallel.name, cfg.parallel.sp, cfg.parallel.cp
+
+    # 4 heads. Two nodes of 2 GPUs: ulysses sp=2 needs 6.7 GiB, multinode sp=4 3.4 GiB.
+    assert resolve(4, 2, 5.0) == ("multinode", 4, 1)
+    # Two nodes of 4: ulysses sp=4 needs 3.4 GiB and multinode has no sp (8 > 4 heads); ring 4 x 2 2.4 GiB.
+    assert resolve(8, 4, 3.0) == ("ring", 4, 2)
+    assert resolve(1, 1, 80.0) == ("single", 1, 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU: single or ddp
+    assert resolve(4, 2, 5.0) == ("ddp", 1, 1)
 
 
 def test_cli_prints_the_pick(capsys):
     main(["--model", str(REPO / "conf" / "model" / "llama_125m.yaml"), "--seq-len", "32768", "--attention", "dense"])
     out = capsys.readouterr().out
-    assert "pick: parallel=single" in out and "model states" in out
+    assert "pick: parallel=single parallel.sp=1 parallel.cp=1" in out and "model states" in out
+    main(["--model", str(REPO / "conf" / "model" / "llama_1b.yaml"), "--seq-len", str(1 << 21), "--gpus", "8",
+          "--nodes", "2"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "2 node(s) of 8 GPU(s)" in out and "pick: parallel=multinode parallel.sp=16 parallel.cp=1" in out
 
 
 def test_estimates_scale_with_the_terms():
@@ -139,9 +229,9 @@ def test_choose_for_parallel_auto():
     assert choose(shape, 1 << 20, 4, 2, None)[:2] == ("ddp", 1)
     assert choose(shape, 131072, 1, 1, 80.0, SSA)[:2] == ("single", 1)
     assert choose(shape, 131072, 2, 1, 80.0, SSA)[:2] == ("ddp", 1)  # two nodes of one GPU
-    name, sp, _ = choose(shape, 1 << 20, 16, 8, 80.0, SSA)
-    assert name == "ulysses" and sp == plan(shape, 1 << 20, 8, 80.0, SSA)[1].sp
-    with pytest.raises(ParallelError, match=r"no built rung fits train\.seq_len=1,048,576"):
+    name, sp, cp, _ = choose(shape, 1 << 20, 16, 8, 80.0, SSA)
+    assert (name, cp) == ("ulysses", 1) and sp == plan(shape, 1 << 20, 8, 80.0, SSA)[1].sp
+    with pytest.raises(ParallelError, match=r"no rung fits train\.seq_len=1,048,576"):
         choose(shape, 1 << 20, 1, 1, 80.0, SSA)
 
 

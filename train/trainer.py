@@ -127,8 +127,8 @@ def train(cfg: Config, config_dict: dict, run_dir: Path) -> Path | None:
 
 
 def _resolve_auto(cfg: Config) -> None:
-    """``parallel=auto``: the planner's rung (and sp) for this model, sequence length and machine
-    (``parallel/plan.py``), written into ``cfg.parallel``."""
+    """``parallel=auto``: the planner's rung (with its sp and cp) for this model, sequence length and machine
+    (``parallel/plan.py``; nodes = WORLD_SIZE // LOCAL_WORLD_SIZE), written into ``cfg.parallel``."""
     config = build_config(cfg.model, build_tokenizer(cfg.model), cfg.train.seq_len)
     shape = Shape.from_hf_config(config, cfg.attention.name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -138,12 +138,18 @@ def _resolve_auto(cfg: Config) -> None:
     host_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB  # the node's memory
     p, t = cfg.parallel, cfg.train
     setup = Setup(cfg.attention.name, t.activation_checkpointing, p.tiled_mlp, p.offload_activations, t.micro_batch)
-    name, sp, rows = choose(shape, t.seq_len, world, local_world, mem, setup, host_mem)
-    estimates = "; ".join(f"{e.rung} sp={e.sp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
+    name, sp, cp, rows = choose(shape, t.seq_len, world, local_world, mem, setup, host_mem)
+    estimates = "; ".join(f"{e.rung} sp={e.sp} cp={e.cp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
     log.info(
-        "parallel=auto picked parallel=%s parallel.sp=%d (%s)", name, sp, estimates or "CPU: no GPU memory to plan"
+        "parallel=auto picked parallel=%s parallel.sp=%d parallel.cp=%d on %d node(s) of %d processes (%s)",
+        name,
+        sp,
+        cp,
+        max(1, world // local_world),
+        local_world,
+        estimates or "CPU: no GPU memory to plan",
     )
-    cfg.parallel.name, cfg.parallel.sp = name, sp
+    p.name, p.sp, p.cp = name, sp, cp
     if name == "nested_offload":  # the planner counted its pieces: turn them on (conf/parallel/nested_offload.yaml)
         p.tiled_mlp, p.offload_activations = p.tiled_mlp or NESTED_TILE, True
         t.activation_checkpointing = True
