@@ -16,6 +16,7 @@ from torch import nn
 
 from parallel.ddp import apply_ddp
 from parallel.dims import ParallelDims, ParallelError, destroy_distributed, init_distributed
+from parallel.multinode import apply_multinode
 from parallel.offload import OffloadConfig, OffloadRunner, apply_offload
 from parallel.ring import apply_ring
 from parallel.runner import OptimizerFactory, SchedulerFactory, StepRunner, StepSettings, TorchRunner
@@ -27,6 +28,7 @@ RUNGS: dict[str, Callable[[nn.Module, ParallelDims], nn.Module]] = {
     "single": apply_single,
     "ddp": apply_ddp,
     "ulysses": apply_ulysses,
+    "multinode": apply_multinode,
     "offload": apply_offload,
     "nested_offload": apply_offload,  # offload with the pieces below required on (conf/parallel/nested_offload.yaml)
     "ring": apply_ring,
@@ -53,7 +55,9 @@ class ParallelConfig:
     name: str = "single"  # a key of RUNGS
     device: str = "auto"  # auto | cuda | cpu
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
-    sp: int = 1  # Ulysses degree (parallel=ulysses, or inside each node under parallel=ring); dp = world // (sp x cp)
+    # Ulysses degree (parallel=ulysses, across nodes under multinode, inside each node under ring); dp = world // (sp x cp);
+    # 0: every process of the job (over cp)
+    sp: int = 1
     cp: int = 1  # ring degree (parallel=ring): ranks that pass k/v around, zigzag shards of each row
     tiled_mlp: int = 0  # tokens per MLP tile (parallel/tiled_mlp.py), any rung; 0: off
     # move what activation checkpointing keeps (each layer's input) to host memory during the forward
@@ -73,7 +77,7 @@ def parallelize(
     ``decoder_layers``). Returns the module to call for training."""
     if cfg.name not in RUNGS:
         raise ParallelError(f"parallel.name={cfg.name!r}: use one of {sorted(RUNGS)}")
-    if dims.sp > 1 and cfg.name not in ("ulysses", "ring", "offload", "nested_offload"):
+    if dims.sp > 1 and cfg.name not in ("ulysses", "multinode", "ring", "offload", "nested_offload"):
         raise ParallelError(
             f"parallel.sp={dims.sp} shards sequences, which parallel={cfg.name} does not: use parallel=ulysses"
         )

@@ -26,6 +26,7 @@ class ParallelDims:
     sp_group: Any = None  # this rank's SP process group (None when sp == 1)
     cp: int = 1  # ring (context-parallel) degree; a CP group is ``cp`` ranks ``sp`` apart (across nodes)
     cp_group: Any = None  # this rank's ring process group (None when cp == 1)
+    local_world: int = 1  # processes on each node (torchrun's LOCAL_WORLD_SIZE)
 
     # Rank layout, innermost first: rank = (dp_rank x cp + cp_rank) x sp + sp_rank. The sp x cp ranks of
     # one data-parallel replica read the same rows and each holds one sequence shard of them.
@@ -62,8 +63,10 @@ class ParallelDims:
 def init_distributed(device: str = "auto", backend: str = "auto", sp: int = 1, cp: int = 1) -> ParallelDims:
     """Join the process group that torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, ...), or run
     as one process when launched without it. NCCL on GPU, gloo on CPU unless ``backend`` says.
-    ``sp`` > 1 splits the world into SP groups of ``sp`` consecutive ranks; ``cp`` > 1 into ring groups
-    of ``cp`` ranks ``sp`` apart (dp = world // (sp x cp); see ``ParallelDims`` for the layout)."""
+    ``sp`` > 1 splits the world into SP groups of ``sp`` consecutive ranks (``sp`` = 0: all the job's
+    processes, over ``cp``); ``cp`` > 1 into ring groups of ``cp`` ranks ``sp`` apart (dp = world // (sp x cp);
+    see ``ParallelDims`` for the layout). Whether an SP group may span nodes is the rung's to check
+    (:func:`require_sp_within_node`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -72,6 +75,8 @@ def init_distributed(device: str = "auto", backend: str = "auto", sp: int = 1, c
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
+    if sp == 0:  # the whole job (parallel=multinode's default)
+        sp = world // cp if cp >= 1 and world % cp == 0 else world
     if sp < 1 or world % sp:
         divisors = [d for d in range(1, world + 1) if world % d == 0]
         raise ParallelError(f"parallel.sp={sp} must divide the {world} processes of the job: use one of {divisors}")
@@ -80,11 +85,6 @@ def init_distributed(device: str = "auto", backend: str = "auto", sp: int = 1, c
         raise ParallelError(
             f"parallel.cp={cp} x parallel.sp={sp} must divide the {world} processes of the job: use parallel.cp in "
             f"{divisors}"
-        )
-    if sp > local_world:
-        raise ParallelError(
-            f"parallel.sp={sp} is more than the {local_world} processes of a node: Ulysses all-to-alls are "
-            f"intra-node, use parallel.sp<={local_world}"
         )
     if world > 1 and not dist.is_initialized():
         backend = ("nccl" if use_cuda else "gloo") if backend == "auto" else backend
@@ -106,8 +106,19 @@ def init_distributed(device: str = "auto", backend: str = "auto", sp: int = 1, c
     nnodes = max(1, world // max(1, local_world))
     return ParallelDims(
         world, rank, local_rank, dp=world // (sp * cp), nnodes=nnodes, device=dev, sp=sp, sp_group=sp_group, cp=cp,
-        cp_group=cp_group,
+        cp_group=cp_group, local_world=local_world,
     )  # fmt: skip
+
+
+def require_sp_within_node(dims: ParallelDims, rung: str) -> None:
+    """Rungs whose Ulysses all-to-alls stay on one node's fast links (ulysses, offload, ring's hybrid)
+    refuse an SP group larger than a node; ``parallel=multinode`` is the one that spans nodes."""
+    if dims.sp > dims.local_world:
+        raise ParallelError(
+            f"parallel.sp={dims.sp} is more than the {dims.local_world} processes of a node: under parallel={rung} "
+            f"Ulysses all-to-alls are intra-node, use parallel.sp<={dims.local_world}, or parallel=multinode "
+            f"(sequence parallelism across nodes) or parallel=ring parallel.cp=<nodes> (ulysses x ring)"
+        )
 
 
 def destroy_distributed() -> None:

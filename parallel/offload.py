@@ -88,7 +88,7 @@ def apply_offload(model: nn.Module, dims: ParallelDims) -> nn.Module:
     for module in model.modules():
         if getattr(module, "tiled_mlp_tokens", None):
             set_z3_leaf_module(module, True)
-    return shard_sequences(model, dims)  # Ulysses attention and sharded rows when parallel.sp > 1
+    return shard_sequences(model, dims, "offload")  # Ulysses attention and sharded rows when parallel.sp > 1
 
 
 def deepspeed_config(cfg: OffloadConfig, settings: StepSettings, on_gpu: bool, cpu_adam: bool) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from torch import nn
 from transformers import AttentionInterface
 
 from parallel.ddp import apply_ddp
-from parallel.dims import ParallelDims, ParallelError
+from parallel.dims import ParallelDims, ParallelError, require_sp_within_node
 from parallel.ulysses import (
     INNER,
     SequenceSharded,
@@ -57,6 +57,7 @@ from parallel.ulysses import (
     _AllToAll,
     _gathered_route,
     apply_ulysses,
+    group_query_means,
     kv_repeat_for,
 )
 from ssa_kernels import _straight_through, routing_scores_pooled
@@ -561,10 +562,11 @@ def sparse_ring_attention(
     return _SparseRing.apply(q, k, v, block_bias, indices, doc, ring, block_size, scale)
 
 
-def ssa_ring_attention(module, q, k, v, doc, scale, hidden, ctx: RingContext) -> torch.Tensor:
+def ssa_ring_attention(module, q, k, v, doc, scale, hidden, ctx: RingContext, q_means=None) -> torch.Tensor:
     """SSA of one layer around the ring: select from all-gathered block summaries (module docstring),
     then :func:`sparse_ring_attention`. q [B, Hq', L, D], k/v [B, Hkv', L, D] (a head shard under
-    Ulysses) -> [B, Hq', L, D]."""
+    Ulysses) -> [B, Hq', L, D]. ``q_means`` [B, Hkv', L/B, D]: the attention router's block-mean queries
+    over whole GQA groups when Ulysses repeated the kv heads (``parallel.ulysses.group_query_means``)."""
     cfg = ssa_config_of(module.config)
     if selection_rule_of(module.config) != "block":
         raise ParallelError("parallel=ring trains SSA with the block selection rule (config.ssa['rule']='block')")
@@ -587,8 +589,10 @@ def ssa_ring_attention(module, q, k, v, doc, scale, hidden, ctx: RingContext) ->
             sel = select_blocks_pooled(route, cfg, doc)
         st = st and (route.q_mean.requires_grad or route.k_mean.requires_grad)
     else:  # the attention's q and k route: the block summaries that select_blocks makes, gathered
+        if q_means is None:
+            q_means = query_summary(q, hkv, B)  # (B, Hkv', L/B, D)
         with torch.no_grad():
-            q_sum = ring.gather(query_summary(q, hkv, B), 2) / math.sqrt(q.shape[-1])  # (B, Hkv', nb, D)
+            q_sum = ring.gather(q_means.detach(), 2) / math.sqrt(q.shape[-1])  # (B, Hkv', nb, D)
             sums = ring.gather(_block_sums(k, B, torch.float64), 2)  # (B, Hkv', nb, D) fp64, as _key_prefix
             prefix = F.pad(sums.cumsum(-2), (0, 0, 1, 0))
             sel = _select(q_sum, lambda: prefix, T, cfg, doc)
@@ -596,7 +600,7 @@ def ssa_ring_attention(module, q, k, v, doc, scale, hidden, ctx: RingContext) ->
         # The straight-through routing gradient through the block means (single-process SSA adds the same
         # gradient inside the attention backward, ssa_kernels/attention/routing.py)
         route = PooledRoute(
-            _RingGather.apply(query_summary(q, hkv, B), ring, 2), _RingGather.apply(block_means(k, B), ring, 2), T
+            _RingGather.apply(q_means, ring, 2), _RingGather.apply(block_means(k, B), ring, 2), T
         ) if st else None  # fmt: skip
     mine = torch.cat([torch.arange(i * length // (2 * B), (i + 1) * length // (2 * B)) for i in ring.chunks(ring.rank)])
     mine = mine.to(q.device)  # our query blocks' global ids, (L/B,)
@@ -625,7 +629,10 @@ def ring_attention_forward(module, query, key, value, attention_mask, dropout=0.
     if dropout:
         raise ParallelError("parallel=ring does not implement attention dropout (model attention_dropout=0)")
     u = ctx.ulysses
+    q_means = None
     if u is not None:  # (B, H, L/sp, D) -> (B, H/sp, L, D): all of the ring rank's tokens, a head shard
+        if ctx.inner == "ssa":  # kv heads repeated: routing means over whole GQA groups, taken before the split
+            q_means = group_query_means(module, query, key.shape[1], u)
         if u.kv_repeat > 1:
             key = key.repeat_interleave(u.kv_repeat, dim=1)
             value = value.repeat_interleave(u.kv_repeat, dim=1)
@@ -638,7 +645,7 @@ def ring_attention_forward(module, query, key, value, attention_mask, dropout=0.
             pos = _all_gather_positions(pos, u)
         doc = doc_ids_from_positions(ctx.ring.gather(pos, 1))
     if ctx.inner == "ssa":
-        out = ssa_ring_attention(module, query, key, value, doc, scaling, kwargs.get("ssa_hidden"), ctx)
+        out = ssa_ring_attention(module, query, key, value, doc, scaling, kwargs.get("ssa_hidden"), ctx, q_means)
     else:
         out = ring_attention(query, key, value, ctx.ring, doc, scaling)
     if u is not None:  # (B, H/sp, L, D) -> (B, H, L/sp, D)
@@ -678,6 +685,7 @@ def apply_ring(model: nn.Module, dims: ParallelDims) -> nn.Module:
         log.warning("ring: %s runs as the ring's PyTorch attention (no flash kernel with LSE wired yet)", inner)
     u = None
     if dims.sp > 1:
+        require_sp_within_node(dims, "ring")  # ulysses inside a node x ring across nodes
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         u = UlyssesAttention(dims.sp_group, dims.sp, inner, kv_repeat_for(heads, kv_heads, dims.sp))

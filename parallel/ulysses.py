@@ -7,8 +7,8 @@ wrapper registered as HF attention implementation ``"ulysses"`` turns q/k/v from
 with one all-to-all each, runs the model's own attention (SDPA / eager / flash, or SSA) on its
 heads, and all-to-alls the output back. SSA's learned router pools and projects each rank's own
 shard per block, and its block means take the same all-to-all as k (``_gathered_route``). KV heads are repeated when ``sp`` does not divide them
-(each copy sees the same q/k, so SSA's per-kv-head block selection of a copy equals the
-original's). The positions are all-gathered, so the inner attention sees the documents of the whole
+(SSA's attention router then takes each copy's block-mean query over all of the original's query heads
+before the all-to-all, ``group_query_means``, so a copy selects what the original would). The positions are all-gathered, so the inner attention sees the documents of the whole
 packed row (SSA and HF derive document ids from positions).
 
 ``SequenceSharded`` pads each row to a multiple of ``sp`` (x ``block_size`` for SSA) and keeps this
@@ -30,9 +30,10 @@ from torch import nn
 from transformers import AttentionInterface
 
 from parallel.ddp import apply_ddp
-from parallel.dims import ParallelDims, ParallelError
+from parallel.dims import ParallelDims, ParallelError, require_sp_within_node
 from ssa_kernels.hf import _attention_modules, doc_ids_from_positions, ssa_attention_forward, ssa_config_of
 from ssa_kernels.selector import PooledRoute
+from ssa_kernels.selector.reference import block_means, query_summary
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,25 @@ def _gathered_route(module, hidden: torch.Tensor | None, ctx: UlyssesAttention) 
     return PooledRoute(means[0], means[1], pooled.seq_len * ctx.sp)
 
 
+def group_query_means(module, query: torch.Tensor, kv_heads: int, ctx: UlyssesAttention) -> torch.Tensor | None:
+    """SSA's attention router with kv heads repeated (sp > kv heads): each kv head's block-mean query over all
+    G of its query heads, for the head shard. After the all-to-all a rank holds a copy of the kv head with only
+    G / kv_repeat of its query heads, whose mean would select other blocks than the single-process model does;
+    so the shard's means are taken here, over all heads ([B, Hq, T/sp, D] -> [B, Hkv, nb/sp, D]; shards are
+    whole blocks), repeated like the kv heads and all-to-all'd (-> [B, Hkv * r / sp, nb, D]). None when no
+    kv head is repeated or a learned router routes."""
+    cfg = ssa_config_of(module.config)
+    if ctx.kv_repeat == 1 or cfg.router == "learned":
+        return None
+    means = query_summary(query, kv_heads, cfg.block_size).repeat_interleave(ctx.kv_repeat, dim=1)
+    return _AllToAll.apply(means, ctx.group, ctx.sp, True)
+
+
 def ulysses_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """HF attention function. query [B, Hq, T/sp, D], key/value [B, Hkv, T/sp, D] (post-RoPE, local
     shard) -> ([B, T/sp, Hq, D], None)."""
     ctx: UlyssesAttention = module.ulysses
+    q_means = group_query_means(module, query, key.shape[1], ctx) if ctx.inner == "ssa" else None
     if ctx.kv_repeat > 1:  # (B, Hkv, T/sp, D) -> (B, Hkv * r, T/sp, D), copies adjacent (GQA order kept)
         key = key.repeat_interleave(ctx.kv_repeat, dim=1)
         value = value.repeat_interleave(ctx.kv_repeat, dim=1)
@@ -144,6 +160,8 @@ def ulysses_attention_forward(module, query, key, value, attention_mask, dropout
         position_ids = _all_gather_positions(position_ids, ctx)  # (B, T)
     if ctx.inner == "ssa":
         route = _gathered_route(module, kwargs.get("ssa_hidden"), ctx)
+        if q_means is not None:  # the attention router over whole GQA groups (group_query_means)
+            route = PooledRoute(q_means, block_means(k, ssa_config_of(module.config).block_size), k.shape[2])
         out, _ = ssa_attention_forward(
             module, q, k, v, None, dropout, scaling, position_ids=position_ids, ssa_route=route
         )
@@ -214,12 +232,17 @@ class SequenceSharded(nn.Module):
         return self.module(self.shard(input_ids), self.shard(labels), self.shard(position_ids))
 
 
-def shard_sequences(model: nn.Module, dims: ParallelDims) -> nn.Module:
+def shard_sequences(
+    model: nn.Module, dims: ParallelDims, rung: str = "ulysses", across_nodes: bool = False
+) -> nn.Module:
     """Switch ``model.lm``'s attention to the Ulysses wrapper of its own implementation and shard
     sequences over the SP group (``model`` unchanged when sp == 1). No gradient synchronisation: the
-    caller's rung adds it (DDP here, ZeRO-3 under ``offload``)."""
+    caller's rung adds it (DDP here, ZeRO-3 under ``offload``). The SP group stays inside a node unless
+    ``across_nodes`` (``parallel=multinode``); ``rung`` names the caller in errors and logs."""
     if dims.sp == 1:
         return model
+    if not across_nodes:
+        require_sp_within_node(dims, rung)
     lm = model.lm
     config = lm.config
     inner = config._attn_implementation
@@ -234,7 +257,9 @@ def shard_sequences(model: nn.Module, dims: ParallelDims) -> nn.Module:
         attn.ulysses = ctx
     lm.set_attn_implementation("ulysses")
     multiple = dims.sp * (ssa_config_of(config).block_size if inner == "ssa" else 1)
-    return SequenceSharded(model, dims.sp, dims.sp_rank, multiple)
+    sharded = SequenceSharded(model, dims.sp, dims.sp_rank, multiple)
+    sharded.rung = rung
+    return sharded
 
 
 def apply_ulysses(model: nn.Module, dims: ParallelDims) -> nn.Module:

@@ -111,6 +111,16 @@ def planned(model: str, attention: str, rung: str, seq_len: int) -> dict:
     return {"planned_gpu_gib": round(e.gpu_bytes / GIB, 2), "planned_host_gib": round(e.host_bytes / GIB, 2)}
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when this script dies. The child runs in its own session (so a
+    timeout can kill its whole group), which a kill of this script (a device call's time limit) does not
+    reach; without this, a killed benchmark left a run holding 74 GiB of the GPU for the next attempt."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, timeout_s: float, work: Path) -> dict:
     nproc, _ = RUNGS[rung]
     ovr = overrides_for(model, attention, rung, seq_len, steps)
@@ -124,7 +134,7 @@ def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, tim
     t0 = time.time()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)  # fmt: skip
         deadline = t0 + timeout_s
         status, rusage, timed_out = None, None, False
         while status is None:
@@ -146,6 +156,9 @@ def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, tim
     row["ok"] = proc.returncode == 0 and len(steps_done) >= steps and not timed_out
     if steps_done:
         steady = steps_done[1:] or steps_done
+        row["first_step_s"] = round(steps_done[0]["step_s"], 3)  # with warm-up: Triton compiles, allocator growth
+        if len(steps_done) == 1:
+            row["step_s_is_first_step"] = True  # no steady step to take: step_s includes the warm-up
         row["step_s"] = round(statistics.median(r["step_s"] for r in steady), 3)
         row["tokens_per_s"] = round(seq_len / row["step_s"], 1)
         if any("peak_mem_gib" in r for r in steps_done):

@@ -152,19 +152,25 @@ def column(metrics: list[dict], key: str) -> torch.Tensor:
     return torch.tensor([m[key] for m in metrics], dtype=torch.float64)
 
 
-def launch_two_nodes(run_dir: Path, data_cache: Path, tmp_path: Path, tag: str, *extra: str) -> list[tuple[int, str]]:
-    """Two launch.sh invocations on localhost, as the two nodes of one job with one process each."""
+def two_node_jobs(train_args: list[str], log_prefix: Path, nproc_per_node: int = 1) -> list[Job]:
+    """Two launch.sh invocations on localhost (``python -m train train_args``), started as the two nodes
+    of one job with ``nproc_per_node`` processes each; their logs are ``<log_prefix>-node<i>.log``."""
     endpoint, run_id = f"127.0.0.1:{free_port()}", f"test-{uuid.uuid4().hex[:8]}"
-    args = ["bash", str(LAUNCH), "parallel=ddp", *overrides(run_dir, data_cache, *extra)]
-    jobs = [
+    return [
         Job(
-            args,
-            job_env(NNODES="2", NODE_RANK=str(i), NPROC_PER_NODE="1", RDZV_ENDPOINT=endpoint, RUN_ID=run_id),
-            tmp_path / f"{tag}-node{i}.log",
-        )
+            ["bash", str(LAUNCH), *train_args],
+            job_env(
+                NNODES="2", NODE_RANK=str(i), NPROC_PER_NODE=str(nproc_per_node), RDZV_ENDPOINT=endpoint, RUN_ID=run_id
+            ),
+            log_prefix.with_name(f"{log_prefix.name}-node{i}.log"),
+        )  # fmt: skip
         for i in range(2)
     ]
-    return wait_all(*jobs)
+
+
+def launch_two_nodes(run_dir: Path, data_cache: Path, tmp_path: Path, tag: str, *extra: str) -> list[tuple[int, str]]:
+    """Two launch.sh "nodes" on localhost with one process each, data parallel."""
+    return wait_all(*two_node_jobs(["parallel=ddp", *overrides(run_dir, data_cache, *extra)], tmp_path / tag))
 
 
 def test_ddp_matches_grad_accum(tmp_path, data_cache):

@@ -153,7 +153,7 @@ def _worker(world: int, tmp: Path) -> None:
         for attention, layout, pieces in CASES[world]:
             sp = world if layout == "sp" else 1
             group = dist.new_group(list(range(world))) if sp > 1 else None  # sp == world: one SP group
-            dims = ParallelDims(world, rank, rank, world // sp, 1, torch.device("cpu"), sp, group)
+            dims = ParallelDims(world, rank, rank, world // sp, 1, torch.device("cpu"), sp, group, local_world=world)
             ref = refs[(attention, bool(pieces))]  # single process, plain MLP, AC as the case
             _check_case(attention, layout, pieces, dims, ref, tmp / f"{attention}-{layout}-{pieces}")
     finally:

@@ -40,6 +40,7 @@ CASES = [
     ("ssa", 112, (37, 50, 9, 1000)),
     ("ssa", 112, (9, 1000)),
     ("ssa_learned", 112, (9, 1000)),
+    ("ssa_mqa", 112, (9, 1000)),  # 2 x 2: the one kv head repeated for sp=2, routing over its whole group
 ]
 
 

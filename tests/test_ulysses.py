@@ -34,21 +34,26 @@ SSA = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4, rout
 DOCS = (37, 50, 9, 1000)  # document lengths of the packed row (the last one is cut at T)
 # The learned router's case: a routing gradient exists only where a block has more routed candidates than
 # topk_blocks (ssa_kernels._routed_slots), which the short documents above never give.
-DOCS_FOR = {"ssa_learned": (9, 1000)}
+# "ssa_contested" is the attention router on that row: under sp=4 the 2 kv heads are repeated, and each copy must
+# still route with the mean query of all of its group's heads (parallel.ulysses.group_query_means).
+DOCS_FOR = {"ssa_learned": (9, 1000), "ssa_contested": (9, 1000)}
 CASES = [  # (attention, T): T=112 and T=127 are padded (to 128) under sp=2 / sp=4
     ("sdpa", 128),
     ("ssa", 128),
     ("sdpa", 127),
     ("ssa", 112),
     ("ssa_learned", 112),  # the learned router: block means all-to-all'd like k
+    ("ssa_contested", 112),  # the attention router where blocks compete for the routed slots
 ]
 
 
 def tiny_model(attention: str) -> CausalLMLoss:
+    """4 query heads over 2 kv heads; one kv head (MQA) for ``attention`` ending in "_mqa"."""
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, attention_dropout=0.0,
+        num_key_value_heads=1 if attention.endswith("_mqa") else 2, max_position_embeddings=256,
+        attention_dropout=0.0,
     )  # fmt: skip
     lm = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     if attention.startswith("ssa"):
@@ -90,7 +95,9 @@ def _worker(sp: int) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         groups = [dist.new_group(list(range(s, s + sp))) for s in range(0, world, sp)]
-        dims = ParallelDims(world, rank, rank, world // sp, 1, torch.device("cpu"), sp, groups[rank // sp])
+        dims = ParallelDims(
+            world, rank, rank, world // sp, 1, torch.device("cpu"), sp, groups[rank // sp], local_world=world
+        )
         records: list[str] = []
         handler = logging.Handler()
         handler.emit = lambda r: records.append(r.getMessage())

@@ -185,7 +185,8 @@ def to_config(cfg: DictConfig) -> Config:
         raise ConfigError(str(e)) from e
     for key in ("steps", "seq_len", "micro_batch", "grad_accum", "keep_checkpoints"):
         _positive(f"train.{key}", getattr(t, key))
-    _positive("parallel.sp", config.parallel.sp)
+    _positive("parallel.sp", config.parallel.sp, 0)  # 0: every process of the job (parallel=multinode's default)
+    _positive("parallel.cp", config.parallel.cp)
     if config.parallel.tiled_mlp < 0:
         raise ConfigError(f"parallel.tiled_mlp={config.parallel.tiled_mlp}: tokens per tile, >= 1 (0: off)")
     try:
