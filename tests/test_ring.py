@@ -28,7 +28,7 @@ from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import doc_ids_from_positions
 from ssa_kernels.selector import select_blocks
 from tests.test_distributed import TIMEOUT_S, Job, check_ok, job_env, run_workers, torchrun, wait_all
-from tests.test_train import _wait_for_step, losses
+from tests.test_train import _wait_for_step, losses, same_steps
 from tests.test_ulysses import SEQ_LEN, TRAINER_ATTENTION, packed_batch, tiny_model
 
 # (attention, T, documents): 112 and 127 are padded to 128 (ring cp=2: multiple 4 dense / 64 SSA;
@@ -276,17 +276,6 @@ def trainer_cmd(
     return [*torchrun(nproc), *args, "parallel=ring", *parallel]
 
 
-def _same_steps(a: dict, b: dict) -> None:
-    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
-    for key in (0, 1):  # loss, grad_norm
-        torch.testing.assert_close(
-            torch.tensor([a[s][key] for s in a], dtype=torch.float64),
-            torch.tensor([b[s][key] for s in a], dtype=torch.float64),
-            rtol=1e-5, atol=0,
-        )  # fmt: skip
-    assert a[STEPS][0] < a[1][0]  # it learns: equal constants would prove nothing
-
-
 # SSA only: dense ring attention is the same trainer path (tested against single-process at model level
 # above); a dense run here would add ~20 s to a file that should stay near a minute and a half.
 def test_trainer_under_ring_matches_single_and_resumes_after_a_kill(tmp_path, data_cache):
@@ -315,7 +304,7 @@ def test_trainer_under_ring_matches_single_and_resumes_after_a_kill(tmp_path, da
     for rc, out in wait_all(*jobs):
         check_ok(rc, out)
     assert f"padded to {SEQ_LEN[attention][1]}" in (tmp_path / "ring.log").read_text()
-    _same_steps(losses(tmp_path / "ring"), losses(tmp_path / "single"))
+    same_steps(losses(tmp_path / "ring"), losses(tmp_path / "single"), STEPS)
     out = (tmp_path / "resume.log").read_text()
     assert f"step_{saved[-1]:08d} at step {saved[-1]}" in out, out[-6000:]
     assert losses(kill_dir) == losses(tmp_path / "ring")

@@ -55,6 +55,19 @@ def losses(run_dir):
     return {r["step"]: (r["loss"], r["grad_norm"]) for r in rows}
 
 
+def same_steps(a: dict, b: dict, steps: int, rtol: float = 1e-5) -> None:
+    """Two runs' per-step (loss, grad_norm) (:func:`losses`): steps 1..``steps`` each, equal within ``rtol``,
+    and ``a`` learns (equal constants would prove nothing)."""
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    for key in (0, 1):  # loss, grad_norm
+        torch.testing.assert_close(
+            torch.tensor([a[s][key] for s in a], dtype=torch.float64),
+            torch.tensor([b[s][key] for s in a], dtype=torch.float64),
+            rtol=rtol, atol=0,
+        )  # fmt: skip
+    assert a[steps][0] < a[1][0]
+
+
 # --- configuration ------------------------------------------------------------------------------
 
 
