@@ -86,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dense-fwd-max", type=size, default=256 * KI, help="largest n of a measured dense fwd")
     ap.add_argument("--dense-fwdbwd-max", type=size, default=128 * KI, help="largest n of a measured dense fwdbwd")
     ap.add_argument("--flex-block", type=int, nargs="+", help="Flex block size(s): 64 exact, 128 remapped")
+    ap.add_argument(
+        "--block-size",
+        type=int,
+        default=64,
+        choices=(64, 128),
+        help="SSA block; 128 keeps the ~8.2K-token budget (top-56) and Flex gets the exact selection",
+    )
     ap.add_argument("--methods", nargs="+", help="run only these methods (default all)")
     ap.add_argument("--decode-only", action="store_true", help="only the decode pass (at --decode-n)")
     ap.add_argument("--decode-select-sweep", nargs="*", help="decode select kernel rows,warps,chunk to time")
@@ -389,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = SSAConfig(block_size=16, topk_blocks=2, local_window=64)
     else:
         dtype, hq, hkv, d = torch.bfloat16, 32, 8, 128
-        cfg = SSAConfig()
+        cfg = SSAConfig(block_size=args.block_size, topk_blocks=112 * 64 // args.block_size)
         if args.n is None:
             big = torch.cuda.get_device_properties(device).total_memory > 100e9
             args.n = DEFAULT_N + (BIG_GPU_N if big else [])
@@ -416,11 +423,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dense.remove("flash_attn")
     if device.type != "cuda":
         dense = ["fa2_sdpa"]  # torch's CPU flash kernel; no cuDNN, no flash-attn
-    setup = Setup(
-        args, device, dtype, hq, hkv, d, cfg, select_fn, flex_fn, args.flex_block or [2 * cfg.block_size], dense
-    )
+    # Flex's own tile is 128: 64-blocks are remapped to it, 128-blocks are given exactly.
+    flex_blocks = args.flex_block or [min(128, 2 * cfg.block_size)]
+    setup = Setup(args, device, dtype, hq, hkv, d, cfg, select_fn, flex_fn, flex_blocks, dense)
 
     tag = gpu_tag(device) + ("-quick" if args.quick else "")  # a quick run never replaces the full results
+    tag += "" if args.cpu_smoke or args.block_size == 64 else f"-b{args.block_size}"
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {

@@ -5,8 +5,9 @@
 --check: bf16 kernel vs the fp32 reference at small T (ragged, docs, block bias, small CSR pieces), relative
 errors of out, lse and every gradient. --sizes: times forward, fwd+bwd and the backward's parts on the
 synthetic SSA selection (per query block: sink block 0, the 16 local blocks, 112 random distinct earlier
-blocks; sorted, -1 padded for early rows) at Bt=1, Hq=32, Hkv=8, D=128, B=64, bf16. --sweep: times each
-listed kernel's configurations (BLOCK_M, num_warps, num_stages[, TMA]) at --sweep-T. --config: a CONFIG_OVERRIDE
+blocks; sorted, -1 padded for early rows) at Bt=1, Hq=32, Hkv=8, D=128, B=64, bf16; --block-size 128 keeps
+the token budget (sink block, 8 local blocks, 56 routed). --sweep: times each listed kernel's configurations
+(BLOCK_M, num_warps, num_stages[, TMA[, BLOCK_N]]) at --sweep-T. --config: a CONFIG_OVERRIDE
 for the --sizes timings (e.g. "fwd:TMA=0 dq:TMA=0,num_stages=2 dkdv:TMA=0", the pointer-load baseline);
 --check-override: a second --check with such an override.
 
@@ -125,6 +126,7 @@ def check(override: dict | None = None) -> float:
         (2, 8, 2, 3000, 128, 64, True, 3),
         (1, 32, 8, 8100, 128, 64, True, None),
         (1, 4, 4, 1500, 64, 64, True, 2),
+        (1, 32, 8, 8100, 128, 128, True, None),
     ]:
         nb = -(-t // bs)
         idx = synthetic_indices(hkv, nb, g, n_routed=min(112, nb), n_local=4)[:, :, :, :]
@@ -158,13 +160,15 @@ def check(override: dict | None = None) -> float:
     return worst
 
 
+BS = 64  # --block-size: key/query block of the synthetic selection (the budget stays ~8.2K tokens per query)
 LAYOUT = "bhtd"  # --layout: "bhtd" contiguous [Bt, H, T, D]; "hf" [Bt, T, H, D] storage seen transposed (HF)
 
 
-def setup(T: int, hq=32, hkv=8, d=128, bs=64, seed=1):
+def setup(T: int, hq=32, hkv=8, d=128, seed=1):
+    bs = BS
     g = torch.Generator(device="cuda").manual_seed(seed)
     nb = T // bs
-    idx = synthetic_indices(hkv, nb, g)
+    idx = synthetic_indices(hkv, nb, g, n_routed=112 * 64 // bs, n_local=1024 // bs)
 
     def make(h):
         if LAYOUT == "hf":
@@ -178,7 +182,7 @@ def setup(T: int, hq=32, hkv=8, d=128, bs=64, seed=1):
 
 
 def bench_size(T: int, reps: int) -> None:
-    bs, scale = 64, 128**-0.5
+    bs, scale = BS, 128**-0.5
     q, k, v, idx, fl = setup(T)  # q, k, v require grad
     log(
         f"T={T}: S={idx.shape[-1]}, mean listed {float((idx >= 0).sum(-1).float().mean()):.1f}, fwd GFLOP {fl / 1e9:.0f}"
@@ -227,8 +231,8 @@ def bench_size(T: int, reps: int) -> None:
 
 
 def sweep(specs: list[str], T: int) -> None:
-    """specs: "kind:BLOCK_M,num_warps,num_stages[,TMA[,WS[,PAIR]]][:kv_order]" with kind fwd | dq | dkdv."""
-    bs, scale = 64, 128**-0.5
+    """specs: "kind:BLOCK_M,num_warps,num_stages[,TMA[,BLOCK_N]][:kv_order]" with kind fwd | dq | dkdv."""
+    bs, scale = BS, 128**-0.5
     q, k, v, idx, fl = setup(T)
     q, k, v = q.detach(), k.detach(), v.detach()
     do = torch.randn_like(q)
@@ -244,7 +248,7 @@ def sweep(specs: list[str], T: int) -> None:
         kind, cfg, *order = spec.split(":")
         nums = [int(x) for x in cfg.split(",")]
         tri.CONFIG_OVERRIDE.clear()
-        tri.CONFIG_OVERRIDE[kind] = dict(zip(("BLOCK_M", "num_warps", "num_stages", "TMA", "WS", "PAIR"), nums))
+        tri.CONFIG_OVERRIDE[kind] = dict(zip(("BLOCK_M", "num_warps", "num_stages", "TMA", "BLOCK_N"), nums))
         tri.KV_ORDER = order[0] if order else "kb"
         try:
             with torch.no_grad():
@@ -283,9 +287,10 @@ def main() -> None:
     ap.add_argument("--sweep-T", type=int, default=131072)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--layout", choices=("bhtd", "hf"), default="bhtd", help="q/k/v memory layout of --sizes")
+    ap.add_argument("--block-size", type=int, default=64, choices=(64, 128), help="SSA block of --sizes/--sweep")
     a = ap.parse_args()
-    global LAYOUT
-    LAYOUT = a.layout
+    global LAYOUT, BS
+    LAYOUT, BS = a.layout, a.block_size
     log(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", tri.triton.__version__)
     if a.check:
         check()

@@ -156,6 +156,24 @@ def test_tma_loads(monkeypatch, dtype, bs, bm_kv, hf_layout):
     assert len(used) == 6 and all(used)  # fwd k, v; dq k, v; dkdv q, dO
 
 
+@pytest.mark.parametrize("tma", [0, 1])
+@pytest.mark.parametrize("bs,bn", [(32, 16), (64, 16)])
+def test_key_subtiles(monkeypatch, tma, bs, bn):
+    """The forward and dQ loops walking a listed block BLOCK_N < block keys at a time (the 128-key blocks' dQ
+    configuration): causal diagonal sub-tiles wholly in some rows' future, the block bias and its gradient
+    summed over the sub-tiles, documents, ragged T, with and without bulk-tensor-copy loads."""
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"TMA": tma, "BLOCK_N": bn}, "dq": {"TMA": tma, "BLOCK_N": bn}})
+    assert tri._config("dq", 4, bs, 64, torch.device("cpu"))["BLOCK_N"] == bn
+    g = torch.Generator().manual_seed(23 + bs + tma)
+    bt, hq, hkv, t, d, s = 2, 8, 2, 150, 64, 3
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.float32)
+    indices = random_indices(bt, hkv, -(-t // bs), s, g)
+    docs = random_docs(bt, t, 3, g)
+    bb = 0.5 * torch.randn(indices.shape, generator=g)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
+    assert_close(got, ref, TOL[torch.float32])
+
+
 def test_public_function_auto_split():
     """The public entry point (automatic CSR piece length) on a full causal budget."""
     g = torch.Generator().manual_seed(5)
@@ -229,9 +247,12 @@ def test_rejects_bad_shapes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in Triton's interpreter")
-def test_bf16_on_gpu():
-    g = torch.Generator().manual_seed(17)
-    bt, hq, hkv, t, d, bs, s = 2, 8, 2, 1000, 128, 64, 6
+@pytest.mark.parametrize("bs", [64, 128])
+def test_bf16_on_gpu(bs):
+    """The GPU configurations of both block sizes (128: 128-key forward tiles, 64-key dQ sub-tiles, 8-warp
+    dK/dV programs holding 128 keys)."""
+    g = torch.Generator().manual_seed(17 + bs)
+    bt, hq, hkv, t, d, s = 2, 8, 2, 1000, 128, 6
     q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.bfloat16)
     indices = random_indices(bt, hkv, -(-t // bs), s, g)
     docs = random_docs(bt, t, 4, g)

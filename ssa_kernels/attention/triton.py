@@ -134,19 +134,19 @@ def _masked_logits(
 
 
 @triton.jit
-def _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, kb, kpos, sk_t, sv_t, T, B: tl.constexpr,
+def _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, k0, kpos, sk_t, sv_t, T, BLOCK_N: tl.constexpr,
              D: tl.constexpr, TMA: tl.constexpr):  # fmt: skip
-    """K, V [B, D] of key block kb (positions kpos [B]) of batch kv_b, kv head kv_h. TMA: bulk tensor copies
-    from the [Bt, Hkv, T, D] descriptors (any strides: HF's transposed layouts too), zeros past T; otherwise
-    pointer loads, zeros past T."""
+    """K, V [BLOCK_N, D] of the keys at positions kpos [BLOCK_N] = k0 + 0..BLOCK_N-1 of batch kv_b, kv head
+    kv_h. TMA: bulk tensor copies from the [Bt, Hkv, T, D] descriptors (any strides: HF's transposed layouts
+    too), zeros past T; otherwise pointer loads, zeros past T."""
     if TMA:
-        k = k_desc.load([kv_b, kv_h, (kb * B).to(tl.int32), 0]).reshape([B, D])
-        v = v_desc.load([kv_b, kv_h, (kb * B).to(tl.int32), 0]).reshape([B, D])
+        k = k_desc.load([kv_b, kv_h, k0.to(tl.int32), 0]).reshape([BLOCK_N, D])
+        v = v_desc.load([kv_b, kv_h, k0.to(tl.int32), 0]).reshape([BLOCK_N, D])
     else:
         offs_d = tl.arange(0, D)
         k_ok = kpos < T  # only the ragged last block has keys past T
-        k = tl.load(k_base + kpos[:, None] * sk_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
-        v = tl.load(v_base + kpos[:, None] * sv_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [B, D]
+        k = tl.load(k_base + kpos[:, None] * sk_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [N, D]
+        v = tl.load(v_base + kpos[:, None] * sv_t + offs_d[None, :], mask=k_ok[:, None], other=0.0)  # [N, D]
     return k, v
 
 
@@ -174,6 +174,7 @@ def _fwd_inner(
     lo,
     hi,
     B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     D: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -181,25 +182,31 @@ def _fwd_inner(
     TMA: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """Online softmax over listed entries [lo, hi) of one index row; CAUSAL applies s <= t."""
-    offs_n = tl.arange(0, B)
+    """Online softmax over listed entries [lo, hi) of one index row, BLOCK_N keys of a listed block at a time;
+    CAUSAL applies s <= t."""
+    offs_n = tl.arange(0, BLOCK_N)
     for e in range(lo, hi):
         kb = tl.load(idx_row + e)  # int64 key block
-        kpos = kb * B + offs_n  # [B] key positions
-        k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, kb, kpos, sk_t, sv_t, T, B, D, TMA)
-        doc_k = kpos  # placeholder, unused without documents
-        if HAS_DOC:
-            doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
-        qk = _masked_logits(q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC)
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        # A row that has seen no key yet keeps m = -inf: exponentiate against 0 so -inf - -inf (NaN) never occurs.
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk - m_use[:, None])  # [M, B]
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
-        m_i = m_new
+        for sub in tl.static_range(B // BLOCK_N):
+            k0 = kb * B + sub * BLOCK_N
+            kpos = k0 + offs_n  # [N] key positions
+            k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, k0, kpos, sk_t, sv_t, T, BLOCK_N, D, TMA)
+            doc_k = kpos  # placeholder, unused without documents
+            if HAS_DOC:
+                doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
+            qk = _masked_logits(
+                q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC
+            )  # [M, N]
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            # A row that has seen no key yet keeps m = -inf: exponentiate against 0 so -inf - -inf (NaN) never
+            # occurs.
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(qk - m_use[:, None])  # [M, N]
+            alpha = tl.math.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+            m_i = m_new
     return acc, l_i, m_i
 
 
@@ -236,6 +243,7 @@ def _fwd_kernel(
     qk_scale,
     G: tl.constexpr,
     B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -275,11 +283,11 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, b, h, doc_base, sk_t,
-        sv_t, T, qk_scale, 0, n_lo, B, D, False, HAS_BIAS, HAS_DOC, TMA, PREC,
+        sv_t, T, qk_scale, 0, n_lo, B, BLOCK_N, D, False, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, b, h, doc_base, sk_t,
-        sv_t, T, qk_scale, n_lo, n_valid, B, D, True, HAS_BIAS, HAS_DOC, TMA, PREC,
+        sv_t, T, qk_scale, n_lo, n_valid, B, BLOCK_N, D, True, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
 
     empty = l_i == 0.0  # no visible key: out 0, lse -inf
@@ -357,6 +365,7 @@ def _dq_inner(
     lo,
     hi,
     B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     D: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -365,21 +374,28 @@ def _dq_inner(
     TMA: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    offs_n = tl.arange(0, B)
+    offs_n = tl.arange(0, BLOCK_N)
     for e in range(lo, hi):
         kb = tl.load(idx_row + e)
-        kpos = kb * B + offs_n  # [B]
-        k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, kb, kpos, sk_t, sv_t, T, B, D, TMA)
-        doc_k = kpos  # placeholder, unused without documents
-        if HAS_DOC:
-            doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
-        qk = _masked_logits(q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC)
-        p = tl.math.exp2(qk - lse2[:, None])  # lse2 = +inf on empty/out-of-range rows, so p = 0 there
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, B]
-        ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
+        dbias = 0.0
+        for sub in tl.static_range(B // BLOCK_N):
+            k0 = kb * B + sub * BLOCK_N
+            kpos = k0 + offs_n  # [N]
+            k, v = _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, k0, kpos, sk_t, sv_t, T, BLOCK_N, D, TMA)
+            doc_k = kpos  # placeholder, unused without documents
+            if HAS_DOC:
+                doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
+            qk = _masked_logits(
+                q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC
+            )  # [M, N]
+            p = tl.math.exp2(qk - lse2[:, None])  # lse2 = +inf on empty/out-of-range rows, so p = 0 there
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, N]
+            ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
+            if WANT_DBIAS:
+                dbias += tl.sum(tl.sum(ds, 1), 0)
+            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
         if WANT_DBIAS:
-            tl.store(dbias_row + e, tl.sum(tl.sum(ds, 1), 0))
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
+            tl.store(dbias_row + e, dbias)
     return dq
 
 
@@ -424,6 +440,7 @@ def _dq_kernel(
     sm_scale,
     G: tl.constexpr,
     B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     S_P2: tl.constexpr,
@@ -472,11 +489,11 @@ def _dq_kernel(
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     dq = _dq_inner(
         dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, k_desc, v_desc, b, h,
-        doc_base, sk_t, sv_t, T, qk_scale, 0, n_lo, B, D, False, HAS_BIAS, WANT_DBIAS, HAS_DOC, TMA, PREC,
+        doc_base, sk_t, sv_t, T, qk_scale, 0, n_lo, B, BLOCK_N, D, False, HAS_BIAS, WANT_DBIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     dq = _dq_inner(
         dq, q, do, lse2, delta, t, doc_q, idx_row, bias_row, dbias_row, k_base, v_base, k_desc, v_desc, b, h,
-        doc_base, sk_t, sv_t, T, qk_scale, n_lo, n_valid, B, D, True, HAS_BIAS, WANT_DBIAS, HAS_DOC, TMA, PREC,
+        doc_base, sk_t, sv_t, T, qk_scale, n_lo, n_valid, B, BLOCK_N, D, True, HAS_BIAS, WANT_DBIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     if WANT_DBIAS:  # padding slots: exact zeros, as in the reference
         offs_s = tl.arange(0, S_P2)
@@ -761,27 +778,32 @@ def _tensor_desc(x: torch.Tensor, rows: int, want: bool) -> tuple[object, bool]:
 
 
 def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str, int]:
-    """BLOCK_M (rows of the G*B tile per program; must divide G*B), num_warps, num_stages."""
+    """BLOCK_M (rows of the G*B tile per program; must divide G*B), BLOCK_N (keys per step of the forward and
+    dQ loops; divides B), num_warps, num_stages, TMA."""
+    big = B >= 128 and D > 64  # 128-key blocks: Flex's own tile; measured separately (docs/kernels.md)
     if device.type != "cuda":  # interpreter: small tiles keep numpy fast
         cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 1, "TMA": 0}
     elif kind == "fwd":  # (measured on H100, scripts/bench_attention_kernel.py; spill-free in triton 3.6)
-        cfg = (
-            {"BLOCK_M": 256, "num_warps": 8, "num_stages": 2, "TMA": 1}
-            if D > 64
-            else {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
-        )
+        if big:
+            cfg = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "TMA": 1}
+        elif D > 64:
+            cfg = {"BLOCK_M": 256, "num_warps": 8, "num_stages": 2, "TMA": 1}
+        else:
+            cfg = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
     elif kind == "dq":
-        cfg = (
-            {"BLOCK_M": 128, "num_warps": 8, "num_stages": 3, "TMA": 1}
-            if D > 64
-            else {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
-        )
+        if big:
+            cfg = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "TMA": 1}
+        elif D > 64:
+            cfg = {"BLOCK_M": 128, "num_warps": 8, "num_stages": 3, "TMA": 1}
+        else:
+            cfg = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
     else:  # dkdv: B key rows per program, BLOCK_M query rows per iteration; 2 programs per SM (3 stages: 1)
-        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2, "TMA": int(D > 64)}
+        cfg = {"BLOCK_M": 64, "num_warps": 8 if big else 4, "num_stages": 2, "TMA": int(D > 64)}
     # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
-    cfg = {"TMA": 0, **cfg, **CONFIG_OVERRIDE.get(kind, {})}
+    cfg = {"TMA": 0, "BLOCK_N": B, **cfg, **CONFIG_OVERRIDE.get(kind, {})}
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
+    cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], B))
     return cfg
 
 
@@ -803,8 +825,8 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
     bm = cfg["BLOCK_M"]
     grid = (nb * (G * B // bm), Bt * Hkv)
     dummy = cnt  # stands in for absent optional tensors (never read: constexpr flags)
-    k_desc, tma = _tensor_desc(k, B, cfg["TMA"])
-    v_desc, tma_v = _tensor_desc(v, B, tma)
+    k_desc, tma = _tensor_desc(k, cfg["BLOCK_N"], cfg["TMA"])
+    v_desc, tma_v = _tensor_desc(v, cfg["BLOCK_N"], tma)
     tma = tma and tma_v
     _fwd_kernel[grid](
         q, k, v, k_desc if tma else k, v_desc if tma else v, out, lse, indices, cnt, n_lo,
@@ -815,7 +837,8 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         T, nb, S, Hkv, scale * 1.4426950408889634,
-        G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=block_bias is not None, HAS_DOC=doc_ids is not None, TMA=tma,
+        G=G, B=B, BLOCK_N=cfg["BLOCK_N"], D=D, BLOCK_M=bm, HAS_BIAS=block_bias is not None,
+        HAS_DOC=doc_ids is not None, TMA=tma,
         PREC=_prec(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return out, lse
@@ -910,8 +933,8 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         dq = _alloc_like(q) if want_q else None  # [Bt, Hq, T, D]
         dq_arg = dq if dq is not None else q  # never written when not wanted
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
-        k_desc, tma = _tensor_desc(k, B, cfg["TMA"])
-        v_desc, tma_v = _tensor_desc(v, B, tma)
+        k_desc, tma = _tensor_desc(k, cfg["BLOCK_N"], cfg["TMA"])
+        v_desc, tma_v = _tensor_desc(v, cfg["BLOCK_N"], tma)
         tma = tma and tma_v
         _dq_kernel[(nb * n_split, Bt * Hkv)](
             q, k, v, k_desc if tma else k, v_desc if tma else v, grad_out, dq_arg, lse, delta, indices, cnt, n_lo,
@@ -924,7 +947,7 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
             grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
             dq_arg.stride(0), dq_arg.stride(1), dq_arg.stride(2),
             T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, scale,
-            G=G, B=B, D=D, BLOCK_M=bm, S_P2=triton.next_power_of_2(S), HAS_BIAS=has_bias,
+            G=G, B=B, BLOCK_N=cfg["BLOCK_N"], D=D, BLOCK_M=bm, S_P2=triton.next_power_of_2(S), HAS_BIAS=has_bias,
             WANT_DBIAS=want_bias, WANT_DQ=want_q, HAS_DOC=has_doc, TMA=tma, PREC=_prec(q.dtype),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
