@@ -7,7 +7,7 @@ errors of out, lse and every gradient. --sizes: times forward, fwd+bwd and the b
 synthetic SSA selection (per query block: sink block 0, the 16 local blocks, 112 random distinct earlier
 blocks; sorted, -1 padded for early rows) at Bt=1, Hq=32, Hkv=8, D=128, B=64, bf16; --block-size 128 keeps
 the token budget (sink block, 8 local blocks, 56 routed). --sweep: times each listed kernel's configurations
-(BLOCK_M, num_warps, num_stages[, TMA[, BLOCK_N]]) at --sweep-T. --config: a CONFIG_OVERRIDE
+(BLOCK_M, num_warps, num_stages[, TMA[, BLOCK_N[, KT]]]) at --sweep-T. --config: a CONFIG_OVERRIDE
 for the --sizes timings (e.g. "fwd:TMA=0 dq:TMA=0,num_stages=2 dkdv:TMA=0", the pointer-load baseline);
 --check-override: a second --check with such an override.
 
@@ -231,7 +231,7 @@ def bench_size(T: int, reps: int) -> None:
 
 
 def sweep(specs: list[str], T: int) -> None:
-    """specs: "kind:BLOCK_M,num_warps,num_stages[,TMA[,BLOCK_N]][:kv_order]" with kind fwd | dq | dkdv."""
+    """specs: "kind:BLOCK_M,num_warps,num_stages[,TMA[,BLOCK_N[,KT]]][:kv_order]" with kind fwd | dq | dkdv."""
     bs, scale = BS, 128**-0.5
     q, k, v, idx, fl = setup(T)
     q, k, v = q.detach(), k.detach(), v.detach()
@@ -248,7 +248,7 @@ def sweep(specs: list[str], T: int) -> None:
         kind, cfg, *order = spec.split(":")
         nums = [int(x) for x in cfg.split(",")]
         tri.CONFIG_OVERRIDE.clear()
-        tri.CONFIG_OVERRIDE[kind] = dict(zip(("BLOCK_M", "num_warps", "num_stages", "TMA", "BLOCK_N"), nums))
+        tri.CONFIG_OVERRIDE[kind] = dict(zip(("BLOCK_M", "num_warps", "num_stages", "TMA", "BLOCK_N", "KT"), nums))
         tri.KV_ORDER = order[0] if order else "kb"
         try:
             with torch.no_grad():

@@ -174,6 +174,22 @@ def test_key_subtiles(monkeypatch, tma, bs, bn):
     assert_close(got, ref, TOL[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("tma", [0, 1])
+def test_dkdv_keys_first(monkeypatch, dtype, tma):
+    """The dK/dV pass with keys as the M side of its products (KT: S^T = K Q^T, dP^T = V dO^T): causal and
+    document masks transposed, bias, split CSR pieces, ragged T, GQA 4."""
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"dkdv": {"KT": 1, "TMA": tma, "BLOCK_M": 16}})
+    g = torch.Generator().manual_seed(29 + tma)
+    bt, hq, hkv, t, d, bs, s = 2, 8, 2, 90, 64, 32, 3
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, dtype)
+    indices = random_indices(bt, hkv, -(-t // bs), s, g)
+    docs = random_docs(bt, t, 3, g)
+    bb = 0.5 * torch.randn(indices.shape, generator=g)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
+    assert_close(got, ref, TOL[dtype])
+
+
 def test_public_function_auto_split():
     """The public entry point (automatic CSR piece length) on a full causal budget."""
     g = torch.Generator().manual_seed(5)

@@ -112,25 +112,40 @@ _LONG_FACTOR = 8
 
 
 @triton.jit
-def _masked_logits(
-    q, k, t, kpos, bias_ptr, doc_q, doc_k, qk_scale, CAUSAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_DOC: tl.constexpr, PREC: tl.constexpr,
+def _masked_scores(
+    q, k, t, kpos, doc_q, doc_k, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, PREC: tl.constexpr,
+    KEYS_FIRST: tl.constexpr,
 ):  # fmt: skip
-    """Logits [M, B] in log2 units of query rows at positions t [M] against keys at kpos [B]: q k^T scale, plus
-    the listed block's bias (HAS_BIAS: read at bias_ptr), -inf where the key is in the row's future (CAUSAL: the
-    diagonal block) or in another document (HAS_DOC: doc_q [M] vs doc_k [B]). One definition for the forward,
-    the dQ pass and the dK/dV pass, so the three cannot disagree on what a row sees."""
-    qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [M, B]
-    if HAS_BIAS:
-        qk += tl.load(bias_ptr).to(tl.float32) * 1.4426950408889634
-    if CAUSAL:
+    """Raw scores q.k of query rows at positions t [M] against keys at kpos [N], -inf where the key is in the
+    row's future (CAUSAL: the diagonal block) or in another document (HAS_DOC: doc_q [M] vs doc_k [N]). [M, N],
+    or [N, M] (k q^T) with KEYS_FIRST (the dK/dV pass: P^T and dS^T are then its products' A operands as
+    computed). Callers take logits in log2 units as scores * qk_scale + the block's bias (``_bias_log2``) in one
+    FMA inside exp2's argument (the row max is taken on the raw scores: qk_scale > 0), which saves a multiply
+    per score. One definition of what a row sees for the forward, the dQ pass and the dK/dV pass."""
+    if KEYS_FIRST:
+        qk = tl.dot(k, tl.trans(q), input_precision=PREC)  # [N, M]
+        keep = kpos[:, None] <= t[None, :]
+        same_doc = doc_k[:, None] == doc_q[None, :]
+    else:
+        qk = tl.dot(q, tl.trans(k), input_precision=PREC)  # [M, N]
         keep = t[:, None] >= kpos[None, :]
+        same_doc = doc_q[:, None] == doc_k[None, :]
+    if CAUSAL:
         if HAS_DOC:
-            keep = keep & (doc_q[:, None] == doc_k[None, :])
+            keep = keep & same_doc
         qk = tl.where(keep, qk, float("-inf"))
     elif HAS_DOC:
-        qk = tl.where(doc_q[:, None] == doc_k[None, :], qk, float("-inf"))
+        qk = tl.where(same_doc, qk, float("-inf"))
     return qk
+
+
+@triton.jit
+def _bias_log2(bias_ptr, HAS_BIAS: tl.constexpr):
+    """The listed block's bias in log2 units (0 without a bias)."""
+    if HAS_BIAS:
+        return tl.load(bias_ptr).to(tl.float32) * 1.4426950408889634
+    else:
+        return 0.0
 
 
 @triton.jit
@@ -187,6 +202,7 @@ def _fwd_inner(
     offs_n = tl.arange(0, BLOCK_N)
     for e in range(lo, hi):
         kb = tl.load(idx_row + e)  # int64 key block
+        b2 = _bias_log2(bias_row + e, HAS_BIAS)
         for sub in tl.static_range(B // BLOCK_N):
             k0 = kb * B + sub * BLOCK_N
             kpos = k0 + offs_n  # [N] key positions
@@ -194,14 +210,12 @@ def _fwd_inner(
             doc_k = kpos  # placeholder, unused without documents
             if HAS_DOC:
                 doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
-            qk = _masked_logits(
-                q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC
-            )  # [M, N]
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            sc = _masked_scores(q, k, t, kpos, doc_q, doc_k, CAUSAL, HAS_DOC, PREC, False)  # [M, N] raw
+            m_new = tl.maximum(m_i, tl.max(sc, 1) * qk_scale + b2)
             # A row that has seen no key yet keeps m = -inf: exponentiate against 0 so -inf - -inf (NaN) never
             # occurs.
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk - m_use[:, None])  # [M, N]
+            p = tl.math.exp2(sc * qk_scale + (b2 - m_use)[:, None])  # [M, N]
             alpha = tl.math.exp2(m_i - m_use)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
@@ -377,6 +391,7 @@ def _dq_inner(
     offs_n = tl.arange(0, BLOCK_N)
     for e in range(lo, hi):
         kb = tl.load(idx_row + e)
+        b2l = _bias_log2(bias_row + e, HAS_BIAS) - lse2  # [M]
         dbias = 0.0
         for sub in tl.static_range(B // BLOCK_N):
             k0 = kb * B + sub * BLOCK_N
@@ -385,10 +400,8 @@ def _dq_inner(
             doc_k = kpos  # placeholder, unused without documents
             if HAS_DOC:
                 doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
-            qk = _masked_logits(
-                q, k, t, kpos, bias_row + e, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC
-            )  # [M, N]
-            p = tl.math.exp2(qk - lse2[:, None])  # lse2 = +inf on empty/out-of-range rows, so p = 0 there
+            sc = _masked_scores(q, k, t, kpos, doc_q, doc_k, CAUSAL, HAS_DOC, PREC, False)  # [M, N] raw
+            p = tl.math.exp2(sc * qk_scale + b2l[:, None])  # lse2 = +inf on empty/out-of-range rows: p = 0 there
             dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, N]
             ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
             if WANT_DBIAS:
@@ -545,6 +558,7 @@ def _dkdv_inner(
     HAS_DOC: tl.constexpr,
     TMA: tl.constexpr,
     PREC: tl.constexpr,
+    KT: tl.constexpr,
 ):
     """dk, dv [B, D] += contributions of CSR entries [lo, hi); one iteration = one BLOCK_M slice of the G*B rows."""
     N_SUB: tl.constexpr = G * B // BLOCK_M
@@ -576,12 +590,21 @@ def _dkdv_inner(
         doc_q = t  # placeholder, unused without documents
         if HAS_DOC:
             doc_q = tl.load(doc_base + t, mask=row_ok, other=-1)
-        qk = _masked_logits(q, k, t, kpos, bias_ptr + pos, doc_q, doc_k, qk_scale, CAUSAL, HAS_BIAS, HAS_DOC, PREC)
-        p = tl.math.exp2(qk - lse2[:, None])  # [M, B]; 0 on rows past T or without visible keys
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PREC)  # [B, D]
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, B]
-        ds = p * (dp - delta[:, None])
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PREC)  # [B, D]
+        b2l = _bias_log2(bias_ptr + pos, HAS_BIAS) - lse2  # [M]
+        if KT:  # keys as the M side: P^T, dP^T and dS^T come out of the products as the next ones need them
+            sc_t = _masked_scores(q, k, t, kpos, doc_q, doc_k, CAUSAL, HAS_DOC, PREC, True)  # [B, M] raw
+            p_t = tl.math.exp2(sc_t * qk_scale + b2l[None, :])  # [B, M]; 0 on rows past T or without visible keys
+            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PREC)  # [B, D]
+            dp_t = tl.dot(v, tl.trans(do), input_precision=PREC)  # [B, M]
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PREC)  # [B, D]
+        else:
+            sc = _masked_scores(q, k, t, kpos, doc_q, doc_k, CAUSAL, HAS_DOC, PREC, False)  # [M, B] raw
+            p = tl.math.exp2(sc * qk_scale + b2l[:, None])  # [M, B]; 0 on rows past T or without visible keys
+            dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PREC)  # [B, D]
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [M, B]
+            ds = p * (dp - delta[:, None])
+            dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PREC)  # [B, D]
     return dk, dv
 
 
@@ -635,6 +658,7 @@ def _dkdv_kernel(
     HAS_DOC: tl.constexpr,
     TMA: tl.constexpr,
     PREC: tl.constexpr,
+    KT: tl.constexpr,
 ):
     item = items_ptr + tl.program_id(0).to(tl.int64) * 5  # (key block, start, mid, end, partial slot)
     kbf = tl.load(item)  # (b*Hkv + h)*nb + kb
@@ -670,12 +694,12 @@ def _dkdv_kernel(
     dk, dv = _dkdv_inner(
         dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, q_desc, do_desc, b, lse_base,
         delta_base, bias_ptr, doc_base, sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, start, mid, G, B, D, BLOCK_M,
-        True, HAS_BIAS, HAS_DOC, TMA, PREC,
+        True, HAS_BIAS, HAS_DOC, TMA, PREC, KT,
     )  # fmt: skip
     dk, dv = _dkdv_inner(
         dk, dv, k, v, kpos, doc_k, csr_ptr, sel0, h, q_base, do_base, q_desc, do_desc, b, lse_base,
         delta_base, bias_ptr, doc_base, sq_h, sq_t, sdo_h, sdo_t, T, S, qk_scale, mid, end, G, B, D, BLOCK_M,
-        False, HAS_BIAS, HAS_DOC, TMA, PREC,
+        False, HAS_BIAS, HAS_DOC, TMA, PREC, KT,
     )  # fmt: skip
     dk = dk * sm_scale
     if slot < 0:
@@ -792,15 +816,17 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
             cfg = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
     elif kind == "dq":
         if big:
-            cfg = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "TMA": 1}
+            cfg = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "TMA": 1}
         elif D > 64:
             cfg = {"BLOCK_M": 128, "num_warps": 8, "num_stages": 3, "TMA": 1}
         else:
             cfg = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
     else:  # dkdv: B key rows per program, BLOCK_M query rows per iteration; 2 programs per SM (3 stages: 1)
-        cfg = {"BLOCK_M": 64, "num_warps": 8 if big else 4, "num_stages": 2, "TMA": int(D > 64)}
+        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2, "TMA": int(D > 64)}
+        if big:  # 128 keys: keys as the M side (KT), 8 warps (H200, 1M: 752 ms; query rows as M: 1,946 ms)
+            cfg.update(num_warps=8, KT=1)
     # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
-    cfg = {"TMA": 0, "BLOCK_N": B, **cfg, **CONFIG_OVERRIDE.get(kind, {})}
+    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, **cfg, **CONFIG_OVERRIDE.get(kind, {})}
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], B))
@@ -979,7 +1005,7 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
             dv.stride(0), dv.stride(1), dv.stride(2),
             T, nb, S, Hkv, qk_scale, scale,
             G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=has_bias, HAS_DOC=has_doc, TMA=tma,
-            PREC=_prec(q.dtype),
+            PREC=_prec(q.dtype), KT=bool(cfg["KT"]),
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
         if red.shape[0]:
