@@ -29,11 +29,30 @@ def peak_flops(device: torch.device, override_tflops: float) -> float:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 0.0)
 
 
+def attended_keys(seq_len: int, ssa: dict | None) -> float:
+    """Mean keys a query attends in a causal sequence of seq_len tokens: (seq_len + 1) / 2 for dense
+    attention. With SSA (``config.ssa``) a query in block i sees every earlier key while the whole prefix fits
+    its budget of K = (sink_blocks + topk_blocks) x block_size + local_window keys (t < K), and after that
+    its sink and routed blocks, the local window's full blocks and its own block up to itself:
+    K - block_size + t % block_size + 1 keys (an upper bound: the selector may route fewer blocks)."""
+    if not ssa:
+        return (seq_len + 1) / 2
+    b = ssa["block_size"]
+    cap = (ssa["sink_blocks"] + ssa["topk_blocks"]) * b + max(ssa["local_window"], b)
+    if seq_len <= cap:
+        return (seq_len + 1) / 2
+    rest, (full, part) = seq_len - cap, divmod(seq_len - cap, b)  # cap is a multiple of block_size
+    total = cap * (cap + 1) // 2 + rest * (cap - b + 1) + full * b * (b - 1) // 2 + part * (part - 1) // 2
+    return total / seq_len
+
+
 def flops_per_token(config, n_params: int, n_embedding: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x (non-embedding parameters, lm_head included) plus causal
-    attention's 6 x layers x seq_len x (heads x head_dim) (half of PaLM's 12, for the causal mask)."""
+    """Training FLOPs per token: 6 x (non-embedding parameters, lm_head included) plus attention's
+    12 x layers x (heads x head_dim) x the keys a query attends (``attended_keys``: about seq_len / 2 when
+    dense and causal, PaLM's 12 x seq_len halved by the mask; SSA's budget when ``config.ssa`` is set)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    attn = 6 * config.num_hidden_layers * seq_len * config.num_attention_heads * head_dim
+    keys = attended_keys(seq_len, getattr(config, "ssa", None))
+    attn = 12 * config.num_hidden_layers * keys * config.num_attention_heads * head_dim
     lm_head = n_embedding if getattr(config, "tie_word_embeddings", False) else 0
     return 6 * (n_params - n_embedding + lm_head) + attn
 
