@@ -169,11 +169,11 @@ def ssa_attention_forward(
 def _pass_ssa_kwargs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     """Forward pre-hook of an attention module: hands the attention function what HF does not pass it —
     the layer input for the learned router (``ssa_hidden``) and the per-layer decode states kept on the
-    KV cache (``past_key_values``)."""
+    KV cache (``cache``; ``past_key_values`` before transformers 5.2x renamed the layers' keyword)."""
     extra = {}
     if hasattr(module, "ssa_router"):  # SSA itself, or SSA inside a wrapper (parallel.ulysses)
         extra["ssa_hidden"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-    cache = kwargs.get("past_key_values")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if cache is not None and getattr(module.config, "_attn_implementation", None) == "ssa":
         states = getattr(cache, "ssa_decode_states", None)
         if states is None:

@@ -287,7 +287,9 @@ class GreedyDecoder:
         )
         out = self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen)
         new = out.sequences[0, ids.shape[1] :]  # (new,)
-        states = getattr(out.past_key_values, "ssa_decode_states", None) or {}
+        cache = getattr(out, "cache", None)  # transformers >= 5.2x; past_key_values before
+        cache = cache if cache is not None else getattr(out, "past_key_values", None)
+        states = getattr(cache, "ssa_decode_states", None) or {}
         # every layer kept an SSA decode state on the cache: the prompt prefilled it and new tokens advanced it
         decode = "ssa" if len(states) == self.layers else "dense"
         pred = self.tokenizer.decode(new, skip_special_tokens=True)

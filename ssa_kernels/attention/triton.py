@@ -73,6 +73,15 @@ forward step (one max and one rescale per 128 keys: 413 ms with 256 rows x 16 wa
 (868 ms), dk/dv with 32-row slices (1746 ms) or 8 warps (1426 ms), longest-first dk/dv order (815 vs
 773 ms), and ``tl.range(warp_specialize=True)`` on the main loops (triton 3.6 on Hopper: no change).
 
+128-key blocks (``block_size = 128``, Flex's own tile; configs in ``_config``). The forward and dQ loops walk a
+listed block BLOCK_N keys at a time (a static inner loop over B / BLOCK_N sub-tiles; the block bias's gradient
+is summed over them before its store): the forward takes 128 x 128 tiles, the dQ pass 64-key sub-tiles (128-key
+ones need more shared memory than the 2 pipelined stages leave). The dK/dV pass holds 128 keys with 8 warps and
+computes with the keys as the M side (``KT``: S^T = K Q^T, dP^T = V dO^T, so P^T and dS^T feed dV += P^T dO
+and dK += dS^T Q without a transpose through shared memory); with the query rows as M side the same program
+took 1,946 ms at 1M on an H200, with KT 752 ms. Scores are scaled and biased in one FMA inside exp2's
+argument (the row max is taken on the raw scores), one multiply per score fewer than scaling first.
+
 Test hooks: ``POISON = True`` fills every output and workspace with NaN before the kernels run, so an
 element no kernel writes shows up; ``kv_split`` in ``_sparse_attention_triton`` forces a small L.
 """
