@@ -940,7 +940,11 @@ def plot(results, path: Path, device: str) -> None:
         print("matplotlib missing: no plot")
         return
     panels = [("fwd", ("fwd", "selector")), ("fwd + bwd", ("fwdbwd",)), ("decode (1 token)", ("decode",))]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    panels = [(t, ps) for t, ps in panels if any(r["pass"] in ps and r["ms"] for r in results)]  # a run may skip one
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.5), squeeze=False)
+    axes = axes[0]
     for ax, (title, passes) in zip(axes, panels):
         for pass_, method in sorted({(r["pass"], r["method"]) for r in results if r["pass"] in passes}):
             rows = sorted(

@@ -61,9 +61,10 @@ Performance (H100, bf16, Bt=1, Hq=32, Hkv=8, D=128, B=64, sink + 16 local + 112 
   T=128K: forward 38.2 -> 36.1 ms (474 TFLOP/s), forward + backward 189 -> 163 ms (dq 58 -> 45, dk/dv 102 -> 85).
   T=1M:   forward 361 -> 339 ms (415 TFLOP/s), forward + backward 1727 -> 1535 ms (dq 477 -> 428 ms,
           dk/dv 906 -> 766 ms; the parts include delta, the dk/dv part the CSR build, 16 ms).
-The dk/dv pass is bound by memory bandwidth: each listed (key block, query block) pair reads the G*B query
-rows of q and dO (128 KB at G=4, B=64, D=128) for 64 keys of work, and randomly routed pairs rarely share
-them in L2 (17M pairs at 1M: ~2.2 TB, ~2.9 TB/s achieved with TMA). Tried and measured slower at 1M: the
+Each listed (key block, query block) pair of the dk/dv pass reads the G*B query rows of q and dO (128 KB at
+G=4, B=64, D=128) for 64 keys of work, and randomly routed pairs rarely share them in L2 (17M pairs at 1M:
+~2.2 TB, ~2.9 TB/s with TMA); yet at B=128 (half the bytes per FLOP) it takes the same time, so the bound is
+the per-warpgroup product chain, not bandwidth (docs/kernels.md, 2026-12-02). Tried and measured slower at 1M: the
 forward with lazy rescaling (rescale only when a row max grows by > 2^8: 391 vs 362 ms; the branch costs more
 than the saved multiplies), deeper pipelines (forward 3-4 stages: no change; dk/dv with TMA and 3-4 stages:
 1030 vs 773 ms, one program per SM instead of two), 128-row forward programs (438 ms), one fused backward
