@@ -2,7 +2,8 @@
 
 Each training row is, independently, either the next window of its packed document stream
 (``data/packing.py``) or one synthetic sample (``data/synthetic.py``: niah_single_1,
-niah_multikey_2, ...) drawn with a TRAIN-split seed, so no training sample is ever an evaluation
+niah_multikey_2, ..., and the training-only ``copy``, a random text then the same text again,
+``data/copy.py``) drawn with a TRAIN-split seed, so no training sample is ever an evaluation
 sample. Row ``k``'s ``n``-th window is synthetic when ``Random("mix|seed|k|n") < ratio``: the choice is
 a pure function of the row and the window index, so it is the same however rows are split between
 ranks and accumulation, and resumes exactly (the state is the text stream's cursor plus the window
@@ -35,7 +36,7 @@ from data.packing import IGNORE_INDEX, PackedLoader, window_to_example
 from data.ruler import NEEDLE
 from data.sample import SEEDS_PER_SPLIT, LengthError
 from data.sources import DataConfig, DataError, SyntheticConfig, load_documents
-from data.synthetic import ALL_TASKS, generate
+from data.synthetic import ALL_TASKS, TRAIN_TASKS, generate
 from data.tokenizer import is_byte_tokenizer, make_tokenize
 
 SUPERVISE = ("answer", "all")
@@ -50,8 +51,10 @@ def check_synthetic(cfg: SyntheticConfig, seq_len: int) -> None:
     if not cfg.tasks:
         raise DataError("data.synthetic.tasks is empty: use e.g. [niah_single_1,niah_multikey_2]")
     for task in cfg.tasks:
-        if task not in ALL_TASKS:
-            raise DataError(f"data.synthetic.tasks: {task!r} is not a task: use names of {list(ALL_TASKS)}")
+        if task not in ALL_TASKS + TRAIN_TASKS:
+            raise DataError(
+                f"data.synthetic.tasks: {task!r} is not a task: use names of {list(ALL_TASKS + TRAIN_TASKS)}"
+            )
     for length in cfg.lengths:
         if not 1024 <= length <= seq_len:
             raise DataError(

@@ -1,5 +1,7 @@
 """All synthetic long-context tasks behind one name -> generator registry: RULER's 13
-(``data.ruler``) and mrcr_synth with 2 / 4 / 8 identical requests (``data.mrcr``).
+(``data.ruler``) and mrcr_synth with 2 / 4 / 8 identical requests (``data.mrcr``). Beside them, training-only
+tasks (``TRAIN_TASKS``, not in ``ALL_TASKS`` nor in evaluation's ``all``): ``copy`` (``data.copy``), a
+random text repeated, which teaches the copying that retrieval builds on.
 
 Evaluation draws ``split="eval"``; SFT and RL data come from the same generators with
 ``split="train"`` (``training_examples``), whose seeds never meet evaluation's.
@@ -20,23 +22,26 @@ import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from data import mrcr, ruler
+from data import copy, mrcr, ruler
 from data.sample import Sample, write_jsonl
 
 RULER_TASKS = tuple(ruler.TASKS)
 MRCR_TASKS = tuple(f"mrcr_{k}" for k in mrcr.NEEDLE_COUNTS)
 ALL_TASKS = RULER_TASKS + MRCR_TASKS
+TRAIN_TASKS = (copy.TASK,)  # for data.synthetic.tasks; generate() makes them too
 
 
 def generate(
     task: str, length: int, tokenizer, seed: int = 0, depth: float | None = None, split: str = "eval", **kw
 ) -> Sample:
-    """One sample of any task in ``ALL_TASKS`` (keyword options go to the task's generator)."""
+    """One sample of any task in ``ALL_TASKS`` or ``TRAIN_TASKS`` (keyword options go to the task's generator)."""
     if task in ruler.TASKS:
         return ruler.generate(task, length, tokenizer, seed, depth, split, **kw)
     if task in MRCR_TASKS:
         return mrcr.generate(length, tokenizer, seed, depth, split, needles=int(task.split("_")[1]), **kw)
-    raise ValueError(f"task={task!r}: use one of {ALL_TASKS}")
+    if task == copy.TASK:
+        return copy.generate(length, tokenizer, seed, depth, split, **kw)
+    raise ValueError(f"task={task!r}: use one of {ALL_TASKS + TRAIN_TASKS}")
 
 
 def training_examples(

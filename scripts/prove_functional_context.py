@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="directory for checkpoints (<out>/<model>/) and results")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument(
+        "--experiment", default="functional_context", help="conf/experiment/<name>.yaml (e.g. functional_context_copy)"
+    )
     p.add_argument("--train-steps", type=int, default=None, help="per model (default: the experiment's, 2400)")
     p.add_argument("--time-budget-min", type=float, default=0.0, help="per model: stop training after this; 0: none")
     p.add_argument("--train-len", type=int, default=16384, help="training sequence length (tokens)")
@@ -122,7 +125,7 @@ def compose_config(name: str, overrides: list[str]):
 
 
 def train_overrides(model: str, args: argparse.Namespace) -> list[str]:
-    o = ["experiment=functional_context", f"attention={ATTENTION[model]}", f"name=functional_context_{model}",
+    o = [f"experiment={args.experiment}", f"attention={ATTENTION[model]}", f"name=functional_context_{model}",
          f"train.seq_len={args.train_len}", f"parallel.device={args.device}"]  # fmt: skip
     if args.train_steps is not None:
         o.append(f"train.steps={args.train_steps}")
