@@ -86,6 +86,24 @@ def make_inputs(bt, hq, hkv, t, d, g, dtype):
     return q, k, v
 
 
+def check_ragged_docs_bias(monkeypatch, seed, bs, dtype, config, t=90, hf_layout=False):
+    """Kernel vs reference with ``config`` as tri.CONFIG_OVERRIDE on one case: Bt 2, GQA 4 (Hq 8, Hkv 2), D 64,
+    ragged T, up to 3 listed blocks a row, 3 documents, block bias, CSR pieces of kv_split=2 entries. With
+    ``hf_layout``, q/k/v are [Bt, H, T, D] views of [Bt, T, H, D] storage (HF's layout)."""
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", config)
+    g = torch.Generator().manual_seed(seed)
+    bt, hq, hkv, d, s = 2, 8, 2, 64, 3
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, dtype)
+    if hf_layout:
+        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+        assert not q.is_contiguous()
+    indices = random_indices(bt, hkv, -(-t // bs), s, g)
+    docs = random_docs(bt, t, 3, g)
+    bb = 0.5 * torch.randn(indices.shape, generator=g)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
+    assert_close(got, ref, TOL[dtype])
+
+
 # (Bt, Hq, Hkv, T, D, block, S, dtype, doc, bias): GQA 1/4/8, D 64/128, ragged T, Bt > 1, docs and bias.
 CASES = [
     (1, 2, 2, 100, 64, 16, 4, torch.float32, False, False),  # G=1, ragged (100 = 6*16 + 4)
@@ -136,23 +154,11 @@ def test_tma_loads(monkeypatch, dtype, bs, bm_kv, hf_layout):
     """The bulk-tensor-copy loads (K/V in the forward and dQ pass, q/dO slices of BLOCK_M <= block rows in the
     dK/dV pass) on ragged T and Bt > 1, where a box crosses T; also on HF's layout ([Bt, T, H, D] storage
     seen as [Bt, H, T, D]), whose strides the descriptors take as they are."""
-    monkeypatch.setattr(
-        tri, "CONFIG_OVERRIDE", {"fwd": {"TMA": 1}, "dq": {"TMA": 1}, "dkdv": {"TMA": 1, "BLOCK_M": bm_kv}}
-    )
     used = []
     flat_desc = tri._tensor_desc
     monkeypatch.setattr(tri, "_tensor_desc", lambda *a: used.append(flat_desc(*a)[1]) or flat_desc(*a))
-    g = torch.Generator().manual_seed(19 + bs)
-    bt, hq, hkv, t, d, s = 2, 8, 2, 90, 64, 3
-    q, k, v = make_inputs(bt, hq, hkv, t, d, g, dtype)
-    if hf_layout:
-        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
-        assert not q.is_contiguous()
-    indices = random_indices(bt, hkv, -(-t // bs), s, g)
-    docs = random_docs(bt, t, 3, g)
-    bb = 0.5 * torch.randn(indices.shape, generator=g)
-    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
-    assert_close(got, ref, TOL[dtype])
+    config = {"fwd": {"TMA": 1}, "dq": {"TMA": 1}, "dkdv": {"TMA": 1, "BLOCK_M": bm_kv}}
+    check_ragged_docs_bias(monkeypatch, 19 + bs, bs, dtype, config, hf_layout=hf_layout)
     assert len(used) == 6 and all(used)  # fwd k, v; dq k, v; dkdv q, dO
 
 
@@ -162,16 +168,9 @@ def test_key_subtiles(monkeypatch, tma, bs, bn):
     """The forward and dQ loops walking a listed block BLOCK_N < block keys at a time (the 128-key blocks' dQ
     configuration): causal diagonal sub-tiles wholly in some rows' future, the block bias and its gradient
     summed over the sub-tiles, documents, ragged T, with and without bulk-tensor-copy loads."""
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"TMA": tma, "BLOCK_N": bn}, "dq": {"TMA": tma, "BLOCK_N": bn}})
-    assert tri._config("dq", 4, bs, 64, torch.device("cpu"))["BLOCK_N"] == bn
-    g = torch.Generator().manual_seed(23 + bs + tma)
-    bt, hq, hkv, t, d, s = 2, 8, 2, 150, 64, 3
-    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.float32)
-    indices = random_indices(bt, hkv, -(-t // bs), s, g)
-    docs = random_docs(bt, t, 3, g)
-    bb = 0.5 * torch.randn(indices.shape, generator=g)
-    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
-    assert_close(got, ref, TOL[torch.float32])
+    config = {"fwd": {"TMA": tma, "BLOCK_N": bn}, "dq": {"TMA": tma, "BLOCK_N": bn}}
+    check_ragged_docs_bias(monkeypatch, 23 + bs + tma, bs, torch.float32, config, t=150)
+    assert tri._config("dq", 4, bs, 64, torch.device("cpu"))["BLOCK_N"] == bn  # the override was in effect
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -179,15 +178,7 @@ def test_key_subtiles(monkeypatch, tma, bs, bn):
 def test_dkdv_keys_first(monkeypatch, dtype, tma):
     """The dK/dV pass with keys as the M side of its products (KT: S^T = K Q^T, dP^T = V dO^T): causal and
     document masks transposed, bias, split CSR pieces, ragged T, GQA 4."""
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"dkdv": {"KT": 1, "TMA": tma, "BLOCK_M": 16}})
-    g = torch.Generator().manual_seed(29 + tma)
-    bt, hq, hkv, t, d, bs, s = 2, 8, 2, 90, 64, 32, 3
-    q, k, v = make_inputs(bt, hq, hkv, t, d, g, dtype)
-    indices = random_indices(bt, hkv, -(-t // bs), s, g)
-    docs = random_docs(bt, t, 3, g)
-    bb = 0.5 * torch.randn(indices.shape, generator=g)
-    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
-    assert_close(got, ref, TOL[dtype])
+    check_ragged_docs_bias(monkeypatch, 29 + tma, 32, dtype, {"dkdv": {"KT": 1, "TMA": tma, "BLOCK_M": 16}})
 
 
 def test_public_function_auto_split():
