@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,13 @@ from data.copy import INSTRUCTION  # noqa: E402
 from data.mix import PromptEncoder  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 from data.tokenizer import make_tokenize  # noqa: E402
+from ssa_kernels.hf import convert_to_ssa, ssa_config_of  # noqa: E402
 from ssa_kernels.hf import from_pretrained as ssa_from_pretrained  # noqa: E402
 from train.eval import resolve_checkpoint  # noqa: E402
 from train.model import build_tokenizer  # noqa: E402
 
 
-def load(checkpoint: str):
+def load(checkpoint: str, ssa_topk: int | None = None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from train.config import ModelConfig
@@ -43,6 +45,10 @@ def load(checkpoint: str):
     config = AutoConfig.from_pretrained(str(path))
     if getattr(config, "ssa", None):
         model = ssa_from_pretrained(str(path), config=config, dtype=torch.float32)
+        if ssa_topk is not None:  # the same weights and routers with another routed budget
+            convert_to_ssa(model, replace(ssa_config_of(model.config), topk_blocks=ssa_topk))
+    elif ssa_topk is not None:
+        raise SystemExit(f"--ssa-topk: {path} is not an SSA model")
     else:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     tokenizer = build_tokenizer(ModelConfig(name="probe", path=str(path)))
@@ -87,13 +93,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--length", type=int, default=1024)
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--seed-start", type=int, default=0, help="EVAL-split seeds seed_start ...")
+    p.add_argument(
+        "--ssa-topk", type=int, default=None, help="SSA models: probe with this attention.ssa.topk_blocks instead"
+    )
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
-    model, tokenizer, path = load(args.checkpoint)
+    model, tokenizer, path = load(args.checkpoint, args.ssa_topk)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     for task in args.tasks:
         row = probe(model, tokenizer, task, args.length, args.samples, args.seed_start)
-        print(json.dumps({"checkpoint": str(path), **row}), flush=True)
+        print(json.dumps({"checkpoint": str(path), "ssa_topk": args.ssa_topk, **row}), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 retrieval at 16K .. 1M (4M on an H200). docs/functional_context.md has the command, the estimates and
 the results.
 
+With ``--pretrain-min M``, first one stage-1 run for every model: ``--pretrain-experiment`` (default
+``functional_context_short``: dense, 1K rows, 32 a step, copy + needle samples, where the lookup forms) for M
+minutes into ``<out>/pretrain/``; each model below then starts from those weights (``model=hf``; an SSA
+model's routers start from its attention's projections).
+
 Per model in ``--models`` (ssa | swa | dense; same model, data and steps):
 
 1. train (unless ``--eval-only``): ``train.trainer.train`` on the config composed by Hydra from
@@ -23,6 +28,7 @@ one panel per task) and ``functional-context.md`` (the table). ``--docs`` copies
     python scripts/prove_functional_context.py --out runs/fc --eval-only --eval-lengths 16K 64K --depths 0.5
     python scripts/prove_functional_context.py --out runs/fc --eval-only --models ssa --checkpoint my/ckpt
     python scripts/prove_functional_context.py --out /tmp/fc --smoke   # CPU, seconds
+    python scripts/prove_functional_context.py --out runs/fc --models ssa --pretrain-min 2.5 --time-budget-min 2.5
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ SMOKE_TRAIN = [
     "train.schedule.warmup_steps=1",
     "logging.log_every=1",
 ]
+SMOKE_PRETRAIN = ["train.seq_len=256", "train.micro_batch=2", "train.steps=2", "data.synthetic.tasks=[copy]"]
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip
 
@@ -87,6 +94,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--train-steps", type=int, default=None, help="per model (default: the experiment's, 2400)")
     p.add_argument("--time-budget-min", type=float, default=0.0, help="per model: stop training after this; 0: none")
+    p.add_argument(
+        "--pretrain-min",
+        type=float,
+        default=0.0,
+        help="first train --pretrain-experiment (dense) this long; every model then starts from its weights",
+    )
+    p.add_argument("--pretrain-experiment", default="functional_context_short", help="conf/experiment/<name>.yaml")
+    p.add_argument("--pretrain-override", nargs="*", default=[], help="extra Hydra overrides for the pretraining")
+    p.add_argument("--pretrain-tokenizer", default="byte", help="model.tokenizer of the models trained from it")
     p.add_argument("--train-len", type=int, default=16384, help="training sequence length (tokens)")
     p.add_argument("--eval-lengths", nargs="+", default=["16K", "64K", "256K", "1M"], help="e.g. 16K 1M 4M")
     p.add_argument("--depths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
@@ -136,12 +152,15 @@ def train_overrides(model: str, args: argparse.Namespace) -> list[str]:
     return o + list(args.override)
 
 
-def train_model(model: str, args: argparse.Namespace, run_dir: Path) -> dict:
-    cfg = compose_config("config", train_overrides(model, args))
+def run_training(overrides: list[str], run_dir: Path, minutes: float) -> dict:
+    """Train the config composed from ``overrides`` into ``run_dir``; after ``minutes`` (0: no limit) this
+    process gets SIGTERM, and the trainer saves at the end of the step and stops. Returns the summary
+    (also written to ``run_dir/train_summary.json``)."""
+    cfg = compose_config("config", overrides)
     config = to_config(cfg)
     timer = None
-    if args.time_budget_min > 0:  # the trainer's SIGTERM handler saves after the step and stops
-        timer = threading.Timer(args.time_budget_min * 60, os.kill, (os.getpid(), signal.SIGTERM))
+    if minutes > 0:  # the trainer's SIGTERM handler saves after the step and stops
+        timer = threading.Timer(minutes * 60, os.kill, (os.getpid(), signal.SIGTERM))
         timer.daemon = True
         timer.start()
     t0 = time.perf_counter()
@@ -154,10 +173,30 @@ def train_model(model: str, args: argparse.Namespace, run_dir: Path) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     info = {"checkpoint": str(ckpt), "train_seconds": round(seconds, 1), "steps": metrics[-1]["step"] if metrics else 0,
             "loss_first": metrics[0]["loss"] if metrics else None, "loss_last": metrics[-1]["loss"] if metrics else None,
-            "overrides": train_overrides(model, args)}  # fmt: skip
+            "overrides": overrides}  # fmt: skip
     (run_dir / "train_summary.json").write_text(json.dumps(info, indent=1))
-    log.info("%s: trained %s steps in %.0f s -> %s", model, info["steps"], seconds, ckpt)
+    log.info("%s: trained %s steps in %.0f s -> %s", run_dir.name, info["steps"], seconds, ckpt)
     return info
+
+
+def pretrain(args: argparse.Namespace, out: Path) -> dict:
+    """Stage 1, shared by every model: ``--pretrain-experiment`` (dense, short rows) for ``--pretrain-min``
+    into ``<out>/pretrain/``; each model's training then starts from its weights (``model=hf``)."""
+    o = [f"experiment={args.pretrain_experiment}", "attention=dense", "name=functional_context_pretrain",
+         f"parallel.device={args.device}"]  # fmt: skip
+    if args.smoke:
+        o += SMOKE_TRAIN + SMOKE_PRETRAIN
+    info = run_training(o + list(args.pretrain_override), out / "pretrain", args.pretrain_min)
+    info["model"] = str(Path(info["checkpoint"]) / "model")
+    return info
+
+
+def train_model(model: str, args: argparse.Namespace, run_dir: Path, pretrained: str | None = None) -> dict:
+    overrides = train_overrides(model, args)
+    if pretrained is not None:  # the stage-1 weights; their config fixes the model's shape
+        overrides = [o for o in overrides if not o.startswith("model.hf_config.")]
+        overrides += ["model=hf", f"model.path={pretrained}", f"model.tokenizer={args.pretrain_tokenizer}"]
+    return run_training(overrides, run_dir, args.time_budget_min)
 
 
 def eval_model(model: str, args: argparse.Namespace, checkpoint: str, out_dir: Path) -> list[dict]:
@@ -287,9 +326,12 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows, extra = [], {}
+    stage1 = pretrain(args, out) if args.pretrain_min > 0 and not args.eval_only else None
+    if stage1 is not None:
+        extra["pretrain"] = stage1
     for model in args.models:
         run_dir = out / model
-        info = {} if args.eval_only else train_model(model, args, run_dir)
+        info = {} if args.eval_only else train_model(model, args, run_dir, stage1 and stage1["model"])
         checkpoint = args.checkpoint or str(run_dir)
         t0 = time.perf_counter()
         rows += eval_model(model, args, checkpoint, run_dir / "eval")

@@ -270,3 +270,34 @@ def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch)
     swa = [r for r in doc2["results"] if r["model"] == "swa"]
     assert {(r["length"], r["depth"]) for r in swa} == {(1024, 0.5)}
     assert len([r for r in doc2["results"] if r["model"] == "ssa"]) == 8
+
+
+def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch):
+    """--pretrain-min: one dense stage-1 run (conf/experiment/functional_context_short.yaml, smoke sizes), then
+    the model's training loads its weights (model=hf) instead of a fresh init."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    script = load_script()
+    out = tmp_path / "fc"
+    doc = script.main(["--out", str(out), "--smoke", "--models", "ssa", "--pretrain-min", "5", "--eval-lengths",
+                       "1024", "--depths", "0.5"])  # fmt: skip
+    pre = doc["models"]["pretrain"]
+    assert pre["steps"] == 2 and "experiment=functional_context_short" in pre["overrides"]
+    assert "attention=dense" in pre["overrides"]
+    ssa = doc["models"]["ssa"]
+    assert f"model.path={pre['model']}" in ssa["overrides"] and "model=hf" in ssa["overrides"]
+    assert not [o for o in ssa["overrides"] if o.startswith("model.hf_config.")]  # the checkpoint's shape rules
+
+    def embedding(model_dir):
+        tensors = {}
+        for f in Path(model_dir).glob("*.safetensors"):
+            tensors.update(load_file(str(f)))
+        return tensors["model.embed_tokens.weight"].float().flatten()
+
+    stage1 = embedding(pre["model"])
+    stage2 = embedding(Path(ssa["checkpoint"]) / "model")
+    corr = torch.corrcoef(torch.stack([stage1, stage2]))[0, 1]
+    assert corr > 0.9, f"stage 2 did not start from stage 1's weights (correlation {corr:.3f})"
+    assert not torch.equal(stage1, stage2)  # and it trained
+    assert {r["model"] for r in doc["results"]} == {"ssa"}

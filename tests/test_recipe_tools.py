@@ -1,0 +1,67 @@
+"""scripts/sweep_recipes.py (several trainings side by side, a follow-on stage from one of them, probes) and
+scripts/probe_answers.py's --ssa-topk, on CPU with the tiny model."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = "model=tiny attention=dense train.seq_len=256 train.micro_batch=2 train.steps=3 data.synthetic.ratio=1.0 "
+TINY += "data.synthetic.lengths=[] data.synthetic.tasks=[copy] train.schedule.warmup_steps=1 logging.log_every=1"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One sweep: a dense run a, an SSA run s (lr 3e-3) side by side, then a continued as SSA; probes."""
+    out = tmp_path_factory.mktemp("sweep")
+    load("sweep_recipes").main(["--out", str(out), "--minutes", "5", "--run", "a", TINY,
+                                "--run", "s", TINY.replace("attention=dense", "attention=ssa") + " train.optimizer.lr=3e-3",
+                                "--then", "a", "attention=ssa train.seq_len=256 train.micro_batch=1 train.steps=2 "
+                                "data.synthetic.lengths=[] data.synthetic.ratio=1.0 data.synthetic.tasks=[copy]",
+                                "--then-minutes", "5", "--probe-tasks", "copy", "--probe-lengths", "128",
+                                "--probe-samples", "2"])  # fmt: skip
+    return out
+
+
+def test_sweep_trains_side_by_side_continues_one_and_probes(sweep):
+    doc = json.loads((sweep / "sweep.json").read_text())
+    assert set(doc) == {"device", "date", "command", "runs"}
+    runs = {r["name"]: r for r in doc["runs"]}
+    assert list(runs) == ["a", "s", "a_then"]
+    assert runs["a"]["steps"] == runs["s"]["steps"] == 3 and runs["a_then"]["steps"] == 2
+    for r in runs.values():
+        (row,) = r["probe"]
+        assert row["task"] == "copy" and row["length"] == 128 and row["samples"] == 2
+        assert math.isfinite(row["answer_loss"]) and math.isfinite(row["first_copy_loss"])
+    assert "train.optimizer.lr=3e-3" in runs["s"]["overrides"]
+    # the follow-on stage loaded run a's last checkpoint and trained it as SSA
+    cfg = (sweep / "a_then" / "config.yaml").read_text()
+    assert str(sweep / "a" / "checkpoints" / "step_00000003" / "model") in cfg
+    config = json.loads(next((sweep / "a_then" / "checkpoints").glob("step_*/model/config.json")).read_text())
+    assert config["ssa"]["topk_blocks"] > 0
+
+
+def test_probe_with_another_routed_budget_keeps_the_trained_routers(sweep):
+    probe = load("probe_answers")
+    base, _, _ = probe.load(str(sweep / "s"))
+    other, _, _ = probe.load(str(sweep / "s"), ssa_topk=3)
+    assert base.config.ssa["topk_blocks"] != 3 and other.config.ssa["topk_blocks"] == 3
+    routers = {n: p for n, p in base.named_parameters() if ".ssa_router." in n}
+    assert routers  # the learned routers, loaded from the checkpoint, are kept with the new budget
+    for n, p in other.named_parameters():
+        if n in routers:
+            assert torch.equal(p, routers[n]), n
+    assert len([n for n, _ in other.named_parameters() if ".ssa_router." in n]) == len(routers)
+    with pytest.raises(SystemExit, match="not an SSA model"):
+        probe.load(str(sweep / "a"), ssa_topk=3)
