@@ -65,3 +65,17 @@ def test_probe_with_another_routed_budget_keeps_the_trained_routers(sweep):
     assert len([n for n, _ in other.named_parameters() if ".ssa_router." in n]) == len(routers)
     with pytest.raises(SystemExit, match="not an SSA model"):
         probe.load(str(sweep / "a"), ssa_topk=3)
+
+
+def test_rope_distance_probe_scores_each_gap(tmp_path):
+    rope = load("rope_distance_probe")
+    x, y = rope.batch(4, 5, 5, torch.Generator().manual_seed(0))
+    for row, lab in zip(x, y):  # string, 5 filler tokens, separator, the string again (labelled)
+        n = int((lab != -100).sum())
+        assert row[n + 5] == rope.SEP and torch.equal(row[:n], row[n + 6 : 2 * n + 6])
+        assert (row[n : n + 5] >= rope.FILL).all() and torch.equal(lab[n + 6 : 2 * n + 6], row[:n])
+    out = tmp_path / "rope.jsonl"
+    rope.main(["--theta", "1000", "--steps", "2", "--max-gap", "4", "--json", str(out)])
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert list(row["acc"]) == ["4", "16", "64", "256"] and all(0 <= a <= 1 for a in row["acc"].values())
+    assert row["theta"] == 1000 and row["steps"] == 2 and math.isfinite(row["train_loss"])
