@@ -69,13 +69,20 @@ def test_probe_with_another_routed_budget_keeps_the_trained_routers(sweep):
 
 def test_rope_distance_probe_scores_each_gap(tmp_path):
     rope = load("rope_distance_probe")
-    x, y = rope.batch(4, 5, 5, torch.Generator().manual_seed(0))
-    for row, lab in zip(x, y):  # string, 5 filler tokens, separator, the string again (labelled)
-        n = int((lab != -100).sum())
+    x, y, lengths = rope.batch(4, 5, 5, torch.Generator().manual_seed(0))
+    for row, lab, n in zip(x, y, lengths):  # string, 5 filler tokens, separator, the string again (labelled)
+        assert n == int((lab != -100).sum())
         assert row[n + 5] == rope.SEP and torch.equal(row[:n], row[n + 6 : 2 * n + 6])
         assert (row[n : n + 5] >= rope.FILL).all() and torch.equal(lab[n + 6 : 2 * n + 6], row[:n])
+    # oracle routing: causal; the last 3 positions and the row's string (here 2 tokens), nothing else
+    mask = rope.oracle_mask(8, [2], 3)[0, 0]
+    expect = torch.tensor([[j <= i and (i - j < 3 or j < 2) for j in range(8)] for i in range(8)])
+    assert torch.equal(mask, expect)
     out = tmp_path / "rope.jsonl"
     rope.main(["--theta", "1000", "--steps", "2", "--max-gap", "4", "--json", str(out)])
-    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert list(row["acc"]) == ["4", "16", "64", "256"] and all(0 <= a <= 1 for a in row["acc"].values())
-    assert row["theta"] == 1000 and row["steps"] == 2 and math.isfinite(row["train_loss"])
+    rope.main(["--theta", "1e8", "--steps", "2", "--max-gap", "4", "--oracle-window", "4", "--json", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["oracle_window"] for r in rows] == [0, 4]
+    for row in rows:
+        assert list(row["acc"]) == ["4", "16", "64", "256"] and all(0 <= a <= 1 for a in row["acc"].values())
+        assert row["steps"] == 2 and math.isfinite(row["train_loss"])
