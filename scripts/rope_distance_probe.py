@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     row = run(args.theta, args.steps, args.max_gap, args.seed, args.oracle_window)
+    head = f"theta={args.theta:g} max_gap={args.max_gap} oracle_window={args.oracle_window} steps={args.steps}"
     cells = "; ".join(f"gap {k}: {v:.2f}" for k, v in row["acc"].items())
-    print(f"theta={args.theta:g} max_gap={args.max_gap} oracle_window={args.oracle_window} steps={args.steps} loss={row['train_loss']:.3f}; {cells} "
-          f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+    print(f"{head} loss={row['train_loss']:.3f}; {cells} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(row) + "\n")

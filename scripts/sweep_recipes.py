@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from train.config import ConfigError  # noqa: E402
+from train.eval import resolve_checkpoint  # noqa: E402
 
 
 def _train_cmd(experiment: str, name: str, run_dir: Path, overrides: str) -> list[str]:
@@ -80,11 +84,12 @@ def _probe(run_dir: Path, tasks: list[str], lengths: list[int], samples: int) ->
     return out
 
 
-def _latest_model(run_dir: Path) -> Path:
-    steps = sorted((run_dir / "checkpoints").glob("step_*/model"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if not steps:
-        raise SystemExit(f"no checkpoint under {run_dir}/checkpoints (see {run_dir}/train.log)")
-    return steps[-1]
+def _latest_model(run_dir: Path) -> Path | None:
+    """The model directory of the run's latest complete checkpoint (train.eval's rule), or None."""
+    try:
+        return resolve_checkpoint(str(run_dir))
+    except ConfigError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         base, overrides = args.then
         name = f"{base}_then"
         src = _latest_model(out / base)
+        if src is None:
+            raise SystemExit(f"--then {base}: no checkpoint under {out / base}/checkpoints (see its train.log)")
         cmd = _train_cmd(
             args.experiment, name, out / name, f"model=hf model.path={src} model.tokenizer=byte {overrides}"
         )
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{'run':<14} {'steps':>6} {'loss':>7}  task@length: answer_loss / exact (copy: first-copy loss)")
     for r in runs:
         steps, loss = _metrics(r["dir"])
-        saved = any((r["dir"] / "checkpoints").glob("step_*/model"))
+        saved = _latest_model(r["dir"]) is not None
         probe = _probe(r["dir"], args.probe_tasks, args.probe_lengths, args.probe_samples) if saved else []
         result["runs"].append({"name": r["name"], "overrides": r["overrides"], "steps": steps, "last_loss": loss,
                                "probe": probe})  # fmt: skip
