@@ -30,7 +30,7 @@ from data.copy import INSTRUCTION  # noqa: E402
 from data.mix import PromptEncoder  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 from data.tokenizer import make_tokenize  # noqa: E402
-from ssa_kernels.hf import convert_to_ssa, ssa_config_of  # noqa: E402
+from ssa_kernels.hf import apply_nope_layers, convert_to_ssa, ssa_config_of  # noqa: E402
 from ssa_kernels.hf import from_pretrained as ssa_from_pretrained  # noqa: E402
 from train.eval import resolve_checkpoint  # noqa: E402
 from train.model import build_tokenizer  # noqa: E402
@@ -50,7 +50,7 @@ def load(checkpoint: str, ssa_topk: int | None = None):
     elif ssa_topk is not None:
         raise SystemExit(f"--ssa-topk: {path} is not an SSA model")
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = apply_nope_layers(AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32))
     tokenizer = build_tokenizer(ModelConfig(name="probe", path=str(path)))
     return model.eval(), tokenizer, path
 

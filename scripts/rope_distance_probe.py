@@ -9,7 +9,8 @@ distances falls to chance (1/32) beyond them. Seconds to minutes on CPU; prints 
 
 ``--oracle-window W`` emulates SSA with perfect routing, in training and scoring alike: each query attends only
 to the last W positions (itself included) and to the first string (the "routed block"), so the number of keys
-it sees no longer grows with the gap; only their distance does.
+it sees no longer grows with the gap; only their distance does. ``--nope-layers`` makes those layers attend
+without rotary positions (NoPE); ``--eval-gaps`` scores at given gaps instead of 1x-64x ``--max-gap``.
 
     python scripts/rope_distance_probe.py --theta 1000 --steps 600 --max-gap 64
 """
@@ -59,13 +60,33 @@ def forward(model, x: torch.Tensor, lengths: list[int], window: int, labels: tor
     return model(input_ids=x, attention_mask=mask, labels=labels)
 
 
-def run(theta: float, steps: int, max_gap: int, seed: int = 0, window: int = 0) -> dict:
+def no_rope(layer: torch.nn.Module) -> None:
+    """This decoder layer attends without rotary positions (NoPE): its cos/sin become 1/0."""
+
+    def hook(module, args, kwargs):
+        cos, sin = kwargs["position_embeddings"]
+        return args, {**kwargs, "position_embeddings": (torch.ones_like(cos), torch.zeros_like(sin))}
+
+    layer.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def run(
+    theta: float,
+    steps: int,
+    max_gap: int,
+    seed: int = 0,
+    window: int = 0,
+    gaps: list[int] | None = None,
+    nope_layers: list[int] | None = None,
+) -> dict:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     config = LlamaConfig(vocab_size=VOCAB + 16, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64 * max_gap + 64,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=max([64 * max_gap, *(gaps or [])]) + 64,
                          tie_word_embeddings=True, rope_theta=theta)  # fmt: skip
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    for i in nope_layers or []:
+        no_rope(model.model.layers[i])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
         x, y, lengths = batch(BATCH, 0, max_gap, g)
@@ -76,14 +97,21 @@ def run(theta: float, steps: int, max_gap: int, seed: int = 0, window: int = 0) 
     model.eval()
     acc = {}
     with torch.no_grad():
-        for gap in (max_gap, 4 * max_gap, 16 * max_gap, 64 * max_gap):
+        for gap in gaps or (max_gap, 4 * max_gap, 16 * max_gap, 64 * max_gap):
             x, y, lengths = batch(8, gap, gap, torch.Generator().manual_seed(seed + 1))
-            pred, gold = forward(model, x, lengths, window).logits[:, :-1].argmax(-1), y[:, 1:]
-            acc[gap] = round((pred == gold)[gold != -100].float().mean().item(), 3)
+            hits = []  # one row at a time: the [T, T] mask and scores of 8 rows at 16K do not fit in memory
+            for r in range(len(lengths)):
+                pred, gold = (
+                    forward(model, x[r : r + 1], lengths[r : r + 1], window).logits[:, :-1].argmax(-1),
+                    y[r : r + 1, 1:],
+                )
+                hits.append((pred == gold)[gold != -100].float())
+            acc[gap] = round(torch.cat(hits).mean().item(), 3)
     return {
         "theta": theta,
         "max_gap": max_gap,
         "oracle_window": window,
+        "nope_layers": list(nope_layers or []),
         "steps": steps,
         "train_loss": round(loss.item(), 4),
         "acc": acc,
@@ -97,11 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-gap", type=int, default=64, help="largest filler gap in training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--oracle-window", type=int, default=0, help="attend only the last W positions + the string")
+    p.add_argument(
+        "--eval-gaps", type=int, nargs="+", default=None, help="score at these gaps (default: x1, x4, x16, x64 max-gap)"
+    )
+    p.add_argument("--nope-layers", type=int, nargs="*", default=[], help="these layers attend without RoPE (NoPE)")
     p.add_argument("--json", default=None, help="append the result row to this JSON-lines file")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    row = run(args.theta, args.steps, args.max_gap, args.seed, args.oracle_window)
+    row = run(args.theta, args.steps, args.max_gap, args.seed, args.oracle_window, args.eval_gaps, args.nope_layers)
     head = f"theta={args.theta:g} max_gap={args.max_gap} oracle_window={args.oracle_window} steps={args.steps}"
+    head += f" nope_layers={args.nope_layers}" if args.nope_layers else ""
     cells = "; ".join(f"gap {k}: {v:.2f}" for k, v in row["acc"].items())
     print(f"{head} loss={row['train_loss']:.3f}; {cells} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if args.json:

@@ -187,6 +187,30 @@ def _attention_modules(model: PreTrainedModel):
     return [(n, m) for n, m in model.named_modules() if n.endswith("self_attn") and hasattr(m, "layer_idx")]
 
 
+def _no_rope(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook of an attention module in ``config.nope_layers``: cos 1 and sin 0, i.e. no rotary
+    positions (NoPE) in this layer; keys enter the KV cache unrotated too, so decoding stays consistent."""
+    if "position_embeddings" not in kwargs:
+        raise ValueError(
+            f"model.nope_layers: {type(module).__name__} is not called with position_embeddings=(cos, sin); "
+            "NoPE layers are not supported for this architecture"
+        )
+    cos, sin = kwargs["position_embeddings"]
+    return args, {**kwargs, "position_embeddings": (torch.ones_like(cos), torch.zeros_like(sin))}
+
+
+def apply_nope_layers(model: PreTrainedModel) -> PreTrainedModel:
+    """The layers listed in ``model.config.nope_layers`` attend without rotary positions (NoPE), so a query-key
+    match by content does not change with the distance (docs/functional_context.md, the rotary study). HF has
+    no per-layer switch for Llama/Qwen/Mistral (Llama 4 has its own), hence a hook. Idempotent; every loader
+    here calls it, and the list travels in config.json."""
+    layers = set(getattr(model.config, "nope_layers", None) or [])
+    for _, module in _attention_modules(model):
+        if module.layer_idx in layers and not hasattr(module, "_nope_hook"):
+            module._nope_hook = module.register_forward_pre_hook(_no_rope, with_kwargs=True)
+    return model
+
+
 def enable_ssa_decode(model: PreTrainedModel) -> PreTrainedModel:
     """Let ``model`` run SSA with learned routers and decode with a KV cache (idempotent): registers
     ``_pass_ssa_kwargs`` on every attention module."""
@@ -250,4 +274,4 @@ def from_pretrained(path: str | Path, **kwargs) -> PreTrainedModel:
         if missing:
             raise ValueError(f"{path}: the safetensors files lack SSA router weights, e.g. {sorted(missing)[0]}")
         model.load_state_dict(found, strict=False)
-    return enable_ssa_decode(model)
+    return apply_nope_layers(enable_ssa_decode(model))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "model=tiny attention=dense train.seq_len=256 train.micro_batch=2 train.steps=3 data.synthetic.ratio=1.0 "
@@ -81,8 +82,34 @@ def test_rope_distance_probe_scores_each_gap(tmp_path):
     out = tmp_path / "rope.jsonl"
     rope.main(["--theta", "1000", "--steps", "2", "--max-gap", "4", "--json", str(out)])
     rope.main(["--theta", "1e8", "--steps", "2", "--max-gap", "4", "--oracle-window", "4", "--json", str(out)])
+    rope.main(["--theta", "1e8", "--steps", "2", "--max-gap", "4", "--oracle-window", "4", "--eval-gaps", "3", "9",
+               "--json", str(out)])  # fmt: skip
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["oracle_window"] for r in rows] == [0, 4]
+    assert [r["oracle_window"] for r in rows] == [0, 4, 4]
+    assert list(rows[2]["acc"]) == ["3", "9"]
     for row in rows:
-        assert list(row["acc"]) == ["4", "16", "64", "256"] and all(0 <= a <= 1 for a in row["acc"].values())
+        assert list(row["acc"]) in (["4", "16", "64", "256"], ["3", "9"])
+        assert all(0 <= a <= 1 for a in row["acc"].values())
         assert row["steps"] == 2 and math.isfinite(row["train_loss"])
+    # the row-by-row scoring (memory at long gaps) sees what the whole batch sees: padding is only at the end
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=rope.VOCAB + 16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    x, y, lengths = rope.batch(4, 7, 7, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = rope.forward(model, x, lengths, 4).logits
+        for r in range(4):
+            one = rope.forward(model, x[r : r + 1], lengths[r : r + 1], 4).logits[0]
+            n = int((y[r] != -100).nonzero().max()) + 1
+            torch.testing.assert_close(one[:n], whole[r, :n], atol=1e-5, rtol=1e-5)
+    # --nope-layers: with every layer NoPE the logits ignore position_ids; with RoPE they do not
+    ids, pos = torch.randint(0, rope.VOCAB, (1, 12)), torch.arange(12)[None]
+    shuffled = torch.randperm(12, generator=torch.Generator().manual_seed(0))[None]
+    with torch.no_grad():
+        assert not torch.allclose(
+            model(input_ids=ids, position_ids=pos).logits, model(input_ids=ids, position_ids=shuffled).logits
+        )
+        rope.no_rope(model.model.layers[0])
+        a, b = model(input_ids=ids, position_ids=pos).logits, model(input_ids=ids, position_ids=shuffled).logits
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

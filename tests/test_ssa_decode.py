@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from ssa_kernels import SSAConfig, ssa_attention
 from ssa_kernels.decode import DecodeState, causal_rows_attention, ssa_decode_step
 from ssa_kernels.decode.reference import _union_rows
-from ssa_kernels.hf import convert_to_ssa, enable_ssa_decode, from_pretrained
+from ssa_kernels.hf import apply_nope_layers, convert_to_ssa, enable_ssa_decode, from_pretrained
 from ssa_kernels.selector.reference import _key_prefix, _union
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
@@ -198,14 +198,20 @@ def tiny_ssa_model(arch, dtype=torch.float32, rule="causal_rows"):
 # fp32 on llama; fp64 on qwen3 (fp32 noise between a 1-token and a T-token forward could in principle flip a
 # near-tied routing choice: the fp64 case checks the rule without that risk). Llama feeds one token at a time
 # from the first; qwen3 prefills 97 tokens, then feeds 1, 2 or 3 tokens per forward.
+# The third case makes layer 0 NoPE (model.nope_layers): its keys enter the cache unrotated.
 @pytest.mark.parametrize(
-    "arch,dtype,prompt,chunks",
-    [("llama", torch.float32, 1, [1]), ("qwen3", torch.float64, 97, [1, 3, 2])],
-    ids=["llama-fp32-from1", "qwen3-fp64-pre97-chunks"],
-)
+    "arch,dtype,prompt,chunks,nope",
+    [("llama", torch.float32, 1, [1], []), ("qwen3", torch.float64, 97, [1, 3, 2], []),
+     ("qwen3", torch.float64, 97, [1, 3, 2], [0])],
+    ids=["llama-fp32-from1", "qwen3-fp64-pre97-chunks", "qwen3-fp64-nope0"],
+)  # fmt: skip
 @torch.no_grad()
-def test_hf_incremental_logits_equal_a_full_forward(arch, dtype, prompt, chunks):
+def test_hf_incremental_logits_equal_a_full_forward(arch, dtype, prompt, chunks, nope):
     model = tiny_ssa_model(arch, dtype)
+    if nope:
+        model.config.nope_layers = nope
+        apply_nope_layers(model)
+        assert hasattr(model.model.layers[0].self_attn, "_nope_hook")
     ids = torch.randint(0, 97, (1, 300), generator=torch.Generator().manual_seed(3))
     full_out = model(ids, use_cache=False, output_hidden_states=True)
     full = full_out.logits

@@ -372,3 +372,55 @@ def test_data_errors_exit_cleanly_from_the_cli(tmp_path, cache_dir, case):
         assert "corpus.jsonl:1: skipped corrupt jsonl line" in text
         assert "corpus.jsonl:2: skipped corrupt jsonl line" in text and "data.text_field" in text
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_nope_layers_drop_rotary_positions_and_survive_save_and_load(tmp_path):
+    """model.nope_layers: those layers attend without RoPE. With every layer NoPE and no doc boundaries the
+    logits ignore the position ids; with RoPE they do not. The list travels in config.json, and the dense and
+    the SSA loaders both restore it. A layer index out of range names the key."""
+    from transformers import AutoModelForCausalLM
+
+    from ssa_kernels.hf import apply_nope_layers, convert_to_ssa
+    from ssa_kernels.hf import from_pretrained as ssa_from_pretrained
+    from train.config import AttentionConfig, ModelConfig
+
+    tok = byte_tokenizer()
+    x = torch.randint(0, 256, (1, 40))
+    pos, moved = torch.arange(40)[None], (torch.arange(40) * 7 + 3)[None]  # increasing: no doc restarts
+
+    def logits(model, p):
+        with torch.no_grad():
+            return model(input_ids=x, position_ids=p).logits
+
+    mc = ModelConfig(hf_config=_tiny("llama"))
+    torch.manual_seed(0)
+    rope = build_model(mc, AttentionConfig(), build_config(mc, tok, 64))
+    assert not torch.allclose(logits(rope, pos), logits(rope, moved), atol=1e-4)
+    layers = rope.config.num_hidden_layers
+    nope_cfg = ModelConfig(hf_config=_tiny("llama"), nope_layers=list(range(layers)))
+    torch.manual_seed(0)
+    nope = build_model(nope_cfg, AttentionConfig(), build_config(nope_cfg, tok, 64))
+    torch.testing.assert_close(logits(nope, pos), logits(nope, moved), atol=1e-5, rtol=1e-5)
+    # one NoPE layer: only that layer's attention carries the hook
+    one = ModelConfig(hf_config=_tiny("llama"), nope_layers=[1])
+    model = build_model(one, AttentionConfig(), build_config(one, tok, 64))
+    hooked = [hasattr(layer.self_attn, "_nope_hook") for layer in model.model.layers]
+    assert hooked == [i == 1 for i in range(layers)] and model.config.nope_layers == [1]
+    apply_nope_layers(model)  # idempotent: still one hook
+    assert len(model.model.layers[1].self_attn._forward_pre_hooks) == 1
+    # save, then load dense (AutoModel + apply_nope_layers, and build_model from model.path) and as SSA
+    nope.save_pretrained(tmp_path / "dense")
+    tok.save_pretrained(tmp_path / "dense")
+    again = apply_nope_layers(AutoModelForCausalLM.from_pretrained(tmp_path / "dense"))
+    torch.testing.assert_close(logits(again, moved), logits(nope, pos), atol=1e-5, rtol=1e-5)
+    from_path = ModelConfig(path=str(tmp_path / "dense"))
+    built = build_model(from_path, AttentionConfig(), build_config(from_path, tok, 64))
+    assert built.config.nope_layers == list(range(layers))
+    torch.testing.assert_close(logits(built, moved), logits(nope, pos), atol=1e-5, rtol=1e-5)
+    ssa = convert_to_ssa(nope)
+    ssa.save_pretrained(tmp_path / "ssa")
+    loaded = ssa_from_pretrained(tmp_path / "ssa")
+    assert all(hasattr(layer.self_attn, "_nope_hook") for layer in loaded.model.layers)
+    with pytest.raises(ConfigError, match=r"model\.nope_layers"):
+        bad = ModelConfig(hf_config=_tiny("llama"), nope_layers=[layers])
+        build_config(bad, tok, 64)

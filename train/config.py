@@ -37,6 +37,9 @@ class ModelConfig:
     # null: the model's own; e.g. {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 8192}.
     # Typed Any so that a whole dict can be given on the command line (model.rope_scaling={...}).
     rope_scaling: Any = None
+    # Decoder layers (0-based) that attend without rotary positions (NoPE); saved in config.json as
+    # nope_layers. Empty: the checkpoint's own list (none for a new model).
+    nope_layers: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from data import byte_tokenizer
-from ssa_kernels.hf import convert_to_ssa
+from ssa_kernels.hf import apply_nope_layers, convert_to_ssa
 from ssa_kernels.hf import from_pretrained as ssa_from_pretrained
 from train.config import AttentionConfig, ConfigError, ModelConfig
 from train.loss import linear_cross_entropy
@@ -71,6 +71,12 @@ def build_config(cfg: ModelConfig, tokenizer, seq_len: int) -> PretrainedConfig:
             config.vocab_size = -(-len(tokenizer) // 64) * 64  # padded for matmul efficiency
         for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
             setattr(config, name, getattr(tokenizer, name))
+    if cfg.nope_layers:
+        n = config.num_hidden_layers
+        bad = [i for i in cfg.nope_layers if not 0 <= int(i) < n]
+        if bad:
+            raise ConfigError(f"model.nope_layers={list(cfg.nope_layers)}: layer {bad[0]} is not in 0..{n - 1}")
+        config.nope_layers = sorted({int(i) for i in cfg.nope_layers})
     if len(tokenizer) > config.vocab_size:
         raise ConfigError(
             f"model.hf_config.vocab_size={config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})"
@@ -108,8 +114,11 @@ def build_model(cfg: ModelConfig, attention: AttentionConfig, config: Pretrained
             convert_to_ssa(model, attention.ssa)
         except ValueError as e:
             raise ConfigError(f"attention=ssa: {e}") from e
+    apply_nope_layers(model)
     n = sum(p.numel() for p in model.parameters())
     what = impl if attention.name == "dense" else f"ssa {attention.ssa}"
+    nope = getattr(model.config, "nope_layers", None)
+    what += f", NoPE layers {nope}" if nope else ""
     log.info("model: %s, %.2fM parameters, attention=%s", type(model).__name__, n / 1e6, what)
     return model
 
