@@ -19,10 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ssa_kernels.hf import apply_nope_layers  # noqa: E402
 
 VOCAB, MAX_LEN, BATCH = 32, 16, 32
 SEP, FILL = VOCAB, VOCAB + 1  # separator; filler tokens FILL .. FILL + 7 never occur in the strings
@@ -60,16 +66,6 @@ def forward(model, x: torch.Tensor, lengths: list[int], window: int, labels: tor
     return model(input_ids=x, attention_mask=mask, labels=labels)
 
 
-def no_rope(layer: torch.nn.Module) -> None:
-    """This decoder layer attends without rotary positions (NoPE): its cos/sin become 1/0."""
-
-    def hook(module, args, kwargs):
-        cos, sin = kwargs["position_embeddings"]
-        return args, {**kwargs, "position_embeddings": (torch.ones_like(cos), torch.zeros_like(sin))}
-
-    layer.register_forward_pre_hook(hook, with_kwargs=True)
-
-
 def run(
     theta: float,
     steps: int,
@@ -84,9 +80,8 @@ def run(
     config = LlamaConfig(vocab_size=VOCAB + 16, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=max([64 * max_gap, *(gaps or [])]) + 64,
                          tie_word_embeddings=True, rope_theta=theta)  # fmt: skip
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    for i in nope_layers or []:
-        no_rope(model.model.layers[i])
+    config.nope_layers = list(nope_layers or [])
+    model = apply_nope_layers(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
         x, y, lengths = batch(BATCH, 0, max_gap, g)

@@ -110,6 +110,7 @@ def test_rope_distance_probe_scores_each_gap(tmp_path):
         assert not torch.allclose(
             model(input_ids=ids, position_ids=pos).logits, model(input_ids=ids, position_ids=shuffled).logits
         )
-        rope.no_rope(model.model.layers[0])
+        model.config.nope_layers = [0]
+        rope.apply_nope_layers(model)
         a, b = model(input_ids=ids, position_ids=pos).logits, model(input_ids=ids, position_ids=shuffled).logits
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
