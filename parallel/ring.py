@@ -570,6 +570,12 @@ def ssa_ring_attention(module, q, k, v, doc, scale, hidden, ctx: RingContext, q_
     cfg = ssa_config_of(module.config)
     if selection_rule_of(module.config) != "block":
         raise ParallelError("parallel=ring trains SSA with the block selection rule (config.ssa['rule']='block')")
+    if cfg.routing == "distill" and torch.is_grad_enabled():
+        # the distillation target is dense attention over every key, which no ring rank holds
+        raise ParallelError(
+            "attention.ssa.routing=distill is not supported under parallel=ring: distil the router at a length "
+            "that fits without ring (or under Ulysses), then train with routing=straight_through"
+        )
     ring, B = ctx.ring, cfg.block_size
     hkv, length = k.shape[1], q.shape[2]
     T = length * ring.size

@@ -5,7 +5,8 @@ fast stand-in for the RULER score of a short answer (no decoding loop, one forwa
 
     python scripts/probe_answers.py runs/fc/ssa --tasks niah_single_1 niah_multikey_2 copy --length 1024
 
-Prints one JSON line per task: {"task", "length", "samples", "answer_loss", "exact", "token_acc"}.
+Prints one JSON line per (length, task): {"task", "length", "samples", "answer_loss", "exact", "token_acc"};
+``--length 16384 65536 262144`` probes several lengths with one model load.
 ``copy``'s target is the whole second copy, and its row adds ``first_copy_loss``, the loss of the same
 text where it first appears (nothing predicts it but word statistics): an answer_loss far below it is
 copying. Niah chance is ~1.6 nats per answer token (7 random digits of the ~10 tokens " DDDDDDD." + EOS).
@@ -90,19 +91,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="a run directory, a trainer checkpoint or a model directory")
     p.add_argument("--tasks", nargs="+", default=["niah_single_1", "niah_multikey_2", "copy"])
-    p.add_argument("--length", type=int, default=1024)
+    p.add_argument("--length", type=int, nargs="+", default=[1024], help="one or more lengths, probed in order")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--seed-start", type=int, default=0, help="EVAL-split seeds seed_start ...")
     p.add_argument(
         "--ssa-topk", type=int, default=None, help="SSA models: probe with this attention.ssa.topk_blocks instead"
     )
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     model, tokenizer, path = load(args.checkpoint, args.ssa_topk)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
-    for task in args.tasks:
-        row = probe(model, tokenizer, task, args.length, args.samples, args.seed_start)
-        print(json.dumps({"checkpoint": str(path), "ssa_topk": args.ssa_topk, **row}), flush=True)
+    for length in args.length:  # one model load for every length; each row is printed as soon as it is done
+        for task in args.tasks:
+            row = probe(model, tokenizer, task, length, args.samples, args.seed_start)
+            print(json.dumps({"checkpoint": str(path), "ssa_topk": args.ssa_topk, **row}), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 
 from ssa_kernels.attention import sparse_attention
 from ssa_kernels.config import SSAConfig, resolve_backend
+from ssa_kernels.distill import AddAuxiliaryGradient, router_distill_loss
 from ssa_kernels.selector import (
     PooledRoute,
     Selection,
@@ -22,6 +23,7 @@ from ssa_kernels.selector import (
     select_blocks,
     select_blocks_pooled,
 )
+from ssa_kernels.selector.reference import block_means
 
 
 def _routed_slots(sel: Selection, cfg: SSAConfig, doc_ids, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +82,8 @@ def ssa_attention(
     ``route``: (route_q [Bt, Hr, T, d], route_k [Bt, Hkv, T, d]) with Hr a multiple of Hkv, what the
     selector scores (a learned router's outputs, ``ssa_kernels/router.py``), or their block means
     (``PooledRoute``: the router projected block-pooled hidden states); None: q and k themselves.
-    The routing gradient (``cfg.routing``) reaches whatever produced them. ``backend``: overrides
+    The routing gradient (``cfg.routing``: straight-through, or with a router the distillation loss of
+    ``ssa_kernels/distill.py`` joined to the backward) reaches whatever produced them. ``backend``: overrides
     ``cfg.backend`` (see :func:`resolve_backend`)."""
     if resolve_backend(backend or cfg.backend, q.device) == "triton":
         # imported here: Triton is needed only when its kernels run
@@ -109,6 +112,16 @@ def ssa_attention(
     out, _ = attend(
         q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias, routed_mask=mask
     )
+    if (
+        cfg.routing == "distill"
+        and torch.is_grad_enabled()
+        and route is not None
+        and (rq.requires_grad or rk.requires_grad)
+    ):
+        if not pooled:  # per-token routing tensors: their block means are what the selector scores
+            route = PooledRoute(block_means(rq, cfg.block_size), block_means(rk, cfg.block_size), q.shape[2])
+        loss = router_distill_loss(q.detach(), k.detach(), route, cfg, doc_ids, scale)
+        out = AddAuxiliaryGradient.apply(out, loss * cfg.distill_weight)
     return out
 
 

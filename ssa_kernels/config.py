@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 BACKENDS = ("auto", "reference", "triton")
+ROUTINGS = ("straight_through", "distill", "none")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -38,8 +39,15 @@ class SSAConfig:
     top_nodes: int = 64  # the coarsest level has at most this many nodes (all are scored)
     # How the routing scores learn: "straight_through" adds (score - score.detach()) to the logits of
     # each routed block, zero in the forward pass (output exactly as without it) but giving every
-    # routed score the gradient of its block's total attention logit; "none" switches it off.
+    # routed score the gradient of its block's total attention logit; "distill" trains the learned router
+    # toward the layer's dense attention mass on every routable block (``ssa_kernels/distill.py``: it sees
+    # blocks never routed, at the cost of dense probabilities for the sampled query blocks); "none"
+    # switches learning off.
     routing: str = "straight_through"
+    distill_blocks: int = 16  # routing=distill: query blocks per call whose dense mass is the target; 0 = all
+    # routing=distill: the loss's scale in the backward. Adam makes the router's step size independent of
+    # it; kept small so that the router's gradient does not dominate the global norm used for clipping.
+    distill_weight: float = 0.01
     # What produces the routing scores: "learned" (default), a router of its own per layer
     # (``ssa_kernels/router.py``) on the detached layer input, trained only by ``routing``;
     # "attention", the attention's own post-RoPE q and k (no extra weights; it also learns as
@@ -56,8 +64,15 @@ class SSAConfig:
     def validate(self) -> None:
         if self.block_size < 1 or self.branching < 2 or self.topk_blocks < 0 or self.sink_blocks < 0:
             raise ValueError("attention.block_size >= 1, branching >= 2, topk_blocks >= 0, sink_blocks >= 0")
-        if self.routing not in ("straight_through", "none"):
-            raise ValueError(f"attention.routing={self.routing!r}: use straight_through or none")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"attention.routing={self.routing!r}: use one of {ROUTINGS}")
+        if self.routing == "distill" and self.router != "learned":
+            raise ValueError(
+                "attention.routing=distill trains a learned router (attention.router=learned); with "
+                "router=attention the target would be the scores' own attention: use straight_through"
+            )
+        if self.distill_blocks < 0 or self.distill_weight < 0:
+            raise ValueError("attention.distill_blocks >= 0 (0: all query blocks) and attention.distill_weight >= 0")
         if self.backend not in BACKENDS:
             raise ValueError(f"attention.backend={self.backend!r}: use auto, triton or reference")
         if self.router not in ("learned", "attention"):

@@ -32,6 +32,7 @@ from torch import Tensor
 from transformers import AttentionInterface
 
 from ssa_kernels.config import SSAConfig
+from ssa_kernels.distill import dense_block_mass, doc_starts
 from ssa_kernels.hf import doc_ids_of, route_of, ssa_config_of
 from ssa_kernels.selector import Selection, select_blocks
 
@@ -59,11 +60,11 @@ def _doc_starts(doc_ids: Tensor | None, bt: int, seq_len: int, device: torch.dev
     """First and one-past-last position of each token's document: two [Bt, T] int64 tensors.
     Documents are contiguous runs of equal (nondecreasing) ids; no doc_ids is one document."""
     if doc_ids is None:
-        return torch.zeros(bt, seq_len, dtype=torch.long, device=device), torch.full(
+        return doc_starts(None, bt, seq_len, device), torch.full(
             (bt, seq_len), seq_len, dtype=torch.long, device=device
         )
     doc_ids = doc_ids.to(device=device, dtype=torch.long).contiguous()
-    return torch.searchsorted(doc_ids, doc_ids), torch.searchsorted(doc_ids, doc_ids, right=True)
+    return doc_starts(doc_ids, bt, seq_len, device), torch.searchsorted(doc_ids, doc_ids, right=True)
 
 
 def _attended_pairs(indices: Tensor, block_size: int, seq_len: int, doc_ids: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -232,9 +233,9 @@ def dense_recall(
 ) -> dict[str, Tensor]:
     """Share of DENSE causal attention mass inside the selected blocks, for sampled query blocks.
 
-    Per sampled query block i the dense probabilities of its rows over all keys are computed
-    ([Bt, Hkv, G*B, T] at a time: O(sampled * T), never T x T) and summed per key block, then averaged
-    over the block's real rows and the G query heads sharing the selection: mass [Bt, Hkv, nb].
+    Per sampled query block i the dense probabilities of its rows over all keys are summed per key block
+    and averaged over the block's real rows and the G query heads sharing the selection
+    (:func:`~ssa_kernels.distill.dense_block_mass`: O(sampled * T), never T x T): mass [Bt, Hkv, nb].
 
     - ``recall``: mass of the listed blocks (sinks, routed, local window).
     - ``oracle_recall``: mass of the same fixed blocks (listed but not routed) plus the
@@ -243,30 +244,20 @@ def dense_recall(
 
     Both are means over (batch row, kv head, sampled query block); fp64 0-dim tensors.
     """
-    bt, hkv, seq_len, d = k.shape
-    B, dev = cfg.block_size, k.device
-    nb = -(-seq_len // B)
-    scale = d**-0.5 if scale is None else scale
-    kf = k.float()  # (Bt, Hkv, T, D)
-    start, _ = _doc_starts(doc_ids, bt, seq_len, dev)  # (Bt, T)
-    kpos = torch.arange(seq_len, device=dev)
+    nb, dev = sel.indices.shape[2], k.device
+    blocks = torch.tensor(query_blocks, dtype=torch.long, device=dev)
+    # one query block at a time ([Bt, Hkv, G*B, T]): diagnostics run beside training at full length
+    mass = dense_block_mass(q, k, blocks, cfg.block_size, doc_ids, scale, max_elements=0).double()  # (Bt, Hkv, nq, nb)
     recall, oracle = [], []
-    for i in query_blocks:
-        t0, t1 = i * B, min(i * B + B, seq_len)
-        qg = _group_rows(q, hkv, t0, t1)  # (Bt, Hkv, G*m, D)
-        qpos = torch.arange(t0, t1, device=dev).repeat(qg.shape[2] // (t1 - t0))  # (G*m,)
-        # key s is visible to query t iff start(doc t) <= s <= t (documents are contiguous)
-        allowed = (kpos <= qpos[:, None]) & (kpos >= start[:, qpos, None])  # (Bt, G*m, T)
-        p = _probs((qg @ kf.transpose(-1, -2)) * scale, allowed[:, None])  # (Bt, Hkv, G*m, T)
-        p = torch.nn.functional.pad(p, (0, nb * B - seq_len))  # (Bt, Hkv, G*m, nb*B)
-        mass = p.view(bt, hkv, -1, nb, B).sum(-1).double().mean(2)  # (Bt, Hkv, nb)
+    for n, i in enumerate(query_blocks):
+        m = mass[:, :, n]  # (Bt, Hkv, nb)
         listed = _block_mask(sel.indices[:, :, i], nb)  # (Bt, Hkv, nb)
         fixed = listed & ~_block_mask(sel.routed[:, :, i], nb)
         causal = torch.arange(nb, device=dev) <= i
-        rest = torch.where(~fixed & causal, mass, 0.0)  # masses >= 0: padding picks add nothing
+        rest = torch.where(~fixed & causal, m, 0.0)  # masses >= 0: padding picks add nothing
         best = rest.topk(min(cfg.topk_blocks, nb), dim=-1).values.sum(-1) if cfg.topk_blocks else 0.0
-        recall.append(torch.where(listed, mass, 0.0).sum(-1))  # (Bt, Hkv)
-        oracle.append(torch.where(fixed, mass, 0.0).sum(-1) + best)
+        recall.append(torch.where(listed, m, 0.0).sum(-1))  # (Bt, Hkv)
+        oracle.append(torch.where(fixed, m, 0.0).sum(-1) + best)
     return {"recall": torch.stack(recall).mean(), "oracle_recall": torch.stack(oracle).mean()}
 
 
@@ -343,8 +334,8 @@ class SSARecorder:
 
 
 def layer_router_stats(call: SSACall, num_query_blocks: int = 0, seed: int = 0) -> dict[str, Tensor]:
-    """:func:`selection_stats` of the layer, plus :func:`far_mass` over ``num_query_blocks`` sampled
-    query blocks (0: skipped). No host sync."""
+    """:func:`selection_stats` of the layer, plus :func:`far_mass` and :func:`dense_recall` (recall and
+    oracle recall) over ``num_query_blocks`` sampled query blocks (0: skipped). No host sync."""
     cfg, sel, seq_len = call.cfg, call.selection, call.q.shape[2]
     stats = selection_stats(sel.indices, cfg.block_size, seq_len, call.doc_ids, cfg.local_blocks, sel.routed)
     if num_query_blocks > 0:
@@ -352,6 +343,7 @@ def layer_router_stats(call: SSACall, num_query_blocks: int = 0, seed: int = 0) 
         stats["far_mass"] = far_mass(
             call.q, call.k, sel.indices, cfg.block_size, blocks, cfg.local_blocks, call.doc_ids, call.scale
         )
+        stats.update(dense_recall(call.q, call.k, sel, cfg, blocks, call.doc_ids, call.scale))
     return stats
 
 

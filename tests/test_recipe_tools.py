@@ -68,6 +68,15 @@ def test_probe_with_another_routed_budget_keeps_the_trained_routers(sweep):
         probe.load(str(sweep / "a"), ssa_topk=3)
 
 
+def test_probe_runs_several_lengths_with_one_load(sweep, capsys):
+    probe = load("probe_answers")
+    probe.main([str(sweep / "s"), "--tasks", "niah_single_1", "--length", "1024", "1100", "--samples", "1"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["task"], r["length"]) for r in rows] == [("niah_single_1", 1024), ("niah_single_1", 1100)]
+    assert all(math.isfinite(r["answer_loss"]) and 0 <= r["exact"] <= 1 for r in rows)
+    assert torch.is_grad_enabled()  # main() leaves the process's grad mode alone
+
+
 def test_rope_distance_probe_scores_each_gap(tmp_path):
     rope = load("rope_distance_probe")
     x, y, lengths = rope.batch(4, 5, 5, torch.Generator().manual_seed(0))

@@ -225,6 +225,11 @@ def to_config(cfg: DictConfig) -> Config:
             config.attention.ssa.validate()
         except ValueError as e:
             raise ConfigError(str(e).replace("attention.", "attention.ssa.")) from e
+        if config.attention.ssa.routing == "distill" and config.parallel.name == "ring":
+            raise ConfigError(
+                "attention.ssa.routing=distill needs dense attention over every key, which parallel=ring never "
+                "holds: use routing=straight_through with ring, or distil under parallel=single/ulysses"
+            )
     if config.resume not in ("auto", "none") and not config.resume:
         raise ConfigError("resume is empty: use auto, none or a checkpoint directory")
     return config

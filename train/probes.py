@@ -44,8 +44,13 @@ def train_block_retrieval(
     batch: int = 16,
     lr: float = 3e-3,
     eval_every: int = 50,
+    dense_steps: int = 0,
 ) -> list[dict]:
-    """Train from scratch; returns [{step, loss, accuracy, hit_rate, router_change, seconds}] at every eval."""
+    """Train from scratch; returns [{step, loss, accuracy, hit_rate, router_change, seconds}] at every eval.
+
+    ``dense_steps``: the first steps route every block (a budget covering the whole routed range, so the
+    attention is dense and no routing is contested), the warm-up a dense model gets before going sparse;
+    evaluations always use the ``topk_blocks`` budget."""
     torch.manual_seed(seed)
     config = AutoConfig.for_model(
         "llama", vocab_size=FILLER + 2 * num_keys, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -56,12 +61,14 @@ def train_block_retrieval(
         block_size=block_size, topk_blocks=topk_blocks, local_window=2 * block_size, top_nodes=4, routing=routing
     )
     convert_to_ssa(model, cfg)
+    sparse_budget, dense_budget = dict(model.config.ssa), {**model.config.ssa, "topk_blocks": seq_len // block_size}
     router_init = {n: p.detach().clone() for n, p in model.named_parameters() if ".ssa_router." in n}
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     data = torch.Generator().manual_seed(seed + 1)
     history, t0 = [], time.perf_counter()
     for step in range(steps + 1):
         if step % eval_every == 0 or step == steps:
+            model.config.ssa = sparse_budget  # the layers read their settings from the config at every call
             accuracy, hit_rate = evaluate(model, cfg, seq_len, num_keys)
             # how far the learned routers moved from their initialisation (max abs weight change)
             moved = max(
@@ -78,6 +85,7 @@ def train_block_retrieval(
             )
         if step == steps:
             break
+        model.config.ssa = dense_budget if step < dense_steps else sparse_budget
         ids, answer, _ = block_retrieval(batch, seq_len, block_size, data, num_keys)
         loss = F.cross_entropy(model(ids).logits[:, -1], answer)
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,203 @@
+"""Router distillation (``routing: distill``, ``ssa_kernels/distill.py``): the dense block mass against a
+T x T softmax, the loss against a per-block loop (value and gradient), the attention output and its
+q/k/v gradients untouched, the router learning during a dense warm-up where straight-through cannot,
+config errors, and a training run through the trainer."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssa_kernels import PooledRoute, SSAConfig, ssa_attention
+from ssa_kernels.distill import dense_block_mass, distill_query_blocks, router_distill_loss
+from ssa_kernels.hf import doc_ids_from_positions
+from ssa_kernels.selector.reference import routed_bounds
+from train.config import ConfigError, to_config
+from train.probes import train_block_retrieval
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import compose_cfg, run_inprocess  # noqa: E402
+
+SMALL = {"block_size": 16, "topk_blocks": 2, "local_window": 32, "top_nodes": 4}
+
+
+def qk(bt, hq, hkv, t, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(bt, hq, t, d, generator=g) * 2, torch.randn(bt, hkv, t, d, generator=g)
+
+
+def packed(bt, *lengths):
+    return doc_ids_from_positions(torch.cat([torch.arange(n) for n in lengths]).expand(bt, -1))
+
+
+def brute_mass(q, k, block_size, doc_ids):
+    """[Bt, Hkv, nb, nb] fp64 from the full T x T softmax (tests only)."""
+    bt, hq, t, d = q.shape
+    hkv = k.shape[1]
+    doc = doc_ids if doc_ids is not None else torch.zeros(bt, t, dtype=torch.long)
+    pos = torch.arange(t)
+    allowed = (pos[None, :] <= pos[:, None]) & (doc[:, :, None] == doc[:, None, :])  # (Bt, T, T)
+    logits = q.double() @ k.double().repeat_interleave(hq // hkv, 1).transpose(-1, -2) / math.sqrt(d)
+    p = torch.softmax(logits.masked_fill(~allowed[:, None], -math.inf), -1)  # (Bt, Hq, T, T)
+    nb = -(-t // block_size)
+    kb = torch.nn.functional.one_hot(pos // block_size, nb).double()  # (T, nb)
+    per_row = p @ kb  # (Bt, Hq, T, nb)
+    rows = [per_row[:, :, i * block_size : min(t, i * block_size + block_size)].mean(2) for i in range(nb)]
+    mass = torch.stack(rows, 2)  # (Bt, Hq, nb, nb)
+    return mass.view(bt, hkv, hq // hkv, nb, nb).mean(2)
+
+
+@pytest.mark.parametrize("docs", [None, (50, 61, 62)])
+@pytest.mark.parametrize("max_elements", [0, 1 << 20])  # one query block at a time, or all at once
+def test_dense_block_mass_matches_a_dense_softmax(docs, max_elements):
+    t, B = 173, 16  # ragged last block
+    q, k = qk(2, 4, 2, t, 8, seed=1)
+    doc_ids = packed(2, *docs) if docs else None
+    blocks = torch.tensor([0, 3, 7, 10])  # 10: the partial last block
+    got = dense_block_mass(q, k, blocks, B, doc_ids, max_elements=max_elements)
+    want = brute_mass(q, k, B, doc_ids)[:, :, blocks]
+    assert got.shape == (2, 2, 4, 11)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.sum(-1), torch.ones(2, 2, 4), rtol=1e-5, atol=1e-5)
+
+
+def loop_loss(q, k, qm, km, cfg, doc_ids, blocks):
+    """The distillation loss written out per (batch row, kv head, query block) in fp64 (tests only)."""
+    mass = brute_mass(q, k, cfg.block_size, doc_ids)
+    lo, hi = routed_bounds(doc_ids, q.shape[2], cfg, q.device)
+    num, den = 0.0, 0.0
+    for b in range(q.shape[0]):
+        for h in range(k.shape[1]):
+            for i in blocks.tolist():
+                js = list(range(int(lo[min(b, lo.shape[0] - 1), i]), int(hi[i])))
+                if len(js) < 2:
+                    continue
+                m = mass[b, h, i, js]
+                w = m.sum()
+                target = m / w
+                scores = torch.stack([qm[b, h, i].double() @ km[b, h, j].double() for j in js]) / math.sqrt(
+                    qm.shape[-1]
+                )
+                log_p = torch.log_softmax(scores, 0)
+                kl = (target * (target.log() - log_p)).sum()
+                num, den = num + w * kl, den + w
+    return num / den
+
+
+@pytest.mark.parametrize("docs", [None, (90, 83)])
+def test_distill_loss_and_gradient_match_a_loop(docs):
+    t, cfg = 173, SSAConfig(**SMALL, routing="distill")
+    q, k = qk(2, 4, 2, t, 8, seed=2)
+    doc_ids = packed(2, *docs) if docs else None
+    g = torch.Generator().manual_seed(3)
+    nb = -(-t // cfg.block_size)
+    qm = torch.randn(2, 2, nb, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    km = torch.randn(2, 2, nb, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    blocks = distill_query_blocks(t, SSAConfig(**SMALL, distill_blocks=0), q.device)
+    assert blocks.tolist() == list(range(4, nb))  # first block with 2 routable blocks: sink 1 + window 2 + 1
+    got = router_distill_loss(q, k, PooledRoute(qm, km, t), cfg, doc_ids, query_blocks=blocks)
+    want = loop_loss(q, k, qm, km, cfg, doc_ids, blocks)
+    assert got.item() > 0
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-8)
+    g_got = torch.autograd.grad(got, (qm, km))
+    g_want = torch.autograd.grad(want, (qm, km))
+    for a, b in zip(g_got, g_want):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_distill_query_block_sampling_draws_distinct_eligible_blocks():
+    cfg = SSAConfig(**SMALL, distill_blocks=5)
+    torch.manual_seed(0)
+    a = distill_query_blocks(16 * 40, cfg, torch.device("cpu"))
+    assert len(a) == 5 and len(set(a.tolist())) == 5 and a.min() >= 4 and a.max() < 40
+    assert a.tolist() == sorted(a.tolist())
+    torch.manual_seed(0)
+    assert torch.equal(a, distill_query_blocks(16 * 40, cfg, torch.device("cpu")))  # the global RNG decides
+    assert len(distill_query_blocks(16 * 4, cfg, torch.device("cpu"))) == 0  # nothing to rank yet
+
+
+def test_distill_gradient_reaches_only_the_router():
+    """Same inputs with routing=distill and routing=none: the output is bitwise equal, q/k/v gradients are
+    equal, and only with distill does the router (here a linear map producing the block means) learn."""
+    torch.manual_seed(4)
+    t, hidden = 160, 12
+    q, k = qk(1, 4, 2, t, 8, seed=5)
+    v = torch.randn(1, 2, t, 8)
+    x = torch.randn(1, t // 16, hidden)  # block-pooled "hidden states"
+    proj = torch.nn.Linear(hidden, 2 * 2 * 8)
+    results = {}
+    for routing in ("distill", "none"):
+        cfg = SSAConfig(**SMALL, routing=routing, distill_weight=0.5)
+        qq, kk, vv = (a.clone().requires_grad_() for a in (q, k, v))
+        proj.zero_grad()
+        means = proj(x).view(1, t // 16, 2, 2, 8).permute(2, 0, 3, 1, 4)  # (q|k, Bt, Hkv, nb, D)
+        out = ssa_attention(qq, kk, vv, cfg, route=PooledRoute(means[0], means[1], t))
+        out.pow(2).sum().backward()
+        results[routing] = (out.detach(), qq.grad, kk.grad, vv.grad, proj.weight.grad)
+    d, n = results["distill"], results["none"]
+    assert torch.equal(d[0], n[0])
+    for a, b in zip(d[1:4], n[1:4]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert n[4] is None or n[4].abs().sum() == 0
+    assert d[4].abs().sum() > 0
+
+
+def test_distill_trains_the_router_during_a_dense_warmup():
+    """block_retrieval with every block routed for the first 110 steps (no routing contested, so
+    straight-through has nothing to learn from): distillation still trains the router, which then finds
+    the needle block at the 2-block budget; straight-through's router moves only by weight decay."""
+    warm = train_block_retrieval("distill", steps=110, seed=0, eval_every=110, dense_steps=110)
+    first, last = warm[0], warm[-1]
+    assert first["hit_rate"] < 0.6 and first["accuracy"] < 0.15, first
+    assert last["hit_rate"] >= 0.85 and last["router_change"] > 0.05, warm
+    st = train_block_retrieval("straight_through", steps=20, seed=0, eval_every=20, dense_steps=20)
+    assert st[-1]["router_change"] < 1e-3 and st[-1]["hit_rate"] < 0.6, st  # AdamW's decay: ~5e-5
+
+
+def test_distill_config_errors_name_the_keys():
+    with pytest.raises(ValueError, match="attention.router=learned"):
+        SSAConfig(routing="distill", router="attention").validate()
+    with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_blocks"):
+        to_config(compose_cfg(["attention=ssa", "attention.ssa.routing=distill", "attention.ssa.distill_blocks=-1"]))
+    with pytest.raises(ConfigError, match=r"attention\.ssa\.routing=distill.*parallel=ring"):
+        to_config(compose_cfg(["attention=ssa", "attention.ssa.routing=distill", "parallel=ring"]))
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _routers(run_dir):
+    files = sorted(Path(run_dir).glob("checkpoints/step_*/model/*.safetensors"))
+    tensors = {}
+    for f in files:
+        tensors.update({n: t for n, t in load_file(str(f)).items() if ".ssa_router." in n})
+    assert tensors, files
+    return tensors
+
+
+def test_training_with_distill_trains_only_the_router_signal(tmp_path, cache_dir):
+    """Through the trainer (grad_accum 2, SSA on 4 blocks of 16 tokens + 1 routed): step 1's loss is the
+    same as with routing=none (the forward is untouched), and the saved routers differ (with none they
+    keep their initialisation, the attention's projections)."""
+    small = {"block_size": 8, "topk_blocks": 1, "local_window": 16, "top_nodes": 4, "distill_blocks": 0}
+    common = ["attention=ssa", *(f"attention.ssa.{k}={v}" for k, v in small.items())]
+    common += ["train.steps=3", "train.grad_accum=2", "train.ckpt_every=0"]
+    run_inprocess(tmp_path / "distill", [*common, "attention.ssa.routing=distill"], cache_dir)
+    run_inprocess(tmp_path / "none", [*common, "attention.ssa.routing=none"], cache_dir)
+    d, n = _rows(tmp_path / "distill"), _rows(tmp_path / "none")
+    assert d[0]["loss"] == n[0]["loss"]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in d)
+    rd, rn = _routers(tmp_path / "distill"), _routers(tmp_path / "none")
+    assert rd.keys() == rn.keys()
+    assert any(not torch.equal(rd[name], rn[name]) for name in rd)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("corpus-cache"))
