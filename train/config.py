@@ -95,7 +95,7 @@ class LoggingConfig:
     # attention=ssa: every N steps log router/layer{i}/{stat} and router/{stat} (selection share,
     # distances, far share and mass; ssa_kernels/diagnostics.py) from the step's first micro-batch; 0: off
     router_stats_every: int = 0
-    router_query_blocks: int = 8  # query blocks sampled per layer for router/far_mass; 0: not measured
+    router_query_blocks: int = 8  # query blocks sampled per layer for router/far_mass, recall, oracle_recall; 0: off
 
 
 @dataclass
