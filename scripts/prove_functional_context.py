@@ -29,6 +29,10 @@ one panel per task) and ``functional-context.md`` (the table). ``--docs`` copies
     python scripts/prove_functional_context.py --out runs/fc --eval-only --models ssa --checkpoint my/ckpt
     python scripts/prove_functional_context.py --out /tmp/fc --smoke   # CPU, seconds
     python scripts/prove_functional_context.py --out runs/fc --models ssa --pretrain-min 2.5 --time-budget-min 2.5
+    python scripts/prove_functional_context.py --out runs/fc --models ssa swa --pretrain-min 2.2 \
+        --pretrain-override model.hf_config.rope_theta=1e8 train.steps=1100 --experiment functional_context_4k \
+        --train-len 4096 --ssa-override attention.ssa.local_window=256 attention.ssa.topk_blocks=16 \
+        attention.ssa.routing=distill attention.ssa.distill_blocks=0 --swa-override attention.ssa.local_window=256
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--override", nargs="*", default=[], help="extra Hydra overrides for training, e.g. train.optimizer.lr=2e-3"
     )
+    p.add_argument("--ssa-override", nargs="*", default=[], help="extra Hydra overrides for the ssa model only")
+    p.add_argument("--swa-override", nargs="*", default=[], help="extra Hydra overrides for the swa model only")
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check (seconds)")
     p.add_argument(
         "--docs", action="store_true", help="copy the results to docs/results and docs/functional_context.md"
@@ -149,7 +155,8 @@ def train_overrides(model: str, args: argparse.Namespace) -> list[str]:
         o += SMOKE_TRAIN
     if model == "ssa" and args.ssa_topk is not None:
         o.append(f"attention.ssa.topk_blocks={args.ssa_topk}")
-    return o + list(args.override)
+    # the model's own overrides last, so they win (attention.ssa.* keys also exist in swa's config)
+    return o + list(args.override) + list({"ssa": args.ssa_override, "swa": args.swa_override}.get(model, []))
 
 
 def run_training(overrides: list[str], run_dir: Path, minutes: float) -> dict:

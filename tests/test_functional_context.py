@@ -212,6 +212,22 @@ def test_experiment_composes_for_each_model(attention):
         assert config.attention.name == "ssa" and config.attention.ssa.topk_blocks == 0
 
 
+def test_4k_recipe_composes_and_model_overrides_reach_only_their_model():
+    """conf/experiment/functional_context_4k.yaml (stage 2 of the fc8 recipe) with the script's per-model
+    overrides: the ssa model gets the small routed budget and distillation, swa only the window."""
+    script = load_script()
+    args = script.parse_args(["--out", "x", "--experiment", "functional_context_4k", "--train-len", "4096",
+                              "--ssa-override", "attention.ssa.topk_blocks=16", "attention.ssa.routing=distill",
+                              "--swa-override", "attention.ssa.local_window=256"])  # fmt: skip
+    configs = {m: to_config(compose_cfg(script.train_overrides(m, args))) for m in ("ssa", "swa", "dense")}
+    ssa, swa = configs["ssa"].attention.ssa, configs["swa"].attention.ssa
+    assert (ssa.topk_blocks, ssa.routing, ssa.local_window) == (16, "distill", 1024)
+    assert (swa.topk_blocks, swa.routing, swa.local_window) == (0, "none", 256)
+    assert configs["dense"].attention.name == "dense"
+    for config in configs.values():
+        assert (config.train.seq_len, config.train.micro_batch, config.data.synthetic.ratio) == (4096, 8, 1.0)
+
+
 # --- swa: sink + window only ----------------------------------------------------------------------
 
 
