@@ -47,6 +47,9 @@ class SSAConfig:
     distill_blocks: int = 16  # routing=distill: query blocks per call whose dense mass is the target; 0 = all
     # routing=distill: the loss's scale in the backward. Adam makes the router's step size independent of
     # it; kept small so that the router's gradient does not dominate the global norm used for clipping.
+    # The loss is per layer call, not normalised like the LM loss: it adds up over gradient-accumulation
+    # micro-batches and is averaged over data-parallel / Ulysses ranks (each rank's over its own heads), so
+    # unlike the LM gradient it is not step-for-step equal across those layouts.
     distill_weight: float = 0.01
     # What produces the routing scores: "learned" (default), a router of its own per layer
     # (``ssa_kernels/router.py``) on the detached layer input, trained only by ``routing``;
