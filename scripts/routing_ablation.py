@@ -35,10 +35,10 @@ def main() -> None:
     results = []
     for routing in args.routings:
         for seed in args.seeds:
-            rows = train_block_retrieval(
+            history = train_block_retrieval(
                 routing, args.steps, seed=seed, eval_every=args.eval_every, dense_steps=args.dense_steps
             )
-            for row in rows:
+            for row in history:
                 results.append({"routing": routing, "seed": seed, **row})
                 print(routing, seed, row, flush=True)
     steps = sorted({r["step"] for r in results})

@@ -246,8 +246,9 @@ def dense_recall(
     """
     nb, dev = sel.indices.shape[2], k.device
     blocks = torch.tensor(query_blocks, dtype=torch.long, device=dev)
-    # one query block at a time ([Bt, Hkv, G*B, T]): diagnostics run beside training at full length
-    mass = dense_block_mass(q, k, blocks, cfg.block_size, doc_ids, scale, max_elements=0).double()  # (Bt, Hkv, nq, nb)
+    # one query block at a time ([Bt, Hkv, G*B, T]): diagnostics run beside training at full length; fp32 logits
+    mass = dense_block_mass(q, k, blocks, cfg.block_size, doc_ids, scale, max_elements=0, matmul_dtype=torch.float32)
+    mass = mass.double()  # (Bt, Hkv, nq, nb)
     recall, oracle = [], []
     for n, i in enumerate(query_blocks):
         m = mass[:, :, n]  # (Bt, Hkv, nb)

@@ -54,6 +54,7 @@ def dense_block_mass(
     doc_ids: Tensor | None = None,
     scale: float | None = None,
     max_elements: int = CHUNK_ELEMENTS,
+    matmul_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Dense causal attention mass of sampled query blocks on every key block.
 
@@ -61,13 +62,15 @@ def dense_block_mass(
     mass [Bt, Hkv, nq, nb] fp32: per query block, the dense probabilities (softmax over the keys each
     row may see: causal, in its document) summed per key block and averaged over the block's real rows
     and the G query heads of kv head h. Each row of the result sums to 1. O(nq x B x T) per head, as
-    many query blocks at a time as fit in ``max_elements`` fp32 probabilities (at least one)."""
+    many query blocks at a time as fit in ``max_elements`` fp32 probabilities (at least one). The q . k
+    matmul runs in ``matmul_dtype`` (default q's: bf16 tensor cores under autocast), the softmax in fp32."""
     bt, hq, seq_len, d = q.shape
     hkv, B, dev = k.shape[1], block_size, q.device
     group, nb = hq // hkv, -(-seq_len // block_size)
     scale = d**-0.5 if scale is None else scale
     start = doc_starts(doc_ids, bt, seq_len, dev)  # (Bt, T)
-    kd = k.to(q.dtype)  # (Bt, Hkv, T, D)
+    dtype = matmul_dtype or q.dtype
+    kd = k.to(dtype)  # (Bt, Hkv, T, D)
     kpos = torch.arange(seq_len, device=dev)
     per_block = bt * hq * B * seq_len
     chunk = max(1, max_elements // per_block)
@@ -77,11 +80,10 @@ def dense_block_mass(
         rows = (blocks[:, None] * B + torch.arange(B, device=dev)).flatten()  # (nc*B,) may run past T
         real = rows < seq_len
         rows = rows.clamp_max(seq_len - 1)
-        qg = q[:, :, rows].reshape(bt, hkv, group * len(rows), d)  # (Bt, Hkv, G*nc*B, D), row g*nc*B + r
+        qg = q[:, :, rows].to(dtype).reshape(bt, hkv, group * len(rows), d)  # (Bt, Hkv, G*nc*B, D), row g*nc*B + r
         qpos = rows.repeat(group)  # (G*nc*B,)
         # key s is visible to query t iff start(doc t) <= s <= t
         allowed = (kpos <= qpos[:, None]) & (kpos >= start[:, qpos, None])  # (Bt, G*nc*B, T)
-        # the matmul in the inputs' dtype (bf16 tensor cores under autocast), the softmax in fp32
         logits = (qg @ kd.transpose(-1, -2)).float() * scale  # (Bt, Hkv, G*nc*B, T)
         p = torch.softmax(logits.masked_fill_(~allowed[:, None], -math.inf), dim=-1)
         p = torch.nn.functional.pad(p, (0, nb * B - seq_len)).view(bt, hkv, group, len(blocks), B, nb, B)
