@@ -16,7 +16,9 @@ Per model in ``--models`` (ssa | swa | dense; same model, data and steps):
    checkpoint at the end of the step and stops (the lr schedule follows ``--train-steps``);
 2. evaluate the latest checkpoint (or ``--checkpoint``) with ``train.eval.evaluate`` on
    ``--tasks`` x ``--eval-lengths`` x ``--depths`` x ``--samples`` (dense: lengths <= ``--dense-max-len``)
-   into ``<out>/<model>/eval/``.
+   into ``<out>/<model>/eval/``; with ``--eval-yarn``, one evaluation per length into
+   ``<out>/<model>/eval/<length>/``, lengths beyond ``--train-len`` with YaRN rope scaling of factor
+   length / train-len (no fine-tuning: the positional half of extrapolation, docs/functional_context.md).
 
 Then writes into ``--out``: ``functional-context.json`` ({"device", "date", "command", "results":
 [{"model", "task", "length", "depth", "accuracy", "samples"}]}, accuracy = mean score / 100; models
@@ -115,6 +117,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (niah: 128)")
     p.add_argument("--dense-max-len", default="256K", help="the dense model is evaluated up to this length")
     p.add_argument("--ssa-topk", type=int, default=None, help="attention.ssa.topk_blocks of the ssa model")
+    p.add_argument(
+        "--eval-yarn",
+        choices=("off", "default", "no-temperature"),
+        default="off",
+        help="evaluate each length L > --train-len with YaRN rope scaling of factor L / train-len, no fine-tuning "
+        "(default: transformers' attention temperature; no-temperature: attention_factor 1)",
+    )
     p.add_argument("--eval-only", action="store_true", help="evaluate <out>/<model> (or --checkpoint) only")
     p.add_argument("--checkpoint", default=None, help="with --eval-only and one --models: evaluate this instead")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
@@ -208,16 +217,38 @@ def train_model(model: str, args: argparse.Namespace, run_dir: Path, pretrained:
 
 def eval_model(model: str, args: argparse.Namespace, checkpoint: str, out_dir: Path) -> list[dict]:
     lengths = [v for v in args.eval_lengths if model != "dense" or parse_length(v) <= parse_length(args.dense_max_len)]
-    if not lengths:
-        return []
-    overrides = [f"checkpoint={checkpoint}", f"tasks=[{','.join(args.tasks)}]", f"lengths=[{','.join(lengths)}]",
-                 f"depths=[{','.join(str(d) for d in args.depths)}]", f"samples={args.samples}",
-                 f"device={args.device}", f"out_dir={out_dir}", "progress=false", "wandb=disabled"]  # fmt: skip
-    if args.max_new_tokens is not None:
-        overrides.append(f"max_new_tokens={args.max_new_tokens}")
-    config = to_eval_config(compose_config("eval", overrides))
-    results = evaluate(config, command=f"prove_functional_context.py ({model})")
-    return accuracy_rows(model, results["results"])
+    rows = []
+    for group, scaling in eval_groups(lengths, args):  # one evaluation, or one per length with --eval-yarn
+        overrides = [f"checkpoint={checkpoint}", f"tasks=[{','.join(args.tasks)}]", f"lengths=[{','.join(group)}]",
+                     f"depths=[{','.join(str(d) for d in args.depths)}]", f"samples={args.samples}",
+                     f"device={args.device}", f"out_dir={out_dir / (group[0] if args.eval_yarn != 'off' else '')}",
+                     "progress=false", "wandb=disabled"]  # fmt: skip
+        if args.max_new_tokens is not None:
+            overrides.append(f"max_new_tokens={args.max_new_tokens}")
+        if scaling:
+            overrides.append(scaling)
+        config = to_eval_config(compose_config("eval", overrides))
+        results = evaluate(config, command=f"prove_functional_context.py ({model})")
+        rows += accuracy_rows(model, results["results"])
+    return rows
+
+
+def eval_groups(lengths: list[str], args: argparse.Namespace) -> list[tuple[list[str], str | None]]:
+    """(lengths, model.rope_scaling override or None) per evaluation: all lengths at once, or with
+    --eval-yarn each length beyond the training length alone with YaRN of factor length / train-len."""
+    if args.eval_yarn == "off" or not lengths:
+        return [(lengths, None)] if lengths else []
+    groups = []
+    for value in lengths:
+        factor = parse_length(value) / args.train_len
+        if factor <= 1:
+            groups.append(([value], None))
+            continue
+        rope = f"rope_type:yarn,factor:{factor},original_max_position_embeddings:{args.train_len}"
+        if args.eval_yarn == "no-temperature":
+            rope += ",attention_factor:1.0"
+        groups.append(([value], f"model.rope_scaling={{{rope}}}"))
+    return groups
 
 
 def accuracy_rows(model: str, rows: list[dict]) -> list[dict]:

@@ -34,8 +34,15 @@ class SSAConfig:
     local_window: int = 1024  # tokens, a multiple of block_size; includes the diagonal block
     sink_blocks: int = 1  # always-attended first blocks
     # Nodes kept per level on the way down, coarsest level first; empty: 2 x the number of nodes
-    # that can hold topk_blocks leaves at that level (so the last beam offers 2 x topk candidates).
+    # that can hold topk_blocks leaves at that level (so the last beam offers 2 x topk candidates),
+    # but at least beam_min.
     beam_widths: list[int] = field(default_factory=list)
+    # The fewest nodes a default beam keeps at any level. The capacity rule above assumes the routed
+    # blocks cluster under a few nodes; scattered evidence (one needle block among many) sits under
+    # one node whose mean-pooled summary is diluted by its other children, more so the coarser the
+    # level, i.e. the longer the sequence. Narrow coarse beams then drop it: docs/ssa.md,
+    # "Beam width and length generalisation".
+    beam_min: int = 16
     top_nodes: int = 64  # the coarsest level has at most this many nodes (all are scored)
     # How the routing scores learn: "straight_through" adds (score - score.detach()) to the logits of
     # each routed block, zero in the forward pass (output exactly as without it) but giving every
@@ -74,6 +81,8 @@ class SSAConfig:
                 "attention.routing=distill trains a learned router (attention.router=learned); with "
                 "router=attention the target would be the scores' own attention: use straight_through"
             )
+        if self.beam_min < 1 or any(w < 1 for w in self.beam_widths):
+            raise ValueError("attention.beam_min >= 1 and every attention.beam_widths entry >= 1")
         if self.distill_blocks < 0 or self.distill_weight < 0:
             raise ValueError("attention.distill_blocks >= 0 (0: all query blocks) and attention.distill_weight >= 0")
         if self.backend not in BACKENDS:

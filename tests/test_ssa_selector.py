@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ssa_kernels.config import SSAConfig
-from ssa_kernels.selector import key_pyramid, routed_bounds, routing_scores, select_blocks
+from ssa_kernels.selector import key_pyramid, routed_bounds, routing_scores, select_blocks, select_blocks_fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
 from memprobe import MaxTensorProbe  # noqa: E402
@@ -98,7 +98,9 @@ def test_wide_beams_equal_flat_topk(case):
 
 def test_default_beams_find_planted_blocks():
     bt, hq, hkv, block, d = 2, 4, 2, 16, 16
-    cfg = SSAConfig(block_size=block, branching=4, topk_blocks=4, local_window=32, sink_blocks=1, top_nodes=8)
+    cfg = SSAConfig(
+        block_size=block, branching=4, topk_blocks=4, local_window=32, sink_blocks=1, top_nodes=8, beam_min=1
+    )
     nb = 256
     seq_len = nb * block - 5  # ragged last block
     assert len(key_pyramid(torch.zeros(1, 1, seq_len, 1), cfg)) == 4
@@ -113,7 +115,7 @@ def test_default_beams_find_planted_blocks():
             for j in js:
                 k[b, h, j * block : (j + 1) * block] = 16 * u[b, h]
             planted[b, h] = js
-    sel = select_blocks(q, k, cfg)  # default beams: 2 * ceil(topk / C) -> 2, 2, 2 nodes
+    sel = select_blocks(q, k, cfg)  # capacity beams (beam_min 1): 2 * ceil(topk / C) -> 2, 2, 2 nodes
     checked = 0
     for (b, h), js in planted.items():
         for j in js:
@@ -222,9 +224,12 @@ def test_exact_ties_follow_flat_order_with_wide_beams():
 # --- 4. logarithmic number of candidates ----------------------------------------------------------
 
 
-def test_candidates_grow_logarithmically():
-    cfg = SSAConfig(block_size=16, branching=4, topk_blocks=8, local_window=32, sink_blocks=1, top_nodes=16)
-    widest = max(2 * math.ceil(cfg.topk_blocks / cfg.branching**level) for level in range(1, 12))
+@pytest.mark.parametrize("beam_min", [1, 16])
+def test_candidates_grow_logarithmically(beam_min):
+    cfg = SSAConfig(
+        block_size=16, branching=4, topk_blocks=8, local_window=32, sink_blocks=1, top_nodes=16, beam_min=beam_min
+    )
+    widest = max(max(beam_min, 2 * math.ceil(cfg.topk_blocks / cfg.branching**level)) for level in range(1, 12))
     counts, levels = {}, {}
     for seq_len in (2**12, 2**14, 2**16):
         q, k = make_qk(1, 1, 1, seq_len, 4)
@@ -235,7 +240,8 @@ def test_candidates_grow_logarithmically():
         added = levels[4 * n] - levels[n]
         assert added == 1  # branching 4: one level per 4x
         assert counts[4 * n] - counts[n] <= added * widest * cfg.branching, counts
-    assert counts[2**16] < 0.05 * (2**16 // cfg.block_size), counts
+    # nb = 4096 blocks: 16 top nodes + 4 levels x beam x branching
+    assert counts[2**16] < (0.05 if beam_min == 1 else 0.07) * (2**16 // cfg.block_size), counts
 
 
 # --- 5. linear memory -----------------------------------------------------------------------------
@@ -357,3 +363,36 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(cpu.routed_scores, gpu.routed_scores.cpu())
     bf16 = select_blocks(q.cuda().bfloat16(), k.cuda().bfloat16(), cfg, doc_ids.cuda())
     assert bf16.routed_scores.dtype == torch.float32 and (bf16.routed >= 0).any()
+
+
+# --- 8. beam_min: a needle diluted in the coarse summaries ----------------------------------------
+
+
+def diluted_needle(needle: int = 40, decoy: float = 0.2):
+    """q, k of 65 one-token blocks for the last query block: the needle block scores 1.0, the other blocks
+    of its level-2 node (16 blocks) score 0, every other routable block scores ``decoy``. The needle's
+    level-2 node averages 1/16 < decoy, its level-1 node 1/4 > decoy."""
+    seq_len = 65
+    q = torch.zeros(1, 1, seq_len, 2)
+    q[..., 0] = 1.0
+    k = torch.zeros(1, 1, seq_len, 2)
+    k[..., 0] = decoy
+    k[..., 32:48, 0] = 0.0
+    k[..., needle, 0] = 1.0
+    return q, k
+
+
+@pytest.mark.parametrize("selector", ["reference", "fast"])
+def test_beam_min_keeps_a_diluted_needle(selector):
+    """With the capacity rule alone (beam 2 for topk 1) the search keeps two decoy nodes at level 2 and
+    routes a decoy; with beam_min 4 it keeps every level-2 node and finds the needle (what the exhaustive
+    search routes)."""
+    select = select_blocks if selector == "reference" else select_blocks_fast
+    base = dict(block_size=1, branching=4, topk_blocks=1, local_window=1, sink_blocks=1, top_nodes=4)
+    q, k = diluted_needle()
+    searches = {"narrow": {"beam_min": 1}, "beam_min": {"beam_min": 4}, "all": {"beam_widths": [10**9]}}
+    routed = {
+        name: select(q, k, SSAConfig(**base, **extra)).routed[0, 0, -1].tolist() for name, extra in searches.items()
+    }
+    assert routed == {"narrow": [routed["narrow"][0]], "beam_min": [40], "all": [40]}, routed
+    assert routed["narrow"][0] not in range(32, 48), routed  # a decoy: the needle's node was dropped

@@ -45,8 +45,11 @@ def train_block_retrieval(
     lr: float = 3e-3,
     eval_every: int = 50,
     dense_steps: int = 0,
-) -> list[dict]:
-    """Train from scratch; returns [{step, loss, accuracy, hit_rate, router_change, seconds}] at every eval.
+    rope_theta: float = 10000.0,
+    return_model: bool = False,
+):
+    """Train from scratch; returns [{step, loss, accuracy, hit_rate, router_change, seconds}] at every eval
+    (with ``return_model``: that list and the trained model).
 
     ``dense_steps``: the first steps route every block (a budget covering the whole routed range, so the
     attention is dense and no routing is contested), the warm-up a dense model gets before going sparse;
@@ -55,6 +58,7 @@ def train_block_retrieval(
     config = AutoConfig.for_model(
         "llama", vocab_size=FILLER + 2 * num_keys, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=seq_len, attn_implementation="sdpa",
+        rope_theta=rope_theta,
     )  # fmt: skip
     model = AutoModelForCausalLM.from_config(config).float()
     cfg = SSAConfig(
@@ -92,4 +96,4 @@ def train_block_retrieval(
         loss.backward()
         optimizer.step()
         history[-1].setdefault("loss", loss.item())
-    return history
+    return (history, model) if return_model else history

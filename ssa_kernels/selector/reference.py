@@ -186,8 +186,8 @@ def _check_inputs(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None) 
 
 def _default_beam(level: int, cfg: SSAConfig) -> int:
     """Nodes kept at ``level`` (>= 1) unless cfg.beam_widths says: twice the nodes that can hold
-    topk_blocks leaves, so the last beam offers 2 x topk candidate blocks."""
-    return max(1, 2 * math.ceil(cfg.topk_blocks / cfg.branching**level))
+    topk_blocks leaves, so the last beam offers 2 x topk candidate blocks, and at least cfg.beam_min."""
+    return max(1, cfg.beam_min, 2 * math.ceil(cfg.topk_blocks / cfg.branching**level))
 
 
 def _overlaps(node: Tensor, cover: int, lo: Tensor, hi: Tensor) -> Tensor:

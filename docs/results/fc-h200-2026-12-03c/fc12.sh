@@ -1,0 +1,18 @@
+#!/bin/bash
+# Issue 6, 2026-12-03 (third session): fc11 found ssa 0 at 64K with eval-time YaRN while dense+YaRN 0.5. A CPU toy
+# (block retrieval, trained at 256, eval at 4096) loses the needle in the beam search (default beams 2) and finds it
+# with beam_widths=[8] or an exhaustive search. Here: the fc10 ssa model with beam_min=16 (new default), beam 64, exhaustive.
+
+[ -n "$NOPIP" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
+O=${OUT:-/tmp}; F=runs/fc; mkdir -p $F
+(while sleep 15; do tar czf $O/fc12.tgz $F/*.json $F/*.md $F/*/metrics.jsonl $F/*/eval/results.json devrun/fc12.sh devrun/yarn_eval.py $F/yarn.json 2>/dev/null; done) & TAR=$!
+timeout ${T:-330} python3 scripts/prove_functional_context.py --out $F --models ssa \
+  --pretrain-min ${P1:-2.2} --pretrain-override model.hf_config.rope_theta=100000000.0 train.steps=1100 \
+  --experiment functional_context_4k --train-len 4096 --time-budget-min ${P2:-3.2} \
+  --ssa-override attention.ssa.local_window=256 attention.ssa.topk_blocks=16 attention.ssa.routing=distill \
+  attention.ssa.distill_blocks=0 --eval-lengths ${EL:-16K} --tasks niah_single_1 --depths 0.25 0.5 0.75 --samples ${NS:-4} \
+  --max-new-tokens 12 --dense-max-len 64K $EXTRA
+echo "rc=$? t=$SECONDS"
+timeout ${T2:-230} python3 devrun/yarn_eval.py $F 4096 ${VARIANTS:-ssa:64K:0:1 ssa:64K:0:1:beam_widths=[64] ssa:1M:0:1 ssa:1M:0:1:beam_widths=[64] ssa:256K:0:1 ssa:64K:0:1:top_nodes=1024 ssa:64K:16:d ssa:16K:0:1}
+echo "rc=$? t=$SECONDS"; kill $TAR; tar czf $O/fc12.tgz $F/*.json $F/*.md $F/*/metrics.jsonl $F/*/eval/results.json $F/yarn/*/results.json $F/yarn.json devrun/fc12.sh devrun/yarn_eval.py 2>/dev/null; echo "end t=$SECONDS"

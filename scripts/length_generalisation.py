@@ -1,0 +1,85 @@
+"""Does SSA's routing carry beyond the training length, and what in the beam search decides it? Trains the
+tiny block-retrieval model (train/probes.py: one needle block among random filler, trained at 256 tokens)
+and evaluates it at longer lengths with several searches over the same learned router: the capacity beams
+alone (``beam_min=1``, the rule before 2026-12-03), ``beam_min`` 4 and 16 (the default), and an exhaustive
+search (every block scored). Prints a table (answer accuracy / needle hit rate) and writes
+docs/results/length-generalisation-<device>.json.
+
+    python scripts/length_generalisation.py --seeds 0 1 2 --rope-thetas 10000 1e8
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from ssa_kernels.config import SSAConfig  # noqa: E402
+from train.probes import evaluate, train_block_retrieval  # noqa: E402
+
+SEARCHES = {"beam_min=1": {"beam_min": 1}, "beam_min=4": {"beam_min": 4}, "beam_min=16": {"beam_min": 16}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rope-thetas", type=float, nargs="+", default=[10000.0, 1e8])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--routing", default="distill")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096], help="first: the training length")
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--out", default=str(REPO / "docs" / "results"))
+    args = ap.parse_args()
+    results = []
+    for theta in args.rope_thetas:
+        for seed in args.seeds:
+            _, model = train_block_retrieval(
+                args.routing, args.steps, seed=seed, seq_len=args.lengths[0], eval_every=args.steps,
+                rope_theta=theta, return_model=True,
+            )  # fmt: skip
+            model.eval()
+            trained = dict(model.config.ssa)
+            cfg = SSAConfig(**{k: v for k, v in trained.items() if k in SSAConfig.__dataclass_fields__})
+            for length in args.lengths:
+                searches = {**SEARCHES, "exhaustive": {"top_nodes": length // cfg.block_size}}
+                for search, edits in searches.items():
+                    model.config.ssa = {**trained, **edits}  # the layers read their settings at every call
+                    accuracy, hit_rate = evaluate(model, cfg, length, 32, n=args.samples)
+                    row = {"rope_theta": theta, "seed": seed, "length": length, "search": search,
+                           "accuracy": accuracy, "hit_rate": hit_rate}  # fmt: skip
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+    searches = list(SEARCHES) + ["exhaustive"]
+    print(f"\naccuracy / hit rate, mean over seeds {args.seeds} (trained at {args.lengths[0]} tokens)")
+    print(f"{'rope_theta':>10} {'length':>6} " + " ".join(f"{s:>14}" for s in searches))
+    for theta in args.rope_thetas:
+        for length in args.lengths:
+            cells = []
+            for search in searches:
+                rows = [r for r in results if (r["rope_theta"], r["length"], r["search"]) == (theta, length, search)]
+                acc = sum(r["accuracy"] for r in rows) / len(rows)
+                hit = sum(r["hit_rate"] for r in rows) / len(rows)
+                cells.append(f"{acc:>6.2f}/{hit:<6.2f} ")
+            print(f"{theta:>10.0e} {length:>6} " + " ".join(cells))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    doc = {
+        "device": device,
+        "date": datetime.date.today().isoformat(),
+        "command": "python scripts/length_generalisation.py " + " ".join(sys.argv[1:]),
+        "results": results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"length-generalisation-{device.replace(' ', '-').lower()}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
