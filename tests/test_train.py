@@ -107,6 +107,7 @@ def test_experiment_overrides_the_base():
         ("parallel.tiled_mlp=-1", "parallel.tiled_mlp"),
         ("train.optimizer.lr=-1", "train.optimizer.lr"),
         ("train.optimizer.betas=[0.9]", "train.optimizer.betas"),
+        ("train.position_skip=16", "train.position_skip"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

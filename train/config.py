@@ -83,6 +83,11 @@ class TrainConfig:
     save_final: bool = True  # the end-of-run checkpoint (benchmarks turn it off: tens of GB for 8B models)
     keep_checkpoints: int = 2
     seed: int = 0
+    # PoSE-style position skipping (Zhu et al. 2023), 0: off. In training, the rotary positions of each row
+    # jump once, at a random token, by a random skip in [0, position_skip - seq_len], so relative distances up
+    # to position_skip occur at seq_len. Only the rotary embedding sees the skip: document boundaries, masks
+    # and routing ranges still come from the loader's positions. Evaluation uses true positions.
+    position_skip: int = 0
 
 
 @dataclass
@@ -216,6 +221,11 @@ def to_config(cfg: DictConfig) -> Config:
     _positive("logging.router_query_blocks", lg.router_query_blocks, 0)
     if not t.optimizer.lr > 0:
         raise ConfigError(f"train.optimizer.lr={t.optimizer.lr} must be > 0")
+    if t.position_skip and t.position_skip <= t.seq_len:
+        raise ConfigError(
+            f"train.position_skip={t.position_skip}: the longest position to train, > train.seq_len={t.seq_len} "
+            f"(0: off)"
+        )
     if len(t.optimizer.betas) != 2:
         raise ConfigError(f"train.optimizer.betas={t.optimizer.betas}: give two values, e.g. [0.9, 0.95]")
     if not 0 <= t.schedule.min_lr_ratio <= 1:

@@ -123,6 +123,58 @@ def build_model(cfg: ModelConfig, attention: AttentionConfig, config: Pretrained
     return model
 
 
+class PositionSkip:
+    """PoSE-style position skipping (``train.position_skip``): a forward pre-hook on the model's rotary
+    embedding. Written here because transformers has no such option; the hook changes only the positions the
+    rotary embedding sees, so document boundaries (SSA routing ranges, HF's packed-sequence masks, Ulysses and
+    ring) still come from the loader's position ids. Each training forward draws, per row, a split position s
+    in [1, seq_len) and a skip u in [0, target - seq_len] from a generator seeded by (seed, step, forward index
+    within the step): positions p >= s become p + u (within every document, since positions restart at each).
+    The draw is a function of those three numbers and the global positions, so SP ranks agree and a resumed
+    run repeats it. Eval-mode forwards see true positions."""
+
+    def __init__(self, rotary: nn.Module, target: int, seq_len: int, seed: int):
+        self.target, self.seq_len, self.seed = target, seq_len, seed
+        self.step, self.calls = 0, 0
+        self.handle = rotary.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def begin_step(self, step: int) -> None:
+        self.step, self.calls = step, 0
+
+    def draw(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(split [rows, 1], skip [rows, 1]) of the next training forward."""
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.step) * 1009 + self.calls)
+        self.calls += 1
+        split = torch.randint(1, self.seq_len, (rows, 1), generator=gen)
+        skip = torch.randint(0, self.target - self.seq_len + 1, (rows, 1), generator=gen)
+        return split, skip
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        if not module.training:
+            return None
+        args, kwargs = list(args), dict(kwargs)
+        pos = kwargs["position_ids"] if "position_ids" in kwargs else args[1]
+        split, skip = (t.to(pos.device) for t in self.draw(pos.shape[0]))
+        pos = pos + (pos >= split) * skip
+        if "position_ids" in kwargs:
+            kwargs["position_ids"] = pos
+        else:
+            args[1] = pos
+        return tuple(args), kwargs
+
+
+def attach_position_skip(model: PreTrainedModel, target: int, seq_len: int, seed: int) -> PositionSkip | None:
+    """``PositionSkip`` on ``model``'s rotary embedding when ``target`` (train.position_skip) > 0."""
+    if not target:
+        return None
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is None:
+        raise ConfigError(
+            f"train.position_skip={target}: {type(model).__name__} has no model.rotary_emb to hook (0: off)"
+        )
+    return PositionSkip(rotary, target, seq_len, seed)
+
+
 class CausalLMLoss(nn.Module):
     """``forward(input_ids, labels, position_ids)`` -> sum of token losses (fp32 scalar).
 

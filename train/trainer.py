@@ -35,7 +35,7 @@ from parallel.plan import GIB, NESTED_TILE, Setup, Shape, choose
 from ssa_kernels.diagnostics import SSARecorder, router_metrics, router_stats_recorder
 from train.checkpoint import Checkpointer
 from train.config import Config
-from train.model import CausalLMLoss, build_config, build_model, build_tokenizer
+from train.model import CausalLMLoss, attach_position_skip, build_config, build_model, build_tokenizer
 from train.optim import build_optimizer, build_scheduler
 from train.tracking import Tracker, flops_per_token, peak_flops
 
@@ -168,6 +168,7 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     tokenizer = build_tokenizer(cfg.model)
     lm = build_model(cfg.model, cfg.attention, build_config(cfg.model, tokenizer, t.seq_len))
     lm.train()
+    skip = attach_position_skip(lm, t.position_skip, t.seq_len, t.seed)  # PoSE (train.position_skip), or None
     loss_model = CausalLMLoss(lm, t.loss_chunk).to(dims.device)
     n_params = sum(p.numel() for p in lm.parameters())  # counted before a rung partitions them
     n_embed = lm.get_input_embeddings().weight.numel()
@@ -217,6 +218,8 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     try:
         for step in range(start_step + 1, t.steps + 1):
             t0 = time.perf_counter()
+            if skip is not None:
+                skip.begin_step(step)
             lr = runner.scheduler.get_last_lr()[0]
             # SSA router stats, recorded during this step's training forward (one extra selection per layer)
             recorder = None

@@ -4,6 +4,8 @@
 # where the search is exhaustive; saved into the checkpoint and used by the evaluation) and eval-time YaRN of factor
 # length / 4096 per length (--eval-yarn). Then the same checkpoint without YaRN at 64K and 1M (--eval-only).
 #   bash devrun/fc13.sh                 (MODELS="swa dense" for the baselines; YARN=no-temperature to compare)
+#   POSE=1048576 YARN=off bash devrun/fc13.sh   (stage 2 with PoSE-style position skips up to 1M instead of YaRN:
+#                                                train.position_skip, every model of the call)
 [ -n "$NOPIP" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 O=${OUT:-/tmp}; F=${F:-runs/fc}; mkdir -p $F
@@ -15,6 +17,7 @@ timeout ${T:-450} python3 scripts/prove_functional_context.py --out $F --models 
   --experiment functional_context_4k --time-budget-min ${P2:-3.2} \
   --ssa-override attention.ssa.local_window=256 attention.ssa.topk_blocks=16 attention.ssa.routing=distill \
   attention.ssa.distill_blocks=0 attention.ssa.beam_min=64 --swa-override attention.ssa.local_window=256 \
+  ${POSE:+--override train.position_skip=$POSE} \
   --eval-lengths ${EL:-16K 64K 256K 1M} --eval-yarn ${YARN:-default} $COMMON $EXTRA
 echo "rc=$? t=$SECONDS"; cp $F/functional-context.json $F/functional-context-yarn.json
 timeout ${T2:-100} python3 scripts/prove_functional_context.py --out $F --models ssa --eval-only \
