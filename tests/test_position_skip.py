@@ -36,9 +36,9 @@ def recorded_positions(model, ids, pos):
     return seen["rotary"][0], seen["attention"]
 
 
-@pytest.mark.parametrize("attention", ["dense", "ssa"])
-def test_only_the_rotary_embedding_sees_one_skip_per_row(attention):
-    model = tiny_hf_model("llama")
+@pytest.mark.parametrize("arch,attention", [("llama", "dense"), ("llama", "ssa"), ("qwen3", "dense")])
+def test_only_the_rotary_embedding_sees_one_skip_per_row(arch, attention):
+    model = tiny_hf_model(arch)
     if attention == "ssa":
         convert_to_ssa(model, SSAConfig(block_size=8, topk_blocks=2, local_window=16, top_nodes=4))
     skip = attach_position_skip(model, TARGET, SEQ, seed=3)
@@ -73,3 +73,7 @@ def test_off_and_unsupported_models():
     assert attach_position_skip(tiny_hf_model("llama"), 0, SEQ, 0) is None
     with pytest.raises(ConfigError, match=r"train\.position_skip"):
         attach_position_skip(torch.nn.Linear(2, 2), TARGET, SEQ, 0)
+    dynamic = tiny_hf_model("llama")
+    dynamic.model.rotary_emb.rope_type = "dynamic"  # rescales by the largest position it sees
+    with pytest.raises(ConfigError, match=r"train\.position_skip.*dynamic"):
+        attach_position_skip(dynamic, TARGET, SEQ, 0)

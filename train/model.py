@@ -172,6 +172,12 @@ def attach_position_skip(model: PreTrainedModel, target: int, seq_len: int, seed
         raise ConfigError(
             f"train.position_skip={target}: {type(model).__name__} has no model.rotary_emb to hook (0: off)"
         )
+    if getattr(rotary, "rope_type", "default") in ("dynamic", "longrope"):
+        # these rescale by the largest position they are given: a skip would change the whole row's rotation
+        raise ConfigError(
+            f"train.position_skip={target} with rope_type={rotary.rope_type}: use a static rope (default, linear, "
+            f"yarn) or 0"
+        )
     return PositionSkip(rotary, target, seq_len, seed)
 
 
