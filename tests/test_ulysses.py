@@ -1,6 +1,7 @@
 """Rung ``ulysses`` on CPU with gloo: loss and every parameter gradient with sequence parallelism
 equal the single-process run (fp32, 1e-5) for dense and SSA attention on packed multi-document
-rows, with kv-head repetition (sp=4 > 2 kv heads) and padding; and a trainer run under torchrun equals
+rows, with kv-head repetition (sp=4 > 2 kv heads), padding and PoSE position skips (train.position_skip);
+and a trainer run under torchrun equals
 the single-process run step by step and resumes after a SIGKILL with the uninterrupted run's losses.
 
 Workers run under ``torchrun --standalone`` (the port is chosen at run time), each in a subprocess
@@ -28,7 +29,7 @@ from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
 from tests.test_distributed import TIMEOUT_S, Job, check_ok, job_env, run_workers, torchrun, wait_all
 from tests.test_train import _wait_for_step, losses
-from train.model import CausalLMLoss
+from train.model import CausalLMLoss, attach_position_skip
 
 SSA = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4, router="attention", backend="reference")
 DOCS = (37, 50, 9, 1000)  # document lengths of the packed row (the last one is cut at T)
@@ -44,6 +45,7 @@ CASES = [  # (attention, T): T=112 and T=127 are padded (to 128) under sp=2 / sp
     ("ssa", 112),
     ("ssa_learned", 112),  # the learned router: block means all-to-all'd like k
     ("ssa_contested", 112),  # the attention router where blocks compete for the routed slots
+    ("ssa_skip", 127),  # train.position_skip: every rank draws the same skips for its shard's global positions
 ]
 
 
@@ -59,6 +61,8 @@ def tiny_model(attention: str) -> CausalLMLoss:
     if attention.startswith("ssa"):
         cfg = dataclasses.replace(SSA, router="learned" if attention == "ssa_learned" else "attention")
         convert_to_ssa(lm, cfg)
+    if attention.endswith("_skip"):
+        attach_position_skip(lm.train(), 4096, 128, seed=0).begin_step(1)
     return CausalLMLoss(lm)
 
 
