@@ -20,7 +20,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from ssa_kernels.config import SSAConfig  # noqa: E402
+from ssa_kernels.hf import ssa_config_of  # noqa: E402
 from train.probes import evaluate, train_block_retrieval  # noqa: E402
 
 SEARCHES = {"beam_min=1": {"beam_min": 1}, "beam_min=4": {"beam_min": 4}, "beam_min=16": {"beam_min": 16}}
@@ -44,8 +44,7 @@ def main() -> None:
                 rope_theta=theta, return_model=True,
             )  # fmt: skip
             model.eval()
-            trained = dict(model.config.ssa)
-            cfg = SSAConfig(**{k: v for k, v in trained.items() if k in SSAConfig.__dataclass_fields__})
+            trained, cfg = dict(model.config.ssa), ssa_config_of(model.config)
             for length in args.lengths:
                 searches = {**SEARCHES, "exhaustive": {"top_nodes": length // cfg.block_size}}
                 for search, edits in searches.items():

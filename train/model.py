@@ -136,7 +136,7 @@ class PositionSkip:
     def __init__(self, rotary: nn.Module, target: int, seq_len: int, seed: int):
         self.target, self.seq_len, self.seed = target, seq_len, seed
         self.step, self.calls = 0, 0
-        self.handle = rotary.register_forward_pre_hook(self._hook, with_kwargs=True)
+        rotary.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def begin_step(self, step: int) -> None:
         self.step, self.calls = step, 0
