@@ -4,7 +4,8 @@ Prints a table and writes docs/results/selector-<gpu>.json (one row per n and me
 to ``--ref-max`` tokens (it needs ~10 GiB extra at 1M); ``--check`` compares the two selections at one n
 (share of rows with the same routed set, and how far apart the fp64 scores of differing rows are);
 ``--sweep`` times the fast path under other launch parameters (rows,warps,dim_chunk) at ``--sweep-n``
-tokens and keeps the fastest for the table. Fast rows also give ``summaries_ms``: pooling q and k and
+tokens and keeps the fastest for the table. ``--beam-min`` times each of several ``SSAConfig.beam_min`` values
+(the narrowest beam of the coarse-to-fine search; default: the config's). Fast rows also give ``summaries_ms``: pooling q and k and
 building the pyramid, the part that reads the T x D inputs.
 
     python scripts/bench_selector.py --n 131072 524288 1048576 4194304 --check 32768
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -72,9 +74,11 @@ def main() -> None:
     ap.add_argument("--check", type=int, nargs="*", default=[32768], help="n to compare fast with reference at")
     ap.add_argument("--sweep", nargs="*", default=[], help="rows,warps,dim_chunk launch parameters to try")
     ap.add_argument("--sweep-n", type=int, default=1048576)
+    ap.add_argument("--beam-min", type=int, nargs="+", help="SSAConfig.beam_min values to time (default: config's)")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     args = ap.parse_args()
     cfg = SSAConfig()
+    configs = [SSAConfig(beam_min=b) for b in args.beam_min] if args.beam_min else [cfg]
     checks = []
     for n in args.check:
         checks.append(check(n, cfg))
@@ -96,7 +100,7 @@ def main() -> None:
     results = []
     for n in args.n:
         q, k = inputs(n)
-        for method, fn in METHODS.items():
+        for (method, fn), cfg in itertools.product(METHODS.items(), configs):
             if fn is select_blocks and n > args.ref_max:
                 continue
             ms, extra, sel = measure(fn, q, k, cfg)
@@ -104,14 +108,14 @@ def main() -> None:
             row = {
                 "n": n, "method": method, "pass": "selector", "ms": ms, "extrapolated": False,
                 "extra_peak_gib": extra, "max_candidates": int(sel.candidates.max()),
-                "mean_routed": routed[..., 16:].mean().item(),
+                "mean_routed": routed[..., 16:].mean().item(), "beam_min": cfg.beam_min,
             }  # fmt: skip
             if fn is select_blocks_fast:
                 row["summaries_ms"] = triton.testing.do_bench(
-                    lambda q=q, k=k: fast._summaries(q, k, cfg), warmup=25, rep=100, return_mode="median"
+                    lambda q=q, k=k, cfg=cfg: fast._summaries(q, k, cfg), warmup=25, rep=100, return_mode="median"
                 )
             results.append(row)
-            print(f"n={n:>8}  {method:<24} {ms:9.2f} ms  extra {extra:6.2f} GiB  max candidates "
+            print(f"n={n:>8}  {method:<24} beam_min {cfg.beam_min:>3} {ms:9.2f} ms  extra {extra:6.2f} GiB  max candidates "
                   f"{row['max_candidates']}  mean routed {row['mean_routed']:.1f}/{cfg.topk_blocks}"
                   f"  summaries {row.get('summaries_ms', float('nan')):.2f} ms", flush=True)  # fmt: skip
             del sel

@@ -20,6 +20,10 @@ Per model in ``--models`` (ssa | swa | dense; same model, data and steps):
    ``<out>/<model>/eval/<length>/``, lengths beyond ``--train-len`` with YaRN rope scaling of factor
    length / train-len (no fine-tuning: the positional half of extrapolation, docs/functional_context.md).
 
+``--pretrained DIR`` starts every model from stage-1 weights trained earlier instead. ``--jobs N`` runs up to N
+models side by side, each in its own process (this script with one model; its log in ``<out>/<model>/log.txt``):
+a 30M model leaves most of an H200 idle, so the three models take little longer than the slowest.
+
 Then writes into ``--out``: ``functional-context.json`` ({"device", "date", "command", "results":
 [{"model", "task", "length", "depth", "accuracy", "samples"}]}, accuracy = mean score / 100; models
 evaluated earlier and not now are kept), ``functional-context-<model>.png`` (accuracy, depth x length,
@@ -31,6 +35,7 @@ one panel per task) and ``functional-context.md`` (the table). ``--docs`` copies
     python scripts/prove_functional_context.py --out runs/fc --eval-only --models ssa --checkpoint my/ckpt
     python scripts/prove_functional_context.py --out /tmp/fc --smoke   # CPU, seconds
     python scripts/prove_functional_context.py --out runs/fc --models ssa --pretrain-min 2.5 --time-budget-min 2.5
+    python scripts/prove_functional_context.py --out runs/fc2 --jobs 3 --pretrained runs/fc/pretrain/checkpoints/step_00001100/model
     python scripts/prove_functional_context.py --out runs/fc --models ssa swa --pretrain-min 2.2 \
         --pretrain-override model.hf_config.rope_theta=1e8 train.steps=1100 --experiment functional_context_4k \
         --train-len 4096 --ssa-override attention.ssa.local_window=256 attention.ssa.topk_blocks=16 \
@@ -47,6 +52,7 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -106,6 +112,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="first train --pretrain-experiment (dense) this long; every model then starts from its weights",
     )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="start every model from these stage-1 weights (a model dir, e.g. <out>/pretrain/checkpoints/step_N/model)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train and evaluate up to this many models side by side, one process each (a small model leaves "
+        "most of a GPU idle); their logs go to <out>/<model>/log.txt",
+    )
+    p.add_argument("--rows-to", default=None, help=argparse.SUPPRESS)  # a --jobs child: write rows here only
     p.add_argument("--pretrain-experiment", default="functional_context_short", help="conf/experiment/<name>.yaml")
     p.add_argument("--pretrain-override", nargs="*", default=[], help="extra Hydra overrides for the pretraining")
     p.add_argument("--pretrain-tokenizer", default="byte", help="model.tokenizer of the models trained from it")
@@ -144,6 +163,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 setattr(args, key, value)
     if args.checkpoint and (not args.eval_only or len(args.models) != 1):
         p.error("--checkpoint needs --eval-only and exactly one --models name (the label of its results)")
+    if args.pretrained and args.pretrain_min > 0:
+        p.error("--pretrained and --pretrain-min are exclusive: either reuse stage-1 weights or train them")
+    if args.pretrained and not (Path(args.pretrained) / "config.json").is_file():
+        p.error(f"--pretrained {args.pretrained}: no config.json there (give the model dir of a checkpoint)")
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     for value in args.eval_lengths + [args.dense_max_len]:
         parse_length(value)
     return args
@@ -318,14 +343,16 @@ def markdown_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def write_results(out: Path, new_rows: list[dict], models: list[str], args: argparse.Namespace, extra: dict) -> dict:
+def write_results(
+    out: Path, new_rows: list[dict], models: list[str], args: argparse.Namespace, extra: dict, argv: list[str]
+) -> dict:
     path = out / "functional-context.json"
     old = json.loads(path.read_text()) if path.is_file() else {"results": [], "models": {}}
     rows = [r for r in old["results"] if r["model"] not in models] + new_rows  # re-evaluated models replace theirs
     doc = {
         "device": device_name(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "scripts/prove_functional_context.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "scripts/prove_functional_context.py", *argv]),
         "results": rows,
         "models": {**old.get("models", {}), **extra},
     }
@@ -357,8 +384,49 @@ def copy_to_docs(out: Path, doc: dict) -> None:
     log.info("updated %s and %s", page, results)
 
 
+def run_model(model: str, args: argparse.Namespace, out: Path, pretrained: str | None) -> tuple[list[dict], dict]:
+    """Train (unless --eval-only) and evaluate one model: (accuracy rows, its summary)."""
+    run_dir = out / model
+    info = {} if args.eval_only else train_model(model, args, run_dir, pretrained)
+    checkpoint = args.checkpoint or str(run_dir)
+    t0 = time.perf_counter()
+    rows = eval_model(model, args, checkpoint, run_dir / "eval")
+    return rows, {**info, "evaluated": checkpoint, "eval_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def run_side_by_side(args: argparse.Namespace, argv: list[str], out: Path, pretrained: str | None):
+    """--jobs: each model in its own process (this script, the same arguments, one model, the shared stage-1
+    weights), at most --jobs at a time; yields (model, rows, summary) as they finish. A failed child raises
+    with its log's path."""
+    pending, running = list(args.models), {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            model = pending.pop(0)
+            (out / model).mkdir(parents=True, exist_ok=True)
+            rows_to = out / model / "rows.json"
+            rows_to.unlink(missing_ok=True)
+            cmd = [sys.executable, __file__, *argv, "--models", model, "--pretrain-min", "0", "--jobs", "1",
+                   "--rows-to", str(rows_to)] + (["--pretrained", pretrained] if pretrained else [])  # fmt: skip
+            log_file = open(out / model / "log.txt", "w")  # noqa: SIM115 (closed when the child ends)
+            running[model] = (subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT), log_file, rows_to)
+            log.info("%s: started (log %s)", model, log_file.name)
+        time.sleep(1.0)
+        for model, (proc, log_file, rows_to) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log_file.close()
+            del running[model]
+            if proc.returncode != 0:
+                for other, *_ in running.values():
+                    other.terminate()
+                raise RuntimeError(f"{model} failed (exit {proc.returncode}); see {log_file.name}")
+            done = json.loads(rows_to.read_text())
+            yield model, done["rows"], done["summary"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     register_configs()
     out = Path(args.out).expanduser().resolve()
@@ -367,14 +435,20 @@ def main(argv: list[str] | None = None) -> dict:
     stage1 = pretrain(args, out) if args.pretrain_min > 0 and not args.eval_only else None
     if stage1 is not None:
         extra["pretrain"] = stage1
-    for model in args.models:
-        run_dir = out / model
-        info = {} if args.eval_only else train_model(model, args, run_dir, stage1 and stage1["model"])
-        checkpoint = args.checkpoint or str(run_dir)
-        t0 = time.perf_counter()
-        rows += eval_model(model, args, checkpoint, run_dir / "eval")
-        extra[model] = {**info, "evaluated": checkpoint, "eval_seconds": round(time.perf_counter() - t0, 1)}
-    doc = write_results(out, rows, list(args.models), args, extra)
+    pretrained = stage1["model"] if stage1 else args.pretrained
+    if args.pretrained:
+        extra["pretrain"] = {"model": args.pretrained}
+    if args.jobs > 1 and len(args.models) > 1:
+        for model, model_rows, summary in run_side_by_side(args, argv, out, pretrained):
+            rows, extra[model] = rows + model_rows, summary
+    else:
+        for model in args.models:
+            model_rows, extra[model] = run_model(model, args, out, pretrained)
+            rows += model_rows
+    if args.rows_to:  # a --jobs child: the parent merges
+        Path(args.rows_to).write_text(json.dumps({"rows": rows, "summary": extra[args.models[0]]}))
+        return {"results": rows, "models": extra}
+    doc = write_results(out, rows, list(args.models), args, extra, argv)
     if args.docs:
         copy_to_docs(out, doc)
     sys.stdout.write(markdown_table(doc))

@@ -267,7 +267,7 @@ def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     script = load_script()
     out = tmp_path / "fc"
-    doc = script.main(["--out", str(out), "--smoke", "--models", "ssa", "swa"])
+    doc = script.main(["--out", str(out), "--smoke", "--models", "ssa", "swa", "--jobs", "2"])  # side by side
     assert set(doc) >= {"device", "date", "command", "results"}
     rows = doc["results"]
     assert {tuple(sorted(r)) for r in rows} == {("accuracy", "depth", "length", "model", "samples", "task")}
@@ -277,7 +277,10 @@ def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch)
     assert json.loads((out / "functional-context.json").read_text()) == doc
     for name in ("functional-context.md", "functional-context-ssa.png", "functional-context-swa.png"):
         assert (out / name).is_file(), name
+    assert doc["command"].endswith("--models ssa swa --jobs 2")
     for model in ("ssa", "swa"):
+        assert (out / model / "log.txt").is_file()  # each model ran in its own process
+        assert doc["models"][model]["steps"] == 2
         assert list((out / model / "checkpoints").glob("step_*/model/config.json"))
         assert (out / model / "eval" / "results.json").is_file()
     # eval-only on one model: its rows are replaced, the other model's kept; --eval-yarn: one evaluation per
@@ -324,3 +327,10 @@ def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch):
     assert corr > 0.9, f"stage 2 did not start from stage 1's weights (correlation {corr:.3f})"
     assert not torch.equal(stage1, stage2)  # and it trained
     assert {r["model"] for r in doc["results"]} == {"ssa"}
+    # --pretrained: a later run starts from the same stage-1 weights without training them again
+    doc2 = script.main(["--out", str(tmp_path / "fc2"), "--smoke", "--models", "swa", "--pretrained", pre["model"],
+                        "--eval-lengths", "1024", "--depths", "0.5"])  # fmt: skip
+    assert f"model.path={pre['model']}" in doc2["models"]["swa"]["overrides"]
+    assert not (tmp_path / "fc2" / "pretrain").exists()
+    with pytest.raises(SystemExit):  # not a model dir
+        script.parse_args(["--out", str(tmp_path), "--pretrained", str(tmp_path)])
