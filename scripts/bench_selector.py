@@ -23,10 +23,12 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from ssa_kernels import SSAConfig, select_blocks
-from ssa_kernels.selector import fast, routing_scores, select_blocks_fast
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script without an install (the device image)
+
+from ssa_kernels import SSAConfig, select_blocks  # noqa: E402
+from ssa_kernels.selector import fast, routing_scores, select_blocks_fast  # noqa: E402
+
 METHODS = {"ssa_selector_reference": select_blocks, "ssa_selector_fast": select_blocks_fast}
 
 
