@@ -21,7 +21,7 @@ from tests.test_distributed import TIMEOUT_S, Job, check_ok, job_env, two_node_j
 from tests.test_train import _wait_for_step, losses, same_steps
 from tests.test_ulysses import TRAINER_ATTENTION
 
-STEPS = 30  # checkpoints every 10; the kill lands after step 12
+STEPS = 20  # checkpoints every 10; the kill lands after step 12
 SEQ_LEN = 112  # 7 SSA blocks of 16; padded to 128 (a multiple of sp 4 x block 16, and of 2 x cp 2 x sp 2 x 16)
 
 

@@ -167,7 +167,7 @@ def test_offload_matches_single_process(world, tmp_path):
 
 # --- the trainer under offload --------------------------------------------------------------------
 
-STEPS = 30  # checkpoints every 5; the kill lands after step 12
+STEPS = 20  # checkpoints every 5; the kill lands after step 12
 EXACT_STEPS = 12
 SSA = ["attention=ssa", "attention.ssa.router=attention", "attention.ssa.block_size=16",
        "attention.ssa.local_window=32", "attention.ssa.topk_blocks=2", "attention.ssa.top_nodes=4"]  # fmt: skip

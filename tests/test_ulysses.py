@@ -150,7 +150,7 @@ def test_heads_not_divisible_names_the_key():
 
 # --- the trainer under ulysses -------------------------------------------------------------------
 
-STEPS = 60  # ~0.1 s each: the kill after step 12 lands well before the end; checkpoints every 10
+STEPS = 30  # ~0.1 s each: the kill after step 12 lands well before the end; checkpoints every 10
 SEQ_LEN = {"ssa": (112, 128), "dense": (111, 112)}  # (train.seq_len, padded under sp=2)
 TRAINER_ATTENTION = {
     "ssa": ["attention=ssa", "attention.ssa.router=attention", "attention.ssa.block_size=16",
