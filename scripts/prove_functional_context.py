@@ -30,6 +30,7 @@ evaluated earlier and not now are kept), ``functional-context-<model>.png`` (acc
 one panel per task) and ``functional-context.md`` (the table). ``--docs`` copies them to
 ``docs/results/`` and puts the table into ``docs/functional_context.md``.
 
+    python scripts/prove_functional_context.py --out runs/fc --recipe h200-4k   # the README's headline (9 min)
     python scripts/prove_functional_context.py --out runs/fc --models ssa swa dense
     python scripts/prove_functional_context.py --out runs/fc --eval-only --eval-lengths 16K 64K --depths 0.5
     python scripts/prove_functional_context.py --out runs/fc --eval-only --models ssa --checkpoint my/ckpt
@@ -93,13 +94,40 @@ SMOKE_TRAIN = [
     "logging.log_every=1",
 ]
 SMOKE_PRETRAIN = ["train.seq_len=256", "train.micro_batch=2", "train.steps=2", "data.synthetic.tasks=[copy]"]
+# --recipe NAME: the arguments of a measured run, placed before the command line's own (which win; a list option
+# given on the command line, e.g. --ssa-override, replaces the recipe's whole list).
+RECIPES = {
+    # fc15 (docs/functional_context.md, one H200, 2026-12-03, 552 s): ssa 0.83 / 0.50 / 0.25 / 0 at 16K / 64K /
+    # 256K / 1M, dense 0.92 / 0.50 to 64K, swa 0
+    "h200-4k": ["--pretrain-min", "2.2", "--pretrain-override", "model.hf_config.rope_theta=100000000.0",
+                "train.steps=1100", "--experiment", "functional_context_4k", "--train-len", "4096",
+                "--time-budget-min", "3.2", "--ssa-override", "attention.ssa.local_window=256",
+                "attention.ssa.topk_blocks=16", "attention.ssa.routing=distill", "attention.ssa.distill_blocks=0",
+                "attention.ssa.beam_min=64", "--swa-override", "attention.ssa.local_window=256", "--eval-lengths",
+                "16K", "64K", "256K", "1M", "--eval-yarn", "default", "--tasks", "niah_single_1", "--depths", "0.25",
+                "0.5", "0.75", "--samples", "4", "--max-new-tokens", "12", "--dense-max-len", "64K"],
+}  # fmt: skip
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip
 
 
+def expand_recipe(argv: list[str]) -> list[str]:
+    """argv with ``--recipe NAME`` replaced by that recipe's arguments, placed first so that argv's own win."""
+    if "--recipe" not in argv or argv.index("--recipe") + 1 >= len(argv):
+        return argv  # none, or no name: argparse reports it
+    i = argv.index("--recipe")
+    if argv[i + 1] not in RECIPES:
+        raise SystemExit(f"--recipe {argv[i + 1]}: unknown; known: {', '.join(RECIPES)}")
+    return RECIPES[argv[i + 1]] + argv[:i] + argv[i + 2 :]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = expand_recipe(list(sys.argv[1:] if argv is None else argv))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="directory for checkpoints (<out>/<model>/) and results")
+    p.add_argument(
+        "--recipe", choices=RECIPES, help="start from a measured run's arguments (h200-4k: the README's headline)"
+    )
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument(
         "--experiment", default="functional_context", help="conf/experiment/<name>.yaml (e.g. functional_context_copy)"
@@ -426,7 +454,7 @@ def run_side_by_side(args: argparse.Namespace, argv: list[str], out: Path, pretr
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = expand_recipe(list(sys.argv[1:] if argv is None else argv))  # the JSON's command: the whole run
     args = parse_args(argv)
     register_configs()
     out = Path(args.out).expanduser().resolve()

@@ -334,3 +334,17 @@ def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch):
     assert not (tmp_path / "fc2" / "pretrain").exists()
     with pytest.raises(SystemExit):  # not a model dir
         script.parse_args(["--out", str(tmp_path), "--pretrained", str(tmp_path)])
+
+
+def test_recipe_expands_to_the_measured_run_and_the_command_line_wins(tmp_path):
+    script = load_script()
+    args = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k"])
+    assert args.experiment == "functional_context_4k" and args.train_len == 4096 and args.pretrain_min == 2.2
+    assert "attention.ssa.beam_min=64" in args.ssa_override and args.eval_yarn == "default"
+    assert args.eval_lengths == ["16K", "64K", "256K", "1M"]
+    mine = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k", "--eval-lengths", "16K", "--samples", "1"])
+    assert mine.eval_lengths == ["16K"] and mine.samples == 1 and mine.train_len == 4096
+    # the recorded command is the whole run, the recipe spelled out
+    assert script.expand_recipe(["--recipe", "h200-4k", "--out", "x"]) == [*script.RECIPES["h200-4k"], "--out", "x"]
+    with pytest.raises(SystemExit, match="unknown"):
+        script.parse_args(["--out", str(tmp_path), "--recipe", "nope"])
