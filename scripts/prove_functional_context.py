@@ -166,10 +166,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ssa-topk", type=int, default=None, help="attention.ssa.topk_blocks of the ssa model")
     p.add_argument(
         "--eval-yarn",
-        choices=("off", "default", "no-temperature"),
+        choices=("off", "default", "no-temperature", "auto"),
         default="off",
         help="evaluate each length L > --train-len with YaRN rope scaling of factor L / train-len, no fine-tuning "
-        "(default: transformers' attention temperature; no-temperature: attention_factor 1)",
+        "(default: transformers' attention temperature; no-temperature: attention_factor 1; auto: no-temperature "
+        "for ssa and swa, whose queries attend to a fixed number of keys, default for dense)",
     )
     p.add_argument("--eval-only", action="store_true", help="evaluate <out>/<model> (or --checkpoint) only")
     p.add_argument("--checkpoint", default=None, help="with --eval-only and one --models: evaluate this instead")
@@ -271,7 +272,7 @@ def train_model(model: str, args: argparse.Namespace, run_dir: Path, pretrained:
 def eval_model(model: str, args: argparse.Namespace, checkpoint: str, out_dir: Path) -> list[dict]:
     lengths = [v for v in args.eval_lengths if model != "dense" or parse_length(v) <= parse_length(args.dense_max_len)]
     rows = []
-    for group, scaling in eval_groups(lengths, args):  # one evaluation, or one per length with --eval-yarn
+    for group, scaling in eval_groups(lengths, args, model):  # one evaluation, or one per length with --eval-yarn
         overrides = [f"checkpoint={checkpoint}", f"tasks=[{','.join(args.tasks)}]", f"lengths=[{','.join(group)}]",
                      f"depths=[{','.join(str(d) for d in args.depths)}]", f"samples={args.samples}",
                      f"device={args.device}", f"out_dir={out_dir / (group[0] if args.eval_yarn != 'off' else '')}",
@@ -286,9 +287,15 @@ def eval_model(model: str, args: argparse.Namespace, checkpoint: str, out_dir: P
     return rows
 
 
-def eval_groups(lengths: list[str], args: argparse.Namespace) -> list[tuple[list[str], str | None]]:
+def eval_groups(lengths: list[str], args: argparse.Namespace, model: str) -> list[tuple[list[str], str | None]]:
     """(lengths, model.rope_scaling override or None) per evaluation: all lengths at once, or with
-    --eval-yarn each length beyond the training length alone with YaRN of factor length / train-len."""
+    --eval-yarn each length beyond the training length alone with YaRN of factor length / train-len.
+
+    ``auto``: without the attention temperature for ssa and swa, with it for dense. YaRN's temperature
+    (transformers: cos and sin times 0.1 ln s + 1) sharpens the logits to offset the entropy of attending to
+    s times more keys; an ssa or swa query attends to the same number of keys at every length, so there is
+    nothing to offset (fc15: ssa 0.67 / 0.50 at 64K / 256K without it, 0.50 / 0.25 with it; dense at 64K in
+    fc11: 0.08 without, 0.50 with)."""
     if args.eval_yarn == "off" or not lengths:
         return [(lengths, None)] if lengths else []
     groups = []
@@ -298,7 +305,7 @@ def eval_groups(lengths: list[str], args: argparse.Namespace) -> list[tuple[list
             groups.append(([value], None))
             continue
         rope = f"rope_type:yarn,factor:{factor},original_max_position_embeddings:{args.train_len}"
-        if args.eval_yarn == "no-temperature":
+        if args.eval_yarn == "no-temperature" or (args.eval_yarn == "auto" and model != "dense"):
             rope += ",attention_factor:1.0"
         groups.append(([value], f"model.rope_scaling={{{rope}}}"))
     return groups

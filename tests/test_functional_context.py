@@ -348,3 +348,20 @@ def test_recipe_expands_to_the_measured_run_and_the_command_line_wins(tmp_path):
     assert script.expand_recipe(["--recipe", "h200-4k", "--out", "x"]) == [*script.RECIPES["h200-4k"], "--out", "x"]
     with pytest.raises(SystemExit, match="unknown"):
         script.parse_args(["--out", str(tmp_path), "--recipe", "nope"])
+
+
+def test_eval_yarn_auto_drops_the_temperature_for_fixed_size_attention(tmp_path):
+    script = load_script()
+    args = script.parse_args(["--out", str(tmp_path), "--train-len", "4096", "--eval-yarn", "auto"])
+    groups = {m: script.eval_groups(["4K", "64K"], args, m) for m in ("ssa", "swa", "dense")}
+    for model in ("ssa", "swa"):  # the same keys per query at every length: no temperature
+        assert groups[model] == [
+            (["4K"], None),
+            (["64K"], "model.rope_scaling={rope_type:yarn,factor:16.0,original_max_position_embeddings:4096,"
+             "attention_factor:1.0}"),
+        ]  # fmt: skip
+    assert (
+        groups["dense"][1][1] == "model.rope_scaling={rope_type:yarn,factor:16.0,original_max_position_embeddings:4096}"
+    )
+    args.eval_yarn = "default"
+    assert script.eval_groups(["64K"], args, "ssa") == [(["64K"], groups["dense"][1][1])]
