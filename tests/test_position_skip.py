@@ -77,3 +77,20 @@ def test_off_and_unsupported_models():
     dynamic.model.rotary_emb.rope_type = "dynamic"  # rescales by the largest position it sees
     with pytest.raises(ConfigError, match=r"train\.position_skip.*dynamic"):
         attach_position_skip(dynamic, TARGET, SEQ, 0)
+
+
+@pytest.mark.parametrize("attention,factor,warns", [("ssa", None, True), ("ssa", 1.0, False), ("dense", None, False)])
+def test_yarn_temperature_warning_for_ssa_only(attention, factor, warns, caplog):
+    """An SSA model with YaRN and transformers' default attention temperature gets a warning naming the fix."""
+    from train.model import warn_yarn_temperature
+
+    model = tiny_hf_model("llama")
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512, "rope_theta": 10000.0}
+    if factor is not None:
+        rope["attention_factor"] = factor
+    setattr(model.config, "rope_parameters" if hasattr(model.config, "rope_parameters") else "rope_scaling", rope)
+    if attention == "ssa":
+        convert_to_ssa(model, SSAConfig(block_size=8, topk_blocks=2, local_window=16, top_nodes=4))
+    with caplog.at_level("WARNING", logger="train.model"):
+        warn_yarn_temperature(model)
+    assert ("attention_factor:1.0" in caplog.text) == warns, caplog.text

@@ -64,7 +64,7 @@ from train.config import (
     _reject_unknown_keys,
     register_configs,
 )
-from train.model import _max_positions, build_config, build_model, build_tokenizer
+from train.model import _max_positions, build_config, build_model, build_tokenizer, warn_yarn_temperature
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 NO_NEEDLE = ("cwe", "fwe")  # tasks without a needle: always depth=None
@@ -235,8 +235,9 @@ def load_model(config: EvalConfig, mcfg: ModelConfig, hf_config: PretrainedConfi
     torch.manual_seed(config.seed)  # a random-init model (checkpoint=null) is the same in every run
     if config.attention is None and mcfg.path is not None and getattr(hf_config, "ssa", None):
         model = ssa_from_pretrained(str(mcfg.path), config=hf_config, dtype=torch.float32)
+        warn_yarn_temperature(model)
     else:
-        model = build_model(mcfg, config.attention or AttentionConfig(), hf_config)
+        model = build_model(mcfg, config.attention or AttentionConfig(), hf_config)  # warns itself
     return model.to(device=device, dtype=dtype).eval()
 
 

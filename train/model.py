@@ -115,12 +115,28 @@ def build_model(cfg: ModelConfig, attention: AttentionConfig, config: Pretrained
         except ValueError as e:
             raise ConfigError(f"attention=ssa: {e}") from e
     apply_nope_layers(model)
+    warn_yarn_temperature(model)
     n = sum(p.numel() for p in model.parameters())
     what = impl if attention.name == "dense" else f"ssa {attention.ssa}"
     nope = getattr(model.config, "nope_layers", None)
     what += f", NoPE layers {nope}" if nope else ""
     log.info("model: %s, %.2fM parameters, attention=%s", type(model).__name__, n / 1e6, what)
     return model
+
+
+def warn_yarn_temperature(model: PreTrainedModel) -> None:
+    """Warn when an SSA model (sliding-window included) has YaRN with its default attention temperature."""
+    config = model.config
+    rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    is_ssa = getattr(config, "_attn_implementation", None) == "ssa"
+    if is_ssa and rope.get("rope_type") == "yarn" and rope.get("attention_factor") is None:
+        log.warning(
+            "attention=ssa with YaRN (factor %s): transformers scales every logit by (0.1 ln factor + 1)^2, a "
+            "temperature that offsets attending to more keys. An SSA or sliding-window query attends to a fixed "
+            "number of keys, and at evaluation such a model read needles better without it "
+            "(docs/functional_context.md, fc15): add attention_factor:1.0 to model.rope_scaling to drop it.",
+            rope.get("factor"),
+        )
 
 
 class PositionSkip:
