@@ -2,16 +2,21 @@
 tiny block-retrieval model (train/probes.py: one needle block among random filler, trained at 256 tokens)
 and evaluates it at longer lengths with several searches over the same learned router: the capacity beams
 alone (``beam_min=1``, the rule before 2026-12-03), ``beam_min`` 4 and 16 (the default), and an exhaustive
-search (every block scored). Prints a table (answer accuracy / needle hit rate) and writes
-docs/results/length-generalisation-<device>.json.
+search (every block scored). ``--yarn`` also evaluates each longer length with YaRN rope scaling of factor
+length / training length, no fine-tuning: ``default`` (transformers' attention temperature) or
+``no-temperature`` (``attention_factor`` 1). Prints a table (answer accuracy / needle hit rate) and writes
+docs/results/length-generalisation-<device>.json (or ``--json``).
 
     python scripts/length_generalisation.py --seeds 0 1 2 --rope-thetas 10000 1e8
+    python scripts/length_generalisation.py --rope-thetas 10000 --searches beam_min=16 --yarn off default \
+        no-temperature --json docs/results/length-generalisation-yarn-cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -24,6 +29,22 @@ from ssa_kernels.hf import ssa_config_of  # noqa: E402
 from train.probes import evaluate, train_block_retrieval  # noqa: E402
 
 SEARCHES = {"beam_min=1": {"beam_min": 1}, "beam_min=4": {"beam_min": 4}, "beam_min=16": {"beam_min": 16}}
+YARN = ("off", "default", "no-temperature")
+
+
+def set_rope(model, theta: float, factor: float, yarn: str, train_len: int) -> None:
+    """Rebuild the model's rotary embedding: plain, or YaRN of ``factor`` (with or without the temperature)."""
+    rope = {"rope_type": "default", "rope_theta": theta}
+    if yarn != "off" and factor > 1:
+        rope = {
+            "rope_type": "yarn",
+            "factor": factor,
+            "original_max_position_embeddings": train_len,
+            "rope_theta": theta,
+        }
+        rope.update({"attention_factor": 1.0} if yarn == "no-temperature" else {})
+    model.config.rope_parameters = rope
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
 
 
 def main() -> None:
@@ -34,7 +55,12 @@ def main() -> None:
     ap.add_argument("--routing", default="distill")
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096], help="first: the training length")
     ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--searches", nargs="+", default=[*SEARCHES, "exhaustive"], choices=[*SEARCHES, "exhaustive"])
+    ap.add_argument("--yarn", nargs="+", default=["off"], choices=YARN, help="rope at the longer lengths")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
+    ap.add_argument(
+        "--json", default=None, help="the results file (default: <out>/length-generalisation-<device>.json)"
+    )
     args = ap.parse_args()
     results = []
     for theta in args.rope_thetas:
@@ -45,27 +71,30 @@ def main() -> None:
             )  # fmt: skip
             model.eval()
             trained, cfg = dict(model.config.ssa), ssa_config_of(model.config)
-            for length in args.lengths:
+            for length, yarn in itertools.product(args.lengths, args.yarn):
+                if yarn != "off" and length <= args.lengths[0]:
+                    continue  # no scaling within the training length
+                set_rope(model, theta, length / args.lengths[0], yarn, args.lengths[0])
                 searches = {**SEARCHES, "exhaustive": {"top_nodes": length // cfg.block_size}}
-                for search, edits in searches.items():
-                    model.config.ssa = {**trained, **edits}  # the layers read their settings at every call
+                for search in args.searches:
+                    model.config.ssa = {**trained, **searches[search]}  # the layers read their settings at every call
                     accuracy, hit_rate = evaluate(model, cfg, length, 32, n=args.samples)
-                    row = {"rope_theta": theta, "seed": seed, "length": length, "search": search,
+                    row = {"rope_theta": theta, "seed": seed, "length": length, "search": search, "yarn": yarn,
                            "accuracy": accuracy, "hit_rate": hit_rate}  # fmt: skip
                     results.append(row)
                     print(json.dumps(row), flush=True)
-    searches = list(SEARCHES) + ["exhaustive"]
     print(f"\naccuracy / hit rate, mean over seeds {args.seeds} (trained at {args.lengths[0]} tokens)")
-    print(f"{'rope_theta':>10} {'length':>6} " + " ".join(f"{s:>14}" for s in searches))
-    for theta in args.rope_thetas:
-        for length in args.lengths:
-            cells = []
-            for search in searches:
-                rows = [r for r in results if (r["rope_theta"], r["length"], r["search"]) == (theta, length, search)]
+    print(f"{'rope_theta':>10} {'length':>6} {'yarn':>14} " + " ".join(f"{s:>14}" for s in args.searches))
+    for theta, length, yarn in itertools.product(args.rope_thetas, args.lengths, args.yarn):
+        cells = []
+        for search in args.searches:
+            rows = [r for r in results if (r["rope_theta"], r["length"], r["search"], r["yarn"]) == (theta, length, search, yarn)]  # fmt: skip
+            if rows:
                 acc = sum(r["accuracy"] for r in rows) / len(rows)
                 hit = sum(r["hit_rate"] for r in rows) / len(rows)
                 cells.append(f"{acc:>6.2f}/{hit:<6.2f} ")
-            print(f"{theta:>10.0e} {length:>6} " + " ".join(cells))
+        if cells:
+            print(f"{theta:>10.0e} {length:>6} {yarn:>14} " + " ".join(cells))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     doc = {
         "device": device,
@@ -73,9 +102,8 @@ def main() -> None:
         "command": "python scripts/length_generalisation.py " + " ".join(sys.argv[1:]),
         "results": results,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"length-generalisation-{device.replace(' ', '-').lower()}.json"
+    path = Path(args.json or Path(args.out) / f"length-generalisation-{device.replace(' ', '-').lower()}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1))
     print(f"wrote {path}")
 
