@@ -6,7 +6,7 @@
 #   bash devrun/fc16.sh                      (POSE=262144 for skips up to 256K; MODELS="ssa dense" adds dense)
 [ -n "$NOPIP" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
-O=${OUT:-/tmp}; F=${F:-runs/pose}; mkdir -p $F
+O=${OUT:-/tmp}; F=${F:-runs/pose}; mkdir -p $F $O
 pack() { tar czf $O/fc16.tgz runs/*/*.json runs/*/*.md runs/*/*.png runs/*/*/metrics.jsonl runs/*/*/train_summary.json runs/*/*/eval/results.json runs/*/*/eval/*/results.json devrun/fc16.sh 2>/dev/null; }
 (while sleep 15; do pack; done) & TAR=$!
 timeout ${T:-420} python3 scripts/prove_functional_context.py --out $F --recipe h200-4k --models ${MODELS:-ssa} \
