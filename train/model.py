@@ -37,9 +37,14 @@ def build_tokenizer(cfg: ModelConfig):
     return tok
 
 
+def _rope_params(config: PretrainedConfig) -> dict:
+    """The config's rope settings: transformers 5 keeps them in rope_parameters, 4.x in rope_scaling."""
+    return dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+
+
 def _max_positions(config: PretrainedConfig) -> int:
     """Positions the model supports: max_position_embeddings, times the rope-scaling factor."""
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope = _rope_params(config)
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind in (None, "default"):
         return config.max_position_embeddings
@@ -82,7 +87,7 @@ def build_config(cfg: ModelConfig, tokenizer, seq_len: int) -> PretrainedConfig:
             f"model.hf_config.vocab_size={config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})"
         )
     if cfg.rope_scaling:
-        params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+        params = _rope_params(config)
         theta = params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0
         rope = {"rope_theta": theta, **dict(cfg.rope_scaling)}
         # transformers 5 reads rope_parameters; 4.x read rope_scaling
@@ -127,7 +132,7 @@ def build_model(cfg: ModelConfig, attention: AttentionConfig, config: Pretrained
 def warn_yarn_temperature(model: PreTrainedModel) -> None:
     """Warn when an SSA model (sliding-window included) has YaRN with its default attention temperature."""
     config = model.config
-    rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    rope = _rope_params(config)
     is_ssa = getattr(config, "_attn_implementation", None) == "ssa"
     if is_ssa and rope.get("rope_type") == "yarn" and rope.get("attention_factor") is None:
         log.warning(
