@@ -5,8 +5,8 @@ to ``--ref-max`` tokens (it needs ~10 GiB extra at 1M); ``--check`` compares the
 (share of rows with the same routed set, and how far apart the fp64 scores of differing rows are);
 ``--sweep`` times the fast path under other launch parameters (rows,warps,dim_chunk) at ``--sweep-n``
 tokens and keeps the fastest for the table. ``--beam-min`` times each of several ``SSAConfig.beam_min`` values
-(the narrowest beam of the coarse-to-fine search; default: the config's). Fast rows also give ``summaries_ms``: pooling q and k and
-building the pyramid, the part that reads the T x D inputs.
+(the narrowest beam of the coarse-to-fine search; default: the config's). Fast rows also give
+``summaries_ms``: pooling q and k and building the pyramid, the part that reads the T x D inputs.
 
     python scripts/bench_selector.py --n 131072 524288 1048576 4194304 --check 32768
 """

@@ -88,7 +88,8 @@ def main() -> None:
     for theta, length, yarn in itertools.product(args.rope_thetas, args.lengths, args.yarn):
         cells = []
         for search in args.searches:
-            rows = [r for r in results if (r["rope_theta"], r["length"], r["search"], r["yarn"]) == (theta, length, search, yarn)]  # fmt: skip
+            key = (theta, length, search, yarn)
+            rows = [r for r in results if (r["rope_theta"], r["length"], r["search"], r["yarn"]) == key]
             if rows:
                 acc = sum(r["accuracy"] for r in rows) / len(rows)
                 hit = sum(r["hit_rate"] for r in rows) / len(rows)

@@ -36,7 +36,8 @@ one panel per task) and ``functional-context.md`` (the table). ``--docs`` copies
     python scripts/prove_functional_context.py --out runs/fc --eval-only --models ssa --checkpoint my/ckpt
     python scripts/prove_functional_context.py --out /tmp/fc --smoke   # CPU, seconds
     python scripts/prove_functional_context.py --out runs/fc --models ssa --pretrain-min 2.5 --time-budget-min 2.5
-    python scripts/prove_functional_context.py --out runs/fc2 --jobs 3 --pretrained runs/fc/pretrain/checkpoints/step_00001100/model
+    python scripts/prove_functional_context.py --out runs/fc2 --jobs 3 \
+        --pretrained runs/fc/pretrain/checkpoints/step_00001100/model
     python scripts/prove_functional_context.py --out runs/fc --models ssa swa --pretrain-min 2.2 \
         --pretrain-override model.hf_config.rope_theta=1e8 train.steps=1100 --experiment functional_context_4k \
         --train-len 4096 --ssa-override attention.ssa.local_window=256 attention.ssa.topk_blocks=16 \
