@@ -4,12 +4,15 @@ and evaluates it at longer lengths with several searches over the same learned r
 alone (``beam_min=1``, the rule before 2026-12-03), ``beam_min`` 4 and 16 (the default), and an exhaustive
 search (every block scored). ``--yarn`` also evaluates each longer length with YaRN rope scaling of factor
 length / training length, no fine-tuning: ``default`` (transformers' attention temperature) or
-``no-temperature`` (``attention_factor`` 1). Prints a table (answer accuracy / needle hit rate) and writes
+``no-temperature`` (``attention_factor`` 1). ``--far-distances`` also evaluates with far blocks at that one
+rotary distance (``attention.ssa.far_distance``, eval time only; 0: true distances). Prints a table (answer accuracy / needle hit rate) and writes
 docs/results/length-generalisation-<device>.json (or ``--json``).
 
     python scripts/length_generalisation.py --seeds 0 1 2 --rope-thetas 10000 1e8
     python scripts/length_generalisation.py --rope-thetas 10000 --searches beam_min=16 --yarn off default \
         no-temperature --json docs/results/length-generalisation-yarn-cpu.json
+    python scripts/length_generalisation.py --rope-thetas 10000 --searches beam_min=16 --far-distances 0 128 \
+        --json docs/results/length-generalisation-far-cpu.json
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--searches", nargs="+", default=[*SEARCHES, "exhaustive"], choices=[*SEARCHES, "exhaustive"])
     ap.add_argument("--yarn", nargs="+", default=["off"], choices=YARN, help="rope at the longer lengths")
+    ap.add_argument("--far-distances", type=int, nargs="+", default=[0], help="attention.ssa.far_distance at eval")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument(
         "--json", default=None, help="the results file (default: <out>/length-generalisation-<device>.json)"
@@ -71,31 +75,34 @@ def main() -> None:
             )  # fmt: skip
             model.eval()
             trained, cfg = dict(model.config.ssa), ssa_config_of(model.config)
-            for length, yarn in itertools.product(args.lengths, args.yarn):
+            for length, yarn, far in itertools.product(args.lengths, args.yarn, args.far_distances):
                 if yarn != "off" and length <= args.lengths[0]:
                     continue  # no scaling within the training length
                 set_rope(model, theta, length / args.lengths[0], yarn, args.lengths[0])
                 searches = {**SEARCHES, "exhaustive": {"top_nodes": length // cfg.block_size}}
                 for search in args.searches:
-                    model.config.ssa = {**trained, **searches[search]}  # the layers read their settings at every call
+                    # the layers read their settings at every call
+                    model.config.ssa = {**trained, **searches[search], "far_distance": far}
                     accuracy, hit_rate = evaluate(model, cfg, length, 32, n=args.samples)
                     row = {"rope_theta": theta, "seed": seed, "length": length, "search": search, "yarn": yarn,
-                           "accuracy": accuracy, "hit_rate": hit_rate}  # fmt: skip
+                           "far_distance": far, "accuracy": accuracy, "hit_rate": hit_rate}  # fmt: skip
                     results.append(row)
                     print(json.dumps(row), flush=True)
     print(f"\naccuracy / hit rate, mean over seeds {args.seeds} (trained at {args.lengths[0]} tokens)")
-    print(f"{'rope_theta':>10} {'length':>6} {'yarn':>14} " + " ".join(f"{s:>14}" for s in args.searches))
-    for theta, length, yarn in itertools.product(args.rope_thetas, args.lengths, args.yarn):
+    print(f"{'rope_theta':>10} {'length':>6} {'yarn':>14} {'far':>5} " + " ".join(f"{s:>14}" for s in args.searches))
+    for theta, length, yarn, far in itertools.product(args.rope_thetas, args.lengths, args.yarn, args.far_distances):
         cells = []
         for search in args.searches:
-            key = (theta, length, search, yarn)
-            rows = [r for r in results if (r["rope_theta"], r["length"], r["search"], r["yarn"]) == key]
+            key = (theta, length, search, yarn, far)
+            rows = [
+                r for r in results if (r["rope_theta"], r["length"], r["search"], r["yarn"], r["far_distance"]) == key
+            ]
             if rows:
                 acc = sum(r["accuracy"] for r in rows) / len(rows)
                 hit = sum(r["hit_rate"] for r in rows) / len(rows)
                 cells.append(f"{acc:>6.2f}/{hit:<6.2f} ")
         if cells:
-            print(f"{theta:>10.0e} {length:>6} {yarn:>14} " + " ".join(cells))
+            print(f"{theta:>10.0e} {length:>6} {yarn:>14} {far:>5} " + " ".join(cells))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     doc = {
         "device": device,

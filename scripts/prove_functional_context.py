@@ -167,6 +167,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense-max-len", default="256K", help="the dense model is evaluated up to this length")
     p.add_argument("--ssa-topk", type=int, default=None, help="attention.ssa.topk_blocks of the ssa model")
     p.add_argument(
+        "--eval-ssa",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings of the ssa (and swa) checkpoints changed for evaluation only, attention.ssa.* names without "
+        "the prefix, e.g. far_distance=128 beam_min=64 (train.eval's ssa_settings)",
+    )
+    p.add_argument(
         "--eval-yarn",
         choices=("off", "default", "no-temperature", "auto"),
         default="off",
@@ -198,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--pretrained and --pretrain-min are exclusive: either reuse stage-1 weights or train them")
     if args.pretrained and not (Path(args.pretrained) / "config.json").is_file():
         p.error(f"--pretrained {args.pretrained}: no config.json there (give the model dir of a checkpoint)")
+    if any("=" not in kv for kv in args.eval_ssa):
+        p.error(f"--eval-ssa {' '.join(args.eval_ssa)}: give KEY=VALUE pairs, e.g. far_distance=128")
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     for value in args.eval_lengths + [args.dense_max_len]:
@@ -283,6 +293,8 @@ def eval_model(model: str, args: argparse.Namespace, checkpoint: str, out_dir: P
             overrides.append(f"max_new_tokens={args.max_new_tokens}")
         if scaling:
             overrides.append(scaling)
+        if args.eval_ssa and model != "dense":
+            overrides.append(f"++ssa_settings={{{','.join(kv.replace('=', ':', 1) for kv in args.eval_ssa)}}}")
         config = to_eval_config(compose_config("eval", overrides))
         results = evaluate(config, command=f"prove_functional_context.py ({model})")
         rows += accuracy_rows(model, results["results"])

@@ -23,7 +23,7 @@ from ssa_kernels.selector import (
     select_blocks,
     select_blocks_pooled,
 )
-from ssa_kernels.selector.reference import block_means
+from ssa_kernels.selector.reference import _ascending, block_means
 
 
 def _routed_slots(sel: Selection, cfg: SSAConfig, doc_ids, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +66,25 @@ def routed_mask(sel: Selection, cfg: SSAConfig, doc_ids, seq_len: int) -> torch.
     return hits.scatter_add_(-1, slot, routed_ok.to(torch.int32)) > 0  # padding slots may share a slot: add
 
 
+def _attend_near_far(attend, q, k, v, far, indices, cfg: SSAConfig, doc_ids, scale, bias) -> torch.Tensor:
+    """``ssa_attention`` with ``far``: the local-window blocks with (q, k), the others with ``far``, merged.
+
+    Two calls of the same sparse-attention op rather than a kernel with two q/k pairs: each returns its
+    log-sum-exp, whose gradient both backends take (``delta = rowsum(dO * O) - dlse``), so the merge
+    ``out = sum_i exp(lse_i - lse) * out_i`` is exact forward and backward, at the cost of a second pass
+    over q. Routed blocks are all far (they lie before the local window), so the routing bias goes with
+    the far call; a row with no far block gets lse -inf there and weight 0."""
+    nb = indices.shape[2]
+    is_far = (indices >= 0) & (indices <= torch.arange(nb, device=indices.device).view(nb, 1) - cfg.local_blocks)
+    near_idx = _ascending(torch.where(is_far, -1, indices))[0]  # the far ones removed, padding last again
+    far_idx = torch.where(is_far, indices, -1)  # far blocks come first in the ascending union: still padded last
+    out_n, lse_n = attend(q, k, v, near_idx, cfg.block_size, doc_ids=doc_ids, scale=scale)
+    out_f, lse_f = attend(far[0], far[1], v, far_idx, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias)
+    lse = torch.logaddexp(lse_n, lse_f)  # the near call always has the diagonal block: finite
+    w_n, w_f = (lse_n - lse).exp().unsqueeze(-1), (lse_f - lse).exp().unsqueeze(-1)
+    return (out_n.float() * w_n + out_f.float() * w_f).to(q.dtype)
+
+
 def ssa_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -75,6 +94,7 @@ def ssa_attention(
     scale: float | None = None,
     backend: str | None = None,
     route: tuple[torch.Tensor, torch.Tensor] | PooledRoute | None = None,
+    far: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """SSA: q [Bt, Hq, T, D] (post-RoPE), k, v [Bt, Hkv, T, D] (GQA, not repeated), doc_ids [Bt, T]
     (document index per token; attention stays within documents) -> out [Bt, Hq, T, D].
@@ -84,7 +104,12 @@ def ssa_attention(
     (``PooledRoute``: the router projected block-pooled hidden states); None: q and k themselves.
     The routing gradient (``cfg.routing``: straight-through, or with a router the distillation loss of
     ``ssa_kernels/distill.py`` joined to the backward) reaches whatever produced them. ``backend``: overrides
-    ``cfg.backend`` (see :func:`resolve_backend`)."""
+    ``cfg.backend`` (see :func:`resolve_backend`).
+
+    ``far``: (q_far [Bt, Hq, T, D], k_far [Bt, Hkv, T, D]), the query and key rotated for the far blocks
+    (``cfg.far_distance``: every listed block outside the local window). Those blocks are attended with
+    q_far . k_far, the local ones with q . k, in one softmax (two sparse-attention calls merged by their
+    log-sum-exp in fp32; both carry gradients). None: every block with q . k."""
     if resolve_backend(backend or cfg.backend, q.device) == "triton":
         # imported here: Triton is needed only when its kernels run
         from ssa_kernels.attention.triton import sparse_attention_triton as attend
@@ -95,6 +120,7 @@ def ssa_attention(
     if torch.is_autocast_enabled(q.device.type):  # HF's RoPE leaves q, k in fp32 beside a bf16 v: one dtype
         dtype = torch.get_autocast_dtype(q.device.type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        far = None if far is None else (far[0].to(dtype), far[1].to(dtype))
     pooled = isinstance(route, PooledRoute)
     rq, rk = route[:2] if route is not None else (q, k)
     with torch.no_grad():
@@ -109,9 +135,12 @@ def ssa_attention(
             )
         else:
             bias = routing_bias(rq, rk, sel, cfg, doc_ids)
-    out, _ = attend(
-        q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias, routed_mask=mask
-    )
+    if far is None:
+        out, _ = attend(
+            q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias, routed_mask=mask
+        )
+    else:
+        out = _attend_near_far(attend, q, k, v, far, sel.indices, cfg, doc_ids, scale, bias)
     if (
         cfg.routing == "distill"
         and torch.is_grad_enabled()

@@ -66,6 +66,13 @@ class SSAConfig:
     # Which implementation runs: "auto" (Triton kernels on CUDA tensors, the PyTorch reference
     # elsewhere), "triton" or "reference" (the oracle; slow on GPU, exact and simple).
     backend: str = "auto"
+    # Rotary distance of the far blocks (sink and routed, i.e. every listed block outside the local window);
+    # 0: each key at its true distance. > 0: every key of a far block is attended as if it sat far_distance
+    # tokens before the query, as InfLLM places retrieved memory, so a query never sees a rotary distance
+    # above max(local_window, far_distance) however long the context: a lookup trained at short lengths
+    # meets no new distances at 1M. Local keys keep their true distances. Needs router=learned (the
+    # selection must not depend on positions); not under ulysses/ring. docs/ssa.md, "Far distance".
+    far_distance: int = 0
 
     @property
     def local_blocks(self) -> int:
@@ -89,6 +96,11 @@ class SSAConfig:
             raise ValueError(f"attention.backend={self.backend!r}: use auto, triton or reference")
         if self.router not in ("learned", "attention"):
             raise ValueError(f"attention.router={self.router!r}: use learned or attention")
+        if self.far_distance < 0 or (self.far_distance and self.router != "learned"):
+            raise ValueError(
+                f"attention.far_distance={self.far_distance}: use 0 (true distances) or a positive distance with "
+                "attention.router=learned (the attention's own rotated q/k would route by position)"
+            )
         if self.local_window % self.block_size:
             raise ValueError(
                 f"attention.local_window={self.local_window} must be a multiple of block_size={self.block_size}"

@@ -23,6 +23,7 @@ attention function can run them. Their weights are saved by ``save_pretrained`` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, PreTrainedModel
 
 from ssa_kernels.config import SSAConfig
+from ssa_kernels.decode.reference import rope_at, rotate
 from ssa_kernels.router import SSARouter
 from ssa_kernels.selector import PooledRoute
 
@@ -85,7 +87,7 @@ def route_of(
     return router.pooled(hidden, cfg.block_size) if pooled else router(hidden)
 
 
-def _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route) -> torch.Tensor:
+def _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route, far=None) -> torch.Tensor:
     """Attention of the q_len newest tokens of a cached sequence, one decode step each: query
     [B, Hq, q_len, D], key/value [B, Hkv, past + q_len, D] -> [B, Hq, q_len, D]."""
     from ssa_kernels.decode import ssa_decode_step
@@ -113,9 +115,10 @@ def _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids
             state.last_position = pos.clone()
         end = state.length + 1
         rq, rk = (None, None) if route is None else (route[0][:, :, j : j + 1], route[1][:, :, j])
+        far_j = None if far is None else (far[0][:, :, j : j + 1], far[1])
         outs.append(
             ssa_decode_step(
-                query[:, :, j : j + 1], key[:, :, :end], value[:, :, :end], state, cfg, scaling, doc_id, rq, rk
+                query[:, :, j : j + 1], key[:, :, :end], value[:, :, :end], state, cfg, scaling, doc_id, rq, rk, far_j
             )
         )
     return torch.cat(outs, dim=2)  # (B, Hq, q_len, D)
@@ -147,14 +150,19 @@ def ssa_attention_forward(
     # them (a cached prefill, decoding) or the per-token rule runs; training selects from block means.
     pooled = rule == "block" and states is None and query.shape[2] == key.shape[2]
     route = kwargs.get("ssa_route")  # given by a wrapper that gathers it itself (parallel.ulysses)
+    far = _far_inputs(module, query, cfg, kwargs)  # None unless cfg.far_distance: q, k arrive un-rotated
     if route is None:
         route = route_of(module, cfg, kwargs, pooled=pooled)
     if query.shape[2] != key.shape[2]:  # earlier tokens are cached: decode the new ones
-        out = _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route)
+        out = _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route, far)
         return out.transpose(1, 2).contiguous(), None  # (B, Hq, Tq, D) -> (B, Tq, Hq, D)
     doc_ids = doc_ids_of(position_ids, query.shape[0])
     if rule == "causal_rows":
-        out = causal_rows_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling, route=route)
+        out = causal_rows_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling, route=route, far=far)
+    elif far is not None:  # local blocks with HF's rotation at the true positions, far ones with q_far . k
+        cos, sin = (t.unsqueeze(1) for t in kwargs["ssa_rope"])
+        q_rot, k_rot = rotate(query, cos, sin), rotate(key, cos, sin)
+        out = ssa_attention(q_rot, k_rot, value, cfg, doc_ids=doc_ids, scale=scaling, route=route, far=(far[0], key))
     else:
         out = ssa_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling, route=route)
     if states is not None:  # prefill of a cached sequence
@@ -164,6 +172,43 @@ def ssa_attention_forward(
             state.last_position = position_ids.expand(query.shape[0], -1)[:, -1].clone()
         states[module.layer_idx] = state
     return out.transpose(1, 2).contiguous(), None  # (B, Hq, T, D) -> (B, T, Hq, D)
+
+
+def _far_inputs(module, query, cfg: SSAConfig, kwargs: dict) -> tuple[torch.Tensor, object] | None:
+    """(q_far, rotary) for ``cfg.far_distance`` > 0, else None. q_far is the un-rotated query rotated by
+    far_distance and scaled as a key at position 0 is (YaRN's attention factor): q_far . k = q(d) . k(0) with
+    d = far_distance, the logit of a key that distance away."""
+    if not cfg.far_distance or module.layer_idx in (getattr(module.config, "nope_layers", None) or []):
+        return None  # NoPE layers have no distances to bound
+    if "ssa_rope" not in kwargs:
+        raise RuntimeError(
+            f"attention.far_distance={cfg.far_distance}: layer {getattr(module, 'layer_idx', '?')} was called "
+            "without the far-distance hook; build SSA models with ssa_kernels.hf.convert_to_ssa and load them "
+            "with ssa_kernels.hf.from_pretrained"
+        )
+    if kwargs.get("ssa_route") is not None:
+        raise ValueError(
+            f"attention.far_distance={cfg.far_distance} runs on one process: set it to 0 under parallel "
+            "wrappers (ulysses, ring)"
+        )
+    rotary = kwargs["ssa_rotary"]
+    cos, sin = rope_at(rotary, query, torch.tensor([cfg.far_distance, 0], device=query.device))
+    x = query if query.dtype == torch.float64 else query.float()
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return (rotate(x, cos[0], sin[0]) * cos[1]).to(query.dtype), rotary
+
+
+def _far_rope(rotary_of, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Forward pre-hook of an SSA attention module: with ``far_distance`` > 0 the layer gets cos 1, sin 0
+    (q and k, and so the KV cache, stay un-rotated) and the real (cos, sin) and rotary module as
+    ``ssa_rope`` / ``ssa_rotary``, for the attention function to rotate local and far blocks apart.
+    Read at every call, so ``config.ssa["far_distance"]`` can be switched on a loaded model."""
+    nope = getattr(module.config, "nope_layers", None) or []
+    if not ssa_config_of(module.config).far_distance or "position_embeddings" not in kwargs or module.layer_idx in nope:
+        return None
+    cos, sin = kwargs["position_embeddings"]
+    flat = (torch.ones_like(cos), torch.zeros_like(sin))
+    return args, {**kwargs, "position_embeddings": flat, "ssa_rope": (cos, sin), "ssa_rotary": rotary_of()}
 
 
 def _pass_ssa_kwargs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -213,10 +258,17 @@ def apply_nope_layers(model: PreTrainedModel) -> PreTrainedModel:
 
 def enable_ssa_decode(model: PreTrainedModel) -> PreTrainedModel:
     """Let ``model`` run SSA with learned routers and decode with a KV cache (idempotent): registers
-    ``_pass_ssa_kwargs`` on every attention module."""
+    ``_pass_ssa_kwargs`` on every attention module, and ``_far_rope`` (a no-op unless ``far_distance`` > 0)."""
+
+    def rotary_of():  # looked up at each call: scripts replace model.model.rotary_emb (YaRN at eval time)
+        return model.model.rotary_emb
+
     for _, module in _attention_modules(model):
         if not hasattr(module, "_ssa_hook"):
             module._ssa_hook = module.register_forward_pre_hook(_pass_ssa_kwargs, with_kwargs=True)
+        if not hasattr(module, "_far_hook"):
+            hook = functools.partial(_far_rope, rotary_of)
+            module._far_hook = module.register_forward_pre_hook(hook, with_kwargs=True)
     return model
 
 

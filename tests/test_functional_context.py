@@ -286,12 +286,16 @@ def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch)
     # eval-only on one model: its rows are replaced, the other model's kept; --eval-yarn: one evaluation per
     # length, YaRN of factor length / train-len beyond the training length (1024 in smoke), none within it
     doc2 = script.main(["--out", str(out), "--smoke", "--eval-only", "--models", "swa", "--eval-lengths", "1024",
-                        "2048", "--depths", "0.5", "--eval-yarn", "default"])  # fmt: skip
+                        "2048", "--depths", "0.5", "--eval-yarn", "default", "--eval-ssa", "far_distance=64"])  # fmt: skip
     swa = [r for r in doc2["results"] if r["model"] == "swa"]
     assert {(r["length"], r["depth"]) for r in swa} == {(1024, 0.5), (2048, 0.5)}
     assert len([r for r in doc2["results"] if r["model"] == "ssa"]) == 8
     scaling = {L: json.loads((out / "swa" / "eval" / L / "results.json").read_text())["config"]["model"]["rope_scaling"]
                for L in ("1024", "2048")}  # fmt: skip
+    for L in ("1024", "2048"):  # --eval-ssa: the saved settings changed for the evaluation only
+        assert json.loads((out / "swa" / "eval" / L / "results.json").read_text())["ssa"]["far_distance"] == 64
+    saved = json.loads(next((out / "swa" / "checkpoints").glob("step_*/model/config.json")).read_text())["ssa"]
+    assert saved["far_distance"] == 0  # the checkpoint itself is unchanged
     assert scaling == {
         "1024": None,
         "2048": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 1024},

@@ -127,6 +127,10 @@ class EvalConfig:
     # null: as saved (an SSA checkpoint runs SSA with its own settings, others dense). attention=dense forces
     # dense attention; attention=ssa converts a dense model (or re-sets an SSA one's settings, keeping routers).
     attention: AttentionConfig | None = None
+    # With attention null, settings of a saved SSA model changed for this evaluation only, e.g.
+    # +ssa_settings.far_distance=256 (or ++ssa_settings={far_distance:256,beam_min:64}): attention.ssa.* key
+    # names; the routers are kept.
+    ssa_settings: dict[str, Any] = field(default_factory=dict)
     tasks: list[str] = field(default_factory=lambda: ["ruler"])  # names of data/synthetic.py, or ruler / all
     lengths: list[str] = field(default_factory=lambda: ["4K"])  # token budgets: 4096, "4K" (x1024), "1M"
     depths: list[float] | None = None  # needle depths in [0, 1]; null: drawn as RULER draws them

@@ -52,7 +52,9 @@ from data.sample import LengthError, Sample
 from data.scoring import RULER_THRESHOLD, effective_length
 from data.synthetic import ALL_TASKS, RULER_TASKS, generate
 from data.tokenizer import is_byte_tokenizer, make_tokenize
+from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import from_pretrained as ssa_from_pretrained
+from ssa_kernels.hf import ssa_config_of
 from train.checkpoint import CheckpointError
 from train.config import (
     AttentionConfig,
@@ -119,6 +121,17 @@ def validate(config: EvalConfig) -> None:
             raise ConfigError(f"depths: {d} is not in [0, 1]: use fractions, e.g. depths=[0,0.5,1], or null")
     if config.depths is not None and not config.depths:
         raise ConfigError("depths is empty: use e.g. depths=[0,0.5,1], or null for RULER's own draws")
+    if config.ssa_settings:
+        if config.attention is not None:
+            raise ConfigError("ssa_settings applies to a saved SSA model (attention=null); with attention=ssa "
+                              "set attention.ssa.* instead")  # fmt: skip
+        unknown = sorted(set(config.ssa_settings) - {f.name for f in dataclasses.fields(SSAConfig)})
+        if unknown:
+            raise ConfigError(f"ssa_settings.{unknown[0]}: not an SSA setting (the attention.ssa.* keys)")
+        try:
+            SSAConfig(**{**dataclasses.asdict(SSAConfig(router="learned")), **config.ssa_settings}).validate()
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"ssa_settings: {e}".replace("attention.", "ssa_settings.")) from e
     _positive("samples", config.samples)
     if not 0 <= config.seed or config.seed + config.samples > 2**31:
         raise ConfigError(f"seed={config.seed}: use 0 <= seed and seed + samples <= 2**31")
@@ -235,8 +248,14 @@ def load_model(config: EvalConfig, mcfg: ModelConfig, hf_config: PretrainedConfi
     torch.manual_seed(config.seed)  # a random-init model (checkpoint=null) is the same in every run
     if config.attention is None and mcfg.path is not None and getattr(hf_config, "ssa", None):
         model = ssa_from_pretrained(str(mcfg.path), config=hf_config, dtype=torch.float32)
+        model.config.ssa = {**model.config.ssa, **config.ssa_settings}  # the layers read it at every call
+        ssa_config_of(model.config).validate()
         warn_yarn_temperature(model)
     else:
+        if config.ssa_settings:
+            raise ConfigError(
+                f"ssa_settings={config.ssa_settings}: {mcfg.path or 'the model'} is not a saved SSA model"
+            )
         model = build_model(mcfg, config.attention or AttentionConfig(), hf_config)  # warns itself
     return model.to(device=device, dtype=dtype).eval()
 

@@ -104,8 +104,28 @@ def _union_rows(routed: Tensor, block: Tensor, cfg: SSAConfig) -> Tensor:
     return _ascending(torch.cat(parts, dim=-1))[0]  # (Bt, Hkv, R, S)
 
 
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding as HF's Llama, Qwen2 and Mistral apply it (``rotate_half``: pairs (i, i + D/2))."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def rope_at(rotary, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """(cos, sin) [*positions.shape, D] in fp32 from an HF rotary-embedding module (its scaling included)."""
+    cos, sin = rotary(x.float(), positions.reshape(1, -1))
+    return cos.float().view(*positions.shape, -1), sin.float().view(*positions.shape, -1)
+
+
 def _attend_rows(
-    q: Tensor, k: Tensor, v: Tensor, indices: Tensor, q_pos: Tensor, key_start: Tensor, block_size: int, scale: float
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    indices: Tensor,
+    q_pos: Tensor,
+    key_start: Tensor,
+    block_size: int,
+    scale: float,
+    far: tuple[Tensor, object, int] | None = None,
 ) -> Tensor:
     """Exact softmax attention of query rows over their listed key blocks.
 
@@ -113,6 +133,10 @@ def _attend_rows(
     key_start [Bt or 1, R]: first key of each row's document. Row r sees key s iff s's block is listed,
     key_start <= s <= q_pos[r]. Computed in fp32 (fp64 for fp64 input); returns [Bt, Hq, R, D] in q's dtype.
     Gathers only the listed blocks: [Bt, Hkv, R, S*B, D].
+
+    ``far`` (``SSAConfig.far_distance`` > 0): (q_far [Bt, Hq, R, D], rotary, local_blocks) with q and the cache
+    un-rotated. Keys of the local window's blocks are rotated here at their cache index and q at q_pos (only
+    the distance matters), keys of the other listed blocks meet q_far as they are.
     """
     bt, hq, rows, d = q.shape
     hkv, seq_len = k.shape[1], k.shape[2]
@@ -129,7 +153,18 @@ def _attend_rows(
     kg = k.gather(2, flat).view(bt, hkv, rows, -1, d).to(dtype)  # (Bt, Hkv, R, S*B, D)
     vg = v.gather(2, flat).view(bt, hkv, rows, -1, d).to(dtype)
     qg = q.view(bt, hkv, group, rows, d).transpose(2, 3).to(dtype)  # (Bt, Hkv, R, G, D): the group shares kg
-    s = torch.matmul(qg, kg.transpose(-1, -2)) * scale  # (Bt, Hkv, R, G, S*B)
+    if far is None:
+        s = torch.matmul(qg, kg.transpose(-1, -2)) * scale  # (Bt, Hkv, R, G, S*B)
+    else:
+        q_far, rotary, local_blocks = far
+        far_key = (indices <= (q_pos // block_size).view(1, 1, rows, 1) - local_blocks).repeat_interleave(
+            block_size, dim=-1
+        )  # (Bt, Hkv, R, S*B)
+        cos, sin = rope_at(rotary, q, kpos.clamp_min(0))  # (Bt, Hkv, R, S*B, D)
+        near = torch.matmul(rotate(qg, *(t.to(dtype).view(1, 1, rows, 1, d) for t in rope_at(rotary, q, q_pos))),
+                            rotate(kg, cos.to(dtype), sin.to(dtype)).transpose(-1, -2))  # fmt: skip
+        qf = q_far.view(bt, hkv, group, rows, d).transpose(2, 3).to(dtype)
+        s = torch.where(far_key.unsqueeze(-2), torch.matmul(qf, kg.transpose(-1, -2)), near) * scale
     s = s.masked_fill(~visible.unsqueeze(-2), -math.inf)  # the diagonal key t is always visible: no empty row
     o = torch.matmul(s.softmax(dim=-1), vg)  # (Bt, Hkv, R, G, D)
     return o.transpose(2, 3).reshape(bt, hq, rows, d).to(q.dtype)  # (Bt, Hq, R, D)
@@ -143,6 +178,7 @@ def causal_rows_attention(
     doc_ids: Tensor | None = None,
     scale: float | None = None,
     route: tuple[Tensor, Tensor] | None = None,
+    far: tuple[Tensor, object] | None = None,
 ) -> Tensor:
     """SSA over a whole sequence under the causal per-token rule (see the module docstring): what decoding
     the sequence token by token gives. q [Bt, Hq, T, D] (post-RoPE), k, v [Bt, Hkv, T, D], doc_ids [Bt, T]
@@ -151,7 +187,8 @@ def causal_rows_attention(
     Autograd reaches q, k, v through the attention only (the selection is discrete; no routing gradient).
     Memory is linear in T: per chunk of tokens the gathered blocks and beam candidates. ``route``:
     (route_q [Bt, Hr, T, d], route_k [Bt, Hkv, T, d]) scored by the selector instead of q and k
-    (a learned router's outputs; see ``ssa_kernels.ssa_attention``).
+    (a learned router's outputs; see ``ssa_kernels.ssa_attention``). ``far``: (q_far [Bt, Hq, T, D], HF rotary
+    module) with q, k un-rotated, as in :func:`ssa_decode_step`.
     """
     _check_inputs(q, k, cfg, doc_ids)
     rq, rk = route if route is not None else (q, k)
@@ -187,7 +224,10 @@ def causal_rows_attention(
             q_sum = _query_means(q_sums[:, :, t0:t1], pos - blk * block_size + 1, rgroup, rd, _accumulate_dtype(rq))
             routed = _route_rows(q_sum, prefix, lo[:, blk], hi[blk], blk, cfg)
             indices = _union_rows(routed, blk, cfg)  # (Bt, Hkv, R, S)
-        outs.append(_attend_rows(q[:, :, t0:t1], k, v, indices, pos, key_start[:, t0:t1], block_size, scale))
+        far_rows = None if far is None else (far[0][:, :, t0:t1], far[1], cfg.local_blocks)
+        outs.append(
+            _attend_rows(q[:, :, t0:t1], k, v, indices, pos, key_start[:, t0:t1], block_size, scale, far=far_rows)
+        )
         t0 = t1
     return torch.cat(outs, dim=2)  # (Bt, Hq, T, D)
 
@@ -298,13 +338,15 @@ def ssa_decode_step(
     doc_id: Tensor | None = None,
     route_q: Tensor | None = None,
     route_k: Tensor | None = None,
+    far: tuple[Tensor, object] | None = None,
 ) -> Tensor:
     """Attention output of one new token under the causal per-token rule, updating ``state``.
 
     q [Bt, Hq, 1, D] (post-RoPE); k_cache, v_cache [Bt, Hkv, T, D] with T = state.length + 1 (the cache
     already holds the new token); doc_id [Bt] int64, the new token's document (None: the previous token's);
     route_q [Bt, Hr, 1, d], route_k [Bt, Hkv, d]: the new token's routing query and key when a learned router
-    scores (None: q and its cached key).
+    scores (None: q and its cached key); far: (q_far [Bt, Hq, 1, D], HF rotary module) when
+    ``cfg.far_distance`` > 0, with q and the cache un-rotated (``_attend_rows``; the PyTorch path only).
     Returns [Bt, Hq, 1, D] in q's dtype. Raises if the cache does not continue the state (another sequence,
     reordered or cropped).
     """
@@ -333,6 +375,9 @@ def ssa_decode_step(
         indices = _union_rows(routed, pos // block_size, cfg)  # (Bt, Hkv, 1, S)
     scale = d**-0.5 if scale is None else scale
     key_start = state.doc_start.view(bt, 1)
+    if far is not None:
+        rows_far = (far[0], far[1], cfg.local_blocks)
+        return _attend_rows(q, k_cache, v_cache, indices, pos, key_start, block_size, scale, far=rows_far)
     if q.is_cuda and resolve_backend(cfg.backend, q.device) == "triton":  # Triton flash-decoding, same semantics
         from ssa_kernels.decode.triton import decode_attention_triton
 
