@@ -5,7 +5,8 @@ alone (``beam_min=1``, the rule before 2026-12-03), ``beam_min`` 4 and 16 (the d
 search (every block scored). ``--yarn`` also evaluates each longer length with YaRN rope scaling of factor
 length / training length, no fine-tuning: ``default`` (transformers' attention temperature) or
 ``no-temperature`` (``attention_factor`` 1). ``--far-distances`` also evaluates with far blocks at that one
-rotary distance (``attention.ssa.far_distance``, eval time only; 0: true distances). Prints a table (answer accuracy / needle hit rate) and writes
+rotary distance (``attention.ssa.far_distance`` at evaluation; 0: true distances), ``--train-far-distance`` trains
+with it. Prints a table (answer accuracy / needle hit rate) and writes
 docs/results/length-generalisation-<device>.json (or ``--json``).
 
     python scripts/length_generalisation.py --seeds 0 1 2 --rope-thetas 10000 1e8
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--searches", nargs="+", default=[*SEARCHES, "exhaustive"], choices=[*SEARCHES, "exhaustive"])
     ap.add_argument("--yarn", nargs="+", default=["off"], choices=YARN, help="rope at the longer lengths")
     ap.add_argument("--far-distances", type=int, nargs="+", default=[0], help="attention.ssa.far_distance at eval")
+    ap.add_argument("--train-far-distance", type=int, default=0, help="attention.ssa.far_distance in training")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument(
         "--json", default=None, help="the results file (default: <out>/length-generalisation-<device>.json)"
@@ -71,7 +73,7 @@ def main() -> None:
         for seed in args.seeds:
             _, model = train_block_retrieval(
                 args.routing, args.steps, seed=seed, seq_len=args.lengths[0], eval_every=args.steps,
-                rope_theta=theta, return_model=True,
+                rope_theta=theta, return_model=True, far_distance=args.train_far_distance,
             )  # fmt: skip
             model.eval()
             trained, cfg = dict(model.config.ssa), ssa_config_of(model.config)
@@ -85,7 +87,8 @@ def main() -> None:
                     model.config.ssa = {**trained, **searches[search], "far_distance": far}
                     accuracy, hit_rate = evaluate(model, cfg, length, 32, n=args.samples)
                     row = {"rope_theta": theta, "seed": seed, "length": length, "search": search, "yarn": yarn,
-                           "far_distance": far, "accuracy": accuracy, "hit_rate": hit_rate}  # fmt: skip
+                           "train_far_distance": args.train_far_distance, "far_distance": far, "accuracy": accuracy,
+                           "hit_rate": hit_rate}  # fmt: skip
                     results.append(row)
                     print(json.dumps(row), flush=True)
     print(f"\naccuracy / hit rate, mean over seeds {args.seeds} (trained at {args.lengths[0]} tokens)")
