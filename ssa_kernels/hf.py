@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, PreTrainedModel
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.decode.reference import rope_at, rotate
@@ -160,8 +161,7 @@ def ssa_attention_forward(
     if rule == "causal_rows":
         out = causal_rows_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling, route=route, far=far)
     elif far is not None:  # local blocks with HF's rotation at the true positions, far ones with q_far . k
-        cos, sin = (t.unsqueeze(1) for t in kwargs["ssa_rope"])
-        q_rot, k_rot = rotate(query, cos, sin), rotate(key, cos, sin)
+        q_rot, k_rot = apply_rotary_pos_emb(query, key, *kwargs["ssa_rope"])
         out = ssa_attention(q_rot, k_rot, value, cfg, doc_ids=doc_ids, scale=scaling, route=route, far=(far[0], key))
     else:
         out = ssa_attention(query, key, value, cfg, doc_ids=doc_ids, scale=scaling, route=route)
@@ -178,7 +178,7 @@ def _far_inputs(module, query, cfg: SSAConfig, kwargs: dict) -> tuple[torch.Tens
     """(q_far, rotary) for ``cfg.far_distance`` > 0, else None. q_far is the un-rotated query rotated by
     far_distance and scaled as a key at position 0 is (YaRN's attention factor): q_far . k = q(d) . k(0) with
     d = far_distance, the logit of a key that distance away."""
-    if not cfg.far_distance or module.layer_idx in (getattr(module.config, "nope_layers", None) or []):
+    if not cfg.far_distance or module.layer_idx in _nope_layers(module.config):
         return None  # NoPE layers have no distances to bound
     if "ssa_rope" not in kwargs:
         raise RuntimeError(
@@ -203,8 +203,12 @@ def _far_rope(rotary_of, module: torch.nn.Module, args: tuple, kwargs: dict) -> 
     (q and k, and so the KV cache, stay un-rotated) and the real (cos, sin) and rotary module as
     ``ssa_rope`` / ``ssa_rotary``, for the attention function to rotate local and far blocks apart.
     Read at every call, so ``config.ssa["far_distance"]`` can be switched on a loaded model."""
-    nope = getattr(module.config, "nope_layers", None) or []
-    if not ssa_config_of(module.config).far_distance or "position_embeddings" not in kwargs or module.layer_idx in nope:
+    cfg = module.config
+    if (
+        not ssa_config_of(cfg).far_distance
+        or "position_embeddings" not in kwargs
+        or module.layer_idx in _nope_layers(cfg)
+    ):
         return None
     cos, sin = kwargs["position_embeddings"]
     flat = (torch.ones_like(cos), torch.zeros_like(sin))
@@ -232,6 +236,11 @@ def _attention_modules(model: PreTrainedModel):
     return [(n, m) for n, m in model.named_modules() if n.endswith("self_attn") and hasattr(m, "layer_idx")]
 
 
+def _nope_layers(config) -> set[int]:
+    """``config.nope_layers`` (absent or None: none)."""
+    return set(getattr(config, "nope_layers", None) or [])
+
+
 def _no_rope(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Forward pre-hook of an attention module in ``config.nope_layers``: cos 1 and sin 0, i.e. no rotary
     positions (NoPE) in this layer; keys enter the KV cache unrotated too, so decoding stays consistent."""
@@ -249,7 +258,7 @@ def apply_nope_layers(model: PreTrainedModel) -> PreTrainedModel:
     match by content does not change with the distance (docs/functional_context.md, the rotary study). HF has
     no per-layer switch for Llama/Qwen/Mistral (Llama 4 has its own), hence a hook. Idempotent; every loader
     here calls it, and the list travels in config.json."""
-    layers = set(getattr(model.config, "nope_layers", None) or [])
+    layers = _nope_layers(model.config)
     for _, module in _attention_modules(model):
         if module.layer_idx in layers and not hasattr(module, "_nope_hook"):
             module._nope_hook = module.register_forward_pre_hook(_no_rope, with_kwargs=True)

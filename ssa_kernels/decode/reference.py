@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers.models.llama.modeling_llama import rotate_half
 
 from ssa_kernels.config import SSAConfig, resolve_backend
 from ssa_kernels.selector.reference import (
@@ -105,9 +106,9 @@ def _union_rows(routed: Tensor, block: Tensor, cfg: SSAConfig) -> Tensor:
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding as HF's Llama, Qwen2 and Mistral apply it (``rotate_half``: pairs (i, i + D/2))."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    """Rotary embedding of one tensor as HF's Llama, Qwen2 and Mistral apply it (their shared ``rotate_half``;
+    HF's ``apply_rotary_pos_emb`` takes q and k together and fixes the head axis)."""
+    return x * cos + rotate_half(x) * sin
 
 
 def rope_at(rotary, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
