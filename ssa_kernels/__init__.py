@@ -82,7 +82,8 @@ def _attend_near_far(attend, q, k, v, far, indices, cfg: SSAConfig, doc_ids, sca
     out_f, lse_f = attend(far[0], far[1], v, far_idx, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias)
     lse = torch.logaddexp(lse_n, lse_f)  # the near call always has the diagonal block: finite
     w_n, w_f = (lse_n - lse).exp().unsqueeze(-1), (lse_f - lse).exp().unsqueeze(-1)
-    return (out_n.float() * w_n + out_f.float() * w_f).to(q.dtype)
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+    return (out_n.to(acc) * w_n + out_f.to(acc) * w_f).to(q.dtype)
 
 
 def ssa_attention(
@@ -109,7 +110,7 @@ def ssa_attention(
     ``far``: (q_far [Bt, Hq, T, D], k_far [Bt, Hkv, T, D]), the query and key rotated for the far blocks
     (``cfg.far_distance``: every listed block outside the local window). Those blocks are attended with
     q_far . k_far, the local ones with q . k, in one softmax (two sparse-attention calls merged by their
-    log-sum-exp in fp32; both carry gradients). None: every block with q . k."""
+    log-sum-exp in fp32, fp64 for fp64 inputs; both carry gradients). None: every block with q . k."""
     if resolve_backend(backend or cfg.backend, q.device) == "triton":
         # imported here: Triton is needed only when its kernels run
         from ssa_kernels.attention.triton import sparse_attention_triton as attend
