@@ -108,6 +108,11 @@ RECIPES = {
                 "16K", "64K", "256K", "1M", "--eval-yarn", "default", "--tasks", "niah_single_1", "--depths", "0.25",
                 "0.5", "0.75", "--samples", "4", "--max-new-tokens", "12", "--dense-max-len", "64K"],
 }  # fmt: skip
+# fc21 (docs/functional_context.md, sixth session): h200-4k with stage 2 trained and evaluated with far blocks at one
+# rotary distance (attention.ssa.far_distance=1024, saved in the model's config.json) and no YaRN
+RECIPES["h200-4k-far"] = RECIPES["h200-4k"] + [
+    "--ssa-override", *RECIPES["h200-4k"][RECIPES["h200-4k"].index("--ssa-override") + 1 : RECIPES["h200-4k"].index("--swa-override")],
+    "attention.ssa.far_distance=1024", "--eval-yarn", "off"]  # fmt: skip
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip
 
