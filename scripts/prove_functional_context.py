@@ -172,6 +172,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense-max-len", default="256K", help="the dense model is evaluated up to this length")
     p.add_argument("--ssa-topk", type=int, default=None, help="attention.ssa.topk_blocks of the ssa model")
     p.add_argument(
+        "--needle-routing",
+        action="store_true",
+        help="ssa/swa: record per sample whether the answer tokens routed the needle's blocks (train.eval's "
+        "needle_routing; the log line and each row's needle_routed)",
+    )
+    p.add_argument(
         "--eval-ssa",
         nargs="*",
         default=[],
@@ -300,6 +306,8 @@ def eval_model(model: str, args: argparse.Namespace, checkpoint: str, out_dir: P
             overrides.append(scaling)
         if args.eval_ssa and model != "dense":
             overrides.append(f"++ssa_settings={{{','.join(kv.replace('=', ':', 1) for kv in args.eval_ssa)}}}")
+        if args.needle_routing and model != "dense":
+            overrides.append("needle_routing=true")
         config = to_eval_config(compose_config("eval", overrides))
         results = evaluate(config, command=f"prove_functional_context.py ({model})")
         rows += accuracy_rows(model, results["results"])
@@ -331,12 +339,20 @@ def eval_groups(lengths: list[str], args: argparse.Namespace, model: str) -> lis
 
 
 def accuracy_rows(model: str, rows: list[dict]) -> list[dict]:
-    """Mean score / 100 per (task, length, depth)."""
-    cells: dict[tuple, list[float]] = defaultdict(list)
+    """Mean score / 100 per (task, length, depth); with --needle-routing also ``needle_routed``, the mean over
+    samples of train.eval's per-sample share averaged over layers."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        cells[r["task"], r["length"], r["depth"]].append(r["score"])
-    return [{"model": model, "task": t, "length": L, "depth": d, "accuracy": round(sum(s) / len(s) / 100, 4),
-             "samples": len(s)} for (t, L, d), s in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0))]  # fmt: skip
+        cells[r["task"], r["length"], r["depth"]].append(r)
+    out = []
+    for (t, L, d), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
+        row = {"model": model, "task": t, "length": L, "depth": d,
+               "accuracy": round(sum(r["score"] for r in rs) / len(rs) / 100, 4), "samples": len(rs)}  # fmt: skip
+        routed = [sum(r["needle_routed"]) / len(r["needle_routed"]) for r in rs if r.get("needle_routed")]
+        if routed:
+            row["needle_routed"] = round(sum(routed) / len(routed), 4)
+        out.append(row)
+    return out
 
 
 def device_name(device: str) -> str:

@@ -14,7 +14,9 @@ re-registers HF's ``"ssa"`` attention function with a wrapper (``AttentionInterf
 restores the previous one on exit. The wrapper calls the original unchanged, then recomputes the
 selection from the same q, k (``select_blocks`` is deterministic and runs under the same autocast, so
 it is the selection the layer used) and hands one :class:`SSACall` per layer to a callback; only the
-callback's (small) result is kept, never q or k.
+callback's (small) result is kept, never q or k. :class:`DecodeRouteRecorder` does the same for generation:
+the blocks each token that predicts a new one attended (per-token rule), e.g. to ask whether a needle was
+routed (``train.eval`` ``needle_routing``).
 
 Shapes: q [Bt, Hq, T, D], k [Bt, Hkv, T, D] (GQA: query heads h*G .. h*G+G-1 use kv head h),
 indices [Bt, Hkv, nb, S] int64 ascending, -1 padded, nb = ceil(T / block_size).
@@ -37,8 +39,10 @@ from ssa_kernels.hf import doc_ids_of, route_of, ssa_config_of
 from ssa_kernels.selector import Selection, select_blocks
 
 __all__ = [
+    "DecodeRouteRecorder",
     "SSACall",
     "SSARecorder",
+    "blocks_listed",
     "dense_recall",
     "distance_bin_edges",
     "distance_histogram",
@@ -329,6 +333,37 @@ class SSARecorder:
             with torch.autocast(query.device.type, enabled=False):
                 call = SSACall(layer, query.detach(), key.detach(), sel, cfg, doc_ids, kwargs.get("scaling"))
                 self.records[layer] = self.fn(call)
+
+
+class DecodeRouteRecorder(SSARecorder):
+    """``with DecodeRouteRecorder(fn) as rec: model.generate(...)``: the blocks attended by each token that
+    predicts a new one. ``rec.records[t][layer] = fn(layer, indices)``, indices [Bt, Hkv, 1, S] under the
+    per-token rule (:meth:`~ssa_kernels.decode.DecodeState.route`, what a decode step attends), t the token's
+    position: the prompt's last token (the prefill; under the block rule its last query block selects the same
+    blocks) predicts the first new token, each decode step the next. Needs the SSA decode states on the cache
+    (``generate`` with ``use_cache``); costs one more per-token selection per layer and token."""
+
+    def __init__(self, fn: Callable[[int, Tensor], Any]):
+        super().__init__(fn)  # type: ignore[arg-type]  (called with (layer, indices), not an SSACall)
+
+    def _wrapped(self, original: Callable) -> Callable:
+        from ssa_kernels.selector.reference import _accumulate_dtype
+
+        def ssa_recorded(module, query, key, value, attention_mask, *args, **kwargs):
+            result = original(module, query, key, value, attention_mask, *args, **kwargs)
+            state = (kwargs.get("ssa_decode_states") or {}).get(module.layer_idx)
+            if state is not None:  # a cached prefill or a decode step: the state holds its last token
+                indices = state.route(ssa_config_of(module.config), _accumulate_dtype(query))
+                self.records.setdefault(state.length - 1, {})[module.layer_idx] = self.fn(module.layer_idx, indices)
+            return result
+
+        return ssa_recorded
+
+
+def blocks_listed(indices: Tensor, blocks: list[int]) -> Tensor:
+    """[Bt, Hkv] bool: whether every block in ``blocks`` is among one query row's ``indices`` [Bt, Hkv, 1, S]."""
+    want = torch.tensor(blocks, device=indices.device).view(1, 1, -1, 1)
+    return (indices[:, :, 0].unsqueeze(2) == want).any(-1).all(-1)
 
 
 # --- per-layer statistics for training logs, and the recall tool ------------------------------------

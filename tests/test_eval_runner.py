@@ -1,6 +1,7 @@
 """The evaluation runner (train/eval.py): the harness can fail (an oracle scores 100, a random guesser near
 0), greedy decoding runs end to end through the SSA decode path, outputs parse, bad config names the key."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -203,3 +204,34 @@ def test_cli_smoke_writes_outputs_and_wandb_offline(tmp_path, ssa_dir):
     bad = subprocess.run([*cmd[:3], "samples=0", f"out_dir={tmp_path / 'bad'}"], capture_output=True, text=True,
                          cwd=REPO, env=env, timeout=300)  # fmt: skip
     assert bad.returncode == 2 and "samples=0" in bad.stderr
+
+
+@pytest.mark.parametrize("topk,want", [(0, 0.0), (64, 1.0)], ids=["no-routed-blocks", "every-block-routed"])
+def test_needle_routing_reads_whether_the_needle_blocks_were_selected(tmp_path, dense_dir, topk, want):
+    """needle_routing: the row names the blocks holding the needle's answer in the prompt, and per layer the
+    share of (kv head, answer token) pairs that listed them all: 0 when nothing is routed (the needle at depth
+    0.5 of 1K lies outside the sink and the 32-token window), 1 when every block is."""
+    cfg = eval_config(tmp_path, dense_dir, tasks=TASKS[:1], lengths=["1K"], depths=[0.5], max_new_tokens=3,
+                      needle_routing=True)  # fmt: skip
+    cfg.attention = AttentionConfig(name="ssa", ssa=dataclasses.replace(SMALL_SSA, topk_blocks=topk))
+    res = evaluate(cfg)
+    (row,) = res["results"]
+    tokens = byte_tokenizer()(row_prompt(row), add_special_tokens=False)["input_ids"]
+    blocks = row["needle_blocks"]
+    held = byte_tokenizer().decode(tokens[blocks[0] * 16 : (blocks[-1] + 1) * 16])
+    assert row["answers"][0] in held and 10 < blocks[0] < 50  # the needle's value, far from both ends
+    assert row["needle_routed"] == row["needle_routed_first"] == [want, want]
+    assert res["summary"]["needle_routed"]["niah_single_1"]["1024"] == {"mean": want, "best_layer": want, "n": 1}
+
+
+def row_prompt(row: dict) -> str:
+    from data.synthetic import generate
+
+    return generate(row["task"], row["length"], byte_tokenizer(), row["seed"], row["depth"], "eval").prompt
+
+
+def test_needle_routing_needs_an_ssa_model_and_no_answer_fn(tmp_path, dense_dir):
+    with pytest.raises(ConfigError, match="needle_routing"):
+        evaluate(eval_config(tmp_path, dense_dir, lengths=["512"], needle_routing=True))
+    with pytest.raises(ConfigError, match="needle_routing"):
+        to_eval_config(compose_eval(["needle_routing=true", "answer_fn=oracle"]))

@@ -286,9 +286,11 @@ def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch)
     # eval-only on one model: its rows are replaced, the other model's kept; --eval-yarn: one evaluation per
     # length, YaRN of factor length / train-len beyond the training length (1024 in smoke), none within it
     doc2 = script.main(["--out", str(out), "--smoke", "--eval-only", "--models", "swa", "--eval-lengths", "1024",
-                        "2048", "--depths", "0.5", "--eval-yarn", "default", "--eval-ssa", "far_distance=64"])  # fmt: skip
+                        "2048", "--depths", "0.5", "--eval-yarn", "default", "--eval-ssa", "far_distance=64",
+                        "--needle-routing"])  # fmt: skip
     swa = [r for r in doc2["results"] if r["model"] == "swa"]
     assert {(r["length"], r["depth"]) for r in swa} == {(1024, 0.5), (2048, 0.5)}
+    assert [r["needle_routed"] for r in swa] == [0.0] * 4  # 2 tasks x 2 lengths; no routed blocks, needle mid-context
     assert len([r for r in doc2["results"] if r["model"] == "ssa"]) == 8
     scaling = {L: json.loads((out / "swa" / "eval" / L / "results.json").read_text())["config"]["model"]["rope_scaling"]
                for L in ("1024", "2048")}  # fmt: skip

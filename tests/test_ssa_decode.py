@@ -11,9 +11,10 @@ import torch
 from torch.utils._pytree import tree_flatten
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from ssa_kernels import SSAConfig, ssa_attention
+from ssa_kernels import SSAConfig, select_blocks, ssa_attention
 from ssa_kernels.decode import DecodeState, causal_rows_attention, ssa_decode_step
 from ssa_kernels.decode.reference import _union_rows
+from ssa_kernels.diagnostics import DecodeRouteRecorder, SSARecorder, blocks_listed
 from ssa_kernels.hf import apply_nope_layers, convert_to_ssa, enable_ssa_decode, from_pretrained
 from ssa_kernels.selector.reference import _key_prefix, _union
 
@@ -270,3 +271,41 @@ def test_hf_generate_with_the_training_rule_and_after_loading(tmp_path):
     with pytest.raises(RuntimeError, match="enable_ssa_decode"):
         loaded.generate(prompt, max_new_tokens=2, do_sample=False)
     assert torch.equal(enable_ssa_decode(loaded).generate(prompt, max_new_tokens=12, do_sample=False), seq)
+
+
+@pytest.mark.parametrize("cfg", [SPARSE, DEEP], ids=["sparse", "deep"])
+def test_state_route_is_the_block_rule_at_the_last_token(cfg):
+    """DecodeState.route (what a decode step attends, and what DecodeRouteRecorder reports) equals the
+    training selector's last query block over the same prefix, after a prefill and after each appended token,
+    at block ends and mid-block (the block rule's mean query is then the partial block's)."""
+    cfg = SSAConfig(**cfg)
+    q, k, _ = make_qkv(2, 4, 2, 300, 16, torch.float64, seed=7)
+    state = DecodeState.from_prefill(q[:, :, :200], k[:, :, :200], cfg)
+    seen = set()
+    for t in range(199, 300):
+        if t > 199:
+            state.append(q[:, :, t], k[:, :, t], cfg)
+        got = state.route(cfg, torch.float64)
+        want = select_blocks(q[:, :, : t + 1], k[:, :, : t + 1], cfg).indices[:, :, -1:]
+        assert torch.equal(got, want), t
+        seen.add(tuple(got[0, 0, 0].tolist()))
+    assert len(seen) > 10  # not vacuous: the routed blocks change along the way
+
+
+@torch.no_grad()
+def test_decode_route_recorder_sees_the_prefill_selection_then_every_step():
+    """The first record (the prompt's last token) is the prefill's own last-block selection (recorded by
+    SSARecorder from the training path), then one record per decode step, for every layer; the model's
+    output is unchanged by recording."""
+    model = tiny_ssa_model("llama", rule="block")
+    prompt = torch.randint(0, 97, (1, 150), generator=torch.Generator().manual_seed(8))
+    plain = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    with SSARecorder(lambda call: call.selection.indices[:, :, -1:].clone()) as prefill:
+        with DecodeRouteRecorder(lambda layer, indices: indices.clone()) as rec:
+            seq = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    assert torch.equal(seq, plain)
+    assert sorted(rec.records) == list(range(149, 155)) and all(sorted(r) == [0, 1] for r in rec.records.values())
+    for layer in (0, 1):
+        assert torch.equal(rec.records[149][layer], prefill.records[layer])
+    assert blocks_listed(rec.records[149][0], [9]).all()  # block 9 (tokens 144-159) is the local one
+    assert not blocks_listed(rec.records[149][0], list(range(10))).any()  # 2 routed + 2 local + sink < 10

@@ -144,6 +144,10 @@ class EvalConfig:
     wandb: str = "disabled"  # disabled | offline | online (offline when no API key works)
     project: str = "ssa-eval"
     progress: bool = True  # a tqdm bar over (task, length) pairs on stderr
+    # SSA models: per sample and layer, the share of (kv head, answer token) pairs whose selection lists every
+    # block of the gold needle's answer (its first occurrence in the prompt), as the row's needle_routed; the
+    # log and summary give its mean and best layer per task x length. Tells a routing miss from a reading miss.
+    needle_routing: bool = False
     # null: the model's greedy decoding. oracle (the gold target), random (a random guess of the answer's shape) or
     # "package.module:function" taking a data.sample.Sample and returning the prediction: checks the harness.
     answer_fn: str | None = None

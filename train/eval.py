@@ -53,6 +53,7 @@ from data.scoring import RULER_THRESHOLD, effective_length
 from data.synthetic import ALL_TASKS, RULER_TASKS, generate
 from data.tokenizer import is_byte_tokenizer, make_tokenize
 from ssa_kernels.config import SSAConfig
+from ssa_kernels.diagnostics import DecodeRouteRecorder, blocks_listed
 from ssa_kernels.hf import from_pretrained as ssa_from_pretrained
 from ssa_kernels.hf import ssa_config_of
 from train.checkpoint import CheckpointError
@@ -155,6 +156,8 @@ def validate(config: EvalConfig) -> None:
                 raise ConfigError(str(e).replace("attention.", "attention.ssa.")) from e
     if config.answer_fn is not None:
         resolve_answer_fn(config.answer_fn)
+        if config.needle_routing:
+            raise ConfigError("needle_routing reads the model's routing: set answer_fn=null or needle_routing=false")
     if not config.out_dir:
         raise ConfigError("out_dir is empty: give a directory for results.json, results.md and the heatmap")
 
@@ -350,6 +353,8 @@ def evaluate(config: EvalConfig, answer_fn: AnswerFn | None = None, command: str
         )
     model = load_model(config, mcfg, hf_config) if answer_fn is None else None
     decoder = GreedyDecoder(model, tokenizer) if model is not None else None
+    if config.needle_routing and attention_of(model) != "ssa":
+        raise ConfigError(f"needle_routing reads SSA routing; {mcfg.path or 'the model'} runs dense attention")
     encode = PromptEncoder(tokenizer)
     if model is not None:
         device, dtype = resolve_device(config)
@@ -373,7 +378,13 @@ def evaluate(config: EvalConfig, answer_fn: AnswerFn | None = None, command: str
                         rows.append(row)
                         scores.append(row["score"])
                 mean = sum(scores) / len(scores)
-                (bar.write if config.progress else log.info)(f"{task} @ {format_length(length)}: {mean:.1f}")
+                routed = needle_routing_summary(rows[len(rows) - len(scores) :])
+                note = (
+                    ""
+                    if routed is None
+                    else f" (needle routed: {routed['mean']:.2f}, best layer {routed['best_layer']:.2f})"
+                )
+                (bar.write if config.progress else log.info)(f"{task} @ {format_length(length)}: {mean:.1f}{note}")
                 bar.update(1)
     finally:
         bar.close()
@@ -430,6 +441,8 @@ def run_sample(
         )
     if answer_fn is not None:
         pred, info = answer_fn(sample), {"new_tokens": None, "decode": "answer_fn"}
+    elif config.needle_routing:
+        pred, info = decode_recording_needle(decoder, sample, encode, ids, max_new)
     else:
         pred, info = decoder(ids, max_new)
     return {
@@ -446,6 +459,46 @@ def run_sample(
         **info,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def needle_blocks(sample: Sample, encode: Callable[[str], torch.Tensor], block_size: int) -> list[int]:
+    """The key blocks holding the gold answer's first occurrence in the prompt (the needle's value), or []
+    when the prompt does not contain it (tasks without a copied needle). Token offsets by encoding the
+    prompt up to the answer's first and last character: exact for the byte tokenizer, a tokenizer that merges
+    across the boundary may shift them by a token."""
+    at = sample.prompt.find(sample.answers[0]) if sample.answers and sample.answers[0] else -1
+    if at < 0:
+        return []
+    first = encode(sample.prompt[:at]).shape[1]
+    last = encode(sample.prompt[: at + len(sample.answers[0])]).shape[1] - 1
+    return list(range(first // block_size, last // block_size + 1))
+
+
+def decode_recording_needle(decoder: GreedyDecoder, sample: Sample, encode, ids: torch.Tensor, max_new: int):
+    """``decoder(ids, max_new)`` under a :class:`DecodeRouteRecorder`; ``info`` gains ``needle_blocks`` and
+    ``needle_routed``: per layer, the share of (kv head, token) pairs whose selection lists every needle
+    block, over the tokens that predicted the answer (the prompt's last, then each decode step), and
+    ``needle_routed_first``, the same for the first answer token alone."""
+    cfg = ssa_config_of(decoder.model.config)
+    blocks = needle_blocks(sample, encode, cfg.block_size)
+    if not blocks:
+        pred, info = decoder(ids, max_new)
+        return pred, {**info, "needle_blocks": [], "needle_routed": None, "needle_routed_first": None}
+    with DecodeRouteRecorder(lambda layer, indices: blocks_listed(indices, blocks).float().mean()) as rec:
+        pred, info = decoder(ids, max_new)
+    steps = [rec.records[t] for t in sorted(rec.records)]  # {layer: share of kv heads}, one per token
+    layers = sorted(steps[0])
+    table = torch.stack([torch.stack([step[i] for i in layers]) for step in steps]).cpu()  # (tokens, layers)
+    return pred, {**info, "needle_blocks": blocks, "needle_routed": [round(v, 3) for v in table.mean(0).tolist()],
+                  "needle_routed_first": [round(v, 3) for v in table[0].tolist()]}  # fmt: skip
+
+
+def needle_routing_summary(rows: list[dict]) -> dict | None:
+    """Over rows with ``needle_routed``: the mean over samples of its mean over layers and of its best layer."""
+    got = [r["needle_routed"] for r in rows if r.get("needle_routed")]
+    if not got:
+        return None
+    return {"mean": _mean([sum(v) / len(v) for v in got]), "best_layer": _mean([max(v) for v in got]), "n": len(got)}
 
 
 def label_of(rows: list[dict]) -> str:
@@ -479,7 +532,10 @@ def summarize(rows: list[dict], tasks: list[str], lengths: list[int]) -> dict:
     cell = {t: {L: _mean(by_cell[t, L]) for L in lengths} for t in tasks}
     per_length = {L: _mean([cell[t][L] for t in tasks]) for L in lengths}
     depths = sorted({d for d, _ in by_depth})
+    routed = {t: {str(L): needle_routing_summary([r for r in rows if (r["task"], r["length"]) == (t, L)])
+                  for L in lengths} for t in tasks}  # fmt: skip
     return {
+        **({"needle_routed": routed} if any(v for t in routed.values() for v in t.values()) else {}),
         "task_length": {t: {str(L): v for L, v in cell[t].items()} for t in tasks},
         "length": {str(L): v for L, v in per_length.items()},
         "task": {t: _mean(list(cell[t].values())) for t in tasks},

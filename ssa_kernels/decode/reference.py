@@ -251,6 +251,7 @@ class DecodeState:
     block_lo: Tensor  # [Bt] int64: lo of the last block's routed range (routed_bounds: >= sink_blocks)
     last_key: Tensor | None = None  # [Bt, Hkv, D] key of the last token as given: checks the cache still matches
     last_position: Tensor | None = None  # [Bt] int64 position id of the last token (HF glue: documents)
+    group: int = 1  # query heads summed per kv head in query_sum (the scored q's Hq // Hkv)
 
     @property
     def num_blocks(self) -> int:
@@ -295,7 +296,9 @@ class DecodeState:
             doc_start = torch.searchsorted(doc_ids, doc_ids[:, -1:].contiguous()).squeeze(1)  # (Bt,)
         block_lo = routed_bounds(doc_ids, seq_len, cfg, q.device)[0][:, -1].expand(bt).clone()  # (Bt,)
         last_key = k[:, :, -1] if last_key is None else last_key
-        return cls(prefix, key_sum, query_sum, seq_len, block_size, doc, doc_start, block_lo, last_key.clone())
+        state = cls(prefix, key_sum, query_sum, seq_len, block_size, doc, doc_start, block_lo, last_key.clone())
+        state.group = hq // hkv
+        return state
 
     @torch.no_grad()
     def append(
@@ -312,6 +315,7 @@ class DecodeState:
             if t > 0:  # a document starts wherever the id changes (ids are nondecreasing)
                 self.doc_start = torch.where(doc_id != self.doc, t, self.doc_start)
             self.doc = doc_id.clone()
+        self.group = q_new.shape[1] // hkv
         q_new = q_new.reshape(bt, hkv, -1, d).sum(2, dtype=torch.float64)  # (Bt, Hkv, D): over the group
         if t % block_size == 0:  # a new block: its routed range starts at the document of its first token
             self.key_sum = k_new.to(torch.float64)
@@ -327,6 +331,25 @@ class DecodeState:
         self.prefix[:, :, i + 1] = self.prefix[:, :, i] + self.key_sum
         self.last_key = (k_new if last_key is None else last_key).clone()
         self.length = t + 1
+
+    @torch.no_grad()
+    def route(self, cfg: SSAConfig, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The blocks the last token taken (t = length - 1) attends under the per-token rule: sinks ∪ routed ∪
+        local window, [Bt, Hkv, 1, S] ascending, -1 padding last. What :func:`ssa_decode_step` attends with, and
+        what the prefill's last query block selected (the block rule at a block's last token). ``dtype``: the
+        scores' (``_accumulate_dtype`` of the query)."""
+        bt, t, block_size = self.prefix.shape[0], self.length - 1, self.block_size
+        pos = torch.tensor([t], device=self.prefix.device)
+        q_sum = _query_means(
+            self.query_sum.unsqueeze(2),
+            pos - (t // block_size) * block_size + 1,
+            self.group,
+            self.query_sum.shape[-1],
+            dtype,
+        )
+        hi = pos // block_size - (cfg.local_blocks - 1)  # routed_bounds' hi of block t // block_size
+        routed = _route_rows(q_sum, self.prefix, self.block_lo.view(bt, 1), hi, pos // block_size, cfg)
+        return _union_rows(routed, pos // block_size, cfg)
 
 
 def ssa_decode_step(
@@ -366,14 +389,8 @@ def ssa_decode_step(
     rk = k_cache[:, :, t] if route_k is None else route_k
     state.append(rq, rk, cfg, doc_id, last_key=k_cache[:, :, t])
     block_size = cfg.block_size
-    i = t // block_size
     pos = torch.tensor([t], device=q.device)
-    with torch.no_grad():
-        rgroup, rd = rq.shape[1] // hkv, rq.shape[-1]
-        q_sum = _query_means(state.query_sum.unsqueeze(2), pos - i * block_size + 1, rgroup, rd, _accumulate_dtype(q))
-        hi = pos // block_size - (cfg.local_blocks - 1)  # routed_bounds' hi of block i
-        routed = _route_rows(q_sum, state.prefix, state.block_lo.view(bt, 1), hi, pos // block_size, cfg)
-        indices = _union_rows(routed, pos // block_size, cfg)  # (Bt, Hkv, 1, S)
+    indices = state.route(cfg, _accumulate_dtype(q))  # (Bt, Hkv, 1, S)
     scale = d**-0.5 if scale is None else scale
     key_start = state.doc_start.view(bt, 1)
     if far is not None:
