@@ -109,10 +109,11 @@ RECIPES = {
                 "0.5", "0.75", "--samples", "4", "--max-new-tokens", "12", "--dense-max-len", "64K"],
 }  # fmt: skip
 # fc21 (docs/functional_context.md, sixth session): h200-4k with stage 2 trained and evaluated with far blocks at one
-# rotary distance (attention.ssa.far_distance=1024, saved in the model's config.json) and no YaRN
+# rotary distance (attention.ssa.far_distance=1024, saved in the model's config.json) and no YaRN; the swa and
+# dense baselines are evaluated as in h200-4k (YaRN with its temperature)
 RECIPES["h200-4k-far"] = RECIPES["h200-4k"] + [
     "--ssa-override", *RECIPES["h200-4k"][RECIPES["h200-4k"].index("--ssa-override") + 1 : RECIPES["h200-4k"].index("--swa-override")],
-    "attention.ssa.far_distance=1024", "--eval-yarn", "off"]  # fmt: skip
+    "attention.ssa.far_distance=1024", "--eval-yarn", "off", "--baseline-eval-yarn", "default"]  # fmt: skip
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip
 
@@ -192,6 +193,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="evaluate each length L > --train-len with YaRN rope scaling of factor L / train-len, no fine-tuning "
         "(default: transformers' attention temperature; no-temperature: attention_factor 1; auto: no-temperature "
         "for ssa and swa, whose queries attend to a fixed number of keys, default for dense)",
+    )
+    p.add_argument(
+        "--baseline-eval-yarn",
+        choices=("off", "default", "no-temperature", "auto"),
+        default=None,
+        help="--eval-yarn for the swa and dense baselines when it differs from the ssa model's (default: the same)",
     )
     p.add_argument("--eval-only", action="store_true", help="evaluate <out>/<model> (or --checkpoint) only")
     p.add_argument("--checkpoint", default=None, help="with --eval-only and one --models: evaluate this instead")
@@ -295,10 +302,11 @@ def train_model(model: str, args: argparse.Namespace, run_dir: Path, pretrained:
 def eval_model(model: str, args: argparse.Namespace, checkpoint: str, out_dir: Path) -> list[dict]:
     lengths = [v for v in args.eval_lengths if model != "dense" or parse_length(v) <= parse_length(args.dense_max_len)]
     rows = []
-    for group, scaling in eval_groups(lengths, args, model):  # one evaluation, or one per length with --eval-yarn
+    groups = eval_groups(lengths, args, model)  # one evaluation, or one per length with YaRN
+    for group, scaling in groups:
         overrides = [f"checkpoint={checkpoint}", f"tasks=[{','.join(args.tasks)}]", f"lengths=[{','.join(group)}]",
                      f"depths=[{','.join(str(d) for d in args.depths)}]", f"samples={args.samples}",
-                     f"device={args.device}", f"out_dir={out_dir / (group[0] if args.eval_yarn != 'off' else '')}",
+                     f"device={args.device}", f"out_dir={out_dir / (group[0] if len(groups) > 1 or scaling else '')}",
                      "progress=false", "wandb=disabled"]  # fmt: skip
         if args.max_new_tokens is not None:
             overrides.append(f"max_new_tokens={args.max_new_tokens}")
@@ -323,7 +331,8 @@ def eval_groups(lengths: list[str], args: argparse.Namespace, model: str) -> lis
     s times more keys; an ssa or swa query attends to the same number of keys at every length, so there is
     nothing to offset (fc15: ssa 0.67 / 0.50 at 64K / 256K without it, 0.50 / 0.25 with it; dense at 64K in
     fc11: 0.08 without, 0.50 with)."""
-    if args.eval_yarn == "off" or not lengths:
+    mode = args.eval_yarn if model == "ssa" or args.baseline_eval_yarn is None else args.baseline_eval_yarn
+    if mode == "off" or not lengths:
         return [(lengths, None)] if lengths else []
     groups = []
     for value in lengths:
@@ -332,7 +341,7 @@ def eval_groups(lengths: list[str], args: argparse.Namespace, model: str) -> lis
             groups.append(([value], None))
             continue
         rope = f"rope_type:yarn,factor:{factor},original_max_position_embeddings:{args.train_len}"
-        if args.eval_yarn == "no-temperature" or (args.eval_yarn == "auto" and model != "dense"):
+        if mode == "no-temperature" or (mode == "auto" and model != "dense"):
             rope += ",attention_factor:1.0"
         groups.append(([value], f"model.rope_scaling={{{rope}}}"))
     return groups
@@ -409,7 +418,14 @@ def markdown_table(doc: dict) -> str:
     for m, t in keys:
         vals = [cells.get((m, t, L)) for L in lengths]
         lines.append(f"| {m} | {t} | " + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in vals) + " |")
-    lines += ["", f"Command: `{doc['command']}`", ""]
+    commands = doc.get("commands") or {}
+    if len(set(commands.values())) > 1:  # models run by separate commands into one --out
+        by_command = defaultdict(list)
+        for m, c in commands.items():
+            by_command[c].append(m)
+        lines += [""] + [f"Command ({', '.join(ms)}): `{c}`" for c, ms in by_command.items()] + [""]
+    else:
+        lines += ["", f"Command: `{doc['command']}`", ""]
     return "\n".join(lines)
 
 
@@ -419,10 +435,14 @@ def write_results(
     path = out / "functional-context.json"
     old = json.loads(path.read_text()) if path.is_file() else {"results": [], "models": {}}
     rows = [r for r in old["results"] if r["model"] not in models] + new_rows  # re-evaluated models replace theirs
+    command = " ".join(["python", "scripts/prove_functional_context.py", *argv])
+    kept = {r["model"] for r in rows} - set(models)
+    earlier = old.get("commands") or {m: old["command"] for m in kept if "command" in old}
     doc = {
         "device": device_name(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "scripts/prove_functional_context.py", *argv]),
+        "command": command,
+        "commands": {**{m: c for m, c in earlier.items() if m in kept}, **{m: command for m in models}},  # per model
         "results": rows,
         "models": {**old.get("models", {}), **extra},
     }

@@ -289,6 +289,9 @@ def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch)
                         "2048", "--depths", "0.5", "--eval-yarn", "default", "--eval-ssa", "far_distance=64",
                         "--needle-routing"])  # fmt: skip
     swa = [r for r in doc2["results"] if r["model"] == "swa"]
+    # the kept model keeps its command, the re-evaluated one gets this one's; the table names both
+    assert doc2["commands"] == {"ssa": doc["command"], "swa": doc2["command"]} != doc["commands"]
+    assert "Command (ssa): `" + doc["command"] in (out / "functional-context.md").read_text()
     assert {(r["length"], r["depth"]) for r in swa} == {(1024, 0.5), (2048, 0.5)}
     assert [r["needle_routed"] for r in swa] == [0.0] * 4  # 2 tasks x 2 lengths; no routed blocks, needle mid-context
     assert len([r for r in doc2["results"] if r["model"] == "ssa"]) == 8
@@ -371,3 +374,10 @@ def test_eval_yarn_auto_drops_the_temperature_for_fixed_size_attention(tmp_path)
     )
     args.eval_yarn = "default"
     assert script.eval_groups(["64K"], args, "ssa") == [(["64K"], groups["dense"][1][1])]
+    # --baseline-eval-yarn: swa and dense their own (h200-4k-far: ssa without YaRN, the baselines as in h200-4k)
+    far = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k-far"])
+    assert "attention.ssa.far_distance=1024" in far.ssa_override and far.eval_yarn == "off"
+    assert script.eval_groups(["16K", "64K"], far, "ssa") == [(["16K", "64K"], None)]
+    for model in ("swa", "dense"):
+        assert [g[0] for g in script.eval_groups(["16K", "64K"], far, model)] == [["16K"], ["64K"]]
+        assert "factor:4.0" in script.eval_groups(["16K"], far, model)[0][1]
