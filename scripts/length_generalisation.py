@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from ssa_kernels.hf import ssa_config_of  # noqa: E402
 from train.probes import evaluate, train_block_retrieval  # noqa: E402
 
-SEARCHES = {"beam_min=1": {"beam_min": 1}, "beam_min=4": {"beam_min": 4}, "beam_min=16": {"beam_min": 16}}
+SEARCHES = {f"beam_min={b}": {"beam_min": b} for b in (1, 4, 16, 64)}
 YARN = ("off", "default", "no-temperature")
 
 

@@ -144,7 +144,7 @@ class EvalConfig:
     wandb: str = "disabled"  # disabled | offline | online (offline when no API key works)
     project: str = "ssa-eval"
     progress: bool = True  # a tqdm bar over (task, length) pairs on stderr
-    # SSA models: per sample and layer, the share of (kv head, answer token) pairs whose selection lists every
+    # SSA models: per sample and layer, the share of (kv head, generated token) pairs whose selection lists every
     # block of the gold needle's answer (its first occurrence in the prompt), as the row's needle_routed; the
     # log and summary give its mean and best layer per task x length. Tells a routing miss from a reading miss.
     needle_routing: bool = False

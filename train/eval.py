@@ -477,8 +477,8 @@ def needle_blocks(sample: Sample, encode: Callable[[str], torch.Tensor], block_s
 def decode_recording_needle(decoder: GreedyDecoder, sample: Sample, encode, ids: torch.Tensor, max_new: int):
     """``decoder(ids, max_new)`` under a :class:`DecodeRouteRecorder`; ``info`` gains ``needle_blocks`` and
     ``needle_routed``: per layer, the share of (kv head, token) pairs whose selection lists every needle
-    block, over the tokens that predicted the answer (the prompt's last, then each decode step), and
-    ``needle_routed_first``, the same for the first answer token alone."""
+    block, over the tokens that predicted a new token (the prompt's last, then each decode step: the answer and
+    whatever follows it up to EOS or max_new), and ``needle_routed_first``, the same for the first new token."""
     cfg = ssa_config_of(decoder.model.config)
     blocks = needle_blocks(sample, encode, cfg.block_size)
     if not blocks:
@@ -486,6 +486,8 @@ def decode_recording_needle(decoder: GreedyDecoder, sample: Sample, encode, ids:
         return pred, {**info, "needle_blocks": [], "needle_routed": None, "needle_routed_first": None}
     with DecodeRouteRecorder(lambda layer, indices: blocks_listed(indices, blocks).float().mean()) as rec:
         pred, info = decoder(ids, max_new)
+    if not rec.records:
+        raise RuntimeError("needle_routing: generate kept no SSA decode state (call ssa_kernels.hf.enable_ssa_decode)")
     steps = [rec.records[t] for t in sorted(rec.records)]  # {layer: share of kv heads}, one per token
     layers = sorted(steps[0])
     table = torch.stack([torch.stack([step[i] for i in layers]) for step in steps]).cpu()  # (tokens, layers)
