@@ -37,6 +37,7 @@ from ssa_kernels.config import SSAConfig
 from ssa_kernels.distill import dense_block_mass, doc_starts
 from ssa_kernels.hf import doc_ids_of, route_of, ssa_config_of
 from ssa_kernels.selector import Selection, select_blocks
+from ssa_kernels.selector.reference import _accumulate_dtype
 
 __all__ = [
     "DecodeRouteRecorder",
@@ -347,8 +348,6 @@ class DecodeRouteRecorder(SSARecorder):
         super().__init__(fn)  # type: ignore[arg-type]  (called with (layer, indices), not an SSACall)
 
     def _wrapped(self, original: Callable) -> Callable:
-        from ssa_kernels.selector.reference import _accumulate_dtype
-
         def ssa_recorded(module, query, key, value, attention_mask, *args, **kwargs):
             result = original(module, query, key, value, attention_mask, *args, **kwargs)
             state = (kwargs.get("ssa_decode_states") or {}).get(module.layer_idx)
