@@ -103,6 +103,31 @@ def test_random_guesser_scores_near_zero_and_the_hook_takes_a_function(tmp_path,
     assert len(seen) == 8 and all(r["score"] == 0.0 for r in res["results"])  # an empty answer scores 0
 
 
+def test_a_killed_evaluation_keeps_every_finished_sample_in_samples_jsonl(tmp_path, dense_dir):
+    """samples.jsonl gets each row when it is scored: an evaluation stopped mid-way (here the answer
+    function raises on the 4th sample, as a time limit would kill it) keeps the 3 finished rows and
+    leaves no results.json; a finished one journals exactly the rows of results.json."""
+    seen = []
+
+    def dies_on_the_fourth(sample):
+        seen.append(sample)
+        if len(seen) == 4:
+            raise KeyboardInterrupt("killed")
+        return sample.answers[0] if len(seen) % 2 else "wrong"
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(eval_config(tmp_path / "killed", dense_dir, answer_fn=None), answer_fn=dies_on_the_fourth)
+    kept = [json.loads(line) for line in (tmp_path / "killed" / "samples.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in kept] == [100.0, 0.0, 100.0]
+    assert [(r["length"], r["depth"]) for r in kept] == [(512, 0.25), (512, 0.75), (512, 0.25)]
+    assert not (tmp_path / "killed" / "results.json").exists()
+
+    res = evaluate(eval_config(tmp_path / "done", dense_dir, answer_fn="oracle"))
+    journal = [json.loads(line) for line in (tmp_path / "done" / "samples.jsonl").read_text().splitlines()]
+    assert journal == res["results"] == json.loads((tmp_path / "done" / "results.json").read_text())["results"]
+    assert not list((tmp_path / "done").glob("*.tmp"))
+
+
 def test_greedy_decoding_runs_through_the_ssa_decode_path(tmp_path, ssa_dir, monkeypatch):
     """An SSA checkpoint loads with its routers (checkpoint dir, attention=null: as saved), prefills with
     sparse attention and decodes every new token after the first with one SSA decode step per layer."""

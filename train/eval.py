@@ -13,7 +13,9 @@ is an error that names the key to change; the prefill will go through those rung
 
 Outputs in ``out_dir``: ``results.json`` (every sample, per task x length and per length means, the
 effective length), ``results.md`` (the table) and ``niah_heatmap.png`` (mean niah score, depth x
-length); the same go to wandb when ``wandb`` is offline or online.
+length); the same go to wandb when ``wandb`` is offline or online. ``samples.jsonl`` gets each row as
+soon as its sample is scored (flushed), so an evaluation killed at its time limit keeps every sample
+it finished; ``results.json`` is written (atomically) only at the end.
 
 Examples::
 
@@ -363,6 +365,9 @@ def evaluate(config: EvalConfig, answer_fn: AnswerFn | None = None, command: str
 
     rows: list[dict] = []
     start = time.perf_counter()
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    journal = (out_dir / "samples.jsonl").open("w", encoding="utf-8")  # rows as they finish: see the docstring
     bar = tqdm(total=len(tasks) * len(lengths), desc="eval", unit="task", file=sys.stderr,
                disable=not config.progress, dynamic_ncols=True)  # fmt: skip
     try:
@@ -377,6 +382,8 @@ def evaluate(config: EvalConfig, answer_fn: AnswerFn | None = None, command: str
                                          decoder, answer_fn, max_positions)  # fmt: skip
                         rows.append(row)
                         scores.append(row["score"])
+                        journal.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        journal.flush()
                 mean = sum(scores) / len(scores)
                 routed = needle_routing_summary(rows[len(rows) - len(scores) :])
                 note = (
@@ -388,6 +395,7 @@ def evaluate(config: EvalConfig, answer_fn: AnswerFn | None = None, command: str
                 bar.update(1)
     finally:
         bar.close()
+        journal.close()
 
     results = {
         "checkpoint": mcfg.path or f"random-init:{mcfg.name}",
@@ -402,7 +410,7 @@ def evaluate(config: EvalConfig, answer_fn: AnswerFn | None = None, command: str
         "results": rows,
         "summary": summarize(rows, tasks, lengths),
     }
-    write_outputs(results, Path(config.out_dir))
+    write_outputs(results, out_dir)
     if config.wandb != "disabled":
         log_to_wandb(results, config)
     return results
@@ -622,7 +630,9 @@ def niah_heatmap(results: dict, path: Path) -> Path | None:
 
 def write_outputs(results: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    tmp = out_dir / "results.json.tmp"  # a reader never sees half a file
+    tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    tmp.replace(out_dir / "results.json")
     (out_dir / "results.md").write_text(markdown(results))
     niah_heatmap(results, out_dir / "niah_heatmap.png")
     log.info("wrote %s", out_dir / "results.json")
