@@ -236,10 +236,15 @@ def test_candidates_grow_logarithmically(beam_min):
         counts[seq_len] = int(select_blocks(q, k, cfg).candidates.max())
         levels[seq_len] = len(key_pyramid(k, cfg))
         assert counts[seq_len] <= cfg.top_nodes + (levels[seq_len] - 1) * widest * cfg.branching
+    # A row counts only nodes overlapping its routed range: children of a kept node that lie wholly in
+    # the sink or the local window are not scored, so the longest row of the shorter sequence may fall
+    # short of its capacity by up to that many nodes per level, depending on which nodes the random
+    # scores keep (CI saw 143 of 144 at 4K).
+    edge = cfg.sink_blocks + cfg.local_window // cfg.block_size
     for n in (2**12, 2**14):
         added = levels[4 * n] - levels[n]
         assert added == 1  # branching 4: one level per 4x
-        assert counts[4 * n] - counts[n] <= added * widest * cfg.branching, counts
+        assert counts[4 * n] - counts[n] <= added * widest * cfg.branching + levels[n] * edge, counts
     # nb = 4096 blocks: 16 top nodes + 4 levels x beam x branching
     assert counts[2**16] < (0.05 if beam_min == 1 else 0.07) * (2**16 // cfg.block_size), counts
 
