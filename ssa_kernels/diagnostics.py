@@ -342,18 +342,24 @@ class DecodeRouteRecorder(SSARecorder):
     per-token rule (:meth:`~ssa_kernels.decode.DecodeState.route`, what a decode step attends), t the token's
     position: the prompt's last token (the prefill; under the block rule its last query block selects the same
     blocks) predicts the first new token, each decode step the next. Needs the SSA decode states on the cache
-    (``generate`` with ``use_cache``); costs one more per-token selection per layer and token."""
+    (``generate`` with ``use_cache``); costs one more per-token selection per layer and token.
 
-    def __init__(self, fn: Callable[[int, Tensor], Any]):
-        super().__init__(fn)  # type: ignore[arg-type]  (called with (layer, indices), not an SSACall)
+    With ``trace_block`` (a key block), ``fn(layer, indices, trace)`` also gets where that token's search kept
+    or dropped the block (:meth:`~ssa_kernels.decode.DecodeState.trace`, one more search)."""
+
+    def __init__(self, fn: Callable[..., Any], trace_block: int | None = None):
+        super().__init__(fn)  # (called with (layer, indices[, trace]), not an SSACall)
+        self.trace_block = trace_block
 
     def _wrapped(self, original: Callable) -> Callable:
         def ssa_recorded(module, query, key, value, attention_mask, *args, **kwargs):
             result = original(module, query, key, value, attention_mask, *args, **kwargs)
             state = (kwargs.get("ssa_decode_states") or {}).get(module.layer_idx)
             if state is not None:  # a cached prefill or a decode step: the state holds its last token
-                indices = state.route(ssa_config_of(module.config), _accumulate_dtype(query))
-                self.records.setdefault(state.length - 1, {})[module.layer_idx] = self.fn(module.layer_idx, indices)
+                cfg, dtype = ssa_config_of(module.config), _accumulate_dtype(query)
+                extra = () if self.trace_block is None else (state.trace(cfg, self.trace_block, dtype),)
+                record = self.fn(module.layer_idx, state.route(cfg, dtype), *extra)
+                self.records.setdefault(state.length - 1, {})[module.layer_idx] = record
             return result
 
         return ssa_recorded

@@ -389,7 +389,9 @@ def evaluate(config: EvalConfig, answer_fn: AnswerFn | None = None, command: str
                 note = (
                     ""
                     if routed is None
-                    else f" (needle routed: {routed['mean']:.2f}, best layer {routed['best_layer']:.2f})"
+                    else f" (needle routed: {routed['mean']:.2f}, best layer {routed['best_layer']:.2f}"
+                    + "".join(f"; {k} {v:.2f}" for k, v in routed.get("first_token", {}).items())
+                    + ")"
                 )
                 (bar.write if config.progress else log.info)(f"{task} @ {format_length(length)}: {mean:.1f}{note}")
                 bar.update(1)
@@ -486,21 +488,34 @@ def decode_recording_needle(decoder: GreedyDecoder, sample: Sample, encode, ids:
     """``decoder(ids, max_new)`` under a :class:`DecodeRouteRecorder`; ``info`` gains ``needle_blocks`` and
     ``needle_routed``: per layer, the share of (kv head, token) pairs whose selection lists every needle
     block, over the tokens that predicted a new token (the prompt's last, then each decode step: the answer and
-    whatever follows it up to EOS or max_new), and ``needle_routed_first``, the same for the first new token."""
+    whatever follows it up to EOS or max_new), and ``needle_routed_first``, the same for the first new token;
+    ``needle_lost`` / ``needle_ranks_first`` / ``needle_widths_first``: where the search dropped the needle's
+    first block (:class:`~ssa_kernels.decode.reference.BeamTrace`)."""
     cfg = ssa_config_of(decoder.model.config)
     blocks = needle_blocks(sample, encode, cfg.block_size)
     if not blocks:
         pred, info = decoder(ids, max_new)
         return pred, {**info, "needle_blocks": [], "needle_routed": None, "needle_routed_first": None}
-    with DecodeRouteRecorder(lambda layer, indices: blocks_listed(indices, blocks).float().mean()) as rec:
+
+    def record(layer: int, indices: torch.Tensor, trace) -> tuple[torch.Tensor, object]:
+        return blocks_listed(indices, blocks).float().mean(), trace
+
+    with DecodeRouteRecorder(record, trace_block=blocks[0]) as rec:
         pred, info = decoder(ids, max_new)
     if not rec.records:
         raise RuntimeError("needle_routing: generate kept no SSA decode state (call ssa_kernels.hf.enable_ssa_decode)")
-    steps = [rec.records[t] for t in sorted(rec.records)]  # {layer: share of kv heads}, one per token
+    steps = [rec.records[t] for t in sorted(rec.records)]  # {layer: (share of kv heads, trace)}, one per token
     layers = sorted(steps[0])
-    table = torch.stack([torch.stack([step[i] for i in layers]) for step in steps]).cpu()  # (tokens, layers)
+    table = torch.stack([torch.stack([step[i][0] for i in layers]) for step in steps]).cpu()  # (tokens, layers)
+    first = [steps[0][i][1] for i in layers]
     return pred, {**info, "needle_blocks": blocks, "needle_routed": [round(v, 3) for v in table.mean(0).tolist()],
-                  "needle_routed_first": [round(v, 3) for v in table[0].tolist()]}  # fmt: skip
+                  "needle_routed_first": [round(v, 3) for v in table[0].tolist()],
+                  # where each token's search dropped the needle's first block: [token][layer][kv head], see
+                  # BeamTrace.lost_at (-1 routed, -2 not routable, else the pyramid level), and for the first
+                  # token the rank of its ancestor per level [layer][kv head][level] against the widths kept
+                  "needle_lost": [[step[i][1].lost_at()[0].tolist() for i in layers] for step in steps],
+                  "needle_ranks_first": [t.rank[0].tolist() for t in first],
+                  "needle_widths_first": first[0].width.tolist()}  # fmt: skip
 
 
 def needle_routing_summary(rows: list[dict]) -> dict | None:
@@ -508,7 +523,13 @@ def needle_routing_summary(rows: list[dict]) -> dict | None:
     got = [r["needle_routed"] for r in rows if r.get("needle_routed")]
     if not got:
         return None
-    return {"mean": _mean([sum(v) / len(v) for v in got]), "best_layer": _mean([max(v) for v in got]), "n": len(got)}
+    summary = {"mean": _mean([sum(v) / len(v) for v in got]), "best_layer": _mean([max(v) for v in got]), "n": len(got)}
+    lost = [h for r in rows if r.get("needle_lost") for layer in r["needle_lost"][0] for h in layer]
+    if lost:  # first new token, over samples x layers x kv heads
+        names = {-1: "routed", -2: "not routable"}
+        summary["first_token"] = {names.get(v, f"lost at level {v}"): round(lost.count(v) / len(lost), 3)
+                                  for v in sorted(set(lost))}  # fmt: skip
+    return summary
 
 
 def label_of(rows: list[dict]) -> str:

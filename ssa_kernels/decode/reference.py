@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,10 +58,11 @@ from ssa_kernels.selector.reference import (
     _num_blocks,
     _num_levels,
     beam_search,
+    level_widths,
     routed_bounds,
 )
 
-__all__ = ["DecodeState", "causal_rows_attention", "ssa_decode_step"]
+__all__ = ["BeamTrace", "DecodeState", "causal_rows_attention", "ssa_decode_step"]
 
 # Query tokens per chunk of causal_rows_attention: bounds the [Bt, Hkv, R, (S*B), D] gathered keys and the
 # [Bt, Hkv, R, chunk, D] candidate gathers of the beam search.
@@ -74,20 +76,24 @@ def _query_means(query_sums: Tensor, n_tokens: Tensor, group: int, head_dim: int
     return (mean / math.sqrt(head_dim)).to(dtype)
 
 
-def _route_rows(q_sum: Tensor, prefix: Tensor, lo: Tensor, hi: Tensor, blocks: Tensor, cfg: SSAConfig) -> Tensor:
+def _route_rows(
+    q_sum: Tensor, prefix: Tensor, lo: Tensor, hi: Tensor, blocks: Tensor, cfg: SSAConfig, target: Tensor | None = None
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Routed blocks [Bt, Hkv, R, topk] (ascending, -1 padding last) of R query rows, row r the last
     token of a prefix ending in block ``blocks[r]``: the selector's beam search (shared code) over that
     prefix's pyramid. q_sum [Bt, Hkv, R, D] scaled query summaries; prefix [Bt, Hkv, n1, D] fp64 key
-    prefix sums over blocks, exact below every row's ``hi``; lo [Bt or 1, R], hi [R] routed ranges."""
+    prefix sums over blocks, exact below every row's ``hi``; lo [Bt or 1, R], hi [R] routed ranges.
+    Also the search's ranks of ``target`` [R] (``beam_search``; None without a target) and each row's
+    pyramid height [R]."""
     bt, hkv, rows, _ = q_sum.shape
     routed = torch.full((bt, hkv, rows, cfg.topk_blocks), -1, dtype=torch.long, device=q_sum.device)
-    if cfg.topk_blocks == 0:
-        return routed
-    n_blocks = int(blocks.max()) + 1  # nodes past the longest prefix are out of every row's range
     levels = torch.tensor([_num_levels(int(b) + 1, cfg) for b in blocks.tolist()], device=q_sum.device)
-    best, _, _ = beam_search(q_sum, prefix[:, :, : n_blocks + 1], lo, hi, levels, cfg)
+    if cfg.topk_blocks == 0:
+        return routed, None, levels
+    n_blocks = int(blocks.max()) + 1  # nodes past the longest prefix are out of every row's range
+    best, _, _, ranks = beam_search(q_sum, prefix[:, :, : n_blocks + 1], lo, hi, levels, cfg, target)
     routed[..., : best.shape[-1]] = best
-    return routed
+    return routed, ranks, levels
 
 
 def _union_rows(routed: Tensor, block: Tensor, cfg: SSAConfig) -> Tensor:
@@ -223,7 +229,7 @@ def causal_rows_attention(
         blk = pos // block_size
         with torch.no_grad():
             q_sum = _query_means(q_sums[:, :, t0:t1], pos - blk * block_size + 1, rgroup, rd, _accumulate_dtype(rq))
-            routed = _route_rows(q_sum, prefix, lo[:, blk], hi[blk], blk, cfg)
+            routed = _route_rows(q_sum, prefix, lo[:, blk], hi[blk], blk, cfg)[0]
             indices = _union_rows(routed, blk, cfg)  # (Bt, Hkv, R, S)
         far_rows = None if far is None else (far[0][:, :, t0:t1], far[1], cfg.local_blocks)
         outs.append(
@@ -231,6 +237,25 @@ def causal_rows_attention(
         )
         t0 = t1
     return torch.cat(outs, dim=2)  # (Bt, Hq, T, D)
+
+
+class BeamTrace(NamedTuple):
+    """Where one token's search kept a key block (:meth:`DecodeState.trace`); index = pyramid level, 0 = blocks."""
+
+    rank: Tensor  # [Bt, Hkv, L] int64: the block's ancestor's rank among the candidates, -1: not a candidate
+    width: Tensor  # [L] int64: nodes kept at the level (topk_blocks at 0); kept where 0 <= rank < width
+
+    def lost_at(self) -> Tensor:
+        """[Bt, Hkv] int64: the level at which the block's ancestor was dropped (not among the ``width`` best
+        candidates), -1 where the block was routed, -2 where it is not routable (sink, local window, another
+        document: not a candidate at the block level though never dropped)."""
+        num = self.rank.shape[-1]
+        present = self.rank >= 0
+        finest = torch.where(present, torch.arange(num, device=self.rank.device), num).amin(-1)  # num: never
+        at = finest.clamp(max=num - 1)
+        kept = self.rank.gather(-1, at.unsqueeze(-1)).squeeze(-1) < self.width[at]
+        routed = torch.where(finest == 0, -1, -2)
+        return torch.where(finest >= num, -2, torch.where(kept, routed, finest))
 
 
 @dataclass
@@ -338,6 +363,21 @@ class DecodeState:
         local window, [Bt, Hkv, 1, S] ascending, -1 padding last. What :func:`ssa_decode_step` attends with, and
         what the prefill's last query block selected (the block rule at a block's last token). ``dtype``: the
         scores' (``_accumulate_dtype`` of the query)."""
+        routed, _, _ = self._search(cfg, dtype)
+        return _union_rows(routed, torch.tensor([(self.length - 1) // self.block_size], device=routed.device), cfg)
+
+    @torch.no_grad()
+    def trace(self, cfg: SSAConfig, block: int, dtype: torch.dtype = torch.float32) -> BeamTrace:
+        """Where :meth:`route`'s search kept or dropped key block ``block`` (a diagnostic: was a needle lost
+        at a coarse level of the pyramid, or among the blocks themselves?)."""
+        target = torch.tensor([block], device=self.prefix.device)
+        _, ranks, levels = self._search(cfg, dtype, target)
+        if ranks is None:  # nothing is routed (topk_blocks = 0)
+            ranks = torch.full((*self.prefix.shape[:2], 1, 1), -1, dtype=torch.long, device=self.prefix.device)
+        return BeamTrace(ranks[:, :, 0], level_widths(levels, cfg)[0])
+
+    def _search(self, cfg: SSAConfig, dtype: torch.dtype, target: Tensor | None = None):
+        """``_route_rows`` for the last token taken."""
         bt, t, block_size = self.prefix.shape[0], self.length - 1, self.block_size
         pos = torch.tensor([t], device=self.prefix.device)
         q_sum = _query_means(
@@ -348,8 +388,7 @@ class DecodeState:
             dtype,
         )
         hi = pos // block_size - (cfg.local_blocks - 1)  # routed_bounds' hi of block t // block_size
-        routed = _route_rows(q_sum, self.prefix, self.block_lo.view(bt, 1), hi, pos // block_size, cfg)
-        return _union_rows(routed, pos // block_size, cfg)
+        return _route_rows(q_sum, self.prefix, self.block_lo.view(bt, 1), hi, pos // block_size, cfg, target)
 
 
 def ssa_decode_step(

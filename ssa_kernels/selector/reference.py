@@ -338,12 +338,16 @@ def _row_beams(level: int, levels: Tensor, cfg: SSAConfig) -> Tensor:
 
 
 def beam_search(
-    q_sum: Tensor, prefix: Tensor, lo: Tensor, hi: Tensor, levels: Tensor, cfg: SSAConfig
-) -> tuple[Tensor, Tensor, Tensor]:
+    q_sum: Tensor, prefix: Tensor, lo: Tensor, hi: Tensor, levels: Tensor, cfg: SSAConfig, target: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Coarse-to-fine search for R query rows: q_sum [Bt, Hkv, R, D] (scaled query summaries),
     prefix [Bt, Hkv, n1, D] fp64 key-block prefix sums, lo [Bt or 1, R] and hi [R] routed ranges,
     levels [R] each row's pyramid height. Returns routed blocks and their scores [Bt, Hkv, R, <= topk]
-    (ascending, -1 / -inf padding) and the candidates scored per row [Bt, Hkv, R].
+    (ascending, -1 / -inf padding), the candidates scored per row [Bt, Hkv, R], and, for ``target`` [R]
+    (a block per row, -1 for none; a diagnostic), the rank [Bt, Hkv, R, levels.max()] of the target's
+    ancestor among the row's candidates at each level (index = level, 0 = blocks; 0 = best, ties to the
+    smaller node as the search breaks them), -1 where it was not a candidate (dropped at a coarser level);
+    it was kept where 0 <= rank < :func:`level_widths`. None without ``target``.
 
     All rows walk down together from the tallest pyramid; above its own top a row keeps every node
     overlapping its range, so each row's result is that of a search over its own pyramid."""
@@ -352,6 +356,7 @@ def beam_search(
     num_levels = int(levels.max())
     lo, hi = lo.view(-1, 1, rows, 1), hi.view(1, 1, rows, 1)  # broadcast over (Bt, Hkv, R, candidates)
     candidates = torch.zeros(bt, hkv, rows, dtype=torch.long, device=dev)
+    ranks = None if target is None else torch.full((bt, hkv, rows, num_levels), -1, dtype=torch.long, device=dev)
     top_cover = cfg.branching ** (num_levels - 1)
     n_top = -(-(prefix.shape[2] - 1) // top_cover)
     node = torch.arange(n_top, device=dev).expand(bt, hkv, rows, n_top)  # (Bt, Hkv, R, n_top)
@@ -361,6 +366,9 @@ def beam_search(
         candidates += (valid & (level < levels).view(1, 1, rows, 1)).sum(-1)  # a row's own pyramid only
         node = torch.where(valid, node, -1)
         score = torch.where(valid, score, -math.inf)
+        if ranks is not None:
+            ancestor = torch.where(target >= 0, target // cfg.branching**level, -2).view(1, 1, rows, 1)
+            ranks[..., level] = _rank_in_row(node, score, ancestor)
         if level == 0:
             break
         beams = _row_beams(level, levels, cfg)  # (R,)
@@ -373,7 +381,25 @@ def beam_search(
         node = torch.where(parent.unsqueeze(-1) >= 0, child, -1).flatten(-2)
         score = _score_ranges(q_sum, prefix, node, cfg.branching ** (level - 1), cfg.block_size, lo, hi)
     best, best_scores = _ascending(*_best(node, score, min(cfg.topk_blocks, node.shape[-1])))
-    return best, best_scores, candidates
+    return best, best_scores, candidates, ranks
+
+
+def _rank_in_row(node: Tensor, score: Tensor, want: Tensor) -> Tensor:
+    """Rank of node ``want`` [.., R, 1] among each row's valid candidates (node, score) [.., R, M] in the
+    order :func:`_best` keeps them (score descending, ties to the smaller node), -1 where it is absent."""
+    here = node == want
+    s = torch.where(here, score, -math.inf).amax(-1, keepdim=True)
+    ahead = (node >= 0) & ((score > s) | ((score == s) & (node < want)))
+    return torch.where(here.any(-1), ahead.sum(-1), -1)
+
+
+def level_widths(levels: Tensor, cfg: SSAConfig) -> Tensor:
+    """Nodes each row keeps at each level, [R, levels.max()] (index = level): topk_blocks at the blocks,
+    above them the beam (everything above the row's own pyramid): :func:`beam_search`'s ranks below
+    these were kept."""
+    widths = [torch.full_like(levels, cfg.topk_blocks)]
+    widths += [_row_beams(level, levels, cfg) for level in range(1, int(levels.max()))]
+    return torch.stack(widths, dim=-1)
 
 
 def _union(routed: Tensor, cfg: SSAConfig) -> Tensor:
@@ -443,7 +469,7 @@ def _select(q_sum: Tensor, key_prefix, seq_len: int, cfg: SSAConfig, doc_ids: Te
         for r0, r1 in zip([0, *bounds[:-1]], bounds):
             if r0 == r1:
                 continue
-            best, best_scores, cand = beam_search(
+            best, best_scores, cand, _ = beam_search(
                 q_sum[:, :, r0:r1], prefix[:, :, : r1 + 1], lo[:, r0:r1], hi[r0:r1], levels[r0:r1], cfg
             )
             routed[:, :, r0:r1, : best.shape[-1]] = best
