@@ -114,6 +114,7 @@ RECIPES = {
 RECIPES["h200-4k-far"] = RECIPES["h200-4k"] + [
     "--ssa-override", *RECIPES["h200-4k"][RECIPES["h200-4k"].index("--ssa-override") + 1 : RECIPES["h200-4k"].index("--swa-override")],
     "attention.ssa.far_distance=1024", "--eval-yarn", "off", "--baseline-eval-yarn", "default"]  # fmt: skip
+SMOKE_BPE = ["--max-chars", "300000", "--synthetic-samples", "2", "--synthetic-length", "1024"]
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip
 
@@ -163,7 +164,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows-to", default=None, help=argparse.SUPPRESS)  # a --jobs child: write rows here only
     p.add_argument("--pretrain-experiment", default="functional_context_short", help="conf/experiment/<name>.yaml")
     p.add_argument("--pretrain-override", nargs="*", default=[], help="extra Hydra overrides for the pretraining")
-    p.add_argument("--pretrain-tokenizer", default="byte", help="model.tokenizer of the models trained from it")
+    p.add_argument(
+        "--tokenizer",
+        default="byte",
+        help="model.tokenizer of every model trained from scratch (stage 1 included; stage 2 keeps its checkpoint's):"
+        " byte, a tokenizer directory, or bpe: a byte-level BPE trained first into <out>/tokenizer (python -m "
+        "data.bpe; kept there and reused)",
+    )
     p.add_argument("--train-len", type=int, default=16384, help="training sequence length (tokens)")
     p.add_argument("--eval-lengths", nargs="+", default=["16K", "64K", "256K", "1M"], help="e.g. 16K 1M 4M")
     p.add_argument("--depths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
@@ -241,7 +248,7 @@ def compose_config(name: str, overrides: list[str]):
 
 def train_overrides(model: str, args: argparse.Namespace) -> list[str]:
     o = [f"experiment={args.experiment}", f"attention={ATTENTION[model]}", f"name=functional_context_{model}",
-         f"train.seq_len={args.train_len}", f"parallel.device={args.device}"]  # fmt: skip
+         f"train.seq_len={args.train_len}", f"parallel.device={args.device}", f"model.tokenizer={args.tokenizer}"]  # fmt: skip
     if args.train_steps is not None:
         o.append(f"train.steps={args.train_steps}")
     if args.smoke:
@@ -283,7 +290,7 @@ def pretrain(args: argparse.Namespace, out: Path) -> dict:
     """Stage 1, shared by every model: ``--pretrain-experiment`` (dense, short rows) for ``--pretrain-min``
     into ``<out>/pretrain/``; each model's training then starts from its weights (``model=hf``)."""
     o = [f"experiment={args.pretrain_experiment}", "attention=dense", "name=functional_context_pretrain",
-         f"parallel.device={args.device}"]  # fmt: skip
+         f"parallel.device={args.device}", f"model.tokenizer={args.tokenizer}"]  # fmt: skip
     if args.smoke:
         o += SMOKE_TRAIN + SMOKE_PRETRAIN
     info = run_training(o + list(args.pretrain_override), out / "pretrain", args.pretrain_min)
@@ -291,11 +298,25 @@ def pretrain(args: argparse.Namespace, out: Path) -> dict:
     return info
 
 
+def resolve_tokenizer(args: argparse.Namespace, out: Path) -> str:
+    """--tokenizer as a model.tokenizer value: bpe -> <out>/tokenizer, trained there first unless it exists."""
+    if args.tokenizer != "bpe":
+        return args.tokenizer
+    path = out / "tokenizer"
+    if not (path / "tokenizer.json").is_file():
+        from data.bpe import main as train_bpe_cli
+
+        t0 = time.perf_counter()
+        train_bpe_cli(["--out", str(path), *(SMOKE_BPE if args.smoke else [])])
+        log.info("tokenizer: byte-level BPE trained in %.0f s -> %s", time.perf_counter() - t0, path)
+    return str(path)
+
+
 def train_model(model: str, args: argparse.Namespace, run_dir: Path, pretrained: str | None = None) -> dict:
     overrides = train_overrides(model, args)
-    if pretrained is not None:  # the stage-1 weights; their config fixes the model's shape
-        overrides = [o for o in overrides if not o.startswith("model.hf_config.")]
-        overrides += ["model=hf", f"model.path={pretrained}", f"model.tokenizer={args.pretrain_tokenizer}"]
+    if pretrained is not None:  # the stage-1 weights; their config fixes the model's shape, their dir the tokenizer
+        overrides = [o for o in overrides if not o.startswith(("model.hf_config.", "model.tokenizer="))]
+        overrides += ["model=hf", f"model.path={pretrained}"]  # and its tokenizer
     return run_training(overrides, run_dir, args.time_budget_min)
 
 
@@ -521,6 +542,8 @@ def main(argv: list[str] | None = None) -> dict:
     register_configs()
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if not args.eval_only:
+        args.tokenizer = resolve_tokenizer(args, out)
     rows, extra = [], {}
     stage1 = pretrain(args, out) if args.pretrain_min > 0 and not args.eval_only else None
     if stage1 is not None:

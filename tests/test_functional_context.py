@@ -18,8 +18,8 @@ from data.mix import MixedLoader, SyntheticRows
 from data.synthetic import generate
 from ssa_kernels.diagnostics import SSARecorder
 from train.__main__ import CONF_DIR
-from train.config import ConfigError, to_config
-from train.model import build_config, build_model
+from train.config import ConfigError, ModelConfig, to_config
+from train.model import build_config, build_model, build_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ = 1024
@@ -307,22 +307,31 @@ def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch)
     }
 
 
-def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch, tokenizer):
     """--pretrain-min: one dense stage-1 run (conf/experiment/functional_context_short.yaml, smoke sizes), then
-    the model's training loads its weights (model=hf) instead of a fresh init."""
+    the model's training loads its weights (model=hf) instead of a fresh init, and its tokenizer: with
+    --tokenizer bpe one trained first into <out>/tokenizer."""
     from safetensors.torch import load_file
 
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     script = load_script()
     out = tmp_path / "fc"
     doc = script.main(["--out", str(out), "--smoke", "--models", "ssa", "--pretrain-min", "5", "--eval-lengths",
-                       "1024", "--depths", "0.5"])  # fmt: skip
+                       "1024", "--depths", "0.5", "--tokenizer", tokenizer])  # fmt: skip
     pre = doc["models"]["pretrain"]
     assert pre["steps"] == 2 and "experiment=functional_context_short" in pre["overrides"]
     assert "attention=dense" in pre["overrides"]
+    want = str(out.resolve() / "tokenizer") if tokenizer == "bpe" else "byte"
+    assert f"model.tokenizer={want}" in pre["overrides"]
     ssa = doc["models"]["ssa"]
     assert f"model.path={pre['model']}" in ssa["overrides"] and "model=hf" in ssa["overrides"]
-    assert not [o for o in ssa["overrides"] if o.startswith("model.hf_config.")]  # the checkpoint's shape rules
+    assert not [o for o in ssa["overrides"] if o.startswith(("model.hf_config.", "model.tokenizer="))]  # its own
+    vocab = json.loads((Path(ssa["checkpoint"]) / "model" / "config.json").read_text())["vocab_size"]
+    tokens = len(build_tokenizer(ModelConfig(tokenizer=want)))
+    assert tokens == 259 if tokenizer == "byte" else tokens > 4000
+    assert vocab == -(-tokens // 64) * 64  # the model was sized by that tokenizer
+    assert {r["model"] for r in doc["results"]} == {"ssa"}
 
     def embedding(model_dir):
         tensors = {}
@@ -335,7 +344,8 @@ def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch):
     corr = torch.corrcoef(torch.stack([stage1, stage2]))[0, 1]
     assert corr > 0.9, f"stage 2 did not start from stage 1's weights (correlation {corr:.3f})"
     assert not torch.equal(stage1, stage2)  # and it trained
-    assert {r["model"] for r in doc["results"]} == {"ssa"}
+    if tokenizer == "bpe":
+        return
     # --pretrained: a later run starts from the same stage-1 weights without training them again
     doc2 = script.main(["--out", str(tmp_path / "fc2"), "--smoke", "--models", "swa", "--pretrained", pre["model"],
                         "--eval-lengths", "1024", "--depths", "0.5"])  # fmt: skip
