@@ -8,6 +8,7 @@ fp32 and fp16 only (the interpreter's bf16 tl.dot is wrong); the bf16 case runs 
 
 import math
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a pack
 from sparse_inputs import random_docs, random_indices, relerr  # noqa: E402
 
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
+# The block-bias gradient sums p * (dp - delta) over a block's query-key pairs, terms that largely cancel; in fp16 /
+# bf16 delta comes from the rounded output, an absolute error per entry that does not shrink with |dbias|, so its
+# relative error runs ~10x the others' (fp16: median 0.13x of 5e-3, worst 1.1x in 1,649 random draws; audit,
+# 2026-12-03). fp32 cases check it at 1e-4.
+DBIAS_TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -62,7 +68,8 @@ def run_both(
     return got, ref
 
 
-def assert_close(got: dict, ref: dict, tol: float) -> None:
+def assert_close(got: dict, ref: dict, dtype: torch.dtype) -> None:
+    """Kernel vs fp32 reference: relative error within TOL[dtype] (DBIAS_TOL for the bias gradient)."""
     assert got["out"].dtype == ref["out"].dtype or got["out"].dtype in (torch.float16, torch.bfloat16)
     assert got["lse"].dtype == torch.float32 and got["lse"].shape == ref["lse"].shape
     # lse: -inf exactly where the reference has -inf (rows with no visible key), close elsewhere.
@@ -76,7 +83,7 @@ def assert_close(got: dict, ref: dict, tol: float) -> None:
             a, b = a[~inf_ref], b[~inf_ref]
         assert torch.isfinite(a).all(), f"{name}: non-finite (unwritten or NaN) elements"
         err = relerr(a, b)
-        assert err <= tol, (name, err)
+        assert err <= (DBIAS_TOL if name == "dbias" else TOL)[dtype], (name, err)
 
 
 def make_inputs(bt, hq, hkv, t, d, g, dtype):
@@ -101,7 +108,7 @@ def check_ragged_docs_bias(monkeypatch, seed, bs, dtype, config, t=90, hf_layout
     docs = random_docs(bt, t, 3, g)
     bb = 0.5 * torch.randn(indices.shape, generator=g)
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
-    assert_close(got, ref, TOL[dtype])
+    assert_close(got, ref, dtype)
 
 
 # (Bt, Hq, Hkv, T, D, block, S, dtype, doc, bias): GQA 1/4/8, D 64/128, ragged T, Bt > 1, docs and bias.
@@ -123,14 +130,15 @@ CASES = [
     ],
 )
 def test_matches_reference(bt, hq, hkv, t, d, bs, s, dtype, doc, bias):
-    g = torch.Generator().manual_seed(hash((bt, hq, hkv, t, d, bs, s, str(dtype), doc, bias)) % 2**31)
+    # a stable seed per case (hash() of a str is salted per process: a failure could not be reproduced)
+    g = torch.Generator().manual_seed(zlib.crc32(repr((bt, hq, hkv, t, d, bs, s, str(dtype), doc, bias)).encode()))
     q, k, v = make_inputs(bt, hq, hkv, t, d, g, dtype)
     nb = -(-t // bs)
     indices = random_indices(bt, hkv, nb, s, g)
     docs = random_docs(bt, t, 3, g) if doc else None
     bb = 0.5 * torch.randn(indices.shape, generator=g) if bias else None
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
-    assert_close(got, ref, TOL[dtype])
+    assert_close(got, ref, dtype)
 
 
 @pytest.mark.parametrize("order", ["lpt", "kb"])
@@ -145,7 +153,7 @@ def test_kv_work_orders(monkeypatch, order):
     docs = random_docs(bt, t, 2, g)
     bb = 0.5 * torch.randn(indices.shape, generator=g)
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=2)
-    assert_close(got, ref, TOL[torch.float32])
+    assert_close(got, ref, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -190,7 +198,7 @@ def test_public_function_auto_split():
     j = torch.arange(nb)
     indices = torch.where(j[None, :] <= j[:, None], j[None, :], -1).expand(bt, hkv, nb, nb).clone()
     got, ref = run_both(q, k, v, indices, bs, g, public=True)
-    assert_close(got, ref, TOL[torch.float32])
+    assert_close(got, ref, torch.float32)
 
 
 @pytest.mark.parametrize("kv_split", [1, 2, None])
@@ -207,7 +215,7 @@ def test_every_query_block_selects_the_sink(kv_split):
     indices = rows.expand(bt, hkv, nb, 2).clone()
     bb = 0.5 * torch.randn(indices.shape, generator=g)
     got, ref = run_both(q, k, v, indices, bs, g, bias=bb, kv_split=kv_split)
-    assert_close(got, ref, TOL[torch.float32])
+    assert_close(got, ref, torch.float32)
 
 
 def test_rows_without_visible_keys_and_unlisted_blocks():
@@ -225,7 +233,7 @@ def test_rows_without_visible_keys_and_unlisted_blocks():
     # head 0: blocks 0 and 2 empty; head 1: only block 2 listed; block 3 listed nowhere
     bb = 0.5 * torch.randn(indices.shape, generator=g)
     got, ref = run_both(q, k, v, indices, bs, g, bias=bb, kv_split=2)
-    assert_close(got, ref, TOL[torch.float32])
+    assert_close(got, ref, torch.float32)
     out, lse = got["out"].cpu(), got["lse"].cpu()
     assert (out[:, 0:2, 0:bs] == 0).all() and torch.isneginf(lse[:, 0:2, 0:bs]).all()
     assert (got["dq"][:, 0:2, 0:bs] == 0).all()
@@ -240,7 +248,7 @@ def test_lse_only_loss_and_strided_inputs():
     assert not q.is_contiguous()
     indices = random_indices(bt, hkv, -(-t // bs), s, g)
     got, ref = run_both(q, k, v, indices, bs, g, kv_split=2, lse_only=True)
-    assert_close(got, ref, TOL[torch.float32])
+    assert_close(got, ref, torch.float32)
 
 
 def test_rejects_bad_shapes():
@@ -265,5 +273,5 @@ def test_bf16_on_gpu(bs):
     docs = random_docs(bt, t, 4, g)
     bb = 0.5 * torch.randn(indices.shape, generator=g)
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=4)
-    assert_close(got, ref, TOL[torch.bfloat16])
+    assert_close(got, ref, torch.bfloat16)
     assert not math.isnan(got["out"].float().sum().item())
