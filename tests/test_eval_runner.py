@@ -252,9 +252,8 @@ def test_needle_routing_reads_whether_the_needle_blocks_were_selected(tmp_path, 
     heads = json.loads((Path(dense_dir) / "config.json").read_text())["num_key_value_heads"]
     assert row["needle_lost"] == [[[outcome] * heads] * 2] * len(row["needle_lost"]) and len(row["needle_lost"]) >= 1
     assert len(row["needle_ranks_first"]) == 2 and all(len(h) == heads for h in row["needle_ranks_first"])
-    if topk:
-        assert [len(r) for r in row["needle_ranks_first"][0]] == [len(row["needle_widths_first"])] * heads
-        assert row["needle_widths_first"][0] == topk
+    assert [len(r) for r in row["needle_ranks_first"][0]] == [len(row["needle_widths_first"])] * heads
+    assert row["needle_widths_first"][0] == topk
     first = {"routed": 1.0} if topk else {"not routable": 1.0}
     assert res["summary"]["needle_routed"]["niah_single_1"]["1024"] == {
         "mean": want, "best_layer": want, "n": 1, "first_token": first}  # fmt: skip

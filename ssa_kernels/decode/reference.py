@@ -372,8 +372,9 @@ class DecodeState:
         at a coarse level of the pyramid, or among the blocks themselves?)."""
         target = torch.tensor([block], device=self.prefix.device)
         _, ranks, levels = self._search(cfg, dtype, target)
-        if ranks is None:  # nothing is routed (topk_blocks = 0)
-            ranks = torch.full((*self.prefix.shape[:2], 1, 1), -1, dtype=torch.long, device=self.prefix.device)
+        if ranks is None:  # nothing is routed (topk_blocks = 0): never a candidate
+            shape = (*self.prefix.shape[:2], 1, int(levels.max()))
+            ranks = torch.full(shape, -1, dtype=torch.long, device=self.prefix.device)
         return BeamTrace(ranks[:, :, 0], level_widths(levels, cfg)[0])
 
     def _search(self, cfg: SSAConfig, dtype: torch.dtype, target: Tensor | None = None):
