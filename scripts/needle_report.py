@@ -1,0 +1,97 @@
+"""Right against wrong answers, read beside needle routing: a table per (task, length) from the ``samples.jsonl``
+(or ``results.json``) that ``python -m train.eval needle_routing=true`` writes.
+
+    python scripts/needle_report.py runs/fc/ssa/eval/samples.jsonl [more files: one table each] [--json out.json]
+
+For the right and the wrong answers apart: how many, the share of answer tokens whose selection listed the
+needle per layer (``needle_routed``), and where the first answer token's search dropped the needle's first block
+(``needle_lost``: routed, not routable, or the pyramid level; over layers x kv heads). A wrong answer whose needle
+was routed is a reading miss; one dropped at level 0 a router (top-k) miss; at a coarser level a beam miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+OUTCOMES = {-1: "routed", -2: "not routable"}
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a samples.jsonl (one JSON object a line; a killed run's partial last line is skipped) or of a
+    results.json's ``results``."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text)["results"]
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # only a torn last line can be incomplete (each row is flushed whole)
+            continue
+    return rows
+
+
+def outcome_name(value: int) -> str:
+    return OUTCOMES.get(value, f"level {value}")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One entry per (task, length), right and wrong answers apart."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], r["length"])].append(r)
+    out = []
+    for (task, length), rs in sorted(groups.items()):
+        entry = {"task": task, "length": length, "samples": len(rs)}
+        for name, part in (
+            ("right", [r for r in rs if r["score"] == 100]),
+            ("wrong", [r for r in rs if r["score"] < 100]),
+        ):
+            routed = [r["needle_routed"] for r in part if r.get("needle_routed")]
+            layers = [round(sum(col) / len(routed), 3) for col in zip(*routed)] if routed else []
+            lost = Counter(h for r in part if r.get("needle_lost") for layer in r["needle_lost"][0] for h in layer)
+            total = sum(lost.values())
+            entry[name] = {
+                "n": len(part),
+                "routed_per_layer": layers,
+                "first_token": {outcome_name(k): round(v / total, 3) for k, v in sorted(lost.items())} if total else {},
+            }
+        out.append(entry)
+    return out
+
+
+def render(entries: list[dict]) -> str:
+    lines = []
+    for e in entries:
+        lines.append(f"{e['task']} @ {e['length']}: {e['samples']} samples")
+        for name in ("right", "wrong"):
+            part = e[name]
+            routed = " ".join(f"{x:.2f}" for x in part["routed_per_layer"]) or "-"
+            lost = ", ".join(f"{k} {v:.2f}" for k, v in part["first_token"].items()) or "-"
+            lines.append(f"  {name:5} {part['n']:3}  routed per layer: {routed}  |  first token: {lost}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="+", type=Path, help="samples.jsonl or results.json of train.eval")
+    p.add_argument("--json", type=Path, default=None, help="also write {file: entries} here")
+    args = p.parse_args(argv)
+    report = {}
+    for path in args.files:
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such file (give a train.eval samples.jsonl or results.json)")
+        entries = summarize(read_rows(path))
+        report[str(path)] = entries
+        sys.stdout.write(f"== {path}\n" + render(entries))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return [e for entries in report.values() for e in entries]
+
+
+if __name__ == "__main__":
+    main()

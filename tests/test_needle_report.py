@@ -1,0 +1,50 @@
+"""scripts/needle_report.py: right and wrong answers apart, routing per layer and first-token outcomes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("needle_report", REPO / "scripts" / "needle_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def row(score, routed, lost_first, length=1024):
+    # needle_lost: [token][layer][kv head]; the report reads the first token only
+    return {"task": "niah_single_1", "length": length, "score": score, "needle_routed": routed,
+            "needle_lost": [lost_first, [[-1, -1], [-1, -1]]]}  # fmt: skip
+
+
+def test_report_splits_right_and_wrong_and_counts_first_token_outcomes(tmp_path, capsys):
+    rows = [row(100, [1.0, 0.5], [[-1, -1], [-1, 0]]), row(100, [0.5, 0.5], [[-1, -1], [-1, -1]]),
+            row(0, [0.0, 0.25], [[2, 2], [0, -2]]), row(0, [0.5, 0.5], [[-1, -1], [1, 1]], length=2048)]  # fmt: skip
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"task": "niah_single_1", "len')  # torn line
+    out_json = tmp_path / "report.json"
+    entries = load_script().main([str(path), "--json", str(out_json)])
+    short = entries[0]
+    assert (short["length"], short["samples"]) == (1024, 3)
+    assert short["right"] == {"n": 2, "routed_per_layer": [0.75, 0.5],
+                              "first_token": {"level 0": 0.125, "routed": 0.875}}  # fmt: skip
+    assert short["wrong"] == {"n": 1, "routed_per_layer": [0.0, 0.25],
+                              "first_token": {"not routable": 0.25, "level 0": 0.25, "level 2": 0.5}}  # fmt: skip
+    assert entries[1]["wrong"]["first_token"] == {"routed": 0.5, "level 1": 0.5} and entries[1]["right"]["n"] == 0
+    assert json.loads(out_json.read_text())[str(path)] == entries
+    printed = capsys.readouterr().out
+    assert "niah_single_1 @ 1024: 3 samples" in printed and "level 2 0.50" in printed
+
+
+def test_results_json_reads_too_and_a_missing_file_is_named(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": [row(100, [1.0], [[-1]])]}))
+    (entry,) = load_script().main([str(path)])
+    assert entry["right"]["first_token"] == {"routed": 1.0} and entry["wrong"]["n"] == 0
+    with pytest.raises(SystemExit, match="nope.jsonl: no such file"):
+        load_script().main([str(tmp_path / "nope.jsonl")])
