@@ -5,7 +5,8 @@
 # niah_single_1 at 16K / 256K / 1M and niah_multikey_2 at 4K / 16K / 64K on the same checkpoint, with the beam trace.
 # Lengths are BPE tokens (~3.5-3.8 bytes each). Copy to devrun/, carry .whl and devrun (~9.5 min held):
 #   bash devrun/fc29.sh            (TOK=byte: the same with the byte tokenizer)
-# CPU smoke: NOPIP=1 EXTRA=--smoke EL="1024 2048" EL2="1024" OUT=/tmp/o T=300 TOTAL=420 bash devrun/fc29.sh
+# CPU smoke (~3 min: stage 1 runs the 1,100 steps given here): NOPIP=1 PYTHONPATH=$PWD EXTRA=--smoke EL="1024 2048"
+#   EL2=1024 OUT=/tmp/o T=400 TOTAL=520 bash devrun/fc29.sh
 [ -n "$NOPIP" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 O=${OUT:-/tmp}; F=${F:-runs/fc}; mkdir -p $F $O
