@@ -66,6 +66,8 @@ def check_synthetic(cfg: SyntheticConfig, seq_len: int) -> None:
         raise DataError(f"data.synthetic.extra_queries={cfg.extra_queries} must be in [0, 64]")
     if cfg.extra_order not in ("random", "prompt"):
         raise DataError(f"data.synthetic.extra_order={cfg.extra_order!r}: use random or prompt")
+    if cfg.extra_labels not in ("all", "value"):
+        raise DataError(f"data.synthetic.extra_labels={cfg.extra_labels!r}: use all or value")
     if not 0 <= cfg.seed_start < SEEDS_PER_SPLIT // 2:
         raise DataError(f"data.synthetic.seed_start={cfg.seed_start}: use 0 <= seed_start < 2**30")
 
@@ -95,20 +97,24 @@ _EXTRA_BUDGET = 96
 EXTRA_TASKS = ("niah_multikey_1", "niah_multikey_2", "niah_multiquery")
 
 
-def extra_lookups(prompt: str, count: int, rng: random.Random, order: str = "random") -> str:
-    """``count`` answered lookups of needles of ``prompt`` ("" with fewer than two): text appended after a
-    niah sample's answer so that one sample teaches the lookup ``count`` more times. The answer of a
-    lookup is in the prompt, so it is learnt by finding the key's needle, as the real question is.
-    ``order``: "random" draws needles with replacement (the key must be looked up); "prompt" takes the
-    first ``count`` in the prompt's order, so each next key is predictable too (plain copying, the
-    easier skill that induction heads learn first)."""
+def lookup_pairs(prompt: str, count: int, rng: random.Random, order: str = "random") -> list[tuple[str, str]]:
+    """``count`` (key, value) needles of ``prompt`` to ask about again ([] with fewer than two): the extra
+    answered lookups appended after a niah sample's answer, so that one sample teaches the lookup ``count``
+    more times. The answer of a lookup is in the prompt, so it is learnt by finding the key's needle, as the
+    real question is. ``order``: "random" draws needles with replacement (the key must be looked up);
+    "prompt" takes the first ``count`` in the prompt's order, so each next key is predictable too (plain
+    copying, the easier skill that induction heads learn first)."""
     found = _NEEDLE_RE.findall(prompt)
     keys = [k for k, _ in found]
     needles = [(k, v) for k, v in found if keys.count(k) == 1]  # a key with one value only, prompt order
     if len(needles) < 2 or not count:  # one needle: its lookups would only repeat the answer just given
-        return ""
-    picked = needles[:count] if order == "prompt" else [rng.choice(sorted(needles)) for _ in range(count)]
-    return "".join(EXTRA_QUERY.format(key=k, value=v) for k, v in picked)
+        return []
+    return needles[:count] if order == "prompt" else [rng.choice(sorted(needles)) for _ in range(count)]
+
+
+def extra_lookups(prompt: str, count: int, rng: random.Random, order: str = "random") -> str:
+    """The text of :func:`lookup_pairs`' lookups, one :data:`EXTRA_QUERY` line each."""
+    return "".join(EXTRA_QUERY.format(key=k, value=v) for k, v in lookup_pairs(prompt, count, rng, order))
 
 
 class SyntheticRows:
@@ -141,9 +147,19 @@ class SyntheticRows:
             s.metadata["extra_queries"] = extra
             return s
 
-    def target(self, s, rng: random.Random) -> str:
-        """The labelled continuation of sample ``s``: its answer, plus its extra answered lookups (EXTRA_TASKS)."""
-        return s.target + extra_lookups(s.prompt, s.metadata.get("extra_queries", 0), rng, self.cfg.extra_order)
+    def target_pieces(self, s, rng: random.Random) -> list[tuple[str, bool]]:
+        """The continuation of sample ``s`` as (text, labelled) pieces: its answer, then its extra answered
+        lookups (EXTRA_TASKS). With ``data.synthetic.extra_labels=value`` a lookup's question (up to its key and
+        " is", a key drawn at random that nothing predicts) is read but not learnt: only its value is labelled."""
+        pieces = [(s.target, True)]
+        for key, value in lookup_pairs(s.prompt, s.metadata.get("extra_queries", 0), rng, self.cfg.extra_order):
+            line = EXTRA_QUERY.format(key=key, value=value)
+            if self.cfg.extra_labels == "value":
+                cut = len(line) - len(f" {value}.")
+                pieces += [(line[:cut], False), (line[cut:], True)]
+            else:
+                pieces.append((line, True))
+        return pieces
 
     def row(self, seed: int, rng: random.Random) -> dict[str, np.ndarray]:
         """Samples of lengths drawn from ``data.synthetic.lengths``, packed back to back until the next
@@ -159,7 +175,12 @@ class SyntheticRows:
         while start == 0 or size - start - 1 >= min(self.lengths):
             s = self.sample((seed * per_row + j) % (SEEDS_PER_SPLIT - 1), rng, budget=size - start - 1)
             prompt = self.encode(s.prompt)
-            ids = np.concatenate([prompt, self.tokenize(self.target(s, rng)), [self.eos]]).astype(np.int64)
+            pieces = self.target_pieces(s, rng)
+            if all(labelled for _, labelled in pieces):  # one text, tokenized whole
+                parts, labelled = [self.tokenize("".join(text for text, _ in pieces))], [True]
+            else:
+                parts, labelled = [self.tokenize(text) for text, _ in pieces], [lab for _, lab in pieces]
+            ids = np.concatenate([prompt, *parts, [self.eos]]).astype(np.int64)
             n = len(ids)
             if start + n > size:
                 raise DataError(
@@ -169,6 +190,12 @@ class SyntheticRows:
             tokens[start : start + n] = ids
             first = start + (len(prompt) - 1 if self.cfg.supervise == "answer" else 0)
             labels[first : start + n - 1] = ids[first - start + 1 :]  # the answer (or all) and its EOS
+            if self.cfg.supervise == "answer":  # pieces read but not learnt: no label predicts their tokens
+                at = start + len(prompt)  # the continuation's first token; labels[i] predicts token i + 1
+                for part, lab in zip(parts, labelled, strict=True):
+                    if not lab:
+                        labels[at - 1 : at - 1 + len(part)] = IGNORE_INDEX
+                    at += len(part)
             positions[start:] = np.arange(self.seq_len - start)  # this sample's positions, and the padding's
             start, j = start + n, j + 1
         return {"input_ids": tokens[:-1], "labels": labels, "position_ids": positions}

@@ -41,6 +41,7 @@ class SyntheticConfig:
     # niah samples: after the answer, this many more answered lookups of the sample's own needles (data/mix.py)
     extra_queries: int = 0
     extra_order: str = "random"  # random: needles drawn with replacement; prompt: in the prompt's order
+    extra_labels: str = "all"  # all: a lookup's whole line is labelled; value: only its value (data/mix.py)
 
 
 @dataclass

@@ -149,6 +149,35 @@ def test_extra_queries_append_answered_lookups_of_the_samples_own_needles(tok):
     assert tok.decode(lab[lab != IGNORE_INDEX]) == plain.sample(5, random.Random(0)).target + tok.eos_token
 
 
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_extra_labels_value_labels_each_lookups_value_not_its_random_key(tok, tokenizer, tmp_path):
+    """extra_labels=value: the same row text as extra_labels=all, but a lookup's question (its key drawn at
+    random) carries no label; its value, the answer and the EOS do. With a BPE tokenizer too (pieces are
+    tokenized apart, so their labels line up with their tokens)."""
+    import re
+
+    from data.bpe import train_bpe, word_texts
+    from data.mix import EXTRA_QUERY
+
+    if tokenizer == "bpe":
+        tok = train_bpe([*word_texts(repeats=2), *(generate("niah_multikey_2", 2048, tok, i, None, "train").prompt
+                                                     for i in range(3))], vocab_size=2048)  # fmt: skip
+    line = re.compile(re.escape(EXTRA_QUERY).replace(r"\{key\}", r"(\S+)").replace(r"\{value\}", r"(\d+)"))
+    kw = dict(ratio=1.0, tasks=["niah_multikey_2"], lengths=[2048], extra_queries=4)
+    rows = {how: SyntheticRows(SyntheticConfig(**kw, extra_labels=how), tok, 2048) for how in ("all", "value")}
+    for seed in range(3):
+        full, part = (rows[how].row(seed, random.Random(seed)) for how in ("all", "value"))
+        assert tok.decode(full["input_ids"]) == tok.decode(part["input_ids"])  # the same text
+        text = tok.decode(part["input_ids"])
+        lookups = line.findall(text[text.index(" The special magic number for ") :])
+        assert len(lookups) == 4
+        learnt = tok.decode(part["labels"][part["labels"] != IGNORE_INDEX])
+        assert learnt.count(".") == 1 + len(lookups) and learnt.endswith(tok.eos_token)
+        assert "mentioned" not in learnt and all(key not in learnt for key, _ in lookups)
+        assert all(f" {value}." in learnt for _, value in lookups)
+        assert "mentioned in the provided text is" in tok.decode(full["labels"][full["labels"] != IGNORE_INDEX])
+
+
 def test_synthetic_rows_use_train_seeds_never_eval_samples(cache_dir, tok):
     rows = SyntheticRows(SyntheticConfig(ratio=1.0, tasks=["niah_single_1"]), tok, SEQ)
     for seed in range(5):
@@ -196,6 +225,7 @@ def test_ratio_zero_is_the_packed_loader_unchanged(cache_dir, tok):
         ("data.synthetic.supervise=prompt", "data.synthetic.supervise"),
         ("data.synthetic.extra_queries=-1", "data.synthetic.extra_queries"),
         ("data.synthetic.extra_order=sorted", "data.synthetic.extra_order"),
+        ("data.synthetic.extra_labels=key", "data.synthetic.extra_labels"),
     ],
 )
 def test_bad_mix_values_name_the_key(override, key):

@@ -6,7 +6,9 @@
 # at 1K (teacher-forced answer loss / exact match on 32 EVAL-split samples):
 #   a  the h200-4k(-far) stage 1 as it is (functional_context_short: copy, single, multikey_2, multikey_1; theta 1e8)
 #   b  a + 8 extra answered lookups, random order, after every multikey answer (9 key lookups per sample)
-#   c  b with multikey_2 drawn twice as often
+#   c  b with only each lookup's value labelled (data.synthetic.extra_labels=value: its key, drawn at random, is
+#      read but not learnt; under b, of a lookup line's labels that the template does not predict, ~2/3 are that
+#      key's ~15 bytes and ~1/3 the value's 8)
 #   d  b on the 6 x 256 model at lr 3e-3 (2026-12-02 sweep run d: the best multikey reading so far, 0.19 exact)
 #   e  b with a 16K byte-level BPE tokenizer trained first on the device (python -m data.bpe: stdlib code, RULER's
 #      word lists, synthetic rows; a key ~3 tokens instead of ~15 bytes; digits one per token). Its 1K-token rows
@@ -26,7 +28,7 @@ timeout ${T:-540} python3 scripts/sweep_recipes.py --experiment functional_conte
   --probe-tasks niah_single_1 niah_multikey_2 --probe-lengths 1024 --probe-samples ${PS:-32} \
   --run a "$C" \
   --run b "$C $X" \
-  --run c "$C $X data.synthetic.tasks=[copy,niah_single_1,niah_multikey_2,niah_multikey_2,niah_multikey_1]" \
+  --run c "$C $X data.synthetic.extra_labels=value" \
   --run d "$C $X $SMALL train.steps=${STEPS_D:-3500}" \
   --run e "$C $X model.tokenizer=$PWD/runs/bpe16k" 2>&1 | grep -v -i warn | tail -20
 echo "rc=${PIPESTATUS[0]} t=$SECONDS"
