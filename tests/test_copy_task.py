@@ -108,12 +108,10 @@ def test_packed_copies_each_label_their_own_second_copy(tok):
 
 
 def test_copy_experiment_composes_and_the_script_uses_it():
-    import importlib.util
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from tests.scripts_loader import load_script
     from train.__main__ import CONF_DIR
     from train.config import to_config
 
@@ -123,10 +121,7 @@ def test_copy_experiment_composes_and_the_script_uses_it():
     config = to_config(cfg)
     assert "copy" in config.data.synthetic.tasks and config.data.synthetic.ratio > 0
     assert config.train.seq_len == 16384 and config.train.micro_batch == 1
-    repo = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("prove_fc_copy", repo / "scripts" / "prove_functional_context.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("prove_functional_context")
     args = script.parse_args(["--out", "x", "--experiment", "functional_context_copy"])
     assert script.train_overrides("ssa", args)[0] == "experiment=functional_context_copy"
     assert script.train_overrides("ssa", script.parse_args(["--out", "x"]))[0] == "experiment=functional_context"

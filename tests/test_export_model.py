@@ -1,8 +1,6 @@
 """scripts/export_model.py: a checkpoint's model in bf16 shards that from_pretrained reads back (SSA routers too)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,20 +8,10 @@ import torch
 from safetensors.torch import load_file
 
 from ssa_kernels.hf import from_pretrained as ssa_from_pretrained
+from tests.scripts_loader import load_script
+from tests.test_eval_runner import save_tiny
 from train.config import ModelConfig
 from train.model import build_tokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_eval_runner import save_tiny  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("export_model", REPO / "scripts" / "export_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def weights(model_dir: Path) -> dict:
@@ -35,7 +23,7 @@ def weights(model_dir: Path) -> dict:
 
 def test_export_writes_bf16_shards_that_load_back(tmp_path, capsys):
     src = save_tiny(tmp_path / "src", ssa=True)
-    files = load_script().main([str(src), str(tmp_path / "out"), "--max-shard-size", "40KB"])
+    files = load_script("export_model").main([str(src), str(tmp_path / "out"), "--max-shard-size", "40KB"])
     out = tmp_path / "out"
     assert len(files) > 3 and all(f.stat().st_size < 60_000 for f in files)  # small shards (one tensor may exceed)
     index = json.loads((out / "model.safetensors.index.json").read_text())
@@ -65,4 +53,4 @@ def test_a_directory_without_weights_is_named(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     with pytest.raises(SystemExit, match="no \\*.safetensors weights"):
-        load_script().main([str(tmp_path / "m"), str(tmp_path / "out")])
+        load_script("export_model").main([str(tmp_path / "m"), str(tmp_path / "out")])

@@ -1,7 +1,6 @@
 """Issue 6 on CPU: the document + synthetic data mix (data/mix.py), the sliding-window (swa) model's
 selection, the configs, and a --smoke run of scripts/prove_functional_context.py."""
 
-import importlib.util
 import itertools
 import json
 import random
@@ -17,11 +16,11 @@ from data import IGNORE_INDEX, DataConfig, SyntheticConfig, build_loader, byte_t
 from data.mix import MixedLoader, SyntheticRows
 from data.synthetic import generate
 from ssa_kernels.diagnostics import SSARecorder
+from tests.scripts_loader import load_script
 from train.__main__ import CONF_DIR
 from train.config import ConfigError, ModelConfig, to_config
 from train.model import build_config, build_model, build_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
 SEQ = 1024
 
 
@@ -245,7 +244,7 @@ def test_experiment_composes_for_each_model(attention):
 def test_4k_recipe_composes_and_model_overrides_reach_only_their_model():
     """conf/experiment/functional_context_4k.yaml (stage 2 of the fc8 recipe) with the script's per-model
     overrides: the ssa model gets the small routed budget and distillation, swa only the window."""
-    script = load_script()
+    script = load_script("prove_functional_context")
     args = script.parse_args(["--out", "x", "--experiment", "functional_context_4k", "--train-len", "4096",
                               "--ssa-override", "attention.ssa.topk_blocks=16", "attention.ssa.routing=distill",
                               "--swa-override", "attention.ssa.local_window=256"])  # fmt: skip
@@ -286,16 +285,9 @@ def test_swa_selection_never_routes(tok):
 # --- the script -----------------------------------------------------------------------------------
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("prove_fc", REPO / "scripts" / "prove_functional_context.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    script = load_script()
+    script = load_script("prove_functional_context")
     out = tmp_path / "fc"
     doc = script.main(["--out", str(out), "--smoke", "--models", "ssa", "swa", "--jobs", "2"])  # side by side
     assert set(doc) >= {"device", "date", "command", "results"}
@@ -345,7 +337,7 @@ def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch, tokeni
     from safetensors.torch import load_file
 
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    script = load_script()
+    script = load_script("prove_functional_context")
     out = tmp_path / "fc"
     doc = script.main(["--out", str(out), "--smoke", "--models", "ssa", "--pretrain-min", "5", "--eval-lengths",
                        "1024", "--depths", "0.5", "--tokenizer", tokenizer])  # fmt: skip
@@ -386,7 +378,7 @@ def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch, tokeni
 
 
 def test_recipe_expands_to_the_measured_run_and_the_command_line_wins(tmp_path):
-    script = load_script()
+    script = load_script("prove_functional_context")
     args = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k"])
     assert args.experiment == "functional_context_4k" and args.train_len == 4096 and args.pretrain_min == 2.2
     assert "attention.ssa.beam_min=64" in args.ssa_override and args.eval_yarn == "default"
@@ -400,7 +392,7 @@ def test_recipe_expands_to_the_measured_run_and_the_command_line_wins(tmp_path):
 
 
 def test_eval_yarn_auto_drops_the_temperature_for_fixed_size_attention(tmp_path):
-    script = load_script()
+    script = load_script("prove_functional_context")
     args = script.parse_args(["--out", str(tmp_path), "--train-len", "4096", "--eval-yarn", "auto"])
     groups = {m: script.eval_groups(["4K", "64K"], args, m) for m in ("ssa", "swa", "dense")}
     for model in ("ssa", "swa"):  # the same keys per query at every length: no temperature

@@ -1,19 +1,10 @@
 """scripts/needle_report.py: right and wrong answers apart, routing per layer and first-token outcomes."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("needle_report", REPO / "scripts" / "needle_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.scripts_loader import load_script
 
 
 def row(score, routed, lost_first, length=1024):
@@ -28,7 +19,7 @@ def test_report_splits_right_and_wrong_and_counts_first_token_outcomes(tmp_path,
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"task": "niah_single_1", "len')  # torn line
     out_json = tmp_path / "report.json"
-    entries = load_script().main([str(path), "--json", str(out_json)])
+    entries = load_script("needle_report").main([str(path), "--json", str(out_json)])
     short = entries[0]
     assert (short["length"], short["samples"]) == (1024, 3)
     assert short["right"] == {"n": 2, "routed_per_layer": [0.75, 0.5],
@@ -44,7 +35,7 @@ def test_report_splits_right_and_wrong_and_counts_first_token_outcomes(tmp_path,
 def test_results_json_reads_too_and_a_missing_file_is_named(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"results": [row(100, [1.0], [[-1]])]}))
-    (entry,) = load_script().main([str(path)])
+    (entry,) = load_script("needle_report").main([str(path)])
     assert entry["right"]["first_token"] == {"routed": 1.0} and entry["wrong"]["n"] == 0
     with pytest.raises(SystemExit, match="nope.jsonl: no such file"):
-        load_script().main([str(tmp_path / "nope.jsonl")])
+        load_script("needle_report").main([str(tmp_path / "nope.jsonl")])

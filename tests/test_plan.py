@@ -3,7 +3,6 @@ measured on a GPU and recorded under docs/results/ (within 15%), the rung it pic
 included), parallel=auto in the trainer, and its CLI."""
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ from parallel.dims import ParallelError
 from parallel.plan import GIB, Setup, Shape, choose, estimate, load_shape, main, plan
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
+from tests.scripts_loader import load_script
 from tests.test_train import compose_cfg, run_cli
 from train.config import to_config
 from train.trainer import _resolve_auto
@@ -57,14 +57,7 @@ def test_estimate_within_15_percent_of_the_measured_peak(key):
     assert abs(est - measured) / measured <= 0.15, (job, est, measured)
 
 
-def _bench_ladder():
-    spec = importlib.util.spec_from_file_location("bench_ladder", REPO / "scripts" / "bench_ladder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _bench_ladder()  # its rung recipes and planner call, loaded once
+bench = load_script("bench_ladder")  # its rung recipes and planner call, loaded once
 LADDER = [
     (f.name, i)
     for f in sorted(RESULTS.glob("ladder-*.json"))

@@ -1,32 +1,24 @@
 """scripts/sweep_recipes.py (several trainings side by side, a follow-on stage from one of them, probes) and
 scripts/probe_answers.py's --ssa-topk, on CPU with the tiny model."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.scripts_loader import load_script
+
 TINY = "model=tiny attention=dense train.seq_len=256 train.micro_batch=2 train.steps=3 data.synthetic.ratio=1.0 "
 TINY += "data.synthetic.lengths=[] data.synthetic.tasks=[copy] train.schedule.warmup_steps=1 logging.log_every=1"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """One sweep: a dense run a, an SSA run s (lr 3e-3) side by side, then a continued as SSA; probes."""
     out = tmp_path_factory.mktemp("sweep")
-    load("sweep_recipes").main(["--out", str(out), "--minutes", "5", "--run", "a", TINY,
+    load_script("sweep_recipes").main(["--out", str(out), "--minutes", "5", "--run", "a", TINY,
                                 "--run", "s", TINY.replace("attention=dense", "attention=ssa") + " train.optimizer.lr=3e-3",
                                 "--then", "a", "attention=ssa train.seq_len=256 train.micro_batch=1 train.steps=2 "
                                 "data.synthetic.lengths=[] data.synthetic.ratio=1.0 data.synthetic.tasks=[copy]",
@@ -54,7 +46,7 @@ def test_sweep_trains_side_by_side_continues_one_and_probes(sweep):
 
 
 def test_probe_with_another_routed_budget_keeps_the_trained_routers(sweep):
-    probe = load("probe_answers")
+    probe = load_script("probe_answers")
     base, _, _ = probe.load(str(sweep / "s"))
     other, _, _ = probe.load(str(sweep / "s"), ssa_topk=3)
     assert base.config.ssa["topk_blocks"] != 3 and other.config.ssa["topk_blocks"] == 3
@@ -69,7 +61,7 @@ def test_probe_with_another_routed_budget_keeps_the_trained_routers(sweep):
 
 
 def test_probe_runs_several_lengths_with_one_load(sweep, capsys):
-    probe = load("probe_answers")
+    probe = load_script("probe_answers")
     probe.main([str(sweep / "s"), "--tasks", "niah_single_1", "--length", "1024", "1100", "--samples", "1"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(r["task"], r["length"]) for r in rows] == [("niah_single_1", 1024), ("niah_single_1", 1100)]
@@ -78,7 +70,7 @@ def test_probe_runs_several_lengths_with_one_load(sweep, capsys):
 
 
 def test_rope_distance_probe_scores_each_gap(tmp_path):
-    rope = load("rope_distance_probe")
+    rope = load_script("rope_distance_probe")
     x, y, lengths = rope.batch(4, 5, 5, torch.Generator().manual_seed(0))
     for row, lab, n in zip(x, y, lengths):  # string, 5 filler tokens, separator, the string again (labelled)
         assert n == int((lab != -100).sum())
