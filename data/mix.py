@@ -112,11 +112,6 @@ def lookup_pairs(prompt: str, count: int, rng: random.Random, order: str = "rand
     return needles[:count] if order == "prompt" else [rng.choice(sorted(needles)) for _ in range(count)]
 
 
-def extra_lookups(prompt: str, count: int, rng: random.Random, order: str = "random") -> str:
-    """The text of :func:`lookup_pairs`' lookups, one :data:`EXTRA_QUERY` line each."""
-    return "".join(EXTRA_QUERY.format(key=k, value=v) for k, v in lookup_pairs(prompt, count, rng, order))
-
-
 class SyntheticRows:
     """``row(seed, rng) -> {"input_ids", "labels", "position_ids"}``: one synthetic sample of a task and
     length drawn by ``rng``, with TRAIN-split seed ``seed``, as a training row of ``seq_len`` tokens."""

@@ -149,7 +149,7 @@ def test_extra_queries_append_answered_lookups_of_the_samples_own_needles(tok):
 
 
 @pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
-def test_extra_labels_value_labels_each_lookups_value_not_its_random_key(tok, tokenizer, tmp_path):
+def test_extra_labels_value_labels_each_lookups_value_not_its_random_key(tok, tokenizer):
     """extra_labels=value: the same row text as extra_labels=all, but a lookup's question (its key drawn at
     random) carries no label; its value, the answer and the EOS do. With a BPE tokenizer too (pieces are
     tokenized apart, so their labels line up with their tokens)."""
