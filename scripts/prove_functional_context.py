@@ -114,6 +114,19 @@ RECIPES = {
 RECIPES["h200-4k-far"] = RECIPES["h200-4k"] + [
     "--ssa-override", *RECIPES["h200-4k"][RECIPES["h200-4k"].index("--ssa-override") + 1 : RECIPES["h200-4k"].index("--swa-override")],
     "attention.ssa.far_distance=1024", "--eval-yarn", "off", "--baseline-eval-yarn", "default"]  # fmt: skip
+# fc31 (docs/functional_context.md, tenth session, one H200): h200-4k-far with (a) stage 1 on fc28's best data (8
+# lookups of random other needles after each multikey sample) and gated on its loss (up to 1,800 steps, stopping once
+# 100 steps average <= 0.01: fc27's 1,100 steps ended at 0.10 where fc25's reached 0.013), (b) stage 2 for 660 steps
+# (<= 4.4 min) and (c) evaluated with every level-2 node kept (beam_widths coarsest level first: 64, 256, then 64;
+# a 1M row's level 2 has 256 nodes of 4,096 tokens, whose mean-pooled summaries dilute the needle: beams of 64 lost it
+# there, 0 of 12 in fc30). ssa 1.00 / 1.00 / 1.00 / 0.92 at 16K / 64K / 256K / 1M, 12 needle positions each. The list
+# is per pyramid height: at 4M, where level 2 has 1,024 nodes, give --eval-ssa "beam_widths=[64,128,1024,64]"
+# (it ran out of memory in the reference selector on one H200; [64,128,256,64] read 1 of 2)
+RECIPES["h200-4k-wide"] = RECIPES["h200-4k-far"] + [
+    "--pretrain-min", "2.9", "--pretrain-override", "model.hf_config.rope_theta=100000000.0", "train.steps=1800",
+    "train.stop_at_loss=0.01", "train.stop_at_loss_window=100", "data.synthetic.extra_queries=8",
+    "data.synthetic.extra_order=random", "--train-steps", "660", "--time-budget-min", "4.4",
+    "--eval-ssa", "beam_widths=[64,256,64]", "--depths", *(f"{d / 100:g}" for d in range(8, 100, 8)), "--samples", "1"]  # fmt: skip
 SMOKE_BPE = ["--max-chars", "300000", "--synthetic-samples", "2", "--synthetic-length", "1024"]
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip

@@ -43,6 +43,14 @@ class SSAConfig:
     # level, i.e. the longer the sequence. Narrow coarse beams then drop it: docs/ssa.md,
     # "Beam width and length generalisation".
     beam_min: int = 16
+    # Levels whose nodes span at least this many tokens (block_size x branching^level) keep every node
+    # they score, overriding the widths above; 0: off. Where one node's mean summary dilutes a needle
+    # below what the router separates, pruning loses it: a 1M row's 256 level-2 nodes (4,096 tokens each)
+    # pruned to 64 lost the needle in 0 of 12 answers right; keeping them all read 11 of 12 (the same
+    # recipe, docs/functional_context.md, tenth session). Cost: the level below then scores branching x
+    # n / beam_full_span nodes per query block, so selection grows as n^2 / beam_full_span (at 1M with
+    # 4,096: 2,048 level-1 candidates per query block, against 512 with beams of 64).
+    beam_full_span: int = 0
     top_nodes: int = 64  # the coarsest level has at most this many nodes (all are scored)
     # How the routing scores learn: "straight_through" adds (score - score.detach()) to the logits of
     # each routed block, zero in the forward pass (output exactly as without it) but giving every
@@ -88,8 +96,10 @@ class SSAConfig:
                 "attention.routing=distill trains a learned router (attention.router=learned); with "
                 "router=attention the target would be the scores' own attention: use straight_through"
             )
-        if self.beam_min < 1 or any(w < 1 for w in self.beam_widths):
-            raise ValueError("attention.beam_min >= 1 and every attention.beam_widths entry >= 1")
+        if self.beam_min < 1 or any(w < 1 for w in self.beam_widths) or self.beam_full_span < 0:
+            raise ValueError(
+                "attention.beam_min >= 1, every attention.beam_widths entry >= 1 and attention.beam_full_span >= 0"
+            )
         if self.distill_blocks < 0 or self.distill_weight < 0:
             raise ValueError("attention.distill_blocks >= 0 (0: all query blocks) and attention.distill_weight >= 0")
         if self.backend not in BACKENDS:

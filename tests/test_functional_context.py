@@ -413,3 +413,11 @@ def test_eval_yarn_auto_drops_the_temperature_for_fixed_size_attention(tmp_path)
     for model in ("swa", "dense"):
         assert [g[0] for g in script.eval_groups(["16K", "64K"], far, model)] == [["16K"], ["64K"]]
         assert "factor:4.0" in script.eval_groups(["16K"], far, model)[0][1]
+    # h200-4k-wide: h200-4k-far with fc31's stage 1 (loss-gated, extra lookups), 660 stage-2 steps, wide beams
+    wide = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k-wide"])
+    assert wide.ssa_override == far.ssa_override and wide.eval_yarn == "off" and wide.pretrain_min == 2.9
+    assert {"train.stop_at_loss=0.01", "data.synthetic.extra_queries=8"} <= set(wide.pretrain_override)
+    assert wide.train_steps == 660 and wide.eval_ssa == ["beam_widths=[64,256,64]"] and wide.samples == 1
+    assert wide.depths == [0.08, 0.16, 0.24, 0.32, 0.4, 0.48, 0.56, 0.64, 0.72, 0.8, 0.88, 0.96]
+    stage1 = [f"experiment={wide.pretrain_experiment}", "attention=dense", *wide.pretrain_override]
+    assert script.to_config(script.compose_config("config", stage1)).train.stop_at_loss == 0.01

@@ -75,6 +75,18 @@ CASES = {
     "B1-gqa1-T30+14-blk4-br3-fp16": (1, 2, 2, 32, 30, 14, SSAConfig(4, 3, 4, 4, 0, top_nodes=2), 0, torch.float16),
     # from nothing: the first tokens (no routed range yet), then routing
     "B2-gqa4-T0+20-blk2-br2-beam1": (2, 4, 1, 8, 0, 20, SSAConfig(2, 2, 2, 2, 1, [1], top_nodes=2), 0, torch.float32),
+    # levels spanning >= 8 tokens keep every node (beam_full_span), the others 1: heights 3 -> 4 cross it
+    "B1-gqa2-T40+30-blk2-br2-full-span8": (
+        1,
+        4,
+        2,
+        8,
+        40,
+        30,
+        SSAConfig(2, 2, 2, 2, 1, [1], top_nodes=2, beam_full_span=8),
+        0,
+        torch.float32,
+    ),
 }
 
 

@@ -388,16 +388,41 @@ def diluted_needle(needle: int = 40, decoy: float = 0.2):
 
 
 @pytest.mark.parametrize("selector", ["reference", "fast"])
-def test_beam_min_keeps_a_diluted_needle(selector):
+def test_beam_min_and_full_span_keep_a_diluted_needle(selector):
     """With the capacity rule alone (beam 2 for topk 1) the search keeps two decoy nodes at level 2 and
     routes a decoy; with beam_min 4 it keeps every level-2 node and finds the needle (what the exhaustive
     search routes)."""
     select = select_blocks if selector == "reference" else select_blocks_fast
     base = dict(block_size=1, branching=4, topk_blocks=1, local_window=1, sink_blocks=1, top_nodes=4)
     q, k = diluted_needle()
-    searches = {"narrow": {"beam_min": 1}, "beam_min": {"beam_min": 4}, "all": {"beam_widths": [10**9]}}
+    searches = {
+        "narrow": {"beam_min": 1},
+        "beam_min": {"beam_min": 4},
+        "all": {"beam_widths": [10**9]},
+        "full_span": {"beam_min": 1, "beam_full_span": 16},  # level 2 (16 blocks a node) keeps all, level 1 two
+    }
     routed = {
         name: select(q, k, SSAConfig(**base, **extra)).routed[0, 0, -1].tolist() for name, extra in searches.items()
     }
-    assert routed == {"narrow": [routed["narrow"][0]], "beam_min": [40], "all": [40]}, routed
+    assert routed == {"narrow": [routed["narrow"][0]], "beam_min": [40], "all": [40], "full_span": [40]}, routed
     assert routed["narrow"][0] not in range(32, 48), routed  # a decoy: the needle's node was dropped
+
+
+@pytest.mark.parametrize("selector", ["reference", "fast"])
+def test_beam_full_span_keeps_every_node_of_the_levels_it_names(selector):
+    """beam_full_span at the level-1 span keeps every node at every level: the exhaustive search, whatever
+    the widths say; at the level-2 span, level 1 still prunes to its width and the result differs."""
+    select = select_blocks if selector == "reference" else select_blocks_fast
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 4, 300, 8, generator=g), torch.randn(2, 2, 300, 8, generator=g)
+    base = dict(block_size=2, branching=2, topk_blocks=3, local_window=2, sink_blocks=1, top_nodes=2)
+    exhaustive = select_blocks(q, k, SSAConfig(**base, beam_widths=[10**9]))
+    every = select(q, k, SSAConfig(**base, beam_widths=[1], beam_full_span=4))
+    for name in ("routed", "candidates"):
+        assert torch.equal(getattr(every, name), getattr(exhaustive, name)), name
+    coarse = select(q, k, SSAConfig(**base, beam_widths=[1], beam_full_span=8))
+    narrow = select(q, k, SSAConfig(**base, beam_widths=[1]))
+    assert (narrow.candidates < coarse.candidates).any() and (coarse.candidates < exhaustive.candidates).any()
+    assert (coarse.candidates <= exhaustive.candidates).all() and (narrow.candidates <= coarse.candidates).all()
+    with pytest.raises(ValueError, match="beam_full_span"):
+        SSAConfig(**base, beam_full_span=-1).validate()

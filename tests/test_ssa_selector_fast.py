@@ -99,6 +99,8 @@ CASES = {
     "gqa2-T640-blk5-br3-beams35-D12": (2, 4, 2, 640, SSAConfig(5, 3, 7, 10, 1, [3, 5], top_nodes=2), 5, 12),
     "T400-blk4-br2-beam1-top1": (1, 4, 2, 400, SSAConfig(4, 2, 4, 8, 0, [1], top_nodes=1), 0, 8),
     "T300-blk4-br3-wide": (1, 2, 1, 300, SSAConfig(4, 3, 5, 4, 1, WIDE, top_nodes=3), 2, 8),
+    # beam_full_span 32 = a level-3 node: levels 3 and above keep every node, levels 1-2 keep 1
+    "T700-blk4-br2-full-span32": (1, 4, 2, 700, SSAConfig(4, 2, 3, 8, 1, [1], top_nodes=2, beam_full_span=32), 2, 8),
 }
 
 

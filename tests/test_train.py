@@ -108,6 +108,8 @@ def test_experiment_overrides_the_base():
         ("train.optimizer.lr=-1", "train.optimizer.lr"),
         ("train.optimizer.betas=[0.9]", "train.optimizer.betas"),
         ("train.position_skip=16", "train.position_skip"),
+        ("train.stop_at_loss=-1", "train.stop_at_loss"),
+        ("train.stop_at_loss_window=0", "train.stop_at_loss_window"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -343,6 +345,21 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, cache
         run_inprocess(tmp_path, ["train.steps=6", "train.ckpt_every=2"], cache_dir)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000002"]
     assert max(losses(tmp_path)) == 2  # the bad step was not logged as a result
+
+
+def test_stop_at_loss_saves_and_stops_at_the_first_window_at_or_below_it(tmp_path, cache_dir):
+    run_inprocess(tmp_path / "full", ["train.steps=8", "train.ckpt_every=0"], cache_dir)
+    full = [json.loads(line)["loss"] for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    window = 3
+    means = [sum(full[s - window : s]) / window for s in range(window, len(full) + 1)]  # means[i]: up to step i + 3
+    threshold = sorted(means)[len(means) // 2]  # crossed partway through, whatever the curve's shape
+    expected = window + next(i for i, m in enumerate(means) if m <= threshold)
+    assert expected < 8
+    overrides = ["train.steps=8", "train.ckpt_every=0", f"train.stop_at_loss={threshold!r}"]
+    last = run_inprocess(tmp_path / "stop", [*overrides, f"train.stop_at_loss_window={window}"], cache_dir)
+    assert Path(last).name == f"step_{expected:08d}"
+    logged = [json.loads(line)["loss"] for line in (tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == full[:expected]  # the same run, cut where the window's mean first reached the threshold
 
 
 def test_resume_from_incompatible_checkpoint_names_the_key(tmp_path, cache_dir):

@@ -88,6 +88,12 @@ class TrainConfig:
     # to position_skip occur at seq_len. Only the rotary embedding sees the skip: document boundaries, masks
     # and routing ranges still come from the loader's positions. Evaluation uses true positions.
     position_skip: int = 0
+    # Early stop (0: off): once the mean loss of the last stop_at_loss_window steps is <= stop_at_loss, save and
+    # stop, with train.steps as the cap (the schedule still runs over train.steps). For a stage whose loss drops
+    # in a phase transition at a run-to-run varying step (issue 6's stage 1: 0.013 at 1,100 steps in one run,
+    # 0.10 in the next); the window restarts on resume.
+    stop_at_loss: float = 0.0
+    stop_at_loss_window: int = 50
 
 
 @dataclass
@@ -229,6 +235,11 @@ def to_config(cfg: DictConfig) -> Config:
     _positive("logging.router_query_blocks", lg.router_query_blocks, 0)
     if not t.optimizer.lr > 0:
         raise ConfigError(f"train.optimizer.lr={t.optimizer.lr} must be > 0")
+    if t.stop_at_loss < 0 or t.stop_at_loss_window < 1:
+        raise ConfigError(
+            f"train.stop_at_loss={t.stop_at_loss}, train.stop_at_loss_window={t.stop_at_loss_window}: "
+            "the loss must be >= 0 (0: off) and the window >= 1 steps"
+        )
     if t.position_skip and t.position_skip <= t.seq_len:
         raise ConfigError(
             f"train.position_skip={t.position_skip}: the longest position to train, > train.seq_len={t.seq_len} "

@@ -9,6 +9,7 @@ ranks), so accumulation and data parallelism never change it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -215,6 +216,7 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     tracker = Tracker(cfg, config_dict, run_dir, dims.is_main, start_step)
     stop = StopSignal()
     router_every = cfg.logging.router_stats_every if cfg.attention.name == "ssa" else 0
+    recent = collections.deque(maxlen=t.stop_at_loss_window)  # train.stop_at_loss's window
     try:
         for step in range(start_step + 1, t.steps + 1):
             t0 = time.perf_counter()
@@ -247,8 +249,22 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
             if recorder is not None:
                 metrics.update(router_metrics(recorder.records))
             tracker.log(step, metrics)
-            if (t.ckpt_every and step % t.ckpt_every == 0) or (step == t.steps and t.save_final) or stop_requested:
+            recent.append(loss)
+            converged = (
+                t.stop_at_loss > 0 and len(recent) == recent.maxlen and sum(recent) / len(recent) <= t.stop_at_loss
+            )
+            if converged:
+                log.info("step %d: mean loss of the last %d steps %.4f <= train.stop_at_loss=%g: saving and stopping",
+                         step, len(recent), sum(recent) / len(recent), t.stop_at_loss)  # fmt: skip
+            if (
+                (t.ckpt_every and step % t.ckpt_every == 0)
+                or (step == t.steps and t.save_final)
+                or stop_requested
+                or converged
+            ):
                 last_ckpt = ckpt.save(step, runner, lm, tokenizer, loader.state_dict(), meta, config_yaml)
+            if converged:
+                break
             if stop_requested:
                 log.warning("stopped by signal at step %d; resume=auto continues from %s", step, last_ckpt)
                 break

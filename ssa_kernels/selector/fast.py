@@ -74,6 +74,7 @@ from ssa_kernels.selector.reference import (
     _default_beam,
     _num_blocks,
     _num_levels,
+    keeps_all,
     routed_bounds,
     select_blocks,
     select_blocks_pooled,
@@ -480,7 +481,9 @@ def _beams(levels: int, cfg: SSAConfig) -> list[int]:
     (``reference._row_beams`` below the row's top)."""
     beams = [0]
     for level in range(1, levels):
-        if cfg.beam_widths:
+        if keeps_all(level, cfg):
+            beams.append(max(cfg.top_nodes, 1) * cfg.branching ** (levels - 1 - level))
+        elif cfg.beam_widths:
             beams.append(max(1, cfg.beam_widths[min(max(levels - 1 - level, 0), len(cfg.beam_widths) - 1)]))
         else:
             beams.append(_default_beam(level, cfg))

@@ -190,6 +190,12 @@ def _default_beam(level: int, cfg: SSAConfig) -> int:
     return max(1, cfg.beam_min, 2 * math.ceil(cfg.topk_blocks / cfg.branching**level))
 
 
+def keeps_all(level: int, cfg: SSAConfig) -> bool:
+    """Whether ``level`` keeps every node it scores (``cfg.beam_full_span``). A pyramid of height h holds at
+    most top_nodes x branching^(h - 1 - level) nodes there: the width that does it."""
+    return cfg.beam_full_span > 0 and cfg.block_size * cfg.branching**level >= cfg.beam_full_span
+
+
 def _overlaps(node: Tensor, cover: int, lo: Tensor, hi: Tensor) -> Tensor:
     """Whether a node (covering blocks [node*cover, (node+1)*cover)) holds a block of [lo, hi).
 
@@ -328,12 +334,14 @@ def _row_beams(level: int, levels: Tensor, cfg: SSAConfig) -> Tensor:
     """Nodes each row keeps at ``level`` (>= 1): everything while the level is above the row's own
     pyramid (at most top_nodes nodes overlap its range there), else the beam width of the level:
     ``cfg.beam_widths`` lists them from the row's coarsest level down (its last entry serves finer
-    levels when it is shorter), or the default."""
+    levels when it is shorter), or the default; every node at levels of ``cfg.beam_full_span``."""
     if cfg.beam_widths:
         idx = (levels - 1 - level).clamp(0, len(cfg.beam_widths) - 1)
         beam = torch.tensor(cfg.beam_widths, device=levels.device)[idx].clamp_min(1)
     else:
         beam = torch.full_like(levels, _default_beam(level, cfg))
+    if keeps_all(level, cfg):
+        beam = max(cfg.top_nodes, 1) * cfg.branching ** (levels - 1 - level).clamp_min(0)
     return torch.where(level >= levels, max(cfg.top_nodes, 1), beam)
 
 
