@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from ssa_kernels.config import SSAConfig
-from ssa_kernels.selector import key_pyramid, routed_bounds, routing_scores, select_blocks, select_blocks_fast
+from ssa_kernels.selector import (
+    key_pyramid,
+    reference,
+    routed_bounds,
+    routing_scores,
+    select_blocks,
+    select_blocks_fast,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
 from memprobe import MaxTensorProbe  # noqa: E402
@@ -426,3 +433,19 @@ def test_beam_full_span_keeps_every_node_of_the_levels_it_names(selector):
     assert (coarse.candidates <= exhaustive.candidates).all() and (narrow.candidates <= coarse.candidates).all()
     with pytest.raises(ValueError, match="beam_full_span"):
         SSAConfig(**base, beam_full_span=-1).validate()
+
+
+def test_row_chunks_do_not_change_the_selection(monkeypatch):
+    """The search runs in chunks of rows sized by _ROW_ELEMENTS (memory for wide beams): one row at a time
+    selects what one chunk per run selects."""
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 4, 500, 8, generator=g), torch.randn(2, 2, 500, 8, generator=g)
+    doc_ids = torch.cat([torch.zeros(2, 200, dtype=torch.long), torch.ones(2, 300, dtype=torch.long)], dim=1)
+    cfg = SSAConfig(block_size=4, branching=2, topk_blocks=3, local_window=8, sink_blocks=1, top_nodes=2,
+                    beam_widths=[2], beam_full_span=32)  # fmt: skip
+    whole = select_blocks(q, k, cfg, doc_ids)
+    monkeypatch.setattr(reference, "_ROW_ELEMENTS", 1)  # every chunk one row
+    rows = select_blocks(q, k, cfg, doc_ids)
+    for name in ("indices", "routed", "candidates"):
+        assert torch.equal(getattr(rows, name), getattr(whole, name)), name
+    torch.testing.assert_close(rows.routed_scores, whole.routed_scores, rtol=1e-12, atol=1e-12)

@@ -458,6 +458,20 @@ def select_blocks_pooled(route: PooledRoute, cfg: SSAConfig, doc_ids: Tensor | N
     return _select(q_sum, prefix, route.seq_len, cfg, doc_ids)
 
 
+_ROW_ELEMENTS = 2**26  # elements of one [Bt, Hkv, rows, candidates] tensor of a search chunk (fp64: 512 MiB)
+
+
+def _max_candidates(num_blocks: int, height: int, cfg: SSAConfig) -> int:
+    """The most nodes a row of pyramid height ``height`` within the first ``num_blocks`` blocks scores at
+    one level: its top-level nodes, or a level's kept nodes times branching."""
+    n = -(-num_blocks // cfg.branching ** (height - 1))
+    most = n
+    for level in range(height - 1, 0, -1):
+        n = min(int(_row_beams(level, torch.tensor([height]), cfg)), n) * cfg.branching
+        most = max(most, n)
+    return most
+
+
 def _select(q_sum: Tensor, key_prefix, seq_len: int, cfg: SSAConfig, doc_ids: Tensor | None) -> Selection:
     """The search of :func:`select_blocks` from scaled query summaries [Bt, Hkv, nb, D] and a callable
     giving the fp64 key-block prefix sums [Bt, Hkv, nb + 1, D] (made only when something is routed)."""
@@ -477,12 +491,17 @@ def _select(q_sum: Tensor, key_prefix, seq_len: int, cfg: SSAConfig, doc_ids: Te
         for r0, r1 in zip([0, *bounds[:-1]], bounds):
             if r0 == r1:
                 continue
-            best, best_scores, cand, _ = beam_search(
-                q_sum[:, :, r0:r1], prefix[:, :, : r1 + 1], lo[:, r0:r1], hi[r0:r1], levels[r0:r1], cfg
-            )
-            routed[:, :, r0:r1, : best.shape[-1]] = best
-            routed_scores[:, :, r0:r1, : best.shape[-1]] = best_scores
-            candidates[:, :, r0:r1] = cand
+            # ... and in chunks of rows, so that wide beams (beam_full_span at 4M: 8,192 candidates a row)
+            # keep each [Bt, Hkv, rows, candidates] tensor of the search near _ROW_ELEMENTS elements
+            step = max(1, _ROW_ELEMENTS // (bt * hkv * _max_candidates(r1, int(levels[r0]), cfg)))
+            for c0 in range(r0, r1, step):
+                c1 = min(r1, c0 + step)
+                best, best_scores, cand, _ = beam_search(
+                    q_sum[:, :, c0:c1], prefix[:, :, : c1 + 1], lo[:, c0:c1], hi[c0:c1], levels[c0:c1], cfg
+                )
+                routed[:, :, c0:c1, : best.shape[-1]] = best
+                routed_scores[:, :, c0:c1, : best.shape[-1]] = best_scores
+                candidates[:, :, c0:c1] = cand
     return Selection(_union(routed, cfg), routed, routed_scores, candidates)
 
 
