@@ -250,12 +250,11 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
                 metrics.update(router_metrics(recorder.records))
             tracker.log(step, metrics)
             recent.append(loss)
-            converged = (
-                t.stop_at_loss > 0 and len(recent) == recent.maxlen and sum(recent) / len(recent) <= t.stop_at_loss
-            )
+            mean = sum(recent) / len(recent)
+            converged = t.stop_at_loss > 0 and len(recent) == recent.maxlen and mean <= t.stop_at_loss
             if converged:
                 log.info("step %d: mean loss of the last %d steps %.4f <= train.stop_at_loss=%g: saving and stopping",
-                         step, len(recent), sum(recent) / len(recent), t.stop_at_loss)  # fmt: skip
+                         step, len(recent), mean, t.stop_at_loss)  # fmt: skip
             if (
                 (t.ckpt_every and step % t.ckpt_every == 0)
                 or (step == t.steps and t.save_final)

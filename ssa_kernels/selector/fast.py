@@ -71,10 +71,9 @@ from ssa_kernels.selector.reference import (
     _block_token_counts,
     _check_inputs,
     _check_pooled,
-    _default_beam,
     _num_blocks,
     _num_levels,
-    keeps_all,
+    beam_width,
     routed_bounds,
     select_blocks,
     select_blocks_pooled,
@@ -477,17 +476,8 @@ def _runs(nb: int, cfg: SSAConfig) -> list[tuple[int, int, int]]:
 
 
 def _beams(levels: int, cfg: SSAConfig) -> list[int]:
-    """Beam width per level 0 .. levels - 1 (entry 0 unused) of a row with pyramid height ``levels``
-    (``reference._row_beams`` below the row's top)."""
-    beams = [0]
-    for level in range(1, levels):
-        if keeps_all(level, cfg):
-            beams.append(max(cfg.top_nodes, 1) * cfg.branching ** (levels - 1 - level))
-        elif cfg.beam_widths:
-            beams.append(max(1, cfg.beam_widths[min(max(levels - 1 - level, 0), len(cfg.beam_widths) - 1)]))
-        else:
-            beams.append(_default_beam(level, cfg))
-    return beams
+    """Beam width per level 0 .. levels - 1 (entry 0 unused) of a row with pyramid height ``levels``."""
+    return [0] + [beam_width(level, levels, cfg) for level in range(1, levels)]
 
 
 def _slots(runs: list[tuple[int, int, int]], cfg: SSAConfig) -> tuple[int, int]:

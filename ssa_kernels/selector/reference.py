@@ -190,10 +190,19 @@ def _default_beam(level: int, cfg: SSAConfig) -> int:
     return max(1, cfg.beam_min, 2 * math.ceil(cfg.topk_blocks / cfg.branching**level))
 
 
-def keeps_all(level: int, cfg: SSAConfig) -> bool:
-    """Whether ``level`` keeps every node it scores (``cfg.beam_full_span``). A pyramid of height h holds at
-    most top_nodes x branching^(h - 1 - level) nodes there: the width that does it."""
-    return cfg.beam_full_span > 0 and cfg.block_size * cfg.branching**level >= cfg.beam_full_span
+def beam_width(level: int, levels: int, cfg: SSAConfig) -> int:
+    """Nodes a row of pyramid height ``levels`` keeps at ``level`` (>= 1): everything while the level is above
+    the row's own pyramid (at most top_nodes nodes overlap its range there); at a level whose nodes span
+    ``cfg.beam_full_span`` tokens or more, every node of the pyramid (top_nodes x branching^(levels - 1 -
+    level) at most); else ``cfg.beam_widths``, listed from the row's coarsest level down (its last entry serves
+    finer levels when it is shorter), or the default. The one rule of the reference, fast and decode searches."""
+    if level >= levels:
+        return max(cfg.top_nodes, 1)
+    if cfg.beam_full_span > 0 and cfg.block_size * cfg.branching**level >= cfg.beam_full_span:
+        return max(cfg.top_nodes, 1) * cfg.branching ** (levels - 1 - level)
+    if cfg.beam_widths:
+        return max(1, cfg.beam_widths[min(levels - 1 - level, len(cfg.beam_widths) - 1)])
+    return _default_beam(level, cfg)
 
 
 def _overlaps(node: Tensor, cover: int, lo: Tensor, hi: Tensor) -> Tensor:
@@ -331,18 +340,9 @@ def row_levels(num_rows: int, cfg: SSAConfig, device: torch.device) -> Tensor:
 
 
 def _row_beams(level: int, levels: Tensor, cfg: SSAConfig) -> Tensor:
-    """Nodes each row keeps at ``level`` (>= 1): everything while the level is above the row's own
-    pyramid (at most top_nodes nodes overlap its range there), else the beam width of the level:
-    ``cfg.beam_widths`` lists them from the row's coarsest level down (its last entry serves finer
-    levels when it is shorter), or the default; every node at levels of ``cfg.beam_full_span``."""
-    if cfg.beam_widths:
-        idx = (levels - 1 - level).clamp(0, len(cfg.beam_widths) - 1)
-        beam = torch.tensor(cfg.beam_widths, device=levels.device)[idx].clamp_min(1)
-    else:
-        beam = torch.full_like(levels, _default_beam(level, cfg))
-    if keeps_all(level, cfg):
-        beam = max(cfg.top_nodes, 1) * cfg.branching ** (levels - 1 - level).clamp_min(0)
-    return torch.where(level >= levels, max(cfg.top_nodes, 1), beam)
+    """:func:`beam_width` of each row at ``level`` (>= 1), [R], from one entry per pyramid height."""
+    widths = [beam_width(level, height, cfg) for height in range(int(levels.max()) + 1)]
+    return torch.tensor(widths, device=levels.device)[levels]
 
 
 def beam_search(
@@ -467,7 +467,7 @@ def _max_candidates(num_blocks: int, height: int, cfg: SSAConfig) -> int:
     n = -(-num_blocks // cfg.branching ** (height - 1))
     most = n
     for level in range(height - 1, 0, -1):
-        n = min(int(_row_beams(level, torch.tensor([height]), cfg)), n) * cfg.branching
+        n = min(beam_width(level, height, cfg), n) * cfg.branching
         most = max(most, n)
     return most
 
