@@ -110,10 +110,13 @@ RECIPES = {
 }  # fmt: skip
 # fc21 (docs/functional_context.md, sixth session): h200-4k with stage 2 trained and evaluated with far blocks at one
 # rotary distance (attention.ssa.far_distance=1024, saved in the model's config.json) and no YaRN; the swa and
-# dense baselines are evaluated as in h200-4k (YaRN with its temperature)
+# dense baselines are evaluated as in h200-4k (YaRN with its temperature). Its router was distilled toward the dense
+# attention at true distances (attention.ssa.distill_target=true_distance, the only target until the eleventh
+# session), pinned here so that this recipe and h200-4k-wide rerun what was measured.
+SSA_4K = RECIPES["h200-4k"][RECIPES["h200-4k"].index("--ssa-override") + 1 : RECIPES["h200-4k"].index("--swa-override")]
 RECIPES["h200-4k-far"] = RECIPES["h200-4k"] + [
-    "--ssa-override", *RECIPES["h200-4k"][RECIPES["h200-4k"].index("--ssa-override") + 1 : RECIPES["h200-4k"].index("--swa-override")],
-    "attention.ssa.far_distance=1024", "--eval-yarn", "off", "--baseline-eval-yarn", "default"]  # fmt: skip
+    "--ssa-override", *SSA_4K, "attention.ssa.far_distance=1024", "attention.ssa.distill_target=true_distance",
+    "--eval-yarn", "off", "--baseline-eval-yarn", "default"]  # fmt: skip
 # fc31 (docs/functional_context.md, tenth session, one H200): h200-4k-far with (a) stage 1 on fc28's best data (8
 # lookups of random other needles after each multikey sample) and gated on its loss (up to 1,800 steps, stopping once
 # 100 steps average <= 0.01: fc27's 1,100 steps ended at 0.10 where fc25's reached 0.013), (b) stage 2 for 660 steps
@@ -127,6 +130,13 @@ RECIPES["h200-4k-wide"] = RECIPES["h200-4k-far"] + [
     "train.stop_at_loss=0.01", "train.stop_at_loss_window=100", "data.synthetic.extra_queries=8",
     "data.synthetic.extra_order=random", "--train-steps", "660", "--time-budget-min", "4.4",
     "--eval-ssa", "beam_widths=[64,256,64]", "--depths", *(f"{d / 100:g}" for d in range(8, 100, 8)), "--samples", "1"]  # fmt: skip
+# Eleventh session (2026-12-04, unmeasured as a whole: for the next device session): h200-4k-wide with the router
+# distilled toward the attention SSA computes (attention.ssa.distill_target=attended: far blocks at far_distance, so
+# the target ranks them by content; true distances taught recency, and routers ranked 1M's coarse nodes by position)
+# and evaluated with 256 level-1 nodes kept (fc33: h200-4k-wide's training, 12 of 12 at 1M with [64,256,256]).
+RECIPES["h200-4k-attended"] = RECIPES["h200-4k-wide"] + [
+    "--ssa-override", *SSA_4K, "attention.ssa.far_distance=1024", "attention.ssa.distill_target=attended",
+    "--eval-ssa", "beam_widths=[64,256,256]"]  # fmt: skip
 SMOKE_BPE = ["--max-chars", "300000", "--synthetic-samples", "2", "--synthetic-length", "1024"]
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip

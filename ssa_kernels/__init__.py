@@ -150,7 +150,8 @@ def ssa_attention(
     ):
         if not pooled:  # per-token routing tensors: their block means are what the selector scores
             route = PooledRoute(block_means(rq, cfg.block_size), block_means(rk, cfg.block_size), q.shape[2])
-        loss = router_distill_loss(q.detach(), k.detach(), route, cfg, doc_ids, scale)
+        far_t = None if far is None or cfg.distill_target != "attended" else (far[0].detach(), far[1].detach())
+        loss = router_distill_loss(q.detach(), k.detach(), route, cfg, doc_ids, scale, far=far_t)
         out = AddAuxiliaryGradient.apply(out, loss * cfg.distill_weight)
     return out
 

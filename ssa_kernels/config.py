@@ -15,6 +15,7 @@ import torch
 
 BACKENDS = ("auto", "reference", "triton")
 ROUTINGS = ("straight_through", "distill", "none")
+DISTILL_TARGETS = ("attended", "true_distance")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -66,6 +67,12 @@ class SSAConfig:
     # micro-batches and is averaged over data-parallel / Ulysses ranks (each rank's over its own heads), so
     # unlike the LM gradient it is not step-for-step equal across those layouts.
     distill_weight: float = 0.01
+    # routing=distill with far_distance > 0: which dense attention the router is distilled toward. "attended":
+    # the one SSA computes, far blocks (outside the local window) at far_distance, so the target ranks far
+    # blocks by content alone; "true_distance": every key at its true rotary distance (the only target before
+    # the eleventh session, 2026-12-04), whose far mass decays with distance: routers trained on it ranked
+    # coarse nodes by position at 1M (docs/functional_context.md, eleventh session). Same when far_distance = 0.
+    distill_target: str = "attended"
     # What produces the routing scores: "learned" (default), a router of its own per layer
     # (``ssa_kernels/router.py``) on the detached layer input, trained only by ``routing``;
     # "attention", the attention's own post-RoPE q and k (no extra weights; it also learns as
@@ -100,6 +107,8 @@ class SSAConfig:
             raise ValueError(
                 "attention.beam_min >= 1, every attention.beam_widths entry >= 1 and attention.beam_full_span >= 0"
             )
+        if self.distill_target not in DISTILL_TARGETS:
+            raise ValueError(f"attention.distill_target={self.distill_target!r}: use one of {DISTILL_TARGETS}")
         if self.distill_blocks < 0 or self.distill_weight < 0:
             raise ValueError("attention.distill_blocks >= 0 (0: all query blocks) and attention.distill_weight >= 0")
         if self.backend not in BACKENDS:

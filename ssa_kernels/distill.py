@@ -55,6 +55,8 @@ def dense_block_mass(
     scale: float | None = None,
     max_elements: int = CHUNK_ELEMENTS,
     matmul_dtype: torch.dtype | None = None,
+    far: tuple[Tensor, Tensor] | None = None,
+    local_blocks: int = 1,
 ) -> Tensor:
     """Dense causal attention mass of sampled query blocks on every key block.
 
@@ -63,7 +65,11 @@ def dense_block_mass(
     row may see: causal, in its document) summed per key block and averaged over the block's real rows
     and the G query heads of kv head h. Each row of the result sums to 1. O(nq x B x T) per head, as
     many query blocks at a time as fit in ``max_elements`` fp32 probabilities (at least one). The q . k
-    matmul runs in ``matmul_dtype`` (default q's: bf16 tensor cores under autocast), the softmax in fp32."""
+    matmul runs in ``matmul_dtype`` (default q's: bf16 tensor cores under autocast), the softmax in fp32.
+
+    ``far`` (q_far [Bt, Hq, T, D], k_far [Bt, Hkv, T, D]): the logits of keys in blocks j <= i - local_blocks
+    (query block i: the far blocks, outside the local window) are q_far . k_far, the others q . k, in one
+    softmax: the mass of the attention SSA computes under ``far_distance`` (``_attend_near_far``)."""
     bt, hq, seq_len, d = q.shape
     hkv, B, dev = k.shape[1], block_size, q.device
     group, nb = hq // hkv, -(-seq_len // block_size)
@@ -71,8 +77,9 @@ def dense_block_mass(
     start = doc_starts(doc_ids, bt, seq_len, dev)  # (Bt, T)
     dtype = matmul_dtype or q.dtype
     kd = k.to(dtype)  # (Bt, Hkv, T, D)
+    kfd = None if far is None else far[1].to(dtype)
     kpos = torch.arange(seq_len, device=dev)
-    per_block = bt * hq * B * seq_len
+    per_block = bt * hq * B * seq_len * (1 if far is None else 2)  # with far: two logit tensors at once
     chunk = max(1, max_elements // per_block)
     out = []
     for c in range(0, len(query_blocks), chunk):
@@ -85,6 +92,10 @@ def dense_block_mass(
         # key s is visible to query t iff start(doc t) <= s <= t
         allowed = (kpos <= qpos[:, None]) & (kpos >= start[:, qpos, None])  # (Bt, G*nc*B, T)
         logits = (qg @ kd.transpose(-1, -2)).float() * scale  # (Bt, Hkv, G*nc*B, T)
+        if far is not None:  # far keys: block(s) <= block(t) - local_blocks
+            qf = far[0][:, :, rows].to(dtype).reshape(bt, hkv, group * len(rows), d)
+            is_far = kpos // B <= (qpos // B - local_blocks)[:, None]  # (G*nc*B, T)
+            logits = torch.where(is_far, (qf @ kfd.transpose(-1, -2)).float() * scale, logits)
         p = torch.softmax(logits.masked_fill_(~allowed[:, None], -math.inf), dim=-1)
         p = torch.nn.functional.pad(p, (0, nb * B - seq_len)).view(bt, hkv, group, len(blocks), B, nb, B)
         w = real.view(len(blocks), B).float()  # (nc, B): padding rows of a ragged last block weigh 0
@@ -115,18 +126,20 @@ def router_distill_loss(
     doc_ids: Tensor | None = None,
     scale: float | None = None,
     query_blocks: Tensor | None = None,
+    far: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Weighted mean over (batch row, kv head, query block) of KL(dense block mass || router softmax) on
     the routed range (module doc). q, k: the attention's own [Bt, Hq, T, D], [Bt, Hkv, T, D] (targets,
-    no gradient); route: the router's block means (the gradient reaches them). fp32 0-dim tensor, 0 with
-    a zero gradient when no query block has two routable blocks."""
+    no gradient); route: the router's block means (the gradient reaches them); far: the far blocks' (q, k)
+    as :func:`dense_block_mass` takes them (``cfg.distill_target``). fp32 0-dim tensor, 0 with a zero
+    gradient when no query block has two routable blocks."""
     seq_len = route.seq_len
     nb = route.k_mean.shape[2]
     if query_blocks is None:
         query_blocks = distill_query_blocks(seq_len, cfg, q.device)
     if len(query_blocks) == 0:
         return (route.q_mean.sum() + route.k_mean.sum()).float() * 0.0
-    mass = dense_block_mass(q, k, query_blocks, cfg.block_size, doc_ids, scale)  # (Bt, Hkv, nq, nb)
+    mass = dense_block_mass(q, k, query_blocks, cfg.block_size, doc_ids, scale, far=far, local_blocks=cfg.local_blocks)
     lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)  # [Bt or 1, nb], [nb]
     j = torch.arange(nb, device=q.device)
     routable = (j >= lo[:, query_blocks, None]) & (j < hi[query_blocks, None])  # (Bt or 1, nq, nb)

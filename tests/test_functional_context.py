@@ -419,5 +419,15 @@ def test_eval_yarn_auto_drops_the_temperature_for_fixed_size_attention(tmp_path)
     assert {"train.stop_at_loss=0.01", "data.synthetic.extra_queries=8"} <= set(wide.pretrain_override)
     assert wide.train_steps == 660 and wide.eval_ssa == ["beam_widths=[64,256,64]"] and wide.samples == 1
     assert wide.depths == [0.08, 0.16, 0.24, 0.32, 0.4, 0.48, 0.56, 0.64, 0.72, 0.8, 0.88, 0.96]
+    assert "attention.ssa.distill_target=true_distance" in wide.ssa_override  # what fc31..fc34 trained with
+    # h200-4k-attended: h200-4k-wide distilled toward the attention SSA computes, evaluated with 256 level-1 nodes
+    att = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k-attended"])
+    assert set(att.ssa_override) ^ set(wide.ssa_override) == {
+        "attention.ssa.distill_target=attended",
+        "attention.ssa.distill_target=true_distance",
+    }
+    assert att.eval_ssa == ["beam_widths=[64,256,256]"] and att.train_steps == 660 and att.depths == wide.depths
+    ssa = script.to_config(script.compose_config("config", ["attention=ssa", *att.ssa_override]))
+    assert ssa.attention.ssa.distill_target == "attended" and ssa.attention.ssa.far_distance == 1024
     stage1 = [f"experiment={wide.pretrain_experiment}", "attention=dense", *wide.pretrain_override]
     assert script.to_config(script.compose_config("config", stage1)).train.stop_at_loss == 0.01

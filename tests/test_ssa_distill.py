@@ -34,14 +34,22 @@ def packed(bt, *lengths):
     return doc_ids_from_positions(torch.cat([torch.arange(n) for n in lengths]).expand(bt, -1))
 
 
-def brute_mass(q, k, block_size, doc_ids):
-    """[Bt, Hkv, nb, nb] fp64 from the full T x T softmax (tests only)."""
+def brute_mass(q, k, block_size, doc_ids, far=None, local_blocks=1):
+    """[Bt, Hkv, nb, nb] fp64 from the full T x T softmax (tests only); with far = (q_far, k_far) the logit of
+    query t on key s is q_far . k_far where block(s) <= block(t) - local_blocks."""
     bt, hq, t, d = q.shape
     hkv = k.shape[1]
     doc = doc_ids if doc_ids is not None else torch.zeros(bt, t, dtype=torch.long)
     pos = torch.arange(t)
     allowed = (pos[None, :] <= pos[:, None]) & (doc[:, :, None] == doc[:, None, :])  # (Bt, T, T)
-    logits = q.double() @ k.double().repeat_interleave(hq // hkv, 1).transpose(-1, -2) / math.sqrt(d)
+
+    def dots(a, b):
+        return a.double() @ b.double().repeat_interleave(hq // hkv, 1).transpose(-1, -2) / math.sqrt(d)
+
+    logits = dots(q, k)
+    if far is not None:
+        is_far = pos[None, :] // block_size <= pos[:, None] // block_size - local_blocks  # (T, T)
+        logits = torch.where(is_far, dots(*far), logits)
     p = torch.softmax(logits.masked_fill(~allowed[:, None], -math.inf), -1)  # (Bt, Hq, T, T)
     nb = -(-t // block_size)
     kb = torch.nn.functional.one_hot(pos // block_size, nb).double()  # (T, nb)
@@ -65,9 +73,27 @@ def test_dense_block_mass_matches_a_dense_softmax(docs, max_elements):
     torch.testing.assert_close(got.sum(-1), torch.ones(2, 2, 4), rtol=1e-5, atol=1e-5)
 
 
-def loop_loss(q, k, qm, km, cfg, doc_ids, blocks):
+@pytest.mark.parametrize("max_elements", [0, 1 << 20])
+def test_dense_block_mass_with_far_blocks_matches_a_dense_softmax(max_elements):
+    """distill_target=attended: keys outside the local window scored with (q_far, k_far), the rest with (q, k),
+    in one softmax; differs from the true-distance mass (so the test can tell them apart)."""
+    t, B, local = 173, 16, 2
+    q, k = qk(2, 4, 2, t, 8, seed=11)
+    far = qk(2, 4, 2, t, 8, seed=12)
+    doc_ids = packed(2, 70, 103)
+    blocks = torch.tensor([0, 2, 5, 9, 10])
+    got = dense_block_mass(q, k, blocks, B, doc_ids, max_elements=max_elements, far=far, local_blocks=local)
+    want = brute_mass(q, k, B, doc_ids, far=far, local_blocks=local)[:, :, blocks]
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.sum(-1), torch.ones(2, 2, 5), rtol=1e-5, atol=1e-5)
+    plain = brute_mass(q, k, B, doc_ids)[:, :, blocks]
+    assert (want - plain).abs().max() > 0.05
+    torch.testing.assert_close(want[:, :, 0], plain[:, :, 0])  # block 0 has no far keys (block 2 has block 0)
+
+
+def loop_loss(q, k, qm, km, cfg, doc_ids, blocks, far=None):
     """The distillation loss written out per (batch row, kv head, query block) in fp64 (tests only)."""
-    mass = brute_mass(q, k, cfg.block_size, doc_ids)
+    mass = brute_mass(q, k, cfg.block_size, doc_ids, far, cfg.local_blocks)
     lo, hi = routed_bounds(doc_ids, q.shape[2], cfg, q.device)
     num, den = 0.0, 0.0
     for b in range(q.shape[0]):
@@ -108,6 +134,34 @@ def test_distill_loss_and_gradient_match_a_loop(docs):
     for a, b in zip(g_got, g_want):
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("target", ["attended", "true_distance"])
+def test_ssa_attention_distils_toward_the_attention_it_computes(target):
+    """ssa_attention with far blocks (far_distance's two q/k pairs) and routing=distill: the router's gradient
+    is that of the loop loss whose target scores far keys with q_far . k_far (attended) or every key with the
+    rotated q . k (true_distance)."""
+    t, hidden = 160, 12
+    cfg = SSAConfig(**SMALL, routing="distill", distill_blocks=0, distill_weight=1.0, distill_target=target)
+    q, k = qk(1, 4, 2, t, 8, seed=13)
+    qf, kf = qk(1, 4, 2, t, 8, seed=14)
+    v = torch.randn(1, 2, t, 8, generator=torch.Generator().manual_seed(15))
+    x = torch.randn(1, t // 16, hidden, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    proj = torch.nn.Linear(hidden, 2 * 2 * 8, dtype=torch.float64)
+    means = proj(x).view(1, t // 16, 2, 2, 8).permute(2, 0, 3, 1, 4)  # (q|k, Bt, Hkv, nb, D)
+    out = ssa_attention(q.double(), k.double(), v.double(), cfg, route=PooledRoute(means[0], means[1], t),
+                        far=(qf.double(), kf.double()))  # fmt: skip
+    got = torch.autograd.grad(out.sum(), proj.weight)[0]
+    means = proj(x).view(1, t // 16, 2, 2, 8).permute(2, 0, 3, 1, 4)
+    blocks = distill_query_blocks(t, cfg, q.device)
+    want, other = (
+        torch.autograd.grad(
+            loop_loss(q, k, means[0], means[1], cfg, None, blocks, far=f), proj.weight, retain_graph=True
+        )[0]
+        for f in ((qf, kf), None)[:: 1 if target == "attended" else -1]
+    )
+    assert want.abs().sum() > 0 and (want - other).abs().max() > 0.1 * want.abs().max()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)  # the target's softmax is fp32
 
 
 def test_distill_query_block_sampling_draws_distinct_eligible_blocks():
@@ -162,6 +216,8 @@ def test_distill_trains_the_router_during_a_dense_warmup():
 def test_distill_config_errors_name_the_keys():
     with pytest.raises(ValueError, match="attention.router=learned"):
         SSAConfig(routing="distill", router="attention").validate()
+    with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_target='far'.*attended"):
+        to_config(compose_cfg(["attention=ssa", "attention.ssa.distill_target=far"]))
     with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_blocks"):
         to_config(compose_cfg(["attention=ssa", "attention.ssa.routing=distill", "attention.ssa.distill_blocks=-1"]))
     with pytest.raises(ConfigError, match=r"attention\.ssa\.routing=distill.*parallel=ring"):
