@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -63,17 +64,28 @@ def main() -> None:
     ap.add_argument("--yarn", nargs="+", default=["off"], choices=YARN, help="rope at the longer lengths")
     ap.add_argument("--far-distances", type=int, nargs="+", default=[0], help="attention.ssa.far_distance at eval")
     ap.add_argument("--train-far-distance", type=int, default=0, help="attention.ssa.far_distance in training")
+    ap.add_argument(
+        "--ssa",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other SSAConfig fields in training, e.g. distill_levels=1",
+    )
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument(
         "--json", default=None, help="the results file (default: <out>/length-generalisation-<device>.json)"
     )
     args = ap.parse_args()
+    try:  # values as YAML reads them (ints, floats, strings)
+        train_ssa = {kv.split("=", 1)[0]: yaml.safe_load(kv.split("=", 1)[1]) for kv in args.ssa}
+    except IndexError:
+        ap.error(f"--ssa {' '.join(args.ssa)}: give KEY=VALUE pairs, e.g. distill_levels=1")
     results = []
     for theta in args.rope_thetas:
         for seed in args.seeds:
             _, model = train_block_retrieval(
                 args.routing, args.steps, seed=seed, seq_len=args.lengths[0], eval_every=args.steps,
-                rope_theta=theta, return_model=True, far_distance=args.train_far_distance,
+                rope_theta=theta, return_model=True, far_distance=args.train_far_distance, ssa=train_ssa,
             )  # fmt: skip
             model.eval()
             trained, cfg = dict(model.config.ssa), ssa_config_of(model.config)
@@ -87,7 +99,8 @@ def main() -> None:
                     model.config.ssa = {**trained, **searches[search], "far_distance": far}
                     accuracy, hit_rate = evaluate(model, cfg, length, 32, n=args.samples)
                     row = {"rope_theta": theta, "seed": seed, "length": length, "search": search, "yarn": yarn,
-                           "train_far_distance": args.train_far_distance, "far_distance": far, "accuracy": accuracy,
+                           "train_far_distance": args.train_far_distance, "train_ssa": train_ssa,
+                           "far_distance": far, "accuracy": accuracy,
                            "hit_rate": hit_rate}  # fmt: skip
                     results.append(row)
                     print(json.dumps(row), flush=True)

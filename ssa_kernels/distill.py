@@ -12,7 +12,10 @@ document), renormalised over those blocks; the router's distribution is the soft
 ``q_mean_i . k_mean_j / sqrt(d)`` (the selector's leaf scores) over the same blocks, and the loss is
 KL(target || router), weighted by the share of the block's dense mass that lies in the routed range (a
 query block that only looks at its window says little about where to route). This is DeepSeek-V3.2's
-indexer warm-up (KL to the summed attention distribution), at block granularity.
+indexer warm-up (KL to the summed attention distribution), at block granularity. ``cfg.distill_target``
+says which dense attention (with ``far_distance``, the one SSA computes by default); ``cfg.distill_levels``
+adds the same KL at coarser pyramid levels (target summed per node, node mean keys scored), the scores the
+beam search prunes by.
 
 Cost: the target needs the dense probabilities of the sampled rows against every key, O(rows x T) per
 layer, computed without gradient in chunks of about ``CHUNK_ELEMENTS`` fp32 values: with every query
@@ -29,10 +32,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ssa_kernels.config import SSAConfig
-from ssa_kernels.selector.reference import PooledRoute, routed_bounds
+from ssa_kernels.selector.reference import PooledRoute, _block_token_counts, routed_bounds
 
 CHUNK_ELEMENTS = 1 << 26  # fp32 probabilities held at once (256 MiB)
 
@@ -148,14 +152,30 @@ def router_distill_loss(
     weight = target_mass.sum(-1)  # (Bt, Hkv, nq): the block's dense mass in the routed range
     usable = routable.sum(-1) >= 2  # one routable block: nothing to rank
     weight = torch.where(usable, weight, 0.0)
+    qm = route.q_mean[:, :, query_blocks].float() / math.sqrt(route.q_mean.shape[-1])  # (Bt, Hkv, nq, D)
+    counts = _block_token_counts(seq_len, cfg.block_size, q.device, torch.float32)  # (nb,)
+    loss = _kl(target_mass, routable, weight, qm @ route.k_mean.float().transpose(-1, -2))  # blocks
+    for level in range(1, cfg.distill_levels + 1):  # the node scores the beam search prunes by (config.py)
+        span = cfg.branching**level
+        pad = -nb % span
+        # (..., nb) -> (..., n_l, span): a level-l node covers blocks [n * span, (n + 1) * span), as in the pyramid
+        node_mass = F.pad(target_mass, (0, pad)).unflatten(-1, (-1, span)).sum(-1)  # (Bt, Hkv, nq, n_l)
+        node_routable = F.pad(routable, (0, pad)).unflatten(-1, (-1, span)).any(-1)  # (Bt or 1, 1, nq, n_l)
+        sums = F.pad(route.k_mean.float() * counts[:, None], (0, 0, 0, pad)).unflatten(-2, (-1, span)).sum(-2)
+        node_k = sums / F.pad(counts, (0, pad)).view(-1, span).sum(-1)[:, None]  # token-weighted node means
+        w = torch.where(node_routable.sum(-1) >= 2, weight, 0.0)  # one routable node: nothing to rank
+        loss = loss + _kl(node_mass, node_routable, w, qm @ node_k.transpose(-1, -2))
+    return loss
+
+
+def _kl(target_mass: Tensor, routable: Tensor, weight: Tensor, logits: Tensor) -> Tensor:
+    """Mean over (Bt, Hkv, nq), weighted by ``weight``, of KL(target_mass / weight || softmax(logits)) over the
+    routable candidates (the last dim). target_mass is 0 off them; weight is its sum, or 0 where unused."""
     target = target_mass / weight.clamp_min(1e-30)[..., None]
-    qm = route.q_mean[:, :, query_blocks].float()  # (Bt, Hkv, nq, D)
-    logits = qm @ route.k_mean.float().transpose(-1, -2) / math.sqrt(qm.shape[-1])  # (Bt, Hkv, nq, nb)
     log_p = torch.log_softmax(logits.masked_fill(~routable, -math.inf), dim=-1)
     # KL = sum_j t_j (log t_j - log p_j) over routable j with t_j > 0 (0 log 0 = 0, and -inf never multiplies)
     kl = torch.where(target > 0, target * (target.clamp_min(1e-30).log() - log_p.masked_fill(~routable, 0.0)), 0.0)
-    kl = kl.sum(-1)  # (Bt, Hkv, nq)
-    return (kl * weight).sum() / weight.sum().clamp_min(1e-30)
+    return (kl.sum(-1) * weight).sum() / weight.sum().clamp_min(1e-30)
 
 
 class AddAuxiliaryGradient(torch.autograd.Function):

@@ -48,6 +48,7 @@ def train_block_retrieval(
     rope_theta: float = 10000.0,
     return_model: bool = False,
     far_distance: int = 0,
+    ssa: dict | None = None,
 ):
     """Train from scratch; returns [{step, loss, accuracy, hit_rate, router_change, seconds}] at every eval
     (with ``return_model``: that list and the trained model).
@@ -55,7 +56,7 @@ def train_block_retrieval(
     ``dense_steps``: the first steps route every block (a budget covering the whole routed range, so the
     attention is dense and no routing is contested), the warm-up a dense model gets before going sparse;
     evaluations always use the ``topk_blocks`` budget. ``far_distance``: ``SSAConfig.far_distance`` in training
-    (and in its evaluations)."""
+    (and in its evaluations). ``ssa``: other ``SSAConfig`` fields (e.g. ``{"distill_levels": 1}``)."""
     torch.manual_seed(seed)
     config = AutoConfig.for_model(
         "llama", vocab_size=FILLER + 2 * num_keys, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -65,7 +66,7 @@ def train_block_retrieval(
     model = AutoModelForCausalLM.from_config(config).float()
     cfg = SSAConfig(
         block_size=block_size, topk_blocks=topk_blocks, local_window=2 * block_size, top_nodes=4, routing=routing,
-        far_distance=far_distance,
+        far_distance=far_distance, **(ssa or {}),
     )  # fmt: skip
     convert_to_ssa(model, cfg)
     sparse_budget, dense_budget = dict(model.config.ssa), {**model.config.ssa, "topk_blocks": seq_len // block_size}

@@ -11,7 +11,7 @@ F=${F:-runs/fc35}; O=${OUT:-/tmp}
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 DEPTHS=${DEPTHS:-"0.08 0.16 0.24 0.32 0.4 0.48 0.56 0.64 0.72 0.8 0.88 0.96"}
 run() {  # name, eval length, depths, then --eval-ssa's pairs (none: the recipe's)
-  L=$((${TOTAL:-570} - SECONDS)); [ $L -gt 30 ] || return
+  L=$((${TOTAL:-420} - SECONDS)); [ $L -gt 30 ] || return
   timeout $L python3 scripts/prove_functional_context.py --out $F-$1 --recipe h200-4k-attended --models ssa --eval-only \
     --checkpoint $F/ssa --needle-routing --tasks niah_single_1 --eval-lengths $2 --depths $3 ${4:+--eval-ssa ${@:4}} \
     $EXTRA 2>&1 | grep -E "train.eval: niah|Error|\|" | grep -v "^Command"
