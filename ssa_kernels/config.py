@@ -67,14 +67,16 @@ class SSAConfig:
     # micro-batches and is averaged over data-parallel / Ulysses ranks (each rank's over its own heads), so
     # unlike the LM gradient it is not step-for-step equal across those layouts.
     distill_weight: float = 0.01
-    # routing=distill with far_distance > 0: which dense attention the router is distilled toward. "attended":
-    # the one SSA computes, far blocks (outside the local window) at far_distance, so the target ranks far
-    # blocks by content alone; "true_distance": every key at its true rotary distance (the only target before
-    # the eleventh session, 2026-12-04), whose far mass decays with distance: routers trained on it ranked
-    # coarse nodes by position at 1M (docs/functional_context.md, eleventh session). Same when far_distance = 0.
-    distill_target: str = "attended"
+    # routing=distill with far_distance > 0: which dense attention the router is distilled toward. "true_distance"
+    # (default): every key at its true rotary distance, so the far mass decays with distance; routers trained on it
+    # ranked 1M's coarse nodes by position (docs/functional_context.md, eleventh session). "attended": the attention
+    # SSA computes, far blocks (outside the local window) at far_distance, which ranks them by content alone. Not the
+    # default: on the CPU block-retrieval toy (3 seeds, trained at 256 with far_distance 128) it routed the needle
+    # less often (hit rate 0.88 against 0.99 at 256, 0.82 against 0.99 at 4,096 with beam_min 4; docs/ssa.md);
+    # unmeasured on the GPU recipe. Same when far_distance = 0.
+    distill_target: str = "true_distance"
     # routing=distill: also distil the node scores of the first N pyramid levels above the blocks (level l: nodes of
-    # block_size x branching^l tokens, scored with their mean key as the beam search scores them) toward the
+    # block_size x branching^l tokens, scored as the beam search scores them: routable keys over the nominal size) toward the
     # target's mass summed per node, one KL term per level. The beam search prunes by these scores, and a
     # node's mean dilutes its best block: 1M misses were lost at the 512-token level (docs/functional_context.md,
     # eleventh session). A level is trained only where rows hold >= 2 of its nodes (at 4K, level 1). 0: blocks.

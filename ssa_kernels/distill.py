@@ -13,7 +13,7 @@ document), renormalised over those blocks; the router's distribution is the soft
 KL(target || router), weighted by the share of the block's dense mass that lies in the routed range (a
 query block that only looks at its window says little about where to route). This is DeepSeek-V3.2's
 indexer warm-up (KL to the summed attention distribution), at block granularity. ``cfg.distill_target``
-says which dense attention (with ``far_distance``, the one SSA computes by default); ``cfg.distill_levels``
+says which dense attention (with ``far_distance``: true distances, or the one SSA computes); ``cfg.distill_levels``
 adds the same KL at coarser pyramid levels (target summed per node, node mean keys scored), the scores the
 beam search prunes by.
 
@@ -152,20 +152,26 @@ def router_distill_loss(
     weight = target_mass.sum(-1)  # (Bt, Hkv, nq): the block's dense mass in the routed range
     usable = routable.sum(-1) >= 2  # one routable block: nothing to rank
     weight = torch.where(usable, weight, 0.0)
-    qm = route.q_mean[:, :, query_blocks].float() / math.sqrt(route.q_mean.shape[-1])  # (Bt, Hkv, nq, D)
-    counts = _block_token_counts(seq_len, cfg.block_size, q.device, torch.float32)  # (nb,)
-    loss = _kl(target_mass, routable, weight, qm @ route.k_mean.float().transpose(-1, -2))  # blocks
+    qm = route.q_mean[:, :, query_blocks].float()  # (Bt, Hkv, nq, D)
+    logits = qm @ route.k_mean.float().transpose(-1, -2) / math.sqrt(qm.shape[-1])  # (Bt, Hkv, nq, nb)
+    loss = _kl(target_mass, routable, weight, logits)  # blocks
+    # Nodes scored as the selector's _score_ranges scores them: the sum of q . k over the node's routable tokens
+    # divided by its nominal size (so no key outside the routed range, none after the query, enters).
+    token_logits = torch.where(
+        routable, logits * _block_token_counts(seq_len, cfg.block_size, q.device, logits.dtype), 0.0
+    )
     for level in range(1, cfg.distill_levels + 1):  # the node scores the beam search prunes by (config.py)
         span = cfg.branching**level
-        pad = -nb % span
-        # (..., nb) -> (..., n_l, span): a level-l node covers blocks [n * span, (n + 1) * span), as in the pyramid
-        node_mass = F.pad(target_mass, (0, pad)).unflatten(-1, (-1, span)).sum(-1)  # (Bt, Hkv, nq, n_l)
-        node_routable = F.pad(routable, (0, pad)).unflatten(-1, (-1, span)).any(-1)  # (Bt or 1, 1, nq, n_l)
-        sums = F.pad(route.k_mean.float() * counts[:, None], (0, 0, 0, pad)).unflatten(-2, (-1, span)).sum(-2)
-        node_k = sums / F.pad(counts, (0, pad)).view(-1, span).sum(-1)[:, None]  # token-weighted node means
+        node_routable = _per_node(routable, span).any(-1)  # (Bt or 1, 1, nq, n_l)
         w = torch.where(node_routable.sum(-1) >= 2, weight, 0.0)  # one routable node: nothing to rank
-        loss = loss + _kl(node_mass, node_routable, w, qm @ node_k.transpose(-1, -2))
+        node_logits = _per_node(token_logits, span).sum(-1) / (span * cfg.block_size)
+        loss = loss + _kl(_per_node(target_mass, span).sum(-1), node_routable, w, node_logits)
     return loss
+
+
+def _per_node(x: Tensor, span: int) -> Tensor:
+    """(..., nb) -> (..., n_l, span), zero-padded: node n of a level covers blocks [n * span, (n + 1) * span)."""
+    return F.pad(x, (0, -x.shape[-1] % span)).unflatten(-1, (-1, span))
 
 
 def _kl(target_mass: Tensor, routable: Tensor, weight: Tensor, logits: Tensor) -> Tensor:

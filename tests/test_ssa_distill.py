@@ -152,11 +152,10 @@ def loop_level_loss(q, k, qm, km, cfg, doc_ids, blocks, level):
                     continue
                 w = mass[b, h, i, list(js)].sum()
                 target = torch.stack([sum(mass[b, h, i, j] for j in js if j // span == n) for n in nodes]) / w
-                scores = []
+                scores = []  # the selector's: q . (sum of the node's routable keys) / nominal node size
                 for n in nodes:
-                    kids = range(n * span, min(km.shape[2], (n + 1) * span))
-                    node_k = sum(counts[j] * km[b, h, j].double() for j in kids) / sum(counts[j] for j in kids)
-                    scores.append(qm[b, h, i].double() @ node_k / math.sqrt(qm.shape[-1]))
+                    node_k = sum(counts[j] * km[b, h, j].double() for j in js if j // span == n)
+                    scores.append(qm[b, h, i].double() @ node_k / math.sqrt(qm.shape[-1]) / (span * cfg.block_size))
                 log_p = torch.log_softmax(torch.stack(scores), 0)
                 num, den = num + w * (target * (target.log() - log_p)).sum(), den + w
     return num / den
@@ -165,7 +164,8 @@ def loop_level_loss(q, k, qm, km, cfg, doc_ids, blocks, level):
 @pytest.mark.parametrize("docs", [None, (90, 83)])
 def test_distill_levels_add_the_node_scores_loss(docs):
     """distill_levels=2 (branching 2): the loss is the blocks' term plus one term per level, each the KL of the
-    target's mass summed per node against the softmax of the node mean keys' scores; value and gradient."""
+    target's mass summed per node against the softmax of the node scores as the selector computes them (the
+    node's routable keys only, over its nominal size); value and gradient."""
     t = 173
     cfg = SSAConfig(**SMALL, branching=2, routing="distill", distill_levels=2)
     q, k = qk(2, 4, 2, t, 8, seed=21)
@@ -188,7 +188,7 @@ def test_distill_levels_add_the_node_scores_loss(docs):
 
 
 @pytest.mark.parametrize("target", ["attended", "true_distance"])
-def test_ssa_attention_distils_toward_the_attention_it_computes(target):
+def test_ssa_attention_distils_toward_the_chosen_target(target):
     """ssa_attention with far blocks (far_distance's two q/k pairs) and routing=distill: the router's gradient
     is that of the loop loss whose target scores far keys with q_far . k_far (attended) or every key with the
     rotated q . k (true_distance)."""
