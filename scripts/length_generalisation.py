@@ -69,7 +69,7 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="other SSAConfig fields in training, e.g. distill_levels=1",
+        help="other SSAConfig fields in training, e.g. distill_target=attended",
     )
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument(
@@ -79,7 +79,7 @@ def main() -> None:
     try:  # values as YAML reads them (ints, floats, strings)
         train_ssa = {kv.split("=", 1)[0]: yaml.safe_load(kv.split("=", 1)[1]) for kv in args.ssa}
     except IndexError:
-        ap.error(f"--ssa {' '.join(args.ssa)}: give KEY=VALUE pairs, e.g. distill_levels=1")
+        ap.error(f"--ssa {' '.join(args.ssa)}: give KEY=VALUE pairs, e.g. distill_target=attended")
     results = []
     for theta in args.rope_thetas:
         for seed in args.seeds:

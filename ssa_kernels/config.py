@@ -75,12 +75,6 @@ class SSAConfig:
     # less often (hit rate 0.88 against 0.99 at 256, 0.82 against 0.99 at 4,096 with beam_min 4; docs/ssa.md);
     # unmeasured on the GPU recipe. Same when far_distance = 0.
     distill_target: str = "true_distance"
-    # routing=distill: also distil the node scores of the first N pyramid levels above the blocks (level l: nodes of
-    # block_size x branching^l tokens, scored as the beam search scores them: routable keys over the nominal size) toward the
-    # target's mass summed per node, one KL term per level. The beam search prunes by these scores, and a
-    # node's mean dilutes its best block: 1M misses were lost at the 512-token level (docs/functional_context.md,
-    # eleventh session). A level is trained only where rows hold >= 2 of its nodes (at 4K, level 1). 0: blocks.
-    distill_levels: int = 0
     # What produces the routing scores: "learned" (default), a router of its own per layer
     # (``ssa_kernels/router.py``) on the detached layer input, trained only by ``routing``;
     # "attention", the attention's own post-RoPE q and k (no extra weights; it also learns as
@@ -117,11 +111,8 @@ class SSAConfig:
             )
         if self.distill_target not in DISTILL_TARGETS:
             raise ValueError(f"attention.distill_target={self.distill_target!r}: use one of {DISTILL_TARGETS}")
-        if self.distill_blocks < 0 or self.distill_weight < 0 or self.distill_levels < 0:
-            raise ValueError(
-                "attention.distill_blocks >= 0 (0: all query blocks), attention.distill_weight >= 0 and "
-                "attention.distill_levels >= 0"
-            )
+        if self.distill_blocks < 0 or self.distill_weight < 0:
+            raise ValueError("attention.distill_blocks >= 0 (0: all query blocks) and attention.distill_weight >= 0")
         if self.backend not in BACKENDS:
             raise ValueError(f"attention.backend={self.backend!r}: use auto, triton or reference")
         if self.router not in ("learned", "attention"):

@@ -13,9 +13,7 @@ document), renormalised over those blocks; the router's distribution is the soft
 KL(target || router), weighted by the share of the block's dense mass that lies in the routed range (a
 query block that only looks at its window says little about where to route). This is DeepSeek-V3.2's
 indexer warm-up (KL to the summed attention distribution), at block granularity. ``cfg.distill_target``
-says which dense attention (with ``far_distance``: true distances, or the one SSA computes); ``cfg.distill_levels``
-adds the same KL at coarser pyramid levels (target summed per node, node mean keys scored), the scores the
-beam search prunes by.
+says which dense attention (with ``far_distance``: true distances, or the one SSA computes).
 
 Cost: the target needs the dense probabilities of the sampled rows against every key, O(rows x T) per
 layer, computed without gradient in chunks of about ``CHUNK_ELEMENTS`` fp32 values: with every query
@@ -32,11 +30,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ssa_kernels.config import SSAConfig
-from ssa_kernels.selector.reference import PooledRoute, _block_token_counts, routed_bounds
+from ssa_kernels.selector.reference import PooledRoute, routed_bounds
 
 CHUNK_ELEMENTS = 1 << 26  # fp32 probabilities held at once (256 MiB)
 
@@ -154,24 +151,7 @@ def router_distill_loss(
     weight = torch.where(usable, weight, 0.0)
     qm = route.q_mean[:, :, query_blocks].float()  # (Bt, Hkv, nq, D)
     logits = qm @ route.k_mean.float().transpose(-1, -2) / math.sqrt(qm.shape[-1])  # (Bt, Hkv, nq, nb)
-    loss = _kl(target_mass, routable, weight, logits)  # blocks
-    # Nodes scored as the selector's _score_ranges scores them: the sum of q . k over the node's routable tokens
-    # divided by its nominal size (so no key outside the routed range, none after the query, enters).
-    token_logits = torch.where(
-        routable, logits * _block_token_counts(seq_len, cfg.block_size, q.device, logits.dtype), 0.0
-    )
-    for level in range(1, cfg.distill_levels + 1):  # the node scores the beam search prunes by (config.py)
-        span = cfg.branching**level
-        node_routable = _per_node(routable, span).any(-1)  # (Bt or 1, 1, nq, n_l)
-        w = torch.where(node_routable.sum(-1) >= 2, weight, 0.0)  # one routable node: nothing to rank
-        node_logits = _per_node(token_logits, span).sum(-1) / (span * cfg.block_size)
-        loss = loss + _kl(_per_node(target_mass, span).sum(-1), node_routable, w, node_logits)
-    return loss
-
-
-def _per_node(x: Tensor, span: int) -> Tensor:
-    """(..., nb) -> (..., n_l, span), zero-padded: node n of a level covers blocks [n * span, (n + 1) * span)."""
-    return F.pad(x, (0, -x.shape[-1] % span)).unflatten(-1, (-1, span))
+    return _kl(target_mass, routable, weight, logits)
 
 
 def _kl(target_mass: Tensor, routable: Tensor, weight: Tensor, logits: Tensor) -> Tensor:

@@ -136,57 +136,6 @@ def test_distill_loss_and_gradient_match_a_loop(docs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
 
 
-def loop_level_loss(q, k, qm, km, cfg, doc_ids, blocks, level):
-    """distill_levels' term for one pyramid level, per (batch row, kv head, query block) in fp64 (tests only)."""
-    t, span = q.shape[2], cfg.branching**level
-    mass = brute_mass(q, k, cfg.block_size, doc_ids)
-    lo, hi = routed_bounds(doc_ids, t, cfg, q.device)
-    counts = [min(cfg.block_size, t - j * cfg.block_size) for j in range(km.shape[2])]
-    num, den = 0.0, 0.0
-    for b in range(q.shape[0]):
-        for h in range(k.shape[1]):
-            for i in blocks.tolist():
-                js = range(int(lo[min(b, lo.shape[0] - 1), i]), int(hi[i]))
-                nodes = sorted({j // span for j in js})
-                if len(js) < 2 or len(nodes) < 2:
-                    continue
-                w = mass[b, h, i, list(js)].sum()
-                target = torch.stack([sum(mass[b, h, i, j] for j in js if j // span == n) for n in nodes]) / w
-                scores = []  # the selector's: q . (sum of the node's routable keys) / nominal node size
-                for n in nodes:
-                    node_k = sum(counts[j] * km[b, h, j].double() for j in js if j // span == n)
-                    scores.append(qm[b, h, i].double() @ node_k / math.sqrt(qm.shape[-1]) / (span * cfg.block_size))
-                log_p = torch.log_softmax(torch.stack(scores), 0)
-                num, den = num + w * (target * (target.log() - log_p)).sum(), den + w
-    return num / den
-
-
-@pytest.mark.parametrize("docs", [None, (90, 83)])
-def test_distill_levels_add_the_node_scores_loss(docs):
-    """distill_levels=2 (branching 2): the loss is the blocks' term plus one term per level, each the KL of the
-    target's mass summed per node against the softmax of the node scores as the selector computes them (the
-    node's routable keys only, over its nominal size); value and gradient."""
-    t = 173
-    cfg = SSAConfig(**SMALL, branching=2, routing="distill", distill_levels=2)
-    q, k = qk(2, 4, 2, t, 8, seed=21)
-    doc_ids = packed(2, *docs) if docs else None
-    g = torch.Generator().manual_seed(22)
-    nb = -(-t // cfg.block_size)
-    qm = torch.randn(2, 2, nb, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    km = torch.randn(2, 2, nb, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    blocks = distill_query_blocks(t, SSAConfig(**SMALL, distill_blocks=0), q.device)
-    got = router_distill_loss(q, k, PooledRoute(qm, km, t), cfg, doc_ids, query_blocks=blocks)
-    levels = [loop_level_loss(q, k, qm, km, cfg, doc_ids, blocks, level) for level in (1, 2)]
-    want = loop_loss(q, k, qm, km, cfg, doc_ids, blocks) + levels[0] + levels[1]
-    assert min(x.detach().item() for x in levels) > 1e-3
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-8)
-    for a, b in zip(torch.autograd.grad(got, (qm, km)), torch.autograd.grad(want, (qm, km))):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
-    one = router_distill_loss(q, k, PooledRoute(qm, km, t), SSAConfig(**{**cfg.__dict__, "distill_levels": 1}),
-                              doc_ids, query_blocks=blocks)  # fmt: skip
-    torch.testing.assert_close(one.double(), want - levels[1], rtol=1e-5, atol=1e-8)
-
-
 @pytest.mark.parametrize("target", ["attended", "true_distance"])
 def test_ssa_attention_distils_toward_the_chosen_target(target):
     """ssa_attention with far blocks (far_distance's two q/k pairs) and routing=distill: the router's gradient
@@ -267,8 +216,6 @@ def test_distill_trains_the_router_during_a_dense_warmup():
 def test_distill_config_errors_name_the_keys():
     with pytest.raises(ValueError, match="attention.router=learned"):
         SSAConfig(routing="distill", router="attention").validate()
-    with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_levels >= 0"):
-        to_config(compose_cfg(["attention=ssa", "attention.ssa.routing=distill", "attention.ssa.distill_levels=-1"]))
     with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_target='far'.*attended"):
         to_config(compose_cfg(["attention=ssa", "attention.ssa.distill_target=far"]))
     with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_blocks"):
@@ -314,7 +261,7 @@ def cache_dir(tmp_path_factory):
 
 def test_block_retrieval_probe_takes_other_ssa_settings():
     """train_block_retrieval(ssa=...) (scripts/length_generalisation.py --ssa) builds the model with them."""
-    _, model = train_block_retrieval("distill", steps=1, eval_every=1, return_model=True, ssa={"distill_levels": 1})
-    assert model.config.ssa["distill_levels"] == 1 and model.config.ssa["routing"] == "distill"
+    _, model = train_block_retrieval("distill", steps=1, eval_every=1, return_model=True, ssa={"beam_min": 3})
+    assert model.config.ssa["beam_min"] == 3 and model.config.ssa["routing"] == "distill"
     with pytest.raises(TypeError):
         train_block_retrieval("distill", steps=1, ssa={"no_such_field": 1})

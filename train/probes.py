@@ -56,7 +56,7 @@ def train_block_retrieval(
     ``dense_steps``: the first steps route every block (a budget covering the whole routed range, so the
     attention is dense and no routing is contested), the warm-up a dense model gets before going sparse;
     evaluations always use the ``topk_blocks`` budget. ``far_distance``: ``SSAConfig.far_distance`` in training
-    (and in its evaluations). ``ssa``: other ``SSAConfig`` fields (e.g. ``{"distill_levels": 1}``)."""
+    (and in its evaluations). ``ssa``: other ``SSAConfig`` fields (e.g. ``{"distill_target": "attended"}``)."""
     torch.manual_seed(seed)
     config = AutoConfig.for_model(
         "llama", vocab_size=FILLER + 2 * num_keys, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
