@@ -26,12 +26,12 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from ssa_kernels.hf import ssa_config_of  # noqa: E402
 from train.probes import evaluate, train_block_retrieval  # noqa: E402
+from train.router_report import ssa_setting  # noqa: E402
 
 SEARCHES = {f"beam_min={b}": {"beam_min": b} for b in (1, 4, 16, 64)}
 YARN = ("off", "default", "no-temperature")
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument(
         "--ssa",
         nargs="*",
+        type=ssa_setting,
         default=[],
         metavar="KEY=VALUE",
         help="other SSAConfig fields in training, e.g. distill_target=attended",
@@ -76,10 +77,7 @@ def main() -> None:
         "--json", default=None, help="the results file (default: <out>/length-generalisation-<device>.json)"
     )
     args = ap.parse_args()
-    try:  # values as YAML reads them (ints, floats, strings)
-        train_ssa = {kv.split("=", 1)[0]: yaml.safe_load(kv.split("=", 1)[1]) for kv in args.ssa}
-    except IndexError:
-        ap.error(f"--ssa {' '.join(args.ssa)}: give KEY=VALUE pairs, e.g. distill_target=attended")
+    train_ssa = dict(args.ssa)
     results = []
     for theta in args.rope_thetas:
         for seed in args.seeds:

@@ -149,19 +149,14 @@ def router_distill_loss(
     weight = target_mass.sum(-1)  # (Bt, Hkv, nq): the block's dense mass in the routed range
     usable = routable.sum(-1) >= 2  # one routable block: nothing to rank
     weight = torch.where(usable, weight, 0.0)
+    target = target_mass / weight.clamp_min(1e-30)[..., None]
     qm = route.q_mean[:, :, query_blocks].float()  # (Bt, Hkv, nq, D)
     logits = qm @ route.k_mean.float().transpose(-1, -2) / math.sqrt(qm.shape[-1])  # (Bt, Hkv, nq, nb)
-    return _kl(target_mass, routable, weight, logits)
-
-
-def _kl(target_mass: Tensor, routable: Tensor, weight: Tensor, logits: Tensor) -> Tensor:
-    """Mean over (Bt, Hkv, nq), weighted by ``weight``, of KL(target_mass / weight || softmax(logits)) over the
-    routable candidates (the last dim). target_mass is 0 off them; weight is its sum, or 0 where unused."""
-    target = target_mass / weight.clamp_min(1e-30)[..., None]
     log_p = torch.log_softmax(logits.masked_fill(~routable, -math.inf), dim=-1)
     # KL = sum_j t_j (log t_j - log p_j) over routable j with t_j > 0 (0 log 0 = 0, and -inf never multiplies)
     kl = torch.where(target > 0, target * (target.clamp_min(1e-30).log() - log_p.masked_fill(~routable, 0.0)), 0.0)
-    return (kl.sum(-1) * weight).sum() / weight.sum().clamp_min(1e-30)
+    kl = kl.sum(-1)  # (Bt, Hkv, nq)
+    return (kl * weight).sum() / weight.sum().clamp_min(1e-30)
 
 
 class AddAuxiliaryGradient(torch.autograd.Function):

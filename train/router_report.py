@@ -355,8 +355,8 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
 # --- CLI --------------------------------------------------------------------------------------------
 
 
-def _override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE``, the value read as JSON when it parses (16, 0.5, [4, 4], true), else a string."""
+def ssa_setting(text: str) -> tuple[str, Any]:
+    """argparse type of an ``--ssa KEY=VALUE`` over ``SSAConfig``: the value read as JSON when it parses (16, 0.5, [4, 4], true), else a string."""
     key, sep, value = text.partition("=")
     if not sep or key not in SSAConfig.__dataclass_fields__:
         raise argparse.ArgumentTypeError(f"--ssa {text!r}: use KEY=VALUE with KEY one of {list(asdict(SSAConfig()))}")
@@ -377,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-query-blocks", type=int, default=16, help="query blocks sampled for recall (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seeds the query-block sample (and the tiny model)")
     p.add_argument("--rows", type=int, default=1, help="windows of --length tokens, one batch")
-    p.add_argument("--ssa", type=_override, action="append", default=[], help="KEY=VALUE over config.ssa")
+    p.add_argument("--ssa", type=ssa_setting, action="append", default=[], help="KEY=VALUE over config.ssa")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory or 'byte' (default: the checkpoint's)")
     p.add_argument("--text-field", default=None, help="JSONL field to read (default: prompt, input, text)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
