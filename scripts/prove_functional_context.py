@@ -137,6 +137,11 @@ RECIPES["h200-4k-wide"] = RECIPES["h200-4k-far"] + [
 RECIPES["h200-4k-attended"] = RECIPES["h200-4k-wide"] + [
     "--ssa-override", *SSA_4K, "attention.ssa.far_distance=1024", "attention.ssa.distill_target=attended",
     "--eval-ssa", "beam_widths=[64,256,256]"]  # fmt: skip
+# Twelfth session (fc35, fc37-fc41, one H200): h200-4k-attended's training evaluated with coarse nodes scored by an
+# upper bound of their best block (attention.ssa.node_score=bound) and beams of 64 nodes at every level (one entry
+# serves every level of any pyramid height). Same checkpoint, 12 positions at 1M: mean scores with beams of 64 read 3
+# of 12, bound 12 of 12 (beams of 16 too), mean [64,256,256] 12 of 12 at 1.4x bound-64's time per sample; 4M 9 of 9.
+RECIPES["h200-4k-bound"] = RECIPES["h200-4k-attended"] + ["--eval-ssa", "node_score=bound", "beam_widths=[64]"]
 SMOKE_BPE = ["--max-chars", "300000", "--synthetic-samples", "2", "--synthetic-length", "1024"]
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip

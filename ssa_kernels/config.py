@@ -16,6 +16,7 @@ import torch
 BACKENDS = ("auto", "reference", "triton")
 ROUTINGS = ("straight_through", "distill", "none")
 DISTILL_TARGETS = ("attended", "true_distance")
+NODE_SCORES = ("mean", "bound")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -53,6 +54,16 @@ class SSAConfig:
     # 4,096: 2,048 level-1 candidates per query block, against 512 with beams of 64).
     beam_full_span: int = 0
     top_nodes: int = 64  # the coarsest level has at most this many nodes (all are scored)
+    # How a node above the blocks is scored. "mean" (default): query summary . the node's mean key, so one needle
+    # block among a node's 4,096 others is diluted 1:4,096 and narrow coarse beams drop it (beam_full_span, the
+    # wide beam_widths of the recipes). "bound": an upper bound of the node's best block score, sum over dims
+    # of max(q_d * min_d, q_d * max_d) with min / max over the node's block means (Quest's page bound, lifted
+    # to the pyramid): a node ranks as high as its best block could, so a needle survives beams of a few nodes
+    # (the CPU toy: beams of one node per level 0.60 -> 0.98 at 16x its training length, docs/ssa.md). Blocks
+    # are scored as before; no weights change, so a checkpoint trained with "mean" can be evaluated with
+    # "bound". Costs O(n log n) memory per layer call for the min / max tables (the PyTorch selector and
+    # DecodeState only: the Triton selector hands it to the reference; fast decoding refuses it).
+    node_score: str = "mean"
     # How the routing scores learn: "straight_through" adds (score - score.detach()) to the logits of
     # each routed block, zero in the forward pass (output exactly as without it) but giving every
     # routed score the gradient of its block's total attention logit; "distill" trains the learned router
@@ -113,6 +124,8 @@ class SSAConfig:
             raise ValueError(f"attention.distill_target={self.distill_target!r}: use one of {DISTILL_TARGETS}")
         if self.distill_blocks < 0 or self.distill_weight < 0:
             raise ValueError("attention.distill_blocks >= 0 (0: all query blocks) and attention.distill_weight >= 0")
+        if self.node_score not in NODE_SCORES:
+            raise ValueError(f"attention.node_score={self.node_score!r}: use one of {NODE_SCORES}")
         if self.backend not in BACKENDS:
             raise ValueError(f"attention.backend={self.backend!r}: use auto, triton or reference")
         if self.router not in ("learned", "attention"):

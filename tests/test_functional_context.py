@@ -15,7 +15,9 @@ from hydra.core.global_hydra import GlobalHydra
 from data import IGNORE_INDEX, DataConfig, SyntheticConfig, build_loader, byte_tokenizer
 from data.mix import MixedLoader, SyntheticRows
 from data.synthetic import generate
+from ssa_kernels.config import SSAConfig
 from ssa_kernels.diagnostics import SSARecorder
+from ssa_kernels.selector.reference import beam_width
 from tests.scripts_loader import load_script
 from train.__main__ import CONF_DIR
 from train.config import ConfigError, ModelConfig, to_config
@@ -429,5 +431,11 @@ def test_eval_yarn_auto_drops_the_temperature_for_fixed_size_attention(tmp_path)
     assert att.eval_ssa == ["beam_widths=[64,256,256]"] and att.train_steps == 660 and att.depths == wide.depths
     ssa = script.to_config(script.compose_config("config", ["attention=ssa", *att.ssa_override]))
     assert ssa.attention.ssa.distill_target == "attended" and ssa.attention.ssa.far_distance == 1024
+    # h200-4k-bound: the same training, coarse nodes scored by the bound of their best block, beams of 64
+    bound = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k-bound"])
+    assert bound.ssa_override == att.ssa_override and bound.eval_ssa == ["node_score=bound", "beam_widths=[64]"]
+    cfg = SSAConfig(node_score="bound", beam_widths=[64])  # what fc37/fc40 gave as [64,64,64] / [64,64,64,64]
+    cfg.validate()
+    assert {beam_width(level, height, cfg) for height in (4, 5) for level in range(1, height)} == {64}  # 1M, 4M
     stage1 = [f"experiment={wide.pretrain_experiment}", "attention=dense", *wide.pretrain_override]
     assert script.to_config(script.compose_config("config", stage1)).train.stop_at_loss == 0.01

@@ -87,8 +87,13 @@ def test_union_rows_is_the_selector_union_at_any_block():
 
 @pytest.mark.parametrize(
     "docs,cfg",
-    [(False, {**SPARSE, "topk_blocks": 3}), (True, {**SPARSE, "topk_blocks": 3}), (False, DEEP)],
-    ids=["sparse", "sparse-docs", "deep"],
+    [
+        (False, {**SPARSE, "topk_blocks": 3}),
+        (True, {**SPARSE, "topk_blocks": 3}),
+        (False, DEEP),
+        (True, {**DEEP, "node_score": "bound"}),
+    ],
+    ids=["sparse", "sparse-docs", "deep", "deep-docs-bound"],
 )
 def test_per_token_rule_is_the_training_path_on_each_prefix(docs, cfg):
     """causal_rows_attention at t == ssa_attention over tokens 0..t, at its last token (whose query block
@@ -121,6 +126,16 @@ DECODE_CASES = {
     "B2-Hq4-Hkv1-T333-pre48-top2-fp32": (2, 4, 1, 333, 48, SPARSE, torch.float32, []),
     "B2-Hq4-Hkv2-T401-pre130-top2-docs": (2, 4, 2, 401, 130, SPARSE, torch.float64, [70, 100, 250]),
     "B1-Hq4-Hkv2-T500-pre61-deep-fp64": (1, 4, 2, 500, 61, DEEP, torch.float64, []),
+    "B2-Hq4-Hkv2-T420-pre61-deep-bound-docs": (
+        2,
+        4,
+        2,
+        420,
+        61,
+        {**DEEP, "node_score": "bound"},
+        torch.float64,
+        [90, 300],
+    ),
 }
 
 

@@ -329,6 +329,8 @@ class DecodePyramid:
         cfg.validate()
         if cfg.topk_blocks < 1:
             raise ValueError("fast decoding needs attention.topk_blocks >= 1 (use the reference for 0)")
+        if cfg.node_score != "mean":
+            raise ValueError("fast decoding scores nodes by their mean: attention.node_score=bound runs in DecodeState")
         nb_cap = _num_blocks(capacity, cfg.block_size)
         sizes = _level_sizes(nb_cap, cfg)
         lc = len(sizes)

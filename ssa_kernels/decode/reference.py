@@ -51,6 +51,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 from ssa_kernels.config import SSAConfig, resolve_backend
 from ssa_kernels.selector.reference import (
+    BlockBounds,
     _accumulate_dtype,
     _ascending,
     _check_inputs,
@@ -58,6 +59,8 @@ from ssa_kernels.selector.reference import (
     _num_blocks,
     _num_levels,
     beam_search,
+    block_bounds,
+    bound_span,
     level_widths,
     routed_bounds,
 )
@@ -77,21 +80,28 @@ def _query_means(query_sums: Tensor, n_tokens: Tensor, group: int, head_dim: int
 
 
 def _route_rows(
-    q_sum: Tensor, prefix: Tensor, lo: Tensor, hi: Tensor, blocks: Tensor, cfg: SSAConfig, target: Tensor | None = None
+    q_sum: Tensor,
+    prefix: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    blocks: Tensor,
+    cfg: SSAConfig,
+    target: Tensor | None = None,
+    bounds: BlockBounds | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Routed blocks [Bt, Hkv, R, topk] (ascending, -1 padding last) of R query rows, row r the last
     token of a prefix ending in block ``blocks[r]``: the selector's beam search (shared code) over that
     prefix's pyramid. q_sum [Bt, Hkv, R, D] scaled query summaries; prefix [Bt, Hkv, n1, D] fp64 key
     prefix sums over blocks, exact below every row's ``hi``; lo [Bt or 1, R], hi [R] routed ranges.
     Also the search's ranks of ``target`` [R] (``beam_search``; None without a target) and each row's
-    pyramid height [R]."""
+    pyramid height [R]. ``bounds``: ``block_bounds`` of the prefix (``cfg.node_score == "bound"``)."""
     bt, hkv, rows, _ = q_sum.shape
     routed = torch.full((bt, hkv, rows, cfg.topk_blocks), -1, dtype=torch.long, device=q_sum.device)
     levels = torch.tensor([_num_levels(int(b) + 1, cfg) for b in blocks.tolist()], device=q_sum.device)
     if cfg.topk_blocks == 0:
         return routed, None, levels
     n_blocks = int(blocks.max()) + 1  # nodes past the longest prefix are out of every row's range
-    best, _, _, ranks = beam_search(q_sum, prefix[:, :, : n_blocks + 1], lo, hi, levels, cfg, target)
+    best, _, _, ranks = beam_search(q_sum, prefix[:, :, : n_blocks + 1], lo, hi, levels, cfg, target, bounds)
     routed[..., : best.shape[-1]] = best
     return routed, ranks, levels
 
@@ -209,6 +219,7 @@ def causal_rows_attention(
     with torch.no_grad():
         rd, rgroup = rk.shape[-1], rq.shape[1] // hkv
         prefix = _key_prefix(rk.detach(), block_size)  # (Bt, Hkv, nb + 1, d) fp64
+        bounds = block_bounds(prefix, block_size, bound_span(nb, cfg)) if cfg.node_score == "bound" else None
         # Sum of the routing queries of t's block up to t, over the group: (Bt, Hkv, Gr, T, d) -> (Bt, Hkv, T, d)
         q_sums = rq.detach().view(bt, hkv, rgroup, seq_len, rd).sum(2, dtype=torch.float64)
         q_sums = F.pad(q_sums, (0, 0, 0, nb * block_size - seq_len))
@@ -229,7 +240,7 @@ def causal_rows_attention(
         blk = pos // block_size
         with torch.no_grad():
             q_sum = _query_means(q_sums[:, :, t0:t1], pos - blk * block_size + 1, rgroup, rd, _accumulate_dtype(rq))
-            routed = _route_rows(q_sum, prefix, lo[:, blk], hi[blk], blk, cfg)[0]
+            routed = _route_rows(q_sum, prefix, lo[:, blk], hi[blk], blk, cfg, bounds=bounds)[0]
             indices = _union_rows(routed, blk, cfg)  # (Bt, Hkv, R, S)
         far_rows = None if far is None else (far[0][:, :, t0:t1], far[1], cfg.local_blocks)
         outs.append(
@@ -277,6 +288,8 @@ class DecodeState:
     last_key: Tensor | None = None  # [Bt, Hkv, D] key of the last token as given: checks the cache still matches
     last_position: Tensor | None = None  # [Bt] int64 position id of the last token (HF glue: documents)
     group: int = 1  # query heads summed per kv head in query_sum (the scored q's Hq // Hkv)
+    # node_score=bound: min / max tables of the complete blocks' means, extended as blocks complete (made lazily)
+    bounds: BlockBounds | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -388,8 +401,14 @@ class DecodeState:
             self.query_sum.shape[-1],
             dtype,
         )
+        i = t // block_size
         hi = pos // block_size - (cfg.local_blocks - 1)  # routed_bounds' hi of block t // block_size
-        return _route_rows(q_sum, self.prefix, self.block_lo.view(bt, 1), hi, pos // block_size, cfg, target)
+        if cfg.node_score == "bound":  # over the complete blocks < i (every routed block is one): O(D log n) a block
+            self.bounds = block_bounds(self.prefix[:, :, : i + 1], block_size, bound_span(i + 1, cfg), self.bounds)
+        else:
+            self.bounds = None
+        lo = self.block_lo.view(bt, 1)
+        return _route_rows(q_sum, self.prefix, lo, hi, pos // block_size, cfg, target, self.bounds)
 
 
 def ssa_decode_step(

@@ -20,6 +20,11 @@ key after the query block influences the selection. Each query block searches th
 the sequence length, changes its choice: causal, and equal in training and decoding. Ties between equal
 scores go to the smaller node index at every level. Sink blocks and the local window (diagonal block
 included) are added unconditionally; the union is returned sorted, deduplicated and padded with -1.
+
+With ``node_score="bound"`` a node above the blocks scores instead an upper bound of its best visible block,
+sum over dims of max(q_d * min_d, q_d * max_d) with min / max over the means of its blocks inside the routed
+range, read in O(1) per node from sparse min / max tables over the block means (:func:`block_bounds`, O(n log n)
+memory): a needle block no longer averages with its node's other blocks, so narrow beams keep it.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ from torch import Tensor
 from ssa_kernels.config import SSAConfig
 
 __all__ = [
+    "BlockBounds",
     "PooledRoute",
     "Selection",
+    "block_bounds",
     "key_pyramid",
     "query_summary",
     "routed_bounds",
@@ -333,6 +340,97 @@ def _score_ranges(
     return (torch.cat(parts, dim=-1) / (cover * block_size)).to(q_sum.dtype)  # (Bt, Hkv, nb, M)
 
 
+class BlockBounds(NamedTuple):
+    """Per-dimension min and max of the block means over any run of blocks, each in O(1) (``node_score=bound``).
+
+    Sparse tables: ``low[j, b]`` / ``high[j, b]`` are the elementwise min / max of the means of blocks
+    b .. b + 2^j - 1, so a run [s, e) is covered by the two overlapping runs of 2^j blocks from s and to e, with
+    j = floor(log2(e - s)). Written by hand: the pyramid's nodes are aligned, but a node straddling a query
+    block's routed range needs the bound of any run of its blocks, and a min / max pyramid cannot give that
+    without walking the node's children (O(branching x levels) per node instead of O(1)). Built for runs of up
+    to 2^(J-1) blocks; entries whose run passes block ``blocks`` are unwritten (never read: every range ends at
+    or before it)."""
+
+    low: Tensor  # [J, Bt, Hkv, capacity, D] fp32 (block means computed in fp64; min / max need no more)
+    high: Tensor  # [J, Bt, Hkv, capacity, D] fp32
+    blocks: int  # blocks covered: entries of runs within blocks < this are written
+
+
+def bound_span(num_blocks: int, cfg: SSAConfig) -> int:
+    """The longest run of blocks a search over ``num_blocks`` blocks bounds: a node of its coarsest level."""
+    return cfg.branching ** (_num_levels(num_blocks, cfg) - 1)
+
+
+def block_bounds(prefix: Tensor, block_size: int, span: int, bounds: BlockBounds | None = None) -> BlockBounds:
+    """:class:`BlockBounds` over the n = prefix.shape[2] - 1 blocks of fp64 key prefix sums [Bt, Hkv, n + 1, D]
+    (block mean = block sum / block_size: every bounded block is complete), for runs of up to ``span`` blocks.
+    Memory: 2 x J x Bt x Hkv x capacity x D fp32 numbers, J = floor(log2(span)) + 1.
+    Given ``bounds`` over the first bounds.blocks of these blocks (as a decode state grows), only the entries
+    of runs ending in the new blocks are computed (O((n - bounds.blocks) x J x D)); its buffers are reused
+    unless they are too small or too shallow (then rebuilt, a few times over a whole sequence)."""
+    bt, hkv, n1, d = prefix.shape
+    n, levels = n1 - 1, max(1, span.bit_length())  # 2^(levels - 1) <= span
+    done = 0 if bounds is None else bounds.blocks
+    if bounds is None or bounds.low.shape[0] < levels or bounds.low.shape[3] < n:
+        cap = n if bounds is None else max(n, 2 * bounds.low.shape[3])
+        levels = max(levels, 0 if bounds is None else bounds.low.shape[0])
+        # fp32: half the memory of fp64 (the issue-6 model at 1M: J = 10, 2 x 168 MB a layer); the means are
+        # rounded once from fp64, identically however the tables are built, so decoding still equals training.
+        low = prefix.new_zeros(levels, bt, hkv, cap, d, dtype=torch.float32)
+        high = torch.zeros_like(low)
+        if bounds is not None and bounds.low.shape[0] == levels:  # grown, not deepened: keep what was written
+            low[:, :, :, : bounds.low.shape[3]] = bounds.low
+            high[:, :, :, : bounds.high.shape[3]] = bounds.high
+        else:
+            done = 0
+    else:
+        low, high = bounds.low, bounds.high
+    if done < n:
+        low[0, :, :, done:n] = high[0, :, :, done:n] = (prefix[:, :, done + 1 :] - prefix[:, :, done:-1]) / block_size
+    for j in range(1, low.shape[0]):
+        half = 2 ** (j - 1)
+        s0, s1 = max(0, done - 2 * half + 1), n - 2 * half + 1  # runs of 2^j blocks ending in blocks done .. n-1
+        if s0 < s1:
+            low[j, :, :, s0:s1] = torch.minimum(low[j - 1, :, :, s0:s1], low[j - 1, :, :, s0 + half : s1 + half])
+            high[j, :, :, s0:s1] = torch.maximum(high[j - 1, :, :, s0:s1], high[j - 1, :, :, s0 + half : s1 + half])
+    return BlockBounds(low, high, n)
+
+
+def _bound_ranges(q_sum: Tensor, bounds: BlockBounds, node: Tensor, cover: int, lo: Tensor, hi: Tensor) -> Tensor:
+    """Upper bounds of the best block score of nodes [Bt, Hkv, nb, M] covering ``cover`` blocks each, over their
+    blocks inside [lo, hi): sum over dims of max(q_d x min_d, q_d x max_d), min / max over those blocks' means
+    (>= q . mean of each of them). Invalid entries come back finite but meaningless (the caller masks them)."""
+    _, bt, hkv, cap, d = bounds.low.shape
+    start = torch.maximum(node * cover, lo).clamp(0, cap - 1)  # (Bt, Hkv, nb, M)
+    end = torch.minimum((node + 1) * cover, hi).clamp(0, cap)
+    length = (end - start).clamp(min=1)
+    j = torch.zeros_like(length)
+    for level in range(1, bounds.low.shape[0]):
+        j += length >= 2**level  # floor(log2(length)), exact in integers
+    last = (end - (1 << j)).clamp(0, cap - 1)  # the second run of 2^j blocks, ending at end - 1
+    row0 = (torch.arange(bt * hkv, device=node.device) * cap).view(bt, hkv, 1, 1) + j * (bt * hkv * cap)
+    low, high = bounds.low.reshape(-1, d), bounds.high.reshape(-1, d)
+    qd = q_sum.to(torch.float64).unsqueeze(-2)  # (Bt, Hkv, nb, 1, D)
+    chunk = max(1, _GATHER_FLOATS // (4 * d))  # four gathers (two runs x min / max) live at once, not two
+    parts = []
+    for s_part, e_part, r_part in zip(start.split(chunk, -1), last.split(chunk, -1), row0.split(chunk, -1)):
+        a, b = (s_part + r_part).reshape(-1), (e_part + r_part).reshape(-1)
+        mn = torch.minimum(low.index_select(0, a), low.index_select(0, b)).view(*s_part.shape, d).double()
+        mx = torch.maximum(high.index_select(0, a), high.index_select(0, b)).view(*s_part.shape, d).double()
+        parts.append(torch.maximum(mn * qd, mx * qd).sum(-1))  # (Bt, Hkv, nb, chunk)
+    return torch.cat(parts, dim=-1).to(q_sum.dtype)
+
+
+def _node_scores(
+    q_sum: Tensor, prefix: Tensor, bounds: BlockBounds | None, node: Tensor, cover: int, block_size: int, lo, hi
+) -> Tensor:
+    """Scores of nodes covering ``cover`` blocks: their bound (``bounds`` given, above the blocks) or their
+    range-restricted mean (:func:`_score_ranges`; blocks always, where both are the block's own score)."""
+    if bounds is not None and cover > 1:
+        return _bound_ranges(q_sum, bounds, node, cover, lo, hi)
+    return _score_ranges(q_sum, prefix, node, cover, block_size, lo, hi)
+
+
 def row_levels(num_rows: int, cfg: SSAConfig, device: torch.device) -> Tensor:
     """Pyramid height of each query block i, [num_rows]: that of a sequence of i + 1 blocks, so a
     block's search never depends on how many blocks follow it (training = decoding)."""
@@ -346,7 +444,14 @@ def _row_beams(level: int, levels: Tensor, cfg: SSAConfig) -> Tensor:
 
 
 def beam_search(
-    q_sum: Tensor, prefix: Tensor, lo: Tensor, hi: Tensor, levels: Tensor, cfg: SSAConfig, target: Tensor | None = None
+    q_sum: Tensor,
+    prefix: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    levels: Tensor,
+    cfg: SSAConfig,
+    target: Tensor | None = None,
+    bounds: BlockBounds | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Coarse-to-fine search for R query rows: q_sum [Bt, Hkv, R, D] (scaled query summaries),
     prefix [Bt, Hkv, n1, D] fp64 key-block prefix sums, lo [Bt or 1, R] and hi [R] routed ranges,
@@ -355,7 +460,9 @@ def beam_search(
     (a block per row, -1 for none; a diagnostic), the rank [Bt, Hkv, R, levels.max()] of the target's
     ancestor among the row's candidates at each level (index = level, 0 = blocks; 0 = best, ties to the
     smaller node as the search breaks them), -1 where it was not a candidate (dropped at a coarser level);
-    it was kept where 0 <= rank < :func:`level_widths`. None without ``target``.
+    it was kept where 0 <= rank < :func:`level_widths`. None without ``target``. ``bounds``
+    (``cfg.node_score == "bound"``): :func:`block_bounds` over at least the rows' ranges; nodes above the
+    blocks are then scored by the bound of their best block.
 
     All rows walk down together from the tallest pyramid; above its own top a row keeps every node
     overlapping its range, so each row's result is that of a search over its own pyramid."""
@@ -368,7 +475,7 @@ def beam_search(
     top_cover = cfg.branching ** (num_levels - 1)
     n_top = -(-(prefix.shape[2] - 1) // top_cover)
     node = torch.arange(n_top, device=dev).expand(bt, hkv, rows, n_top)  # (Bt, Hkv, R, n_top)
-    score = _score_ranges(q_sum, prefix, node, top_cover, cfg.block_size, lo, hi)
+    score = _node_scores(q_sum, prefix, bounds, node, top_cover, cfg.block_size, lo, hi)
     for level in range(num_levels - 1, -1, -1):
         valid = _overlaps(node, cfg.branching**level, lo, hi)  # (Bt, Hkv, R, M)
         candidates += (valid & (level < levels).view(1, 1, rows, 1)).sum(-1)  # a row's own pyramid only
@@ -387,7 +494,7 @@ def beam_search(
         child = parent.unsqueeze(-1) * cfg.branching + torch.arange(cfg.branching, device=dev)
         # (Bt, Hkv, R, keep, branching) -> (Bt, Hkv, R, keep * branching); padding stays -1
         node = torch.where(parent.unsqueeze(-1) >= 0, child, -1).flatten(-2)
-        score = _score_ranges(q_sum, prefix, node, cfg.branching ** (level - 1), cfg.block_size, lo, hi)
+        score = _node_scores(q_sum, prefix, bounds, node, cfg.branching ** (level - 1), cfg.block_size, lo, hi)
     best, best_scores = _ascending(*_best(node, score, min(cfg.topk_blocks, node.shape[-1])))
     return best, best_scores, candidates, ranks
 
@@ -485,6 +592,7 @@ def _select(q_sum: Tensor, key_prefix, seq_len: int, cfg: SSAConfig, doc_ids: Te
         lo, hi = routed_bounds(doc_ids, seq_len, cfg, dev)
         prefix = key_prefix()
         levels = row_levels(nb, cfg, dev)
+        tables = block_bounds(prefix, cfg.block_size, bound_span(nb, cfg)) if cfg.node_score == "bound" else None
         # Rows of equal pyramid height are contiguous (height grows with i): search each run on its own,
         # so no run pays the wide "keep everything above my top" beams of the shallower early rows.
         bounds = torch.cumsum(torch.bincount(levels)[levels.min() :], 0).tolist()
@@ -497,8 +605,9 @@ def _select(q_sum: Tensor, key_prefix, seq_len: int, cfg: SSAConfig, doc_ids: Te
             for c0 in range(r0, r1, step):
                 c1 = min(r1, c0 + step)
                 best, best_scores, cand, _ = beam_search(
-                    q_sum[:, :, c0:c1], prefix[:, :, : c1 + 1], lo[:, c0:c1], hi[c0:c1], levels[c0:c1], cfg
-                )
+                    q_sum[:, :, c0:c1], prefix[:, :, : c1 + 1], lo[:, c0:c1], hi[c0:c1], levels[c0:c1], cfg,
+                    bounds=tables,
+                )  # fmt: skip
                 routed[:, :, c0:c1, : best.shape[-1]] = best
                 routed_scores[:, :, c0:c1, : best.shape[-1]] = best_scores
                 candidates[:, :, c0:c1] = cand
