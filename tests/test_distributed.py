@@ -45,8 +45,8 @@ def job_env(**extra: str) -> dict[str, str]:
     # launcher's torchrun is this interpreter's.
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HYDRA_FULL_ERROR="1")
     # A rank that crashes (SIGABRT / SIGSEGV) prints every thread's Python stack: a flaky SIGABRT of one rank of
-    # test_offload's world-2 case ("terminate called without an active exception", 2 of 3 clean-clone CI runs on
-    # 2026-12-04, never in isolation) left nothing else to read.
+    # test_offload's world-2 case ("terminate called without an active exception", 2 of 4 full clean-clone runs on
+    # 2026-12-04, never alone) left nothing else to read.
     env.update(PYTHONFAULTHANDLER="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
