@@ -1,8 +1,8 @@
-"""docs/results/functional-context.json from the twelfth session's ssa rows (fc35's checkpoint, --recipe
-h200-4k-attended's training, evaluated eval-only with attention.ssa.node_score=bound and beams of 64: 16K-256K from
-fc39, 1M from fc37, 4M from fc40 and fc41, niah_multikey_2 at 4K-256K from fc38) and fc15's swa and dense rows (the
-last run of the baselines), through prove_functional_context's own table, heatmaps and docs section. Run from the
-repository root: python docs/results/fc-h200-2026-12-04/make_table.py"""
+"""docs/results/functional-context.json from one training run of --recipe h200-4k-bound, all three models (the
+thirteenth session's fc42 calls, docs/results/fc-h200-2026-12-04/fc42): ssa trained and read at 1M by fc42.sh, read
+eval-only at 16K-256K, 4M and niah_multikey_2 16K-1M by fc42c.sh and at more positions (16K, 64K, 1M) by fc42d.sh;
+swa and dense trained from the same stage 1 and read by fc42b.sh. Writes the table, heatmaps and docs section through
+prove_functional_context's own code. Run from the repository root: python docs/results/fc-h200-2026-12-04/make_table.py"""
 
 import importlib.util
 import json
@@ -17,27 +17,35 @@ prove = importlib.util.module_from_spec(spec)
 sys.modules["prove"] = prove
 spec.loader.exec_module(prove)
 
-RUNS = ["fc39/runs/fc35-sb", "fc37/runs/fc35-bd64", "fc40/runs/fc35-b4m", "fc41/runs/fc35-c4m", "fc38/runs/fc35-mk"]
-samples = [json.loads(line) for r in RUNS for line in (HERE / r / "ssa/eval/samples.jsonl").read_text().splitlines()]
-old = json.loads((REPO / "docs/results/functional-context.json").read_text())
-base = [r for r in old["results"] if r["model"] != "ssa"]
-train = ("python scripts/prove_functional_context.py --recipe h200-4k-bound --out runs/fc --models ssa "
-         "--needle-routing --eval-lengths 16K 64K 256K 1M 4M (trained by devrun/fc35.sh = --recipe h200-4k-attended, "
-         "evaluated eval-only with --eval-ssa node_score=bound beam_widths=[64,64,64] (1M; [64,64,64,64] at 4M, the "
-         "same beams): docs/results/fc-h200-2026-12-04, fc35 and fc37-fc41)")  # fmt: skip
-summary = json.loads((HERE / "fc35/runs/fc35/ssa/train_summary.json").read_text())
+RUNS = HERE / "fc42/runs"
+SSA = ["fc42-ssa", "fc42-s", "fc42-s64", "fc42-s1m", "fc42-s4m", "fc42-m"]
+samples = [json.loads(line) for r in SSA for line in (RUNS / r / "ssa/eval/samples.jsonl").read_text().splitlines()]
+base = json.loads((RUNS / "fc42-base/functional-context.json").read_text())
+ssa_cmd = json.loads((RUNS / "fc42-ssa/functional-context.json").read_text())["command"]
+eval_only = "--recipe h200-4k-bound --models ssa --eval-only --checkpoint runs/fc42-ssa/ssa --needle-routing"
 doc = {
     "device": "NVIDIA H200",
     "date": "2026-12-04",
-    "command": train,
+    "command": "bash devrun/fc42.sh; bash devrun/fc42b.sh; bash devrun/fc42c.sh; fc42d.sh's two lines "
+    "(docs/results/fc-h200-2026-12-04: one recipe, --recipe h200-4k-bound, four calls back to back on one machine)",
     "commands": {
-        "ssa": train + "; niah_multikey_2: --tasks niah_multikey_2 --eval-lengths 4K 16K 64K 256K --depths 0.2 0.4 "
-        "0.6 0.8 (fc38)",
-        # fc15's command; a second run of this file finds it under "commands"
-        **{m: old.get("commands", {}).get(m, old["command"]) for m in ("swa", "dense")},
+        "ssa": f"{ssa_cmd} (fc42.sh: trains, reads 1M at 12 positions); then eval-only, python "
+        f"scripts/prove_functional_context.py {eval_only} with --tasks niah_single_1 --eval-lengths 16K 64K 256K "
+        "--depths 0.2 0.4 0.6 0.8, --tasks niah_multikey_2 --eval-lengths 16K 64K 256K 1M --depths 0.2 0.4 0.6 0.8, "
+        "--tasks niah_single_1 --eval-lengths 4M --depths 0.2 0.4 0.6 0.8 (fc42c.sh), --eval-lengths 16K 64K --depths "
+        "0.05 ... 0.95 (15) and --eval-lengths 1M --depths 0.05 0.15 0.3 0.45 0.55 0.7 0.85 0.95 (fc42d.sh)",
+        "swa": base["command"] + " (fc42b.sh)",
+        "dense": base["command"] + " (fc42b.sh)",
     },  # fmt: skip
-    "results": prove.accuracy_rows("ssa", samples) + base,
-    "models": {**old["models"], "ssa": {**summary, "node_score": "bound", "beam_widths": [64]}},
+    "results": prove.accuracy_rows("ssa", samples) + base["results"],
+    "models": {
+        **base["models"],
+        "ssa": {
+            **json.loads((RUNS / "fc42-ssa/ssa/train_summary.json").read_text()),
+            "node_score": "bound",
+            "beam_widths": [64],
+        },  # fmt: skip
+    },
 }
 with tempfile.TemporaryDirectory() as tmp:
     out = Path(tmp)
