@@ -142,6 +142,14 @@ RECIPES["h200-4k-attended"] = RECIPES["h200-4k-wide"] + [
 # serves every level of any pyramid height). Same checkpoint, 12 positions at 1M: mean scores with beams of 64 read 3
 # of 12, bound 12 of 12 (beams of 16 too), mean [64,256,256] 12 of 12 at 1.4x bound-64's time per sample; 4M 9 of 9.
 RECIPES["h200-4k-bound"] = RECIPES["h200-4k-attended"] + ["--eval-ssa", "node_score=bound", "beam_widths=[64]"]
+# Thirteenth session (for the next device session; unmeasured as a whole): h200-4k-bound with stage 2's multikey rows
+# followed by 8 lookups of random other needles (stage 1's data since fc28 b, under which multikey is learnt at 1K),
+# evaluated on both tasks. fc43: trained as h200-4k-bound, the dense model reads niah_multikey_2 at 4K 0 of 4 (3 of 16
+# teacher-forced) and the ssa model's own attention ranks the right key's block near chance in layers 1-9
+# (scripts/needle_rank_probe.py): the key match is not learnt at 4K, by either model.
+RECIPES["h200-4k-multikey"] = RECIPES["h200-4k-bound"] + [
+    "--override", "data.synthetic.extra_queries=8", "data.synthetic.extra_order=random",
+    "--tasks", "niah_single_1", "niah_multikey_2"]  # fmt: skip
 SMOKE_BPE = ["--max-chars", "300000", "--synthetic-samples", "2", "--synthetic-length", "1024"]
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip

@@ -437,5 +437,18 @@ def test_eval_yarn_auto_drops_the_temperature_for_fixed_size_attention(tmp_path)
     cfg = SSAConfig(node_score="bound", beam_widths=[64])  # what fc37/fc40 gave as [64,64,64] / [64,64,64,64]
     cfg.validate()
     assert {beam_width(level, height, cfg) for height in (4, 5) for level in range(1, height)} == {64}  # 1M, 4M
+    # h200-4k-multikey: h200-4k-bound with 8 random lookups after each multikey row in stage 2 (every model), both tasks
+    mk = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k-multikey"])
+    assert mk.eval_ssa == bound.eval_ssa and mk.ssa_override == bound.ssa_override
+    assert mk.pretrain_override == bound.pretrain_override and mk.tasks == ["niah_single_1", "niah_multikey_2"]
+    for model in ("ssa", "dense"):
+        data = script.to_config(script.compose_config("config", script.train_overrides(model, mk))).data.synthetic
+        assert data.extra_queries == 8 and data.extra_order == "random" and "niah_multikey_2" in data.tasks
+    assert (
+        script.to_config(
+            script.compose_config("config", script.train_overrides("ssa", bound))
+        ).data.synthetic.extra_queries
+        == 0
+    )
     stage1 = [f"experiment={wide.pretrain_experiment}", "attention=dense", *wide.pretrain_override]
     assert script.to_config(script.compose_config("config", stage1)).train.stop_at_loss == 0.01

@@ -1,0 +1,224 @@
+"""Which block summary would route the right needle? A router diagnostic on a trained checkpoint (issue 6).
+
+For niah samples (``--tasks``, ``--lengths``, ``--depths``) the prompt runs through the model once (block rule, no
+cache), and at every SSA layer the answer position's query block (the prompt's last) ranks every block of its
+routed range (after the sinks, before the local window) under several scorers; the probe reports where the
+needle's value block lands (0: first). A rank below ``topk_blocks`` means one level of search would route it.
+
+Scorers, per kv head (``q`` the routing query: the mean of the router's queries over the query block's rows, as the
+selector uses it; ``k_t`` the router's key of token t):
+
+- ``mean``: q . mean_t k_t, the selector's block score today (the pyramid's leaf);
+- ``token_max``: max_t q . k_t, the best token of the block (exact; O(block) a block, what a summary approximates);
+- ``bound``: sum_d max(q_d min_t k_td, q_d max_t k_td), an upper bound of token_max from per-dimension min / max
+  of the block's router keys (Quest's page bound at block granularity; O(1) a block);
+- ``attn``: the layer's own attention mass on the block from the answer row (softmax over the routed range's keys,
+  per query head, averaged over the kv head's group), with far blocks at ``far_distance`` when the model was
+  trained so: what the router is distilled toward (the teacher);
+- ``attn_max``: the block's largest attention logit (mean over the group's heads).
+
+In niah_multikey_2 every block of the haystack is another needle of the same form, so only the key word tells the
+right block apart: ``mean`` ranking it at chance while ``token_max`` or ``attn`` rank it first says the block
+summary, not the router's features, is what loses it.
+
+    python scripts/needle_rank_probe.py runs/fc/ssa --tasks niah_multikey_2 niah_single_1 --lengths 4K 16K --out r.json
+
+Prints a table (per scorer: share of (sample, layer, kv head) with the needle ranked below topk_blocks, median rank,
+routable blocks) and per-layer rows; ``--out`` writes it all as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from data.synthetic import generate  # noqa: E402
+from ssa_kernels.diagnostics import SSARecorder  # noqa: E402
+from ssa_kernels.hf import _far_inputs, route_of, ssa_config_of  # noqa: E402
+from ssa_kernels.selector.reference import routed_bounds  # noqa: E402
+from train.eval import PromptEncoder, needle_blocks, parse_length  # noqa: E402
+
+sys.path.insert(0, str(REPO / "scripts"))
+from probe_answers import load  # noqa: E402  (SSA checkpoints with their routers)
+
+SCORERS = ("mean", "token_max", "bound", "attn", "attn_max")
+
+
+def _blocks(x: Tensor, block_size: int) -> Tensor:
+    """[H, T, d] -> [H, nb, B, d], the last block padded with NaN (callers mask the padding out)."""
+    h, t, d = x.shape
+    nb = -(-t // block_size)
+    pad = torch.full((h, nb * block_size - t, d), math.nan, dtype=x.dtype, device=x.device)
+    return torch.cat([x, pad], 1).view(h, nb, block_size, d)
+
+
+def summary_scores(q: Tensor, k: Tensor, block_size: int) -> dict[str, Tensor]:
+    """q [H, d] (one routing query per kv head), k [H, T, d] (router keys per token) -> {"mean", "token_max",
+    "bound"}: [H, nb] fp32 block scores (module doc)."""
+    q, k = q.float(), k.float()
+    kb = _blocks(k, block_size)  # (H, nb, B, d)
+    real = ~kb[..., 0].isnan()  # (H, nb, B)
+    n = real.sum(-1).clamp_min(1)  # (H, nb)
+    mean = torch.where(real[..., None], kb, 0.0).sum(2) / n[..., None]  # (H, nb, d)
+    per_token = torch.einsum("hd,hnbd->hnb", q, torch.nan_to_num(kb)).masked_fill(~real, -math.inf)
+    lo = torch.where(real[..., None], kb, math.inf).amin(2)  # (H, nb, d)
+    hi = torch.where(real[..., None], kb, -math.inf).amax(2)
+    bound = torch.maximum(q[:, None] * lo, q[:, None] * hi).sum(-1)
+    return {"mean": torch.einsum("hd,hnd->hn", q, mean), "token_max": per_token.amax(-1), "bound": bound}
+
+
+def attention_scores(q: Tensor, k: Tensor, scale: float, lo: int, hi: int, block_size: int) -> dict[str, Tensor]:
+    """q [Hq, D] (the answer row's attention queries, as they meet far keys), k [Hkv, T, D] -> {"attn", "attn_max"}:
+    [Hkv, nb] fp32; blocks outside [lo, hi) get -inf. attn: per query head the softmax over the keys of blocks
+    lo .. hi-1 summed per block, averaged over the kv head's group; attn_max: the block's largest logit, averaged
+    over the group."""
+    hq, hkv, t = q.shape[0], k.shape[0], k.shape[1]
+    group, nb = hq // hkv, -(-t // block_size)
+    a, b = lo * block_size, min(hi * block_size, t)
+    logits = torch.einsum("hgd,htd->hgt", q.float().view(hkv, group, -1), k[:, a:b].float()) * scale
+    full = torch.full((hkv, group, nb * block_size), -math.inf, device=k.device)
+    full[..., a:b] = logits
+    full = full.view(hkv, group, nb, block_size)
+    if b <= a:  # nothing routable
+        return {"attn": full.amax(-1).mean(1), "attn_max": full.amax(-1).mean(1)}
+    mass = torch.softmax(full.flatten(2), -1).view_as(full).sum(-1).mean(1)
+    outside = torch.ones(nb, dtype=torch.bool, device=k.device)
+    outside[lo:hi] = False
+    return {"attn": mass.masked_fill(outside, -math.inf), "attn_max": full.amax(-1).mean(1)}
+
+
+def needle_rank(scores: Tensor, lo: int, hi: int, needle: list[int]) -> Tensor:
+    """scores [H, nb] -> [H] int64: the number of blocks in [lo, hi) scoring strictly above the best-scoring
+    needle block in that range (0: the needle first), or -1 when no needle block is in the range."""
+    inside = [j for j in needle if lo <= j < hi]
+    if not inside:
+        return torch.full((scores.shape[0],), -1, dtype=torch.long)
+    best = scores[:, inside].amax(-1, keepdim=True)  # (H, 1)
+    return (scores[:, lo:hi] > best).sum(-1).cpu()
+
+
+class RankRecorder(SSARecorder):
+    """Per SSA layer call (the prompt's forward): the needle's rank under every scorer, for the last query block."""
+
+    def __init__(self, needle: list[int]):
+        super().__init__(lambda call: call)  # unused: _record below keeps ranks, not the call
+        self.needle = needle
+
+    def _record(self, module, query: Tensor, key: Tensor, kwargs: dict) -> None:
+        cfg = ssa_config_of(module.config)
+        with torch.no_grad(), torch.autocast(query.device.type, enabled=False):
+            t, bs = query.shape[2], cfg.block_size
+            i = (t - 1) // bs  # the answer position's query block
+            lo, hi = routed_bounds(None, t, cfg, query.device)
+            lo, hi = int(lo[0, i]), int(hi[i])
+            route = route_of(module, cfg, kwargs)  # the learned router's per-token (q, k), or None: the attention's
+            rq, rk = route if route is not None else (query, key)
+            hkv = rk.shape[1]
+            if rq.shape[1] != hkv:  # the attention's own q: the group's mean query, as the selector pools it
+                rq = rq.float().view(rq.shape[0], hkv, -1, t, rq.shape[-1]).mean(2)
+            q_route = rq[0, :, i * bs : t].float().mean(1)  # (Hkv, d): the query block's mean routing query
+            scores = summary_scores(q_route, rk[0], bs)
+            for s in scores.values():  # the routed range only
+                s[:, :lo], s[:, hi:] = -math.inf, -math.inf
+            far = _far_inputs(module, query, cfg, kwargs)  # routed blocks are far: q_far . k, k un-rotated
+            q_attn = (far[0] if far is not None else query)[0, :, t - 1]  # (Hq, D)
+            scale = kwargs.get("scaling") or query.shape[-1] ** -0.5
+            scores.update(attention_scores(q_attn, key[0], scale, lo, hi, bs))
+            self.records[module.layer_idx] = {
+                "ranks": {name: needle_rank(s, lo, hi, self.needle).tolist() for name, s in scores.items()},
+                "routable": max(hi - lo, 0),
+            }
+
+
+@torch.no_grad()
+def probe_sample(model, tokenizer, task: str, length: int, depth: float, seed: int) -> dict:
+    encode = PromptEncoder(tokenizer)
+    sample = generate(task, length, tokenizer, seed, depth, "eval")
+    ids = encode(sample.prompt).to(model.device)
+    cfg = ssa_config_of(model.config)
+    needle = needle_blocks(sample, encode, cfg.block_size)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    with RankRecorder(needle) as rec:
+        decoder(input_ids=ids, use_cache=False)
+    if not rec.records:
+        raise SystemExit("needle_rank_probe: no SSA attention ran (is the checkpoint an SSA model?)")
+    layers = sorted(rec.records)
+    return {"task": task, "length": length, "depth": depth, "seed": seed, "prompt_tokens": ids.shape[1],
+            "needle_blocks": needle, "routable": rec.records[layers[0]]["routable"],
+            "ranks": {s: [rec.records[i]["ranks"][s] for i in layers] for s in SCORERS}}  # fmt: skip
+
+
+def summarize(rows: list[dict], topk: int) -> list[dict]:
+    """Per (task, length, scorer): share of (sample, layer, kv head) ranking the needle below ``topk`` (routed by
+    one level of search), its median rank, the same share per layer, and the median routable block count."""
+    out = []
+    for task, length in sorted({(r["task"], r["length"]) for r in rows}):
+        cell = [r for r in rows if (r["task"], r["length"]) == (task, length) and r["needle_blocks"]]
+        if not cell:
+            continue
+        for s in SCORERS:
+            per_layer = list(zip(*[r["ranks"][s] for r in cell]))  # layer -> samples -> heads
+            flat = [v for layer in per_layer for heads in layer for v in heads if v >= 0]
+            if not flat:
+                continue
+            hits = [sum(0 <= v < topk for h in layer for v in h) / max(1, sum(v >= 0 for h in layer for v in h))
+                    for layer in per_layer]  # fmt: skip
+            out.append({"task": task, "length": length, "scorer": s, "samples": len(cell),
+                        "hit": round(sum(v < topk for v in flat) / len(flat), 3),
+                        "median_rank": statistics.median(flat), "hit_per_layer": [round(h, 2) for h in hits],
+                        "routable": statistics.median(r["routable"] for r in cell)})  # fmt: skip
+    return out
+
+
+def table(summary: list[dict], topk: int) -> str:
+    lines = [f"| task | length | scorer | samples | needle in top {topk} | median rank | routable | per layer |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in summary:
+        lines.append(f"| {r['task']} | {r['length']} | {r['scorer']} | {r['samples']} | {r['hit']:.2f} | "
+                     f"{r['median_rank']:g} | {r['routable']:g} | {' '.join(f'{h:.2f}' for h in r['hit_per_layer'])} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="an SSA run directory, trainer checkpoint or model directory")
+    p.add_argument("--tasks", nargs="+", default=["niah_multikey_2", "niah_single_1"])
+    p.add_argument("--lengths", nargs="+", default=["4K"])
+    p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    p.add_argument("--seed", type=int, default=0, help="EVAL-split seed of the first sample; one sample per depth")
+    p.add_argument("--out", help="write the rows and the summary as JSON here")
+    args = p.parse_args(argv)
+    model, tokenizer, path = load(args.checkpoint)
+    if not getattr(model.config, "ssa", None):
+        raise SystemExit(f"needle_rank_probe: {path} is not an SSA model (its config.json has no 'ssa')")
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu")
+    rows, t0 = [], time.perf_counter()
+    for length in [parse_length(x, "--lengths") for x in args.lengths]:
+        for task in args.tasks:
+            for j, depth in enumerate(args.depths):
+                rows.append(probe_sample(model, tokenizer, task, length, depth, args.seed + j))
+    topk = ssa_config_of(model.config).topk_blocks
+    summary = summarize(rows, topk)
+    print(table(summary, topk))
+    doc = {"checkpoint": str(path), "command": "python scripts/needle_rank_probe.py " + " ".join(argv or sys.argv[1:]),
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           "date": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - t0, 1), "topk_blocks": topk,
+           "summary": summary, "rows": rows}  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(json.dumps(doc, indent=1))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
