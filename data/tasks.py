@@ -9,15 +9,24 @@ FILLER = 64  # token ids [0, 64) are filler; keys and values follow
 
 
 def block_retrieval(
-    n: int, seq_len: int, block_size: int, generator: torch.Generator, num_keys: int = 32, local_blocks: int = 2
+    n: int,
+    seq_len: int,
+    block_size: int,
+    generator: torch.Generator,
+    num_keys: int = 32,
+    local_blocks: int = 2,
+    needle_tokens: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids [n, seq_len], answer [n], needle_block [n]).
 
     Filler tokens everywhere; one block (the needle, never a sink block nor in the last block's
     local window) alternates a key token ``a`` and a value token ``b``; the last block repeats ``a``,
     and the answer is ``b``: the model must route the last block to the needle block. Vocabulary:
-    FILLER + 2 * num_keys tokens.
+    FILLER + 2 * num_keys tokens. ``needle_tokens`` > 0: only that many tokens of the needle block (at a
+    random offset inside it) alternate ``a`` and ``b``, the rest is filler: a needle its block's mean dilutes.
     """
+    if not 0 <= needle_tokens <= block_size:
+        raise ValueError(f"needle_tokens={needle_tokens} must be in [0, block_size={block_size}]")
     nb = seq_len // block_size
     if nb < local_blocks + 3:
         raise ValueError(f"seq_len={seq_len} holds too few blocks of {block_size} for a needle outside the window")
@@ -28,6 +37,13 @@ def block_retrieval(
     cols = torch.arange(block_size)
     rows = torch.arange(n)[:, None]
     start = (needle * block_size)[:, None]  # [n, 1]
-    ids[rows, start + cols] = torch.where(cols % 2 == 0, key[:, None], value[:, None])
+    pattern = torch.where(cols % 2 == 0, key[:, None], value[:, None])  # [n, block_size]
+    if needle_tokens:
+        offset = torch.randint(0, block_size - needle_tokens + 1, (n, 1), generator=generator)
+        inside = (cols >= offset) & (cols < offset + needle_tokens)
+        pattern = torch.where(
+            inside, torch.where((cols - offset) % 2 == 0, key[:, None], value[:, None]), ids[rows, start + cols]
+        )
+    ids[rows, start + cols] = pattern
     ids[:, nb * block_size - block_size : nb * block_size] = key[:, None]
     return ids, value, needle

@@ -185,8 +185,9 @@ def table(summary: list[dict], topk: int) -> str:
     lines = [f"| task | length | scorer | samples | needle in top {topk} | median rank | routable | per layer |",
              "|---|---:|---|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in summary:
+        layers = " ".join(f"{h:.2f}" for h in r["hit_per_layer"])
         lines.append(f"| {r['task']} | {r['length']} | {r['scorer']} | {r['samples']} | {r['hit']:.2f} | "
-                     f"{r['median_rank']:g} | {r['routable']:g} | {' '.join(f'{h:.2f}' for h in r['hit_per_layer'])} |")  # fmt: skip
+                     f"{r['median_rank']:g} | {r['routable']:g} | {layers} |")  # fmt: skip
     return "\n".join(lines)
 
 

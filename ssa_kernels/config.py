@@ -17,6 +17,7 @@ BACKENDS = ("auto", "reference", "triton")
 ROUTINGS = ("straight_through", "distill", "none")
 DISTILL_TARGETS = ("attended", "true_distance")
 NODE_SCORES = ("mean", "bound")
+LEAF_SCORES = ("mean", "bound")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -64,6 +65,16 @@ class SSAConfig:
     # "bound". Costs O(n log n) memory per layer call for the min / max tables (the PyTorch selector and
     # DecodeState only: the Triton selector hands it to the reference; fast decoding refuses it).
     node_score: str = "mean"
+    # How a block (the pyramid's leaf) is scored. "mean" (default): query summary . the block's mean key. "bound":
+    # sum over dims of max(q_d * min_d, q_d * max_d) with min / max over the block's own token keys, an upper bound
+    # of its best token's score, so one distinctive token is not averaged away among the block's others (fc43: the
+    # single needle's block in the top 16 of a 4K row in 0.97 of (layer, kv head) pairs against the mean's 0.81,
+    # scripts/needle_rank_probe.py). With node_score=bound the nodes above are bounded over the same token min /
+    # max, so a node's bound stays >= each of its blocks' scores. Selection only: the routing gradients
+    # (straight-through, distillation) still score block means, so a checkpoint trained with "mean" evaluates with
+    # "bound" as is. Needs the per-token keys' block min / max (the learned router projects every token for it);
+    # the PyTorch selector and DecodeState only, on one process (the Triton selector hands it to the reference).
+    leaf_score: str = "mean"
     # How the routing scores learn: "straight_through" adds (score - score.detach()) to the logits of
     # each routed block, zero in the forward pass (output exactly as without it) but giving every
     # routed score the gradient of its block's total attention logit; "distill" trains the learned router
@@ -126,6 +137,8 @@ class SSAConfig:
             raise ValueError("attention.distill_blocks >= 0 (0: all query blocks) and attention.distill_weight >= 0")
         if self.node_score not in NODE_SCORES:
             raise ValueError(f"attention.node_score={self.node_score!r}: use one of {NODE_SCORES}")
+        if self.leaf_score not in LEAF_SCORES:
+            raise ValueError(f"attention.leaf_score={self.leaf_score!r}: use one of {LEAF_SCORES}")
         if self.backend not in BACKENDS:
             raise ValueError(f"attention.backend={self.backend!r}: use auto, triton or reference")
         if self.router not in ("learned", "attention"):

@@ -85,7 +85,7 @@ def route_of(
             "module has no ssa_router (or its input was not passed): build SSA models with "
             "ssa_kernels.hf.convert_to_ssa, and load saved ones with ssa_kernels.hf.from_pretrained"
         )
-    return router.pooled(hidden, cfg.block_size) if pooled else router(hidden)
+    return router.pooled(hidden, cfg.block_size, cfg.leaf_score == "bound") if pooled else router(hidden)
 
 
 def _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route, far=None) -> torch.Tensor:

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from ssa_kernels.selector import PooledRoute
-from ssa_kernels.selector.reference import block_means
+from ssa_kernels.selector.reference import block_means, block_minmax
+
+_LEAF_TOKENS = 1 << 16  # tokens projected at a time for leaf_bounds (8 x 128 router keys in bf16: 128 MiB a chunk)
 
 
 class SSARouter(nn.Module):
@@ -49,19 +51,33 @@ class SSARouter(nn.Module):
             router.k.bias.copy_(k_b if k_b is not None else torch.zeros_like(router.k.bias))
         return router
 
-    def pooled(self, hidden: torch.Tensor, block_size: int) -> PooledRoute:
+    def pooled(self, hidden: torch.Tensor, block_size: int, leaf_bounds: bool = False) -> PooledRoute:
         """The block means of :meth:`forward`'s outputs, made the cheap way round: the projections are
         affine, so the mean of the projected tokens is the projection of the mean token. The hidden
         states are pooled per block of ``block_size`` real tokens first ([Bt, nb, hidden], fp32 sums),
         then projected: 1/block_size of the router's FLOPs, and no [Bt, Hkv, T, d] routing tensor or
-        gradient is ever made (at 1M tokens, 8 kv heads, d = 128, bf16: 2 x 2 GiB per layer)."""
+        gradient is ever made (at 1M tokens, 8 kv heads, d = 128, bf16: 2 x 2 GiB per layer).
+
+        ``leaf_bounds`` (``attention.leaf_score=bound``): also each block's per-dimension min / max of the projected
+        token keys (``PooledRoute.k_low`` / ``k_high``), which no mean can give: every token is projected, without
+        gradient, ``_LEAF_TOKENS`` tokens at a time so that only the [Bt, Hkv, nb, d] results stay."""
         x = hidden.detach()
         bt, t, _ = x.shape
         mean = block_means(x, block_size).to(x.dtype)  # (Bt, nb, hidden)
         nb = mean.shape[1]
         rq = self.q(mean).view(bt, nb, self.kv_heads, self.head_dim).transpose(1, 2)  # (Bt, Hkv, nb, d)
         rk = self.k(mean).view(bt, nb, self.kv_heads, self.head_dim).transpose(1, 2)
-        return PooledRoute(rq, rk, t)
+        if not leaf_bounds:
+            return PooledRoute(rq, rk, t)
+        step = max(1, _LEAF_TOKENS // block_size) * block_size  # whole blocks per chunk
+        low, high = [], []
+        with torch.no_grad():
+            for s in range(0, t, step):
+                keys = self.k(x[:, s : s + step]).view(bt, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+                lo_s, hi_s = block_minmax(keys, block_size)  # (Bt, Hkv, blocks of the chunk, d)
+                low.append(lo_s)
+                high.append(hi_s)
+        return PooledRoute(rq, rk, t, torch.cat(low, 2), torch.cat(high, 2))
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden [Bt, T, hidden] (the attention's input) -> (route_q, route_k), each [Bt, Hkv, T, d].

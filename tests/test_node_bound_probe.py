@@ -1,8 +1,13 @@
-"""scripts/node_bound_probe.py end to end on a few steps: each trained model evaluated with both node scores, the
-setting in the model's config at each evaluation (read by every forward)."""
+"""scripts/node_bound_probe.py end to end on a few steps: each trained model evaluated with both node scores (and
+with --leaf-scores both block scores), the setting in the model's config at each evaluation (read by every forward);
+block_retrieval's diluted needles (--needle-tokens)."""
 
 import json
 
+import pytest
+import torch
+
+from data.tasks import FILLER, block_retrieval
 from tests.scripts_loader import load_script
 
 
@@ -11,9 +16,9 @@ def test_probe_evaluates_both_node_scores_and_writes_its_json(tmp_path, monkeypa
     seen = []
     real = probe.evaluate
 
-    def evaluate(model, cfg, length, num_keys, n):
+    def evaluate(model, cfg, length, num_keys, n, needle_tokens):
         seen.append(model.config.ssa["node_score"])
-        return real(model, cfg, length, num_keys, n=n)
+        return real(model, cfg, length, num_keys, n=n, needle_tokens=needle_tokens)
 
     monkeypatch.setattr(probe, "evaluate", evaluate)
     out = tmp_path / "probe.json"
@@ -24,3 +29,38 @@ def test_probe_evaluates_both_node_scores_and_writes_its_json(tmp_path, monkeypa
                                                               (1024, "bound")]  # fmt: skip
     assert seen == ["mean", "bound", "mean", "bound"]
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["hit_rate"] <= 1.0 for r in rows)
+
+
+def test_probe_pairs_leaf_scores_on_diluted_needles(tmp_path, monkeypatch):
+    probe = load_script("node_bound_probe")
+    seen = []
+    real = probe.evaluate
+
+    def evaluate(model, cfg, length, num_keys, n, needle_tokens):
+        seen.append((model.config.ssa["node_score"], model.config.ssa["leaf_score"], needle_tokens))
+        return real(model, cfg, length, num_keys, n=n, needle_tokens=needle_tokens)
+
+    monkeypatch.setattr(probe, "evaluate", evaluate)
+    out = tmp_path / "probe.json"
+    probe.main(["--seeds", "0", "--steps", "2", "--lengths", "256", "--beam-mins", "1", "--samples", "4",
+                "--node-scores", "bound", "--leaf-scores", "mean", "bound", "--needle-tokens", "2",
+                "--json", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["node_score"], r["leaf_score"], r["needle_tokens"]) for r in rows] == [
+        ("bound", "mean", 2), ("bound", "bound", 2)]  # fmt: skip
+    assert seen == [("bound", "mean", 2), ("bound", "bound", 2)]
+
+
+@pytest.mark.parametrize("needle_tokens", [0, 2, 5])
+def test_block_retrieval_needles_of_a_few_tokens(needle_tokens):
+    ids, value, needle = block_retrieval(32, 256, 16, torch.Generator().manual_seed(0), needle_tokens=needle_tokens)
+    for row, v, j in zip(ids, value.tolist(), needle.tolist()):
+        block = row[j * 16 : (j + 1) * 16].tolist()
+        key = row[-1].item()  # the last block repeats the key
+        special = [i for i, t in enumerate(block) if t >= FILLER]
+        want = needle_tokens or 16
+        assert len(special) == want and special == list(range(special[0], special[0] + want))  # one run
+        assert [block[i] for i in special] == [key if n % 2 == 0 else v for n in range(want)]
+        assert sum(t >= FILLER for t in row[:240].tolist()) == want  # nowhere else before the last block
+    with pytest.raises(ValueError, match="needle_tokens"):
+        block_retrieval(1, 256, 16, torch.Generator(), needle_tokens=17)

@@ -92,8 +92,9 @@ def test_union_rows_is_the_selector_union_at_any_block():
         (True, {**SPARSE, "topk_blocks": 3}),
         (False, DEEP),
         (True, {**DEEP, "node_score": "bound"}),
+        (True, {**DEEP, "leaf_score": "bound"}),
     ],
-    ids=["sparse", "sparse-docs", "deep", "deep-docs-bound"],
+    ids=["sparse", "sparse-docs", "deep", "deep-docs-bound", "deep-docs-leaf-bound"],
 )
 def test_per_token_rule_is_the_training_path_on_each_prefix(docs, cfg):
     """causal_rows_attention at t == ssa_attention over tokens 0..t, at its last token (whose query block
@@ -133,6 +134,16 @@ DECODE_CASES = {
         420,
         61,
         {**DEEP, "node_score": "bound"},
+        torch.float64,
+        [90, 300],
+    ),
+    "B2-Hq4-Hkv2-T420-pre61-deep-leaf-bound-docs": (
+        2,
+        4,
+        2,
+        420,
+        61,
+        {**DEEP, "node_score": "bound", "leaf_score": "bound"},
         torch.float64,
         [90, 300],
     ),

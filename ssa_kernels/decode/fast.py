@@ -329,8 +329,11 @@ class DecodePyramid:
         cfg.validate()
         if cfg.topk_blocks < 1:
             raise ValueError("fast decoding needs attention.topk_blocks >= 1 (use the reference for 0)")
-        if cfg.node_score != "mean":
-            raise ValueError("fast decoding scores nodes by their mean: attention.node_score=bound runs in DecodeState")
+        if cfg.node_score != "mean" or cfg.leaf_score != "mean":
+            raise ValueError(
+                "fast decoding scores blocks and nodes by their means: attention.node_score=bound and "
+                "attention.leaf_score=bound run in DecodeState"
+            )
         nb_cap = _num_blocks(capacity, cfg.block_size)
         sizes = _level_sizes(nb_cap, cfg)
         lc = len(sizes)

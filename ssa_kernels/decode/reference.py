@@ -59,10 +59,10 @@ from ssa_kernels.selector.reference import (
     _num_blocks,
     _num_levels,
     beam_search,
-    block_bounds,
-    bound_span,
+    block_minmax,
     level_widths,
     routed_bounds,
+    search_bounds,
 )
 
 __all__ = ["BeamTrace", "DecodeState", "causal_rows_attention", "ssa_decode_step"]
@@ -94,7 +94,7 @@ def _route_rows(
     prefix's pyramid. q_sum [Bt, Hkv, R, D] scaled query summaries; prefix [Bt, Hkv, n1, D] fp64 key
     prefix sums over blocks, exact below every row's ``hi``; lo [Bt or 1, R], hi [R] routed ranges.
     Also the search's ranks of ``target`` [R] (``beam_search``; None without a target) and each row's
-    pyramid height [R]. ``bounds``: ``block_bounds`` of the prefix (``cfg.node_score == "bound"``)."""
+    pyramid height [R]. ``bounds``: ``search_bounds`` of the prefix (node or leaf scores bound)."""
     bt, hkv, rows, _ = q_sum.shape
     routed = torch.full((bt, hkv, rows, cfg.topk_blocks), -1, dtype=torch.long, device=q_sum.device)
     levels = torch.tensor([_num_levels(int(b) + 1, cfg) for b in blocks.tolist()], device=q_sum.device)
@@ -219,7 +219,7 @@ def causal_rows_attention(
     with torch.no_grad():
         rd, rgroup = rk.shape[-1], rq.shape[1] // hkv
         prefix = _key_prefix(rk.detach(), block_size)  # (Bt, Hkv, nb + 1, d) fp64
-        bounds = block_bounds(prefix, block_size, bound_span(nb, cfg)) if cfg.node_score == "bound" else None
+        bounds = search_bounds(prefix, cfg, lambda: block_minmax(rk.detach(), block_size))
         # Sum of the routing queries of t's block up to t, over the group: (Bt, Hkv, Gr, T, d) -> (Bt, Hkv, T, d)
         q_sums = rq.detach().view(bt, hkv, rgroup, seq_len, rd).sum(2, dtype=torch.float64)
         q_sums = F.pad(q_sums, (0, 0, 0, nb * block_size - seq_len))
@@ -248,6 +248,13 @@ def causal_rows_attention(
         )
         t0 = t1
     return torch.cat(outs, dim=2)  # (Bt, Hq, T, D)
+
+
+def _no_leaf_tables() -> ValueError:
+    return ValueError(
+        "attention.leaf_score=bound: this DecodeState was built without the blocks' key min / max (under "
+        "leaf_score=mean); prefill again with the setting it decodes with"
+    )
 
 
 class BeamTrace(NamedTuple):
@@ -290,6 +297,10 @@ class DecodeState:
     group: int = 1  # query heads summed per kv head in query_sum (the scored q's Hq // Hkv)
     # node_score=bound: min / max tables of the complete blocks' means, extended as blocks complete (made lazily)
     bounds: BlockBounds | None = None
+    # leaf_score=bound: per-dimension min / max of each block's keys [Bt, Hkv, capacity, D] fp32, the last block's
+    # so far (grown like prefix); the tables above are then built over these instead of the means
+    leaf_low: Tensor | None = None
+    leaf_high: Tensor | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -336,6 +347,11 @@ class DecodeState:
         last_key = k[:, :, -1] if last_key is None else last_key
         state = cls(prefix, key_sum, query_sum, seq_len, block_size, doc, doc_start, block_lo, last_key.clone())
         state.group = hq // hkv
+        if cfg.leaf_score == "bound":
+            low, high = block_minmax(k, block_size)  # (Bt, Hkv, nb, D)
+            state.leaf_low = low.new_zeros(bt, hkv, prefix.shape[2], d, dtype=torch.float32)
+            state.leaf_high = torch.zeros_like(state.leaf_low)
+            state.leaf_low[:, :, :nb], state.leaf_high[:, :, :nb] = low, high
         return state
 
     @torch.no_grad()
@@ -367,8 +383,29 @@ class DecodeState:
             grown[:, :, : self.prefix.shape[2]] = self.prefix
             self.prefix = grown
         self.prefix[:, :, i + 1] = self.prefix[:, :, i] + self.key_sum
+        if cfg.leaf_score == "bound":
+            self._extend_leaf(k_new, i, t % block_size == 0)
         self.last_key = (k_new if last_key is None else last_key).clone()
         self.length = t + 1
+
+    def _extend_leaf(self, k_new: Tensor, i: int, new_block: bool) -> None:
+        """leaf_score=bound: fold token key k_new [Bt, Hkv, D] into block i's min / max."""
+        if self.leaf_low is None:
+            if self.length > 0:
+                raise _no_leaf_tables()
+            self.leaf_low = k_new.new_zeros(
+                *k_new.shape[:2], self.prefix.shape[2], k_new.shape[-1], dtype=torch.float32
+            )
+            self.leaf_high = torch.zeros_like(self.leaf_low)
+        if self.leaf_low.shape[2] < i + 1:
+            for name in ("leaf_low", "leaf_high"):
+                old = getattr(self, name)
+                grown = old.new_zeros(*old.shape[:2], max(i + 1, 2 * old.shape[2]), old.shape[-1])
+                grown[:, :, : old.shape[2]] = old
+                setattr(self, name, grown)
+        k = k_new.float()
+        self.leaf_low[:, :, i] = k if new_block else torch.minimum(self.leaf_low[:, :, i], k)
+        self.leaf_high[:, :, i] = k if new_block else torch.maximum(self.leaf_high[:, :, i], k)
 
     @torch.no_grad()
     def route(self, cfg: SSAConfig, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -403,10 +440,14 @@ class DecodeState:
         )
         i = t // block_size
         hi = pos // block_size - (cfg.local_blocks - 1)  # routed_bounds' hi of block t // block_size
-        if cfg.node_score == "bound":  # over the complete blocks < i (every routed block is one): O(D log n) a block
-            self.bounds = block_bounds(self.prefix[:, :, : i + 1], block_size, bound_span(i + 1, cfg), self.bounds)
-        else:
-            self.bounds = None
+        if cfg.leaf_score == "bound" and self.leaf_low is None and i > 0:
+            raise _no_leaf_tables()
+
+        # over the complete blocks < i (every routed block is one): O(D log n) a block
+        def leaf() -> tuple[Tensor, Tensor]:
+            return self.leaf_low, self.leaf_high
+
+        self.bounds = search_bounds(self.prefix[:, :, : i + 1], cfg, leaf, self.bounds, num_blocks=i + 1)
         lo = self.block_lo.view(bt, 1)
         return _route_rows(q_sum, self.prefix, lo, hi, pos // block_size, cfg, target, self.bounds)
 

@@ -74,6 +74,7 @@ from ssa_kernels.selector.reference import (
     _num_blocks,
     _num_levels,
     beam_width,
+    needs_bounds,
     routed_bounds,
     select_blocks,
     select_blocks_pooled,
@@ -543,8 +544,8 @@ def select_blocks_fast(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | N
 
     q: [Bt, Hq, T, D], k: [Bt, Hkv, T, D] (any strides), doc_ids: optional [Bt, T] nondecreasing. Scores
     are fp32 (routed_scores too); choices equal the reference's except between candidates whose scores
-    agree to ~1e-6 relative. fp64 inputs, topk_blocks == 0, very wide beams, node_score=bound and CPU tensors
-    without TRITON_INTERPRET=1 run the reference.
+    agree to ~1e-6 relative. fp64 inputs, topk_blocks == 0, very wide beams, bound node or leaf scores and CPU
+    tensors without TRITON_INTERPRET=1 run the reference.
     """
     _check_inputs(q, k, cfg, doc_ids)
     if _use_reference(q, k, q.shape[2], cfg):
@@ -563,11 +564,11 @@ def select_blocks_fast_pooled(route: PooledRoute, cfg: SSAConfig, doc_ids: Tenso
 
 
 def _use_reference(q: Tensor, k: Tensor, seq_len: int, cfg: SSAConfig) -> bool:
-    """fp64 (the exact oracle), nothing routed, very wide beams, bound node scores (no kernel of them yet), or CPU
-    tensors outside the interpreter."""
+    """fp64 (the exact oracle), nothing routed, very wide beams, bound node or leaf scores (no kernel of them yet),
+    or CPU tensors outside the interpreter."""
     ma, mb = _slots(_runs(_num_blocks(seq_len, cfg.block_size), cfg), cfg)
     on_device = q.is_cuda or _INTERPRETED
-    reference = torch.float64 in (q.dtype, k.dtype) or cfg.topk_blocks == 0 or cfg.node_score == "bound"
+    reference = torch.float64 in (q.dtype, k.dtype) or cfg.topk_blocks == 0 or needs_bounds(cfg)
     return reference or max(ma, mb) > _MAX_SLOTS or not on_device
 
 

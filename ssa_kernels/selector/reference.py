@@ -24,11 +24,15 @@ included) are added unconditionally; the union is returned sorted, deduplicated 
 With ``node_score="bound"`` a node above the blocks scores instead an upper bound of its best visible block,
 sum over dims of max(q_d * min_d, q_d * max_d) with min / max over the means of its blocks inside the routed
 range, read in O(1) per node from sparse min / max tables over the block means (:func:`block_bounds`, O(n log n)
-memory): a needle block no longer averages with its node's other blocks, so narrow beams keep it.
+memory): a needle block no longer averages with its node's other blocks, so narrow beams keep it. With
+``leaf_score="bound"`` the blocks themselves are scored the same way over their own token keys (per-dimension min /
+max of each block, :func:`block_minmax`), and the tables are built over those (a node's bound then bounds its
+blocks' bounds): a distinctive token is no longer averaged with its block's other tokens.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -44,6 +48,7 @@ __all__ = [
     "PooledRoute",
     "Selection",
     "block_bounds",
+    "block_minmax",
     "key_pyramid",
     "query_summary",
     "routed_bounds",
@@ -73,6 +78,10 @@ class PooledRoute(NamedTuple):
     q_mean: Tensor
     k_mean: Tensor
     seq_len: int
+    # leaf_score=bound: per-dimension min / max of each block's token keys [Bt, Hkv, nb, D] (SSARouter.pooled
+    # with leaf_bounds), what the blocks are then scored by; None otherwise
+    k_low: Tensor | None = None
+    k_high: Tensor | None = None
 
 
 def _check_pooled(route: PooledRoute, cfg: SSAConfig, doc_ids: Tensor | None) -> None:
@@ -86,6 +95,15 @@ def _check_pooled(route: PooledRoute, cfg: SSAConfig, doc_ids: Tensor | None) ->
         )
     if doc_ids is not None and tuple(doc_ids.shape) != (qm.shape[0], route.seq_len):
         raise ValueError(f"doc_ids must be [Bt, T] = {(qm.shape[0], route.seq_len)}; got {tuple(doc_ids.shape)}")
+    if cfg.leaf_score == "bound" and cfg.topk_blocks > 0:
+        if route.k_low is None or route.k_high is None:
+            raise ValueError(
+                "attention.leaf_score=bound scores blocks by their token keys' min / max, which this PooledRoute "
+                "lacks (k_low / k_high: SSARouter.pooled(..., leaf_bounds=True) makes them; the sequence-parallel "
+                "wrappers do not): set attention.leaf_score=mean"
+            )
+        if route.k_low.shape != km.shape or route.k_high.shape != km.shape:
+            raise ValueError(f"PooledRoute k_low / k_high must be k_mean's shape {tuple(km.shape)}")
 
 
 def _accumulate_dtype(x: Tensor) -> torch.dtype:
@@ -115,6 +133,19 @@ def _block_sums(x: Tensor, block_size: int, dtype: torch.dtype) -> Tensor:
     if full < x.shape[-2]:  # partial last block
         sums = torch.cat([sums, x[..., full:, :].sum(-2, keepdim=True, dtype=dtype)], dim=-2)  # (..., nb, D)
     return sums
+
+
+def block_minmax(x: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """Per-dimension min and max over each block's real tokens: [..., T, D] -> two [..., nb, D] fp32 tensors
+    (fp64 for fp64 input), through views of x like :func:`_block_sums` (``leaf_score=bound``'s leaf summaries)."""
+    dtype, full = _accumulate_dtype(x), x.shape[-2] // block_size * block_size
+    blocks = x[..., :full, :].unflatten(-2, (-1, block_size))  # (..., T // B, B, D)
+    low, high = blocks.amin(-2).to(dtype), blocks.amax(-2).to(dtype)
+    if full < x.shape[-2]:  # partial last block
+        tail = x[..., full:, :]
+        low = torch.cat([low, tail.amin(-2, keepdim=True).to(dtype)], dim=-2)
+        high = torch.cat([high, tail.amax(-2, keepdim=True).to(dtype)], dim=-2)
+    return low, high
 
 
 def block_means(x: Tensor, block_size: int) -> Tensor:
@@ -341,7 +372,8 @@ def _score_ranges(
 
 
 class BlockBounds(NamedTuple):
-    """Per-dimension min and max of the block means over any run of blocks, each in O(1) (``node_score=bound``).
+    """Per-dimension min and max of the block means (``leaf_score=bound``: of the blocks' token keys) over any
+    run of blocks, each in O(1) (``node_score=bound`` / ``leaf_score=bound``).
 
     Sparse tables: ``low[j, b]`` / ``high[j, b]`` are the elementwise min / max of the means of blocks
     b .. b + 2^j - 1, so a run [s, e) is covered by the two overlapping runs of 2^j blocks from s and to e, with
@@ -361,13 +393,21 @@ def bound_span(num_blocks: int, cfg: SSAConfig) -> int:
     return cfg.branching ** (_num_levels(num_blocks, cfg) - 1)
 
 
-def block_bounds(prefix: Tensor, block_size: int, span: int, bounds: BlockBounds | None = None) -> BlockBounds:
+def block_bounds(
+    prefix: Tensor,
+    block_size: int,
+    span: int,
+    bounds: BlockBounds | None = None,
+    leaf: tuple[Tensor, Tensor] | None = None,
+) -> BlockBounds:
     """:class:`BlockBounds` over the n = prefix.shape[2] - 1 blocks of fp64 key prefix sums [Bt, Hkv, n + 1, D]
     (block mean = block sum / block_size: every bounded block is complete), for runs of up to ``span`` blocks.
     Memory: 2 x J x Bt x Hkv x capacity x D fp32 numbers, J = floor(log2(span)) + 1.
     Given ``bounds`` over the first bounds.blocks of these blocks (as a decode state grows), only the entries
     of runs ending in the new blocks are computed (O((n - bounds.blocks) x J x D)); its buffers are reused
-    unless they are too small or too shallow (then rebuilt, a few times over a whole sequence)."""
+    unless they are too small or too shallow (then rebuilt, a few times over a whole sequence). ``leaf``: the
+    blocks' own (min, max) [Bt, Hkv, >= n, D] (``leaf_score=bound``, :func:`block_minmax` of the token keys), which
+    then replace the block means as the tables' entries for single blocks."""
     bt, hkv, n1, d = prefix.shape
     n, levels = n1 - 1, max(1, span.bit_length())  # 2^(levels - 1) <= span
     done = 0 if bounds is None else bounds.blocks
@@ -385,7 +425,9 @@ def block_bounds(prefix: Tensor, block_size: int, span: int, bounds: BlockBounds
             done = 0
     else:
         low, high = bounds.low, bounds.high
-    if done < n:
+    if done < n and leaf is not None:
+        low[0, :, :, done:n], high[0, :, :, done:n] = leaf[0][:, :, done:n], leaf[1][:, :, done:n]
+    elif done < n:
         low[0, :, :, done:n] = high[0, :, :, done:n] = (prefix[:, :, done + 1 :] - prefix[:, :, done:-1]) / block_size
     for j in range(1, low.shape[0]):
         half = 2 ** (j - 1)
@@ -422,13 +464,32 @@ def _bound_ranges(q_sum: Tensor, bounds: BlockBounds, node: Tensor, cover: int, 
 
 
 def _node_scores(
-    q_sum: Tensor, prefix: Tensor, bounds: BlockBounds | None, node: Tensor, cover: int, block_size: int, lo, hi
+    q_sum: Tensor, prefix: Tensor, bounds: BlockBounds | None, node: Tensor, cover: int, cfg: SSAConfig, lo, hi
 ) -> Tensor:
-    """Scores of nodes covering ``cover`` blocks: their bound (``bounds`` given, above the blocks) or their
-    range-restricted mean (:func:`_score_ranges`; blocks always, where both are the block's own score)."""
-    if bounds is not None and cover > 1:
+    """Scores of nodes covering ``cover`` blocks: their bound (``bounds`` given and ``cfg.node_score`` bound
+    above the blocks, ``cfg.leaf_score`` bound at them) or their range-restricted mean (:func:`_score_ranges`)."""
+    if bounds is not None and (cfg.node_score if cover > 1 else cfg.leaf_score) == "bound":
         return _bound_ranges(q_sum, bounds, node, cover, lo, hi)
-    return _score_ranges(q_sum, prefix, node, cover, block_size, lo, hi)
+    return _score_ranges(q_sum, prefix, node, cover, cfg.block_size, lo, hi)
+
+
+def needs_bounds(cfg: SSAConfig) -> bool:
+    """Whether a search under ``cfg`` reads :class:`BlockBounds` (a bound at the blocks or above them)."""
+    return cfg.node_score == "bound" or cfg.leaf_score == "bound"
+
+
+def search_bounds(
+    prefix: Tensor, cfg: SSAConfig, leaf, bounds: BlockBounds | None = None, num_blocks: int | None = None
+) -> BlockBounds | None:
+    """The tables a search under ``cfg`` reads over the n = prefix.shape[2] - 1 blocks (None when it reads none):
+    over block means, or with ``cfg.leaf_score`` bound over ``leaf()`` (the blocks' token-key (min, max)), for the
+    coarsest node of a pyramid over ``num_blocks`` (default n) blocks when nodes are bounded too, else single
+    blocks. ``bounds``: tables over the first blocks, extended (:func:`block_bounds`)."""
+    if not needs_bounds(cfg):
+        return None
+    n = prefix.shape[2] - 1 if num_blocks is None else num_blocks
+    span = bound_span(n, cfg) if cfg.node_score == "bound" else 1
+    return block_bounds(prefix, cfg.block_size, span, bounds, leaf() if cfg.leaf_score == "bound" else None)
 
 
 def row_levels(num_rows: int, cfg: SSAConfig, device: torch.device) -> Tensor:
@@ -461,8 +522,8 @@ def beam_search(
     ancestor among the row's candidates at each level (index = level, 0 = blocks; 0 = best, ties to the
     smaller node as the search breaks them), -1 where it was not a candidate (dropped at a coarser level);
     it was kept where 0 <= rank < :func:`level_widths`. None without ``target``. ``bounds``
-    (``cfg.node_score == "bound"``): :func:`block_bounds` over at least the rows' ranges; nodes above the
-    blocks are then scored by the bound of their best block.
+    (:func:`search_bounds`): :func:`block_bounds` over at least the rows' ranges; nodes above the blocks
+    (``cfg.node_score``) and the blocks (``cfg.leaf_score``) are then scored by their bounds where set so.
 
     All rows walk down together from the tallest pyramid; above its own top a row keeps every node
     overlapping its range, so each row's result is that of a search over its own pyramid."""
@@ -475,7 +536,7 @@ def beam_search(
     top_cover = cfg.branching ** (num_levels - 1)
     n_top = -(-(prefix.shape[2] - 1) // top_cover)
     node = torch.arange(n_top, device=dev).expand(bt, hkv, rows, n_top)  # (Bt, Hkv, R, n_top)
-    score = _node_scores(q_sum, prefix, bounds, node, top_cover, cfg.block_size, lo, hi)
+    score = _node_scores(q_sum, prefix, bounds, node, top_cover, cfg, lo, hi)
     for level in range(num_levels - 1, -1, -1):
         valid = _overlaps(node, cfg.branching**level, lo, hi)  # (Bt, Hkv, R, M)
         candidates += (valid & (level < levels).view(1, 1, rows, 1)).sum(-1)  # a row's own pyramid only
@@ -494,7 +555,7 @@ def beam_search(
         child = parent.unsqueeze(-1) * cfg.branching + torch.arange(cfg.branching, device=dev)
         # (Bt, Hkv, R, keep, branching) -> (Bt, Hkv, R, keep * branching); padding stays -1
         node = torch.where(parent.unsqueeze(-1) >= 0, child, -1).flatten(-2)
-        score = _node_scores(q_sum, prefix, bounds, node, cfg.branching ** (level - 1), cfg.block_size, lo, hi)
+        score = _node_scores(q_sum, prefix, bounds, node, cfg.branching ** (level - 1), cfg, lo, hi)
     best, best_scores = _ascending(*_best(node, score, min(cfg.topk_blocks, node.shape[-1])))
     return best, best_scores, candidates, ranks
 
@@ -546,7 +607,8 @@ def select_blocks(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None =
     _check_inputs(q, k, cfg, doc_ids)
     d = q.shape[-1]
     q_sum = query_summary(q, k.shape[1], cfg.block_size) / math.sqrt(d)  # (Bt, Hkv, nb, D), score scale folded in
-    return _select(q_sum, lambda: _key_prefix(k, cfg.block_size), q.shape[2], cfg, doc_ids)
+    leaf = functools.partial(block_minmax, k, cfg.block_size)  # made only under leaf_score=bound
+    return _select(q_sum, lambda: _key_prefix(k, cfg.block_size), q.shape[2], cfg, doc_ids, leaf)
 
 
 @torch.no_grad()
@@ -562,7 +624,7 @@ def select_blocks_pooled(route: PooledRoute, cfg: SSAConfig, doc_ids: Tensor | N
         counts = _block_token_counts(route.seq_len, cfg.block_size, q_sum.device, torch.float64)  # (nb,)
         return F.pad((route.k_mean.to(torch.float64) * counts[:, None]).cumsum(-2), (0, 0, 1, 0))
 
-    return _select(q_sum, prefix, route.seq_len, cfg, doc_ids)
+    return _select(q_sum, prefix, route.seq_len, cfg, doc_ids, lambda: (route.k_low, route.k_high))
 
 
 _ROW_ELEMENTS = 2**26  # elements of one [Bt, Hkv, rows, candidates] tensor of a search chunk (fp64: 512 MiB)
@@ -579,9 +641,10 @@ def _max_candidates(num_blocks: int, height: int, cfg: SSAConfig) -> int:
     return most
 
 
-def _select(q_sum: Tensor, key_prefix, seq_len: int, cfg: SSAConfig, doc_ids: Tensor | None) -> Selection:
+def _select(q_sum: Tensor, key_prefix, seq_len: int, cfg: SSAConfig, doc_ids: Tensor | None, leaf=None) -> Selection:
     """The search of :func:`select_blocks` from scaled query summaries [Bt, Hkv, nb, D] and a callable
-    giving the fp64 key-block prefix sums [Bt, Hkv, nb + 1, D] (made only when something is routed)."""
+    giving the fp64 key-block prefix sums [Bt, Hkv, nb + 1, D] (made only when something is routed); ``leaf``:
+    a callable giving the blocks' token-key (min, max) [Bt, Hkv, nb, D] (read only under leaf_score=bound)."""
     bt, hkv, nb, _ = q_sum.shape
     dev = q_sum.device
     topk = cfg.topk_blocks
@@ -592,7 +655,7 @@ def _select(q_sum: Tensor, key_prefix, seq_len: int, cfg: SSAConfig, doc_ids: Te
         lo, hi = routed_bounds(doc_ids, seq_len, cfg, dev)
         prefix = key_prefix()
         levels = row_levels(nb, cfg, dev)
-        tables = block_bounds(prefix, cfg.block_size, bound_span(nb, cfg)) if cfg.node_score == "bound" else None
+        tables = search_bounds(prefix, cfg, leaf)
         # Rows of equal pyramid height are contiguous (height grows with i): search each run on its own,
         # so no run pays the wide "keep everything above my top" beams of the shallower early rows.
         bounds = torch.cumsum(torch.bincount(levels)[levels.min() :], 0).tolist()
