@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--node-scores", nargs="+", default=["mean", "bound"], choices=["mean", "bound"])
     ap.add_argument("--leaf-scores", nargs="+", default=["mean"], choices=["mean", "bound"])
     ap.add_argument("--needle-tokens", type=int, default=0, help="needle tokens inside the needle block (0: all)")
+    ap.add_argument("--distractors", action="store_true", help="other keys' runs in every other block (multikey)")
+    ap.add_argument("--dense-steps", type=int, default=0, help="train with every block routed for these first steps")
     ap.add_argument("--json", default=str(REPO / "docs" / "results" / "node-bound-probe-cpu.json"))
     args = ap.parse_args(argv)
     modes = [(node, leaf) for leaf in args.leaf_scores for node in args.node_scores]
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         _, model = train_block_retrieval(
             "distill", args.steps, seed=seed, seq_len=args.lengths[0], eval_every=args.steps, rope_theta=1e8,
-            return_model=True, needle_tokens=args.needle_tokens,
+            return_model=True, needle_tokens=args.needle_tokens, distractors=args.distractors,
+            dense_steps=args.dense_steps,
         )  # fmt: skip
         model.eval()
         trained, cfg = dict(model.config.ssa), ssa_config_of(model.config)
@@ -59,10 +62,12 @@ def main(argv: list[str] | None = None) -> None:
                     # read at every call
                     model.config.ssa = {**trained, "beam_min": beam_min, "node_score": node, "leaf_score": leaf}
                     accuracy, hit_rate = evaluate(
-                        model, cfg, length, 32, n=args.samples, needle_tokens=args.needle_tokens
-                    )
+                        model, cfg, length, 32, n=args.samples, needle_tokens=args.needle_tokens,
+                        distractors=args.distractors,
+                    )  # fmt: skip
                     row = {"seed": seed, "length": length, "beam_min": beam_min, "node_score": node,
-                           "leaf_score": leaf, "needle_tokens": args.needle_tokens, "accuracy": accuracy,
+                           "leaf_score": leaf, "needle_tokens": args.needle_tokens,
+                           "distractors": args.distractors, "dense_steps": args.dense_steps, "accuracy": accuracy,
                            "hit_rate": hit_rate}  # fmt: skip
                     rows.append(row)
                     print(json.dumps(row), flush=True)

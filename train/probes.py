@@ -21,11 +21,19 @@ from ssa_kernels.hf import convert_to_ssa
 
 @torch.no_grad()
 def evaluate(
-    model, cfg: SSAConfig, seq_len: int, num_keys: int, n: int = 64, seed: int = 1234, needle_tokens: int = 0
+    model,
+    cfg: SSAConfig,
+    seq_len: int,
+    num_keys: int,
+    n: int = 64,
+    seed: int = 1234,
+    needle_tokens: int = 0,
+    distractors: bool = False,
 ) -> tuple[float, float]:
     """(answer accuracy, needle hit rate of the best (layer, kv head)) on n fresh examples."""
     g = torch.Generator().manual_seed(seed)
-    ids, answer, needle = block_retrieval(n, seq_len, cfg.block_size, g, num_keys, needle_tokens=needle_tokens)
+    ids, answer, needle = block_retrieval(n, seq_len, cfg.block_size, g, num_keys, needle_tokens=needle_tokens,
+                                          distractors=distractors)  # fmt: skip
     # per layer, the routed blocks of the last query block: [batch, kv_heads, topk]
     with SSARecorder(lambda call: call.selection.routed[:, :, -1]) as recorder:
         logits = model(ids).logits[:, -1]
@@ -53,6 +61,7 @@ def train_block_retrieval(
     far_distance: int = 0,
     ssa: dict | None = None,
     needle_tokens: int = 0,
+    distractors: bool = False,
 ):
     """Train from scratch; returns [{step, loss, accuracy, hit_rate, router_change, seconds}] at every eval
     (with ``return_model``: that list and the trained model).
@@ -61,7 +70,8 @@ def train_block_retrieval(
     attention is dense and no routing is contested), the warm-up a dense model gets before going sparse;
     evaluations always use the ``topk_blocks`` budget. ``far_distance``: ``SSAConfig.far_distance`` in training
     (and in its evaluations). ``ssa``: other ``SSAConfig`` fields (e.g. ``{"distill_target": "attended"}``).
-    ``needle_tokens``: ``block_retrieval``'s (a needle of that many tokens inside its block; 0: the whole block)."""
+    ``needle_tokens``, ``distractors``: ``block_retrieval``'s (a needle of that many tokens inside its block, 0: the
+    whole block; other keys' runs in every other block)."""
     torch.manual_seed(seed)
     config = AutoConfig.for_model(
         "llama", vocab_size=FILLER + 2 * num_keys, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -82,7 +92,9 @@ def train_block_retrieval(
     for step in range(steps + 1):
         if step % eval_every == 0 or step == steps:
             model.config.ssa = sparse_budget  # the layers read their settings from the config at every call
-            accuracy, hit_rate = evaluate(model, cfg, seq_len, num_keys, needle_tokens=needle_tokens)
+            accuracy, hit_rate = evaluate(
+                model, cfg, seq_len, num_keys, needle_tokens=needle_tokens, distractors=distractors
+            )
             # how far the learned routers moved from their initialisation (max abs weight change)
             moved = max(
                 (p - router_init[n]).abs().max().item() for n, p in model.named_parameters() if n in router_init
@@ -99,7 +111,9 @@ def train_block_retrieval(
         if step == steps:
             break
         model.config.ssa = dense_budget if step < dense_steps else sparse_budget
-        ids, answer, _ = block_retrieval(batch, seq_len, block_size, data, num_keys, needle_tokens=needle_tokens)
+        ids, answer, _ = block_retrieval(
+            batch, seq_len, block_size, data, num_keys, needle_tokens=needle_tokens, distractors=distractors
+        )
         loss = F.cross_entropy(model(ids).logits[:, -1], answer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

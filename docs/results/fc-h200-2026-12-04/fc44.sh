@@ -6,15 +6,8 @@
 # scripts/probe_answers.py (teacher-forced, 16 samples) on both. Issue fc44b.sh the moment it returns.
 # Copy fclib.sh and fc44*.sh to devrun/, carry .whl and devrun:  bash devrun/fc44.sh
 # CPU smoke: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" LS="1024" PL=1024 RL=1024 OUT=/tmp/o44 bash devrun/fc44.sh
-TAG=fc44; F=runs/fc44; TOTAL=${TOTAL:-575}; source devrun/fclib.sh
-prove sd 480 --recipe h200-4k-multikey --models ssa dense --jobs 2 --needle-routing --eval-lengths ${LS:-4K} \
+TAG=fc44; F=runs/fc44; TOTAL=${TOTAL:-590}; source devrun/fclib.sh
+prove sd 490 --recipe h200-4k-multikey --models ssa dense --jobs 2 --needle-routing --eval-lengths ${LS:-4K} \
   --depths 0.2 0.4 0.6 0.8 --dense-max-len 16K
-R=$(ls -d $F-sd/ssa/checkpoints/step_* 2>/dev/null | tail -1); D=$(ls -d $F-sd/dense/checkpoints/step_* 2>/dev/null | tail -1)
-[ -n "$R" ] || { echo "no ssa checkpoint"; exit 1; }
-timeout 60 python3 scripts/needle_rank_probe.py $R --lengths ${RL:-4K 16K} --out $O/ranks.json > $O/ranks.log 2>&1
-echo "ranks rc=$? t=$SECONDS"; grep "^|" $O/ranks.log
-for m in $R $D; do
-  timeout 25 python3 scripts/probe_answers.py $m --tasks niah_multikey_2 niah_single_1 --length ${PL:-4096} --samples 16 \
-    2>/dev/null | tee -a $O/probe.jsonl
-done
+probes $F-sd
 echo "end t=$SECONDS"
