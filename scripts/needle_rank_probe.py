@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from data.synthetic import generate  # noqa: E402
 from ssa_kernels.diagnostics import SSARecorder  # noqa: E402
 from ssa_kernels.hf import _far_inputs, route_of, ssa_config_of  # noqa: E402
-from ssa_kernels.selector.reference import routed_bounds  # noqa: E402
+from ssa_kernels.selector.reference import block_means, block_minmax, routed_bounds  # noqa: E402
 from train.eval import PromptEncoder, needle_blocks, parse_length  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -55,27 +55,16 @@ from probe_answers import load  # noqa: E402  (SSA checkpoints with their router
 SCORERS = ("mean", "token_max", "bound", "attn", "attn_max")
 
 
-def _blocks(x: Tensor, block_size: int) -> Tensor:
-    """[H, T, d] -> [H, nb, B, d], the last block padded with NaN (callers mask the padding out)."""
-    h, t, d = x.shape
-    nb = -(-t // block_size)
-    pad = torch.full((h, nb * block_size - t, d), math.nan, dtype=x.dtype, device=x.device)
-    return torch.cat([x, pad], 1).view(h, nb, block_size, d)
-
-
 def summary_scores(q: Tensor, k: Tensor, block_size: int) -> dict[str, Tensor]:
     """q [H, d] (one routing query per kv head), k [H, T, d] (router keys per token) -> {"mean", "token_max",
-    "bound"}: [H, nb] fp32 block scores (module doc)."""
+    "bound"}: [H, nb] fp32 block scores (module doc), from the selector's own block summaries."""
     q, k = q.float(), k.float()
-    kb = _blocks(k, block_size)  # (H, nb, B, d)
-    real = ~kb[..., 0].isnan()  # (H, nb, B)
-    n = real.sum(-1).clamp_min(1)  # (H, nb)
-    mean = torch.where(real[..., None], kb, 0.0).sum(2) / n[..., None]  # (H, nb, d)
-    per_token = torch.einsum("hd,hnbd->hnb", q, torch.nan_to_num(kb)).masked_fill(~real, -math.inf)
-    lo = torch.where(real[..., None], kb, math.inf).amin(2)  # (H, nb, d)
-    hi = torch.where(real[..., None], kb, -math.inf).amax(2)
+    mean = block_means(k, block_size)  # (H, nb, d)
+    lo, hi = block_minmax(k, block_size)  # (H, nb, d): leaf_score=bound's summaries
+    per_token = torch.einsum("hd,htd->ht", q, k).unsqueeze(-1)  # (H, T, 1)
+    token_max = block_minmax(per_token, block_size)[1].squeeze(-1)  # (H, nb): each block's best token
     bound = torch.maximum(q[:, None] * lo, q[:, None] * hi).sum(-1)
-    return {"mean": torch.einsum("hd,hnd->hn", q, mean), "token_max": per_token.amax(-1), "bound": bound}
+    return {"mean": torch.einsum("hd,hnd->hn", q, mean), "token_max": token_max, "bound": bound}
 
 
 def attention_scores(q: Tensor, k: Tensor, scale: float, lo: int, hi: int, block_size: int) -> dict[str, Tensor]:
