@@ -3,7 +3,6 @@ the block's token keys), against brute force: the block min / max, the whole bea
 definition, with node_score mean and bound), the planted token a block mean dilutes, the learned router's pooled
 path, decoding token by token, and the refusals."""
 
-import math
 import sys
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from ssa_kernels.selector import PooledRoute, select_blocks, select_blocks_fast,
 from ssa_kernels.selector.reference import _num_levels, block_minmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
-from test_ssa_selector import expected_ranges, make_doc_ids  # noqa: E402
+from test_ssa_node_bound import routed_as_defined  # noqa: E402
+from test_ssa_selector import make_doc_ids  # noqa: E402
 from tiny import tiny_hf_model  # noqa: E402
 
 
@@ -77,21 +77,11 @@ def test_leaf_bound_beam_search_equals_the_definition(docs, node_score):
     q = torch.randn(bt, hq, seq_len, d, generator=g, dtype=torch.float64)
     k = torch.randn(bt, hkv, seq_len, d, generator=g, dtype=torch.float64)
     doc_ids = make_doc_ids(bt, seq_len, docs) if docs else None
-    sel = select_blocks(q, k, cfg, doc_ids)
-    ranges = expected_ranges(doc_ids, bt, seq_len, cfg)
-    nb, differs = math.ceil(seq_len / 4), 0
-    mean_sel = select_blocks(q, k, SSAConfig(**{**cfg.__dict__, "leaf_score": "mean"}), doc_ids)
-    for b in range(bt):
-        for h in range(hkv):
-            for i in range(nb):
-                lo, hi = ranges[b, i]
-                qm = q[b, 2 * h : 2 * h + 2, i * 4 : (i + 1) * 4].mean((0, 1)) / math.sqrt(d)
-                levels = _num_levels(i + 1, cfg)
-                widths = {lv: 2 for lv in range(1, levels)}
-                want = brute_force_search(qm, k[b, h], lo, hi, cfg, widths) if lo < hi else []
-                got = [j for j in sel.routed[b, h, i].tolist() if j >= 0]
-                assert got == want, (b, h, i)
-                differs += got != [j for j in mean_sel.routed[b, h, i].tolist() if j >= 0]
+
+    def want(b, h, qm, lo, hi, widths):
+        return brute_force_search(qm, k[b, h], lo, hi, cfg, widths)
+
+    differs = routed_as_defined(q, k, cfg, SSAConfig(**{**cfg.__dict__, "leaf_score": "mean"}), doc_ids, want)
     assert differs > 20  # not vacuous: the leaf bound routes differently from the leaf mean
 
 

@@ -93,6 +93,32 @@ def brute_force_search(q_mean, means, lo, hi, cfg, widths):
     return sorted(nodes)
 
 
+def routed_as_defined(q, k, cfg, other_cfg, doc_ids, brute) -> int:
+    """Asserts that select_blocks(q, k, cfg) routes every (batch row, kv head, query block) as
+    ``brute(b, h, q_mean, lo, hi, widths)`` does (q_mean the block's scaled mean query over its kv head's group,
+    [lo, hi) its routed range, widths the beam kept per level above the blocks from cfg.beam_widths, coarsest
+    first); returns how many of them other_cfg routes differently (a check that the comparison is not vacuous)."""
+    bt, hq, seq_len, d = q.shape
+    hkv, bs = k.shape[1], cfg.block_size
+    group = hq // hkv
+    sel, other = select_blocks(q, k, cfg, doc_ids), select_blocks(q, k, other_cfg, doc_ids)
+    ranges = expected_ranges(doc_ids, bt, seq_len, cfg)
+    differs = 0
+    for b in range(bt):
+        for h in range(hkv):
+            for i in range(math.ceil(seq_len / bs)):
+                lo, hi = ranges[b, i]
+                qm = q[b, group * h : group * (h + 1), i * bs : (i + 1) * bs].mean((0, 1)) / math.sqrt(d)
+                levels = _num_levels(i + 1, cfg)
+                beams = cfg.beam_widths
+                widths = {lv: beams[min(levels - 1 - lv, len(beams) - 1)] for lv in range(1, levels)}
+                want = brute(b, h, qm, lo, hi, widths) if lo < hi else []
+                got = [j for j in sel.routed[b, h, i].tolist() if j >= 0]
+                assert got == want, (b, h, i)
+                differs += got != [j for j in other.routed[b, h, i].tolist() if j >= 0]
+    return differs
+
+
 @pytest.mark.parametrize("docs", [0, 4], ids=["nodocs", "docs"])
 def test_bound_beam_search_equals_the_definition(docs):
     g = torch.Generator().manual_seed(2 + docs)
@@ -102,22 +128,12 @@ def test_bound_beam_search_equals_the_definition(docs):
     q = torch.randn(bt, hq, seq_len, d, generator=g, dtype=torch.float64)
     k = torch.randn(bt, hkv, seq_len, d, generator=g, dtype=torch.float64)
     doc_ids = make_doc_ids(bt, seq_len, docs) if docs else None
-    sel = select_blocks(q, k, cfg, doc_ids)
     means = means_of(k, cfg.block_size)
-    ranges = expected_ranges(doc_ids, bt, seq_len, cfg)
-    nb, differs = means.shape[2], 0
-    mean_sel = select_blocks(q, k, SSAConfig(**{**cfg.__dict__, "node_score": "mean"}), doc_ids)
-    for b in range(bt):
-        for h in range(hkv):
-            for i in range(nb):
-                lo, hi = ranges[b, i]
-                qm = q[b, 2 * h : 2 * h + 2, i * 4 : (i + 1) * 4].mean((0, 1)) / math.sqrt(d)
-                levels = _num_levels(i + 1, cfg)
-                widths = {lv: [2, 1][min(levels - 1 - lv, 1)] for lv in range(1, levels)}
-                want = brute_force_search(qm, means[b, h], lo, hi, cfg, widths) if lo < hi else []
-                got = [j for j in sel.routed[b, h, i].tolist() if j >= 0]
-                assert got == want, (b, h, i)
-                differs += got != [j for j in mean_sel.routed[b, h, i].tolist() if j >= 0]
+
+    def want(b, h, qm, lo, hi, widths):
+        return brute_force_search(qm, means[b, h], lo, hi, cfg, widths)
+
+    differs = routed_as_defined(q, k, cfg, SSAConfig(**{**cfg.__dict__, "node_score": "mean"}), doc_ids, want)
     assert differs > 20  # not vacuous: the bound routes differently from the mean somewhere
 
 
