@@ -25,6 +25,15 @@ summary, not the router's features, is what loses it.
 
 Prints a table (per scorer: share of (sample, layer, kv head) with the needle ranked below topk_blocks, median rank,
 routable blocks) and per-layer rows; ``--out`` writes it all as JSON.
+
+``--as-ssa`` probes a DENSE checkpoint: the model is switched to SSA with every block routed (``topk_blocks`` covering
+the longest prompt, no learned router: ``router=attention``, ``routing=none``), which computes exactly its dense
+attention (tested), so ``attn`` / ``attn_max`` say where the dense model's own answer row looks (true distances) and
+``mean`` / ``token_max`` / ``bound`` score its attention's own q / k. The share in the top ``--topk`` (default 16)
+then says whether a router distilled from that attention could route the right block: what converting the dense
+model to SSA would start from.
+
+    python scripts/needle_rank_probe.py runs/fc/dense --as-ssa --local-window 256 --lengths 4K 16K
 """
 
 from __future__ import annotations
@@ -44,8 +53,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from data.synthetic import generate  # noqa: E402
+from ssa_kernels.config import SSAConfig  # noqa: E402
 from ssa_kernels.diagnostics import SSARecorder  # noqa: E402
-from ssa_kernels.hf import _far_inputs, route_of, ssa_config_of  # noqa: E402
+from ssa_kernels.hf import _far_inputs, convert_to_ssa, route_of, ssa_config_of  # noqa: E402
 from ssa_kernels.selector.reference import block_means, block_minmax, routed_bounds  # noqa: E402
 from train.eval import PromptEncoder, needle_blocks, parse_length  # noqa: E402
 
@@ -180,6 +190,14 @@ def table(summary: list[dict], topk: int) -> str:
     return "\n".join(lines)
 
 
+def as_dense_ssa(model, max_len: int, local_window: int):
+    """Switch a dense model to SSA routing every block of prompts up to ``max_len`` tokens (so it computes its dense
+    attention exactly), scored by its attention's own q / k: the probe's view of a dense checkpoint."""
+    every_block = -(-max_len // SSAConfig.block_size)
+    cfg = SSAConfig(topk_blocks=every_block, local_window=local_window, router="attention", routing="none")
+    return convert_to_ssa(model, cfg)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="an SSA run directory, trainer checkpoint or model directory")
@@ -188,17 +206,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--seed", type=int, default=0, help="EVAL-split seed of the first sample; one sample per depth")
     p.add_argument("--out", help="write the rows and the summary as JSON here")
+    p.add_argument("--as-ssa", action="store_true", help="a dense checkpoint, probed as SSA routing every block")
+    p.add_argument("--local-window", type=int, default=256, help="--as-ssa: the routed range ends before this window")
+    p.add_argument("--topk", type=int, help="the top-k the shares count (default: the model's topk_blocks; 16 with "
+                   "--as-ssa)")  # fmt: skip
     args = p.parse_args(argv)
+    lengths = [parse_length(x, "--lengths") for x in args.lengths]
     model, tokenizer, path = load(args.checkpoint)
-    if not getattr(model.config, "ssa", None):
-        raise SystemExit(f"needle_rank_probe: {path} is not an SSA model (its config.json has no 'ssa')")
+    if args.as_ssa:
+        if getattr(model.config, "ssa", None):
+            raise SystemExit(f"needle_rank_probe: --as-ssa is for dense checkpoints; {path} is an SSA model")
+        as_dense_ssa(model, max(lengths), args.local_window)
+    elif not getattr(model.config, "ssa", None):
+        raise SystemExit(f"needle_rank_probe: {path} is not an SSA model (its config.json has no 'ssa'; a dense "
+                         "checkpoint: --as-ssa)")  # fmt: skip
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     rows, t0 = [], time.perf_counter()
-    for length in [parse_length(x, "--lengths") for x in args.lengths]:
+    for length in lengths:
         for task in args.tasks:
             for j, depth in enumerate(args.depths):
                 rows.append(probe_sample(model, tokenizer, task, length, depth, args.seed + j))
-    topk = ssa_config_of(model.config).topk_blocks
+    topk = args.topk or (16 if args.as_ssa else ssa_config_of(model.config).topk_blocks)
     summary = summarize(rows, topk)
     print(table(summary, topk))
     doc = {"checkpoint": str(path), "command": "python scripts/needle_rank_probe.py " + " ".join(argv or sys.argv[1:]),

@@ -119,11 +119,39 @@ def test_probe_runs_and_its_mean_rank_is_what_the_selector_routed(checkpoint, tm
         assert routed == [v < topk for v in ranks], layer
 
 
-def test_probe_refuses_a_dense_checkpoint(tmp_path):
-    run = tmp_path / "dense"
+@pytest.fixture(scope="module")
+def dense_checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("nrp") / "dense"
     cmd = [sys.executable, "-m", "train", "model=tiny", "attention=dense", "train.seq_len=128", "train.steps=1",
            "data.synthetic.ratio=1.0", "data.synthetic.lengths=[]", "data.synthetic.tasks=[copy]",
            "train.schedule.warmup_steps=1", "logging.wandb=disabled", f"hydra.run.dir={run}"]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+    return run
+
+
+def test_probe_refuses_a_dense_checkpoint_without_as_ssa(dense_checkpoint, checkpoint):
     with pytest.raises(SystemExit, match="not an SSA model"):
-        probe.main([str(run), "--lengths", "512"])
+        probe.main([str(dense_checkpoint), "--lengths", "512"])
+    with pytest.raises(SystemExit, match="--as-ssa is for dense checkpoints"):
+        probe.main([str(checkpoint), "--as-ssa", "--lengths", "512"])
+
+
+def test_a_dense_checkpoint_probed_as_ssa_computes_its_dense_attention(dense_checkpoint):
+    """--as-ssa routes every block: the converted model's logits are the dense model's, on a prompt longer than the
+    local window and than its training length; and the probe's attn ranks come from that attention."""
+    dense, _, _ = probe.load(str(dense_checkpoint))
+    ids = torch.randint(0, dense.config.vocab_size, (1, 700), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = dense(input_ids=ids).logits
+        got = probe.as_dense_ssa(dense, 700, local_window=64)(input_ids=ids).logits
+    assert getattr(dense.config, "ssa", None)  # converted in place: SSA attention ran
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+    doc = probe.main([str(dense_checkpoint), "--as-ssa", "--local-window", "64", "--lengths", "1K", "--depths", "0.5",
+                      "--tasks", "niah_single_1"])  # fmt: skip
+    assert doc["topk_blocks"] == 16
+    (row,) = doc["rows"]
+    assert row["routable"] == -(-row["prompt_tokens"] // 64) - 1 - 1  # all but the sink and the 64-token window
+    for ranks in row["ranks"].values():
+        assert len(ranks) == dense.config.num_hidden_layers
+        assert all(0 <= v < row["routable"] for layer in ranks for v in layer)
