@@ -23,8 +23,9 @@ summary, not the router's features, is what loses it.
 
     python scripts/needle_rank_probe.py runs/fc/ssa --tasks niah_multikey_2 niah_single_1 --lengths 4K 16K --out r.json
 
-Prints a table (per scorer: share of (sample, layer, kv head) with the needle ranked below topk_blocks, median rank,
-routable blocks) and per-layer rows; ``--out`` writes it all as JSON.
+Prints a table (per target, the needle's value blocks or its key's blocks, and scorer: share of (sample, layer, kv
+head) with the target ranked below topk_blocks, median rank, routable blocks, the share of samples whose key and value
+lie in different blocks) and per-layer rows; ``--out`` writes it all as JSON.
 
 ``--as-ssa`` probes a DENSE checkpoint: the model is switched to SSA with every block routed (``topk_blocks`` covering
 the longest prompt, no learned router: ``router=attention``, ``routing=none``), which computes exactly its dense
@@ -107,12 +108,27 @@ def needle_rank(scores: Tensor, lo: int, hi: int, needle: list[int]) -> Tensor:
     return (scores[:, lo:hi] > best).sum(-1).cpu()
 
 
-class RankRecorder(SSARecorder):
-    """Per SSA layer call (the prompt's forward): the needle's rank under every scorer, for the last query block."""
+def key_blocks(sample, encode, block_size: int) -> list[int]:
+    """The blocks holding the gold needle's key (``... for <key> is: <value>``, RULER's needle template: the key
+    just before the gold value), or [] when the prompt has no such needle. Byte-exact as ``needle_blocks``."""
+    prompt = sample.prompt
+    at = prompt.find(sample.answers[0]) if sample.answers and sample.answers[0] else -1
+    start = prompt.rfind(" for ", 0, at) if at > 0 else -1
+    end = prompt.find(" is:", start, at) if start >= 0 else -1
+    if end < 0:
+        return []
+    first = encode(prompt[: start + len(" for ")]).shape[1]
+    last = encode(prompt[:end]).shape[1] - 1
+    return list(range(first // block_size, last // block_size + 1))
 
-    def __init__(self, needle: list[int]):
+
+class RankRecorder(SSARecorder):
+    """Per SSA layer call (the prompt's forward): under every scorer, the rank of the needle's value blocks and of
+    its key's blocks, for the last query block."""
+
+    def __init__(self, needle: list[int], key: list[int]):
         super().__init__(lambda call: call)  # unused: _record below keeps ranks, not the call
-        self.needle = needle
+        self.needle, self.key = needle, key
 
     def _record(self, module, query: Tensor, key: Tensor, kwargs: dict) -> None:
         cfg = ssa_config_of(module.config)
@@ -136,6 +152,7 @@ class RankRecorder(SSARecorder):
             scores.update(attention_scores(q_attn, key[0], scale, lo, hi, bs))
             self.records[module.layer_idx] = {
                 "ranks": {name: needle_rank(s, lo, hi, self.needle).tolist() for name, s in scores.items()},
+                "key_ranks": {name: needle_rank(s, lo, hi, self.key).tolist() for name, s in scores.items()},
                 "routable": max(hi - lo, 0),
             }
 
@@ -147,46 +164,56 @@ def probe_sample(model, tokenizer, task: str, length: int, depth: float, seed: i
     ids = encode(sample.prompt).to(model.device)
     cfg = ssa_config_of(model.config)
     needle = needle_blocks(sample, encode, cfg.block_size)
+    key = key_blocks(sample, encode, cfg.block_size)
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    with RankRecorder(needle) as rec:
+    with RankRecorder(needle, key) as rec:
         decoder(input_ids=ids, use_cache=False)
     if not rec.records:
         raise SystemExit("needle_rank_probe: no SSA attention ran (is the checkpoint an SSA model?)")
     layers = sorted(rec.records)
     return {"task": task, "length": length, "depth": depth, "seed": seed, "prompt_tokens": ids.shape[1],
-            "needle_blocks": needle, "routable": rec.records[layers[0]]["routable"],
-            "ranks": {s: [rec.records[i]["ranks"][s] for i in layers] for s in SCORERS}}  # fmt: skip
+            "needle_blocks": needle, "key_blocks": key, "routable": rec.records[layers[0]]["routable"],
+            "ranks": {s: [rec.records[i]["ranks"][s] for i in layers] for s in SCORERS},
+            "key_ranks": {s: [rec.records[i]["key_ranks"][s] for i in layers] for s in SCORERS}}  # fmt: skip
+
+
+TARGETS = {"value": ("needle_blocks", "ranks"), "key": ("key_blocks", "key_ranks")}
 
 
 def summarize(rows: list[dict], topk: int) -> list[dict]:
-    """Per (task, length, scorer): share of (sample, layer, kv head) ranking the needle below ``topk`` (routed by
-    one level of search), its median rank, the same share per layer, and the median routable block count."""
+    """Per (task, length, target, scorer), target "value" (the needle's value blocks) or "key" (its key's blocks):
+    share of (sample, layer, kv head) ranking the target below ``topk`` (routed by one level of search), its median
+    rank, the same share per layer, the median routable block count, and ``apart``: the share of samples whose key
+    and value lie in different blocks (a router that finds the key's block then still misses the value)."""
     out = []
     for task, length in sorted({(r["task"], r["length"]) for r in rows}):
-        cell = [r for r in rows if (r["task"], r["length"]) == (task, length) and r["needle_blocks"]]
-        if not cell:
-            continue
-        for s in SCORERS:
-            per_layer = list(zip(*[r["ranks"][s] for r in cell]))  # layer -> samples -> heads
-            flat = [v for layer in per_layer for heads in layer for v in heads if v >= 0]
-            if not flat:
+        for target, (blocks, field) in TARGETS.items():
+            cell = [r for r in rows if (r["task"], r["length"]) == (task, length) and r.get(blocks)]
+            if not cell:
                 continue
-            hits = [sum(0 <= v < topk for h in layer for v in h) / max(1, sum(v >= 0 for h in layer for v in h))
-                    for layer in per_layer]  # fmt: skip
-            out.append({"task": task, "length": length, "scorer": s, "samples": len(cell),
-                        "hit": round(sum(v < topk for v in flat) / len(flat), 3),
-                        "median_rank": statistics.median(flat), "hit_per_layer": [round(h, 2) for h in hits],
-                        "routable": statistics.median(r["routable"] for r in cell)})  # fmt: skip
+            apart = sum(not set(r["needle_blocks"]) & set(r["key_blocks"]) for r in cell) / len(cell)
+            for s in SCORERS:
+                per_layer = list(zip(*[r[field][s] for r in cell]))  # layer -> samples -> heads
+                flat = [v for layer in per_layer for heads in layer for v in heads if v >= 0]
+                if not flat:
+                    continue
+                hits = [sum(0 <= v < topk for h in layer for v in h) / max(1, sum(v >= 0 for h in layer for v in h))
+                        for layer in per_layer]  # fmt: skip
+                out.append({"task": task, "length": length, "target": target, "scorer": s, "samples": len(cell),
+                            "hit": round(sum(v < topk for v in flat) / len(flat), 3),
+                            "median_rank": statistics.median(flat), "hit_per_layer": [round(h, 2) for h in hits],
+                            "routable": statistics.median(r["routable"] for r in cell),
+                            "apart": round(apart, 2)})  # fmt: skip
     return out
 
 
 def table(summary: list[dict], topk: int) -> str:
-    lines = [f"| task | length | scorer | samples | needle in top {topk} | median rank | routable | per layer |",
-             "|---|---:|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [f"| task | length | target | scorer | samples | in top {topk} | median rank | routable | key, value apart "
+             "| per layer |", "|---|---:|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in summary:
         layers = " ".join(f"{h:.2f}" for h in r["hit_per_layer"])
-        lines.append(f"| {r['task']} | {r['length']} | {r['scorer']} | {r['samples']} | {r['hit']:.2f} | "
-                     f"{r['median_rank']:g} | {r['routable']:g} | {layers} |")  # fmt: skip
+        lines.append(f"| {r['task']} | {r['length']} | {r['target']} | {r['scorer']} | {r['samples']} | "
+                     f"{r['hit']:.2f} | {r['median_rank']:g} | {r['routable']:g} | {r['apart']:.2f} | {layers} |")  # fmt: skip
     return "\n".join(lines)
 
 

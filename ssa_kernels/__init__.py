@@ -111,7 +111,8 @@ def ssa_attention(
     (``cfg.far_distance``: every listed block outside the local window). Those blocks are attended with
     q_far . k_far, the local ones with q . k, in one softmax (two sparse-attention calls merged by their
     log-sum-exp in fp32, fp64 for fp64 inputs; both carry gradients). None: every block with q . k."""
-    if resolve_backend(backend or cfg.backend, q.device) == "triton":
+    resolved = resolve_backend(backend or cfg.backend, q.device)
+    if resolved == "triton":
         # imported here: Triton is needed only when its kernels run
         from ssa_kernels.attention.triton import sparse_attention_triton as attend
         from ssa_kernels.selector.fast import select_blocks_fast as select
@@ -151,7 +152,7 @@ def ssa_attention(
         if not pooled:  # per-token routing tensors: their block means are what the selector scores
             route = PooledRoute(block_means(rq, cfg.block_size), block_means(rk, cfg.block_size), q.shape[2])
         far_t = None if far is None or cfg.distill_target != "attended" else (far[0].detach(), far[1].detach())
-        loss = router_distill_loss(q.detach(), k.detach(), route, cfg, doc_ids, scale, far=far_t)
+        loss = router_distill_loss(q.detach(), k.detach(), route, cfg, doc_ids, scale, far=far_t, backend=resolved)
         out = AddAuxiliaryGradient.apply(out, loss * cfg.distill_weight)
     return out
 

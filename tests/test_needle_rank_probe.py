@@ -78,6 +78,35 @@ def test_a_needle_token_diluted_in_its_block_is_found_by_token_scores_only():
     assert rank["mean"] == nb - 1 and rank["token_max"] == 0 and rank["bound"] == 0
 
 
+@pytest.mark.parametrize("task", ["niah_multikey_2", "niah_single_1"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_key_blocks_hold_the_gold_needles_key(task, seed):
+    """The key's blocks cover exactly the tokens of the key before the gold value (byte tokenizer), and the value's
+    blocks start at or after them."""
+    from data.synthetic import generate
+    from train.config import ModelConfig
+    from train.eval import PromptEncoder, needle_blocks
+    from train.model import build_tokenizer
+
+    tok = build_tokenizer(ModelConfig(name="t", tokenizer="byte"))
+    encode = PromptEncoder(tok)
+    sample = generate(task, 2048, tok, seed, 0.5, "eval")
+    bs = 16
+    key, value = probe.key_blocks(sample, encode, bs), needle_blocks(sample, encode, bs)
+    assert key and value and key[0] <= value[0]
+    ids = encode(sample.prompt)[0]
+
+    def span(a, b):  # the text of blocks a..b
+        return tok.decode(ids[a * bs : (b + 1) * bs].tolist())
+
+    at = sample.prompt.find(sample.answers[0])
+    start = sample.prompt.rfind(" for ", 0, at) + len(" for ")
+    word = sample.prompt[start : sample.prompt.find(" is:", start)]
+    assert word and word in span(key[0], key[-1]) and word in sample.prompt[at:]  # the question asks for this key
+    if len(key) > 1:  # minimal: without its first or its last block the key is cut
+        assert word not in span(key[0] + 1, key[-1]) and word not in span(key[0], key[-1] - 1)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     run = tmp_path_factory.mktemp("nrp") / "run"
@@ -97,12 +126,16 @@ def test_probe_runs_and_its_mean_rank_is_what_the_selector_routed(checkpoint, tm
     rows, topk = doc["rows"], doc["topk_blocks"]
     assert topk == 4 and len(rows) == 4  # 2 tasks x 2 depths
     for r in rows:
-        assert r["needle_blocks"] and set(r["ranks"]) == set(probe.SCORERS)
-        for ranks in r["ranks"].values():
-            assert len(ranks) == 4 and all(0 <= v < r["routable"] for layer in ranks for v in layer)
-    assert {(s["task"], s["scorer"]) for s in doc["summary"]} == {
-        (t, s) for t in ("niah_multikey_2", "niah_single_1") for s in probe.SCORERS
+        assert r["needle_blocks"] and r["key_blocks"] and set(r["ranks"]) == set(r["key_ranks"]) == set(probe.SCORERS)
+        for ranks in [*r["ranks"].values(), *r["key_ranks"].values()]:
+            assert len(ranks) == 4 and all(-1 <= v < r["routable"] for layer in ranks for v in layer)
+        assert all(v >= 0 for layer in r["ranks"]["mean"] for v in layer)  # the value lies in the routed range
+    assert {(s["task"], s["target"], s["scorer"]) for s in doc["summary"]} == {
+        (t, g, s) for t in ("niah_multikey_2", "niah_single_1") for g in ("value", "key") for s in probe.SCORERS
     }
+    for s in doc["summary"]:  # apart: the share of the cell's samples whose key and value blocks do not meet
+        cell = [r for r in rows if r["task"] == s["task"]]
+        assert s["apart"] == round(sum(not set(r["needle_blocks"]) & set(r["key_blocks"]) for r in cell) / 2, 2)
 
     # the library's selection for the same prompt: the needle routed at the last query block <=> mean rank < topk
     model, tokenizer, _ = probe.load(str(checkpoint))

@@ -1,5 +1,5 @@
-"""Router distillation (``routing: distill``, ``ssa_kernels/distill.py``): the dense block mass against a
-T x T softmax, the loss against a per-block loop (value and gradient), the attention output and its
+"""Router distillation (``routing: distill``, ``ssa_kernels/distill/``): the dense block mass (reference and
+Triton kernel) against a T x T softmax, the loss against a per-block loop (value and gradient), the attention output and its
 q/k/v gradients untouched, the router learning during a dense warm-up where straight-through cannot,
 config errors, and a training run through the trainer."""
 
@@ -89,6 +89,101 @@ def test_dense_block_mass_with_far_blocks_matches_a_dense_softmax(max_elements):
     plain = brute_mass(q, k, B, doc_ids)[:, :, blocks]
     assert (want - plain).abs().max() > 0.05
     torch.testing.assert_close(want[:, :, 0], plain[:, :, 0])  # block 0 has no far keys (block 2 has block 0)
+
+
+TRITON_CASES = [  # bt, hq, hkv, t, d, block, docs, far, dtype: GQA 1 / 2 / 3 / 4, ragged T, d not a power of two
+    (2, 4, 2, 173, 8, 16, None, False, torch.float32),
+    (2, 4, 2, 173, 24, 16, (50, 61, 62), True, torch.float32),
+    (1, 3, 1, 150, 16, 32, None, True, torch.float16),
+    (2, 8, 2, 130, 32, 16, (70, 60), False, torch.float16),
+    (1, 2, 2, 100, 16, 16, None, False, torch.float32),
+    (2, 6, 2, 90, 16, 12, (40, 50), True, torch.float32),  # a block of 12 keys (padded tiles)
+]
+
+
+@pytest.mark.parametrize("case", TRITON_CASES)
+def test_block_mass_kernel_matches_a_dense_softmax(case):
+    """The Triton kernel (Triton's interpreter on CPU) against the fp64 T x T softmax, into a NaN-filled output:
+    every (query block, key block) entry written, the ones after the query block 0."""
+    from ssa_kernels.distill.reference import doc_starts
+    from ssa_kernels.distill.triton import dense_block_mass_triton
+
+    bt, hq, hkv, t, d, B, docs, use_far, dtype = case
+    q, k = qk(bt, hq, hkv, t, d, seed=21)
+    far = qk(bt, hq, hkv, t, d, seed=22) if use_far else None
+    doc_ids = packed(bt, *docs) if docs else None
+    nb = -(-t // B)
+    blocks = torch.tensor(sorted({0, 2, nb // 2, nb - 1}))
+    local = 2
+    out = torch.full((bt, hkv, len(blocks), nb), math.nan)
+    start = doc_starts(doc_ids, bt, t, q.device) if docs else None
+    lowp = (q.to(dtype), k.to(dtype), None if far is None else (far[0].to(dtype), far[1].to(dtype)))
+    got = dense_block_mass_triton(lowp[0], lowp[1], blocks, B, start, None, lowp[2], local, out=out)
+    assert got.data_ptr() == out.data_ptr() and not got.isnan().any()
+    exact = [x.to(dtype).double() for x in (q, k)]  # the inputs as the kernel saw them
+    exact_far = None if far is None else tuple(x.to(dtype).double() for x in far)
+    want = brute_mass(*exact, B, doc_ids, far=exact_far, local_blocks=local)[:, :, blocks]
+    tol = 1e-5 if dtype == torch.float32 else 2e-3  # fp16 products accumulated in fp32
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    after = torch.arange(nb)[None, :] > blocks[:, None]  # key blocks after the query block
+    assert (got[:, :, after] == 0).all()
+    torch.testing.assert_close(got.sum(-1), torch.ones(bt, hkv, len(blocks)), rtol=1e-4, atol=1e-4)
+
+
+def test_block_mass_of_no_query_blocks_is_empty():
+    from ssa_kernels.distill.triton import dense_block_mass_triton
+
+    q, k = qk(2, 4, 2, 100, 16, seed=8)
+    none = torch.zeros(0, dtype=torch.long)
+    assert dense_block_mass(q, k, none, 16).shape == (2, 2, 0, 7)
+    assert dense_block_mass_triton(q, k, none, 16).shape == (2, 2, 0, 7)
+
+
+@pytest.mark.parametrize("docs", [None, (90, 83)])
+def test_distill_loss_with_the_triton_target_equals_the_reference(docs):
+    """router_distill_loss(backend=triton) takes its target from the kernel: the same loss and router gradient."""
+    t, cfg = 173, SSAConfig(**SMALL, routing="distill", far_distance=64, distill_target="attended")
+    q, k = qk(2, 4, 2, t, 8, seed=5)
+    far = qk(2, 4, 2, t, 8, seed=6)
+    doc_ids = packed(2, *docs) if docs else None
+    g = torch.Generator().manual_seed(7)
+    nb = -(-t // cfg.block_size)
+    qm = torch.randn(2, 2, nb, 8, generator=g, requires_grad=True)
+    km = torch.randn(2, 2, nb, 8, generator=g, requires_grad=True)
+    blocks = distill_query_blocks(t, SSAConfig(**SMALL, distill_blocks=0), q.device)
+    losses, grads = [], []
+    for backend in ("reference", "triton"):
+        loss = router_distill_loss(q, k, PooledRoute(qm, km, t), cfg, doc_ids, query_blocks=blocks, far=far,
+                                   backend=backend)  # fmt: skip
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, (qm, km)))
+    assert losses[0].item() > 0
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-7)
+    for a, b in zip(grads[1], grads[0]):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in Triton's interpreter")
+def test_block_mass_kernel_bf16_on_the_gpu():
+    """The recipe's shape (8 q / 4 kv heads of 64, blocks of 64, 4,096 tokens, far blocks, every query block) in
+    bf16 against the fp32 reference."""
+    from ssa_kernels.distill.reference import dense_block_mass
+    from ssa_kernels.distill.triton import dense_block_mass_triton
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    bt, hq, hkv, t, d, B = 2, 8, 4, 4096, 64, 64
+
+    def r(h):
+        return torch.randn(bt, h, t, d, device="cuda", generator=g).bfloat16()
+
+    q, k, qf, kf = r(hq), r(hkv), r(hq), r(hkv)
+    blocks = torch.arange(t // B, device="cuda")
+    out = torch.full((bt, hkv, len(blocks), t // B), math.nan, device="cuda")
+    got = dense_block_mass_triton(q, k, blocks, B, None, None, (qf, kf), 4, out=out)
+    want = dense_block_mass(q.float(), k.float(), blocks, B, None, far=(qf.float(), kf.float()), local_blocks=4)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-4)
 
 
 def loop_loss(q, k, qm, km, cfg, doc_ids, blocks, far=None):

@@ -1,8 +1,10 @@
 #!/bin/bash
 # Issue 6 (fourteenth session): after fc45.sh, on the same warm machine. The converted ssa checkpoint (fc45-c) with
 # the recipe's eval settings on niah_multikey_2 at 64K / 256K and niah_single_1 at 1M, with leaf bound scores on
-# multikey at 16K, then the rank probe on it (4K / 16K) and teacher-forced probes of it and of the dense model at 4K.
-# CPU smoke: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" LM="2048" LS1="2048" RL="1K" PL=1024 OUT=/tmp/o45 bash devrun/fc45b.sh
+# multikey at 16K, then the rank probe on it (4K / 16K) and teacher-forced probes of it and of the dense model at 4K;
+# last, the distillation kernel's tests on the GPU (bf16 included) and scripts/bench_distill.py (the router-distillation target: reference vs Triton kernel, and one SSA layer's
+# training step with each, at the recipe's shape, 4K and 16K).
+# CPU smoke: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" LM="2048" LS1="2048" RL="1K" PL=1024 BL=512 OUT=/tmp/o45 bash devrun/fc45b.sh
 TAG=fc45b; F=runs/fc45; TOTAL=${TOTAL:-575}; source devrun/fclib.sh
 [ -d $F-c/ssa/checkpoints ] || { echo "no $F-c/ssa/checkpoints: the machine went cold; run fc45.sh again"; exit 1; }
 E="--recipe h200-4k-multikey --eval-only --depths 0.2 0.4 0.6 0.8 --models ssa --checkpoint $F-c/ssa --needle-routing"
@@ -12,4 +14,10 @@ prove lb 100 $E --tasks niah_multikey_2 --eval-ssa node_score=bound leaf_score=b
 prove s 100 $E --tasks niah_single_1 --eval-lengths ${LS1:-1M}
 mkdir -p $F-p && ln -sfn $PWD/$F-c/ssa $F-p/ssa && ln -sfn $PWD/$F-d/dense $F-p/dense
 probes $F-p
+t=$((TOTAL - SECONDS)); [ $t -lt 60 ] || t=60
+[ $t -gt 20 ] && timeout $t python3 -m pytest -q -p no:cacheprovider tests/test_ssa_distill.py -k "kernel or triton" \
+  2>&1 | tail -3 | tee $O/distill-tests.log
+t=$((TOTAL - SECONDS)); [ $t -lt 90 ] || t=90
+[ $t -gt 20 ] && timeout $t python3 scripts/bench_distill.py --lengths ${BL:-4096 16384} --out $O/distill-h200.json
+echo "bench rc=$? t=$SECONDS"
 echo "end t=$SECONDS"

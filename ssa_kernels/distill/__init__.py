@@ -16,9 +16,11 @@ indexer warm-up (KL to the summed attention distribution), at block granularity.
 says which dense attention (with ``far_distance``: true distances, or the one SSA computes).
 
 Cost: the target needs the dense probabilities of the sampled rows against every key, O(rows x T) per
-layer, computed without gradient in chunks of about ``CHUNK_ELEMENTS`` fp32 values: with every query
-block sampled it is a dense attention forward, so distillation is for the short-context stages (the
-router then carries to long contexts; its scores are means, and the pyramid searches them).
+layer, without gradient: with every query block sampled it is a dense attention forward (two score passes),
+so distillation is for the short-context stages (the router then carries to long contexts; its scores are
+means, and the pyramid searches them). ``reference.py`` materialises them in chunks of about
+``CHUNK_ELEMENTS`` fp32 values (the CPU path and the oracle); ``triton.py`` sums them per key block in
+registers (the GPU path, :func:`block_mass`).
 
 The loss enters the backward through :class:`AddAuxiliaryGradient`, which leaves the attention output
 unchanged, so the reported LM loss is untouched and only the router's parameters (its input is
@@ -32,78 +34,41 @@ import math
 import torch
 from torch import Tensor
 
-from ssa_kernels.config import SSAConfig
+from ssa_kernels.config import SSAConfig, resolve_backend
+from ssa_kernels.distill.reference import CHUNK_ELEMENTS, dense_block_mass, doc_starts
 from ssa_kernels.selector.reference import PooledRoute, routed_bounds
 
-CHUNK_ELEMENTS = 1 << 26  # fp32 probabilities held at once (256 MiB)
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "AddAuxiliaryGradient",
+    "block_mass",
+    "dense_block_mass",
+    "distill_query_blocks",
+    "doc_starts",
+    "router_distill_loss",
+]
 
 
-def doc_starts(doc_ids: Tensor | None, bt: int, seq_len: int, device: torch.device) -> Tensor:
-    """First position of each token's document, [Bt, T] int64 (documents are nondecreasing id runs)."""
-    if doc_ids is None:
-        return torch.zeros(bt, seq_len, dtype=torch.long, device=device)
-    doc_ids = doc_ids.to(device=device, dtype=torch.long).contiguous()
-    return torch.searchsorted(doc_ids, doc_ids)
-
-
-@torch.no_grad()
-def dense_block_mass(
+def block_mass(
     q: Tensor,
     k: Tensor,
     query_blocks: Tensor,
     block_size: int,
     doc_ids: Tensor | None = None,
     scale: float | None = None,
-    max_elements: int = CHUNK_ELEMENTS,
-    matmul_dtype: torch.dtype | None = None,
     far: tuple[Tensor, Tensor] | None = None,
     local_blocks: int = 1,
+    backend: str = "auto",
 ) -> Tensor:
-    """Dense causal attention mass of sampled query blocks on every key block.
+    """:func:`~ssa_kernels.distill.reference.dense_block_mass` on the chosen backend (``resolve_backend``): the
+    Triton kernel (``triton.py``, no materialised probabilities) for CUDA tensors under "auto", the PyTorch
+    reference elsewhere. [Bt, Hkv, nq, nb] fp32."""
+    if resolve_backend(backend, q.device) == "triton":
+        from ssa_kernels.distill.triton import dense_block_mass_triton  # Triton only when its kernel runs
 
-    q [Bt, Hq, T, D] (post-RoPE), k [Bt, Hkv, T, D], query_blocks [nq] int64 ->
-    mass [Bt, Hkv, nq, nb] fp32: per query block, the dense probabilities (softmax over the keys each
-    row may see: causal, in its document) summed per key block and averaged over the block's real rows
-    and the G query heads of kv head h. Each row of the result sums to 1. O(nq x B x T) per head, as
-    many query blocks at a time as fit in ``max_elements`` fp32 probabilities (at least one). The q . k
-    matmul runs in ``matmul_dtype`` (default q's: bf16 tensor cores under autocast), the softmax in fp32.
-
-    ``far`` (q_far [Bt, Hq, T, D], k_far [Bt, Hkv, T, D]): the logits of keys in blocks j <= i - local_blocks
-    (query block i: the far blocks, outside the local window) are q_far . k_far, the others q . k, in one
-    softmax: the mass of the attention SSA computes under ``far_distance`` (``_attend_near_far``)."""
-    bt, hq, seq_len, d = q.shape
-    hkv, B, dev = k.shape[1], block_size, q.device
-    group, nb = hq // hkv, -(-seq_len // block_size)
-    scale = d**-0.5 if scale is None else scale
-    start = doc_starts(doc_ids, bt, seq_len, dev)  # (Bt, T)
-    dtype = matmul_dtype or q.dtype
-    kd = k.to(dtype)  # (Bt, Hkv, T, D)
-    kfd = None if far is None else far[1].to(dtype)
-    kpos = torch.arange(seq_len, device=dev)
-    per_block = bt * hq * B * seq_len * (1 if far is None else 2)  # with far: two logit tensors at once
-    chunk = max(1, max_elements // per_block)
-    out = []
-    for c in range(0, len(query_blocks), chunk):
-        blocks = query_blocks[c : c + chunk]  # (nc,)
-        rows = (blocks[:, None] * B + torch.arange(B, device=dev)).flatten()  # (nc*B,) may run past T
-        real = rows < seq_len
-        rows = rows.clamp_max(seq_len - 1)
-        qg = q[:, :, rows].to(dtype).reshape(bt, hkv, group * len(rows), d)  # (Bt, Hkv, G*nc*B, D), row g*nc*B + r
-        qpos = rows.repeat(group)  # (G*nc*B,)
-        # key s is visible to query t iff start(doc t) <= s <= t
-        allowed = (kpos <= qpos[:, None]) & (kpos >= start[:, qpos, None])  # (Bt, G*nc*B, T)
-        logits = (qg @ kd.transpose(-1, -2)).float() * scale  # (Bt, Hkv, G*nc*B, T)
-        if far is not None:  # far keys: block(s) <= block(t) - local_blocks
-            qf = far[0][:, :, rows].to(dtype).reshape(bt, hkv, group * len(rows), d)
-            is_far = kpos // B <= (qpos // B - local_blocks)[:, None]  # (G*nc*B, T)
-            logits = torch.where(is_far, (qf @ kfd.transpose(-1, -2)).float() * scale, logits)
-        p = torch.softmax(logits.masked_fill_(~allowed[:, None], -math.inf), dim=-1)
-        p = torch.nn.functional.pad(p, (0, nb * B - seq_len)).view(bt, hkv, group, len(blocks), B, nb, B)
-        w = real.view(len(blocks), B).float()  # (nc, B): padding rows of a ragged last block weigh 0
-        per_row = p.sum(-1) * w[:, :, None]  # (Bt, Hkv, G, nc, B, nb): mass per key block, real rows only
-        mass = per_row.sum((2, 4)) / (group * w.sum(-1))[:, None]  # (Bt, Hkv, nc, nb)
-        out.append(mass)
-    return torch.cat(out, dim=2)
+        start = None if doc_ids is None else doc_starts(doc_ids, q.shape[0], q.shape[2], q.device)
+        return dense_block_mass_triton(q, k, query_blocks, block_size, start, scale, far, local_blocks)
+    return dense_block_mass(q, k, query_blocks, block_size, doc_ids, scale, far=far, local_blocks=local_blocks)
 
 
 def distill_query_blocks(seq_len: int, cfg: SSAConfig, device: torch.device) -> Tensor:
@@ -128,19 +93,20 @@ def router_distill_loss(
     scale: float | None = None,
     query_blocks: Tensor | None = None,
     far: tuple[Tensor, Tensor] | None = None,
+    backend: str = "reference",
 ) -> Tensor:
     """Weighted mean over (batch row, kv head, query block) of KL(dense block mass || router softmax) on
     the routed range (module doc). q, k: the attention's own [Bt, Hq, T, D], [Bt, Hkv, T, D] (targets,
     no gradient); route: the router's block means (the gradient reaches them); far: the far blocks' (q, k)
-    as :func:`dense_block_mass` takes them (``cfg.distill_target``). fp32 0-dim tensor, 0 with a zero
-    gradient when no query block has two routable blocks."""
+    as :func:`dense_block_mass` takes them (``cfg.distill_target``); backend: where the target is computed
+    (:func:`block_mass`). fp32 0-dim tensor, 0 with a zero gradient when no query block has two routable blocks."""
     seq_len = route.seq_len
     nb = route.k_mean.shape[2]
     if query_blocks is None:
         query_blocks = distill_query_blocks(seq_len, cfg, q.device)
     if len(query_blocks) == 0:
         return (route.q_mean.sum() + route.k_mean.sum()).float() * 0.0
-    mass = dense_block_mass(q, k, query_blocks, cfg.block_size, doc_ids, scale, far=far, local_blocks=cfg.local_blocks)
+    mass = block_mass(q, k, query_blocks, cfg.block_size, doc_ids, scale, far, cfg.local_blocks, backend)
     lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)  # [Bt or 1, nb], [nb]
     j = torch.arange(nb, device=q.device)
     routable = (j >= lo[:, query_blocks, None]) & (j < hi[query_blocks, None])  # (Bt or 1, nq, nb)
