@@ -152,6 +152,12 @@ def test_distill_loss_with_the_triton_target_equals_the_reference(docs):
     km = torch.randn(2, 2, nb, 8, generator=g, requires_grad=True)
     blocks = distill_query_blocks(t, SSAConfig(**SMALL, distill_blocks=0), q.device)
     losses, grads = [], []
+    if docs:  # the first row's document ids alone serve both batch rows (HF's [1, T] position ids)
+        shared = router_distill_loss(q, k, PooledRoute(qm, km, t), cfg, doc_ids[:1], query_blocks=blocks, far=far,
+                                     backend="triton")  # fmt: skip
+        want = router_distill_loss(q, k, PooledRoute(qm, km, t), cfg, doc_ids[:1].expand(2, -1), query_blocks=blocks,
+                                   far=far)  # fmt: skip
+        torch.testing.assert_close(shared, want, rtol=1e-5, atol=1e-7)
     for backend in ("reference", "triton"):
         loss = router_distill_loss(q, k, PooledRoute(qm, km, t), cfg, doc_ids, query_blocks=blocks, far=far,
                                    backend=backend)  # fmt: skip

@@ -137,7 +137,7 @@ def dense_block_mass_triton(
     local_blocks: int = 1,
     out: Tensor | None = None,
 ) -> Tensor:
-    """``reference.dense_block_mass`` (same arguments, but the documents as ``start`` [Bt, T] int64, the first
+    """``reference.dense_block_mass`` (same arguments, but the documents as ``start`` [Bt or 1, T] int64, the first
     position of each token's document, ``reference.doc_starts``; None: one document) -> mass [Bt, Hkv, nq, nb]
     fp32. ``out``: write there (tests pass a NaN-filled one). The scores are taken in q's dtype on tensor cores
     with fp32 accumulation (the reference rounds them to q's dtype first)."""
@@ -154,11 +154,10 @@ def dense_block_mass_triton(
     qf, kf = far if far is not None else (q, k)
     qf, kf = qf.to(q.dtype), kf.to(q.dtype)
     k = k.to(q.dtype)
-    st = (
-        start.to(device=q.device, dtype=torch.int64).contiguous()
-        if start is not None
-        else q.new_zeros(1, dtype=torch.int64)
-    )
+    if start is None:
+        st = q.new_zeros(1, dtype=torch.int64)
+    else:  # one row of document starts may serve every batch row (HF's [1, T] position ids)
+        st = start.to(device=q.device, dtype=torch.int64).expand(bt, seq_len).contiguous()
     qb = query_blocks.to(device=q.device, dtype=torch.int64).contiguous()
     rp = max(16, _pow2(group * block_size))
     dp = max(16, _pow2(d))
