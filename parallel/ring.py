@@ -570,6 +570,8 @@ def ssa_ring_attention(module, q, k, v, doc, scale, hidden, ctx: RingContext, q_
     cfg = ssa_config_of(module.config)
     if selection_rule_of(module.config) != "block":
         raise ParallelError("parallel=ring trains SSA with the block selection rule (config.ssa['rule']='block')")
+    if cfg.router == "oracle":  # the oracle's dense attention mass needs every key on one rank
+        raise ParallelError("attention.ssa.router=oracle is a one-process diagnostic: not under parallel=ring")
     if cfg.routing == "distill" and torch.is_grad_enabled():
         # the distillation target is dense attention over every key, which no ring rank holds
         raise ParallelError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not torch.cuda.is_available():  # Triton's interpreter, read when a kernel is decorated: before any is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import ssa_kernels.distill as distill  # noqa: E402
 from ssa_kernels import PooledRoute, SSAConfig, ssa_attention  # noqa: E402

@@ -6,7 +6,9 @@ fast stand-in for the RULER score of a short answer (no decoding loop, one forwa
     python scripts/probe_answers.py runs/fc/ssa --tasks niah_single_1 niah_multikey_2 copy --length 1024
 
 Prints one JSON line per (length, task): {"task", "length", "samples", "answer_loss", "exact", "token_acc"};
-``--length 16384 65536 262144`` probes several lengths with one model load.
+``--length 16384 65536 262144`` probes several lengths with one model load. ``--oracle K`` routes every query block
+to the K key blocks where the layer's own dense attention puts the most mass (``attention.ssa.router=oracle``), for a
+dense checkpoint too: what the model would read with a perfect router of that budget.
 ``copy``'s target is the whole second copy, and its row adds ``first_copy_loss``, the loss of the same
 text where it first appears (nothing predicts it but word statistics): an answer_loss far below it is
 copying. Niah chance is ~1.6 nats per answer token (7 random digits of the ~10 tokens " DDDDDDD." + EOS).
@@ -31,13 +33,14 @@ from data.copy import INSTRUCTION  # noqa: E402
 from data.mix import PromptEncoder  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 from data.tokenizer import make_tokenize  # noqa: E402
+from ssa_kernels.config import SSAConfig  # noqa: E402
 from ssa_kernels.hf import apply_nope_layers, convert_to_ssa, ssa_config_of  # noqa: E402
 from ssa_kernels.hf import from_pretrained as ssa_from_pretrained  # noqa: E402
 from train.eval import resolve_checkpoint  # noqa: E402
 from train.model import build_tokenizer  # noqa: E402
 
 
-def load(checkpoint: str, ssa_topk: int | None = None):
+def load(checkpoint: str, ssa_topk: int | None = None, oracle: int | None = None, local_window: int = 256):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from train.config import ModelConfig
@@ -52,6 +55,12 @@ def load(checkpoint: str, ssa_topk: int | None = None):
         raise SystemExit(f"--ssa-topk: {path} is not an SSA model")
     else:
         model = apply_nope_layers(AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32))
+    if oracle is not None:  # route by the layer's own dense attention mass (SSAConfig.router=oracle)
+        if getattr(model.config, "ssa", None):  # an SSA model keeps its settings (far_distance included)
+            base = ssa_config_of(model.config)
+        else:  # a dense model: SSA with this window around the oracle's blocks
+            base = SSAConfig(local_window=local_window)
+        convert_to_ssa(model, replace(base, router="oracle", routing="none", topk_blocks=oracle))
     tokenizer = build_tokenizer(ModelConfig(name="probe", path=str(path)))
     return model.eval(), tokenizer, path
 
@@ -65,7 +74,7 @@ def probe(model, tokenizer, task: str, length: int, samples: int, seed_start: in
         s = generate(task, length - specials, tokenizer, seed, None, "eval")
         prompt, target = encode(s.prompt), tokenize(s.target)
         ids = torch.from_numpy(np.concatenate([prompt, target, [eos]]).astype(np.int64))[None].to(model.device)
-        all_logits = model(input_ids=ids).logits[0].float()
+        all_logits = model(input_ids=ids, use_cache=False).logits[0].float()
         logits, gold = all_logits[len(prompt) - 1 : -1], ids[0, len(prompt) :]  # predicts target + EOS
         if task == "copy":  # the same text's first copy, which nothing before it predicts: the no-lookback loss
             a = len(encode(s.input[: len(INSTRUCTION)]))
@@ -97,13 +106,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--ssa-topk", type=int, default=None, help="SSA models: probe with this attention.ssa.topk_blocks instead"
     )
+    p.add_argument(
+        "--oracle",
+        type=int,
+        default=None,
+        metavar="K",
+        help="route each query block to the K key blocks of the layer's own dense attention mass "
+        "(attention.ssa.router=oracle: the upper bound of routing for this model; dense checkpoints too)",
+    )
+    p.add_argument("--local-window", type=int, default=256, help="--oracle on a dense checkpoint: its local window")
     args = p.parse_args(argv)
-    model, tokenizer, path = load(args.checkpoint, args.ssa_topk)
+    if args.oracle is not None and args.ssa_topk is not None:
+        p.error("--oracle K sets the routed budget itself: drop --ssa-topk")
+    model, tokenizer, path = load(args.checkpoint, args.ssa_topk, args.oracle, args.local_window)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     for length in args.length:  # one model load for every length; each row is printed as soon as it is done
         for task in args.tasks:
             row = probe(model, tokenizer, task, length, args.samples, args.seed_start)
-            print(json.dumps({"checkpoint": str(path), "ssa_topk": args.ssa_topk, **row}), flush=True)
+            print(json.dumps({"checkpoint": str(path), "ssa_topk": args.ssa_topk, "oracle": args.oracle, **row}),
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

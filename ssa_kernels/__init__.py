@@ -13,7 +13,7 @@ import torch
 
 from ssa_kernels.attention import sparse_attention
 from ssa_kernels.config import SSAConfig, resolve_backend
-from ssa_kernels.distill import AddAuxiliaryGradient, router_distill_loss
+from ssa_kernels.distill import AddAuxiliaryGradient, block_mass, router_distill_loss
 from ssa_kernels.selector import (
     PooledRoute,
     Selection,
@@ -22,6 +22,7 @@ from ssa_kernels.selector import (
     routing_scores_pooled,
     select_blocks,
     select_blocks_pooled,
+    select_by_scores,
 )
 from ssa_kernels.selector.reference import _ascending, block_means
 
@@ -126,7 +127,12 @@ def ssa_attention(
     pooled = isinstance(route, PooledRoute)
     rq, rk = route[:2] if route is not None else (q, k)
     with torch.no_grad():
-        sel = select_pooled(route, cfg, doc_ids) if pooled else select(rq, rk, cfg, doc_ids)
+        if cfg.router == "oracle":  # the blocks of the layer's own dense attention mass (a diagnostic upper bound)
+            every = torch.arange(-(-q.shape[2] // cfg.block_size), device=q.device)
+            mass = block_mass(q, k, every, cfg.block_size, doc_ids, scale, far, cfg.local_blocks, resolved)
+            sel = select_by_scores(mass, q.shape[2], cfg, doc_ids)
+        else:
+            sel = select_pooled(route, cfg, doc_ids) if pooled else select(rq, rk, cfg, doc_ids)
     bias = mask = None
     if cfg.routing == "straight_through" and torch.is_grad_enabled() and (rq.requires_grad or rk.requires_grad):
         if route is None:  # q and k route: the backend adds the routing gradient to dq, dk in place

@@ -18,6 +18,7 @@ ROUTINGS = ("straight_through", "distill", "none")
 DISTILL_TARGETS = ("attended", "true_distance")
 NODE_SCORES = ("mean", "bound")
 LEAF_SCORES = ("mean", "bound")
+ROUTERS = ("learned", "attention", "oracle")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -100,7 +101,12 @@ class SSAConfig:
     # What produces the routing scores: "learned" (default), a router of its own per layer
     # (``ssa_kernels/router.py``) on the detached layer input, trained only by ``routing``;
     # "attention", the attention's own post-RoPE q and k (no extra weights; it also learns as
-    # attention trains, so ``routing: none`` does not freeze it).
+    # attention trains, so ``routing: none`` does not freeze it). "oracle" (a diagnostic, not a router): each
+    # query block routes the topk_blocks key blocks where the layer's own DENSE attention puts the most mass
+    # (``distill.block_mass``, a dense attention forward per layer call): what a perfect router distilled from
+    # that attention would pick, the upper bound of routing for a given model. Full forwards only (no KV-cache
+    # decoding, no per-token rule, not under parallel=ring); needs routing=none. With far_distance the mass is that of
+    # the attention SSA computes (far blocks at far_distance), as ``distill_target=attended``.
     router: str = "learned"
     # Which implementation runs: "auto" (Triton kernels on CUDA tensors, the PyTorch reference
     # elsewhere), "triton" or "reference" (the oracle; slow on GPU, exact and simple).
@@ -109,7 +115,7 @@ class SSAConfig:
     # 0: each key at its true distance. > 0: every key of a far block is attended as if it sat far_distance
     # tokens before the query, as InfLLM places retrieved memory, so a query never sees a rotary distance
     # above max(local_window, far_distance) however long the context: a lookup trained at short lengths
-    # meets no new distances at 1M. Local keys keep their true distances. Needs router=learned (the
+    # meets no new distances at 1M. Local keys keep their true distances. Needs router=learned or oracle (the
     # selection must not depend on positions); not under ulysses/ring. docs/ssa.md, "Far distance".
     far_distance: int = 0
 
@@ -141,12 +147,17 @@ class SSAConfig:
             raise ValueError(f"attention.leaf_score={self.leaf_score!r}: use one of {LEAF_SCORES}")
         if self.backend not in BACKENDS:
             raise ValueError(f"attention.backend={self.backend!r}: use auto, triton or reference")
-        if self.router not in ("learned", "attention"):
-            raise ValueError(f"attention.router={self.router!r}: use learned or attention")
-        if self.far_distance < 0 or (self.far_distance and self.router != "learned"):
+        if self.router not in ROUTERS:
+            raise ValueError(f"attention.router={self.router!r}: use one of {ROUTERS}")
+        if self.router == "oracle" and self.routing != "none":
+            raise ValueError(
+                "attention.router=oracle selects by the layer's dense attention mass, which no gradient trains: "
+                "set attention.routing=none"
+            )
+        if self.far_distance < 0 or (self.far_distance and self.router == "attention"):
             raise ValueError(
                 f"attention.far_distance={self.far_distance}: use 0 (true distances) or a positive distance with "
-                "attention.router=learned (the attention's own rotated q/k would route by position)"
+                "attention.router=learned or oracle (the attention's own rotated q/k would route by position)"
             )
         if self.local_window % self.block_size:
             raise ValueError(

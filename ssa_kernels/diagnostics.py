@@ -324,6 +324,8 @@ class SSARecorder:
         rule = (getattr(module.config, "ssa", None) or {}).get("rule", "block")
         if rule != "block":  # per-token selection (the decode rule): select_blocks would not be what ran
             raise NotImplementedError(f"SSA router diagnostics cover the per-block selection, not rule={rule!r}")
+        if cfg.router == "oracle":  # the selection by dense mass is not select_blocks' either
+            raise NotImplementedError("SSA router diagnostics record the pyramid's selection, not router=oracle")
         doc_ids = doc_ids_of(kwargs.get("position_ids"), query.shape[0])
         layer = getattr(module, "layer_idx", None)
         layer = len(self.records) if layer is None else layer

@@ -154,6 +154,12 @@ def ssa_attention_forward(
     far = _far_inputs(module, query, cfg, kwargs)  # None unless cfg.far_distance: q, k arrive un-rotated
     if route is None:
         route = route_of(module, cfg, kwargs, pooled=pooled)
+    if cfg.router == "oracle" and (states is not None or query.shape[2] != key.shape[2] or rule != "block"):
+        raise ValueError(
+            "attention.router=oracle routes by the dense attention of a whole forward: no KV-cache decoding and "
+            "no per-token rule; evaluate it with full forwards (use_cache=False, e.g. scripts/probe_answers.py "
+            "--oracle)"
+        )
     if query.shape[2] != key.shape[2]:  # earlier tokens are cached: decode the new ones
         out = _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route, far)
         return out.transpose(1, 2).contiguous(), None  # (B, Hq, Tq, D) -> (B, Tq, Hq, D)

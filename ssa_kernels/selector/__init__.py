@@ -12,6 +12,7 @@ from ssa_kernels.selector.reference import (
     routing_scores_pooled,
     select_blocks,
     select_blocks_pooled,
+    select_by_scores,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "select_blocks_fast",
     "select_blocks_fast_pooled",
     "select_blocks_pooled",
+    "select_by_scores",
 ]
 
 

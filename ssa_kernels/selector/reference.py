@@ -593,6 +593,30 @@ def _union(routed: Tensor, cfg: SSAConfig) -> Tensor:
 
 
 @torch.no_grad()
+def select_by_scores(scores: Tensor, seq_len: int, cfg: SSAConfig, doc_ids: Tensor | None = None) -> Selection:
+    """Route, per (batch, kv head, query block), the ``topk_blocks`` blocks of the routed range with the highest
+    ``scores`` [Bt, Hkv, nb, nb] (query block x key block), exhaustively, no pyramid: ``router=oracle``, whose
+    scores are the layer's dense attention mass (``distill.block_mass``). Ties: the lower block index wins."""
+    bt, hkv, nb, _ = scores.shape
+    lo, hi = routed_bounds(doc_ids, seq_len, cfg, scores.device)
+    j = torch.arange(nb, device=scores.device)
+    ok = (j >= lo[:, :, None]) & (j < hi[:, None])  # (Bt or 1, nb, nb)
+    s = scores.float().masked_fill(~ok[:, None], -math.inf)
+    k = min(cfg.topk_blocks, nb)
+    # a stable descending sort: among equal scores the lower index comes first
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices[..., :k]
+    top = s.gather(-1, order)
+    picked = torch.where(top > -math.inf, order, -1)
+    routed = torch.full((bt, hkv, nb, cfg.topk_blocks), -1, dtype=torch.long, device=scores.device)
+    routed_scores = torch.full(routed.shape, -math.inf, dtype=s.dtype, device=scores.device)
+    ascending = torch.where(picked >= 0, picked, nb).argsort(-1)  # routed blocks ascending, padding last
+    routed[..., :k] = picked.gather(-1, ascending)
+    routed_scores[..., :k] = top.gather(-1, ascending)
+    candidates = ok.sum(-1).expand(bt, hkv, nb)
+    return Selection(_union(routed, cfg), routed, routed_scores, candidates)
+
+
+@torch.no_grad()
 def select_blocks(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None = None) -> Selection:
     """Select the key blocks each (query block, kv head) attends to (no autograd; see :func:`routing_scores`).
 
