@@ -265,6 +265,31 @@ def test_ssa_attention_distils_toward_the_chosen_target(target):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)  # the target's softmax is fp32
 
 
+def test_ssa_attention_on_the_triton_backend_takes_the_target_from_the_kernel(monkeypatch):
+    """The layer's backend reaches the distillation target: with backend=triton the kernel computes it (counted),
+    and the router's gradient is the one the reference target gives."""
+    import ssa_kernels.distill.triton as distill_triton
+
+    calls = []
+    kernel = distill_triton.dense_block_mass_triton
+    monkeypatch.setattr(distill_triton, "dense_block_mass_triton", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    t = 160
+    cfg = SSAConfig(**SMALL, routing="distill", distill_blocks=0, distill_weight=1.0)
+    q, k = qk(1, 4, 2, t, 16, seed=17)
+    v = torch.randn(1, 2, t, 16, generator=torch.Generator().manual_seed(18))
+    grads = {}
+    for backend in ("reference", "triton"):
+        g = torch.Generator().manual_seed(19)
+        qm = torch.randn(1, 2, t // 16, 16, generator=g, requires_grad=True)
+        km = torch.randn(1, 2, t // 16, 16, generator=g, requires_grad=True)
+        out = ssa_attention(q, k, v, cfg, route=PooledRoute(qm, km, t), backend=backend)
+        grads[backend] = torch.autograd.grad(out.sum(), (qm, km))
+        assert len(calls) == (backend == "triton")
+    for a, b in zip(grads["triton"], grads["reference"]):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_distill_query_block_sampling_draws_distinct_eligible_blocks():
     cfg = SSAConfig(**SMALL, distill_blocks=5)
     torch.manual_seed(0)
