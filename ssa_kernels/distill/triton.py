@@ -5,8 +5,8 @@ Why a kernel: the reference builds the sampled rows' fp32 probabilities against 
 sums them per key block: about ten memory passes over Bt x Hq x rows x T fp32 values (twice that with far
 blocks). With every query block sampled (the issue-6 recipe: ``distill_blocks=0``) that is a materialised dense
 attention per layer per step; on one H200 the recipe's SSA stage ran 0.51 s a step against the dense model's
-0.095 s (fc44, docs/functional_context.md), and the chunked reference accounts for most of the difference by its
-bytes. Neither torch's SDPA nor FlexAttention returns per-key-block sums of the probabilities (FlexAttention's
+0.095 s (fc44, docs/functional_context.md), and by an estimate of its bytes (unmeasured: scripts/bench_distill.py)
+the chunked reference accounts for most of the difference. Neither torch's SDPA nor FlexAttention returns per-key-block sums of the probabilities (FlexAttention's
 score_mod sees one logit at a time and cannot accumulate across rows), so this is written here.
 
 Design. One program per (sampled query block i, batch row, kv head): its G query heads x B rows form one tile
