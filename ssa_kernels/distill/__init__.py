@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ssa_kernels.config import SSAConfig, resolve_backend
 from ssa_kernels.distill.reference import CHUNK_ELEMENTS, dense_block_mass, doc_starts
-from ssa_kernels.selector.reference import PooledRoute, routed_bounds
+from ssa_kernels.selector.reference import PooledRoute, routable_mask
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -101,16 +101,12 @@ def router_distill_loss(
     as :func:`dense_block_mass` takes them (``cfg.distill_target``); backend: where the target is computed
     (:func:`block_mass`). fp32 0-dim tensor, 0 with a zero gradient when no query block has two routable blocks."""
     seq_len = route.seq_len
-    nb = route.k_mean.shape[2]
     if query_blocks is None:
         query_blocks = distill_query_blocks(seq_len, cfg, q.device)
     if len(query_blocks) == 0:
         return (route.q_mean.sum() + route.k_mean.sum()).float() * 0.0
     mass = block_mass(q, k, query_blocks, cfg.block_size, doc_ids, scale, far, cfg.local_blocks, backend)
-    lo, hi = routed_bounds(doc_ids, seq_len, cfg, q.device)  # [Bt or 1, nb], [nb]
-    j = torch.arange(nb, device=q.device)
-    routable = (j >= lo[:, query_blocks, None]) & (j < hi[query_blocks, None])  # (Bt or 1, nq, nb)
-    routable = routable[:, None]  # (Bt or 1, 1, nq, nb)
+    routable = routable_mask(doc_ids, seq_len, cfg, q.device, query_blocks)[:, None]  # (Bt or 1, 1, nq, nb)
     target_mass = torch.where(routable, mass, 0.0)
     weight = target_mass.sum(-1)  # (Bt, Hkv, nq): the block's dense mass in the routed range
     usable = routable.sum(-1) >= 2  # one routable block: nothing to rank

@@ -209,6 +209,18 @@ def routed_bounds(doc_ids: Tensor | None, seq_len: int, cfg: SSAConfig, device: 
     return lo.clamp(min=cfg.sink_blocks), hi
 
 
+def routable_mask(
+    doc_ids: Tensor | None, seq_len: int, cfg: SSAConfig, device: torch.device, query_blocks: Tensor | None = None
+) -> Tensor:
+    """[Bt or 1, nq, nb] bool: key block j lies in query block i's routed range (:func:`routed_bounds`), for the
+    given query blocks (default: every block, nq = nb)."""
+    lo, hi = routed_bounds(doc_ids, seq_len, cfg, device)
+    if query_blocks is not None:
+        lo, hi = lo[:, query_blocks], hi[query_blocks]
+    j = torch.arange(_num_blocks(seq_len, cfg.block_size), device=device)
+    return (j >= lo[:, :, None]) & (j < hi[:, None])
+
+
 def _check_inputs(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | None) -> None:
     cfg.validate()
     if q.dim() != 4 or k.dim() != 4:
@@ -598,9 +610,7 @@ def select_by_scores(scores: Tensor, seq_len: int, cfg: SSAConfig, doc_ids: Tens
     ``scores`` [Bt, Hkv, nb, nb] (query block x key block), exhaustively, no pyramid: ``router=oracle``, whose
     scores are the layer's dense attention mass (``distill.block_mass``). Ties: the lower block index wins."""
     bt, hkv, nb, _ = scores.shape
-    lo, hi = routed_bounds(doc_ids, seq_len, cfg, scores.device)
-    j = torch.arange(nb, device=scores.device)
-    ok = (j >= lo[:, :, None]) & (j < hi[:, None])  # (Bt or 1, nb, nb)
+    ok = routable_mask(doc_ids, seq_len, cfg, scores.device)  # (Bt or 1, nb, nb)
     s = scores.float().masked_fill(~ok[:, None], -math.inf)
     k = min(cfg.topk_blocks, nb)
     # a stable descending sort: among equal scores the lower index comes first
