@@ -64,13 +64,11 @@ def run(seq_len: int, batch: int, reps: int) -> list[dict]:
     blocks = distill_query_blocks(seq_len, cfg, q.device)
     nb = -(-seq_len // cfg.block_size)
     rows = []
-    ref = block_mass(
-        q.detach(), k.detach(), blocks, 64, None, None, (qf.detach(), kf.detach()), cfg.local_blocks, "reference"
-    )
+    target = (q.detach(), k.detach(), blocks, cfg.block_size, None, None, (qf.detach(), kf.detach()), cfg.local_blocks)
+    ref = block_mass(*target, "reference")
     for backend in ("reference", "triton"):
-        args = (q.detach(), k.detach(), blocks, 64, None, None, (qf.detach(), kf.detach()), cfg.local_blocks, backend)
-        got = block_mass(*args)
-        ms = timed(lambda args=args: block_mass(*args), reps)
+        got = ref if backend == "reference" else block_mass(*target, backend)
+        ms = timed(lambda backend=backend: block_mass(*target, backend), reps)
         rows.append({"seq_len": seq_len, "batch": batch, "part": "target", "backend": backend, "ms": round(ms, 3),
                      "max_abs_diff": float((got - ref).abs().max())})  # fmt: skip
         qm = torch.randn(batch, hkv, nb, d, device=dev, generator=g, requires_grad=True)
