@@ -5,10 +5,15 @@ to ``--ref-max`` tokens (it needs ~10 GiB extra at 1M); ``--check`` compares the
 (share of rows with the same routed set, and how far apart the fp64 scores of differing rows are);
 ``--sweep`` times the fast path under other launch parameters (rows,warps,dim_chunk) at ``--sweep-n``
 tokens and keeps the fastest for the table. ``--beam-min`` times each of several ``SSAConfig.beam_min`` values
-(the narrowest beam of the coarse-to-fine search; default: the config's). Fast rows also give
-``summaries_ms``: pooling q and k and building the pyramid, the part that reads the T x D inputs.
+(the narrowest beam of the coarse-to-fine search; default: the config's). ``--scores`` times each of several
+node/leaf scorings (``SSAConfig.node_score`` / ``leaf_score``: ``mean/mean``, the default, or ``bound/bound``, the
+issue-6 recipe's, whose search also builds the sparse min / max tables), ``--beam-widths`` sets
+``SSAConfig.beam_widths`` for every run (the recipe: 64). Fast rows also give ``summaries_ms``: pooling q and k and
+building the pyramid, the part that reads the T x D inputs.
 
     python scripts/bench_selector.py --n 131072 524288 1048576 4194304 --check 32768
+    python scripts/bench_selector.py --n 1048576 4194304 --ref-max 1048576 --check 32768 \
+        --scores mean/mean bound/mean mean/bound bound/bound --beam-widths 64
 """
 
 from __future__ import annotations
@@ -52,17 +57,23 @@ def measure(fn, q: torch.Tensor, k: torch.Tensor, cfg: SSAConfig) -> tuple[float
 
 def check(n: int, cfg: SSAConfig) -> dict:
     """Fast vs reference on the same inputs: equal routed rows, and for the others the largest relative gap
-    between their sorted fp64 scores (a near-tie swap leaves them equal to ~1e-6)."""
+    between their sorted fp64 scores (a near-tie swap leaves them equal to ~1e-6); under leaf_score=bound the
+    routed blocks' bounds as each selector reports them (fp64 in the reference, fp32 in the kernel)."""
     q, k = inputs(n, seed=1)
     ref, got = select_blocks(q, k, cfg), select_blocks_fast(q, k, cfg)
     same = (ref.routed == got.routed).all(-1)
-    exact_ref = routing_scores(q.double(), k.double(), ref.routed, cfg).sort(-1, descending=True).values
-    exact_got = routing_scores(q.double(), k.double(), got.routed, cfg).sort(-1, descending=True).values
+    if cfg.leaf_score == "bound":
+        exact_ref = ref.routed_scores.double().sort(-1, descending=True).values
+        exact_got = got.routed_scores.double().sort(-1, descending=True).values
+    else:
+        exact_ref = routing_scores(q.double(), k.double(), ref.routed, cfg).sort(-1, descending=True).values
+        exact_got = routing_scores(q.double(), k.double(), got.routed, cfg).sort(-1, descending=True).values
     finite = torch.isfinite(exact_ref)
     scale = exact_ref[finite].abs().max().item()
     gap = (exact_ref - exact_got).abs().nan_to_num(0.0).max().item() / scale  # -inf - -inf: nan -> 0
     return {
-        "n": n, "rows": same.numel(), "rows_equal": int(same.sum()), "share_equal": same.float().mean().item(),
+        "n": n, "node_score": cfg.node_score, "leaf_score": cfg.leaf_score, "rows": same.numel(),
+        "rows_equal": int(same.sum()), "share_equal": same.float().mean().item(),
         "max_score_gap_rel": gap, "indices_equal_rows": int((ref.indices == got.indices).all(-1).sum()),
         "candidates_equal_on_equal_rows": bool(torch.equal(ref.candidates[same], got.candidates[same])),
         "padding_same": bool(torch.equal(finite, torch.isfinite(exact_got))),
@@ -77,13 +88,20 @@ def main() -> None:
     ap.add_argument("--sweep", nargs="*", default=[], help="rows,warps,dim_chunk launch parameters to try")
     ap.add_argument("--sweep-n", type=int, default=1048576)
     ap.add_argument("--beam-min", type=int, nargs="+", help="SSAConfig.beam_min values to time (default: config's)")
+    ap.add_argument("--scores", nargs="+", default=["mean/mean"], help="node_score/leaf_score pairs to time")
+    ap.add_argument("--beam-widths", type=int, nargs="*", default=[], help="SSAConfig.beam_widths of every run")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
+    ap.add_argument("--tag", default="", help="file name suffix: selector-<gpu>-<tag>.json")
     args = ap.parse_args()
-    cfg = SSAConfig()
-    configs = [SSAConfig(beam_min=b) for b in args.beam_min] if args.beam_min else [cfg]
+    cfg = SSAConfig(beam_widths=args.beam_widths)
+    scorings = [tuple(x.split("/")) for x in args.scores]
+    configs = [
+        SSAConfig(beam_widths=args.beam_widths, beam_min=b, node_score=node, leaf_score=leaf)
+        for b, (node, leaf) in itertools.product(args.beam_min or [cfg.beam_min], scorings)
+    ]
     checks = []
-    for n in args.check:
-        checks.append(check(n, cfg))
+    for n, (node, leaf) in itertools.product(args.check, scorings):
+        checks.append(check(n, SSAConfig(beam_widths=args.beam_widths, node_score=node, leaf_score=leaf)))
         print("check", json.dumps(checks[-1]), flush=True)
     sweep = []
     if args.sweep:
@@ -111,13 +129,15 @@ def main() -> None:
                 "n": n, "method": method, "pass": "selector", "ms": ms, "extrapolated": False,
                 "extra_peak_gib": extra, "max_candidates": int(sel.candidates.max()),
                 "mean_routed": routed[..., 16:].mean().item(), "beam_min": cfg.beam_min,
+                "beam_widths": cfg.beam_widths, "node_score": cfg.node_score, "leaf_score": cfg.leaf_score,
             }  # fmt: skip
             if fn is select_blocks_fast:
                 row["summaries_ms"] = triton.testing.do_bench(
                     lambda q=q, k=k, cfg=cfg: fast._summaries(q, k, cfg), warmup=25, rep=100, return_mode="median"
                 )
             results.append(row)
-            print(f"n={n:>8}  {method:<24} beam_min {cfg.beam_min:>3} {ms:9.2f} ms  extra {extra:6.2f} GiB  max candidates "
+            print(f"n={n:>8}  {method:<24} {cfg.node_score}/{cfg.leaf_score} beam_min {cfg.beam_min:>3} {ms:9.2f} ms"
+                  f"  extra {extra:6.2f} GiB  max candidates "
                   f"{row['max_candidates']}  mean routed {row['mean_routed']:.1f}/{cfg.topk_blocks}"
                   f"  summaries {row.get('summaries_ms', float('nan')):.2f} ms", flush=True)  # fmt: skip
             del sel
@@ -130,7 +150,8 @@ def main() -> None:
            "results": results, "checks": checks, "sweep": sweep}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"selector-{gpu.replace('NVIDIA ', '').split()[0].lower()}.json").write_text(json.dumps(doc, indent=1))
+    name = f"selector-{gpu.replace('NVIDIA ', '').split()[0].lower()}{'-' + args.tag if args.tag else ''}.json"
+    (out / name).write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

@@ -63,8 +63,8 @@ class SSAConfig:
     # to the pyramid): a node ranks as high as its best block could, so a needle survives beams of a few nodes
     # (the CPU toy: beams of one node per level 0.60 -> 0.98 at 16x its training length, docs/ssa.md). Blocks
     # are scored as before; no weights change, so a checkpoint trained with "mean" can be evaluated with
-    # "bound". Costs O(n log n) memory per layer call for the min / max tables (the PyTorch selector and
-    # DecodeState only: the Triton selector hands it to the reference; fast decoding refuses it).
+    # "bound". Costs O(n log n) memory per layer call for the min / max tables (both selectors and DecodeState;
+    # fast decoding refuses it).
     node_score: str = "mean"
     # How a block (the pyramid's leaf) is scored. "mean" (default): query summary . the block's mean key. "bound":
     # sum over dims of max(q_d * min_d, q_d * max_d) with min / max over the block's own token keys, an upper bound
@@ -74,7 +74,7 @@ class SSAConfig:
     # max, so a node's bound stays >= each of its blocks' scores. Selection only: the routing gradients
     # (straight-through, distillation) still score block means, so a checkpoint trained with "mean" evaluates with
     # "bound" as is. Needs the per-token keys' block min / max (the learned router projects every token for it);
-    # the PyTorch selector and DecodeState only, on one process (the Triton selector hands it to the reference).
+    # both selectors and DecodeState, on one process (fast decoding refuses it).
     leaf_score: str = "mean"
     # How the routing scores learn: "straight_through" adds (score - score.detach()) to the logits of
     # each routed block, zero in the forward pass (output exactly as without it) but giving every

@@ -141,7 +141,7 @@ def test_bound_beam_search_equals_the_definition(docs):
 def test_bound_keeps_the_diluted_needle_with_beams_of_one(selector):
     """The needle whose level-2 node averages below the decoys (test_ssa_selector.diluted_needle): beams of one
     node per level drop it with mean scores and keep it with bound scores; exhaustive beams agree (blocks are
-    scored alike). The fast selector hands node_score=bound to the reference."""
+    scored alike). "fast": the Triton search scoring the bounds itself (tests/test_ssa_selector_fast.py)."""
     select = select_blocks if selector == "reference" else select_blocks_fast
     base = dict(block_size=1, branching=4, topk_blocks=1, local_window=1, sink_blocks=1, top_nodes=4)
     q, k = diluted_needle()

@@ -10,9 +10,18 @@ import pytest
 import torch
 
 from ssa_kernels.config import SSAConfig
-from ssa_kernels.selector import Selection, routing_scores, select_blocks, select_blocks_fast
+from ssa_kernels.selector import (
+    PooledRoute,
+    Selection,
+    fast,
+    routing_scores,
+    select_blocks,
+    select_blocks_fast,
+    select_blocks_fast_pooled,
+    select_blocks_pooled,
+)
 from ssa_kernels.selector.fast import _runs
-from ssa_kernels.selector.reference import _union, row_levels
+from ssa_kernels.selector.reference import _union, block_means, block_minmax, row_levels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
 from memprobe import MaxTensorProbe  # noqa: E402
@@ -250,6 +259,79 @@ def test_largest_tensor_grows_linearly():
     assert largest[2**14] <= 4.5 * largest[2**12], largest
 
 
+BOUNDS = {"node-bound": ("bound", "mean"), "leaf-bound": ("mean", "bound"), "both-bound": ("bound", "bound")}
+
+
+@pytest.fixture
+def poisoned_and_no_fallback(monkeypatch):
+    """Every torch.empty comes back filled with garbage (NaN, or 12345678 for integers), so an output element the
+    kernels leave unwritten fails check_structure; and the fast selector may not hand the search to the reference."""
+    real_empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(math.nan if t.is_floating_point() else 12345678)
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    monkeypatch.setattr(fast, "select_blocks", None)
+    monkeypatch.setattr(fast, "select_blocks_pooled", None)
+
+
+def assert_bound_search_matches_reference(fast_sel, ref_sel, other_sel, bt, hkv, seq_len, cfg, doc_ids):
+    """The Triton search with bound scores against the reference's: same structure, the same routed sets but for
+    rare fp32 near-ties (whose sorted scores agree to 1e-5 relative), routed_scores equal to the reference's (they
+    are the bounds under leaf_score=bound); and ``other_sel`` (mean scores) routes or scores some rows differently."""
+    check_structure(fast_sel, bt, hkv, seq_len, cfg, doc_ids)
+    same = (fast_sel.routed == ref_sel.routed).all(-1)
+    assert same.float().mean() >= 0.98, f"{(~same).sum()} of {same.numel()} rows differ"
+    assert torch.equal(fast_sel.candidates[same], ref_sel.candidates[same])
+    assert torch.equal(fast_sel.indices[same], ref_sel.indices[same])
+    got, want = fast_sel.routed_scores.double(), ref_sel.routed_scores.double()
+    scale = want[torch.isfinite(want)].abs().max()
+    torch.testing.assert_close(got[same], want[same], rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(got.sort(-1).values, want.sort(-1).values, rtol=1e-5, atol=1e-5 * scale)
+    differ = not torch.equal(ref_sel.routed, other_sel.routed) or not torch.equal(
+        ref_sel.routed_scores.nan_to_num(0.0, neginf=0.0), other_sel.routed_scores.nan_to_num(0.0, neginf=0.0)
+    )
+    assert differ, "bound and mean scores route and score alike: a vacuous case"
+
+
+@pytest.mark.parametrize("scores", BOUNDS.values(), ids=BOUNDS.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_bound_scores_match_reference(case, scores, poisoned_and_no_fallback):
+    """node_score / leaf_score = bound in the Triton search (the sparse min / max tables, four gathers a node) against
+    the reference's _bound_ranges, into garbage-filled outputs: documents, GQA 1-4, ragged lengths, beams of one,
+    wide beams and beam_full_span."""
+    bt, hq, hkv, seq_len, cfg, docs, d = case
+    q, k = make_qk(bt, hq, hkv, seq_len, d, seed=7)
+    doc_ids = make_doc_ids(bt, seq_len, docs) if docs else None
+    if scores == ("bound", "mean"):  # node bounds change a route only where beams prune: one node per level
+        cfg = SSAConfig(**{**vars(cfg), "beam_widths": [1], "beam_min": 1, "beam_full_span": 0})
+    bound = SSAConfig(**{**vars(cfg), "node_score": scores[0], "leaf_score": scores[1]})
+    assert_bound_search_matches_reference(
+        select_blocks_fast(q, k, bound, doc_ids), select_blocks(q, k, bound, doc_ids),
+        select_blocks(q, k, cfg, doc_ids), bt, hkv, seq_len, bound, doc_ids,
+    )  # fmt: skip
+
+
+def test_pooled_leaf_bound_search_matches_reference(poisoned_and_no_fallback):
+    """select_blocks_fast_pooled with leaf and node bounds (the learned router's path: block means and the token
+    keys' block min / max given) = select_blocks_pooled."""
+    g = torch.Generator().manual_seed(11)
+    bt, hkv, seq_len, d, bs = 2, 2, 1000, 8, 8
+    keys = torch.randn(bt, hkv, seq_len, d, generator=g)
+    low, high = block_minmax(keys, bs)
+    route = PooledRoute(torch.randn(bt, hkv, -(-seq_len // bs), d, generator=g), block_means(keys, bs), seq_len,
+                        low, high)  # fmt: skip
+    cfg = SSAConfig(block_size=bs, branching=4, topk_blocks=5, local_window=16, top_nodes=4, beam_widths=[2])
+    bound = SSAConfig(**{**vars(cfg), "node_score": "bound", "leaf_score": "bound"})
+    doc_ids = make_doc_ids(bt, seq_len, 3)
+    assert_bound_search_matches_reference(
+        select_blocks_fast_pooled(route, bound, doc_ids), select_blocks_pooled(route, bound, doc_ids),
+        select_blocks_pooled(route, cfg, doc_ids), bt, hkv, seq_len, bound, doc_ids,
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_cuda_matches_reference(dtype):
@@ -262,3 +344,18 @@ def test_cuda_matches_reference(dtype):
     cpu_cfg = SSAConfig(block_size=8, branching=4, topk_blocks=6, local_window=32, sink_blocks=1, top_nodes=8)
     q, k = make_qk(2, 8, 2, 3000, 16, seed=4)
     assert_matches_reference(q.cuda(), k.cuda(), cpu_cfg, make_doc_ids(2, 3000, 5).cuda())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("scores", BOUNDS.values(), ids=BOUNDS.keys())
+def test_cuda_bound_scores_match_reference(scores):
+    """The compiled bound search on the GPU at the default config (bf16 inputs, beams of 64 as the issue-6 recipe)."""
+    cfg = SSAConfig(beam_widths=[64])
+    bound = SSAConfig(**{**vars(cfg), "node_score": scores[0], "leaf_score": scores[1]})
+    q, k = make_qk(2, 8, 2, 64 * 1200 + 17, 128, seed=3)
+    doc_ids = make_doc_ids(2, q.shape[2], 3, seed=3).cuda()
+    q, k = q.cuda().bfloat16(), k.cuda().bfloat16()
+    assert_bound_search_matches_reference(
+        select_blocks_fast(q, k, bound, doc_ids), select_blocks(q, k, bound, doc_ids),
+        select_blocks(q, k, cfg, doc_ids), 2, 2, q.shape[2], bound, doc_ids,
+    )  # fmt: skip

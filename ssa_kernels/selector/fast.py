@@ -50,6 +50,13 @@ in fp32 (about 2.3x the block sums, 0.2 GiB at 1M tokens of 8 kv heads, next to 
 an int32 parent list per query block; no tensor of nb x nb or T x nb elements exists. Pooling reads q and
 k once, at about HBM bandwidth: at 1M tokens it is ~40% of the selector's time.
 
+Bound scores (``node_score`` / ``leaf_score`` = bound). A node is scored by sum_d max(q_d min_d, q_d max_d) over
+its blocks inside [lo, hi) (``_bound_scores``), min / max read from the reference's sparse tables
+(``reference.block_bounds``, built in torch from the level-0 block sums, or over the blocks' token-key min / max
+under leaf_score=bound): two overlapping runs of 2^j blocks, so four row gathers a node where the mean reads one,
+and O(n log n) memory for the tables (2 x J x Bt x Hkv x nb x D fp32, J = log2 of the coarsest node's blocks + 1).
+A partial node needs no edge terms: the tables bound any run of blocks.
+
 Falls back to the reference for fp64 inputs (exact oracle, gradcheck), ``topk_blocks == 0``, very wide
 beams (a candidate set over ``_MAX_SLOTS``), and CPU tensors outside Triton's interpreter.
 """
@@ -74,8 +81,9 @@ from ssa_kernels.selector.reference import (
     _num_blocks,
     _num_levels,
     beam_width,
-    needs_bounds,
+    block_minmax,
     routed_bounds,
+    search_bounds,
     select_blocks,
     select_blocks_pooled,
 )
@@ -251,6 +259,77 @@ def _level_scores(
 
 
 @triton.jit
+def _bound_scores(
+    node,
+    level,
+    lo,
+    hi,
+    live,
+    q_row,
+    low_ptr,
+    high_ptr,
+    bh,
+    n_bh,
+    cap,
+    cover_ptr,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BD: tl.constexpr,
+    J: tl.constexpr,
+):
+    """``_level_scores`` with each node scored by the bound of its best visible block (``node_score`` /
+    ``leaf_score`` bound, the reference's ``_bound_ranges``): sum over dims of max(q_d min_d, q_d max_d), min / max
+    over the node's blocks inside [lo, hi), read from the sparse tables ``BlockBounds.low`` / ``high``
+    ([J, Bt * Hkv, cap, D] fp32) as two overlapping runs of 2^j blocks, j = floor(log2(visible blocks)): four row
+    gathers per node instead of one, and no division by the node's size (the bound is already per block)."""
+    cover = tl.load(cover_ptr + level)
+    lo2, hi2 = lo[:, None], hi[:, None]
+    valid = (node >= 0) & (node * cover < hi2) & ((node + 1) * cover > lo2) & live[:, None]
+    start = tl.maximum(node.to(tl.int64) * cover, lo2)  # (ROWS, M) first visible block
+    end = tl.minimum((node.to(tl.int64) + 1) * cover, hi2)
+    length = tl.maximum(end - start, 1)
+    j = tl.zeros(node.shape, tl.int64)
+    for lv in tl.static_range(1, J):
+        j += (length >= (1 << lv)).to(tl.int64)  # floor(log2(length)), in integers as the reference
+    last = end - (tl.full(node.shape, 1, tl.int64) << j)  # the second run of 2^j blocks ends at end - 1
+    table = (j * n_bh + bh[:, None]) * cap  # (ROWS, M) first row of this (level j, batch x kv head)
+    row_a = (table + tl.minimum(tl.maximum(start, 0), cap - 1)) * D
+    row_b = (table + tl.minimum(tl.maximum(last, 0), cap - 1)) * D
+    acc = tl.zeros(node.shape, tl.float32)
+    for d0 in range(0, D, BD):
+        dd = d0 + tl.arange(0, BD)
+        dm = valid[:, :, None] & (dd < D)[None, None, :]
+        qv = tl.load(q_row[:, None] + dd[None, :], mask=live[:, None] & (dd < D)[None, :], other=0.0)[:, None, :]
+        mn = tl.minimum(
+            tl.load(low_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
+            tl.load(low_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
+        )
+        mx = tl.maximum(
+            tl.load(high_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
+            tl.load(high_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
+        )
+        acc += tl.sum(tl.maximum(mn * qv, mx * qv), axis=2)  # (ROWS, M, BD) -> (ROWS, M)
+    order = tl.where(valid, _order(acc), _NONE)
+    return acc, order, tl.sum(valid.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _scores(
+    node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
+    BLOCK: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, LP: tl.constexpr,
+    BOUND: tl.constexpr, J: tl.constexpr,
+):  # fmt: skip
+    """One level's scores, order keys and in-range counts: bounds (``_bound_scores``) or means (``_level_scores``)."""
+    if BOUND:
+        score, order, n_valid = _bound_scores(node, level, lo, hi, live, q_row, low_ptr, high_ptr, bh, n_bh, cap,
+                                              cover_ptr, D, DP, BD, J)  # fmt: skip
+    else:
+        score, order, n_valid = _level_scores(node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK,
+                                              D, DP, BD, LP)  # fmt: skip
+    return score, order, n_valid
+
+
+@triton.jit
 def _expand(order, node, n_valid, keep, scratch, MX: tl.constexpr, BR: tl.constexpr, BRP: tl.constexpr):
     """Children [ROWS, MX] (int32, -1 = none) of the ``keep`` best candidates (order, node) of each row.
 
@@ -333,6 +412,9 @@ def _select_kernel(
     scores_ptr,
     cand_ptr,
     idx_ptr,
+    low_ptr,
+    high_ptr,
+    cap,
     row0,
     row1,
     levels,
@@ -360,6 +442,10 @@ def _select_kernel(
     BDB: tl.constexpr,
     LP: tl.constexpr,
     ROWS: tl.constexpr,
+    TOP_BOUND: tl.constexpr,
+    NODE_BOUND: tl.constexpr,
+    LEAF_BOUND: tl.constexpr,
+    J: tl.constexpr,
 ):
     """Beam search of query blocks [row0, row1) (all of pyramid height ``levels``) of every (batch, kv head).
 
@@ -385,9 +471,10 @@ def _select_kernel(
 
     # Top level of the row's own pyramid: every node (at most top_nodes overlap [lo, hi)).
     node = tl.zeros([ROWS, MA], tl.int32) + tl.arange(0, MA)[None, :]  # int32: half the registers of int64
-    score, order, n_valid = _level_scores(
-        node, levels - 1, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK, D, DP, BDA, LP
-    )
+    score, order, n_valid = _scores(
+        node, levels - 1, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
+        BLOCK, D, DP, BDA, LP, TOP_BOUND, J,
+    )  # fmt: skip
     cand = n_valid
     if ONE_LEVEL:  # the top level is the leaf level
         _emit(node, score, order, n_valid, cand, rows, rmask, out_row, routed_ptr, scores_ptr, cand_ptr, idx_ptr,
@@ -397,14 +484,16 @@ def _select_kernel(
             level = levels - 2 - step
             keep = tl.load(keep_ptr + level + 1).to(tl.int32)  # beam of the parent level
             node = _expand(order, node, n_valid, keep, scratch, MA, BR, BRP)
-            score, order, n_valid = _level_scores(
-                node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK, D, DP, BDA, LP
-            )
+            score, order, n_valid = _scores(
+                node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
+                BLOCK, D, DP, BDA, LP, NODE_BOUND, J,
+            )  # fmt: skip
             cand += n_valid
         leaf = _expand(order, node, n_valid, tl.load(keep_ptr + 1).to(tl.int32), scratch, MB, BR, BRP)
-        score, order, n_valid = _level_scores(
-            leaf, 0, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK, D, DP, BDB, LP
-        )
+        score, order, n_valid = _scores(
+            leaf, 0, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
+            BLOCK, D, DP, BDB, LP, LEAF_BOUND, J,
+        )  # fmt: skip
         cand += n_valid
         _emit(leaf, score, order, n_valid, cand, rows, rmask, out_row, routed_ptr, scores_ptr, cand_ptr, idx_ptr,
               TOPK, TP, SINK, LOCAL, S, SP, ROWS)  # fmt: skip
@@ -544,13 +633,14 @@ def select_blocks_fast(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | N
 
     q: [Bt, Hq, T, D], k: [Bt, Hkv, T, D] (any strides), doc_ids: optional [Bt, T] nondecreasing. Scores
     are fp32 (routed_scores too); choices equal the reference's except between candidates whose scores
-    agree to ~1e-6 relative. fp64 inputs, topk_blocks == 0, very wide beams, bound node or leaf scores and CPU
-    tensors without TRITON_INTERPRET=1 run the reference.
+    agree to ~1e-6 relative. fp64 inputs, topk_blocks == 0, very wide beams and CPU tensors without
+    TRITON_INTERPRET=1 run the reference.
     """
     _check_inputs(q, k, cfg, doc_ids)
     if _use_reference(q, k, q.shape[2], cfg):
         return select_blocks(q, k, cfg, doc_ids)
-    return _search(_summaries(q, k, cfg), q.shape[0], k.shape[1], q.shape[2], cfg, doc_ids)
+    leaf = lambda: block_minmax(k, cfg.block_size)  # noqa: E731 (made only under leaf_score=bound)
+    return _search(_summaries(q, k, cfg), q.shape[0], k.shape[1], q.shape[2], cfg, doc_ids, leaf)
 
 
 @torch.no_grad()
@@ -560,23 +650,39 @@ def select_blocks_fast_pooled(route: PooledRoute, cfg: SSAConfig, doc_ids: Tenso
     if _use_reference(route.q_mean, route.k_mean, route.seq_len, cfg):
         return select_blocks_pooled(route, cfg, doc_ids)
     bt, hkv = route.q_mean.shape[:2]
-    return _search(_pooled_summaries(route, cfg), bt, hkv, route.seq_len, cfg, doc_ids)
+    leaf = lambda: (route.k_low, route.k_high)  # noqa: E731
+    return _search(_pooled_summaries(route, cfg), bt, hkv, route.seq_len, cfg, doc_ids, leaf)
 
 
 def _use_reference(q: Tensor, k: Tensor, seq_len: int, cfg: SSAConfig) -> bool:
-    """fp64 (the exact oracle), nothing routed, very wide beams, bound node or leaf scores (no kernel of them yet),
-    or CPU tensors outside the interpreter."""
+    """fp64 (the exact oracle), nothing routed, very wide beams, or CPU tensors outside the interpreter."""
     ma, mb = _slots(_runs(_num_blocks(seq_len, cfg.block_size), cfg), cfg)
     on_device = q.is_cuda or _INTERPRETED
-    reference = torch.float64 in (q.dtype, k.dtype) or cfg.topk_blocks == 0 or needs_bounds(cfg)
+    reference = torch.float64 in (q.dtype, k.dtype) or cfg.topk_blocks == 0
     return reference or max(ma, mb) > _MAX_SLOTS or not on_device
 
 
-def _search(summaries, bt: int, hkv: int, seq_len: int, cfg: SSAConfig, doc_ids: Tensor | None) -> Selection:
-    """The beam-search launches over the pyramid of ``_summaries``: the Selection."""
+def _tables(lev: Tensor, bt: int, hkv: int, nb: int, cfg: SSAConfig, leaf) -> tuple[Tensor, Tensor]:
+    """The reference's sparse min / max tables (``search_bounds``: ``BlockBounds.low`` / ``high``, [J, Bt * Hkv, nb,
+    D] fp32) when the search scores bounds, from the block sums at the pyramid's level 0 (blocks' means; the
+    blocks' token-key min / max ``leaf()`` under leaf_score=bound); two empty [1, 1, 1, D] tensors otherwise."""
+    d = lev.shape[-1]
+    sums = lev[:, :nb].view(bt, hkv, nb, d).double()
+    prefix = torch.nn.functional.pad(sums.cumsum(-2), (0, 0, 1, 0))  # what search_bounds takes: fp64 prefix sums
+    bounds = search_bounds(prefix, cfg, leaf)
+    if bounds is None:
+        empty = lev.new_zeros(1, 1, 1, d)
+        return empty, empty
+    return bounds.low.flatten(1, 2).contiguous(), bounds.high.flatten(1, 2).contiguous()
+
+
+def _search(summaries, bt: int, hkv: int, seq_len: int, cfg: SSAConfig, doc_ids: Tensor | None, leaf) -> Selection:
+    """The beam-search launches over the pyramid of ``_summaries``: the Selection. ``leaf``: a callable giving the
+    blocks' token-key (min, max) [Bt, Hkv, nb, D] (read only under leaf_score=bound)."""
     q_sum, lev, ps, sizes, offsets = summaries
     nb = _num_blocks(seq_len, cfg.block_size)
     d = q_sum.shape[-1]
+    low, high = _tables(lev, bt, hkv, nb, cfg, leaf)
     runs = _runs(nb, cfg)
     ma, mb = _slots(runs, cfg)
     dev = q_sum.device
@@ -606,15 +712,18 @@ def _search(summaries, bt: int, hkv: int, seq_len: int, cfg: SSAConfig, doc_ids:
     bdb = dp if _INTERPRETED else min(dp, TUNING.dim_chunk)
     bda = dp if _INTERPRETED else min(dp, max(bdb, bdb * mb // ma))
     for run, (r0, r1, levels) in enumerate(runs):
+        top_bound = (cfg.leaf_score if levels == 1 else cfg.node_score) == "bound"  # a one-level pyramid: leaves
         n_rows = (r1 - r0) * bt * hkv
         # interpreter: a few wide tiles, within Triton's 2^20 elements per tensor
         rows = max(1, min(1024, _pow2(n_rows), 2**20 // (max(ma, mb) * dp))) if _INTERPRETED else TUNING.rows
         keep = table[2 * num_levels + run * num_levels :]
         _select_kernel[(triton.cdiv(n_rows, rows),)](
             q_sum, lev, ps, lo, table, table[num_levels:], keep, scratch, routed, scores, candidates, indices,
-            r0, r1, levels, nb, hkv, bt * hkv, tot, 0 if lo.shape[0] == 1 else nb,
+            low, high, low.shape[2], r0, r1, levels, nb, hkv, bt * hkv, tot, 0 if lo.shape[0] == 1 else nb,
             BLOCK=cfg.block_size, BR=br, BRP=brp, MA=ma, MB=mb, SCR=scr, ONE_LEVEL=levels == 1, TOPK=topk,
             TP=_pow2(topk), SINK=cfg.sink_blocks, LOCAL=cfg.local_blocks, S=size, SP=_pow2(size), D=d, DP=dp,
-            BDA=bda, BDB=bdb, LP=_pow2(num_levels), ROWS=rows, num_warps=TUNING.num_warps,
+            BDA=bda, BDB=bdb, LP=_pow2(num_levels), ROWS=rows, TOP_BOUND=top_bound,
+            NODE_BOUND=cfg.node_score == "bound", LEAF_BOUND=cfg.leaf_score == "bound", J=low.shape[0],
+            num_warps=TUNING.num_warps,
         )  # fmt: skip
     return Selection(indices, routed, scores, candidates)
