@@ -8,7 +8,8 @@ fast stand-in for the RULER score of a short answer (no decoding loop, one forwa
 Prints one JSON line per (length, task): {"task", "length", "samples", "answer_loss", "exact", "token_acc"};
 ``--length 16384 65536 262144`` probes several lengths with one model load. ``--oracle K`` routes every query block
 to the K key blocks where the layer's own dense attention puts the most mass (``attention.ssa.router=oracle``), for a
-dense checkpoint too: what the model would read with a perfect router of that budget.
+dense checkpoint too: what the model would read with a perfect router of that budget (``--oracle-rows max``: the
+blocks of the largest one-row mass, ``attention.ssa.distill_rows=max``'s target).
 ``copy``'s target is the whole second copy, and its row adds ``first_copy_loss``, the loss of the same
 text where it first appears (nothing predicts it but word statistics): an answer_loss far below it is
 copying. Niah chance is ~1.6 nats per answer token (7 random digits of the ~10 tokens " DDDDDDD." + EOS).
@@ -40,7 +41,13 @@ from train.eval import resolve_checkpoint  # noqa: E402
 from train.model import build_tokenizer  # noqa: E402
 
 
-def load(checkpoint: str, ssa_topk: int | None = None, oracle: int | None = None, local_window: int = 256):
+def load(
+    checkpoint: str,
+    ssa_topk: int | None = None,
+    oracle: int | None = None,
+    local_window: int = 256,
+    oracle_rows: str = "mean",
+):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from train.config import ModelConfig
@@ -60,7 +67,8 @@ def load(checkpoint: str, ssa_topk: int | None = None, oracle: int | None = None
             base = ssa_config_of(model.config)
         else:  # a dense model: SSA with this window around the oracle's blocks
             base = SSAConfig(local_window=local_window)
-        convert_to_ssa(model, replace(base, router="oracle", routing="none", topk_blocks=oracle))
+        oracle_cfg = replace(base, router="oracle", routing="none", topk_blocks=oracle, distill_rows=oracle_rows)
+        convert_to_ssa(model, oracle_cfg)
     tokenizer = build_tokenizer(ModelConfig(name="probe", path=str(path)))
     return model.eval(), tokenizer, path
 
@@ -115,16 +123,23 @@ def main(argv: list[str] | None = None) -> None:
         "(attention.ssa.router=oracle: the upper bound of routing for this model; dense checkpoints too)",
     )
     p.add_argument("--local-window", type=int, default=256, help="--oracle on a dense checkpoint: its local window")
+    p.add_argument(
+        "--oracle-rows",
+        choices=["mean", "max"],
+        default="mean",
+        help="--oracle: rank key blocks by the query block's mean row mass or by the largest one-row mass "
+        "(attention.ssa.distill_rows)",
+    )
     args = p.parse_args(argv)
     if args.oracle is not None and args.ssa_topk is not None:
         p.error("--oracle K sets the routed budget itself: drop --ssa-topk")
-    model, tokenizer, path = load(args.checkpoint, args.ssa_topk, args.oracle, args.local_window)
+    model, tokenizer, path = load(args.checkpoint, args.ssa_topk, args.oracle, args.local_window, args.oracle_rows)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")
     for length in args.length:  # one model load for every length; each row is printed as soon as it is done
         for task in args.tasks:
             row = probe(model, tokenizer, task, length, args.samples, args.seed_start)
-            print(json.dumps({"checkpoint": str(path), "ssa_topk": args.ssa_topk, "oracle": args.oracle, **row}),
-                  flush=True)  # fmt: skip
+            oracle = {"oracle": args.oracle, "oracle_rows": args.oracle_rows if args.oracle is not None else None}
+            print(json.dumps({"checkpoint": str(path), "ssa_topk": args.ssa_topk, **oracle, **row}), flush=True)
 
 
 if __name__ == "__main__":

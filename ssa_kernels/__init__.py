@@ -129,7 +129,8 @@ def ssa_attention(
     with torch.no_grad():
         if cfg.router == "oracle":  # the blocks of the layer's own dense attention mass (a diagnostic upper bound)
             every = torch.arange(-(-q.shape[2] // cfg.block_size), device=q.device)
-            mass = block_mass(q, k, every, cfg.block_size, doc_ids, scale, far, cfg.local_blocks, resolved)
+            mass = block_mass(q, k, every, cfg.block_size, doc_ids, scale, far, cfg.local_blocks, resolved,
+                              rows=cfg.distill_rows)  # fmt: skip
             sel = select_by_scores(mass, q.shape[2], cfg, doc_ids)
         else:
             sel = select_pooled(route, cfg, doc_ids) if pooled else select(rq, rk, cfg, doc_ids)

@@ -16,6 +16,7 @@ import torch
 BACKENDS = ("auto", "reference", "triton")
 ROUTINGS = ("straight_through", "distill", "none")
 DISTILL_TARGETS = ("attended", "true_distance")
+DISTILL_ROWS = ("mean", "max")
 NODE_SCORES = ("mean", "bound")
 LEAF_SCORES = ("mean", "bound")
 ROUTERS = ("learned", "attention", "oracle")
@@ -98,6 +99,13 @@ class SSAConfig:
     # less often (hit rate 0.88 against 0.99 at 256, 0.82 against 0.99 at 4,096 with beam_min 4; docs/ssa.md);
     # unmeasured on the GPU recipe. Same when far_distance = 0.
     distill_target: str = "true_distance"
+    # routing=distill: how a query block's rows (and its kv head's G query heads) combine into the target. "mean"
+    # (default): their average mass on each key block, what the block's rows attend in total. "max": each key block
+    # gets the largest mass any one row puts on it (renormalised over the routed range), since a routed block
+    # serves every row of the query block and is worth routing if one row needs it: a lookup row among rows that
+    # spread their far mass over look-alike blocks (niah_multikey's haystack of other needles) is not averaged
+    # away. The loss weight of a query block is then min(1, that sum). router=oracle ranks blocks by the same target.
+    distill_rows: str = "mean"
     # What produces the routing scores: "learned" (default), a router of its own per layer
     # (``ssa_kernels/router.py``) on the detached layer input, trained only by ``routing``;
     # "attention", the attention's own post-RoPE q and k (no extra weights; it also learns as
@@ -139,6 +147,8 @@ class SSAConfig:
             )
         if self.distill_target not in DISTILL_TARGETS:
             raise ValueError(f"attention.distill_target={self.distill_target!r}: use one of {DISTILL_TARGETS}")
+        if self.distill_rows not in DISTILL_ROWS:
+            raise ValueError(f"attention.distill_rows={self.distill_rows!r}: use one of {DISTILL_ROWS}")
         if self.distill_blocks < 0 or self.distill_weight < 0:
             raise ValueError("attention.distill_blocks >= 0 (0: all query blocks) and attention.distill_weight >= 0")
         if self.node_score not in NODE_SCORES:

@@ -34,9 +34,10 @@ def packed(bt, *lengths):
     return doc_ids_from_positions(torch.cat([torch.arange(n) for n in lengths]).expand(bt, -1))
 
 
-def brute_mass(q, k, block_size, doc_ids, far=None, local_blocks=1):
+def brute_mass(q, k, block_size, doc_ids, far=None, local_blocks=1, rows="mean"):
     """[Bt, Hkv, nb, nb] fp64 from the full T x T softmax (tests only); with far = (q_far, k_far) the logit of
-    query t on key s is q_far . k_far where block(s) <= block(t) - local_blocks."""
+    query t on key s is q_far . k_far where block(s) <= block(t) - local_blocks. rows="max": per key block the
+    largest mass of one row of the query block, of any of the kv head's query heads."""
     bt, hq, t, d = q.shape
     hkv = k.shape[1]
     doc = doc_ids if doc_ids is not None else torch.zeros(bt, t, dtype=torch.long)
@@ -54,23 +55,31 @@ def brute_mass(q, k, block_size, doc_ids, far=None, local_blocks=1):
     nb = -(-t // block_size)
     kb = torch.nn.functional.one_hot(pos // block_size, nb).double()  # (T, nb)
     per_row = p @ kb  # (Bt, Hq, T, nb)
-    rows = [per_row[:, :, i * block_size : min(t, i * block_size + block_size)].mean(2) for i in range(nb)]
-    mass = torch.stack(rows, 2)  # (Bt, Hq, nb, nb)
-    return mass.view(bt, hkv, hq // hkv, nb, nb).mean(2)
+    reduce = (lambda x: x.amax(2)) if rows == "max" else (lambda x: x.mean(2))
+    mass = torch.stack(
+        [reduce(per_row[:, :, i * block_size : min(t, i * block_size + block_size)]) for i in range(nb)], 2
+    )
+    mass = mass.view(bt, hkv, hq // hkv, nb, nb)  # (Bt, Hkv, G, nb, nb)
+    return mass.amax(2) if rows == "max" else mass.mean(2)
 
 
+@pytest.mark.parametrize("rows", ["mean", "max"])
 @pytest.mark.parametrize("docs", [None, (50, 61, 62)])
 @pytest.mark.parametrize("max_elements", [0, 1 << 20])  # one query block at a time, or all at once
-def test_dense_block_mass_matches_a_dense_softmax(docs, max_elements):
+def test_dense_block_mass_matches_a_dense_softmax(docs, max_elements, rows):
     t, B = 173, 16  # ragged last block
     q, k = qk(2, 4, 2, t, 8, seed=1)
     doc_ids = packed(2, *docs) if docs else None
     blocks = torch.tensor([0, 3, 7, 10])  # 10: the partial last block
-    got = dense_block_mass(q, k, blocks, B, doc_ids, max_elements=max_elements)
-    want = brute_mass(q, k, B, doc_ids)[:, :, blocks]
+    got = dense_block_mass(q, k, blocks, B, doc_ids, max_elements=max_elements, rows=rows)
+    want = brute_mass(q, k, B, doc_ids, rows=rows)[:, :, blocks]
     assert got.shape == (2, 2, 4, 11)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got.sum(-1), torch.ones(2, 2, 4), rtol=1e-5, atol=1e-5)
+    if rows == "mean":
+        torch.testing.assert_close(got.sum(-1), torch.ones(2, 2, 4), rtol=1e-5, atol=1e-5)
+    else:  # one row's mass per key block: at least the mean's, and the max over blocks sums to more than 1
+        mean = brute_mass(q, k, B, doc_ids)[:, :, blocks]
+        assert (want >= mean - 1e-12).all() and (want.sum(-1)[:, :, 1:] > 1.05).all()
 
 
 @pytest.mark.parametrize("max_elements", [0, 1 << 20])
@@ -101,10 +110,11 @@ TRITON_CASES = [  # bt, hq, hkv, t, d, block, docs, far, dtype: GQA 1 / 2 / 3 / 
 ]
 
 
+@pytest.mark.parametrize("rows", ["mean", "max"])
 @pytest.mark.parametrize("case", TRITON_CASES)
-def test_block_mass_kernel_matches_a_dense_softmax(case):
+def test_block_mass_kernel_matches_a_dense_softmax(case, rows):
     """The Triton kernel (Triton's interpreter on CPU) against the fp64 T x T softmax, into a NaN-filled output:
-    every (query block, key block) entry written, the ones after the query block 0."""
+    every (query block, key block) entry written, the ones after the query block 0; rows averaged or maxed."""
     from ssa_kernels.distill.reference import doc_starts
     from ssa_kernels.distill.triton import dense_block_mass_triton
 
@@ -118,16 +128,17 @@ def test_block_mass_kernel_matches_a_dense_softmax(case):
     out = torch.full((bt, hkv, len(blocks), nb), math.nan)
     start = doc_starts(doc_ids, bt, t, q.device) if docs else None
     lowp = (q.to(dtype), k.to(dtype), None if far is None else (far[0].to(dtype), far[1].to(dtype)))
-    got = dense_block_mass_triton(lowp[0], lowp[1], blocks, B, start, None, lowp[2], local, out=out)
+    got = dense_block_mass_triton(lowp[0], lowp[1], blocks, B, start, None, lowp[2], local, out=out, rows=rows)
     assert got.data_ptr() == out.data_ptr() and not got.isnan().any()
     exact = [x.to(dtype).double() for x in (q, k)]  # the inputs as the kernel saw them
     exact_far = None if far is None else tuple(x.to(dtype).double() for x in far)
-    want = brute_mass(*exact, B, doc_ids, far=exact_far, local_blocks=local)[:, :, blocks]
+    want = brute_mass(*exact, B, doc_ids, far=exact_far, local_blocks=local, rows=rows)[:, :, blocks]
     tol = 1e-5 if dtype == torch.float32 else 2e-3  # fp16 products accumulated in fp32
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
     after = torch.arange(nb)[None, :] > blocks[:, None]  # key blocks after the query block
     assert (got[:, :, after] == 0).all()
-    torch.testing.assert_close(got.sum(-1), torch.ones(bt, hkv, len(blocks)), rtol=1e-4, atol=1e-4)
+    if rows == "mean":
+        torch.testing.assert_close(got.sum(-1), torch.ones(bt, hkv, len(blocks)), rtol=1e-4, atol=1e-4)
 
 
 def test_block_mass_of_no_query_blocks_is_empty():
@@ -139,10 +150,12 @@ def test_block_mass_of_no_query_blocks_is_empty():
     assert dense_block_mass_triton(q, k, none, 16).shape == (2, 2, 0, 7)
 
 
+@pytest.mark.parametrize("rows", ["mean", "max"])
 @pytest.mark.parametrize("docs", [None, (90, 83)])
-def test_distill_loss_with_the_triton_target_equals_the_reference(docs):
+def test_distill_loss_with_the_triton_target_equals_the_reference(docs, rows):
     """router_distill_loss(backend=triton) takes its target from the kernel: the same loss and router gradient."""
-    t, cfg = 173, SSAConfig(**SMALL, routing="distill", far_distance=64, distill_target="attended")
+    cfg = SSAConfig(**SMALL, routing="distill", far_distance=64, distill_target="attended", distill_rows=rows)
+    t = 173
     q, k = qk(2, 4, 2, t, 8, seed=5)
     far = qk(2, 4, 2, t, 8, seed=6)
     doc_ids = packed(2, *docs) if docs else None
@@ -171,7 +184,8 @@ def test_distill_loss_with_the_triton_target_equals_the_reference(docs):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in Triton's interpreter")
-def test_block_mass_kernel_bf16_on_the_gpu():
+@pytest.mark.parametrize("rows", ["mean", "max"])
+def test_block_mass_kernel_bf16_on_the_gpu(rows):
     """The recipe's shape (8 q / 4 kv heads of 64, blocks of 64, 4,096 tokens, far blocks, every query block) in
     bf16 against the fp32 reference."""
     from ssa_kernels.distill.reference import dense_block_mass
@@ -186,15 +200,16 @@ def test_block_mass_kernel_bf16_on_the_gpu():
     q, k, qf, kf = r(hq), r(hkv), r(hq), r(hkv)
     blocks = torch.arange(t // B, device="cuda")
     out = torch.full((bt, hkv, len(blocks), t // B), math.nan, device="cuda")
-    got = dense_block_mass_triton(q, k, blocks, B, None, None, (qf, kf), 4, out=out)
-    want = dense_block_mass(q.float(), k.float(), blocks, B, None, far=(qf.float(), kf.float()), local_blocks=4)
+    got = dense_block_mass_triton(q, k, blocks, B, None, None, (qf, kf), 4, out=out, rows=rows)
+    want = dense_block_mass(q.float(), k.float(), blocks, B, None, far=(qf.float(), kf.float()), local_blocks=4,
+                            rows=rows)  # fmt: skip
     assert not got.isnan().any()
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-4)
 
 
 def loop_loss(q, k, qm, km, cfg, doc_ids, blocks, far=None):
     """The distillation loss written out per (batch row, kv head, query block) in fp64 (tests only)."""
-    mass = brute_mass(q, k, cfg.block_size, doc_ids, far, cfg.local_blocks)
+    mass = brute_mass(q, k, cfg.block_size, doc_ids, far, cfg.local_blocks, rows=cfg.distill_rows)
     lo, hi = routed_bounds(doc_ids, q.shape[2], cfg, q.device)
     num, den = 0.0, 0.0
     for b in range(q.shape[0]):
@@ -204,8 +219,8 @@ def loop_loss(q, k, qm, km, cfg, doc_ids, blocks, far=None):
                 if len(js) < 2:
                     continue
                 m = mass[b, h, i, js]
-                w = m.sum()
-                target = m / w
+                target = m / m.sum()
+                w = m.sum().clamp_max(1.0)  # distill_rows=max: its maxima may sum past 1
                 scores = torch.stack([qm[b, h, i].double() @ km[b, h, j].double() for j in js]) / math.sqrt(
                     qm.shape[-1]
                 )
@@ -215,9 +230,10 @@ def loop_loss(q, k, qm, km, cfg, doc_ids, blocks, far=None):
     return num / den
 
 
+@pytest.mark.parametrize("rows", ["mean", "max"])
 @pytest.mark.parametrize("docs", [None, (90, 83)])
-def test_distill_loss_and_gradient_match_a_loop(docs):
-    t, cfg = 173, SSAConfig(**SMALL, routing="distill")
+def test_distill_loss_and_gradient_match_a_loop(docs, rows):
+    t, cfg = 173, SSAConfig(**SMALL, routing="distill", distill_rows=rows)
     q, k = qk(2, 4, 2, t, 8, seed=2)
     doc_ids = packed(2, *docs) if docs else None
     g = torch.Generator().manual_seed(3)
@@ -344,6 +360,8 @@ def test_distill_config_errors_name_the_keys():
         SSAConfig(routing="distill", router="attention").validate()
     with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_target='far'.*attended"):
         to_config(compose_cfg(["attention=ssa", "attention.ssa.distill_target=far"]))
+    with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_rows='sum'.*max"):
+        to_config(compose_cfg(["attention=ssa", "attention.ssa.distill_rows=sum"]))
     with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_blocks"):
         to_config(compose_cfg(["attention=ssa", "attention.ssa.routing=distill", "attention.ssa.distill_blocks=-1"]))
     with pytest.raises(ConfigError, match=r"attention\.ssa\.routing=distill.*parallel=ring"):

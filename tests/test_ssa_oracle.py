@@ -40,15 +40,20 @@ def test_select_by_scores_takes_the_top_routable_blocks(docs):
     assert torch.equal(sel.indices, _union(sel.routed, cfg))
 
 
+@pytest.mark.parametrize("rows", ["mean", "max"])
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("docs", [None, (90, 83)])
-def test_oracle_attends_the_blocks_of_the_dense_mass(backend, docs):
-    t, cfg = 173, SSAConfig(**CFG)
+def test_oracle_attends_the_blocks_of_the_dense_mass(backend, docs, rows):
+    """The oracle routes the top blocks of the dense mass, the rows' mean or (distill_rows=max) their largest."""
+    t, cfg = 173, SSAConfig(**CFG, distill_rows=rows)
     q, k = qk(2, 4, 2, t, 16, seed=3)
     v = torch.randn(2, 2, t, 16, generator=torch.Generator().manual_seed(4))
     doc_ids = packed(2, *docs) if docs else None
     out = ssa_attention(q, k, v, cfg, doc_ids=doc_ids, backend=backend)
-    sel = select_by_scores(brute_mass(q, k, cfg.block_size, doc_ids).float(), t, cfg, doc_ids)
+    sel = select_by_scores(brute_mass(q, k, cfg.block_size, doc_ids, rows=rows).float(), t, cfg, doc_ids)
+    flip = select_by_scores(brute_mass(q, k, cfg.block_size, doc_ids, rows={"max": "mean"}.get(rows, "max")).float(),
+                            t, cfg, doc_ids)  # fmt: skip
+    assert not torch.equal(sel.routed, flip.routed)  # mean and max pick differently: the test tells them apart
     want, _ = sparse_attention(q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids)
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
     other = ssa_attention(q, k, v, SSAConfig(**{**CFG, "router": "attention", "routing": "straight_through"}),
@@ -105,9 +110,11 @@ def test_probe_answers_with_the_oracle_on_a_dense_checkpoint(tmp_path, capsys):
     model, _, _ = probe.load(str(run), oracle=4, local_window=64)
     cfg = model.config.ssa
     assert (cfg["router"], cfg["routing"], cfg["topk_blocks"], cfg["local_window"]) == ("oracle", "none", 4, 64)
+    assert probe.load(str(run), oracle=4, oracle_rows="max")[0].config.ssa["distill_rows"] == "max"
     probe.main([str(run), "--oracle", "4", "--local-window", "64", "--tasks", "niah_multikey_2", "--length", "1024",
-                "--samples", "2"])  # fmt: skip
+                "--samples", "2", "--oracle-rows", "max"])  # fmt: skip
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert row["oracle"] == 4 and row["samples"] == 2 and math.isfinite(row["answer_loss"])
+    assert row["oracle"] == 4 and row["oracle_rows"] == "max" and row["samples"] == 2
+    assert math.isfinite(row["answer_loss"])
     with pytest.raises(SystemExit):
         probe.main([str(run), "--oracle", "4", "--ssa-topk", "4"])

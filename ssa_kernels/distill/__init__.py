@@ -59,16 +59,19 @@ def block_mass(
     far: tuple[Tensor, Tensor] | None = None,
     local_blocks: int = 1,
     backend: str = "auto",
+    rows: str = "mean",
 ) -> Tensor:
     """:func:`~ssa_kernels.distill.reference.dense_block_mass` on the chosen backend (``resolve_backend``): the
     Triton kernel (``triton.py``, no materialised probabilities) for CUDA tensors under "auto", the PyTorch
-    reference elsewhere. [Bt, Hkv, nq, nb] fp32."""
+    reference elsewhere. [Bt, Hkv, nq, nb] fp32. ``rows``: how the query block's rows combine ("mean" / "max")."""
     if resolve_backend(backend, q.device) == "triton":
         from ssa_kernels.distill.triton import dense_block_mass_triton  # Triton only when its kernel runs
 
         start = None if doc_ids is None else doc_starts(doc_ids, q.shape[0], q.shape[2], q.device)
-        return dense_block_mass_triton(q, k, query_blocks, block_size, start, scale, far, local_blocks)
-    return dense_block_mass(q, k, query_blocks, block_size, doc_ids, scale, far=far, local_blocks=local_blocks)
+        return dense_block_mass_triton(q, k, query_blocks, block_size, start, scale, far, local_blocks, rows=rows)
+    return dense_block_mass(
+        q, k, query_blocks, block_size, doc_ids, scale, far=far, local_blocks=local_blocks, rows=rows
+    )
 
 
 def distill_query_blocks(seq_len: int, cfg: SSAConfig, device: torch.device) -> Tensor:
@@ -105,13 +108,14 @@ def router_distill_loss(
         query_blocks = distill_query_blocks(seq_len, cfg, q.device)
     if len(query_blocks) == 0:
         return (route.q_mean.sum() + route.k_mean.sum()).float() * 0.0
-    mass = block_mass(q, k, query_blocks, cfg.block_size, doc_ids, scale, far, cfg.local_blocks, backend)
+    mass = block_mass(q, k, query_blocks, cfg.block_size, doc_ids, scale, far, cfg.local_blocks, backend,
+                      rows=cfg.distill_rows)  # fmt: skip
     routable = routable_mask(doc_ids, seq_len, cfg, q.device, query_blocks)[:, None]  # (Bt or 1, 1, nq, nb)
     target_mass = torch.where(routable, mass, 0.0)
-    weight = target_mass.sum(-1)  # (Bt, Hkv, nq): the block's dense mass in the routed range
+    total = target_mass.sum(-1)  # (Bt, Hkv, nq): the block's dense mass in the routed range
     usable = routable.sum(-1) >= 2  # one routable block: nothing to rank
-    weight = torch.where(usable, weight, 0.0)
-    target = target_mass / weight.clamp_min(1e-30)[..., None]
+    target = target_mass / total.clamp_min(1e-30)[..., None]
+    weight = torch.where(usable, total.clamp_max(1.0), 0.0)  # distill_rows=max: its rows' maxima may sum past 1
     qm = route.q_mean[:, :, query_blocks].float()  # (Bt, Hkv, nq, D)
     logits = qm @ route.k_mean.float().transpose(-1, -2) / math.sqrt(qm.shape[-1])  # (Bt, Hkv, nq, nb)
     log_p = torch.log_softmax(logits.masked_fill(~routable, -math.inf), dim=-1)

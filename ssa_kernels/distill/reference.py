@@ -32,6 +32,7 @@ def dense_block_mass(
     matmul_dtype: torch.dtype | None = None,
     far: tuple[Tensor, Tensor] | None = None,
     local_blocks: int = 1,
+    rows: str = "mean",
 ) -> Tensor:
     """Dense causal attention mass of sampled query blocks on every key block.
 
@@ -44,7 +45,10 @@ def dense_block_mass(
 
     ``far`` (q_far [Bt, Hq, T, D], k_far [Bt, Hkv, T, D]): the logits of keys in blocks j <= i - local_blocks
     (query block i: the far blocks, outside the local window) are q_far . k_far, the others q . k, in one
-    softmax: the mass of the attention SSA computes under ``far_distance`` (``_attend_near_far``)."""
+    softmax: the mass of the attention SSA computes under ``far_distance`` (``_attend_near_far``).
+
+    ``rows`` (``SSAConfig.distill_rows``): "mean" as above; "max": per key block the largest mass any one real row
+    (of any of the G heads) puts on it, so rows no longer sum to 1."""
     bt, hq, seq_len, d = q.shape
     hkv, B, dev = k.shape[1], block_size, q.device
     group, nb = hq // hkv, -(-seq_len // block_size)
@@ -59,22 +63,25 @@ def dense_block_mass(
     out = []
     for c in range(0, len(query_blocks), chunk):
         blocks = query_blocks[c : c + chunk]  # (nc,)
-        rows = (blocks[:, None] * B + torch.arange(B, device=dev)).flatten()  # (nc*B,) may run past T
-        real = rows < seq_len
-        rows = rows.clamp_max(seq_len - 1)
-        qg = q[:, :, rows].to(dtype).reshape(bt, hkv, group * len(rows), d)  # (Bt, Hkv, G*nc*B, D), row g*nc*B + r
-        qpos = rows.repeat(group)  # (G*nc*B,)
+        qrows = (blocks[:, None] * B + torch.arange(B, device=dev)).flatten()  # (nc*B,) may run past T
+        real = qrows < seq_len
+        qrows = qrows.clamp_max(seq_len - 1)
+        qg = q[:, :, qrows].to(dtype).reshape(bt, hkv, group * len(qrows), d)  # (Bt, Hkv, G*nc*B, D), row g*nc*B + r
+        qpos = qrows.repeat(group)  # (G*nc*B,)
         # key s is visible to query t iff start(doc t) <= s <= t
         allowed = (kpos <= qpos[:, None]) & (kpos >= start[:, qpos, None])  # (Bt, G*nc*B, T)
         logits = (qg @ kd.transpose(-1, -2)).float() * scale  # (Bt, Hkv, G*nc*B, T)
         if far is not None:  # far keys: block(s) <= block(t) - local_blocks
-            qf = far[0][:, :, rows].to(dtype).reshape(bt, hkv, group * len(rows), d)
+            qf = far[0][:, :, qrows].to(dtype).reshape(bt, hkv, group * len(qrows), d)
             is_far = kpos // B <= (qpos // B - local_blocks)[:, None]  # (G*nc*B, T)
             logits = torch.where(is_far, (qf @ kfd.transpose(-1, -2)).float() * scale, logits)
         p = torch.softmax(logits.masked_fill_(~allowed[:, None], -math.inf), dim=-1)
         p = torch.nn.functional.pad(p, (0, nb * B - seq_len)).view(bt, hkv, group, len(blocks), B, nb, B)
         w = real.view(len(blocks), B).float()  # (nc, B): padding rows of a ragged last block weigh 0
         per_row = p.sum(-1) * w[:, :, None]  # (Bt, Hkv, G, nc, B, nb): mass per key block, real rows only
-        mass = per_row.sum((2, 4)) / (group * w.sum(-1))[:, None]  # (Bt, Hkv, nc, nb)
+        if rows == "max":  # padding rows weigh 0 and masses are >= 0: the max over every row is over the real ones
+            mass = per_row.amax(4).amax(2)  # (Bt, Hkv, nc, nb)
+        else:
+            mass = per_row.sum((2, 4)) / (group * w.sum(-1))[:, None]  # (Bt, Hkv, nc, nb)
         out.append(mass)
     return torch.cat(out, dim=2) if out else torch.zeros(bt, hkv, 0, nb, device=dev)

@@ -66,7 +66,7 @@ def _block_mass_kernel(
     so_b, so_h, so_q, so_j,
     T, NB, HKV, LOCAL_BLOCKS, scale2,
     G: tl.constexpr, B: tl.constexpr, BP: tl.constexpr, RP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, ZB: tl.constexpr,
-    HAS_DOC: tl.constexpr, HAS_FAR: tl.constexpr, PREC: tl.constexpr,
+    HAS_DOC: tl.constexpr, HAS_FAR: tl.constexpr, PREC: tl.constexpr, ROW_MAX: tl.constexpr,
 ):  # fmt: skip
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -114,7 +114,10 @@ def _block_mass_kernel(
     for j in range(0, i + 1):
         s = _scores(j, n_far, q, qf, kbase, fbase, sk_t, sk_d, sg_t, sg_d, qpos, start, T, B, BP, D, DP, HAS_DOC, scale2, PREC)  # fmt: skip
         p = tl.exp2(s - m_safe[:, None]) * weight[:, None]
-        tl.store(obase + j * so_j, tl.sum(tl.sum(p, 1), 0) / n_real)
+        if ROW_MAX:  # the largest row mass (padding rows weigh 0)
+            tl.store(obase + j * so_j, tl.max(tl.sum(p, 1), 0))
+        else:
+            tl.store(obase + j * so_j, tl.sum(tl.sum(p, 1), 0) / n_real)
     # key blocks after the query block: no mass
     for z in range(i + 1, NB, ZB):
         zj = z + tl.arange(0, ZB)
@@ -136,11 +139,13 @@ def dense_block_mass_triton(
     far: tuple[Tensor, Tensor] | None = None,
     local_blocks: int = 1,
     out: Tensor | None = None,
+    rows: str = "mean",
 ) -> Tensor:
     """``reference.dense_block_mass`` (same arguments, but the documents as ``start`` [Bt or 1, T] int64, the first
     position of each token's document, ``reference.doc_starts``; None: one document) -> mass [Bt, Hkv, nq, nb]
     fp32. ``out``: write there (tests pass a NaN-filled one). The scores are taken in q's dtype on tensor cores
-    with fp32 accumulation (the reference rounds them to q's dtype first)."""
+    with fp32 accumulation (the reference rounds them to q's dtype first). ``rows``: "mean" or "max" over the query
+    block's real rows and G heads (the reference's)."""
     bt, hq, seq_len, d = q.shape
     hkv = k.shape[1]
     if hq % hkv:
@@ -167,7 +172,7 @@ def dense_block_mass_triton(
         *q.stride(), *k.stride(), *qf.stride(), *kf.stride(), *out.stride(),
         seq_len, nb, hkv, local_blocks, scale * math.log2(math.e),
         G=group, B=block_size, BP=max(16, _pow2(block_size)), RP=rp, D=d, DP=dp, ZB=64,
-        HAS_DOC=start is not None, HAS_FAR=far is not None, PREC=prec,
+        HAS_DOC=start is not None, HAS_FAR=far is not None, PREC=prec, ROW_MAX=rows == "max",
         num_warps=4 if rp <= 128 else 8,
     )  # fmt: skip
     return out

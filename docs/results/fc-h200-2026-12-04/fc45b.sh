@@ -12,8 +12,11 @@ TAG=fc45b; F=runs/fc45; TOTAL=${TOTAL:-575}; source devrun/fclib.sh
 [ -d $F-c/ssa/checkpoints ] || { echo "no $F-c/ssa/checkpoints: the machine went cold; run fc45.sh again"; exit 1; }
 D=$(ls -d $F-d/dense/checkpoints/step_*/model | tail -1); C=$(ls -d $F-c/ssa/checkpoints/step_*/model | tail -1)
 # teacher-forced, 8 samples: the dense model alone, then routed by its own attention's top 16 blocks (router=oracle:
-# the upper bound of any router for it), then the converted ssa model with its router and with the oracle
-for a in "$D" "$D --oracle 16 --local-window 256" "$C" "$C --oracle 16"; do
+# the upper bound of any router for it; then with the blocks of the largest one-row mass, --oracle-rows max, the bound
+# of a router distilled with attention.ssa.distill_rows=max, added in the fifteenth session), then the converted ssa
+# model with its router and with the oracle
+for a in "$D" "$D --oracle 16 --local-window 256" "$D --oracle 16 --local-window 256 --oracle-rows max" "$C" \
+  "$C --oracle 16"; do
   t=$((TOTAL - SECONDS - 300)); [ $t -lt 60 ] || t=60; [ $t -gt 10 ] || break
   timeout $t python3 scripts/probe_answers.py $a --tasks niah_multikey_2 --length ${OL:-4096 16384 65536} \
     --samples 8 2>/dev/null | tee -a $O/oracle.jsonl
