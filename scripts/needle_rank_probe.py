@@ -14,8 +14,14 @@ selector uses it; ``k_t`` the router's key of token t):
   of the block's router keys (Quest's page bound at block granularity; O(1) a block);
 - ``attn``: the layer's own attention mass on the block from the answer row (softmax over the routed range's keys,
   per query head, averaged over the kv head's group), with far blocks at ``far_distance`` when the model was
-  trained so: what the router is distilled toward (the teacher);
-- ``attn_max``: the block's largest attention logit (mean over the group's heads).
+  trained so: the answer row's own lookup (the distillation target averages it with the query block's other rows:
+  ``teacher``);
+- ``attn_max``: the block's largest attention logit (mean over the group's heads);
+- ``teacher``: the router's distillation target for the answer's query block, the dense attention mass of the block's
+  rows on each key block averaged over its rows and the group's heads (``distill.dense_block_mass``, with far blocks
+  at ``far_distance`` under ``distill_target=attended``), what ``routing=distill`` trains the router toward;
+- ``teacher_max``: the same with each key block's largest one-row mass (``attention.ssa.distill_rows=max``), and so
+  the ranking ``router=oracle`` routes by under each setting.
 
 In niah_multikey_2 every block of the haystack is another needle of the same form, so only the key word tells the
 right block apart: ``mean`` ranking it at chance while ``token_max`` or ``attn`` rank it first says the block
@@ -49,6 +55,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -56,6 +63,7 @@ sys.path.insert(0, str(REPO))
 from data.synthetic import generate  # noqa: E402
 from ssa_kernels.config import SSAConfig  # noqa: E402
 from ssa_kernels.diagnostics import SSARecorder  # noqa: E402
+from ssa_kernels.distill import dense_block_mass  # noqa: E402
 from ssa_kernels.hf import _far_inputs, convert_to_ssa, route_of, ssa_config_of  # noqa: E402
 from ssa_kernels.selector.reference import block_means, block_minmax, routed_bounds  # noqa: E402
 from train.eval import PromptEncoder, needle_blocks, parse_length  # noqa: E402
@@ -63,7 +71,7 @@ from train.eval import PromptEncoder, needle_blocks, parse_length  # noqa: E402
 sys.path.insert(0, str(REPO / "scripts"))
 from probe_answers import load  # noqa: E402  (SSA checkpoints with their routers)
 
-SCORERS = ("mean", "token_max", "bound", "attn", "attn_max")
+SCORERS = ("mean", "token_max", "bound", "attn", "attn_max", "teacher", "teacher_max")
 
 
 def summary_scores(q: Tensor, k: Tensor, block_size: int) -> dict[str, Tensor]:
@@ -96,6 +104,32 @@ def attention_scores(q: Tensor, k: Tensor, scale: float, lo: int, hi: int, block
     outside = torch.ones(nb, dtype=torch.bool, device=k.device)
     outside[lo:hi] = False
     return {"attn": mass.masked_fill(outside, -math.inf), "attn_max": full.amax(-1).mean(1)}
+
+
+def teacher_scores(
+    q: Tensor,
+    k: Tensor,
+    i: int,
+    block_size: int,
+    lo: int,
+    hi: int,
+    scale: float,
+    far: tuple[Tensor, Tensor] | None = None,
+    local_blocks: int = 1,
+) -> dict[str, Tensor]:
+    """q [1, Hq, T, D], k [1, Hkv, T, D] (post-RoPE; ``far`` as ``dense_block_mass`` takes it) -> {"teacher",
+    "teacher_max"}: [Hkv, nb] fp32, the distillation target of query block i with its rows averaged / maxed (the
+    library's own ``dense_block_mass``); blocks outside [lo, hi) get -inf."""
+    blocks = torch.tensor([i], device=q.device)
+    far = None if far is None else (far[0].float(), far[1].float())
+    outside = torch.ones(k.shape[2] // block_size + (k.shape[2] % block_size > 0), dtype=torch.bool, device=k.device)
+    outside[lo:hi] = False
+    return {
+        name: dense_block_mass(
+            q.float(), k.float(), blocks, block_size, None, scale, far=far, local_blocks=local_blocks, rows=rows
+        )[0, :, 0].masked_fill(outside, -math.inf)
+        for name, rows in (("teacher", "mean"), ("teacher_max", "max"))
+    }
 
 
 def needle_rank(scores: Tensor, lo: int, hi: int, needle: list[int]) -> Tensor:
@@ -150,6 +184,12 @@ class RankRecorder(SSARecorder):
             q_attn = (far[0] if far is not None else query)[0, :, t - 1]  # (Hq, D)
             scale = kwargs.get("scaling") or query.shape[-1] ** -0.5
             scores.update(attention_scores(q_attn, key[0], scale, lo, hi, bs))
+            if far is not None:  # as ssa_kernels.hf: local keys rotated at their positions, far ones at far_distance
+                q_rot, k_rot = apply_rotary_pos_emb(query, key, *kwargs["ssa_rope"])
+                target_far = (far[0], key) if cfg.distill_target == "attended" else None
+                scores.update(teacher_scores(q_rot, k_rot, i, bs, lo, hi, scale, target_far, cfg.local_blocks))
+            else:
+                scores.update(teacher_scores(query, key, i, bs, lo, hi, scale))
             self.records[module.layer_idx] = {
                 "ranks": {name: needle_rank(s, lo, hi, self.needle).tolist() for name, s in scores.items()},
                 "key_ranks": {name: needle_rank(s, lo, hi, self.key).tolist() for name, s in scores.items()},

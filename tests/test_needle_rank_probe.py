@@ -54,6 +54,36 @@ def test_attention_scores_match_a_loop():
     assert torch.allclose(got["attn"][:, lo:hi].sum(-1), torch.ones(hkv))
 
 
+@pytest.mark.parametrize("use_far", [False, True])
+def test_teacher_scores_match_a_loop(use_far):
+    """teacher / teacher_max: the answer query block's rows' dense mass per key block (over the keys each row sees,
+    far blocks with (q_far, k_far)), averaged / maxed over rows and the group's heads; mean and max rank differently."""
+    g = torch.Generator().manual_seed(3)
+    hq, hkv, t, d, bs, i, lo, hi, local = 4, 2, 75, 8, 8, 9, 1, 8, 2  # block 9: the ragged last (3 rows)
+    q, k = 2 * torch.randn(1, hq, t, d, generator=g), torch.randn(1, hkv, t, d, generator=g)
+    far = (2 * torch.randn(1, hq, t, d, generator=g), torch.randn(1, hkv, t, d, generator=g)) if use_far else None
+    got = probe.teacher_scores(q, k, i, bs, lo, hi, 0.5, far, local)
+    for h in range(hkv):
+        rows = []
+        for qh in (2 * h, 2 * h + 1):
+            for r in range(i * bs, t):
+                keys = torch.arange(r + 1)
+                near = keys // bs > r // bs - local  # the local window keeps (q, k)
+                logits = (k[0, h, : r + 1] @ q[0, qh, r]) * 0.5
+                if far is not None:
+                    logits = torch.where(near, logits, (far[1][0, h, : r + 1] @ far[0][0, qh, r]) * 0.5)
+                p = torch.softmax(logits, 0)
+                rows.append(torch.stack([p[j * bs : (j + 1) * bs].sum() for j in range(-(-t // bs))]))
+        rows = torch.stack(rows)  # (G x rows, nb)
+        for j in range(-(-t // bs)):
+            if not lo <= j < hi:
+                assert got["teacher"][h, j] == got["teacher_max"][h, j] == -math.inf
+                continue
+            assert got["teacher"][h, j] == pytest.approx(float(rows[:, j].mean()), abs=1e-5)
+            assert got["teacher_max"][h, j] == pytest.approx(float(rows[:, j].max()), abs=1e-5)
+    assert not torch.equal(got["teacher"].argsort(-1), got["teacher_max"].argsort(-1))
+
+
 def test_needle_rank_counts_blocks_above_the_best_needle_block():
     scores = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0, 7.0], [0.0, 8.0, 1.0, 2.0, 0.5, 0.0]])
     assert probe.needle_rank(scores, 1, 5, [3, 4]).tolist() == [1, 1]  # head 0: 5.0 above 4.0; head 1: 8.0 above 2.0
