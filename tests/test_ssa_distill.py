@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train import compose_cfg, run_inprocess  # noqa: E402
 
 SMALL = {"block_size": 16, "topk_blocks": 2, "local_window": 32, "top_nodes": 4}
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernel: compiled on a GPU, interpreted on CPU
 
 
 def qk(bt, hq, hkv, t, d, seed):
@@ -125,11 +126,16 @@ def test_block_mass_kernel_matches_a_dense_softmax(case, rows):
     nb = -(-t // B)
     blocks = torch.tensor(sorted({0, 2, nb // 2, nb - 1}))
     local = 2
-    out = torch.full((bt, hkv, len(blocks), nb), math.nan)
-    start = doc_starts(doc_ids, bt, t, q.device) if docs else None
-    lowp = (q.to(dtype), k.to(dtype), None if far is None else (far[0].to(dtype), far[1].to(dtype)))
-    got = dense_block_mass_triton(lowp[0], lowp[1], blocks, B, start, None, lowp[2], local, out=out, rows=rows)
+    out = torch.full((bt, hkv, len(blocks), nb), math.nan, device=DEV)
+    start = doc_starts(doc_ids, bt, t, q.device).to(DEV) if docs else None
+
+    def low(x):
+        return x.to(device=DEV, dtype=dtype)
+
+    lowp = (low(q), low(k), None if far is None else (low(far[0]), low(far[1])))
+    got = dense_block_mass_triton(lowp[0], lowp[1], blocks.to(DEV), B, start, None, lowp[2], local, out=out, rows=rows)
     assert got.data_ptr() == out.data_ptr() and not got.isnan().any()
+    got = got.cpu()
     exact = [x.to(dtype).double() for x in (q, k)]  # the inputs as the kernel saw them
     exact_far = None if far is None else tuple(x.to(dtype).double() for x in far)
     want = brute_mass(*exact, B, doc_ids, far=exact_far, local_blocks=local, rows=rows)[:, :, blocks]
@@ -147,7 +153,7 @@ def test_block_mass_of_no_query_blocks_is_empty():
     q, k = qk(2, 4, 2, 100, 16, seed=8)
     none = torch.zeros(0, dtype=torch.long)
     assert dense_block_mass(q, k, none, 16).shape == (2, 2, 0, 7)
-    assert dense_block_mass_triton(q, k, none, 16).shape == (2, 2, 0, 7)
+    assert dense_block_mass_triton(q.to(DEV), k.to(DEV), none.to(DEV), 16).shape == (2, 2, 0, 7)
 
 
 @pytest.mark.parametrize("rows", ["mean", "max"])
@@ -156,13 +162,13 @@ def test_distill_loss_with_the_triton_target_equals_the_reference(docs, rows):
     """router_distill_loss(backend=triton) takes its target from the kernel: the same loss and router gradient."""
     cfg = SSAConfig(**SMALL, routing="distill", far_distance=64, distill_target="attended", distill_rows=rows)
     t = 173
-    q, k = qk(2, 4, 2, t, 8, seed=5)
-    far = qk(2, 4, 2, t, 8, seed=6)
-    doc_ids = packed(2, *docs) if docs else None
+    q, k = (x.to(DEV) for x in qk(2, 4, 2, t, 8, seed=5))
+    far = tuple(x.to(DEV) for x in qk(2, 4, 2, t, 8, seed=6))
+    doc_ids = packed(2, *docs).to(DEV) if docs else None
     g = torch.Generator().manual_seed(7)
     nb = -(-t // cfg.block_size)
-    qm = torch.randn(2, 2, nb, 8, generator=g, requires_grad=True)
-    km = torch.randn(2, 2, nb, 8, generator=g, requires_grad=True)
+    qm = torch.randn(2, 2, nb, 8, generator=g).to(DEV).requires_grad_()
+    km = torch.randn(2, 2, nb, 8, generator=g).to(DEV).requires_grad_()
     blocks = distill_query_blocks(t, SSAConfig(**SMALL, distill_blocks=0), q.device)
     losses, grads = [], []
     if docs:  # the first row's document ids alone serve both batch rows (HF's [1, T] position ids)
@@ -291,13 +297,13 @@ def test_ssa_attention_on_the_triton_backend_takes_the_target_from_the_kernel(mo
     monkeypatch.setattr(distill_triton, "dense_block_mass_triton", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
     t = 160
     cfg = SSAConfig(**SMALL, routing="distill", distill_blocks=0, distill_weight=1.0)
-    q, k = qk(1, 4, 2, t, 16, seed=17)
-    v = torch.randn(1, 2, t, 16, generator=torch.Generator().manual_seed(18))
+    q, k = (x.to(DEV) for x in qk(1, 4, 2, t, 16, seed=17))
+    v = torch.randn(1, 2, t, 16, generator=torch.Generator().manual_seed(18)).to(DEV)
     grads = {}
     for backend in ("reference", "triton"):
         g = torch.Generator().manual_seed(19)
-        qm = torch.randn(1, 2, t // 16, 16, generator=g, requires_grad=True)
-        km = torch.randn(1, 2, t // 16, 16, generator=g, requires_grad=True)
+        qm = torch.randn(1, 2, t // 16, 16, generator=g).to(DEV).requires_grad_()
+        km = torch.randn(1, 2, t // 16, 16, generator=g).to(DEV).requires_grad_()
         out = ssa_attention(q, k, v, cfg, route=PooledRoute(qm, km, t), backend=backend)
         grads[backend] = torch.autograd.grad(out.sum(), (qm, km))
         assert len(calls) == (backend == "triton")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a pack
 from memprobe import MaxTensorProbe  # noqa: E402
 
 WIDE = [10**9]  # beams that keep every node
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the bound search's tests: compiled on a GPU, interpreted on CPU
 
 
 def make_qk(bt, hq, hkv, seq_len, d, dtype=torch.float32, seed=0):
@@ -303,8 +304,8 @@ def test_bound_scores_match_reference(case, scores, poisoned_and_no_fallback):
     the reference's _bound_ranges, into garbage-filled outputs: documents, GQA 1-4, ragged lengths, beams of one,
     wide beams and beam_full_span."""
     bt, hq, hkv, seq_len, cfg, docs, d = case
-    q, k = make_qk(bt, hq, hkv, seq_len, d, seed=7)
-    doc_ids = make_doc_ids(bt, seq_len, docs) if docs else None
+    q, k = (x.to(DEV) for x in make_qk(bt, hq, hkv, seq_len, d, seed=7))
+    doc_ids = make_doc_ids(bt, seq_len, docs).to(DEV) if docs else None
     if scores == ("bound", "mean"):  # node bounds change a route only where beams prune: one node per level
         cfg = SSAConfig(**{**vars(cfg), "beam_widths": [1], "beam_min": 1, "beam_full_span": 0})
     bound = SSAConfig(**{**vars(cfg), "node_score": scores[0], "leaf_score": scores[1]})
@@ -319,13 +320,13 @@ def test_pooled_leaf_bound_search_matches_reference(poisoned_and_no_fallback):
     keys' block min / max given) = select_blocks_pooled."""
     g = torch.Generator().manual_seed(11)
     bt, hkv, seq_len, d, bs = 2, 2, 1000, 8, 8
-    keys = torch.randn(bt, hkv, seq_len, d, generator=g)
+    keys = torch.randn(bt, hkv, seq_len, d, generator=g).to(DEV)
     low, high = block_minmax(keys, bs)
-    route = PooledRoute(torch.randn(bt, hkv, -(-seq_len // bs), d, generator=g), block_means(keys, bs), seq_len,
-                        low, high)  # fmt: skip
+    q_mean = torch.randn(bt, hkv, -(-seq_len // bs), d, generator=g).to(DEV)
+    route = PooledRoute(q_mean, block_means(keys, bs), seq_len, low, high)
     cfg = SSAConfig(block_size=bs, branching=4, topk_blocks=5, local_window=16, top_nodes=4, beam_widths=[2])
     bound = SSAConfig(**{**vars(cfg), "node_score": "bound", "leaf_score": "bound"})
-    doc_ids = make_doc_ids(bt, seq_len, 3)
+    doc_ids = make_doc_ids(bt, seq_len, 3).to(DEV)
     assert_bound_search_matches_reference(
         select_blocks_fast_pooled(route, bound, doc_ids), select_blocks_pooled(route, bound, doc_ids),
         select_blocks_pooled(route, cfg, doc_ids), bt, hkv, seq_len, bound, doc_ids,
