@@ -82,6 +82,7 @@ from ssa_kernels.selector.reference import (
     _num_levels,
     beam_width,
     block_minmax,
+    needs_bounds,
     routed_bounds,
     search_bounds,
     select_blocks,
@@ -667,12 +668,12 @@ def _tables(lev: Tensor, bt: int, hkv: int, nb: int, cfg: SSAConfig, leaf) -> tu
     D] fp32) when the search scores bounds, from the block sums at the pyramid's level 0 (blocks' means; the
     blocks' token-key min / max ``leaf()`` under leaf_score=bound); two empty [1, 1, 1, D] tensors otherwise."""
     d = lev.shape[-1]
+    if not needs_bounds(cfg):  # mean scores: nothing to build (the kernel never reads these)
+        empty = lev.new_zeros(1, 1, 1, d)
+        return empty, empty
     sums = lev[:, :nb].view(bt, hkv, nb, d).double()
     prefix = torch.nn.functional.pad(sums.cumsum(-2), (0, 0, 1, 0))  # what search_bounds takes: fp64 prefix sums
     bounds = search_bounds(prefix, cfg, leaf)
-    if bounds is None:
-        empty = lev.new_zeros(1, 1, 1, d)
-        return empty, empty
     return bounds.low.flatten(1, 2).contiguous(), bounds.high.flatten(1, 2).contiguous()
 
 
