@@ -86,6 +86,12 @@ def summary_scores(q: Tensor, k: Tensor, block_size: int) -> dict[str, Tensor]:
     return {"mean": torch.einsum("hd,hnd->hn", q, mean), "token_max": token_max, "bound": bound}
 
 
+def routed_only(scores: Tensor, lo: int, hi: int) -> Tensor:
+    """scores [H, nb] with the blocks outside the routed range [lo, hi) set to -inf (in place; returned)."""
+    scores[:, :lo], scores[:, max(hi, 0) :] = -math.inf, -math.inf  # (hi < 0: an empty range, not a slice from the end)
+    return scores
+
+
 def attention_scores(q: Tensor, k: Tensor, scale: float, lo: int, hi: int, block_size: int) -> dict[str, Tensor]:
     """q [Hq, D] (the answer row's attention queries, as they meet far keys), k [Hkv, T, D] -> {"attn", "attn_max"}:
     [Hkv, nb] fp32; blocks outside [lo, hi) get -inf. attn: per query head the softmax over the keys of blocks
@@ -101,9 +107,7 @@ def attention_scores(q: Tensor, k: Tensor, scale: float, lo: int, hi: int, block
     if b <= a:  # nothing routable
         return {"attn": full.amax(-1).mean(1), "attn_max": full.amax(-1).mean(1)}
     mass = torch.softmax(full.flatten(2), -1).view_as(full).sum(-1).mean(1)
-    outside = torch.ones(nb, dtype=torch.bool, device=k.device)
-    outside[lo:hi] = False
-    return {"attn": mass.masked_fill(outside, -math.inf), "attn_max": full.amax(-1).mean(1)}
+    return {"attn": routed_only(mass, lo, hi), "attn_max": full.amax(-1).mean(1)}
 
 
 def teacher_scores(
@@ -122,12 +126,14 @@ def teacher_scores(
     library's own ``dense_block_mass``); blocks outside [lo, hi) get -inf."""
     blocks = torch.tensor([i], device=q.device)
     far = None if far is None else (far[0].float(), far[1].float())
-    outside = torch.ones(k.shape[2] // block_size + (k.shape[2] % block_size > 0), dtype=torch.bool, device=k.device)
-    outside[lo:hi] = False
     return {
-        name: dense_block_mass(
-            q.float(), k.float(), blocks, block_size, None, scale, far=far, local_blocks=local_blocks, rows=rows
-        )[0, :, 0].masked_fill(outside, -math.inf)
+        name: routed_only(
+            dense_block_mass(
+                q.float(), k.float(), blocks, block_size, None, scale, far=far, local_blocks=local_blocks, rows=rows
+            )[0, :, 0],
+            lo,
+            hi,
+        )
         for name, rows in (("teacher", "mean"), ("teacher_max", "max"))
     }
 
@@ -179,7 +185,7 @@ class RankRecorder(SSARecorder):
             q_route = rq[0, :, i * bs : t].float().mean(1)  # (Hkv, d): the query block's mean routing query
             scores = summary_scores(q_route, rk[0], bs)
             for s in scores.values():  # the routed range only
-                s[:, :lo], s[:, hi:] = -math.inf, -math.inf
+                routed_only(s, lo, hi)
             far = _far_inputs(module, query, cfg, kwargs)  # routed blocks are far: q_far . k, k un-rotated
             q_attn = (far[0] if far is not None else query)[0, :, t - 1]  # (Hq, D)
             scale = kwargs.get("scaling") or query.shape[-1] ** -0.5
