@@ -1,6 +1,6 @@
 """Memory-ladder rungs, applied to a built model from outside it (never inside the model file).
 
-``parallelize`` applies, in order: tiled MLP -> activation checkpointing (its kept inputs on the host with
+``parallelize`` applies, in order: tiled MLP -> tiled layer -> activation checkpointing (its kept inputs on the host with
 ``parallel.offload_activations``) -> torch.compile -> the rung's wrapper.
 Adding a rung = one file here + one yaml in ``conf/parallel/``. :func:`build_runner` gives the trainer the
 rung's ``StepRunner`` (``parallel/runner.py``): torch's optimizer, or the rung's own (``offload``: DeepSpeed).
@@ -21,6 +21,7 @@ from parallel.offload import OffloadConfig, OffloadRunner, apply_offload
 from parallel.ring import apply_ring
 from parallel.runner import OptimizerFactory, SchedulerFactory, StepRunner, StepSettings, TorchRunner
 from parallel.single import apply_single
+from parallel.tiled_layer import apply_tiled_layer
 from parallel.tiled_mlp import apply_tiled_mlp
 from parallel.ulysses import apply_ulysses
 
@@ -60,6 +61,8 @@ class ParallelConfig:
     sp: int = 1
     cp: int = 1  # ring degree (parallel=ring): ranks that pass k/v around, zigzag shards of each row
     tiled_mlp: int = 0  # tokens per MLP tile (parallel/tiled_mlp.py), any rung; 0: off
+    # tokens per tile of every layer's token-wise parts, all but the attention core (parallel/tiled_layer.py); 0: off
+    tiled_layer: int = 0
     # move what activation checkpointing keeps (each layer's input) to host memory during the forward
     offload_activations: bool = False
     offload: OffloadConfig = field(default_factory=OffloadConfig)  # parallel=offload: DeepSpeed ZeRO-3 settings
@@ -85,6 +88,8 @@ def parallelize(
         raise ParallelError(f"parallel.cp={dims.cp} is the ring's degree: use parallel=ring (or parallel.cp=1)")
     if cfg.tiled_mlp:
         apply_tiled_mlp(decoder_layers, cfg.tiled_mlp)
+    if cfg.tiled_layer:
+        apply_tiled_layer(decoder_layers, cfg.tiled_layer)
     if cfg.offload_activations and not activation_checkpointing:
         raise ParallelError(
             "parallel.offload_activations moves what activation checkpointing keeps to the host: "

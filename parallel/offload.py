@@ -85,8 +85,9 @@ def apply_offload(model: nn.Module, dims: ParallelDims) -> nn.Module:
     # A tiled MLP (parallel/tiled_mlp.py) passes its weights to an autograd.Function, which reads them again
     # in backward, outside its linears' forwards: ZeRO-3 gathers all of the MLP's weights around the whole
     # MLP instead (a "leaf" module), in forward and again before its backward.
+    # The same for a tiled layer (parallel/tiled_layer.py): the whole decoder layer is the leaf.
     for module in model.modules():
-        if getattr(module, "tiled_mlp_tokens", None):
+        if getattr(module, "tiled_mlp_tokens", None) or getattr(module, "tiled_layer_tokens", None):
             set_z3_leaf_module(module, True)
     return shard_sequences(model, dims, "offload")  # Ulysses attention and sharded rows when parallel.sp > 1
 

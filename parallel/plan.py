@@ -19,6 +19,10 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
 - the loss: lm_head + cross-entropy run in chunks of about 1 GiB of fp32 logits, plus their gradient.
 - with ``parallel.offload_activations`` the checkpointed layer inputs are on the host (one layer's
   on the GPU at a time), counted as host memory.
+- a tiled layer (``parallel.tiled_layer``, ``parallel/tiled_layer.py``) keeps the ``40 H + 9 I`` bytes for one
+  tile of tokens; over the whole sequence, what the attention saves and its gradients (bf16 q, k, v, o and dq,
+  dk, dv, do: ``8 (Hq + Hkv) d``), its fp32 LSE (``4 Hq``) and the fp32 gradient of the layer's output and
+  input (``8 H``). Not yet checked against a GPU measurement.
 - a tiled MLP (``parallel.tiled_mlp``, ``parallel/tiled_mlp.py``) keeps the 9 I bytes for one tile of
   tokens instead of all of them.
 - rung extras. Under ulysses and multinode (the same Ulysses SP, its group spanning nodes), a layer holds
@@ -153,6 +157,7 @@ class Setup:
     tiled_mlp: int = 0  # parallel.tiled_mlp: tokens per MLP tile; 0: off
     offload_activations: bool = False  # parallel.offload_activations
     micro_batch: int = 1
+    tiled_layer: int = 0  # parallel.tiled_layer: tokens per tile of the layers' token-wise parts; 0: off
 
 
 def estimate(
@@ -191,6 +196,10 @@ def estimate(
     # a tiled MLP (parallel.tiled_mlp) holds its intermediates for one tile of tokens at a time
     mlp_tokens = min(t_local, mb * setup.tiled_mlp) if setup.tiled_mlp else t_local
     per_layer = 40 * h * t_local + 9 * i * mlp_tokens
+    if setup.tiled_layer:  # parallel.tiled_layer: the whole layer's intermediates for one tile, and the attention's
+        tile = min(t_local, mb * setup.tiled_layer)
+        qkvo = 4.0 * (shape.heads + shape.kv_heads) * shape.head_dim  # bf16 q, k, v, o per token
+        per_layer = (40 * h + 9 * i) * tile + (2 * qkvo + 4 * shape.heads + 8 * h) * t_local
     if rung in ULYSSES + ("ring",) and sp > 1:
         per_layer += 4 * (shape.heads + shape.kv_heads) * shape.head_dim * t_local
     if rung == "ring" and cp > 1:  # per token of the ring rank's T / cp, for its heads (a shard under sp)
@@ -283,6 +292,10 @@ def choose(
         fix = ["lower train.seq_len"]
         if not setup.activation_checkpointing:
             fix.append("set train.activation_checkpointing=true")
+        elif not setup.tiled_layer:
+            tiled = replace(setup, tiled_layer=NESTED_TILE)
+            if plan(shape, seq_len, local_world, gpu_mem_gib, tiled, host_mem_gib=host_mem_gib, nodes=nodes)[1]:
+                fix.append(f"set parallel.tiled_layer={NESTED_TILE}")
         if setup.attention == "dense":
             fix.append("use attention=ssa (no [T, T] mask)")
         host = [e.host_bytes for e in rows if e.gpu_bytes <= HEADROOM * gpu_mem_gib * GIB and e.host_bytes > 0]
@@ -307,10 +320,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attention", choices=("dense", "ssa"), default="ssa")
     p.add_argument("--no-ac", action="store_true", help="without activation checkpointing")
     p.add_argument("--tiled-mlp", type=int, default=0, help="tokens per MLP tile (parallel.tiled_mlp); 0: off")
+    p.add_argument("--tiled-layer", type=int, default=0, help="tokens per layer tile (parallel.tiled_layer); 0: off")
     p.add_argument("--offload-activations", action="store_true", help="parallel.offload_activations")
     args = p.parse_args(argv)
     shape = load_shape(args.model, args.attention)
-    setup = Setup(args.attention, not args.no_ac, args.tiled_mlp, args.offload_activations)
+    setup = Setup(args.attention, not args.no_ac, args.tiled_mlp, args.offload_activations,
+                  tiled_layer=args.tiled_layer)  # fmt: skip
     rows, pick = plan(
         shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup, host_mem_gib=args.host_mem_gib, nodes=args.nodes
     )

@@ -25,41 +25,68 @@ import torch
 from torch import nn
 
 
-class _TiledMLPFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, fn, params: list[torch.Tensor], tile: int, x: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
-        ctx.fn, ctx.params, ctx.tile = fn, params, tile
-        dev = x.device.type
-        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-        ctx.save_for_backward(x)
-        with torch.no_grad():
-            return torch.cat([fn(x[:, s : s + tile]) for s in range(0, x.shape[1], tile)], dim=1)
+class SequenceTiled(torch.autograd.Function):
+    """``fn(*inputs)`` over tiles of ``tile`` tokens (dim 1 of every input and output), keeping only the inputs.
+
+    ``fn`` works per token (tile by tile equals all at once) and returns a tensor or a tuple of them; ``params``
+    are the weights it reads, passed again after the inputs so that each gets one gradient event. The backward
+    recomputes one tile at a time under the forward's autocast state and sums the parameter gradients over
+    the tiles. Inputs that do not require grad (rotary cos / sin) get none."""
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        (x,) = ctx.saved_tensors
+    def forward(ctx, fn, params: list[torch.Tensor], tile: int, n_inputs: int, *flat: torch.Tensor):
+        inputs = flat[:n_inputs]
+        ctx.fn, ctx.params, ctx.tile = fn, params, tile
+        dev = inputs[0].device.type
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        ctx.save_for_backward(*inputs)
+        n, outs = inputs[0].shape[1], None
+        with torch.no_grad():
+            for s in range(0, n, tile):
+                res = fn(*(x[:, s : s + tile] for x in inputs))
+                ctx.single = isinstance(res, torch.Tensor)
+                res = (res,) if ctx.single else res
+                if outs is None:  # written in place: no list of tiles beside a concatenated copy
+                    outs = [r.new_empty((r.shape[0], n, *r.shape[2:])) for r in res]
+                for out, r in zip(outs, res, strict=True):
+                    out[:, s : s + tile] = r
+        return outs[0] if ctx.single else tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grad_outs: torch.Tensor):
+        inputs = ctx.saved_tensors
         fn, params, tile = ctx.fn, ctx.params, ctx.tile
         dev, enabled, dtype = ctx.autocast
-        dx = torch.empty_like(x) if x.requires_grad else None
+        dins = [torch.empty_like(x) if x.requires_grad else None for x in inputs]
         dparams: list[torch.Tensor | None] = [None] * len(params)
-        for s in range(0, x.shape[1], tile):
-            xt = x[:, s : s + tile].detach().requires_grad_(x.requires_grad)
+        for s in range(0, inputs[0].shape[1], tile):
+            xs = [x[:, s : s + tile].detach().requires_grad_(x.requires_grad) for x in inputs]
             with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=enabled):
-                out = fn(xt)
-            inputs = ([xt] if dx is not None else []) + params
-            grads = list(torch.autograd.grad(out, inputs, grad_out[:, s : s + tile]))
-            if dx is not None:
-                dx[:, s : s + tile] = grads.pop(0)
-            dparams = [g if acc is None else acc + g for acc, g in zip(dparams, grads, strict=True)]
-        return (None, None, None, dx, *dparams)
+                res = fn(*xs)
+            res = (res,) if isinstance(res, torch.Tensor) else res
+            pairs = [(r, g[:, s : s + tile]) for r, g in zip(res, grad_outs, strict=True) if g is not None]
+            wrt = [x for x in xs if x.requires_grad] + params
+            grads = list(torch.autograd.grad([r for r, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True))
+            for d in dins:
+                if d is not None:
+                    g = grads.pop(0)
+                    d[:, s : s + tile] = 0 if g is None else g
+            dparams = [
+                acc if g is None else g if acc is None else acc + g for acc, g in zip(dparams, grads, strict=True)
+            ]
+        return (None, None, None, None, *dins, *dparams)
+
+
+def sequence_tiled(fn, params: list[torch.Tensor], tile: int, *inputs: torch.Tensor):
+    """:class:`SequenceTiled` applied: ``fn(*inputs)`` tile by tile, its intermediates never kept."""
+    return SequenceTiled.apply(fn, params, tile, len(inputs), *inputs, *params)
 
 
 def tiled_forward(mlp: nn.Module, fn, tile: int, x: torch.Tensor) -> torch.Tensor:
     """``fn(x)`` (the MLP's own forward, [B, T, H] -> [B, T, H], per token) over tiles of ``tile`` tokens."""
     if not torch.is_grad_enabled() or x.shape[1] <= tile:
         return fn(x)
-    params = [p for p in mlp.parameters() if p.requires_grad]
-    return _TiledMLPFunction.apply(fn, params, tile, x, *params)
+    return sequence_tiled(fn, [p for p in mlp.parameters() if p.requires_grad], tile, x)
 
 
 def apply_tiled_mlp(decoder_layers: nn.ModuleList, tile: int) -> None:

@@ -47,6 +47,8 @@ RUNGS: dict[str, tuple[int, list[str]]] = {
     "tiled": (1, ["parallel=single", f"parallel.tiled_mlp={TILE}"]),
     "offact": (1, ["parallel=single", "parallel.offload_activations=true"]),
     "nested": (1, ["parallel=single", f"parallel.tiled_mlp={TILE}", "parallel.offload_activations=true"]),
+    # nested with the whole layer's token-wise parts in tiles (parallel/tiled_layer.py), not only the MLP
+    "nested_layer": (1, ["parallel=single", f"parallel.tiled_layer={TILE}", "parallel.offload_activations=true"]),
     "ulysses2": (2, ["parallel=ulysses", "parallel.sp=2"]),
     "ulysses2_nested": (
         2,
@@ -54,6 +56,7 @@ RUNGS: dict[str, tuple[int, list[str]]] = {
     ),
     "offload": (1, ["parallel=offload"]),
     "nested_offload": (1, ["parallel=nested_offload"]),
+    "nested_offload_layer": (1, ["parallel=nested_offload", f"parallel.tiled_layer={TILE}"]),
 }
 
 
@@ -102,7 +105,11 @@ def planned(model: str, attention: str, rung: str, seq_len: int) -> dict:
     name = kv["parallel"]
     sp = int(kv.get("parallel.sp", 1))
     setup = Setup(
-        attention, True, int(kv.get("parallel.tiled_mlp", 0)), kv.get("parallel.offload_activations") == "true"
+        attention,
+        True,
+        int(kv.get("parallel.tiled_mlp", 0)),
+        kv.get("parallel.offload_activations") == "true",
+        tiled_layer=int(kv.get("parallel.tiled_layer", 0)),
     )
     shape = load_shape(REPO / "conf" / "model" / f"{model}.yaml", attention)
     e = estimate(shape, seq_len, name, nproc, sp, setup)
@@ -195,14 +202,14 @@ def save(path: Path, device: str, argv: list[str], rows: list[dict]) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'model':10} {'attn':5} {'rung':16} {'gpus':>4} {'seq_len':>9} {'ok':>3} {'step s':>8} {'GPU GiB':>8} {'plan':>7} {'host GiB':>8}  error"  # noqa: E501
+    head = f"{'model':10} {'attn':5} {'rung':20} {'gpus':>4} {'seq_len':>9} {'ok':>3} {'step s':>8} {'GPU GiB':>8} {'plan':>7} {'host GiB':>8}  error"  # noqa: E501
     lines = [head]
     for r in rows:
         step = f"{r['step_s']:.2f}" if r.get("step_s") is not None else "-"
         gpu = f"{r['peak_gpu_gib']:.1f}" if r.get("peak_gpu_gib") is not None else "-"
         plan = f"{r['planned_gpu_gib']:.1f}" if r.get("planned_gpu_gib") is not None else "-"
         host = f"{r['peak_host_gib']:.1f}" if r.get("peak_host_gib") is not None else "-"
-        lines.append(f"{r['model']:10} {r['attention']:5} {r['rung']:16} {r['gpus']:>4} {r['seq_len']:>9} "
+        lines.append(f"{r['model']:10} {r['attention']:5} {r['rung']:20} {r['gpus']:>4} {r['seq_len']:>9} "
                      f"{'yes' if r.get('ok') else 'no':>3} {step:>8} {gpu:>8} {plan:>7} {host:>8}  "
                      f"{(r.get('error') or '')[:80]}")  # fmt: skip
     return "\n".join(lines)

@@ -227,7 +227,9 @@ def _pass_ssa_kwargs(module: torch.nn.Module, args: tuple, kwargs: dict) -> tupl
     KV cache (``cache``; ``past_key_values`` before transformers 5.2x renamed the layers' keyword)."""
     extra = {}
     if hasattr(module, "ssa_router"):  # SSA itself, or SSA inside a wrapper (parallel.ulysses)
-        extra["ssa_hidden"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        # kept when given: parallel.tiled_layer calls the module with the un-normed layer input and the normed one here
+        if "ssa_hidden" not in kwargs:
+            extra["ssa_hidden"] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if cache is not None and getattr(module.config, "_attn_implementation", None) == "ssa":
         states = getattr(cache, "ssa_decode_states", None)

@@ -7,6 +7,7 @@
 - ``python -m train parallel=offload`` logs the single-process run's loss and gradient norm at every step,
   a SIGKILLed run resumes from its last checkpoint with the uninterrupted run's numbers bit for bit, and the
   checkpoint's model loads with plain transformers (no DeepSpeed) with the single-process run's weights.
+- ``parallel.tiled_layer`` under offload (the decoder layer a ZeRO-3 leaf) equals it alike.
 - ``parallel=nested_offload`` (the same with activation checkpointing, layer inputs on the host and a tiled
   MLP) equals the plain single-process run alike, with data parallelism and with Ulysses.
 - Bad settings are refused with the key to change.
@@ -44,10 +45,18 @@ SCHEDULE = ScheduleConfig(warmup_steps=2)
 PARTITION_ALL = OffloadConfig(optimizer="torch", persistence_threshold=0)
 # (attention, layout, pieces). layout: dp (each rank one of the two rows) or sp (Ulysses, both rows, each rank a
 # sequence shard). pieces: "" (none), "ac" (activation checkpointing), "nested" (parallel=nested_offload:
-# AC with the layer inputs on the host and the MLP in tiles of TILE tokens)
+# AC with the layer inputs on the host and the MLP in tiles of TILE tokens), "layer" (AC and parallel.tiled_layer=TILE:
+# the whole decoder layer a ZeRO-3 leaf whose weights an autograd.Function reads again in the backward)
 CASES = {
     1: [("sdpa", "dp", ""), ("ssa", "dp", "")],
-    2: [("sdpa", "dp", ""), ("ssa", "dp", "ac"), ("ssa", "dp", "nested"), ("sdpa", "sp", "nested"), ("ssa", "sp", "")],
+    2: [
+        ("sdpa", "dp", ""),
+        ("ssa", "dp", "ac"),
+        ("ssa", "dp", "nested"),
+        ("sdpa", "sp", "nested"),
+        ("ssa", "sp", ""),
+        ("ssa", "dp", "layer"),
+    ],
 }
 TILE = 48  # the MLP of T=128 tokens in three tiles, the last one ragged (sp=2: 64 tokens, a ragged second)
 T = 128
@@ -90,7 +99,8 @@ def _offload_runner(attention: str, layout: str, pieces: str, dims: ParallelDims
     model = tiny_model(attention)
     nested = pieces == "nested"
     cfg = ParallelConfig(name="nested_offload" if nested else "offload", sp=dims.sp, offload=PARTITION_ALL,
-                         tiled_mlp=TILE if nested else 0, offload_activations=nested)  # fmt: skip
+                         tiled_mlp=TILE if nested else 0, offload_activations=nested,
+                         tiled_layer=TILE if pieces == "layer" else 0)  # fmt: skip
     module = parallelize(model, model.decoder_layers, dims, cfg, activation_checkpointing=bool(pieces))
     rows = 2 if layout == "sp" else 1
     return model, build_runner(

@@ -241,6 +241,22 @@ def test_tiled_mlp_term():
     assert plain.terms[key] - tiled.terms[key] == 9 * 8192 * (262144 - 16384)
 
 
+def test_tiled_layer_term_and_the_hint_to_use_it():
+    """parallel.tiled_layer: one tile of the layer's intermediates plus, over the sequence, q/k/v/o and their
+    gradients, the LSE and the fp32 gradients of the layer's output and input; auto names it when it would fit."""
+    shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")  # H 2048, I 8192, 32 / 8 heads of 64
+    n, tile = 1 << 20, 16384
+    tiled = estimate(shape, n, "nested_offload", setup=Setup("ssa", tiled_layer=tile))
+    per_token = 8 * (32 + 8) * 64 + 4 * 32 + 8 * 2048
+    assert tiled.terms["one layer recomputed"] == (40 * 2048 + 9 * 8192) * tile + per_token * n
+    assert estimate(shape, n, "nested_offload", setup=SSA).gpu_gib - tiled.gpu_gib > 40  # 93.1 -> 50.4 GiB
+    with pytest.raises(ParallelError, match=r"set parallel\.tiled_layer=16384"):
+        choose(shape, n, 1, 1, 80.0, SSA)
+    with pytest.raises(ParallelError) as no_hint:  # with it on, or where it would not fit either, no such hint
+        choose(shape, n, 1, 1, 40.0, SSA)
+    assert "tiled_layer" not in str(no_hint.value)
+
+
 def test_offloaded_activations_move_to_the_host():
     shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
     on_gpu, offloaded = (estimate(shape, 262144, "single", setup=Setup(offload_activations=o)) for o in (False, True))

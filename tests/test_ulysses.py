@@ -24,6 +24,7 @@ import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from parallel.dims import ParallelDims, ParallelError
+from parallel.tiled_layer import apply_tiled_layer
 from parallel.ulysses import apply_ulysses, kv_repeat_for
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
@@ -37,7 +38,7 @@ DOCS = (37, 50, 9, 1000)  # document lengths of the packed row (the last one is 
 # topk_blocks (ssa_kernels._routed_slots), which the short documents above never give.
 # "ssa_contested" is the attention router on that row: under sp=4 the 2 kv heads are repeated, and each copy must
 # still route with the mean query of all of its group's heads (parallel.ulysses.group_query_means).
-DOCS_FOR = {"ssa_learned": (9, 1000), "ssa_contested": (9, 1000)}
+DOCS_FOR = {"ssa_learned": (9, 1000), "ssa_contested": (9, 1000), "ssa_learned_tiled": (9, 1000)}
 CASES = [  # (attention, T): T=112 and T=127 are padded (to 128) under sp=2 / sp=4
     ("sdpa", 128),
     ("ssa", 128),
@@ -46,6 +47,7 @@ CASES = [  # (attention, T): T=112 and T=127 are padded (to 128) under sp=2 / sp
     ("ssa_learned", 112),  # the learned router: block means all-to-all'd like k
     ("ssa_contested", 112),  # the attention router where blocks compete for the routed slots
     ("ssa_skip", 127),  # train.position_skip: every rank draws the same skips for its shard's global positions
+    ("ssa_learned_tiled", 112),  # parallel.tiled_layer (tiles of 16): q/k/v and the router's input made per tile
 ]
 
 
@@ -59,8 +61,10 @@ def tiny_model(attention: str) -> CausalLMLoss:
     )  # fmt: skip
     lm = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     if attention.startswith("ssa"):
-        cfg = dataclasses.replace(SSA, router="learned" if attention == "ssa_learned" else "attention")
+        cfg = dataclasses.replace(SSA, router="learned" if attention.startswith("ssa_learned") else "attention")
         convert_to_ssa(lm, cfg)
+    if attention.endswith("_tiled"):  # the single-process reference tiles too (equal to untiled: test_tiled_layer)
+        apply_tiled_layer(lm.model.layers, 16)
     if attention.endswith("_skip"):
         attach_position_skip(lm.train(), 4096, 128, seed=0).begin_step(1)
     return CausalLMLoss(lm)

@@ -209,8 +209,9 @@ def to_config(cfg: DictConfig) -> Config:
         _positive(f"train.{key}", getattr(t, key))
     _positive("parallel.sp", config.parallel.sp, 0)  # 0: every process of the job (parallel=multinode's default)
     _positive("parallel.cp", config.parallel.cp)
-    if config.parallel.tiled_mlp < 0:
-        raise ConfigError(f"parallel.tiled_mlp={config.parallel.tiled_mlp}: tokens per tile, >= 1 (0: off)")
+    for key in ("tiled_mlp", "tiled_layer"):
+        if getattr(config.parallel, key) < 0:
+            raise ConfigError(f"parallel.{key}={getattr(config.parallel, key)}: tokens per tile, >= 1 (0: off)")
     try:
         check_offload_config(config.parallel.offload)
     except ParallelError as e:

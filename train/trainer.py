@@ -138,7 +138,8 @@ def _resolve_auto(cfg: Config) -> None:
     mem = torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else None
     host_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB  # the node's memory
     p, t = cfg.parallel, cfg.train
-    setup = Setup(cfg.attention.name, t.activation_checkpointing, p.tiled_mlp, p.offload_activations, t.micro_batch)
+    setup = Setup(cfg.attention.name, t.activation_checkpointing, p.tiled_mlp, p.offload_activations, t.micro_batch,
+                  p.tiled_layer)  # fmt: skip
     name, sp, cp, rows = choose(shape, t.seq_len, world, local_world, mem, setup, host_mem)
     estimates = "; ".join(f"{e.rung} sp={e.sp} cp={e.cp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
     log.info(
