@@ -41,6 +41,7 @@ CASES = [
     ("ssa", 112, (9, 1000)),
     ("ssa_learned", 112, (9, 1000)),
     ("ssa_mqa", 112, (9, 1000)),  # 2 x 2: the one kv head repeated for sp=2, routing over its whole group
+    ("ssa_learned_tiled", 112, (9, 1000)),  # parallel.tiled_layer in tiles of 16 around the ring's attention
 ]
 
 
