@@ -24,7 +24,7 @@ from parallel import ParallelConfig, ParallelDims, parallelize
 from parallel.tiled_layer import apply_tiled_layer
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
-from tests.test_train import losses, run_cli
+from tests.test_tiled_mlp import check_trainer_losses_unchanged
 from train.model import CausalLMLoss
 
 T, TILE = 100, 16  # six full tiles and a ragged one of 4
@@ -207,11 +207,4 @@ def test_refusals_name_the_key():
 
 
 def test_trainer_with_tiled_layer_logs_the_same_losses(tmp_path, data_cache):
-    runs = {}
-    for tile in (0, 16):
-        run_dir = tmp_path / f"tile{tile}"
-        run_cli(run_dir, ["parallel.device=cpu", f"parallel.tiled_layer={tile}", "train.activation_checkpointing=true"],
-                data_cache)  # fmt: skip
-        runs[tile] = [loss for loss, _ in losses(run_dir).values()]
-    assert len(runs[0]) == 4 and runs[0][-1] < runs[0][0]
-    torch.testing.assert_close(torch.tensor(runs[16]), torch.tensor(runs[0]), rtol=1e-5, atol=0)
+    check_trainer_losses_unchanged("tiled_layer", tmp_path, data_cache)

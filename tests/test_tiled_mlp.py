@@ -143,12 +143,17 @@ def test_bad_tile_names_the_key():
         apply_tiled_mlp(copy.deepcopy(model().decoder_layers), 0)
 
 
-def test_trainer_with_tiled_mlp_logs_the_same_losses(tmp_path, data_cache):
+def check_trainer_losses_unchanged(key: str, tmp_path, data_cache) -> None:
+    """A trainer run with ``parallel.<key>=16`` (tiles of 16 tokens) logs the losses of the run without it."""
     runs = {}
     for tile in (0, 16):
         run_dir = tmp_path / f"tile{tile}"
-        run_cli(run_dir, ["parallel.device=cpu", f"parallel.tiled_mlp={tile}", "train.activation_checkpointing=true"],
+        run_cli(run_dir, ["parallel.device=cpu", f"parallel.{key}={tile}", "train.activation_checkpointing=true"],
                 data_cache)  # fmt: skip
         runs[tile] = [loss for loss, _ in losses(run_dir).values()]
     assert len(runs[0]) == 4 and runs[0][-1] < runs[0][0]
     torch.testing.assert_close(torch.tensor(runs[16]), torch.tensor(runs[0]), rtol=1e-5, atol=0)
+
+
+def test_trainer_with_tiled_mlp_logs_the_same_losses(tmp_path, data_cache):
+    check_trainer_losses_unchanged("tiled_mlp", tmp_path, data_cache)
