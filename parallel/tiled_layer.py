@@ -72,6 +72,11 @@ def _attention_forward(layer, original, tile, *args, ssa_tiled_layer: bool = Fal
     attn = layer.self_attn
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+    if kwargs.get("position_embeddings") is None:
+        raise ValueError(
+            f"parallel.tiled_layer: {type(attn).__name__} was called without position_embeddings=(cos, sin), which "
+            "the tiles need (transformers >= 5 passes them); set parallel.tiled_layer=0"
+        )
     x, (cos, sin) = kwargs.pop("hidden_states"), kwargs.pop("position_embeddings")
     mask = kwargs.pop("attention_mask", None)
     for key in ("cache", "past_key_values"):  # None: a cache sends the layer down HF's own path

@@ -201,6 +201,11 @@ def test_refusals_name_the_key():
     with pytest.raises(ValueError, match="parallel.tiled_layer=0"):
         apply_tiled_layer(model().decoder_layers, 0)
     m = model()
+    apply_tiled_layer(m.decoder_layers, TILE)
+    x = torch.randn(2, T, H, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="without position_embeddings.*parallel.tiled_layer=0"):
+        m.decoder_layers[0](x, attention_mask=None, position_ids=batch()["position_ids"])
+    m = model()
     m.decoder_layers[0].self_attn.config.model_type = "gemma"
     with pytest.raises(ValueError, match="parallel.tiled_layer: .*not supported"):
         apply_tiled_layer(m.decoder_layers, TILE)
