@@ -48,8 +48,10 @@ model states. With ``host_mem_gib`` (``--host-mem-gib``; the machine's memory un
 rung fits only when its host estimate is within the same headroom of it.
 
 The ladder, cheapest first (``ORDER``): single, ddp, ulysses (sp dividing a node's GPUs and the heads),
-offload, multinode (sp a multiple of a node's GPUs dividing the world and the heads; only with several
-nodes), nested_offload, ring (sp dividing a node's GPUs and the heads, cp >= 2, sp x cp dividing the world).
+offload (sp 1, or Ulysses inside ZeRO-3 at sp as for ulysses), multinode (sp a multiple of a node's GPUs
+dividing the world and the heads; only with several nodes), nested_offload (sp as offload), ring (sp dividing
+a node's GPUs and the heads, cp >= 2, sp x cp dividing the world). ``longest`` (``--longest``) gives each
+rung's longest sequence that fits instead.
 Each sharded rung is shown at its smallest degree that fits; ring at the smallest sp x cp, ties to the larger
 sp (Ulysses' all-to-all inside a node is cheaper than passing k/v around a ring).
 
@@ -200,7 +202,7 @@ def estimate(
         tile = min(t_local, mb * setup.tiled_layer)
         qkvo = 4.0 * (shape.heads + shape.kv_heads) * shape.head_dim  # bf16 q, k, v, o per token
         per_layer = (40 * h + 9 * i) * tile + (2 * qkvo + 4 * shape.heads + 8 * h) * t_local
-    if rung in ULYSSES + ("ring",) and sp > 1:
+    if rung in ULYSSES + OFFLOAD + ("ring",) and sp > 1:  # q/k/v/o twice around the all-to-alls
         per_layer += 4 * (shape.heads + shape.kv_heads) * shape.head_dim * t_local
     if rung == "ring" and cp > 1:  # per token of the ring rank's T / cp, for its heads (a shard under sp)
         kv_heads = math.lcm(shape.kv_heads, sp) // sp  # kv heads repeated when sp does not divide them
@@ -217,9 +219,61 @@ def estimate(
         terms["activations of every layer"] = shape.layers * per_layer
     logits = 4.0 * shape.vocab * t_local
     terms["loss chunk (fp32 logits + grad)"] = 2 * min(logits, LOSS_CHUNK_BYTES)
-    if rung in ULYSSES and sp > 1 and setup.attention == "dense":
+    if rung in ULYSSES + OFFLOAD and sp > 1 and setup.attention == "dense":
         terms["dense [T, T] mask"] = float(mb * seq_len * seq_len)
     return Estimate(rung, sp, sum(terms.values()), sum(host_terms.values()), terms, cp=cp, host_terms=host_terms)
+
+
+def _degrees(shape: Shape, gpus: int, nodes: int) -> dict[str, list[tuple[int, int]]]:
+    """Rung -> its (sp, cp) candidates on ``nodes`` nodes of ``gpus`` GPUs, in the order of preference."""
+    world = gpus * nodes
+    in_node = [s for s in range(1, gpus + 1) if gpus % s == 0 and shape.heads % s == 0]  # Ulysses inside a node
+    ring = [(s, c) for s in in_node for c in range(2, world // s + 1) if world % (s * c) == 0]
+    return {
+        "single": [(1, 1)] if world == 1 else [],
+        "ddp": [(1, 1)] if world > 1 else [],
+        "ulysses": [(s, 1) for s in in_node if s > 1],
+        "offload": [(s, 1) for s in in_node],  # Ulysses inside ZeRO-3 (parallel.sp) as well
+        "multinode": [(k * gpus, 1) for k in range(2, nodes + 1) if nodes % k == 0 and shape.heads % (k * gpus) == 0],
+        "nested_offload": [(s, 1) for s in in_node],
+        "ring": sorted(ring, key=lambda sc: (sc[0] * sc[1], -sc[0])),
+    }
+
+
+def _fits(gpu_mem_gib: float, host_mem_gib: float | None, headroom: float = HEADROOM):
+    budget = headroom * gpu_mem_gib * GIB
+    host_budget = math.inf if host_mem_gib is None else headroom * host_mem_gib * GIB
+    return lambda e: e.gpu_bytes <= budget and e.host_bytes <= host_budget
+
+
+def longest(
+    shape: Shape,
+    gpus: int,
+    gpu_mem_gib: float,
+    setup: Setup = Setup(),
+    host_mem_gib: float | None = None,
+    nodes: int = 1,
+    step: int = 1024,
+    limit: int = 1 << 30,
+) -> list[tuple[str, int, Estimate | None]]:
+    """Per rung of ``ORDER`` that applies: (rung, the longest seq_len, a multiple of ``step`` up to ``limit``, whose estimate
+    fits, at the rung's best degree; that estimate), or (0, None) when not even ``step`` fits. The estimates grow with
+    the length, so a bisection finds it. What issue 7's "largest context per rung" asks, estimated for any machine."""
+    fits = _fits(gpu_mem_gib, host_mem_gib)
+    out = []
+    for rung, degrees in _degrees(shape, gpus, nodes).items():
+        best: tuple[int, Estimate | None] = (0, None)
+        for sp, cp in degrees:
+            unit = step * sp * cp  # whole steps per shard
+            lo, hi = 0, limit // unit + 1  # lo units fit (0: none), hi do not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if fits(estimate(shape, mid * unit, rung, gpus, sp, setup, cp, nodes)) else (lo, mid)
+            if lo and lo * unit > best[0]:
+                best = (lo * unit, estimate(shape, lo * unit, rung, gpus, sp, setup, cp, nodes))
+        if degrees:
+            out.append((rung, *best))
+    return out
 
 
 def plan(
@@ -239,24 +293,8 @@ def plan(
     none does: ulysses at sp dividing a node's GPUs and the heads; multinode (``nodes`` > 1) at sp a multiple
     of a node's GPUs dividing the world and the heads; ring at sp dividing a node's GPUs and the heads and
     cp >= 2 with sp x cp dividing the world, the smallest sp x cp first, ties to the larger sp."""
-    budget = headroom * gpu_mem_gib * GIB
-    host_budget = math.inf if host_mem_gib is None else headroom * host_mem_gib * GIB
-    world = gpus * nodes
-    in_node = [s for s in range(1, gpus + 1) if gpus % s == 0 and shape.heads % s == 0]  # Ulysses inside a node
-    ring = [(s, c) for s in in_node for c in range(2, world // s + 1) if world % (s * c) == 0]
-    degrees = {  # rung -> its (sp, cp) candidates, in the order of preference
-        "single": [(1, 1)] if world == 1 else [],
-        "ddp": [(1, 1)] if world > 1 else [],
-        "ulysses": [(s, 1) for s in in_node if s > 1],
-        "offload": [(1, 1)],
-        "multinode": [(k * gpus, 1) for k in range(2, nodes + 1) if nodes % k == 0 and shape.heads % (k * gpus) == 0],
-        "nested_offload": [(1, 1)],
-        "ring": sorted(ring, key=lambda sc: (sc[0] * sc[1], -sc[0])),
-    }
-
-    def fits(e: Estimate) -> bool:
-        return e.gpu_bytes <= budget and e.host_bytes <= host_budget
-
+    fits = _fits(gpu_mem_gib, host_mem_gib, headroom)
+    degrees = _degrees(shape, gpus, nodes)
     rows = []
     for rung in ORDER:
         ests = [estimate(shape, seq_len, rung, gpus, sp, setup, cp, nodes) for sp, cp in degrees[rung]]
@@ -312,7 +350,7 @@ def choose(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", required=True, help="a conf/model/*.yaml (arch + hf_config, or path)")
-    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("--seq-len", type=int, default=0)
     p.add_argument("--gpus", type=int, default=1, help="GPUs of one node")
     p.add_argument("--nodes", type=int, default=1, help="nodes of --gpus GPUs each")
     p.add_argument("--gpu-mem-gib", type=float, default=80.0)
@@ -322,10 +360,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiled-mlp", type=int, default=0, help="tokens per MLP tile (parallel.tiled_mlp); 0: off")
     p.add_argument("--tiled-layer", type=int, default=0, help="tokens per layer tile (parallel.tiled_layer); 0: off")
     p.add_argument("--offload-activations", action="store_true", help="parallel.offload_activations")
+    p.add_argument("--longest", action="store_true", help="per rung, the longest seq_len that fits (--seq-len ignored)")
     args = p.parse_args(argv)
+    if not args.longest and args.seq_len < 1:
+        p.error("--seq-len N is required (or --longest)")
     shape = load_shape(args.model, args.attention)
     setup = Setup(args.attention, not args.no_ac, args.tiled_mlp, args.offload_activations,
                   tiled_layer=args.tiled_layer)  # fmt: skip
+    if args.longest:
+        print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, {args.nodes} node(s) of {args.gpus} GPU(s) of "
+              f"{args.gpu_mem_gib:g} GiB, host {args.host_mem_gib or 'unlimited'} GiB, attention {args.attention}; "
+              f"the longest seq_len (a multiple of 1,024) whose estimate fits, per rung")  # fmt: skip
+        print(f"{'rung':<16}{'sp':>4}{'cp':>4}{'seq_len':>14}{'GPU GiB':>10}{'host GiB':>10}")
+        for rung, n, e in longest(shape, args.gpus, args.gpu_mem_gib, setup, args.host_mem_gib, args.nodes):
+            if e is None:
+                print(f"{rung:<16}{'-':>4}{'-':>4}{'none':>14}")
+            else:
+                print(f"{rung:<16}{e.sp:>4}{e.cp:>4}{n:>14,}{e.gpu_gib:>10.1f}{e.host_bytes / GIB:>10.1f}")
+        return
     rows, pick = plan(
         shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup, host_mem_gib=args.host_mem_gib, nodes=args.nodes
     )

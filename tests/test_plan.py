@@ -4,6 +4,7 @@ included), parallel=auto in the trainer, and its CLI."""
 
 import copy
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from parallel.dims import ParallelError
-from parallel.plan import GIB, Setup, Shape, choose, estimate, load_shape, main, plan
+from parallel.plan import GIB, HEADROOM, Setup, Shape, choose, estimate, load_shape, longest, main, plan
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
 from tests.scripts_loader import load_script
@@ -154,8 +155,12 @@ def test_multinode_picked_where_one_node_is_too_small():
     assert (pick.rung, pick.sp, pick.cp) == ("multinode", 16, 1) and by_rung["ring"].gpu_gib <= 72
     assert choose(shape, t, 16, 8, 80.0, SSA)[:3] == ("multinode", 16, 1)
     assert "multinode" not in [r.rung for r in plan(shape, t, 8, 80.0, SSA)[0]]  # one node
-    with pytest.raises(ParallelError, match="no rung fits"):
-        choose(shape, t, 8, 8, 80.0, SSA)
+    with pytest.raises(
+        ParallelError, match="no rung fits"
+    ):  # one node of 256 GiB: nested_offload needs 277 on the host
+        choose(shape, t, 8, 8, 80.0, SSA, host_mem_gib=256.0)
+    # without a host limit, Ulysses inside ZeRO-3 offload with its memory pieces fits one node (sp=4: 54 GiB a GPU)
+    assert choose(shape, t, 8, 8, 80.0, SSA)[:3] == ("nested_offload", 4, 1)
     for setup in (SSA, Setup("dense")):
         multinode, ulysses = (estimate(shape, t, r, 8, 16, setup, nodes=2) for r in ("multinode", "ulysses"))
         assert multinode.terms == ulysses.terms
@@ -179,7 +184,9 @@ def test_resolve_auto_writes_the_pick_into_the_config(monkeypatch):
     overrides = ["parallel=auto", "attention=ssa", f"train.seq_len={t}", f"model.hf_config.max_position_embeddings={t}",
                  "train.activation_checkpointing=true", "train.micro_batch=1"]  # fmt: skip
 
-    def resolve(world, local_world, gpu_gib):
+    def resolve(world, local_world, gpu_gib, host_gib=1.0):
+        real, pages = os.sysconf, int(host_gib * GIB) // 4096
+        monkeypatch.setattr(os, "sysconf", lambda k: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": pages}.get(k) or real(k))
         monkeypatch.setenv("WORLD_SIZE", str(world))
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
         props = SimpleNamespace(total_memory=int(gpu_gib * GIB))
@@ -191,7 +198,10 @@ def test_resolve_auto_writes_the_pick_into_the_config(monkeypatch):
     # 4 heads. Two nodes of 2 GPUs: ulysses sp=2 needs 6.7 GiB, multinode sp=4 3.4 GiB.
     assert resolve(4, 2, 5.0) == ("multinode", 4, 1)
     # Two nodes of 4: ulysses sp=4 needs 3.4 GiB and multinode has no sp (8 > 4 heads); ring 4 x 2 2.4 GiB.
+    # With 1 GiB of host memory nothing of the offload rungs fits (nested_offload sp=4: 2 GiB of layer inputs);
+    # with 64 GiB, nested_offload sp=4 does, and comes before ring in the ladder.
     assert resolve(8, 4, 3.0) == ("ring", 4, 2)
+    assert resolve(8, 4, 3.0, 64.0) == ("nested_offload", 4, 1)
     assert resolve(1, 1, 80.0) == ("single", 1, 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU: single or ddp
     assert resolve(4, 2, 5.0) == ("ddp", 1, 1)
@@ -255,6 +265,25 @@ def test_tiled_layer_term_and_the_hint_to_use_it():
     with pytest.raises(ParallelError) as no_hint:  # with it on, or where it would not fit either, no such hint
         choose(shape, n, 1, 1, 40.0, SSA)
     assert "tiled_layer" not in str(no_hint.value)
+
+
+def test_longest_context_per_rung():
+    """``--longest``: per rung, the longest multiple of 1,024 x sp x cp whose estimate fits (GPU and host), one unit
+    more does not; the offload rungs try Ulysses degrees too; the tiled layer lengthens nested_offload."""
+    shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
+    rows = longest(shape, 8, 80.0, SSA, host_mem_gib=512.0)
+    assert [r for r, _, _ in rows] == ["ddp", "ulysses", "offload", "nested_offload", "ring"]
+    for rung, n, e in rows:
+        assert e is not None and n > 0 and n % (1024 * e.sp * e.cp) == 0, rung
+        assert e.gpu_bytes <= HEADROOM * 80.0 * GIB and e.host_bytes <= HEADROOM * 512.0 * GIB, rung
+        more = estimate(shape, n + 1024 * e.sp * e.cp, rung, 8, e.sp, SSA, e.cp)
+        assert more.gpu_bytes > HEADROOM * 80.0 * GIB or more.host_bytes > HEADROOM * 512.0 * GIB, rung
+    by_rung = {r: (n, e) for r, n, e in rows}
+    assert by_rung["nested_offload"][1].sp > 1  # Ulysses inside ZeRO-3 offload
+    one = dict((r, n) for r, n, _ in longest(shape, 1, 80.0, SSA, host_mem_gib=512.0))
+    tiled = dict((r, n) for r, n, _ in longest(shape, 1, 80.0, Setup("ssa", tiled_layer=16384), host_mem_gib=512.0))
+    assert tiled["nested_offload"] > 1.5 * one["nested_offload"] and tiled["single"] > one["single"]
+    main(["--model", str(REPO / "conf" / "model" / "llama_1b.yaml"), "--longest", "--gpu-mem-gib", "80"])
 
 
 def test_offloaded_activations_move_to_the_host():
