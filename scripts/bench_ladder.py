@@ -47,8 +47,6 @@ RUNGS: dict[str, tuple[int, list[str]]] = {
     "tiled": (1, ["parallel=single", f"parallel.tiled_mlp={TILE}"]),
     "offact": (1, ["parallel=single", "parallel.offload_activations=true"]),
     "nested": (1, ["parallel=single", f"parallel.tiled_mlp={TILE}", "parallel.offload_activations=true"]),
-    # nested with the whole layer's token-wise parts in tiles (parallel/tiled_layer.py), not only the MLP
-    "nested_layer": (1, ["parallel=single", f"parallel.tiled_layer={TILE}", "parallel.offload_activations=true"]),
     "ulysses2": (2, ["parallel=ulysses", "parallel.sp=2"]),
     "ulysses2_nested": (
         2,
@@ -56,8 +54,35 @@ RUNGS: dict[str, tuple[int, list[str]]] = {
     ),
     "offload": (1, ["parallel=offload"]),
     "nested_offload": (1, ["parallel=nested_offload"]),
-    "nested_offload_layer": (1, ["parallel=nested_offload", f"parallel.tiled_layer={TILE}"]),
 }
+COMPOSED = "ulysses<N>[_nested], offload_sp<N>, nested_offload_sp<N>, ring<SP>x<CP>; any name + _layer"
+
+
+def recipe(rung: str) -> tuple[int, list[str]]:
+    """(processes, overrides) of a rung recipe: a key of RUNGS or a composed name (COMPOSED): Ulysses over N GPUs
+    (with the nested pieces), ZeRO-3 offload with Ulysses inside, the ring of SP x CP GPUs; "_layer" adds the tiled
+    layer (parallel.tiled_layer, parallel/tiled_layer.py), e.g. nested_layer, nested_offload_sp8_layer."""
+    import re
+
+    layer = rung.endswith("_layer")
+    base = rung.removesuffix("_layer")
+    nested = [f"parallel.tiled_mlp={TILE}", "parallel.offload_activations=true"]
+    if base in RUNGS:
+        nproc, ovr = RUNGS[base]
+    elif m := re.fullmatch(r"ulysses(\d+)(_nested)?", base):
+        nproc, ovr = int(m[1]), ["parallel=ulysses", f"parallel.sp={m[1]}", *(nested if m[2] else [])]
+    elif m := re.fullmatch(r"(nested_offload|offload)_sp(\d+)", base):
+        nproc, ovr = int(m[2]), [f"parallel={m[1]}", f"parallel.sp={m[2]}"]
+    elif m := re.fullmatch(r"ring(\d+)x(\d+)", base):
+        nproc, ovr = int(m[1]) * int(m[2]), ["parallel=ring", f"parallel.sp={m[1]}", f"parallel.cp={m[2]}"]
+    else:
+        raise argparse.ArgumentTypeError(f"rung {rung!r}: use one of {sorted(RUNGS)} or {COMPOSED}")
+    return nproc, [*ovr, *([f"parallel.tiled_layer={TILE}"] if layer else [])]
+
+
+def rung_name(text: str) -> str:
+    recipe(text)  # argparse: an unknown name stops before anything runs
+    return text
 
 
 def size(text: str) -> int:
@@ -71,7 +96,7 @@ def overrides_for(model: str, attention: str, rung: str, seq_len: int, steps: in
     return [
         f"model={model}",
         f"attention={attention}",
-        *RUNGS[rung][1],
+        *recipe(rung)[1],
         f"train.seq_len={seq_len}",
         f"model.hf_config.max_position_embeddings={max(seq_len, 8192)}",
         f"train.steps={steps}",
@@ -100,10 +125,10 @@ def planned(model: str, attention: str, rung: str, seq_len: int) -> dict:
     """The planner's GPU and host estimate (GiB) for this attempt, or {} where it has no estimate."""
     from parallel.plan import Setup, estimate, load_shape
 
-    nproc, ovr = RUNGS[rung]
+    nproc, ovr = recipe(rung)
     kv = dict(o.split("=", 1) for o in ovr)
     name = kv["parallel"]
-    sp = int(kv.get("parallel.sp", 1))
+    sp, cp = int(kv.get("parallel.sp", 1)), int(kv.get("parallel.cp", 1))
     setup = Setup(
         attention,
         True,
@@ -112,7 +137,7 @@ def planned(model: str, attention: str, rung: str, seq_len: int) -> dict:
         tiled_layer=int(kv.get("parallel.tiled_layer", 0)),
     )
     shape = load_shape(REPO / "conf" / "model" / f"{model}.yaml", attention)
-    e = estimate(shape, seq_len, name, nproc, sp, setup)
+    e = estimate(shape, seq_len, name, nproc, sp, setup, cp)
     if e.note:
         return {"plan_note": e.note}
     return {"planned_gpu_gib": round(e.gpu_bytes / GIB, 2), "planned_host_gib": round(e.host_bytes / GIB, 2)}
@@ -129,7 +154,7 @@ def _die_with_parent() -> None:
 
 
 def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, timeout_s: float, work: Path) -> dict:
-    nproc, _ = RUNGS[rung]
+    nproc, _ = recipe(rung)
     ovr = overrides_for(model, attention, rung, seq_len, steps)
     run_dir = work / f"{model}-{attention}-{rung}-{seq_len}"
     cmd = command(nproc, ovr, run_dir)
@@ -220,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="llama_8b", help="a conf/model/<name>.yaml")
     ap.add_argument("--attention", nargs="+", default=["ssa"], choices=("ssa", "dense"))
-    ap.add_argument("--rungs", nargs="+", default=["nested"], choices=sorted(RUNGS))
+    ap.add_argument("--rungs", nargs="+", default=["nested"], type=rung_name,
+                    help=f"{', '.join(sorted(RUNGS))}, or {COMPOSED}")  # fmt: skip
     ap.add_argument("--seq-lens", type=size, nargs="+", default=[256 * KI, 512 * KI, MI])
     ap.add_argument("--search", action="store_true", help="stop a (attention, rung) pair at its first failure")
     ap.add_argument("--steps", type=int, default=3, help="training steps per attempt (the first is left out)")
@@ -234,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         for att in args.attention:
             for rung in args.rungs:
                 for n in args.seq_lens:
-                    nproc, _ = RUNGS[rung]
+                    nproc, _ = recipe(rung)
                     ovr = overrides_for(args.model, att, rung, n, args.steps)
                     print(json.dumps({"rung": rung, "attention": att, "seq_len": n,
                                       **planned(args.model, att, rung, n)}))  # fmt: skip

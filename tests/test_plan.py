@@ -77,6 +77,22 @@ def test_estimate_within_15_percent_of_the_ladder_benchmark(key):
     assert abs(est - row["peak_gpu_gib"]) / row["peak_gpu_gib"] <= 0.15, (row["rung"], row["seq_len"], est, row)
 
 
+def test_bench_ladder_composed_rung_names():
+    """scripts/bench_ladder.py: recipes for any GPU count (issues 7 and 8) from composed names, each planned with its
+    sp / cp; an unknown name names the forms."""
+    assert bench.recipe("ulysses8_nested") == (8, ["parallel=ulysses", "parallel.sp=8", "parallel.tiled_mlp=16384",
+                                                   "parallel.offload_activations=true"])  # fmt: skip
+    assert bench.recipe("nested_offload_sp4_layer") == (4, ["parallel=nested_offload", "parallel.sp=4",
+                                                            "parallel.tiled_layer=16384"])  # fmt: skip
+    assert bench.recipe("ring4x2") == (8, ["parallel=ring", "parallel.sp=4", "parallel.cp=2"])
+    assert bench.recipe("nested_layer")[1] == [*bench.RUNGS["nested"][1], "parallel.tiled_layer=16384"]
+    shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
+    ring = estimate(shape, 1 << 20, "ring", 8, 4, SSA, 2)
+    assert bench.planned("llama_1b", "ssa", "ring4x2", 1 << 20)["planned_gpu_gib"] == round(ring.gpu_gib, 2)
+    with pytest.raises(Exception, match="ring<SP>x<CP>"):
+        bench.recipe("ring4")
+
+
 def test_plan_picks_the_cheapest_rung_that_fits():
     shape = load_shape(REPO / "conf" / "model" / "llama_1b.yaml", "ssa")
     rows, pick = plan(shape, 131072, 1, 80.0, SSA)
