@@ -71,9 +71,13 @@ class SequenceTiled(torch.autograd.Function):
                 if d is not None:
                     g = grads.pop(0)
                     d[:, s : s + tile] = 0 if g is None else g
-            dparams = [
-                acc if g is None else g if acc is None else acc + g for acc, g in zip(dparams, grads, strict=True)
-            ]
+            for i, g in enumerate(
+                grads
+            ):  # summed over the tiles in fp32 (bf16 weights under DeepSpeed: 64 tiles at 1M)
+                if g is not None:
+                    wide = torch.promote_types(g.dtype, torch.float32)
+                    dparams[i] = g.to(wide) if dparams[i] is None else dparams[i].add_(g)
+        dparams = [None if g is None else g.to(p.dtype) for g, p in zip(dparams, params, strict=True)]
         return (None, None, None, None, *dins, *dparams)
 
 
