@@ -1,6 +1,6 @@
 """Tiled decoder layer (parallel/tiled_layer.py): the same loss and every gradient as HF's layer for Llama,
-Mistral, Qwen2 (q/k/v biases) and Qwen3 (q/k norms), with SDPA and with SSA (attention and learned routers, far
-distance, packed documents), fp64, a ragged last tile, with and without activation checkpointing and combined
+Mistral, Qwen2 (q/k/v biases) and Qwen3 (q/k norms), with SDPA and with SSA (attention, learned and distilled routers,
+far distance, packed documents), fp64, a ragged last tile, with and without activation checkpointing and combined
 with the tiled MLP; one gradient event per parameter; what a layer keeps reduced to its input and what the
 attention saves; the untiled path where it must be; refusals."""
 
@@ -41,6 +41,10 @@ ATTENTIONS = {
     "ssa_attention": dataclasses.replace(SSA, router="attention"),
     "ssa_learned": SSA,  # the router reads ssa_hidden, the normed layer input
     "ssa_far": dataclasses.replace(SSA, far_distance=24),  # RoPE swapped by the attention module's pre-hook
+    # the router distilled from the dense attention over the whole q / k (rows' max, far blocks as attended)
+    "ssa_distill": dataclasses.replace(
+        SSA, routing="distill", distill_blocks=0, distill_rows="max", far_distance=24, distill_target="attended"
+    ),  # fmt: skip
 }
 
 
@@ -83,14 +87,14 @@ def check_same(m, ref_loss, ref):
 
 
 CASES = [(f, "sdpa", ac) for f in FAMILIES for ac in (False, True)] + [
-    ("llama", a, ac) for a in ("ssa_attention", "ssa_learned", "ssa_far") for ac in (False, True)
+    ("llama", a, ac) for a in ("ssa_attention", "ssa_learned", "ssa_far", "ssa_distill") for ac in (False, True)
 ]
 
 
 @pytest.mark.parametrize(("family", "attention", "ac"), CASES)
 def test_same_loss_and_gradients_as_hf_layers(family, attention, ac):
     ref_loss, ref = loss_and_grads(model(family, attention))
-    if attention == "ssa_learned":
+    if attention in ("ssa_learned", "ssa_distill"):
         assert all(g.abs().max() > 0 for n, g in ref.items() if ".ssa_router." in n)  # else nothing is checked
     m = model(family, attention)
     dims = ParallelDims(1, 0, 0, 1, 1, torch.device("cpu"))
