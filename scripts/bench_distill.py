@@ -81,7 +81,11 @@ def run(seq_len: int, batch: int, reps: int) -> list[dict]:
         if backend == "triton":
             ms = timed(layer, reps)
         else:  # the same Triton layer with the reference target (the GPU path before the kernel)
-            with mock.patch.object(distill, "block_mass", lambda *a: reference_target(*a[:8], backend="reference")):
+            with mock.patch.object(
+                distill,
+                "block_mass",
+                lambda *a, **kw: reference_target(*a[:8], backend="reference", rows=kw.get("rows", "mean")),
+            ):
                 ms = timed(layer, reps)
         rows.append({"seq_len": seq_len, "batch": batch, "part": "layer", "backend": backend, "ms": round(ms, 3),
                      "max_abs_diff": None})  # fmt: skip

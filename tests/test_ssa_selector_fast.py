@@ -2,6 +2,7 @@
 prefix consistency, documents, GQA, ragged lengths, several configs. On CPU the kernels run in Triton's
 interpreter (tests/conftest.py), where top-k is done by ranks instead of the GPU's bitonic tl.topk."""
 
+import functools
 import math
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ssa_kernels.selector.reference as R
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.selector import (
     PooledRoute,
@@ -278,10 +280,52 @@ def poisoned_and_no_fallback(monkeypatch):
     monkeypatch.setattr(fast, "select_blocks_pooled", None)
 
 
-def assert_bound_search_matches_reference(fast_sel, ref_sel, other_sel, bt, hkv, seq_len, cfg, doc_ids):
+def reference_search(q, k, cfg: SSAConfig, doc_ids):
+    """The reference selector's search inputs for q / k (as ``select_blocks`` builds them), for boundary_swap."""
+    nb = -(-q.shape[2] // cfg.block_size)
+    q_sum = R.query_summary(q, k.shape[1], cfg.block_size) / math.sqrt(q.shape[-1])
+    prefix = R._key_prefix(k, cfg.block_size)
+    lo, hi = R.routed_bounds(doc_ids, q.shape[2], cfg, q.device)
+    tables = R.search_bounds(prefix, cfg, functools.partial(R.block_minmax, k, cfg.block_size))
+    return q_sum, prefix, lo, hi, R.row_levels(nb, cfg, q.device), tables
+
+
+def boundary_swap(search, cfg: SSAConfig, b: int, h: int, row: int, fast_only: set, ref_only: set) -> bool:
+    """Whether a row the two searches route differently is an fp32 near-tie at a beam's boundary: some block only the
+    fast search routed has its ancestor ranked by the reference just outside the beam (rank = width) at some level, a
+    block only the reference routed has its ancestor just inside (rank = width - 1) at that level, and the two
+    ancestors' scores agree to 1e-5 relative (the Triton sums round in another order than torch's)."""
+    q_sum, prefix, lo, hi, levels, tables = search
+    sl = slice(row, row + 1)
+
+    def ranks(block):
+        out = R.beam_search(q_sum[:, :, sl], prefix[:, :, : row + 2], lo[:, sl], hi[sl], levels[sl], cfg,
+                            target=torch.tensor([block], device=q_sum.device), bounds=tables)  # fmt: skip
+        return out[3][b, h, 0].tolist()
+
+    widths = R.level_widths(levels[sl], cfg)[0].tolist()
+    widths[0] = cfg.topk_blocks  # blocks: the routed ones are "kept"
+    ours, theirs = {t: ranks(t) for t in fast_only}, {t: ranks(t) for t in ref_only}
+    for level, width in enumerate(widths):
+        out = [t for t, r in ours.items() if r[level] == width]
+        inside = [t for t, r in theirs.items() if r[level] == width - 1]
+        for a in out:
+            for c in inside:
+                nodes = torch.tensor([a, c], device=q_sum.device) // cfg.branching**level
+                node = nodes.view(1, 1, 1, 2).expand(q_sum.shape[0], q_sum.shape[1], 1, 2)
+                sa, sc = R._node_scores(q_sum[:, :, sl], prefix[:, :, : row + 2], tables, node,
+                                        cfg.branching**level, cfg, lo[:, sl], hi[sl])[b, h, 0].tolist()  # fmt: skip
+                if abs(sa - sc) <= 1e-5 * abs(sc):
+                    return True
+    return False
+
+
+def assert_bound_search_matches_reference(fast_sel, ref_sel, other_sel, bt, hkv, seq_len, cfg, doc_ids, search=None):
     """The Triton search with bound scores against the reference's: same structure, the same routed sets but for
-    rare fp32 near-ties (whose sorted scores agree to 1e-5 relative), routed_scores equal to the reference's (they
-    are the bounds under leaf_score=bound); and ``other_sel`` (mean scores) routes or scores some rows differently."""
+    rare fp32 near-ties, routed_scores equal to the reference's (they are the bounds under leaf_score=bound); and
+    ``other_sel`` (mean scores) routes or scores some rows differently. A row routed differently must be a near-tie at
+    a beam's boundary (:func:`boundary_swap`, with ``search`` = :func:`reference_search`; on the H200 one row of
+    4,800 was: two level-1 nodes 7e-8 apart); without ``search``, its sorted scores must agree to 1e-5 relative."""
     check_structure(fast_sel, bt, hkv, seq_len, cfg, doc_ids)
     same = (fast_sel.routed == ref_sel.routed).all(-1)
     assert same.float().mean() >= 0.98, f"{(~same).sum()} of {same.numel()} rows differ"
@@ -290,7 +334,14 @@ def assert_bound_search_matches_reference(fast_sel, ref_sel, other_sel, bt, hkv,
     got, want = fast_sel.routed_scores.double(), ref_sel.routed_scores.double()
     scale = want[torch.isfinite(want)].abs().max()
     torch.testing.assert_close(got[same], want[same], rtol=1e-5, atol=1e-5 * scale)
-    torch.testing.assert_close(got.sort(-1).values, want.sort(-1).values, rtol=1e-5, atol=1e-5 * scale)
+    for b, h, row in (~same).nonzero().tolist():
+        fast_only = set(fast_sel.routed[b, h, row].tolist()) - set(ref_sel.routed[b, h, row].tolist())
+        ref_only = set(ref_sel.routed[b, h, row].tolist()) - set(fast_sel.routed[b, h, row].tolist())
+        if search is not None:
+            assert boundary_swap(search, cfg, b, h, row, fast_only, ref_only), (b, h, row, fast_only, ref_only)
+        else:
+            torch.testing.assert_close(got[b, h, row].sort().values, want[b, h, row].sort().values, rtol=1e-5,
+                                       atol=1e-5 * scale)  # fmt: skip
     differ = not torch.equal(ref_sel.routed, other_sel.routed) or not torch.equal(
         ref_sel.routed_scores.nan_to_num(0.0, neginf=0.0), other_sel.routed_scores.nan_to_num(0.0, neginf=0.0)
     )
@@ -311,7 +362,7 @@ def test_bound_scores_match_reference(case, scores, poisoned_and_no_fallback):
     bound = SSAConfig(**{**vars(cfg), "node_score": scores[0], "leaf_score": scores[1]})
     assert_bound_search_matches_reference(
         select_blocks_fast(q, k, bound, doc_ids), select_blocks(q, k, bound, doc_ids),
-        select_blocks(q, k, cfg, doc_ids), bt, hkv, seq_len, bound, doc_ids,
+        select_blocks(q, k, cfg, doc_ids), bt, hkv, seq_len, bound, doc_ids, reference_search(q, k, bound, doc_ids),
     )  # fmt: skip
 
 
@@ -358,5 +409,5 @@ def test_cuda_bound_scores_match_reference(scores):
     q, k = q.cuda().bfloat16(), k.cuda().bfloat16()
     assert_bound_search_matches_reference(
         select_blocks_fast(q, k, bound, doc_ids), select_blocks(q, k, bound, doc_ids),
-        select_blocks(q, k, cfg, doc_ids), 2, 2, q.shape[2], bound, doc_ids,
+        select_blocks(q, k, cfg, doc_ids), 2, 2, q.shape[2], bound, doc_ids, reference_search(q, k, bound, doc_ids),
     )  # fmt: skip
