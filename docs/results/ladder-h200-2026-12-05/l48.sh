@@ -1,22 +1,23 @@
 #!/bin/bash
 # parallel.tiled_layer on the device (built and CPU-tested 2026-12-05, sixteenth session; parallel/tiled_layer.py).
-# 1. The 1B SSA model at 256K on one GPU: rung nested (tiled MLP + layer inputs on the host) against nested_layer
-#    (the whole layer's token-wise parts in 16K-token tiles + layer inputs on the host), same call: step time (the
-#    tiles' extra forward) and GPU peak against the planner (nested 41.7 GiB measured on an H100, plan 44.0).
-# 2. The 1B SSA model at 1M on one GPU: nested_offload_layer (DeepSpeed ZeRO-3 offload, bf16 layer inputs on the
-#    host, tiled layer). Planner: 50.4 GiB on the GPU (nested_offload without the tiled layer: 93.1).
-#    The largest context measured for this model on one GPU so far is 512K.
-# ~500 s. Results: $OUT/ladder-<gpu>.json and the logs. MODEL / L1 / L2 / NOPIP=1 for a CPU smoke run.
+# 1. The 1B SSA model at 1M on one GPU: nested_offload_layer (DeepSpeed ZeRO-3 offload, bf16 layer inputs on the
+#    host, tiled layer). Planner: 50.4 GiB on the GPU (nested_offload without the tiled layer: 93.1). The largest
+#    context measured for this model on one GPU so far is 512K.
+# 2. The 1B SSA model at 256K: nested_layer (the whole layer's token-wise parts in 16K-token tiles + layer inputs on
+#    the host), then nested (tiled MLP + layer inputs on the host) as far as the time allows: step time (the tiles'
+#    extra forward) and GPU peak against the planner (nested on an H100: 41.7 GiB, 15.85 s; plan 44.0).
+# ~500 s (TOTAL). Results: $OUT/ladder-<gpu>.json and the logs. MODEL / L1 / L2 / NOPIP=1 for a CPU smoke run.
 NOPIP=${NOPIP:-}; TOTAL=${TOTAL:-580}; O=${OUT:-/tmp}; mkdir -p $O
 MODEL=${MODEL:-llama_1b}; L1=${L1:-256K}; L2=${L2:-1M}
 [ -n "$NOPIP" ] || [ -d /tmp/site/hydra ] || python3 -m pip install -q --no-index --no-deps --no-compile \
   --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-timeout 240 python3 scripts/bench_ladder.py --out $O --model $MODEL --rungs nested nested_layer --attention ssa \
-  --seq-lens $L1 --steps 2 --timeout-s 115 2>&1 | tail -5 | tee $O/l48-256k.log
-echo "256K rc=$? t=$SECONDS"
-t=$((TOTAL - SECONDS - 5))
+t=$((TOTAL - 200)); [ $t -lt 330 ] || t=330
 timeout $t python3 scripts/bench_ladder.py --out $O --model $MODEL --rungs nested_offload_layer --attention ssa \
-  --seq-lens $L2 --steps 2 --timeout-s $((t - 15)) 2>&1 | tail -5 | tee $O/l48-1m.log
+  --seq-lens $L2 --steps 2 --timeout-s $((t - 10)) 2>&1 | tail -4 | tee $O/l48-1m.log
 echo "1M rc=$? t=$SECONDS"
+t=$((TOTAL - SECONDS - 5))
+timeout $t python3 scripts/bench_ladder.py --out $O --model $MODEL --rungs nested_layer nested --attention ssa \
+  --seq-lens $L1 --steps 2 --timeout-s $(((t - 10) / 2)) 2>&1 | tail -5 | tee $O/l48-256k.log
+echo "256K rc=$? t=$SECONDS"
