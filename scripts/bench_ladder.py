@@ -109,6 +109,7 @@ def overrides_for(model: str, attention: str, rung: str, seq_len: int, steps: in
         "logging.log_every=1",
         "logging.progress=false",
         "logging.router_stats_every=0",
+        "logging.wandb=disabled",  # the device image has no wandb; nothing to track here
         "name=ladder",
     ]
 
