@@ -22,7 +22,7 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
 - a tiled layer (``parallel.tiled_layer``, ``parallel/tiled_layer.py``) keeps the ``40 H + 9 I`` bytes for one
   tile of tokens; over the whole sequence, what the attention saves and its gradients (bf16 q, k, v, o and dq,
   dk, dv, do: ``8 (Hq + Hkv) d``), its fp32 LSE (``4 Hq``) and the fp32 gradient of the layer's output and
-  input (``8 H``). Not yet checked against a GPU measurement.
+  input (``8 H``). Checked on one GPU measurement (1B model at 256K on an H200: +10%).
 - a tiled MLP (``parallel.tiled_mlp``, ``parallel/tiled_mlp.py``) keeps the 9 I bytes for one tile of
   tokens instead of all of them.
 - rung extras. Under ulysses and multinode (the same Ulysses SP, its group spanning nodes), a layer holds
@@ -256,9 +256,9 @@ def longest(
     step: int = 1024,
     limit: int = 1 << 30,
 ) -> list[tuple[str, int, Estimate | None]]:
-    """Per rung of ``ORDER`` that applies: (rung, the longest seq_len, a multiple of ``step`` up to ``limit``, whose estimate
-    fits, at the rung's best degree; that estimate), or (0, None) when not even ``step`` fits. The estimates grow with
-    the length, so a bisection finds it. What issue 7's "largest context per rung" asks, estimated for any machine."""
+    """Per rung of ``ORDER`` that applies: (rung, the longest seq_len, a multiple of ``step`` x sp x cp up to ``limit``,
+    whose estimate fits at one of the rung's degrees, that estimate), or (rung, 0, None) when none fits. The estimates
+    grow with the length, so a bisection finds it. Issue 7's "largest context per rung", estimated for any machine."""
     fits = _fits(gpu_mem_gib, host_mem_gib)
     out = []
     for rung, degrees in _degrees(shape, gpus, nodes).items():
