@@ -106,7 +106,6 @@ def _layer_forward(layer, original, tile, hidden_states, *args, **kwargs):
         with torch.no_grad():
             kwargs["ssa_hidden"] = layer.input_layernorm(x)
     o, _ = attn(hidden_states=x, ssa_tiled_layer=True, **kwargs)
-    kwargs.pop("ssa_hidden", None)
     post = functools.partial(_post, layer)
     params = _params(attn.o_proj, layer.post_attention_layernorm, layer.mlp)
     return sequence_tiled(post, params, tile, x, o)

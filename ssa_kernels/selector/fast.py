@@ -215,6 +215,13 @@ def _edge_dot(p, level, q, live, ps, off_ptr, cover_ptr, D: tl.constexpr, DP: tl
 
 
 @triton.jit
+def _visible(node, cover, lo, hi, live):
+    """Which candidate nodes (int32 [ROWS, M], -1 = none) of ``cover`` blocks each overlap their row's routed
+    range [lo, hi) (the rows [ROWS] that are ``live``)."""
+    return (node >= 0) & (node * cover < hi[:, None]) & ((node + 1) * cover > lo[:, None]) & live[:, None]
+
+
+@triton.jit
 def _level_scores(
     node,
     level,
@@ -235,8 +242,7 @@ def _level_scores(
     """Scores [ROWS, M] of candidate nodes ``node`` (int32, -1 = none) of one level, their order keys
     (int32, _NONE for nodes outside the routed range [lo, hi)) and the count of nodes in range."""
     cover = tl.load(cover_ptr + level)
-    lo2, hi2 = lo[:, None], hi[:, None]
-    valid = (node >= 0) & (node * cover < hi2) & ((node + 1) * cover > lo2) & live[:, None]
+    valid = _visible(node, cover, lo, hi, live)
     right = node == (hi // cover)[:, None]  # holds hi: partial (an overlapping node holding hi is never whole)
     left = node == (lo // cover)[:, None]  # holds lo: its part before lo is subtracted (0 when lo is aligned)
     whole = valid & ~right
@@ -284,8 +290,8 @@ def _bound_scores(
     ([J, Bt * Hkv, cap, D] fp32) as two overlapping runs of 2^j blocks, j = floor(log2(visible blocks)): four row
     gathers per node instead of one, and no division by the node's size (the bound is already per block)."""
     cover = tl.load(cover_ptr + level)
+    valid = _visible(node, cover, lo, hi, live)
     lo2, hi2 = lo[:, None], hi[:, None]
-    valid = (node >= 0) & (node * cover < hi2) & ((node + 1) * cover > lo2) & live[:, None]
     start = tl.maximum(node.to(tl.int64) * cover, lo2)  # (ROWS, M) first visible block
     end = tl.minimum((node.to(tl.int64) + 1) * cover, hi2)
     length = tl.maximum(end - start, 1)
