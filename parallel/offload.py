@@ -153,14 +153,6 @@ class OffloadRunner:
         warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
         _join_process_group(dims)
         on_gpu = dims.device.type == "cuda"
-        if not on_gpu:
-            # DeepSpeed's CPU communication backend JIT-builds and loads a shared-memory allreduce op, which it uses
-            # only when LOCAL_SIZE is set (never here: we reduce through gloo). One rank of the 2-process CPU tests
-            # aborted right after both loaded it ("terminate called without an active exception", about 1 run in 3
-            # of the full suite, never the test alone): not loading it at all.
-            import deepspeed.ops
-
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         cpu_adam = cfg.optimizer == "cpu_adam" or (cfg.optimizer == "auto" and on_gpu)
         optimizer = make_optimizer(module)
         if cpu_adam:

@@ -46,8 +46,8 @@ def job_env(**extra: str) -> dict[str, str]:
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HYDRA_FULL_ERROR="1")
     # A rank that crashes (SIGABRT / SIGSEGV) prints every thread's Python stack: a flaky SIGABRT of one rank of
     # test_offload's world-2 case ("terminate called without an active exception", 2 of 4 full clean-clone runs on
-    # 2026-12-04, never alone) left nothing else to read. On 2026-12-05 it showed the abort right after both ranks
-    # loaded DeepSpeed's shared-memory allreduce op, which parallel/offload.py no longer loads on CPU.
+    # 2026-12-04, never alone) left nothing else to read. 2026-12-05: it also aborts with DeepSpeed's shared-memory
+    # allreduce op not loaded (tried, reverted), a few seconds after start, the main thread in C++ with no Python frame.
     env.update(PYTHONFAULTHANDLER="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
