@@ -37,11 +37,12 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
   states on the GPU. It holds the gathered bf16 weights of the layer being computed and of the prefetched
   next one (2 x 2 bytes per layer parameter), that layer's bf16 gradients and their reduce-scatter buffer
   (2 x 2 bytes), and lm_head's weight, gathered for the whole loss (2 bytes), with the chunked loss's fp32
-  gradient of it (4 bytes per vocab x hidden). The host holds the model states, 16 bytes per parameter, plus
-  the bf16 parameter partitions (2), partitioned over the job: a node holds 1 / nodes of them. nested_offload
-  is offload with the checkpointed layer inputs on the host and a tiled MLP
-  (``conf/parallel/nested_offload.yaml``; activation checkpointing on). Not yet checked against a GPU
-  measurement.
+  gradient of it (4 bytes per vocab x hidden). The host holds the model states by DeepSpeed's own estimate
+  (:func:`zero3_offload_host_bytes`: 16 bytes per parameter plus the bf16 partitions (2), over the nodes, or
+  the fp32 model each of a node's processes builds, x 1.5 for buffers), and, under nested_offload, the layer
+  inputs in bf16. nested_offload is offload with the checkpointed layer inputs on the host and a tiled MLP
+  (``conf/parallel/nested_offload.yaml``; activation checkpointing on). Checked on one H200 (1B at 512K and
+  1M, GPU and host).
 
 Host memory is the node's: its GPU processes' offloaded layer inputs, and its share of the offload rungs'
 model states. With ``host_mem_gib`` (``--host-mem-gib``; the machine's memory under ``parallel=auto``), a
@@ -67,6 +68,7 @@ import argparse
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import OmegaConf
@@ -84,6 +86,17 @@ ULYSSES = ("ulysses", "multinode")  # the same Ulysses SP; multinode's group spa
 NESTED_TILE = 16384  # conf/parallel/nested_offload.yaml: tokens per MLP tile
 RING_CHUNK_BYTES = 2 * (64 << 20)  # parallel/ring.py: CHUNK_BYTES of scores in forward and backward
 HEADROOM = 0.9  # a rung fits when its estimate is within this share of the GPU's memory
+ZERO3_HOST = "model states + buffers (DeepSpeed's estimate)"
+
+
+def zero3_offload_host_bytes(params: int, gpus_per_node: int, nodes: int) -> float:
+    """One node's host bytes of ZeRO-3 with parameters and optimizer offloaded, by DeepSpeed's own rule
+    (``deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs``, without ``zero.Init``; restated
+    here so that planning needs no DeepSpeed import, and checked equal to it in tests/test_plan.py): 18 bytes
+    per parameter over the nodes, or the fp32 model every process of the node builds before ZeRO-3
+    partitions it (4 x GPUs per node), whichever is larger, x 1.5 for DeepSpeed's buffers. Measured on one
+    H200 (1B model, nested_offload 512K / 1M): 64.1 / 96.1 GiB against 63.9 / 95.9 with the layer inputs."""
+    return params * max(4.0 * gpus_per_node, 18.0 / nodes) * 1.5
 
 
 @dataclass
@@ -190,7 +203,7 @@ def estimate(
             "a layer's gradients (bf16) + reduce-scatter buffer": 2 * 2.0 * layer,
             "lm_head weight for the loss (bf16) + fp32 grad": 6.0 * shape.vocab * h,
         }
-        host_terms["model states (fp32 weights, grads, AdamW) + bf16 params"] = 18.0 * shape.params / nodes
+        host_terms[ZERO3_HOST] = zero3_offload_host_bytes(shape.params, gpus, nodes)
     else:
         terms = {"model states (fp32 weights, grads, AdamW)": 16.0 * shape.params}
         if gpus * nodes > 1:
@@ -211,7 +224,9 @@ def estimate(
     if setup.activation_checkpointing:
         kept = shape.layers * 4.0 * h * t_local
         if setup.offload_activations:  # on the host; one layer's input is on the GPU while it moves or recomputes
-            host_terms["offloaded layer inputs (every GPU's)"] = gpus * kept
+            # under DeepSpeed's bf16 (the offload rungs) the residual stream, so the saved input, is bf16: half
+            # (measured on the host: +32.1 GiB from 512K to 1M tokens for the 1B, 16 layers x 2 B x 2048 x 512K)
+            host_terms["offloaded layer inputs (every GPU's)"] = gpus * kept / (2 if rung in OFFLOAD else 1)
             kept = 4.0 * h * t_local
         terms["checkpointed layer inputs (fp32)"] = kept
         terms["one layer recomputed"] = per_layer
@@ -304,6 +319,16 @@ def plan(
     return rows, pick
 
 
+class Pick(NamedTuple):
+    """What :func:`choose` decides for ``parallel=auto``."""
+
+    rung: str
+    sp: int
+    cp: int
+    rows: list[Estimate]  # the estimates it chose from
+    tiled_layer: int  # parallel.tiled_layer: as set up, or NESTED_TILE where only the tiled layer fits
+
+
 def choose(
     shape: Shape,
     seq_len: int,
@@ -312,14 +337,22 @@ def choose(
     gpu_mem_gib: float | None,
     setup: Setup = Setup(),
     host_mem_gib: float | None = None,
-) -> tuple[str, int, int, list[Estimate]]:
-    """``parallel=auto``: (rung name, parallel.sp, parallel.cp, the estimates) for a job of ``world``
-    processes, ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory does not
-    decide: single or ddp) and nodes of ``host_mem_gib`` (None: not checked). Any rung of ``ORDER``."""
+) -> Pick:
+    """``parallel=auto``: (rung name, parallel.sp, parallel.cp, the estimates, parallel.tiled_layer) for a job
+    of ``world`` processes, ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory
+    does not decide: single or ddp) and nodes of ``host_mem_gib`` (None: not checked). Any rung of ``ORDER``.
+    Where no rung fits as set up but one does with the tiled layer (``parallel.tiled_layer``, activation
+    checkpointing on), that rung with it: it costs 6-9% more step time (1B model on an H200, 256K and 512K)
+    and takes 25-35% off the GPU peak, so it is a last resort, never a rival to a cheaper rung."""
     if gpu_mem_gib is None:
-        return ("single" if world == 1 else "ddp"), 1, 1, []
+        return Pick("single" if world == 1 else "ddp", 1, 1, [], setup.tiled_layer)
     nodes = max(1, world // local_world)
     rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, setup, host_mem_gib=host_mem_gib, nodes=nodes)
+    if pick is None and setup.activation_checkpointing and not setup.tiled_layer:
+        tiled = replace(setup, tiled_layer=NESTED_TILE)
+        tiled_rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, tiled, host_mem_gib=host_mem_gib, nodes=nodes)
+        if pick is not None:
+            return Pick(pick.rung, pick.sp, pick.cp, tiled_rows, NESTED_TILE)
     if pick is None:
         table = ", ".join(
             f"{e.rung} sp={e.sp} cp={e.cp} {e.gpu_gib:.1f} GiB"
@@ -330,10 +363,6 @@ def choose(
         fix = ["lower train.seq_len"]
         if not setup.activation_checkpointing:
             fix.append("set train.activation_checkpointing=true")
-        elif not setup.tiled_layer:
-            tiled = replace(setup, tiled_layer=NESTED_TILE)
-            if plan(shape, seq_len, local_world, gpu_mem_gib, tiled, host_mem_gib=host_mem_gib, nodes=nodes)[1]:
-                fix.append(f"set parallel.tiled_layer={NESTED_TILE}")
         if setup.attention == "dense":
             fix.append("use attention=ssa (no [T, T] mask)")
         host = [e.host_bytes for e in rows if e.gpu_bytes <= HEADROOM * gpu_mem_gib * GIB and e.host_bytes > 0]
@@ -344,7 +373,7 @@ def choose(
             f"parallel=auto: no rung fits train.seq_len={seq_len:,} on {nodes} node(s) of {local_world} GPU(s) of "
             f"{gpu_mem_gib:.0f} GiB (estimates: {table}); {', '.join(fix[:-1])} or {fix[-1]}"
         )
-    return pick.rung, pick.sp, pick.cp, rows
+    return Pick(pick.rung, pick.sp, pick.cp, rows, setup.tiled_layer)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -390,10 +419,19 @@ def main(argv: list[str] | None = None) -> None:
         host = "-" if math.isinf(e.host_bytes) else f"{e.host_bytes / GIB:.1f}"
         fits = e.gpu_bytes <= HEADROOM * args.gpu_mem_gib * GIB and e.host_bytes <= host_budget
         print(f"{e.rung:<16}{e.sp:>4}{e.cp:>4}{gib:>10}{host:>10}  {e.note or ('yes' if fits else 'no')}")
+    extra = ""
+    if pick is None and setup.activation_checkpointing and not setup.tiled_layer:  # as parallel=auto does
+        tiled = replace(setup, tiled_layer=NESTED_TILE)
+        pick = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, tiled, host_mem_gib=args.host_mem_gib,
+                    nodes=args.nodes)[1]  # fmt: skip
+        if pick is not None:
+            print(f"nothing fits as set up; with the tiled layer, which parallel=auto turns on here, {pick.rung} "
+                  f"sp={pick.sp} cp={pick.cp} does")  # fmt: skip
+            extra = f" parallel.tiled_layer={NESTED_TILE}"
     if pick is None:
         print("no rung fits: lower train.seq_len or add GPUs or nodes")
     else:
-        print(f"pick: parallel={pick.rung} parallel.sp={pick.sp} parallel.cp={pick.cp}")
+        print(f"pick: parallel={pick.rung} parallel.sp={pick.sp} parallel.cp={pick.cp}{extra}")
         for name, b in pick.terms.items():
             print(f"  {name:<58}{b / GIB:8.2f} GiB")
         for name, b in pick.host_terms.items():

@@ -92,7 +92,7 @@ def size(text: str) -> int:
     return int(float(text[:-1] if mult > 1 else text) * mult)
 
 
-def overrides_for(model: str, attention: str, rung: str, seq_len: int, steps: int) -> list[str]:
+def overrides_for(model: str, attention: str, rung: str, seq_len: int, steps: int, extra: tuple = ()) -> list[str]:
     return [
         f"model={model}",
         f"attention={attention}",
@@ -111,6 +111,7 @@ def overrides_for(model: str, attention: str, rung: str, seq_len: int, steps: in
         "logging.router_stats_every=0",
         "logging.wandb=disabled",  # the device image has no wandb; nothing to track here
         "name=ladder",
+        *extra,  # --extra: the user's own overrides last, so they win
     ]
 
 
@@ -154,9 +155,10 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, timeout_s: float, work: Path) -> dict:
+def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, timeout_s: float, work: Path,
+            extra: tuple = ()) -> dict:  # fmt: skip
     nproc, _ = recipe(rung)
-    ovr = overrides_for(model, attention, rung, seq_len, steps)
+    ovr = overrides_for(model, attention, rung, seq_len, steps, extra)
     run_dir = work / f"{model}-{attention}-{rung}-{seq_len}"
     cmd = command(nproc, ovr, run_dir)
     row = {"model": model, "attention": attention, "rung": rung, "gpus": nproc, "seq_len": seq_len,
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget-s", type=float, default=1e9, help="start no attempt after this many seconds")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument("--dry-run", action="store_true", help="print commands and planner estimates only")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more Hydra overrides for every attempt, e.g. parallel.offload.optimizer=torch")  # fmt: skip
     args = ap.parse_args(argv)
 
     if args.dry_run:
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             for rung in args.rungs:
                 for n in args.seq_lens:
                     nproc, _ = recipe(rung)
-                    ovr = overrides_for(args.model, att, rung, n, args.steps)
+                    ovr = overrides_for(args.model, att, rung, n, args.steps, tuple(args.extra))
                     print(json.dumps({"rung": rung, "attention": att, "seq_len": n,
                                       **planned(args.model, att, rung, n)}))  # fmt: skip
                     print("   ", shlex.join(command(nproc, ovr, Path("runs/ladder"))))
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                     if time.time() - t_start > args.budget_s:
                         print(f"budget spent: not starting {att} {rung} {n}", flush=True)
                         break
-                    row = attempt(args.model, att, rung, n, args.steps, args.timeout_s, Path(tmp))
+                    row = attempt(args.model, att, rung, n, args.steps, args.timeout_s, Path(tmp), tuple(args.extra))
                     row["device"] = device
                     rows.append(row)
                     save(path, device, argv, rows)

@@ -140,18 +140,19 @@ def _resolve_auto(cfg: Config) -> None:
     p, t = cfg.parallel, cfg.train
     setup = Setup(cfg.attention.name, t.activation_checkpointing, p.tiled_mlp, p.offload_activations, t.micro_batch,
                   p.tiled_layer)  # fmt: skip
-    name, sp, cp, rows = choose(shape, t.seq_len, world, local_world, mem, setup, host_mem)
+    name, sp, cp, rows, tiled_layer = choose(shape, t.seq_len, world, local_world, mem, setup, host_mem)
     estimates = "; ".join(f"{e.rung} sp={e.sp} cp={e.cp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
     log.info(
-        "parallel=auto picked parallel=%s parallel.sp=%d parallel.cp=%d on %d node(s) of %d processes (%s)",
+        "parallel=auto picked parallel=%s parallel.sp=%d parallel.cp=%d%s on %d node(s) of %d processes (%s)",
         name,
         sp,
         cp,
+        f" parallel.tiled_layer={tiled_layer} (nothing fits without it)" if tiled_layer != p.tiled_layer else "",
         max(1, world // local_world),
         local_world,
         estimates or "CPU: no GPU memory to plan",
     )
-    p.name, p.sp, p.cp = name, sp, cp
+    p.name, p.sp, p.cp, p.tiled_layer = name, sp, cp, tiled_layer
     if name == "nested_offload":  # the planner counted its pieces: turn them on (conf/parallel/nested_offload.yaml)
         p.tiled_mlp, p.offload_activations = p.tiled_mlp or NESTED_TILE, True
         t.activation_checkpointing = True
