@@ -319,6 +319,28 @@ def plan(
     return rows, pick
 
 
+def plan_or_tiled(
+    shape: Shape,
+    seq_len: int,
+    gpus: int,
+    gpu_mem_gib: float,
+    setup: Setup,
+    host_mem_gib: float | None = None,
+    nodes: int = 1,
+) -> tuple[list[Estimate], Estimate | None, int]:
+    """:func:`plan`, and where nothing fits as set up (activation checkpointing on, no tiled layer) :func:`plan`
+    with ``parallel.tiled_layer=NESTED_TILE``: (the rows the pick came from, the pick or None, its tiled_layer).
+    The tiled layer costs 6-9% more step time (1B model on an H200, 256K and 512K) and takes 25-35% off the GPU
+    peak, so it is a last resort, never a rival to a rung that fits without it."""
+    rows, pick = plan(shape, seq_len, gpus, gpu_mem_gib, setup, host_mem_gib=host_mem_gib, nodes=nodes)
+    if pick is None and setup.activation_checkpointing and not setup.tiled_layer:
+        tiled = replace(setup, tiled_layer=NESTED_TILE)
+        tiled_rows, tiled_pick = plan(shape, seq_len, gpus, gpu_mem_gib, tiled, host_mem_gib=host_mem_gib, nodes=nodes)
+        if tiled_pick is not None:
+            return tiled_rows, tiled_pick, NESTED_TILE
+    return rows, pick, setup.tiled_layer
+
+
 class Pick(NamedTuple):
     """What :func:`choose` decides for ``parallel=auto``."""
 
@@ -341,18 +363,11 @@ def choose(
     """``parallel=auto``: (rung name, parallel.sp, parallel.cp, the estimates, parallel.tiled_layer) for a job
     of ``world`` processes, ``local_world`` per node, on GPUs of ``gpu_mem_gib`` (None: the CPU, where memory
     does not decide: single or ddp) and nodes of ``host_mem_gib`` (None: not checked). Any rung of ``ORDER``.
-    Where no rung fits as set up but one does with the tiled layer (``parallel.tiled_layer``, activation
-    checkpointing on), that rung with it: it costs 6-9% more step time (1B model on an H200, 256K and 512K)
-    and takes 25-35% off the GPU peak, so it is a last resort, never a rival to a cheaper rung."""
+    Where no rung fits as set up but one does with the tiled layer, that rung with it (:func:`plan_or_tiled`)."""
     if gpu_mem_gib is None:
         return Pick("single" if world == 1 else "ddp", 1, 1, [], setup.tiled_layer)
     nodes = max(1, world // local_world)
-    rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, setup, host_mem_gib=host_mem_gib, nodes=nodes)
-    if pick is None and setup.activation_checkpointing and not setup.tiled_layer:
-        tiled = replace(setup, tiled_layer=NESTED_TILE)
-        tiled_rows, pick = plan(shape, seq_len, local_world, gpu_mem_gib, tiled, host_mem_gib=host_mem_gib, nodes=nodes)
-        if pick is not None:
-            return Pick(pick.rung, pick.sp, pick.cp, tiled_rows, NESTED_TILE)
+    rows, pick, tiled_layer = plan_or_tiled(shape, seq_len, local_world, gpu_mem_gib, setup, host_mem_gib, nodes)
     if pick is None:
         table = ", ".join(
             f"{e.rung} sp={e.sp} cp={e.cp} {e.gpu_gib:.1f} GiB"
@@ -373,7 +388,7 @@ def choose(
             f"parallel=auto: no rung fits train.seq_len={seq_len:,} on {nodes} node(s) of {local_world} GPU(s) of "
             f"{gpu_mem_gib:.0f} GiB (estimates: {table}); {', '.join(fix[:-1])} or {fix[-1]}"
         )
-    return Pick(pick.rung, pick.sp, pick.cp, rows, setup.tiled_layer)
+    return Pick(pick.rung, pick.sp, pick.cp, rows, tiled_layer)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -407,9 +422,10 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 print(f"{rung:<16}{e.sp:>4}{e.cp:>4}{n:>14,}{e.gpu_gib:>10.1f}{e.host_bytes / GIB:>10.1f}")
         return
-    rows, pick = plan(
-        shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup, host_mem_gib=args.host_mem_gib, nodes=args.nodes
-    )
+    rows = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup, host_mem_gib=args.host_mem_gib,
+                nodes=args.nodes)[0]  # fmt: skip
+    pick, tiled_layer = plan_or_tiled(shape, args.seq_len, args.gpus, args.gpu_mem_gib, setup, args.host_mem_gib,
+                                      args.nodes)[1:]  # fmt: skip
     print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, seq_len {args.seq_len:,}, {args.nodes} node(s) of "
           f"{args.gpus} GPU(s) of {args.gpu_mem_gib:g} GiB, attention {args.attention}")  # fmt: skip
     print(f"{'rung':<16}{'sp':>4}{'cp':>4}{'GPU GiB':>10}{'host GiB':>10}  fits  (host: one node's)")
@@ -420,14 +436,10 @@ def main(argv: list[str] | None = None) -> None:
         fits = e.gpu_bytes <= HEADROOM * args.gpu_mem_gib * GIB and e.host_bytes <= host_budget
         print(f"{e.rung:<16}{e.sp:>4}{e.cp:>4}{gib:>10}{host:>10}  {e.note or ('yes' if fits else 'no')}")
     extra = ""
-    if pick is None and setup.activation_checkpointing and not setup.tiled_layer:  # as parallel=auto does
-        tiled = replace(setup, tiled_layer=NESTED_TILE)
-        pick = plan(shape, args.seq_len, args.gpus, args.gpu_mem_gib, tiled, host_mem_gib=args.host_mem_gib,
-                    nodes=args.nodes)[1]  # fmt: skip
-        if pick is not None:
-            print(f"nothing fits as set up; with the tiled layer, which parallel=auto turns on here, {pick.rung} "
-                  f"sp={pick.sp} cp={pick.cp} does")  # fmt: skip
-            extra = f" parallel.tiled_layer={NESTED_TILE}"
+    if tiled_layer != setup.tiled_layer:  # as parallel=auto does
+        print(f"nothing fits as set up; with the tiled layer, which parallel=auto turns on here, {pick.rung} "
+              f"sp={pick.sp} cp={pick.cp} does")  # fmt: skip
+        extra = f" parallel.tiled_layer={tiled_layer}"
     if pick is None:
         print("no rung fits: lower train.seq_len or add GPUs or nodes")
     else:
