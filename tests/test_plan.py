@@ -73,22 +73,21 @@ def test_estimate_within_15_percent_of_the_measured_peak(key):
 
 
 bench = load_script("bench_ladder")  # its rung recipes and planner call, loaded once
-LADDER = [
-    (f.name, i)
+# (file, index) -> row of every ladder benchmark run that completed two steps and measured a GPU peak
+LADDER_ROWS = {
+    (f.name, i): r
     for f in sorted(RESULTS.glob("ladder-*.json"))
     for i, r in enumerate(json.loads(f.read_text())["results"])
     if r.get("peak_gpu_gib") and r.get("steps_done", 0) >= 2
-]
+}
 
 
-@pytest.mark.parametrize("key", [k for k in LADDER if "peak_host_gib" in json.loads((RESULTS / k[0]).read_text())
-                                 ["results"][k[1]]])  # fmt: skip
+@pytest.mark.parametrize("key", [k for k, r in LADDER_ROWS.items() if "peak_host_gib" in r])
 def test_host_estimate_within_15_percent_of_the_ladder_benchmark(key):
     """The host half of the same check, for every run whose host peak was measured (the benchmark's process tree's
     peak resident memory) and where the planner puts anything on the host: the layer inputs of nested rungs (fp32,
     or bf16 under DeepSpeed) and DeepSpeed's model states. Rows with nothing planned there must stay small."""
-    file, i = key
-    row = json.loads((RESULTS / file).read_text())["results"][i]
+    row = LADDER_ROWS[key]
     est = bench.planned(row["model"], row["attention"], row["rung"], row["seq_len"])["planned_host_gib"]
     if est == 0:
         assert row["peak_host_gib"] < 8, row
@@ -105,12 +104,11 @@ def test_zero3_host_rule_is_deepspeeds():
         assert abs(zero3_offload_host_bytes(params, gpus, nodes) - cpu) <= 1, (params, gpus, nodes)
 
 
-@pytest.mark.parametrize("key", LADDER)
+@pytest.mark.parametrize("key", list(LADDER_ROWS))
 def test_estimate_within_15_percent_of_the_ladder_benchmark(key):
     """Every run of scripts/bench_ladder.py that measured a GPU peak (tiled MLP, layer inputs on the host,
     DeepSpeed offload) against the current planner, rebuilt from the row's rung recipe."""
-    file, i = key
-    row = json.loads((RESULTS / file).read_text())["results"][i]
+    row = LADDER_ROWS[key]
     est = bench.planned(row["model"], row["attention"], row["rung"], row["seq_len"])["planned_gpu_gib"]
     assert abs(est - row["peak_gpu_gib"]) / row["peak_gpu_gib"] <= 0.15, (row["rung"], row["seq_len"], est, row)
 
