@@ -3,16 +3,16 @@
 # longest context per rung and its step time against dense attention, with scripts/bench_ladder.py's composed rungs.
 # Pick by the kind held: KIND=x2 (2 x H200, 256 GiB host), x4, x8 (8 x H200, 560 GiB host). Planner estimates
 # (python -m parallel.plan --model conf/model/llama_8b.yaml --gpus G --gpu-mem-gib 139 --host-mem-gib H --longest
-# --tiled-layer 16384): offload with Ulysses inside and the tiled layer reaches ~395K on x2, ~790K on x4, ~1.58M on
-# x8; nested_offload is host-bound below that (fp32 layer inputs counted). Every rank builds the 8B model in fp32
-# on the host before ZeRO-3 partitions it (no zero.Init yet): ~33 GB per rank at start.
+# --tiled-layer 16384, with the seventeenth session's host rule): offload with Ulysses inside and the tiled layer
+# reaches ~395K on x2, ~790K on x4, ~1.58M on x8; nested_offload is host-bound (bf16 layer inputs) at 88K / 1.03M /
+# 541K. Every rank builds the 8B model in fp32 on the host before ZeRO-3 partitions it (no zero.Init yet); the
+# planner counts it (x8: 371 GiB of host for the model states).
+# Copy ladlib.sh (docs/results/ladder-h200-2026-12-05b/) and l49.sh to devrun/; carry .whl, .whl-ds and devrun:
+# the offload rungs need DeepSpeed, which the device image lacks (.whl-ds/, installed by ladlib.sh).
 # One device call each (600 s): CALL=1 the SSA search upward, CALL=2 SSA against dense at the length dense fits.
 # CPU check: DRY=1 (prints commands and planner estimates only).
-KIND=${KIND:-x2}; CALL=${CALL:-1}; O=${OUT:-/tmp}; mkdir -p $O
-[ -n "$DRY" ] || [ -d /tmp/site/hydra ] || python3 -m pip install -q --no-index --no-deps --no-compile \
-  --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True NCCL_NVLS_ENABLE=0
+KIND=${KIND:-x2}; CALL=${CALL:-1}; source devrun/ladlib.sh
+export NCCL_NVLS_ENABLE=0
 case $KIND in
   x2) G=2; SEARCH="256K 384K"; PAIR=128K ;;
   x4) G=4; SEARCH="512K 768K"; PAIR=256K ;;
