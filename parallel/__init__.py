@@ -17,7 +17,7 @@ from torch import nn
 from parallel.ddp import apply_ddp
 from parallel.dims import ParallelDims, ParallelError, destroy_distributed, init_distributed
 from parallel.multinode import apply_multinode
-from parallel.offload import OffloadConfig, OffloadRunner, apply_offload
+from parallel.offload import OffloadConfig, OffloadRunner, apply_offload, build_dtype
 from parallel.ring import apply_ring
 from parallel.runner import OptimizerFactory, SchedulerFactory, StepRunner, StepSettings, TorchRunner
 from parallel.single import apply_single
@@ -46,6 +46,7 @@ __all__ = [
     "StepSettings",
     "build_runner",
     "parallelize",
+    "weights_dtype",
 ]
 # Rungs whose optimizer step is not torch's on whole parameters bring their own StepRunner (parallel/runner.py).
 RUNNERS: dict[str, type] = {"offload": OffloadRunner, "nested_offload": OffloadRunner}
@@ -66,6 +67,13 @@ class ParallelConfig:
     # move what activation checkpointing keeps (each layer's input) to host memory during the forward
     offload_activations: bool = False
     offload: OffloadConfig = field(default_factory=OffloadConfig)  # parallel=offload: DeepSpeed ZeRO-3 settings
+
+
+def weights_dtype(cfg: ParallelConfig, bf16: bool) -> torch.dtype:
+    """The dtype to build the model's weights in, before :func:`parallelize` hands them to the rung: fp32 (the
+    master weights of torch's optimizer, autocast for bf16), or bf16 under the offload rungs with bf16 training,
+    whose DeepSpeed engine would cast the weights to bf16 first anyway (``parallel.offload.build_dtype``)."""
+    return build_dtype(cfg.offload, bf16) if cfg.name in RUNNERS else torch.float32
 
 
 def parallelize(

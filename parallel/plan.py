@@ -39,7 +39,7 @@ The estimate is a sum of named terms (``Estimate.terms``), bytes on one GPU:
   (2 x 2 bytes), and lm_head's weight, gathered for the whole loss (2 bytes), with the chunked loss's fp32
   gradient of it (4 bytes per vocab x hidden). The host holds the model states by DeepSpeed's own estimate
   (:func:`zero3_offload_host_bytes`: 16 bytes per parameter plus the bf16 partitions (2), over the nodes, or
-  the fp32 model each of a node's processes builds, x 1.5 for buffers), and, under nested_offload, the layer
+  the model each of a node's processes builds, bf16 under bf16, x 1.5 for buffers), and, under nested_offload, the layer
   inputs in bf16. nested_offload is offload with the checkpointed layer inputs on the host and a tiled MLP
   (``conf/parallel/nested_offload.yaml``; activation checkpointing on). Checked on one H200 (1B at 512K and
   1M, GPU and host).
@@ -89,14 +89,15 @@ HEADROOM = 0.9  # a rung fits when its estimate is within this share of the GPU'
 ZERO3_HOST = "model states + buffers (DeepSpeed's estimate)"
 
 
-def zero3_offload_host_bytes(params: int, gpus_per_node: int, nodes: int) -> float:
+def zero3_offload_host_bytes(params: int, gpus_per_node: int, nodes: int, build_bytes: float = 4.0) -> float:
     """One node's host bytes of ZeRO-3 with parameters and optimizer offloaded, by DeepSpeed's own rule
     (``deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs``, without ``zero.Init``; restated
     here so that planning needs no DeepSpeed import, and checked equal to it in tests/test_plan.py): 18 bytes
-    per parameter over the nodes, or the fp32 model every process of the node builds before ZeRO-3
-    partitions it (4 x GPUs per node), whichever is larger, x 1.5 for DeepSpeed's buffers. Measured on one
+    per parameter over the nodes, or the model every process of the node builds before ZeRO-3 partitions it
+    (``build_bytes`` x GPUs per node: DeepSpeed's rule has fp32, 4; the trainer builds in bf16 under bf16, 2:
+    ``parallel.offload.build_dtype``), whichever is larger, x 1.5 for DeepSpeed's buffers. Measured on one
     H200 (1B model, nested_offload 512K / 1M): 64.1 / 96.1 GiB against 63.9 / 95.9 with the layer inputs."""
-    return params * max(4.0 * gpus_per_node, 18.0 / nodes) * 1.5
+    return params * max(build_bytes * gpus_per_node, 18.0 / nodes) * 1.5
 
 
 @dataclass
@@ -173,6 +174,8 @@ class Setup:
     offload_activations: bool = False  # parallel.offload_activations
     micro_batch: int = 1
     tiled_layer: int = 0  # parallel.tiled_layer: tokens per tile of the layers' token-wise parts; 0: off
+    # the offload rungs build the model in bf16 (bf16 training with parallel.offload.build_dtype=auto), else fp32
+    bf16_build: bool = True
 
 
 def estimate(
@@ -203,7 +206,7 @@ def estimate(
             "a layer's gradients (bf16) + reduce-scatter buffer": 2 * 2.0 * layer,
             "lm_head weight for the loss (bf16) + fp32 grad": 6.0 * shape.vocab * h,
         }
-        host_terms[ZERO3_HOST] = zero3_offload_host_bytes(shape.params, gpus, nodes)
+        host_terms[ZERO3_HOST] = zero3_offload_host_bytes(shape.params, gpus, nodes, 2.0 if setup.bf16_build else 4.0)
     else:
         terms = {"model states (fp32 weights, grads, AdamW)": 16.0 * shape.params}
         if gpus * nodes > 1:
@@ -405,12 +408,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiled-layer", type=int, default=0, help="tokens per layer tile (parallel.tiled_layer); 0: off")
     p.add_argument("--offload-activations", action="store_true", help="parallel.offload_activations")
     p.add_argument("--longest", action="store_true", help="per rung, the longest seq_len that fits (--seq-len ignored)")
+    p.add_argument("--fp32-build", action="store_true",
+                   help="the offload rungs' processes build the model in fp32 (fp32 training, or "
+                        "parallel.offload.build_dtype=fp32); default bf16")  # fmt: skip
     args = p.parse_args(argv)
     if not args.longest and args.seq_len < 1:
         p.error("--seq-len N is required (or --longest)")
     shape = load_shape(args.model, args.attention)
     setup = Setup(args.attention, not args.no_ac, args.tiled_mlp, args.offload_activations,
-                  tiled_layer=args.tiled_layer)  # fmt: skip
+                  tiled_layer=args.tiled_layer, bf16_build=not args.fp32_build)  # fmt: skip
     if args.longest:
         print(f"{args.model}: {shape.params / 1e9:.3f}B parameters, {args.nodes} node(s) of {args.gpus} GPU(s) of "
               f"{args.gpu_mem_gib:g} GiB, host {args.host_mem_gib or 'unlimited'} GiB, attention {args.attention}; "

@@ -4,9 +4,10 @@
 Each attempt is a real ``python -m train`` run (``torchrun`` when the rung uses several GPUs) of a random-init
 model on the embedded corpus, one sequence per step, activation checkpointing on, no checkpoint written
 (``train.save_final=false``). ``step_s`` is the median of the steps after the first, ``peak_gpu_gib`` the
-trainer's ``torch.cuda.max_memory_allocated`` (largest over ranks and steps), ``peak_host_gib`` the largest
-resident set of the run's processes (``os.wait4``'s rusage of the launcher, which covers its waited-for
-children). Beside each attempt the planner's estimate (``parallel/plan.py``) is recorded, so its error can be
+trainer's ``torch.cuda.max_memory_allocated`` (largest over ranks and steps), ``peak_host_gib`` the node's host
+memory: the largest over the run of the summed proportional set size (PSS: shared pages split between their
+sharers) of the launcher and all its descendants, sampled every 0.2 s, or the largest single process's resident
+set (``os.wait4``'s rusage, exact) where that is larger (one process). Beside each attempt the planner's estimate (``parallel/plan.py``) is recorded, so its error can be
 read off every measured peak. An attempt that fails (out of memory, timeout) is recorded with ``ok: false``
 and the tail of its log; with ``--search`` the first failure ends that (attention, rung) pair.
 
@@ -15,7 +16,7 @@ and the tail of its log; with ``--search`` the first failure ends that (attentio
 
 Writes ``<out>/ladder-<gpu>.json`` ({"device", "date", "command", "results": [{"model", "attention", "rung",
 "gpus", "seq_len", "ok", "step_s", "peak_gpu_gib", "peak_host_gib", ...}]}), merged with the rows already
-there (same model, attention, rung, gpus and seq_len: replaced), after every attempt, and prints a table.
+there (same model, attention, rung, gpus, seq_len and --extra: replaced), after every attempt, and prints a table.
 ``--dry-run`` prints the commands and the planner's estimates without running anything (a CPU check).
 """
 
@@ -55,7 +56,10 @@ RUNGS: dict[str, tuple[int, list[str]]] = {
     "offload": (1, ["parallel=offload"]),
     "nested_offload": (1, ["parallel=nested_offload"]),
 }
-COMPOSED = "ulysses<N>[_nested], offload_sp<N>, nested_offload_sp<N>, ring<SP>x<CP>; any name + _layer"
+COMPOSED = (
+    "ulysses<N>[_nested], offload_sp<N>, nested_offload_sp<N> (Ulysses inside ZeRO-3), offload_dp<N>, "
+    "nested_offload_dp<N> (ZeRO-3 over N data-parallel ranks), ring<SP>x<CP>; any name + _layer"
+)
 
 
 def recipe(rung: str) -> tuple[int, list[str]]:
@@ -71,8 +75,8 @@ def recipe(rung: str) -> tuple[int, list[str]]:
         nproc, ovr = RUNGS[base]
     elif m := re.fullmatch(r"ulysses(\d+)(_nested)?", base):
         nproc, ovr = int(m[1]), ["parallel=ulysses", f"parallel.sp={m[1]}", *(nested if m[2] else [])]
-    elif m := re.fullmatch(r"(nested_offload|offload)_sp(\d+)", base):
-        nproc, ovr = int(m[2]), [f"parallel={m[1]}", f"parallel.sp={m[2]}"]
+    elif m := re.fullmatch(r"(nested_offload|offload)_(sp|dp)(\d+)", base):
+        nproc, ovr = int(m[3]), [f"parallel={m[1]}", *([f"parallel.sp={m[3]}"] if m[2] == "sp" else [])]
     elif m := re.fullmatch(r"ring(\d+)x(\d+)", base):
         nproc, ovr = int(m[1]) * int(m[2]), ["parallel=ring", f"parallel.sp={m[1]}", f"parallel.cp={m[2]}"]
     else:
@@ -123,20 +127,23 @@ def command(nproc: int, overrides: list[str], run_dir: Path) -> list[str]:
     return [*launcher, f"hydra.run.dir={run_dir}", *overrides]
 
 
-def planned(model: str, attention: str, rung: str, seq_len: int) -> dict:
-    """The planner's GPU and host estimate (GiB) for this attempt, or {} where it has no estimate."""
+def planned(model: str, attention: str, rung: str, seq_len: int, extra: tuple = ()) -> dict:
+    """The planner's GPU and host estimate (GiB) for this attempt (the rung's recipe, then ``extra``: the
+    ``--extra`` overrides the planner reads), or {} where it has no estimate."""
     from parallel.plan import Setup, estimate, load_shape
 
     nproc, ovr = recipe(rung)
-    kv = dict(o.split("=", 1) for o in ovr)
+    kv = dict(o.split("=", 1) for o in [*ovr, *extra])
     name = kv["parallel"]
     sp, cp = int(kv.get("parallel.sp", 1)), int(kv.get("parallel.cp", 1))
+    fp32 = kv.get("train.precision") == "fp32" or kv.get("parallel.offload.build_dtype") == "fp32"
     setup = Setup(
         attention,
         True,
         int(kv.get("parallel.tiled_mlp", 0)),
         kv.get("parallel.offload_activations") == "true",
         tiled_layer=int(kv.get("parallel.tiled_layer", 0)),
+        bf16_build=not fp32,
     )
     shape = load_shape(REPO / "conf" / "model" / f"{model}.yaml", attention)
     e = estimate(shape, seq_len, name, nproc, sp, setup, cp)
@@ -164,14 +171,16 @@ def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, tim
     row = {"model": model, "attention": attention, "rung": rung, "gpus": nproc, "seq_len": seq_len,
            "command": " ".join(["python -m train" if nproc == 1 else f"torchrun --nproc-per-node={nproc} -m train",
                                 *ovr])}  # fmt: skip
-    row.update(planned(model, attention, rung, seq_len))
+    if extra:
+        row["extra"] = list(extra)
+    row.update(planned(model, attention, rung, seq_len, extra))
     log = work / f"{run_dir.name}.log"
     t0 = time.time()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)  # fmt: skip
         deadline = t0 + timeout_s
-        status, rusage, timed_out = None, None, False
+        status, rusage, timed_out, node_peak = None, None, False, 0
         while status is None:
             pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -181,10 +190,13 @@ def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, tim
                 _, status, rusage = os.wait4(proc.pid, 0)
                 timed_out = True
             else:
-                time.sleep(0.5)
+                node_peak = max(node_peak, tree_pss_bytes(proc.pid))
+                time.sleep(0.2)
         proc.returncode = os.waitstatus_to_exitcode(status)
     row["wall_s"] = round(time.time() - t0, 1)
-    row["peak_host_gib"] = round(rusage.ru_maxrss * 1024 / GIB, 2)  # ru_maxrss is in KiB on Linux
+    largest_process = rusage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+    row["peak_host_gib"] = round(max(node_peak, largest_process) / GIB, 2)
+    row["peak_host_sampled_gib"] = round(node_peak / GIB, 2)  # the processes' summed PSS, sampled
     metrics = run_dir / "metrics.jsonl"
     steps_done = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
     row["steps_done"] = len(steps_done)
@@ -206,6 +218,31 @@ def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, tim
     return row
 
 
+def tree_pss_bytes(root: int) -> int:
+    """The summed proportional set size of process ``root`` and all its descendants (0 where /proc cannot tell):
+    a node's host memory, each shared page (the libraries every rank maps) counted once over its sharers, where a
+    sum of resident sets would count it once per rank. No psutil: /proc is enough."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except (OSError, IndexError):
+            continue  # exited while listed
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024  # kB
+                    break
+        except OSError:
+            continue
+    return total
+
+
 def _error_line(text: str) -> str:
     for key in ("OutOfMemoryError", "out of memory", "CUDA error", "Error", "error"):
         hits = [ln for ln in text.splitlines() if key in ln]
@@ -216,7 +253,7 @@ def _error_line(text: str) -> str:
 
 def save(path: Path, device: str, argv: list[str], rows: list[dict]) -> None:
     old = json.loads(path.read_text())["results"] if path.exists() else []
-    key = lambda r: (r["model"], r["attention"], r["rung"], r["gpus"], r["seq_len"])  # noqa: E731
+    key = lambda r: (r["model"], r["attention"], r["rung"], r["gpus"], r["seq_len"], *r.get("extra", []))  # noqa: E731
     new = {key(r) for r in rows}
     doc = {
         "device": device,
@@ -268,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
                     nproc, _ = recipe(rung)
                     ovr = overrides_for(args.model, att, rung, n, args.steps, tuple(args.extra))
                     print(json.dumps({"rung": rung, "attention": att, "seq_len": n,
-                                      **planned(args.model, att, rung, n)}))  # fmt: skip
+                                      **planned(args.model, att, rung, n, tuple(args.extra))}))  # fmt: skip
                     print("   ", shlex.join(command(nproc, ovr, Path("runs/ladder"))))
         return
 

@@ -19,6 +19,7 @@ tiny test models would stay whole on every rank and the gather/partition path wo
 from __future__ import annotations
 
 import faulthandler
+import json
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from parallel import ParallelConfig, ParallelDims, build_runner, parallelize
+from parallel import ParallelConfig, ParallelDims, build_runner, parallelize, weights_dtype
 from parallel.offload import OffloadConfig
 from parallel.runner import StepSettings
 from tests.test_distributed import TIMEOUT_S, Job, check_ok, job_env, run_workers, wait_all
@@ -186,11 +187,11 @@ SSA = ["attention=ssa", "attention.ssa.router=attention", "attention.ssa.block_s
 RESUME_KEYS = {"parallel", "train.seq_len", "train.grad_accum", *(o.split("=")[0] for o in SSA)}
 
 
-def trainer_cmd(parallel: str, run_dir: Path, data_cache: Path) -> list[str]:
+def trainer_cmd(parallel: str, run_dir: Path, data_cache: Path, steps: int = STEPS, extra: tuple = ()) -> list[str]:
     return [sys.executable, "-m", "train", "experiment=smoke", f"parallel={parallel}", "parallel.device=cpu",
-            "parallel.offload.persistence_threshold=0", f"train.steps={STEPS}", "train.ckpt_every=5",
+            "parallel.offload.persistence_threshold=0", f"train.steps={steps}", "train.ckpt_every=5",
             "train.seq_len=128", "train.grad_accum=2", "logging.wandb=disabled", f"data.cache_dir={data_cache}",
-            f"hydra.run.dir={run_dir}", *SSA]  # fmt: skip
+            f"hydra.run.dir={run_dir}", *SSA, *extra]  # fmt: skip
 
 
 def test_trainer_under_offload_matches_single_and_resumes_after_a_kill(tmp_path, data_cache):
@@ -247,11 +248,75 @@ def test_trainer_under_offload_matches_single_and_resumes_after_a_kill(tmp_path,
     assert max(losses(kill_dir)) == STEPS
 
 
+def test_bf16_build_trains_the_fp32_builds_model(tmp_path, data_cache):
+    """Under bf16 the offload rung builds the model in bf16 (half the host memory per process before ZeRO-3
+    partitions it): DeepSpeed rounds an fp32 build to the same bf16 weights and makes its fp32 master weights
+    from them, so every step's loss and gradient norm, and the saved weights, equal the fp32 build's bit for
+    bit. The checkpoint's config says float32, the saved master weights' dtype, so that a plain from_pretrained
+    loads them unrounded."""
+    from safetensors.torch import load_file
+
+    runs = {b: tmp_path / b for b in ("auto", "fp32")}
+    jobs = [Job(trainer_cmd("offload", d, data_cache, 5, ("train.precision=bf16", f"parallel.offload.build_dtype={b}")),
+                job_env(), tmp_path / f"{b}.log") for b, d in runs.items()]  # fmt: skip
+    for rc, out in wait_all(*jobs):
+        check_ok(rc, out)
+    assert "built in torch.bfloat16" in (tmp_path / "auto.log").read_text()
+    assert "built in" not in (tmp_path / "fp32.log").read_text()
+    bf16_build, fp32_build = losses(runs["auto"]), losses(runs["fp32"])
+    assert sorted(bf16_build) == list(range(1, 6)) and bf16_build == fp32_build  # bit for bit, every step
+    assert bf16_build[5][0] < bf16_build[1][0]  # it learns
+    model = [runs[b] / "checkpoints/step_00000005/model" for b in runs]
+    weights = [load_file(m / "model.safetensors") for m in model]
+    assert sorted(weights[0]) == sorted(weights[1])
+    for k, w in weights[0].items():
+        assert w.dtype == torch.float32 and torch.equal(w, weights[1][k]), k
+    # fp32 master weights, not bf16 values: some are not representable in bf16
+    assert any(not torch.equal(w, w.bfloat16().float()) for w in weights[0].values())
+    for m in model:
+        assert json.loads((m / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_bench_host_build_measures_both_builds(tmp_path):
+    """scripts/bench_host_build.py on the tiny model, one process: a row per build with the node's sampled peak
+    until DeepSpeed's engine is built, merged into the results file by (model, overrides, processes, build)."""
+    from tests.scripts_loader import load_script
+
+    bench = load_script("bench_host_build")
+    args = ["--model", "tiny", "--nproc", "1", "--out", str(tmp_path), "--timeout-s", "300"]
+    bench.main(args)
+    bench.main([*args, "--model-overrides", "model.hf_config.num_hidden_layers=3"])
+    doc = json.loads((tmp_path / "host-build-cpu.json").read_text())
+    rows = {(r["build_dtype"], len(r["model_overrides"])): r for r in doc["results"]}
+    assert sorted(rows) == [("bf16", 0), ("bf16", 1), ("fp32", 0), ("fp32", 1)]
+    for n in (0, 1):
+        fp32, bf16 = rows["fp32", n], rows["bf16", n]
+        assert fp32["params"] == bf16["params"] > 0
+        for row, nbytes in ((fp32, 4), (bf16, 2)):
+            assert row["planned_build_gib"] == round(nbytes * row["params"] / 2**30, 2)
+        assert 0.1 < bf16["peak_host_gib"] < 8 and 0.1 < fp32["peak_host_gib"] < 8
+        assert "parallel.offload.build_dtype=auto" in bf16["command"]
+    assert rows["fp32", 1]["params"] < rows["fp32", 0]["params"]  # the override (3 layers, not 4) reached the model
+
+
+def test_weights_dtype_is_bf16_only_where_the_rung_casts_to_it():
+    def dtype(overrides, bf16):
+        return weights_dtype(to_config(compose_cfg(overrides)).parallel, bf16)
+
+    assert dtype(["parallel=offload"], True) == torch.bfloat16
+    assert dtype(["parallel=nested_offload", "train.activation_checkpointing=true"], True) == torch.bfloat16
+    assert dtype(["parallel=offload"], False) == torch.float32
+    assert dtype(["parallel=offload", "parallel.offload.build_dtype=fp32"], True) == torch.float32
+    for rung in ("single", "ddp", "ulysses", "ring"):  # torch's optimizer steps the built (fp32 master) weights
+        assert dtype([f"parallel={rung}"], True) == torch.float32, rung
+
+
 @pytest.mark.parametrize(
     "overrides,key",
     [
         (["parallel=offload", "parallel.offload.optimizer=adam"], "parallel.offload.optimizer"),
         (["parallel=offload", "parallel.offload.persistence_threshold=-1"], "parallel.offload.persistence_threshold"),
+        (["parallel=offload", "parallel.offload.build_dtype=bf16"], "parallel.offload.build_dtype"),
         (["parallel=offload", "train.compile=true"], "train.compile"),
         (["parallel=nested_offload"], "train.activation_checkpointing=true"),
         (["parallel=nested_offload", "train.activation_checkpointing=true", "parallel.tiled_mlp=0"],

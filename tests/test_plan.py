@@ -5,6 +5,7 @@ included), parallel=auto in the trainer, and its CLI."""
 import copy
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import ANY
@@ -88,7 +89,9 @@ def test_host_estimate_within_15_percent_of_the_ladder_benchmark(key):
     peak resident memory) and where the planner puts anything on the host: the layer inputs of nested rungs (fp32,
     or bf16 under DeepSpeed) and DeepSpeed's model states. Rows with nothing planned there must stay small."""
     row = LADDER_ROWS[key]
-    est = bench.planned(row["model"], row["attention"], row["rung"], row["seq_len"])["planned_host_gib"]
+    est = bench.planned(row["model"], row["attention"], row["rung"], row["seq_len"], tuple(row.get("extra", ())))[
+        "planned_host_gib"
+    ]
     if est == 0:
         assert row["peak_host_gib"] < 8, row
     else:
@@ -104,12 +107,30 @@ def test_zero3_host_rule_is_deepspeeds():
         assert abs(zero3_offload_host_bytes(params, gpus, nodes) - cpu) <= 1, (params, gpus, nodes)
 
 
+def test_zero3_host_counts_the_bf16_build():
+    """Under bf16 the offload rungs' processes build the model in bf16 (parallel.offload.build_dtype=auto): 2 bytes
+    a parameter per process instead of DeepSpeed's 4. It lowers the host estimate only where the build is the
+    larger term, 5 or more GPUs a node: the 8B on one node of 8 GPUs, from 8 x 4 to ZeRO-3's own 18."""
+    params = 8_030_261_248
+    assert zero3_offload_host_bytes(params, 8, 1, 2.0) == params * 18 * 1.5
+    assert zero3_offload_host_bytes(params, 8, 4, 2.0) == params * 16 * 1.5  # 2 x 8 GPUs > 18 / 4 nodes
+    assert zero3_offload_host_bytes(params, 4, 1, 2.0) == zero3_offload_host_bytes(params, 4, 1)  # 18 > 16
+    shape = load_shape(REPO / "conf" / "model" / "llama_8b.yaml", "ssa")
+    host = {b: estimate(shape, 1 << 20, "offload", 8, 1, replace(SSA, bf16_build=b)).host_terms for b in (True, False)}
+    assert host[True][ZERO3_HOST] == zero3_offload_host_bytes(shape.params, 8, 1, 2.0)
+    assert host[False][ZERO3_HOST] == zero3_offload_host_bytes(shape.params, 8, 1, 4.0)
+    one_gpu = [estimate(shape, 1 << 20, "offload", 1, 1, replace(SSA, bf16_build=b)).host_bytes for b in (True, False)]
+    assert one_gpu[0] == one_gpu[1]  # every measured host peak (one GPU) is planned as before
+
+
 @pytest.mark.parametrize("key", list(LADDER_ROWS))
 def test_estimate_within_15_percent_of_the_ladder_benchmark(key):
     """Every run of scripts/bench_ladder.py that measured a GPU peak (tiled MLP, layer inputs on the host,
     DeepSpeed offload) against the current planner, rebuilt from the row's rung recipe."""
     row = LADDER_ROWS[key]
-    est = bench.planned(row["model"], row["attention"], row["rung"], row["seq_len"])["planned_gpu_gib"]
+    est = bench.planned(row["model"], row["attention"], row["rung"], row["seq_len"], tuple(row.get("extra", ())))[
+        "planned_gpu_gib"
+    ]
     assert abs(est - row["peak_gpu_gib"]) / row["peak_gpu_gib"] <= 0.15, (row["rung"], row["seq_len"], est, row)
 
 
@@ -127,6 +148,51 @@ def test_bench_ladder_composed_rung_names():
     assert bench.planned("llama_1b", "ssa", "ring4x2", 1 << 20)["planned_gpu_gib"] == round(ring.gpu_gib, 2)
     with pytest.raises(Exception, match="ring<SP>x<CP>"):
         bench.recipe("ring4")
+
+
+def test_bench_ladder_data_parallel_offload_and_its_extra_overrides():
+    """offload_dp<N>: ZeRO-3 over N data-parallel ranks (no Ulysses). planned() reads the --extra overrides the
+    planner depends on: the offload rungs' build dtype (train.precision, parallel.offload.build_dtype) and the tiled
+    layer."""
+    assert bench.recipe("offload_dp8") == (8, ["parallel=offload"])
+    assert bench.recipe("nested_offload_dp2_layer") == (2, ["parallel=nested_offload", "parallel.tiled_layer=16384"])
+    shape = load_shape(REPO / "conf" / "model" / "llama_8b.yaml", "ssa")
+    t = 1 << 20
+    host = {b: round(estimate(shape, t, "offload", 8, 1, replace(SSA, bf16_build=b)).host_bytes / GIB, 2)
+            for b in (True, False)}  # fmt: skip
+    assert host[False] > host[True]
+    assert bench.planned("llama_8b", "ssa", "offload_dp8", t)["planned_host_gib"] == host[True]
+    for fp32 in ("parallel.offload.build_dtype=fp32", "train.precision=fp32"):
+        assert bench.planned("llama_8b", "ssa", "offload_dp8", t, (fp32,))["planned_host_gib"] == host[False]
+    layer = bench.planned("llama_1b", "ssa", "nested_offload", t, ("parallel.tiled_layer=16384",))
+    assert (
+        layer
+        == bench.planned("llama_1b", "ssa", "nested_offload_layer", t)
+        != bench.planned("llama_1b", "ssa", "nested_offload", t)
+    )
+
+
+def test_bench_ladder_host_peak_counts_every_process_of_the_run():
+    """tree_pss_bytes: the summed PSS of a process and its descendants (a node's host memory under torchrun),
+    here a launcher whose child holds 256 MiB."""
+    import subprocess
+    import sys
+    import time
+
+    child = "import sys, time; b = b'x' * (256 << 20); print('ready', flush=True); time.sleep(60)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
+    try:
+        deadline, tree = time.time() + 30, 0
+        while tree < 256 << 20 and time.time() < deadline:
+            time.sleep(0.2)
+            tree = bench.tree_pss_bytes(proc.pid)
+        own = int(next(x for x in Path(f"/proc/{proc.pid}/smaps_rollup").read_text().splitlines()
+                       if x.startswith("Pss:")).split()[1]) * 1024  # fmt: skip
+        assert tree >= 256 << 20 > own, (tree, own)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
 
 
 def test_plan_picks_the_cheapest_rung_that_fits():
@@ -209,8 +275,8 @@ def test_multinode_picked_where_one_node_is_too_small():
     assert (pick.rung, pick.sp, pick.cp) == ("multinode", 16, 1) and by_rung["ring"].gpu_gib <= 72
     assert choose(shape, t, 16, 8, 80.0, SSA)[:3] == ("multinode", 16, 1)
     assert "multinode" not in [r.rung for r in plan(shape, t, 8, 80.0, SSA)[0]]  # one node
-    # one node of 160 GiB: nested_offload needs 185 on the host (128 of bf16 layer inputs), so only ulysses with the
-    # tiled layer fits
+    # one node of 160 GiB: nested_offload needs 160 on the host (128 of bf16 layer inputs), over the 90% headroom, so
+    # only ulysses with the tiled layer fits
     assert choose(shape, t, 8, 8, 80.0, SSA, host_mem_gib=160.0) == ("ulysses", 8, 1, ANY, 16384)
     with pytest.raises(ParallelError, match="no rung fits"):
         choose(shape, t, 8, 8, 40.0, SSA, host_mem_gib=160.0)
@@ -225,11 +291,15 @@ def test_multinode_picked_where_one_node_is_too_small():
     multinode = next(r for r in plan(shape, 1 << 23, 8, 80.0, SSA, nodes=8)[0] if r.rung == "multinode")
     assert multinode.sp == 32 and multinode.gpu_gib > 72
     assert plan(shape, t, 8, 80.0, SSA, nodes=4)[1].sp == 16
-    # host memory is the node's: the offload rungs' model states are partitioned over the nodes, unless the fp32
-    # model each of a node's processes builds before ZeRO-3 partitions it is larger (8 GPUs: 4 x 8 > 18 bytes)
+    # host memory is the node's: the offload rungs' model states are partitioned over the nodes, unless the model
+    # each of a node's processes builds before ZeRO-3 partitions it is larger (8 GPUs: bf16, 2 x 8 > 18 / 2 nodes;
+    # an fp32 build, 4 x 8 > 18 on one node too); x 1.5 for DeepSpeed's buffers
     one, two = (estimate(shape, t, "offload", 1, 1, SSA, nodes=n).host_bytes for n in (1, 2))
     assert two == one / 2
     one, two = (estimate(shape, t, "offload", 8, 1, SSA, nodes=n).host_bytes for n in (1, 2))
+    assert (one, two) == (27.0 * shape.params, 24.0 * shape.params)
+    fp32_build = replace(SSA, bf16_build=False)
+    one, two = (estimate(shape, t, "offload", 8, 1, fp32_build, nodes=n).host_bytes for n in (1, 2))
     assert two == one == 48.0 * shape.params
 
 

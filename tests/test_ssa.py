@@ -326,6 +326,24 @@ def _router_case(dtype, dev="cpu", t=231):
     return router, hidden, (q, k, v), doc_ids_from_positions(pos).to(dev)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_router_from_bf16_attention_is_the_fp32_router_rounded(bias):
+    """A bf16 build (the offload rungs under bf16) of a bf16 checkpoint initialises the router as the fp32 build
+    does, rounded to bf16 (what DeepSpeed does to the fp32 build's router): torch's mean over a group's query heads
+    accumulates bf16 in fp32 and rounds once."""
+    from ssa_kernels.router import SSARouter
+
+    torch.manual_seed(0)
+    attn = torch.nn.Module()
+    attn.q_proj, attn.k_proj = torch.nn.Linear(64, 8 * 16, bias=bias), torch.nn.Linear(64, 2 * 16, bias=bias)
+    attn.to(torch.bfloat16).float()  # bf16 values (a bf16 checkpoint), held in fp32
+    fp32 = SSARouter.from_attention(attn, 2, 16).state_dict()
+    bf16 = SSARouter.from_attention(attn.to(torch.bfloat16), 2, 16).state_dict()
+    assert sorted(fp32) == sorted(bf16) and len(fp32) == 2 + 2 * bias
+    for k, w in bf16.items():
+        assert w.dtype == torch.bfloat16 and torch.equal(w, fp32[k].bfloat16()), k
+
+
 def test_pooled_router_gives_the_block_means_of_its_per_token_outputs():
     router, hidden, _, _ = _router_case(torch.float64)
     route = router.pooled(hidden, 16)

@@ -59,6 +59,19 @@ def _gather(obj: Any, dims: ParallelDims) -> list[Any]:
     return out
 
 
+def _save_model(lm: nn.Module, weights: dict[str, torch.Tensor], directory: Path) -> None:
+    """``lm.save_pretrained`` with ``weights``, its config's ``dtype`` that of the weights. HF writes the model's
+    own parameter dtype, which under the offload rungs with bf16 is DeepSpeed's bf16 while the weights saved are
+    its fp32 master weights: a plain ``from_pretrained`` would load them rounded to bf16."""
+    dtype = next((t.dtype for t in weights.values() if t.is_floating_point()), None)  # save_pretrained empties it
+    lm.save_pretrained(directory, state_dict=weights, safe_serialization=True)
+    if dtype is None or str(lm.config.dtype).removeprefix("torch.") == str(dtype).removeprefix("torch."):
+        return
+    config = lm.config.__class__.from_dict(lm.config.to_dict())
+    config.dtype = dtype
+    config.save_pretrained(directory)
+
+
 def _fsync_tree(path: Path) -> None:
     for p in sorted(path.rglob("*"), reverse=True) + [path]:
         fd = os.open(p, os.O_RDONLY)
@@ -115,7 +128,7 @@ class Checkpointer:
         runner.save_state(tmp)
         if self.dims.is_main:
             hf_logging.disable_progress_bar()  # no "Writing model shards" bar per checkpoint
-            lm.save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)
+            _save_model(lm, weights, tmp / "model")
             tokenizer.save_pretrained(tmp / "model")
             torch.save({"scheduler": runner.scheduler.state_dict(), "step": step}, tmp / "trainer.pt")
             torch.save(rng_states, tmp / "rng.pt")

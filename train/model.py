@@ -103,13 +103,16 @@ def build_config(cfg: ModelConfig, tokenizer, seq_len: int) -> PretrainedConfig:
     return config
 
 
-def build_model(cfg: ModelConfig, attention: AttentionConfig, config: PretrainedConfig) -> PreTrainedModel:
-    """The HF model with fp32 weights; for attention=ssa, built dense and converted in place."""
+def build_model(
+    cfg: ModelConfig, attention: AttentionConfig, config: PretrainedConfig, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """The HF model with ``dtype`` weights (fp32; bf16 where the rung casts to bf16 anyway:
+    ``parallel.weights_dtype``); for attention=ssa, built dense and converted in place."""
     impl = attention.impl if attention.name == "dense" else "sdpa"
-    kwargs = {"attn_implementation": impl, "dtype": torch.float32}
+    kwargs = {"attn_implementation": impl, "dtype": dtype}
     if cfg.path is not None and attention.name == "ssa" and getattr(config, "ssa", None):
         # an SSA checkpoint: HF's loader would drop its learned routers (convert_to_ssa below keeps them)
-        model = ssa_from_pretrained(str(Path(cfg.path).expanduser()), config=config, dtype=torch.float32)
+        model = ssa_from_pretrained(str(Path(cfg.path).expanduser()), config=config, dtype=dtype)
     elif cfg.path is not None:
         model = AutoModelForCausalLM.from_pretrained(str(Path(cfg.path).expanduser()), config=config, **kwargs)
     else:
@@ -123,6 +126,7 @@ def build_model(cfg: ModelConfig, attention: AttentionConfig, config: Pretrained
     warn_yarn_temperature(model)
     n = sum(p.numel() for p in model.parameters())
     what = impl if attention.name == "dense" else f"ssa {attention.ssa}"
+    what += f", built in {dtype}" if dtype != torch.float32 else ""
     nope = getattr(model.config, "nope_layers", None)
     what += f", NoPE layers {nope}" if nope else ""
     log.info("model: %s, %.2fM parameters, attention=%s", type(model).__name__, n / 1e6, what)

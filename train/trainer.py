@@ -31,7 +31,9 @@ from parallel import (
     destroy_distributed,
     init_distributed,
     parallelize,
+    weights_dtype,
 )
+from parallel.offload import build_dtype
 from parallel.plan import GIB, NESTED_TILE, Setup, Shape, choose
 from ssa_kernels.diagnostics import SSARecorder, router_metrics, router_stats_recorder
 from train.checkpoint import Checkpointer
@@ -138,8 +140,10 @@ def _resolve_auto(cfg: Config) -> None:
     mem = torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else None
     host_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB  # the node's memory
     p, t = cfg.parallel, cfg.train
+    bf16 = _precision(t.precision, torch.device("cuda" if on_gpu else "cpu")) == "bf16"
+    bf16_build = build_dtype(p.offload, bf16) == torch.bfloat16  # how an offload rung, if picked, builds the model
     setup = Setup(cfg.attention.name, t.activation_checkpointing, p.tiled_mlp, p.offload_activations, t.micro_batch,
-                  p.tiled_layer)  # fmt: skip
+                  p.tiled_layer, bf16_build)  # fmt: skip
     name, sp, cp, rows, tiled_layer = choose(shape, t.seq_len, world, local_world, mem, setup, host_mem)
     estimates = "; ".join(f"{e.rung} sp={e.sp} cp={e.cp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
     log.info(
@@ -169,7 +173,10 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
         (run_dir / "config.yaml").write_text(config_yaml)  # the resolved config of this run
 
     tokenizer = build_tokenizer(cfg.model)
-    lm = build_model(cfg.model, cfg.attention, build_config(cfg.model, tokenizer, t.seq_len))
+    bf16 = _precision(t.precision, dims.device) == "bf16"
+    # bf16 only under the offload rungs, whose engine casts to bf16 anyway: half the host memory per process
+    dtype = weights_dtype(cfg.parallel, bf16)
+    lm = build_model(cfg.model, cfg.attention, build_config(cfg.model, tokenizer, t.seq_len), dtype)
     lm.train()
     skip = attach_position_skip(lm, t.position_skip, t.seq_len, t.seed)  # PoSE (train.position_skip), or None
     loss_model = CausalLMLoss(lm, t.loss_chunk).to(dims.device)
@@ -196,7 +203,7 @@ def _train(cfg: Config, config_dict: dict, run_dir: Path, dims: ParallelDims) ->
     model = parallelize(
         loss_model, loss_model.decoder_layers, dims, cfg.parallel, t.activation_checkpointing, t.compile
     )
-    settings = StepSettings(t.grad_clip, t.micro_batch, t.grad_accum, _precision(t.precision, dims.device) == "bf16")
+    settings = StepSettings(t.grad_clip, t.micro_batch, t.grad_accum, bf16)
     runner = build_runner(
         model,
         dims,

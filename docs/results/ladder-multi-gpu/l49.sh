@@ -3,10 +3,11 @@
 # longest context per rung and its step time against dense attention, with scripts/bench_ladder.py's composed rungs.
 # Pick by the kind held: KIND=x2 (2 x H200, 256 GiB host), x4, x8 (8 x H200, 560 GiB host). Planner estimates
 # (python -m parallel.plan --model conf/model/llama_8b.yaml --gpus G --gpu-mem-gib 139 --host-mem-gib H --longest
-# --tiled-layer 16384, with the seventeenth session's host rule): offload with Ulysses inside and the tiled layer
+# --tiled-layer 16384, with the eighteenth session's host rule): offload with Ulysses inside and the tiled layer
 # reaches ~395K on x2, ~790K on x4, ~1.58M on x8; nested_offload is host-bound (bf16 layer inputs) at 88K / 1.03M /
-# 541K. Every rank builds the 8B model in fp32 on the host before ZeRO-3 partitions it (no zero.Init yet); the
-# planner counts it (x8: 371 GiB of host for the model states).
+# 1.20M. Every rank builds the 8B model on the host before ZeRO-3 partitions it (no zero.Init), in bf16 under bf16
+# since the eighteenth session (parallel.offload.build_dtype=auto); the planner counts it (x8: 209 GiB of host for the
+# model states, ZeRO-3's own 18 bytes a parameter; it was 371 GiB with the fp32 build).
 # Copy ladlib.sh (docs/results/ladder-h200-2026-12-05b/) and l49.sh to devrun/; carry .whl, .whl-ds and devrun:
 # the offload rungs need DeepSpeed, which the device image lacks (.whl-ds/, installed by ladlib.sh).
 # One device call each (600 s): CALL=1 the SSA search upward, CALL=2 SSA against dense at the length dense fits.
