@@ -19,6 +19,7 @@ building the pyramid, the part that reads the T x D inputs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
 import json
@@ -92,6 +93,9 @@ def main() -> None:
     ap.add_argument("--beam-widths", type=int, nargs="*", default=[], help="SSAConfig.beam_widths of every run")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument("--tag", default="", help="file name suffix: selector-<gpu>-<tag>.json")
+    ap.add_argument("--bound-four-gathers", action="store_true",
+                    help="also time bound scorings with a whole node's min / max rows gathered twice (Tuning."
+                         "bound_skip_repeat=False, the fifteenth session's kernel): rows get bound_gathers 2 / 4")  # fmt: skip
     args = ap.parse_args()
     cfg = SSAConfig(beam_widths=args.beam_widths)
     scorings = [tuple(x.split("/")) for x in args.scores]
@@ -118,12 +122,20 @@ def main() -> None:
         print(f"using {fast.TUNING}", flush=True)
         del q, k
     results = []
+    tuning = fast.TUNING  # the sweep's pick (or the default); --bound-four-gathers varies one field per run
     for n in args.n:
         q, k = inputs(n)
+        runs = []
         for (method, fn), cfg in itertools.product(METHODS.items(), configs):
+            bound = "bound" in (cfg.node_score, cfg.leaf_score)
+            for skip in (True, False) if fn is select_blocks_fast and bound and args.bound_four_gathers else (None,):
+                runs.append((method, fn, cfg, skip))
+        for method, fn, cfg, skip in runs:
             if fn is select_blocks and n > args.ref_max:
                 continue
+            fast.TUNING = tuning if skip is None else dataclasses.replace(tuning, bound_skip_repeat=skip)
             ms, extra, sel = measure(fn, q, k, cfg)
+            fast.TUNING = tuning
             routed = (sel.routed >= 0).sum(-1).float()
             row = {
                 "n": n, "method": method, "pass": "selector", "ms": ms, "extrapolated": False,
@@ -131,6 +143,9 @@ def main() -> None:
                 "mean_routed": routed[..., 16:].mean().item(), "beam_min": cfg.beam_min,
                 "beam_widths": cfg.beam_widths, "node_score": cfg.node_score, "leaf_score": cfg.leaf_score,
             }  # fmt: skip
+            if skip is not None:
+                row["bound_gathers"] = 2 if skip else 4  # per whole node (edge nodes: 4 either way)
+                method = f"{method} ({row['bound_gathers']} gathers)"
             if fn is select_blocks_fast:
                 row["summaries_ms"] = triton.testing.do_bench(
                     lambda q=q, k=k, cfg=cfg: fast._summaries(q, k, cfg), warmup=25, rep=100, return_mode="median"

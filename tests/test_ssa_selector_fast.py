@@ -2,6 +2,7 @@
 prefix consistency, documents, GQA, ragged lengths, several configs. On CPU the kernels run in Triton's
 interpreter (tests/conftest.py), where top-k is done by ranks instead of the GPU's bitonic tl.topk."""
 
+import dataclasses
 import functools
 import math
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ssa_kernels.selector.fast as fast_module
 import ssa_kernels.selector.reference as R
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.selector import (
@@ -351,7 +353,8 @@ def assert_bound_search_matches_reference(fast_sel, ref_sel, other_sel, bt, hkv,
 @pytest.mark.parametrize("scores", BOUNDS.values(), ids=BOUNDS.keys())
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_bound_scores_match_reference(case, scores, poisoned_and_no_fallback):
-    """node_score / leaf_score = bound in the Triton search (the sparse min / max tables, four gathers a node) against
+    """node_score / leaf_score = bound in the Triton search (the sparse min / max tables, two gathers a whole node, four
+    an edge node) against
     the reference's _bound_ranges, into garbage-filled outputs: documents, GQA 1-4, ragged lengths, beams of one,
     wide beams and beam_full_span."""
     bt, hq, hkv, seq_len, cfg, docs, d = case
@@ -364,6 +367,24 @@ def test_bound_scores_match_reference(case, scores, poisoned_and_no_fallback):
         select_blocks_fast(q, k, bound, doc_ids), select_blocks(q, k, bound, doc_ids),
         select_blocks(q, k, cfg, doc_ids), bt, hkv, seq_len, bound, doc_ids, reference_search(q, k, bound, doc_ids),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["gqa4-T203-blk4-br2-docs", "gqa4-T3207-blk16-br8-sink2-docs", "T300-blk4-br3-wide"])
+def test_bound_search_skips_a_whole_nodes_repeated_run_exactly(case, monkeypatch):
+    """A whole node's two runs are one, so gathering its min / max rows once (Tuning.bound_skip_repeat, the default)
+    selects and scores bit for bit as gathering them twice (the kernel scripts/bench_selector.py
+    --bound-four-gathers times against it). Both bounds, so every level takes the path."""
+    bt, hq, hkv, seq_len, cfg, docs, d = CASES[case]
+    q, k = (x.to(DEV) for x in make_qk(bt, hq, hkv, seq_len, d, seed=5))
+    doc_ids = make_doc_ids(bt, seq_len, docs).to(DEV) if docs else None
+    bound = SSAConfig(**{**vars(cfg), "node_score": "bound", "leaf_score": "bound"})
+    sels = []
+    for skip in (True, False):
+        monkeypatch.setattr(fast_module, "TUNING", dataclasses.replace(fast_module.TUNING, bound_skip_repeat=skip))
+        sels.append(select_blocks_fast(q, k, bound, doc_ids))
+    for name in ("indices", "routed", "routed_scores", "candidates"):
+        assert torch.equal(getattr(sels[0], name), getattr(sels[1], name)), name
+    assert (sels[0].routed >= 0).any()
 
 
 def test_pooled_leaf_bound_search_matches_reference(poisoned_and_no_fallback):

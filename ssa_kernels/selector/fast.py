@@ -53,8 +53,9 @@ k once, at about HBM bandwidth: at 1M tokens it is ~40% of the selector's time.
 Bound scores (``node_score`` / ``leaf_score`` = bound). A node is scored by sum_d max(q_d min_d, q_d max_d) over
 its blocks inside [lo, hi) (``_bound_scores``), min / max read from the reference's sparse tables
 (``reference.block_bounds``, built in torch from the level-0 block sums, or over the blocks' token-key min / max
-under leaf_score=bound): two overlapping runs of 2^j blocks, so four row gathers a node where the mean reads one,
-and O(n log n) memory for the tables (2 x J x Bt x Hkv x nb x D fp32, J = log2 of the coarsest node's blocks + 1).
+under leaf_score=bound): two overlapping runs of 2^j blocks, which for a whole node of a power-of-two branching
+(every candidate but the row's edge nodes, and every block) are one run. So two row gathers a node (min, max;
+four at an edge) where the mean reads one, and O(n log n) memory for the tables (2 x J x Bt x Hkv x nb x D fp32, J = log2 of the coarsest node's blocks + 1).
 A partial node needs no edge terms: the tables bound any run of blocks.
 
 Falls back to the reference for fp64 inputs (exact oracle, gradcheck), ``topk_blocks == 0``, very wide
@@ -103,6 +104,9 @@ class Tuning:
     dim_chunk: int = 4  # head-dim elements per step of the leaves' gather (registers: rows x slots x chunk)
     pool_blocks: int = 1  # blocks per program of the pooling kernel
     pool_warps: int = 4
+    # Bound scores: gather a whole node's min / max rows once (its two runs are one); False: always both runs, the
+    # four gathers of the fifteenth session's kernel (kept to time the two against each other in one run).
+    bound_skip_repeat: bool = True
 
 
 TUNING = Tuning()
@@ -283,12 +287,14 @@ def _bound_scores(
     DP: tl.constexpr,
     BD: tl.constexpr,
     J: tl.constexpr,
+    SKIP_REPEAT: tl.constexpr,
 ):
     """``_level_scores`` with each node scored by the bound of its best visible block (``node_score`` /
     ``leaf_score`` bound, the reference's ``_bound_ranges``): sum over dims of max(q_d min_d, q_d max_d), min / max
     over the node's blocks inside [lo, hi), read from the sparse tables ``BlockBounds.low`` / ``high``
-    ([J, Bt * Hkv, cap, D] fp32) as two overlapping runs of 2^j blocks, j = floor(log2(visible blocks)): four row
-    gathers per node instead of one, and no division by the node's size (the bound is already per block)."""
+    ([J, Bt * Hkv, cap, D] fp32) as two overlapping runs of 2^j blocks, j = floor(log2(visible blocks)): two row
+    gathers per node (four for the row's edge nodes) instead of the mean's one, and no division by the node's size
+    (the bound is already per block)."""
     cover = tl.load(cover_ptr + level)
     valid = _visible(node, cover, lo, hi, live)
     lo2, hi2 = lo[:, None], hi[:, None]
@@ -302,18 +308,23 @@ def _bound_scores(
     table = (j * n_bh + bh[:, None]) * cap  # (ROWS, M) first row of this (level j, batch x kv head)
     row_a = (table + tl.minimum(tl.maximum(start, 0), cap - 1)) * D
     row_b = (table + tl.minimum(tl.maximum(last, 0), cap - 1)) * D
+    # A whole node (cover = 2^j visible blocks: every node but the row's edge nodes, and every block) is one run: its
+    # second run is the first, so it is not gathered again (+inf / -inf, the identities of min / max): two row
+    # gathers a node instead of four, the same values.
+    two = (valid & (last != start)) if SKIP_REPEAT else valid
     acc = tl.zeros(node.shape, tl.float32)
     for d0 in range(0, D, BD):
         dd = d0 + tl.arange(0, BD)
         dm = valid[:, :, None] & (dd < D)[None, None, :]
+        dm2 = two[:, :, None] & (dd < D)[None, None, :]
         qv = tl.load(q_row[:, None] + dd[None, :], mask=live[:, None] & (dd < D)[None, :], other=0.0)[:, None, :]
         mn = tl.minimum(
             tl.load(low_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
-            tl.load(low_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
+            tl.load(low_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm2, other=float("inf")),
         )
         mx = tl.maximum(
             tl.load(high_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
-            tl.load(high_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
+            tl.load(high_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm2, other=float("-inf")),
         )
         acc += tl.sum(tl.maximum(mn * qv, mx * qv), axis=2)  # (ROWS, M, BD) -> (ROWS, M)
     order = tl.where(valid, _order(acc), _NONE)
@@ -324,12 +335,12 @@ def _bound_scores(
 def _scores(
     node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
     BLOCK: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, LP: tl.constexpr,
-    BOUND: tl.constexpr, J: tl.constexpr,
+    BOUND: tl.constexpr, J: tl.constexpr, SKIP_REPEAT: tl.constexpr,
 ):  # fmt: skip
     """One level's scores, order keys and in-range counts: bounds (``_bound_scores``) or means (``_level_scores``)."""
     if BOUND:
         score, order, n_valid = _bound_scores(node, level, lo, hi, live, q_row, low_ptr, high_ptr, bh, n_bh, cap,
-                                              cover_ptr, D, DP, BD, J)  # fmt: skip
+                                              cover_ptr, D, DP, BD, J, SKIP_REPEAT)  # fmt: skip
     else:
         score, order, n_valid = _level_scores(node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK,
                                               D, DP, BD, LP)  # fmt: skip
@@ -453,6 +464,7 @@ def _select_kernel(
     NODE_BOUND: tl.constexpr,
     LEAF_BOUND: tl.constexpr,
     J: tl.constexpr,
+    SKIP_REPEAT: tl.constexpr,
 ):
     """Beam search of query blocks [row0, row1) (all of pyramid height ``levels``) of every (batch, kv head).
 
@@ -480,7 +492,7 @@ def _select_kernel(
     node = tl.zeros([ROWS, MA], tl.int32) + tl.arange(0, MA)[None, :]  # int32: half the registers of int64
     score, order, n_valid = _scores(
         node, levels - 1, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
-        BLOCK, D, DP, BDA, LP, TOP_BOUND, J,
+        BLOCK, D, DP, BDA, LP, TOP_BOUND, J, SKIP_REPEAT,
     )  # fmt: skip
     cand = n_valid
     if ONE_LEVEL:  # the top level is the leaf level
@@ -493,13 +505,13 @@ def _select_kernel(
             node = _expand(order, node, n_valid, keep, scratch, MA, BR, BRP)
             score, order, n_valid = _scores(
                 node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
-                BLOCK, D, DP, BDA, LP, NODE_BOUND, J,
+                BLOCK, D, DP, BDA, LP, NODE_BOUND, J, SKIP_REPEAT,
             )  # fmt: skip
             cand += n_valid
         leaf = _expand(order, node, n_valid, tl.load(keep_ptr + 1).to(tl.int32), scratch, MB, BR, BRP)
         score, order, n_valid = _scores(
             leaf, 0, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
-            BLOCK, D, DP, BDB, LP, LEAF_BOUND, J,
+            BLOCK, D, DP, BDB, LP, LEAF_BOUND, J, SKIP_REPEAT,
         )  # fmt: skip
         cand += n_valid
         _emit(leaf, score, order, n_valid, cand, rows, rmask, out_row, routed_ptr, scores_ptr, cand_ptr, idx_ptr,
@@ -731,6 +743,7 @@ def _search(summaries, bt: int, hkv: int, seq_len: int, cfg: SSAConfig, doc_ids:
             TP=_pow2(topk), SINK=cfg.sink_blocks, LOCAL=cfg.local_blocks, S=size, SP=_pow2(size), D=d, DP=dp,
             BDA=bda, BDB=bdb, LP=_pow2(num_levels), ROWS=rows, TOP_BOUND=top_bound,
             NODE_BOUND=cfg.node_score == "bound", LEAF_BOUND=cfg.leaf_score == "bound", J=low.shape[0],
+            SKIP_REPEAT=TUNING.bound_skip_repeat,
             num_warps=TUNING.num_warps,
         )  # fmt: skip
     return Selection(indices, routed, scores, candidates)
