@@ -252,21 +252,27 @@ def test_bf16_build_trains_the_fp32_builds_model(tmp_path, data_cache):
     """Under bf16 the offload rung builds the model in bf16 (half the host memory per process before ZeRO-3
     partitions it): DeepSpeed rounds an fp32 build to the same bf16 weights and makes its fp32 master weights
     from them, so every step's loss and gradient norm, and the saved weights, equal the fp32 build's bit for
-    bit. The checkpoint's config says float32, the saved master weights' dtype, so that a plain from_pretrained
-    loads them unrounded."""
+    bit, and a run resumed from a checkpoint continues bit for bit. The checkpoint's config says float32, the
+    saved master weights' dtype, so that a plain from_pretrained loads them unrounded."""
     from safetensors.torch import load_file
 
     runs = {b: tmp_path / b for b in ("auto", "fp32")}
-    jobs = [Job(trainer_cmd("offload", d, data_cache, 5, ("train.precision=bf16", f"parallel.offload.build_dtype={b}")),
+    jobs = [Job(trainer_cmd("offload", d, data_cache, 7, ("train.precision=bf16", f"parallel.offload.build_dtype={b}")),
                 job_env(), tmp_path / f"{b}.log") for b, d in runs.items()]  # fmt: skip
     for rc, out in wait_all(*jobs):
         check_ok(rc, out)
     assert "built in torch.bfloat16" in (tmp_path / "auto.log").read_text()
     assert "built in" not in (tmp_path / "fp32.log").read_text()
     bf16_build, fp32_build = losses(runs["auto"]), losses(runs["fp32"])
-    assert sorted(bf16_build) == list(range(1, 6)) and bf16_build == fp32_build  # bit for bit, every step
-    assert bf16_build[5][0] < bf16_build[1][0]  # it learns
-    model = [runs[b] / "checkpoints/step_00000005/model" for b in runs]
+    assert sorted(bf16_build) == list(range(1, 8)) and bf16_build == fp32_build  # bit for bit, every step
+    assert bf16_build[7][0] < bf16_build[1][0]  # it learns
+    # resumed from the step-5 checkpoint (its fp32 weights loaded into the bf16 build, then DeepSpeed's partitions),
+    # steps 6 and 7 are the uninterrupted run's bit for bit
+    resumed = tmp_path / "resumed"
+    extra = ("train.precision=bf16", f"resume={runs['auto'] / 'checkpoints/step_00000005'}")
+    check_ok(*wait_all(Job(trainer_cmd("offload", resumed, data_cache, 7, extra), job_env(), tmp_path / "r.log"))[0])
+    assert losses(resumed) == {s: bf16_build[s] for s in (6, 7)}
+    model = [runs[b] / "checkpoints/step_00000007/model" for b in runs]
     weights = [load_file(m / "model.safetensors") for m in model]
     assert sorted(weights[0]) == sorted(weights[1])
     for k, w in weights[0].items():
