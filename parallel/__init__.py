@@ -67,6 +67,9 @@ class ParallelConfig:
     # move what activation checkpointing keeps (each layer's input) to host memory during the forward
     offload_activations: bool = False
     offload: OffloadConfig = field(default_factory=OffloadConfig)  # parallel=offload: DeepSpeed ZeRO-3 settings
+    # GPU runs: the planner's estimate of this rung against the GPU's and the host's memory before anything is built
+    # (train/trainer.py: check_memory): error (over by > 15%: stop with the keys to change; within: warn) | warn | off
+    memory_check: str = "error"
 
 
 def weights_dtype(cfg: ParallelConfig, bf16: bool) -> torch.dtype:

@@ -114,6 +114,7 @@ def overrides_for(model: str, attention: str, rung: str, seq_len: int, steps: in
         "logging.progress=false",
         "logging.router_stats_every=0",
         "logging.wandb=disabled",  # the device image has no wandb; nothing to track here
+        "parallel.memory_check=warn",  # the benchmark finds the limits by trying: no refusal from the planner's estimate
         "name=ladder",
         *extra,  # --extra: the user's own overrides last, so they win
     ]

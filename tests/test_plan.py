@@ -33,7 +33,7 @@ from ssa_kernels.config import SSAConfig
 from ssa_kernels.hf import convert_to_ssa
 from tests.scripts_loader import load_script
 from tests.test_train import compose_cfg, run_cli
-from train.config import to_config
+from train.config import ConfigError, to_config
 from train.trainer import _resolve_auto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -335,6 +335,45 @@ def test_resolve_auto_writes_the_pick_into_the_config(monkeypatch):
     assert resolve(1, 1, 8.0) == ("single", 1, 1, 16384)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU: single or ddp
     assert resolve(4, 2, 5.0) == ("ddp", 1, 1, 0)
+
+
+def test_memory_check_stops_a_run_that_cannot_fit(monkeypatch, caplog):
+    """parallel.memory_check (GPU runs, before anything is built): the planner's estimate of the rung as set up against
+    one GPU's and the node's memory; over by more than 15% an error naming the keys, within it a warning; warn only
+    warns, off says nothing, and on CPU nothing is checked. The 1B SSA model: at 1M tokens on one 80 GiB GPU under
+    single (~190 GiB planned); nested_offload on a 64 GiB host (~96 GiB planned); 128K fits."""
+    import logging
+
+    from parallel import ParallelDims
+    from train.trainer import check_memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=80 * GIB))
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda k: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 16 * 2**20}.get(k) or real(k))
+    gpu = ParallelDims(1, 0, 0, 1, 1, torch.device("cuda"))
+
+    def check(seq_len, *extra, dims=gpu):
+        t = f"train.seq_len={seq_len}"
+        cfg = to_config(compose_cfg(["model=llama_1b", "attention=ssa", t, f"model.hf_config.max_position_embeddings={seq_len}",
+                                     "train.activation_checkpointing=true", "train.micro_batch=1", *extra]))  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="train.trainer"):
+            check_memory(cfg, dims)
+        return caplog.text
+
+    with pytest.raises(ConfigError, match=r"GPU memory.*80\.0 GiB.*parallel=auto.*parallel\.memory_check=warn"):
+        check(1 << 20, "parallel=single")
+    with pytest.raises(ConfigError, match=r"parallel=nested_offload.* of host memory, this machine has 64\.0 GiB"):
+        check(1 << 20, "parallel=nested_offload", "parallel.tiled_layer=16384")
+    assert "GPU memory" in check(1 << 20, "parallel=single", "parallel.memory_check=warn")
+    assert check(1 << 20, "parallel=single", "parallel.memory_check=off") == ""
+    assert check(1 << 20, "parallel=single", dims=ParallelDims(1, 0, 0, 1, 1, torch.device("cpu"))) == ""
+    assert check(1 << 17, "parallel=single") == ""  # 128K: ~56 GiB planned
+    # within the planner's 15%: a warning, not an error (1B at 224K on single: ~82 GiB planned for 80)
+    assert "GPU memory" in check(7 << 15, "parallel=single")
+    with pytest.raises(ConfigError, match="parallel.memory_check"):
+        to_config(compose_cfg(["parallel.memory_check=maybe"]))
 
 
 def test_cli_prints_the_pick(capsys):

@@ -209,6 +209,7 @@ def to_config(cfg: DictConfig) -> Config:
         _positive(f"train.{key}", getattr(t, key))
     _positive("parallel.sp", config.parallel.sp, 0)  # 0: every process of the job (parallel=multinode's default)
     _positive("parallel.cp", config.parallel.cp)
+    _one_of("parallel.memory_check", config.parallel.memory_check, {"error", "warn", "off"})
     for key in ("tiled_mlp", "tiled_layer"):
         if getattr(config.parallel, key) < 0:
             raise ConfigError(f"parallel.{key}={getattr(config.parallel, key)}: tokens per tile, >= 1 (0: off)")

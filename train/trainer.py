@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -34,15 +35,18 @@ from parallel import (
     weights_dtype,
 )
 from parallel.offload import build_dtype
-from parallel.plan import GIB, NESTED_TILE, Setup, Shape, choose
+from parallel.plan import GIB, NESTED_TILE, Setup, Shape, choose, estimate
 from ssa_kernels.diagnostics import SSARecorder, router_metrics, router_stats_recorder
 from train.checkpoint import Checkpointer
-from train.config import Config
+from train.config import Config, ConfigError
 from train.model import CausalLMLoss, attach_position_skip, build_config, build_model, build_tokenizer
 from train.optim import build_optimizer, build_scheduler
 from train.tracking import Tracker, flops_per_token, peak_flops
 
 log = logging.getLogger(__name__)
+# parallel.memory_check=error raises only where an estimate exceeds the memory by more than this: the planner's checked
+# error against every measured peak (tests/test_plan.py) is within 15%
+MEMORY_CHECK_MARGIN = 1.15
 
 
 class NonFiniteLoss(RuntimeError):
@@ -124,26 +128,77 @@ def train(cfg: Config, config_dict: dict, run_dir: Path) -> Path | None:
         _resolve_auto(cfg)
     dims = init_distributed(cfg.parallel.device, cfg.parallel.backend, cfg.parallel.sp, cfg.parallel.cp)
     try:
+        check_memory(cfg, dims)
         return _train(cfg, config_dict, run_dir, dims)
     finally:
         destroy_distributed()
 
 
+class _Machine(NamedTuple):
+    """What the planner needs of a job and the machine it runs on (``parallel/plan.py``)."""
+
+    shape: Shape
+    setup: Setup
+    world: int
+    local_world: int
+    gpu_gib: float | None  # one GPU's memory; None on CPU
+    host_gib: float  # the node's memory
+
+
+def _machine(cfg: Config) -> _Machine:
+    config = build_config(cfg.model, build_tokenizer(cfg.model), cfg.train.seq_len)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    on_gpu = cfg.parallel.device != "cpu" and torch.cuda.is_available()
+    p, t = cfg.parallel, cfg.train
+    bf16 = _precision(t.precision, torch.device("cuda" if on_gpu else "cpu")) == "bf16"
+    bf16_build = build_dtype(p.offload, bf16) == torch.bfloat16  # how an offload rung (if it is one) builds the model
+    setup = Setup(cfg.attention.name, t.activation_checkpointing, p.tiled_mlp, p.offload_activations, t.micro_batch,
+                  p.tiled_layer, bf16_build)  # fmt: skip
+    return _Machine(
+        Shape.from_hf_config(config, cfg.attention.name),
+        setup,
+        world,
+        int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+        torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else None,
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB,
+    )
+
+
+def check_memory(cfg: Config, dims: ParallelDims) -> None:
+    """Before anything is built: the planner's estimate of the rung as set up (``python -m parallel.plan``) against
+    one GPU's and the node's memory, so that a run that cannot fit stops here with the keys to change, not at its
+    first step's out-of-memory (or the host's OOM killer). ``parallel.memory_check``: error (default; raised only
+    where the estimate is over the memory by more than the planner's checked error, 15%, and warned within it),
+    warn, or off. GPU runs only: on CPU the planner has no device to plan."""
+    mode = cfg.parallel.memory_check
+    if mode == "off" or dims.device.type != "cuda":
+        return
+    m, p, t = _machine(cfg), cfg.parallel, cfg.train
+    nodes = max(1, dims.world // dims.local_world)
+    e = estimate(m.shape, t.seq_len, p.name, dims.local_world, dims.sp, m.setup, dims.cp, nodes)
+    if e.note:
+        return
+    for what, need, have in (("GPU", e.gpu_bytes / GIB, m.gpu_gib), ("host", e.host_bytes / GIB, m.host_gib)):
+        if need <= have:
+            continue
+        msg = (
+            f"parallel={p.name} (sp={dims.sp}, cp={dims.cp}) at train.seq_len={t.seq_len:,} on {nodes} node(s) of "
+            f"{dims.local_world} process(es): the planner estimates {need:.1f} GiB of {what} memory, this machine has "
+            f"{have:.1f} GiB (terms: python -m parallel.plan). Use parallel=auto (it picks a rung that fits, or says "
+            f"none does), a shorter train.seq_len, the memory pieces (parallel.tiled_layer=16384, "
+            f"train.activation_checkpointing=true, parallel.offload_activations=true), or more GPUs; "
+            f"parallel.memory_check=warn runs anyway"
+        )
+        if mode == "error" and need > MEMORY_CHECK_MARGIN * have:
+            raise ConfigError(msg)
+        log.warning(msg)
+
+
 def _resolve_auto(cfg: Config) -> None:
     """``parallel=auto``: the planner's rung (with its sp and cp) for this model, sequence length and machine
     (``parallel/plan.py``; nodes = WORLD_SIZE // LOCAL_WORLD_SIZE), written into ``cfg.parallel``."""
-    config = build_config(cfg.model, build_tokenizer(cfg.model), cfg.train.seq_len)
-    shape = Shape.from_hf_config(config, cfg.attention.name)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    on_gpu = cfg.parallel.device != "cpu" and torch.cuda.is_available()
-    mem = torch.cuda.get_device_properties(0).total_memory / GIB if on_gpu else None
-    host_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB  # the node's memory
+    shape, setup, world, local_world, mem, host_mem = _machine(cfg)
     p, t = cfg.parallel, cfg.train
-    bf16 = _precision(t.precision, torch.device("cuda" if on_gpu else "cpu")) == "bf16"
-    bf16_build = build_dtype(p.offload, bf16) == torch.bfloat16  # how an offload rung, if picked, builds the model
-    setup = Setup(cfg.attention.name, t.activation_checkpointing, p.tiled_mlp, p.offload_activations, t.micro_batch,
-                  p.tiled_layer, bf16_build)  # fmt: skip
     name, sp, cp, rows, tiled_layer = choose(shape, t.seq_len, world, local_world, mem, setup, host_mem)
     estimates = "; ".join(f"{e.rung} sp={e.sp} cp={e.cp}: {e.gpu_gib:.1f} GiB" for e in rows if not e.note)
     log.info(
