@@ -362,9 +362,11 @@ def test_memory_check_stops_a_run_that_cannot_fit(monkeypatch, caplog):
             check_memory(cfg, dims)
         return caplog.text
 
-    with pytest.raises(ConfigError, match=r"GPU memory.*80\.0 GiB.*parallel=auto.*parallel\.memory_check=warn"):
+    with pytest.raises(
+        ConfigError, match=r"GPU memory, one GPU has 80\.0 GiB.*parallel=auto.*parallel\.memory_check=warn"
+    ):
         check(1 << 20, "parallel=single")
-    with pytest.raises(ConfigError, match=r"parallel=nested_offload.* of host memory, this machine has 64\.0 GiB"):
+    with pytest.raises(ConfigError, match=r"parallel=nested_offload.* of host memory, the node has 64\.0 GiB"):
         check(1 << 20, "parallel=nested_offload", "parallel.tiled_layer=16384")
     assert "GPU memory" in check(1 << 20, "parallel=single", "parallel.memory_check=warn")
     assert check(1 << 20, "parallel=single", "parallel.memory_check=off") == ""

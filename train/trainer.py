@@ -183,15 +183,16 @@ def check_memory(cfg: Config, dims: ParallelDims) -> None:
             continue
         msg = (
             f"parallel={p.name} (sp={dims.sp}, cp={dims.cp}) at train.seq_len={t.seq_len:,} on {nodes} node(s) of "
-            f"{dims.local_world} process(es): the planner estimates {need:.1f} GiB of {what} memory, this machine has "
-            f"{have:.1f} GiB (terms: python -m parallel.plan). Use parallel=auto (it picks a rung that fits, or says "
+            f"{dims.local_world} process(es): the planner estimates {need:.1f} GiB of {what} memory, "
+            f"{'one GPU' if what == 'GPU' else 'the node'} has {have:.1f} GiB (terms: python -m parallel.plan). Use parallel=auto (it picks a rung that fits, or says "
             f"none does), a shorter train.seq_len, the memory pieces (parallel.tiled_layer=16384, "
             f"train.activation_checkpointing=true, parallel.offload_activations=true), or more GPUs; "
             f"parallel.memory_check=warn runs anyway"
         )
         if mode == "error" and need > MEMORY_CHECK_MARGIN * have:
-            raise ConfigError(msg)
-        log.warning(msg)
+            raise ConfigError(msg)  # on every rank alike
+        if dims.is_main:
+            log.warning(msg)
 
 
 def _resolve_auto(cfg: Config) -> None:
