@@ -36,6 +36,12 @@ from ssa_kernels import SSAConfig, select_blocks  # noqa: E402
 from ssa_kernels.selector import fast, routing_scores, select_blocks_fast  # noqa: E402
 
 METHODS = {"ssa_selector_reference": select_blocks, "ssa_selector_fast": select_blocks_fast}
+# --bound-variants: the Tuning fields of the bound search as built, with fp32 tables, and as the fifteenth session's
+BOUND_VARIANTS = (
+    {"bound_skip_repeat": True, "bound_tables_bf16": True},
+    {"bound_skip_repeat": True, "bound_tables_bf16": False},
+    {"bound_skip_repeat": False, "bound_tables_bf16": False},
+)
 
 
 def inputs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +99,10 @@ def main() -> None:
     ap.add_argument("--beam-widths", type=int, nargs="*", default=[], help="SSAConfig.beam_widths of every run")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument("--tag", default="", help="file name suffix: selector-<gpu>-<tag>.json")
-    ap.add_argument("--bound-four-gathers", action="store_true",
-                    help="also time bound scorings with a whole node's min / max rows gathered twice (Tuning."
-                         "bound_skip_repeat=False, the fifteenth session's kernel): rows get bound_gathers 2 / 4")  # fmt: skip
+    ap.add_argument("--bound-variants", action="store_true",
+                    help="time bound scorings three ways in one run: as built (bf16 tables where exact, a whole "
+                         "node's rows gathered once), with fp32 tables, and the fifteenth session's kernel (fp32 "
+                         "tables, four gathers a node); rows get bound_tables and bound_gathers")  # fmt: skip
     args = ap.parse_args()
     cfg = SSAConfig(beam_widths=args.beam_widths)
     scorings = [tuple(x.split("/")) for x in args.scores]
@@ -122,18 +129,18 @@ def main() -> None:
         print(f"using {fast.TUNING}", flush=True)
         del q, k
     results = []
-    tuning = fast.TUNING  # the sweep's pick (or the default); --bound-four-gathers varies one field per run
+    tuning = fast.TUNING  # the sweep's pick (or the default); --bound-variants varies the bound fields per run
     for n in args.n:
         q, k = inputs(n)
         runs = []
         for (method, fn), cfg in itertools.product(METHODS.items(), configs):
             bound = "bound" in (cfg.node_score, cfg.leaf_score)
-            for skip in (True, False) if fn is select_blocks_fast and bound and args.bound_four_gathers else (None,):
-                runs.append((method, fn, cfg, skip))
-        for method, fn, cfg, skip in runs:
+            variants = BOUND_VARIANTS if fn is select_blocks_fast and bound and args.bound_variants else (None,)
+            runs += [(method, fn, cfg, v) for v in variants]
+        for method, fn, cfg, variant in runs:
             if fn is select_blocks and n > args.ref_max:
                 continue
-            fast.TUNING = tuning if skip is None else dataclasses.replace(tuning, bound_skip_repeat=skip)
+            fast.TUNING = tuning if variant is None else dataclasses.replace(tuning, **variant)
             ms, extra, sel = measure(fn, q, k, cfg)
             fast.TUNING = tuning
             routed = (sel.routed >= 0).sum(-1).float()
@@ -143,9 +150,10 @@ def main() -> None:
                 "mean_routed": routed[..., 16:].mean().item(), "beam_min": cfg.beam_min,
                 "beam_widths": cfg.beam_widths, "node_score": cfg.node_score, "leaf_score": cfg.leaf_score,
             }  # fmt: skip
-            if skip is not None:
-                row["bound_gathers"] = 2 if skip else 4  # per whole node (edge nodes: 4 either way)
-                method = f"{method} ({row['bound_gathers']} gathers)"
+            if variant is not None:
+                row["bound_gathers"] = 2 if variant["bound_skip_repeat"] else 4  # a whole node's (edge nodes: 4)
+                row["bound_tables"] = "bf16 where exact" if variant["bound_tables_bf16"] else "fp32"
+                method = f"{method} ({row['bound_tables']}, {row['bound_gathers']} gathers)"
             if fn is select_blocks_fast:
                 row["summaries_ms"] = triton.testing.do_bench(
                     lambda q=q, k=k, cfg=cfg: fast._summaries(q, k, cfg), warmup=25, rep=100, return_mode="median"

@@ -373,7 +373,7 @@ def test_bound_scores_match_reference(case, scores, poisoned_and_no_fallback):
 def test_bound_search_skips_a_whole_nodes_repeated_run_exactly(case, monkeypatch):
     """A whole node's two runs are one, so gathering its min / max rows once (Tuning.bound_skip_repeat, the default)
     selects and scores bit for bit as gathering them twice (the kernel scripts/bench_selector.py
-    --bound-four-gathers times against it). Both bounds, so every level takes the path."""
+    --bound-variants times against it). Both bounds, so every level takes the path."""
     bt, hq, hkv, seq_len, cfg, docs, d = CASES[case]
     q, k = (x.to(DEV) for x in make_qk(bt, hq, hkv, seq_len, d, seed=5))
     doc_ids = make_doc_ids(bt, seq_len, docs).to(DEV) if docs else None
@@ -385,6 +385,33 @@ def test_bound_search_skips_a_whole_nodes_repeated_run_exactly(case, monkeypatch
     for name in ("indices", "routed", "routed_scores", "candidates"):
         assert torch.equal(getattr(sels[0], name), getattr(sels[1], name)), name
     assert (sels[0].routed >= 0).any()
+
+
+@pytest.mark.parametrize("scores", [("mean", "bound"), ("bound", "bound")], ids=["leaf-bound", "both-bound"])
+def test_bound_tables_of_bf16_keys_are_bf16_and_exact(scores, monkeypatch, poisoned_and_no_fallback):
+    """Under leaf_score=bound every table entry is a min / max of the keys: with bf16 keys (here fp32 tensors holding
+    bf16 values, as block_minmax gives them from bf16 keys) the fast search builds the tables in bf16, and selects and
+    scores bit for bit as over fp32 tables of the same numbers, and as the reference does. Keys that are not bf16
+    values keep fp32 tables."""
+    bt, hq, hkv, seq_len, cfg, docs, d = CASES["gqa4-T3207-blk16-br8-sink2-docs"]
+    q, k = (x.bfloat16().float().to(DEV) for x in make_qk(bt, hq, hkv, seq_len, d, seed=9))
+    doc_ids = make_doc_ids(bt, seq_len, docs).to(DEV)
+    bound = SSAConfig(**{**vars(cfg), "node_score": scores[0], "leaf_score": scores[1]})
+    real, made = fast_module._tables, []
+    monkeypatch.setattr(fast_module, "_tables", lambda *a: made.append(real(*a)) or made[-1])
+    got = select_blocks_fast(q, k, bound, doc_ids)
+    assert [t.dtype for t in made[-1]] == [torch.bfloat16] * 2
+    monkeypatch.setattr(fast_module, "_tables", lambda *a: tuple(t.float() for t in real(*a)))
+    wide = select_blocks_fast(q, k, bound, doc_ids)
+    for name in ("indices", "routed", "routed_scores", "candidates"):
+        assert torch.equal(getattr(got, name), getattr(wide, name)), name
+    assert_bound_search_matches_reference(
+        got, select_blocks(q, k, bound, doc_ids), select_blocks(q, k, cfg, doc_ids), bt, hkv, seq_len, bound, doc_ids,
+        reference_search(q, k, bound, doc_ids),
+    )  # fmt: skip
+    monkeypatch.setattr(fast_module, "_tables", lambda *a: made.append(real(*a)) or made[-1])
+    select_blocks_fast(*(x.to(DEV) for x in make_qk(bt, hq, hkv, seq_len, d, seed=9)), bound, doc_ids)
+    assert [t.dtype for t in made[-1]] == [torch.float32] * 2  # fp32 keys: fp32 tables
 
 
 def test_pooled_leaf_bound_search_matches_reference(poisoned_and_no_fallback):

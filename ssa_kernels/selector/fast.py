@@ -107,6 +107,8 @@ class Tuning:
     # Bound scores: gather a whole node's min / max rows once (its two runs are one); False: always both runs, the
     # four gathers of the fifteenth session's kernel (kept to time the two against each other in one run).
     bound_skip_repeat: bool = True
+    # Bound tables in bf16 where exact (leaf_score=bound with bf16 keys: _tables); False: always fp32 (to time both)
+    bound_tables_bf16: bool = True
 
 
 TUNING = Tuning()
@@ -319,12 +321,12 @@ def _bound_scores(
         dm2 = two[:, :, None] & (dd < D)[None, None, :]
         qv = tl.load(q_row[:, None] + dd[None, :], mask=live[:, None] & (dd < D)[None, :], other=0.0)[:, None, :]
         mn = tl.minimum(
-            tl.load(low_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
-            tl.load(low_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm2, other=float("inf")),
+            tl.load(low_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0).to(tl.float32),
+            tl.load(low_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm2, other=float("inf")).to(tl.float32),
         )
         mx = tl.maximum(
-            tl.load(high_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0),
-            tl.load(high_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm2, other=float("-inf")),
+            tl.load(high_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0).to(tl.float32),
+            tl.load(high_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm2, other=float("-inf")).to(tl.float32),
         )
         acc += tl.sum(tl.maximum(mn * qv, mx * qv), axis=2)  # (ROWS, M, BD) -> (ROWS, M)
     order = tl.where(valid, _order(acc), _NONE)
@@ -683,15 +685,25 @@ def _use_reference(q: Tensor, k: Tensor, seq_len: int, cfg: SSAConfig) -> bool:
 
 def _tables(lev: Tensor, bt: int, hkv: int, nb: int, cfg: SSAConfig, leaf) -> tuple[Tensor, Tensor]:
     """The reference's sparse min / max tables (``search_bounds``: ``BlockBounds.low`` / ``high``, [J, Bt * Hkv, nb,
-    D] fp32) when the search scores bounds, from the block sums at the pyramid's level 0 (blocks' means; the
-    blocks' token-key min / max ``leaf()`` under leaf_score=bound); two empty [1, 1, 1, D] tensors otherwise."""
+    D]) when the search scores bounds, from the block sums at the pyramid's level 0 (blocks' means; the
+    blocks' token-key min / max ``leaf()`` under leaf_score=bound); two empty [1, 1, 1, D] tensors otherwise.
+
+    fp32, or bf16 under leaf_score=bound when every leaf entry is a bf16 value (bf16 keys, as on the GPU): every
+    table entry is then a min / max of them, so bf16 holds the same numbers exactly, in half the memory, half the
+    build's traffic and half the search's gathers (the kernel widens them to fp32)."""
     d = lev.shape[-1]
     if not needs_bounds(cfg):  # mean scores: nothing to build (the kernel never reads these)
         empty = lev.new_zeros(1, 1, 1, d)
         return empty, empty
     sums = lev[:, :nb].view(bt, hkv, nb, d).double()
     prefix = torch.nn.functional.pad(sums.cumsum(-2), (0, 0, 1, 0))  # what search_bounds takes: fp64 prefix sums
-    bounds = search_bounds(prefix, cfg, leaf)
+    dtype = torch.float32
+    if cfg.leaf_score == "bound" and TUNING.bound_tables_bf16:  # every entry is a min / max of the leaf values
+        low, high = leaf_values = leaf()
+        if all(torch.equal(x, x.bfloat16().float()) for x in (low, high)):  # bf16 keys (the GPU's): always
+            dtype = torch.bfloat16
+        leaf = lambda: leaf_values  # noqa: E731
+    bounds = search_bounds(prefix, cfg, leaf, dtype=dtype)
     return bounds.low.flatten(1, 2).contiguous(), bounds.high.flatten(1, 2).contiguous()
 
 

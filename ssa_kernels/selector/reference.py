@@ -411,6 +411,7 @@ def block_bounds(
     span: int,
     bounds: BlockBounds | None = None,
     leaf: tuple[Tensor, Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> BlockBounds:
     """:class:`BlockBounds` over the n = prefix.shape[2] - 1 blocks of fp64 key prefix sums [Bt, Hkv, n + 1, D]
     (block mean = block sum / block_size: every bounded block is complete), for runs of up to ``span`` blocks.
@@ -419,7 +420,8 @@ def block_bounds(
     of runs ending in the new blocks are computed (O((n - bounds.blocks) x J x D)); its buffers are reused
     unless they are too small or too shallow (then rebuilt, a few times over a whole sequence). ``leaf``: the
     blocks' own (min, max) [Bt, Hkv, >= n, D] (``leaf_score=bound``, :func:`block_minmax` of the token keys), which
-    then replace the block means as the tables' entries for single blocks."""
+    then replace the block means as the tables' entries for single blocks. ``dtype``: the new tables' (fp32; the
+    fast search asks for bf16 where every leaf entry is a bf16 value, when min / max keep them exact)."""
     bt, hkv, n1, d = prefix.shape
     n, levels = n1 - 1, max(1, span.bit_length())  # 2^(levels - 1) <= span
     done = 0 if bounds is None else bounds.blocks
@@ -428,7 +430,7 @@ def block_bounds(
         levels = max(levels, 0 if bounds is None else bounds.low.shape[0])
         # fp32: half the memory of fp64 (the issue-6 model at 1M: J = 10, 2 x 168 MB a layer); the means are
         # rounded once from fp64, identically however the tables are built, so decoding still equals training.
-        low = prefix.new_zeros(levels, bt, hkv, cap, d, dtype=torch.float32)
+        low = prefix.new_zeros(levels, bt, hkv, cap, d, dtype=dtype if bounds is None else bounds.low.dtype)
         high = torch.zeros_like(low)
         if bounds is not None and bounds.low.shape[0] == levels:  # grown, not deepened: keep what was written
             low[:, :, :, : bounds.low.shape[3]] = bounds.low
@@ -491,17 +493,23 @@ def needs_bounds(cfg: SSAConfig) -> bool:
 
 
 def search_bounds(
-    prefix: Tensor, cfg: SSAConfig, leaf, bounds: BlockBounds | None = None, num_blocks: int | None = None
+    prefix: Tensor,
+    cfg: SSAConfig,
+    leaf,
+    bounds: BlockBounds | None = None,
+    num_blocks: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> BlockBounds | None:
     """The tables a search under ``cfg`` reads over the n = prefix.shape[2] - 1 blocks (None when it reads none):
     over block means, or with ``cfg.leaf_score`` bound over ``leaf()`` (the blocks' token-key (min, max)), for the
     coarsest node of a pyramid over ``num_blocks`` (default n) blocks when nodes are bounded too, else single
-    blocks. ``bounds``: tables over the first blocks, extended (:func:`block_bounds`)."""
+    blocks. ``bounds``: tables over the first blocks, extended (:func:`block_bounds`); ``dtype``: new tables'."""
     if not needs_bounds(cfg):
         return None
     n = prefix.shape[2] - 1 if num_blocks is None else num_blocks
     span = bound_span(n, cfg) if cfg.node_score == "bound" else 1
-    return block_bounds(prefix, cfg.block_size, span, bounds, leaf() if cfg.leaf_score == "bound" else None)
+    leaf_values = leaf() if cfg.leaf_score == "bound" else None
+    return block_bounds(prefix, cfg.block_size, span, bounds, leaf_values, dtype)
 
 
 def row_levels(num_rows: int, cfg: SSAConfig, device: torch.device) -> Tensor:
