@@ -67,7 +67,7 @@ def measure(bl, model: str, overrides: list[str], nproc: int, device: str, build
         proc.wait()
     if not built:
         raise SystemExit(f"the engine was not built ({build}); log {log}:\n{log.read_text()[-3000:]}")
-    return peak, time.time() - t0, f"torchrun --nproc-per-node={nproc} -m train {shlex.join(ovr)}"
+    return peak, time.time() - t0, bl.shown_command(nproc, ovr)
 
 
 def save(path: Path, device: str, command: str, rows: list[dict]) -> None:
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['build_dtype']:6} {r['nproc']:>5} {r['params']:>12,} {r['planned_build_gib']:>17.2f} "
               f"{r['peak_host_gib']:>14.2f}")  # fmt: skip
     print(
-        f"bf16 build saves {rows[0]['peak_host_gib'] - rows[1]['peak_host_gib']:.2f} GiB of the node's peak; wrote {path}"
+        f"bf16 build saves {rows[0]['peak_host_gib'] - rows[1]['peak_host_gib']:.2f} GiB of the node's peak; "
+        f"wrote {path}"
     )
 
 

@@ -114,7 +114,7 @@ def overrides_for(model: str, attention: str, rung: str, seq_len: int, steps: in
         "logging.progress=false",
         "logging.router_stats_every=0",
         "logging.wandb=disabled",  # the device image has no wandb; nothing to track here
-        "parallel.memory_check=warn",  # the benchmark finds the limits by trying: no refusal from the planner's estimate
+        "parallel.memory_check=warn",  # it finds the limits by trying: no refusal from the planner's estimate
         "name=ladder",
         *extra,  # --extra: the user's own overrides last, so they win
     ]
@@ -126,6 +126,11 @@ def command(nproc: int, overrides: list[str], run_dir: Path) -> list[str]:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                     "-m", "train"]  # fmt: skip
     return [*launcher, f"hydra.run.dir={run_dir}", *overrides]
+
+
+def shown_command(nproc: int, overrides: list[str]) -> str:
+    """The attempt's command as a person would type it (``command`` runs it through this interpreter)."""
+    return " ".join(["python -m train" if nproc == 1 else f"torchrun --nproc-per-node={nproc} -m train", *overrides])
 
 
 def planned(model: str, attention: str, rung: str, seq_len: int, extra: tuple = ()) -> dict:
@@ -170,8 +175,7 @@ def attempt(model: str, attention: str, rung: str, seq_len: int, steps: int, tim
     run_dir = work / f"{model}-{attention}-{rung}-{seq_len}"
     cmd = command(nproc, ovr, run_dir)
     row = {"model": model, "attention": attention, "rung": rung, "gpus": nproc, "seq_len": seq_len,
-           "command": " ".join(["python -m train" if nproc == 1 else f"torchrun --nproc-per-node={nproc} -m train",
-                                *ovr])}  # fmt: skip
+           "command": shown_command(nproc, ovr)}  # fmt: skip
     if extra:
         row["extra"] = list(extra)
     row.update(planned(model, attention, rung, seq_len, extra))

@@ -124,11 +124,13 @@ def _autocast_for(precision: str, device: torch.device):
 def train(cfg: Config, config_dict: dict, run_dir: Path) -> Path | None:
     """Run (or resume) the job described by ``cfg`` in ``run_dir``; returns the last checkpoint."""
     run_dir = Path(run_dir)
-    if cfg.parallel.name == "auto":
-        _resolve_auto(cfg)
+    auto = cfg.parallel.name == "auto"
+    if auto:
+        _resolve_auto(cfg)  # its pick fits by the same estimate (within 90%): nothing left for check_memory
     dims = init_distributed(cfg.parallel.device, cfg.parallel.backend, cfg.parallel.sp, cfg.parallel.cp)
     try:
-        check_memory(cfg, dims)
+        if not auto:
+            check_memory(cfg, dims)
         return _train(cfg, config_dict, run_dir, dims)
     finally:
         destroy_distributed()
@@ -184,9 +186,10 @@ def check_memory(cfg: Config, dims: ParallelDims) -> None:
         msg = (
             f"parallel={p.name} (sp={dims.sp}, cp={dims.cp}) at train.seq_len={t.seq_len:,} on {nodes} node(s) of "
             f"{dims.local_world} process(es): the planner estimates {need:.1f} GiB of {what} memory, "
-            f"{'one GPU' if what == 'GPU' else 'the node'} has {have:.1f} GiB (terms: python -m parallel.plan). Use parallel=auto (it picks a rung that fits, or says "
-            f"none does), a shorter train.seq_len, the memory pieces (parallel.tiled_layer=16384, "
-            f"train.activation_checkpointing=true, parallel.offload_activations=true), or more GPUs; "
+            f"{'one GPU' if what == 'GPU' else 'the node'} has {have:.1f} GiB (terms: python -m parallel.plan). "
+            f"Use parallel=auto (it picks a rung that fits, or says none does), a shorter train.seq_len, the memory "
+            f"pieces (parallel.tiled_layer=16384, train.activation_checkpointing=true, "
+            f"parallel.offload_activations=true), or more GPUs; "
             f"parallel.memory_check=warn runs anyway"
         )
         if mode == "error" and need > MEMORY_CHECK_MARGIN * have:

@@ -55,7 +55,8 @@ its blocks inside [lo, hi) (``_bound_scores``), min / max read from the referenc
 (``reference.block_bounds``, built in torch from the level-0 block sums, or over the blocks' token-key min / max
 under leaf_score=bound): two overlapping runs of 2^j blocks, which for a whole node of a power-of-two branching
 (every candidate but the row's edge nodes, and every block) are one run. So two row gathers a node (min, max;
-four at an edge) where the mean reads one, and O(n log n) memory for the tables (2 x J x Bt x Hkv x nb x D fp32, J = log2 of the coarsest node's blocks + 1).
+four at an edge) where the mean reads one, and O(n log n) memory for the tables (2 x J x Bt x Hkv x nb x D fp32,
+bf16 where exact: ``_tables``; J = log2 of the coarsest node's blocks + 1).
 A partial node needs no edge terms: the tables bound any run of blocks.
 
 Falls back to the reference for fp64 inputs (exact oracle, gradcheck), ``topk_blocks == 0``, very wide
@@ -294,9 +295,9 @@ def _bound_scores(
     """``_level_scores`` with each node scored by the bound of its best visible block (``node_score`` /
     ``leaf_score`` bound, the reference's ``_bound_ranges``): sum over dims of max(q_d min_d, q_d max_d), min / max
     over the node's blocks inside [lo, hi), read from the sparse tables ``BlockBounds.low`` / ``high``
-    ([J, Bt * Hkv, cap, D] fp32) as two overlapping runs of 2^j blocks, j = floor(log2(visible blocks)): two row
-    gathers per node (four for the row's edge nodes) instead of the mean's one, and no division by the node's size
-    (the bound is already per block)."""
+    ([J, Bt * Hkv, cap, D] fp32 or bf16, widened on load) as two overlapping runs of 2^j blocks, j =
+    floor(log2(visible blocks)): two row gathers per node (four for the row's edge nodes) instead of the mean's one,
+    and no division by the node's size (the bound is already per block)."""
     cover = tl.load(cover_ptr + level)
     valid = _visible(node, cover, lo, hi, live)
     lo2, hi2 = lo[:, None], hi[:, None]
