@@ -135,6 +135,20 @@ class Shape:
                    head_dim, config.vocab_size, params, layer)  # fmt: skip
 
 
+MODEL_CONFS = Path(__file__).resolve().parent.parent / "conf" / "model"
+
+
+def model_yaml(model: str | Path) -> Path:
+    """The model yaml ``--model`` names: a path to one, or a name under conf/model/ (``llama_1b``, as the trainer's
+    ``model=llama_1b``). Anything else: an error naming the names there."""
+    path = Path(model).expanduser()
+    for candidate in (path, MODEL_CONFS / f"{model}.yaml", MODEL_CONFS / str(model)):
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(sorted(x.stem for x in MODEL_CONFS.glob("*.yaml")))
+    raise FileNotFoundError(f"--model {model}: no such file, and not a name under {MODEL_CONFS} ({names})")
+
+
 def load_shape(model_yaml: str | Path, attention: str = "dense") -> Shape:
     """A :class:`Shape` from a ``conf/model/*.yaml`` (``arch`` + ``hf_config``; ``path`` for a local HF
     model). The byte tokenizer's vocabulary (256 + specials, padded) applies when hf_config has none."""
@@ -396,7 +410,8 @@ def choose(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", required=True, help="a conf/model/*.yaml (arch + hf_config, or path)")
+    p.add_argument("--model", required=True,
+                   help="a conf/model/ name (llama_1b) or a model yaml (arch + hf_config, or path)")  # fmt: skip
     p.add_argument("--seq-len", type=int, default=0)
     p.add_argument("--gpus", type=int, default=1, help="GPUs of one node")
     p.add_argument("--nodes", type=int, default=1, help="nodes of --gpus GPUs each")
@@ -414,7 +429,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not args.longest and args.seq_len < 1:
         p.error("--seq-len N is required (or --longest)")
-    shape = load_shape(args.model, args.attention)
+    try:
+        shape = load_shape(model_yaml(args.model), args.attention)
+    except FileNotFoundError as err:
+        p.error(str(err))
     setup = Setup(args.attention, not args.no_ac, args.tiled_mlp, args.offload_activations,
                   tiled_layer=args.tiled_layer, bf16_build=not args.fp32_build)  # fmt: skip
     if args.longest:

@@ -36,11 +36,14 @@ from ssa_kernels import SSAConfig, select_blocks  # noqa: E402
 from ssa_kernels.selector import fast, routing_scores, select_blocks_fast  # noqa: E402
 
 METHODS = {"ssa_selector_reference": select_blocks, "ssa_selector_fast": select_blocks_fast}
-# --bound-variants: the Tuning fields of the bound search as built, with fp32 tables, and as the fifteenth session's
+# --bound-variants: the Tuning fields of the bound search as built (whole nodes apart from the partial ones), as the
+# eighteenth session's kernel (every candidate both runs, a whole node's repeat masked; bf16 tables), the same with
+# fp32 tables, and as the fifteenth session's (every run gathered, fp32)
 BOUND_VARIANTS = (
-    {"bound_skip_repeat": True, "bound_tables_bf16": True},
-    {"bound_skip_repeat": True, "bound_tables_bf16": False},
-    {"bound_skip_repeat": False, "bound_tables_bf16": False},
+    {"bound_edges_apart": True, "bound_skip_repeat": True, "bound_tables_bf16": True},
+    {"bound_edges_apart": False, "bound_skip_repeat": True, "bound_tables_bf16": True},
+    {"bound_edges_apart": False, "bound_skip_repeat": True, "bound_tables_bf16": False},
+    {"bound_edges_apart": False, "bound_skip_repeat": False, "bound_tables_bf16": False},
 )
 
 
@@ -99,10 +102,12 @@ def main() -> None:
     ap.add_argument("--beam-widths", type=int, nargs="*", default=[], help="SSAConfig.beam_widths of every run")
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument("--tag", default="", help="file name suffix: selector-<gpu>-<tag>.json")
-    ap.add_argument("--bound-variants", action="store_true",
-                    help="time bound scorings three ways in one run: as built (bf16 tables where exact, a whole "
-                         "node's rows gathered once), with fp32 tables, and the fifteenth session's kernel (fp32 "
-                         "tables, four gathers a node); rows get bound_tables and bound_gathers")  # fmt: skip
+    ap.add_argument("--bound-variants", type=int, nargs="?", const=len(BOUND_VARIANTS), default=0, metavar="K",
+                    help="time bound scorings the first K (default all four) ways of BOUND_VARIANTS in one run: "
+                         "as built (whole nodes one min and one max row, partial nodes apart; bf16 tables where "
+                         "exact), the eighteenth session's kernel (both runs per candidate, a whole node's repeat "
+                         "masked), the same with fp32 tables, and the fifteenth session's (four gathers a node, "
+                         "fp32); rows get bound_edges_apart, bound_tables and bound_gathers")  # fmt: skip
     args = ap.parse_args()
     cfg = SSAConfig(beam_widths=args.beam_widths)
     scorings = [tuple(x.split("/")) for x in args.scores]
@@ -135,7 +140,8 @@ def main() -> None:
         runs = []
         for (method, fn), cfg in itertools.product(METHODS.items(), configs):
             bound = "bound" in (cfg.node_score, cfg.leaf_score)
-            variants = BOUND_VARIANTS if fn is select_blocks_fast and bound and args.bound_variants else (None,)
+            variants = BOUND_VARIANTS[: args.bound_variants] if fn is select_blocks_fast and bound else ()
+            variants = variants or (None,)
             runs += [(method, fn, cfg, v) for v in variants]
         for method, fn, cfg, variant in runs:
             if fn is select_blocks and n > args.ref_max:
@@ -153,7 +159,9 @@ def main() -> None:
             if variant is not None:
                 row["bound_gathers"] = 2 if variant["bound_skip_repeat"] else 4  # a whole node's (edge nodes: 4)
                 row["bound_tables"] = "bf16 where exact" if variant["bound_tables_bf16"] else "fp32"
-                method = f"{method} ({row['bound_tables']}, {row['bound_gathers']} gathers)"
+                row["bound_edges_apart"] = variant["bound_edges_apart"]
+                how = "edges apart" if variant["bound_edges_apart"] else f"{row['bound_gathers']} gathers"
+                method = f"{method} ({row['bound_tables']}, {how})"
             if fn is select_blocks_fast:
                 row["summaries_ms"] = triton.testing.do_bench(
                     lambda q=q, k=k, cfg=cfg: fast._summaries(q, k, cfg), warmup=25, rep=100, return_mode="median"

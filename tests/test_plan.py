@@ -392,6 +392,20 @@ def test_cli_prints_the_pick(capsys):
         "parallel.tiled_layer=16384" in out and "50.4" not in out.split("pick")[0]  # fmt: skip
 
 
+def test_cli_takes_a_models_name_and_names_the_choices_for_a_wrong_one(capsys):
+    """--model llama_1b (the trainer's model=llama_1b) is conf/model/llama_1b.yaml; a name that is neither a file nor
+    there exits with the names there, not a traceback about the working directory."""
+    main(["--model", "llama_1b", "--seq-len", str(1 << 20)])
+    by_name = capsys.readouterr().out
+    main(["--model", str(REPO / "conf" / "model" / "llama_1b.yaml"), "--seq-len", str(1 << 20)])
+    by_path = capsys.readouterr().out
+    assert by_name.split("\n", 1)[1] == by_path.split("\n", 1)[1] and "pick:" in by_name  # the header names it
+    with pytest.raises(SystemExit):
+        main(["--model", "llama_1bb", "--seq-len", "1024"])
+    err = capsys.readouterr().err
+    assert "--model llama_1bb" in err and "llama_1b, " in err and "llama_8b" in err
+
+
 def test_estimates_scale_with_the_terms():
     shape = load_shape(REPO / "conf" / "model" / "llama_125m.yaml")
     a, b = (estimate(shape, t, "single") for t in (32768, 65536))

@@ -110,6 +110,9 @@ class Tuning:
     bound_skip_repeat: bool = True
     # Bound tables in bf16 where exact (leaf_score=bound with bf16 keys: _tables); False: always fp32 (to time both)
     bound_tables_bf16: bool = True
+    # Bound scores, power-of-two branching: whole nodes read one min and one max row and take a select and a multiply,
+    # the row's two partial nodes scored apart once (_bound_scores); False: every candidate takes both runs.
+    bound_edges_apart: bool = True
 
 
 TUNING = Tuning()
@@ -273,6 +276,39 @@ def _level_scores(
 
 
 @triton.jit
+def _run_rows(start, end, bh, n_bh, cap, J: tl.constexpr):
+    """Offsets (elements / D) of the two overlapping runs of 2^j table rows, j = floor(log2(end - start)), that cover
+    the blocks [start, end): the first starts at start, the second ends at end - 1 (the same run for 2^j blocks)."""
+    length = tl.maximum(end - start, 1)
+    j = tl.zeros(start.shape, tl.int64)
+    for lv in tl.static_range(1, J):
+        j += (length >= (1 << lv)).to(tl.int64)  # floor(log2(length)), in integers as the reference
+    last = end - (tl.full(start.shape, 1, tl.int64) << j)
+    table = (j * n_bh + bh) * cap  # first row of this (level j, batch x kv head)
+    return table + tl.minimum(tl.maximum(start, 0), cap - 1), table + tl.minimum(tl.maximum(last, 0), cap - 1)
+
+
+@triton.jit
+def _edge_bound(start, end, live, q_row, low_ptr, high_ptr, bh, n_bh, cap, D: tl.constexpr, BD: tl.constexpr,
+                J: tl.constexpr):  # fmt: skip
+    """Bound [ROWS] of the blocks [start, end) of each row (a partial node: two runs), summed over head-dim chunks
+    of BD in the order of ``_bound_scores``'s loop, so it equals what that loop gives the same node."""
+    row_a, row_b = _run_rows(start, end, bh, n_bh, cap, J)
+    acc = tl.zeros(start.shape, tl.float32)
+    for d0 in range(0, D, BD):
+        dd = d0 + tl.arange(0, BD)
+        m = live[:, None] & (dd < D)[None, :]
+        qv = tl.load(q_row[:, None] + dd[None, :], mask=m, other=0.0)
+        a, b = row_a[:, None] * D + dd[None, :], row_b[:, None] * D + dd[None, :]
+        mn = tl.minimum(tl.load(low_ptr + a, mask=m, other=0.0).to(tl.float32),
+                        tl.load(low_ptr + b, mask=m, other=0.0).to(tl.float32))  # fmt: skip
+        mx = tl.maximum(tl.load(high_ptr + a, mask=m, other=0.0).to(tl.float32),
+                        tl.load(high_ptr + b, mask=m, other=0.0).to(tl.float32))  # fmt: skip
+        acc += tl.sum(tl.maximum(mn * qv, mx * qv), axis=1)
+    return acc
+
+
+@triton.jit
 def _bound_scores(
     node,
     level,
@@ -291,45 +327,65 @@ def _bound_scores(
     BD: tl.constexpr,
     J: tl.constexpr,
     SKIP_REPEAT: tl.constexpr,
+    EDGES_APART: tl.constexpr,
 ):
     """``_level_scores`` with each node scored by the bound of its best visible block (``node_score`` /
     ``leaf_score`` bound, the reference's ``_bound_ranges``): sum over dims of max(q_d min_d, q_d max_d), min / max
     over the node's blocks inside [lo, hi), read from the sparse tables ``BlockBounds.low`` / ``high``
     ([J, Bt * Hkv, cap, D] fp32 or bf16, widened on load) as two overlapping runs of 2^j blocks, j =
-    floor(log2(visible blocks)): two row gathers per node (four for the row's edge nodes) instead of the mean's one,
-    and no division by the node's size (the bound is already per block)."""
+    floor(log2(visible blocks)), and no division by the node's size (the bound is already per block).
+
+    EDGES_APART (power-of-two branching): a whole node covers 2^j blocks, one run, so the loop over candidates reads
+    one min row and one max row and takes max(q_d min_d, q_d max_d) = q_d (q_d >= 0 ? max_d : min_d), a select and
+    a multiply: the same terms, summed in the same order. The row's (at most) two partial nodes, the one holding lo
+    and the one holding hi, are scored apart, once per row (``_edge_bound``), as the mean's edge sums are. Otherwise
+    (SKIP_REPEAT: the eighteenth session's kernel; neither: the fifteenth's) every candidate takes both runs and
+    the min / max / max form, whole nodes masking their repeated run (SKIP_REPEAT) or gathering it again."""
     cover = tl.load(cover_ptr + level)
     valid = _visible(node, cover, lo, hi, live)
     lo2, hi2 = lo[:, None], hi[:, None]
     start = tl.maximum(node.to(tl.int64) * cover, lo2)  # (ROWS, M) first visible block
     end = tl.minimum((node.to(tl.int64) + 1) * cover, hi2)
-    length = tl.maximum(end - start, 1)
-    j = tl.zeros(node.shape, tl.int64)
-    for lv in tl.static_range(1, J):
-        j += (length >= (1 << lv)).to(tl.int64)  # floor(log2(length)), in integers as the reference
-    last = end - (tl.full(node.shape, 1, tl.int64) << j)  # the second run of 2^j blocks ends at end - 1
-    table = (j * n_bh + bh[:, None]) * cap  # (ROWS, M) first row of this (level j, batch x kv head)
-    row_a = (table + tl.minimum(tl.maximum(start, 0), cap - 1)) * D
-    row_b = (table + tl.minimum(tl.maximum(last, 0), cap - 1)) * D
-    # A whole node (cover = 2^j visible blocks: every node but the row's edge nodes, and every block) is one run: its
-    # second run is the first, so it is not gathered again (+inf / -inf, the identities of min / max): two row
-    # gathers a node instead of four, the same values.
-    two = (valid & (last != start)) if SKIP_REPEAT else valid
     acc = tl.zeros(node.shape, tl.float32)
-    for d0 in range(0, D, BD):
-        dd = d0 + tl.arange(0, BD)
-        dm = valid[:, :, None] & (dd < D)[None, None, :]
-        dm2 = two[:, :, None] & (dd < D)[None, None, :]
-        qv = tl.load(q_row[:, None] + dd[None, :], mask=live[:, None] & (dd < D)[None, :], other=0.0)[:, None, :]
-        mn = tl.minimum(
-            tl.load(low_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0).to(tl.float32),
-            tl.load(low_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm2, other=float("inf")).to(tl.float32),
-        )
-        mx = tl.maximum(
-            tl.load(high_ptr + row_a[:, :, None] + dd[None, None, :], mask=dm, other=0.0).to(tl.float32),
-            tl.load(high_ptr + row_b[:, :, None] + dd[None, None, :], mask=dm2, other=float("-inf")).to(tl.float32),
-        )
-        acc += tl.sum(tl.maximum(mn * qv, mx * qv), axis=2)  # (ROWS, M, BD) -> (ROWS, M)
+    if EDGES_APART:
+        right = node == (hi // cover)[:, None]  # holds hi: partial (an overlapping node holding hi is never whole)
+        left = (node == (lo // cover)[:, None]) & ((lo % cover) != 0)[:, None]  # holds an unaligned lo: partial
+        whole = valid & ~right & ~left
+        row, _ = _run_rows(node.to(tl.int64) * cover, (node.to(tl.int64) + 1) * cover, bh[:, None], n_bh, cap, J)
+        row = row * D
+        for d0 in range(0, D, BD):
+            dd = tl.max_contiguous(tl.multiple_of(d0 + tl.arange(0, BD), BD), BD)  # aligned: vector loads
+            dm = whole[:, :, None] if D % BD == 0 else whole[:, :, None] & (dd < D)[None, None, :]
+            qv = tl.load(q_row[:, None] + dd[None, :], mask=live[:, None] & (dd < D)[None, :], other=0.0)
+            mn = tl.load(low_ptr + row[:, :, None] + dd[None, None, :], mask=dm, other=0.0).to(tl.float32)
+            mx = tl.load(high_ptr + row[:, :, None] + dd[None, None, :], mask=dm, other=0.0).to(tl.float32)
+            acc += tl.sum(tl.where(qv[:, None, :] >= 0, mx, mn) * qv[:, None, :], axis=2)  # (ROWS, M, BD) -> (ROWS, M)
+        first_end = tl.minimum((lo // cover + 1) * cover, hi)  # the partial node holding lo: [lo, its end or hi)
+        e_lo = _edge_bound(lo, first_end, live, q_row, low_ptr, high_ptr, bh, n_bh, cap, D, BD, J)
+        e_hi = _edge_bound(tl.maximum(hi // cover * cover, lo), hi, live, q_row, low_ptr, high_ptr, bh, n_bh, cap, D,
+                           BD, J)  # fmt: skip
+        acc = tl.where(right, e_hi[:, None], tl.where(left, e_lo[:, None], acc))
+    else:
+        row_a, row_b = _run_rows(start, end, bh[:, None], n_bh, cap, J)
+        row_a, row_b = row_a * D, row_b * D
+        # A whole node (cover = 2^j visible blocks: every node but the row's edge nodes, and every block) is one
+        # run: its second run is the first, so it is not gathered again (+inf / -inf, the identities of min / max).
+        two = (valid & (row_b != row_a)) if SKIP_REPEAT else valid
+        for d0 in range(0, D, BD):
+            dd = d0 + tl.arange(0, BD)
+            dm = valid[:, :, None] & (dd < D)[None, None, :]
+            dm2 = two[:, :, None] & (dd < D)[None, None, :]
+            qv = tl.load(q_row[:, None] + dd[None, :], mask=live[:, None] & (dd < D)[None, :], other=0.0)[:, None, :]
+            a, b = row_a[:, :, None] + dd[None, None, :], row_b[:, :, None] + dd[None, None, :]
+            mn = tl.minimum(
+                tl.load(low_ptr + a, mask=dm, other=0.0).to(tl.float32),
+                tl.load(low_ptr + b, mask=dm2, other=float("inf")).to(tl.float32),
+            )
+            mx = tl.maximum(
+                tl.load(high_ptr + a, mask=dm, other=0.0).to(tl.float32),
+                tl.load(high_ptr + b, mask=dm2, other=float("-inf")).to(tl.float32),
+            )
+            acc += tl.sum(tl.maximum(mn * qv, mx * qv), axis=2)  # (ROWS, M, BD) -> (ROWS, M)
     order = tl.where(valid, _order(acc), _NONE)
     return acc, order, tl.sum(valid.to(tl.int32), axis=1)
 
@@ -338,12 +394,12 @@ def _bound_scores(
 def _scores(
     node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
     BLOCK: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, LP: tl.constexpr,
-    BOUND: tl.constexpr, J: tl.constexpr, SKIP_REPEAT: tl.constexpr,
+    BOUND: tl.constexpr, J: tl.constexpr, SKIP_REPEAT: tl.constexpr, EDGES_APART: tl.constexpr,
 ):  # fmt: skip
     """One level's scores, order keys and in-range counts: bounds (``_bound_scores``) or means (``_level_scores``)."""
     if BOUND:
         score, order, n_valid = _bound_scores(node, level, lo, hi, live, q_row, low_ptr, high_ptr, bh, n_bh, cap,
-                                              cover_ptr, D, DP, BD, J, SKIP_REPEAT)  # fmt: skip
+                                              cover_ptr, D, DP, BD, J, SKIP_REPEAT, EDGES_APART)  # fmt: skip
     else:
         score, order, n_valid = _level_scores(node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK,
                                               D, DP, BD, LP)  # fmt: skip
@@ -468,6 +524,7 @@ def _select_kernel(
     LEAF_BOUND: tl.constexpr,
     J: tl.constexpr,
     SKIP_REPEAT: tl.constexpr,
+    EDGES_APART: tl.constexpr,
 ):
     """Beam search of query blocks [row0, row1) (all of pyramid height ``levels``) of every (batch, kv head).
 
@@ -495,7 +552,7 @@ def _select_kernel(
     node = tl.zeros([ROWS, MA], tl.int32) + tl.arange(0, MA)[None, :]  # int32: half the registers of int64
     score, order, n_valid = _scores(
         node, levels - 1, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
-        BLOCK, D, DP, BDA, LP, TOP_BOUND, J, SKIP_REPEAT,
+        BLOCK, D, DP, BDA, LP, TOP_BOUND, J, SKIP_REPEAT, EDGES_APART,
     )  # fmt: skip
     cand = n_valid
     if ONE_LEVEL:  # the top level is the leaf level
@@ -508,13 +565,13 @@ def _select_kernel(
             node = _expand(order, node, n_valid, keep, scratch, MA, BR, BRP)
             score, order, n_valid = _scores(
                 node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
-                BLOCK, D, DP, BDA, LP, NODE_BOUND, J, SKIP_REPEAT,
+                BLOCK, D, DP, BDA, LP, NODE_BOUND, J, SKIP_REPEAT, EDGES_APART,
             )  # fmt: skip
             cand += n_valid
         leaf = _expand(order, node, n_valid, tl.load(keep_ptr + 1).to(tl.int32), scratch, MB, BR, BRP)
         score, order, n_valid = _scores(
             leaf, 0, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
-            BLOCK, D, DP, BDB, LP, LEAF_BOUND, J, SKIP_REPEAT,
+            BLOCK, D, DP, BDB, LP, LEAF_BOUND, J, SKIP_REPEAT, EDGES_APART,
         )  # fmt: skip
         cand += n_valid
         _emit(leaf, score, order, n_valid, cand, rows, rmask, out_row, routed_ptr, scores_ptr, cand_ptr, idx_ptr,
@@ -756,7 +813,7 @@ def _search(summaries, bt: int, hkv: int, seq_len: int, cfg: SSAConfig, doc_ids:
             TP=_pow2(topk), SINK=cfg.sink_blocks, LOCAL=cfg.local_blocks, S=size, SP=_pow2(size), D=d, DP=dp,
             BDA=bda, BDB=bdb, LP=_pow2(num_levels), ROWS=rows, TOP_BOUND=top_bound,
             NODE_BOUND=cfg.node_score == "bound", LEAF_BOUND=cfg.leaf_score == "bound", J=low.shape[0],
-            SKIP_REPEAT=TUNING.bound_skip_repeat,
+            SKIP_REPEAT=TUNING.bound_skip_repeat, EDGES_APART=TUNING.bound_edges_apart and br == brp,
             num_warps=TUNING.num_warps,
         )  # fmt: skip
     return Selection(indices, routed, scores, candidates)
