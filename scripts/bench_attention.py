@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="SSA block; 128 keeps the ~8.2K-token budget (top-56) and Flex gets the exact selection",
     )
     ap.add_argument("--methods", nargs="+", help="run only these methods (default all)")
+    ap.add_argument("--kernel-config", default="",
+                    help='SSA attention kernels\' CONFIG_OVERRIDE, e.g. "fwd:LAZY=1" (kind:key=int,...; the JSON gets '
+                         'a -kcfg suffix)')  # fmt: skip
     ap.add_argument("--decode-only", action="store_true", help="only the decode pass (at --decode-n)")
     ap.add_argument("--decode-select-sweep", nargs="*", help="decode select kernel rows,warps,chunk to time")
     args = ap.parse_args(argv)
@@ -390,6 +393,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit("no GPU: use --cpu-smoke")
     from ssa_kernels import SSAConfig
 
+    if args.kernel_config:  # e.g. a kernel variant not yet the default, timed against the baselines in one run
+        import ssa_kernels.attention.triton as tri
+
+        for spec in args.kernel_config.split():
+            kind, kv = spec.split(":")
+            tri.CONFIG_OVERRIDE.setdefault(kind, {}).update(
+                {k: int(x) for k, x in (p.split("=") for p in kv.split(","))}
+            )
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     if args.cpu_smoke:
         dtype, hq, hkv, d = torch.float32, 4, 2, 32
@@ -429,6 +440,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     tag = gpu_tag(device) + ("-quick" if args.quick else "")  # a quick run never replaces the full results
     tag += "" if args.cpu_smoke or args.block_size == 64 else f"-b{args.block_size}"
+    tag += "-kcfg" if args.kernel_config else ""
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {

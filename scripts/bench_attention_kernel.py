@@ -181,7 +181,7 @@ def setup(T: int, hq=32, hkv=8, d=128, seed=1):
     return q, k, v, idx, fwd_flops(idx, hq // hkv, bs, d)
 
 
-def bench_size(T: int, reps: int) -> None:
+def bench_size(T: int, reps: int, fwd_only: bool = False) -> None:
     bs, scale = BS, 128**-0.5
     q, k, v, idx, fl = setup(T)  # q, k, v require grad
     log(
@@ -190,7 +190,7 @@ def bench_size(T: int, reps: int) -> None:
     with torch.no_grad():
         f_ms = timeit(lambda: tri.sparse_attention_triton(q, k, v, idx, bs), reps)
     log(f"T={T} fwd      {f_ms:8.1f} ms  {fl / f_ms / 1e9:6.0f} TFLOP/s")
-    if time.time() - T0 > BUDGET_S:
+    if fwd_only or time.time() - T0 > BUDGET_S:
         return
     do = torch.randn_like(q)
 
@@ -228,6 +228,33 @@ def bench_size(T: int, reps: int) -> None:
         f" ({3.5 * fl / all_ms / 1e9:.0f} TFLOP/s of 7 matmuls); items {items.shape[0]}, split blocks"
         f" {red.shape[0]}, partial slots {n_slots}, longest {int((items[:, 3] - items[:, 1]).max())}"
     )
+
+
+def fwd_variants(specs: list[str], T: int, reps: int) -> None:
+    """The forward alone at T under each CONFIG_OVERRIDE spec ("fwd:LAZY=1,POLY=2"; "" = the defaults), on the same
+    inputs, in two interleaved rounds (drift between variants cancels); prints each variant's best median and its
+    output's relative error against the first spec's (bf16 rounding: ~1e-3; a broken variant: large or NaN)."""
+    bs = BS
+    q, k, v, idx, fl = setup(T)
+    best: dict[str, float] = {}
+    first = None
+    for rnd in range(2):
+        for spec in specs:
+            tri.CONFIG_OVERRIDE.clear()
+            tri.CONFIG_OVERRIDE.update(parse_override(spec))
+            with torch.no_grad():
+                ms = timeit(lambda: tri.sparse_attention_triton(q, k, v, idx, bs), reps)
+                if rnd == 0:
+                    out = tri.sparse_attention_triton(q, k, v, idx, bs)[0].float()
+                    first = out if first is None else first
+                    err = relerr(out, first)
+                    log(f"T={T} fwd [{spec or 'defaults'}] out vs [{specs[0] or 'defaults'}]: rel err {err:.2e}")
+                    del out
+            best[spec] = min(best.get(spec, ms), ms)
+            log(f"T={T} round {rnd} fwd [{spec or 'defaults'}] {ms:8.1f} ms  {fl / ms / 1e9:6.0f} TFLOP/s")
+    tri.CONFIG_OVERRIDE.clear()
+    for spec, ms in sorted(best.items(), key=lambda x: x[1]):
+        log(f"T={T} variant fwd [{spec or 'defaults'}] best {ms:8.1f} ms  {fl / ms / 1e9:6.0f} TFLOP/s")
 
 
 def sweep(specs: list[str], T: int) -> None:
@@ -286,6 +313,12 @@ def main() -> None:
     ap.add_argument("--sweep", default="", help='e.g. "fwd:256,8,2 dkdv:128,8,2:lpt"')
     ap.add_argument("--sweep-T", type=int, default=131072)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--fwd-only", action="store_true", help="--sizes: time the forward alone")
+    ap.add_argument(
+        "--fwd-variants",
+        default="",
+        help='forward alone at --sweep-T under each ";"-separated override, e.g. "fwd:LAZY=0; fwd:LAZY=1"',
+    )
     ap.add_argument("--layout", choices=("bhtd", "hf"), default="bhtd", help="q/k/v memory layout of --sizes")
     ap.add_argument("--block-size", type=int, default=64, choices=(64, 128), help="SSA block of --sizes/--sweep")
     a = ap.parse_args()
@@ -303,8 +336,10 @@ def main() -> None:
         if time.time() - T0 > BUDGET_S:
             log(f"budget reached, T={T} skipped")
             break
-        bench_size(T, a.reps if T <= 131072 else max(1, a.reps - 1))
+        bench_size(T, a.reps if T <= 131072 else max(1, a.reps - 1), a.fwd_only)
         torch.cuda.empty_cache()
+    if a.fwd_variants:
+        fwd_variants([x.strip() for x in a.fwd_variants.split(";")], a.sweep_T, a.reps)
     if a.sweep:
         sweep(a.sweep.split(), a.sweep_T)
 
