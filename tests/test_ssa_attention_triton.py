@@ -233,48 +233,6 @@ def test_lazy_rescale_matches_reference(monkeypatch, case):
     assert_close(got, ref, dtype)
 
 
-@pytest.mark.parametrize("poly", [1, 2])
-def test_software_exp2_split(poly):
-    """_exp2_split: 2^x of a tile with every other (1) / every fourth (2) column on the FMA units. Relative error
-    <= 1e-4 against torch's exp2 over the forward's range ([-126, 8]: 8 is the conditional rescaling's top; below
-    -126 fp32 is subnormal and the software exp2 gives 0), exact 0 for -inf (masked scores), and the MUFU columns
-    exact to fp32 rounding: the interleaving puts each value back in its column."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def kernel(x_ptr, y_ptr, M: tl.constexpr, N: tl.constexpr, POLY: tl.constexpr):
-        offs = tl.arange(0, M)[:, None] * N + tl.arange(0, N)[None, :]
-        tl.store(y_ptr + offs, tri._exp2_split(tl.load(x_ptr + offs), M, N, POLY))
-
-    g = torch.Generator().manual_seed(29)
-    m, n = 16, 64
-    x = torch.rand(m, n, generator=g) * 134 - 126
-    x[0, :8] = float("-inf")
-    x[1, :] = torch.linspace(-3, 8, n)
-    x = x.to(DEV)
-    y = torch.full_like(x, math.nan)
-    kernel[(1,)](x, y, M=m, N=n, POLY=poly)
-    want = torch.exp2(x)
-    assert (y[0, :8] == 0).all()
-    rel = ((y - want).abs() / want.clamp_min(1e-38))[want > 0]
-    assert rel.max() <= 1e-4, rel.max()
-    soft = torch.zeros(n, dtype=torch.bool)
-    soft[(1 if poly == 1 else 3) :: 2 if poly == 1 else 4] = True  # the FMA units' columns
-    assert rel.numel() == (want > 0).sum()
-    exact = ((y - want).abs() <= 1e-6 * want)[1:]
-    assert exact[:, ~soft.to(DEV)].all() and not exact[:, soft.to(DEV)].all()
-
-
-@pytest.mark.parametrize("poly", [1, 2])
-def test_software_exp2_forward_matches_reference(monkeypatch, poly):
-    """The fp16 forward with part of its exp2 in software (POLY), with and without conditional rescaling, against the
-    fp32 reference: out, lse and every gradient, GQA 4, documents, bias, ragged T."""
-    for lazy in (0, 1):
-        monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"LAZY": lazy, "POLY": poly}})
-        check_ragged_docs_bias(monkeypatch, 31 + lazy, 16, torch.float16, {"fwd": {"LAZY": lazy, "POLY": poly}})
-
-
 @pytest.mark.parametrize("lazy", [1, 0], ids=["lazy-rescale", "rescale-every-step"])
 def test_a_late_block_far_above_the_first_rescales(monkeypatch, lazy):
     """The forward's conditional rescaling (LAZY, the default) must move its reference max when a later listed block

@@ -179,32 +179,6 @@ def _load_kv(k_base, v_base, k_desc, v_desc, kv_b, kv_h, k0, kpos, sk_t, sv_t, T
 
 
 @triton.jit
-def _exp2_poly(x):
-    """2^x (x <= 127) on the FMA units, FlashAttention-4's software exp2: 2^floor(x) built in the exponent bits times a
-    degree-3 polynomial of the fraction (relative error <= 8.6e-5, below the rounding of a bf16 / fp16 P; fitted by
-    iteratively reweighted least squares on [0, 1)). Inputs below -127 (masked -inf) give 0. Why by hand: the MUFU
-    unit that computes tl.math.exp2 does 16 a clock per SM, an eighth of the FMA units' rate."""
-    x = tl.maximum(x, -127.0)
-    j = tl.floor(x)
-    f = x - j
-    p = ((0.07706641214873508 * f + 0.22764570198608874) * f + 0.6951166157742974) * f + 1.0
-    return p * ((j.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _exp2_split(x, M: tl.constexpr, N: tl.constexpr, POLY: tl.constexpr):
-    """2^x of an [M, N] tile with every other column (POLY=1) or every fourth (POLY=2) on the FMA units
-    (``_exp2_poly``), the rest on the MUFU (tl.math.exp2): the two units work in parallel."""
-    a, b = tl.split(tl.reshape(x, [M, N // 2, 2]))
-    if POLY == 1:
-        b = _exp2_poly(b)
-    else:
-        c, d = tl.split(tl.reshape(b, [M, N // 4, 2]))
-        b = tl.reshape(tl.join(tl.math.exp2(c), _exp2_poly(d)), [M, N // 2])
-    return tl.reshape(tl.join(tl.math.exp2(a), b), [M, N])
-
-
-@triton.jit
 def _fwd_inner(
     acc,
     l_i,
@@ -236,8 +210,6 @@ def _fwd_inner(
     TMA: tl.constexpr,
     PREC: tl.constexpr,
     LAZY: tl.constexpr,
-    POLY: tl.constexpr,
-    BLOCK_M: tl.constexpr,
 ):
     """Online softmax over listed entries [lo, hi) of one index row, BLOCK_N keys of a listed block at a time;
     CAUSAL applies s <= t."""
@@ -266,22 +238,14 @@ def _fwd_inner(
                     acc = acc * alpha[:, None]
                     m_i = m_new
                 m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
-                x = sc * qk_scale + (b2 - m_use)[:, None]  # [M, N]
-                if POLY:
-                    p = _exp2_split(x, BLOCK_M, BLOCK_N, POLY)
-                else:
-                    p = tl.math.exp2(x)
+                p = tl.math.exp2(sc * qk_scale + (b2 - m_use)[:, None])  # [M, N]
                 l_i = l_i + tl.sum(p, 1)
                 acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
             else:
                 # A row that has seen no key yet keeps m = -inf: exponentiate against 0 so -inf - -inf (NaN) never
                 # occurs.
                 m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                x = sc * qk_scale + (b2 - m_use)[:, None]  # [M, N]
-                if POLY:
-                    p = _exp2_split(x, BLOCK_M, BLOCK_N, POLY)
-                else:
-                    p = tl.math.exp2(x)
+                p = tl.math.exp2(sc * qk_scale + (b2 - m_use)[:, None])  # [M, N]
                 alpha = tl.math.exp2(m_i - m_use)
                 l_i = l_i * alpha + tl.sum(p, 1)
                 acc = acc * alpha[:, None]
@@ -331,7 +295,6 @@ def _fwd_kernel(
     TMA: tl.constexpr,
     PREC: tl.constexpr,
     LAZY: tl.constexpr,
-    POLY: tl.constexpr,
 ):
     N_SPLIT: tl.constexpr = G * B // BLOCK_M
     pid = tl.program_id(0)
@@ -365,13 +328,11 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, b, h, doc_base, sk_t,
-        sv_t, T, qk_scale, 0, n_lo, B, BLOCK_N, D, False, HAS_BIAS, HAS_DOC, TMA, PREC, LAZY, POLY,
-        BLOCK_M,
+        sv_t, T, qk_scale, 0, n_lo, B, BLOCK_N, D, False, HAS_BIAS, HAS_DOC, TMA, PREC, LAZY,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, b, h, doc_base, sk_t,
-        sv_t, T, qk_scale, n_lo, n_valid, B, BLOCK_N, D, True, HAS_BIAS, HAS_DOC, TMA, PREC, LAZY, POLY,
-        BLOCK_M,
+        sv_t, T, qk_scale, n_lo, n_valid, B, BLOCK_N, D, True, HAS_BIAS, HAS_DOC, TMA, PREC, LAZY,
     )  # fmt: skip
 
     empty = l_i == 0.0  # no visible key: out 0, lse -inf
@@ -896,10 +857,9 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
         if big:  # 128 keys: keys as the M side (KT), 8 warps (H200, 1M: 752 ms; query rows as M: 1,946 ms)
             cfg.update(num_warps=8, KT=1)
     # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
-    # fwd, both 0 (off) until timed on a GPU (docs/kernels.md, "Conditional rescaling and a software exp2"): LAZY,
-    # conditional rescaling of the running output (``_fwd_inner``); POLY, every other (1) or every fourth (2) exp2 of
-    # a bf16 / fp16 forward on the FMA units (``_exp2_split``).
-    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "LAZY": 0, "POLY": 0, **cfg, **CONFIG_OVERRIDE.get(kind, {})}
+    # LAZY (fwd): conditional rescaling of the running output (``_fwd_inner``); 0, the default until it is timed on a
+    # GPU (docs/kernels.md, "Conditional rescaling"), rescales at every step.
+    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "LAZY": 0, **cfg, **CONFIG_OVERRIDE.get(kind, {})}
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], B))
@@ -938,7 +898,6 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
         T, nb, S, Hkv, scale * 1.4426950408889634,
         G=G, B=B, BLOCK_N=cfg["BLOCK_N"], D=D, BLOCK_M=bm, HAS_BIAS=block_bias is not None,
         HAS_DOC=doc_ids is not None, TMA=tma, LAZY=bool(cfg["LAZY"]),
-        POLY=cfg["POLY"] if q.dtype != torch.float32 else 0,  # fp32: exact exp2 (the tests compare at 1e-4)
         PREC=_prec(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return out, lse

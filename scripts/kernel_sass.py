@@ -1,0 +1,158 @@
+"""Static report of the SSA forward kernel compiled for Hopper (sm_90a) on any machine, GPU or not: registers,
+spills and the instruction mix of its main loop, per CONFIG_OVERRIDE variant.
+
+    python3 scripts/kernel_sass.py --variants "; fwd:LAZY=1" [--block-size 64] [--json out.json]
+
+Why: device time is scarce, and the forward's speed at 1M tracks what one iteration of its loop issues (the
+nineteenth session's analysis in docs/kernels.md: ~640 SASS instructions per 256 x 64 tile against ~2,050 clocks of
+tensor-core work, with one program per SM). Triton compiles to PTX and cubin without a GPU (``triton.compile`` with a
+GPUTarget); ptxas -v reports registers and spills, cuobjdump -sass the instructions. Compile with the device image's
+Triton for figures that match it: ``pip install --target /tmp/t36 --no-deps triton==3.6.0`` and run with
+``PYTHONPATH=/tmp/t36``. Launch-time specialisation is reproduced for what the benchmark's tensors have: pointers
+and the strides / lengths that are multiples of 16 are marked divisible by 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script without an install
+
+import ssa_kernels.attention.triton as tri  # noqa: E402
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+# The forward kernel's runtime arguments (bf16 q / k / v as in bench_attention.py; no bias, no documents)
+POINTERS = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "o_ptr": "*bf16", "lse_ptr": "*fp32",
+            "idx_ptr": "*i64", "cnt_ptr": "*i32", "nlo_ptr": "*i32", "bias_ptr": "*i32", "doc_ptr": "*i32"}  # fmt: skip
+DIV16 = {"sq_b", "sq_h", "sq_t", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "so_b", "so_h", "so_t", "T", "nb"}
+
+
+def parse_override(text: str) -> dict[str, dict[str, int]]:
+    """ "fwd:LAZY=1,BLOCK_M=128" -> {"fwd": {"LAZY": 1, "BLOCK_M": 128}} (bench_attention_kernel.py's syntax)."""
+    out: dict[str, dict[str, int]] = {}
+    for spec in text.split():
+        kind, kv = spec.split(":")
+        out.setdefault(kind, {}).update({n: int(x) for n, x in (p.split("=") for p in kv.split(","))})
+    return out
+
+
+def compile_fwd(override: dict, block: int = 64, d: int = 128, g: int = 4):
+    """The forward kernel compiled for sm_90a under ``override`` (as tri.CONFIG_OVERRIDE): (compiled, launch cfg)."""
+    tri.CONFIG_OVERRIDE.clear()
+    tri.CONFIG_OVERRIDE.update(override)
+    try:
+        cfg = tri._config("fwd", g, block, d, torch.device("cuda"))
+    finally:
+        tri.CONFIG_OVERRIDE.clear()
+    names = [p.name for p in tri._fwd_kernel.params]
+    const_names = [p.name for p in tri._fwd_kernel.params if p.is_constexpr]
+    desc = f"tensordesc<bf16[1, 1, {cfg['BLOCK_N']}, {d}]>" if cfg["TMA"] else "*bf16"
+    sig = {}
+    for n in names:
+        if n in const_names:
+            sig[n] = "constexpr"
+        elif n in POINTERS:
+            sig[n] = POINTERS[n]
+        elif n in ("k_desc", "v_desc"):
+            sig[n] = desc
+        elif n == "qk_scale":
+            sig[n] = "fp32"
+        else:
+            sig[n] = "i64" if n.startswith("s") and n[1] in "qkvo" else "i32"
+    const = dict(G=g, B=block, BLOCK_N=cfg["BLOCK_N"], D=d, BLOCK_M=cfg["BLOCK_M"], HAS_BIAS=False, HAS_DOC=False,
+                 TMA=bool(cfg["TMA"]), PREC="tf32")  # fmt: skip
+    const.update({k: bool(v) for k, v in cfg.items() if k in const_names and k not in const})
+    missing = [n for n in const_names if n not in const]
+    if missing:
+        raise SystemExit(f"constexprs of _fwd_kernel this script does not set: {missing}")
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n in POINTERS or n in DIV16}
+    src = ASTSource(fn=tri._fwd_kernel, signature=sig, constexprs=const, attrs=attrs)
+    opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts), cfg
+
+
+def ptxas_info(ptx: str) -> dict:
+    """Registers and spill bytes from ptxas -v (the bundled ptxas, or ptxas-blackwell where the PTX is newer)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    for exe in ("ptxas", "ptxas-blackwell"):
+        out = subprocess.run([str(BIN / exe), "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull],
+                             capture_output=True, text=True)  # fmt: skip
+        text = out.stdout + out.stderr
+        regs = re.search(r"Used (\d+) registers", text)
+        if out.returncode == 0 and regs:
+            st, ld = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text).groups()
+            os.unlink(f.name)
+            return {"registers": int(regs.group(1)), "spill_store_bytes": int(st), "spill_load_bytes": int(ld)}
+    os.unlink(f.name)
+    raise RuntimeError(f"ptxas failed: {text[-500:]}")
+
+
+def sass_loops(cubin: bytes) -> list[dict]:
+    """Innermost loops that issue tensor-core instructions (HGMMA), in code order: each loop's opcode counts."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    dump = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    ins = []
+    for line in dump.splitlines():
+        m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*)", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(2).split(".")[0], m.group(3)))
+    edges = []
+    for addr, op, rest in ins:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if target and int(target.group(1), 16) < addr:
+            edges.append((int(target.group(1), 16), addr))
+    loops = []
+    for lo, hi in edges:
+        body = [op for a, op, _ in ins if lo <= a <= hi]
+        if "HGMMA" in body:
+            loops.append((lo, hi, collections.Counter(body)))
+    inner = [x for x in loops if not any(o[0] >= x[0] and o[1] <= x[1] and o[:2] != x[:2] for o in loops)]
+    return [{"start": hex(lo), "instructions": sum(c.values()), "ops": dict(c.most_common())} for lo, hi, c in inner]
+
+
+def report(spec: str, block: int) -> dict:
+    compiled, cfg = compile_fwd(parse_override(spec), block)
+    loops = sass_loops(compiled.asm["cubin"])
+    row = {"variant": spec or "defaults", "config": cfg, **ptxas_info(compiled.asm["ptx"]), "loops": loops}
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", default="", help='";"-separated CONFIG_OVERRIDE specs ("" = the defaults)')
+    ap.add_argument("--block-size", type=int, default=64, choices=(64, 128))
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args(argv)
+    print(f"triton {triton.__version__}, sm_90a, SSA forward kernel, block {args.block_size}, D 128, GQA 4, bf16")
+    rows = [report(spec.strip(), args.block_size) for spec in args.variants.split(";")]
+    keys = ("FMUL", "FADD", "FFMA", "FMNMX", "MUFU", "HGMMA", "SHFL", "BAR", "LDL", "STL")
+    print(f"{'variant':<24} {'regs':>4} {'spill st/ld B':>13}  loop instrs  " + " ".join(f"{k:>5}" for k in keys))
+    for r in rows:
+        for i, lp in enumerate(r["loops"]):
+            name = r["variant"] if i == 0 else ""
+            regs = f"{r['registers']:>4} {r['spill_store_bytes']:>6}/{r['spill_load_bytes']:<6}" if i == 0 else " " * 18
+            ops = " ".join(f"{lp['ops'].get(k, 0):>5}" for k in keys)
+            print(f"{name:<24} {regs}  {lp['start']:>6} {lp['instructions']:>5}  {ops}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"triton": triton.__version__, "rows": rows}, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

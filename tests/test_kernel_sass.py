@@ -1,0 +1,31 @@
+"""scripts/kernel_sass.py: the SSA forward kernel compiled for Hopper on this CPU machine (Triton's compiler and its
+bundled ptxas / cuobjdump need no GPU). It also keeps the GPU compile path of the forward under CI, which otherwise
+runs the kernels only in the interpreter."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_forward_compiles_for_hopper_and_its_loop_is_reported(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiler, not the interpreter
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    out = tmp_path / "sass.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "kernel_sass.py"), "--variants", "; fwd:LAZY=1", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["defaults", "fwd:LAZY=1"]
+    for r in rows:
+        assert 0 < r["registers"] <= 255 and r["config"]["BLOCK_M"] == 256 and r["config"]["TMA"] == 1
+        main = r["loops"][0]["ops"]  # the non-causal loop: one 256 x 64 tile per iteration, 8 warps
+        assert main["HGMMA"] == 24  # S = Q K^T (8 k-steps x 2 warpgroups) and P V (4 x 2)
+        assert main["MUFU"] >= 64  # 16K exp2 / 256 threads
+    # LAZY's rescale of the fp32 accumulator sits behind a branch: a BRA inside the loop the defaults do not have
+    assert rows[1]["loops"][0]["ops"].get("BRA", 0) > rows[0]["loops"][0]["ops"].get("BRA", 0)
