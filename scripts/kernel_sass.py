@@ -1,7 +1,7 @@
-"""Static report of the SSA forward kernel compiled for Hopper (sm_90a) on any machine, GPU or not: registers,
-spills and the instruction mix of its main loop, per CONFIG_OVERRIDE variant.
+"""Static report of an SSA attention kernel compiled for Hopper (sm_90a) on any machine, GPU or not: registers,
+spills and the instruction mix of its main loops, per CONFIG_OVERRIDE variant.
 
-    python3 scripts/kernel_sass.py --variants "; fwd:LAZY=1" [--block-size 64] [--json out.json]
+    python3 scripts/kernel_sass.py [--kernel fwd|dq|dkdv] --variants "; fwd:LAZY=1" [--block-size 64] [--json F]
 
 Why: device time is scarce, and the forward's speed at 1M tracks what one iteration of its loop issues (the
 nineteenth session's analysis in docs/kernels.md: ~640 SASS instructions per 256 x 64 tile against ~2,050 clocks of
@@ -9,7 +9,7 @@ tensor-core work, with one program per SM). Triton compiles to PTX and cubin wit
 GPUTarget); ptxas -v reports registers and spills, cuobjdump -sass the instructions. Compile with the device image's
 Triton for figures that match it: ``pip install --target /tmp/t36 --no-deps triton==3.6.0`` and run with
 ``PYTHONPATH=/tmp/t36``. Launch-time specialisation is reproduced for what the benchmark's tensors have: pointers
-and the strides / lengths that are multiples of 16 are marked divisible by 16.
+and the strides / lengths that are multiples of 16 are marked divisible by 16; no bias, no documents, dQ wanted.
 """
 
 from __future__ import annotations
@@ -34,10 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import ssa_kernels.attention.triton as tri  # noqa: E402
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-# The forward kernel's runtime arguments (bf16 q / k / v as in bench_attention.py; no bias, no documents)
-POINTERS = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "o_ptr": "*bf16", "lse_ptr": "*fp32",
-            "idx_ptr": "*i64", "cnt_ptr": "*i32", "nlo_ptr": "*i32", "bias_ptr": "*i32", "doc_ptr": "*i32"}  # fmt: skip
-DIV16 = {"sq_b", "sq_h", "sq_t", "sk_b", "sk_h", "sk_t", "sv_b", "sv_h", "sv_t", "so_b", "so_h", "so_t", "T", "nb"}
+# Runtime arguments by name (bf16 q / k / v / dO as in bench_attention.py; no bias, no documents); the rest are ints
+PTR_TYPES = {"q": "*bf16", "k": "*bf16", "v": "*bf16", "o": "*bf16", "do": "*bf16", "dq": "*bf16", "dk": "*bf16",
+             "dv": "*bf16", "lse": "*fp32", "delta": "*fp32", "dkp": "*fp32", "dvp": "*fp32", "dbias": "*fp32",
+             "idx": "*i64", "items": "*i64", "csr": "*i64", "cnt": "*i32", "nlo": "*i32", "bias": "*i32",
+             "doc": "*i32"}  # fmt: skip
+# Integer arguments the benchmark's shapes make multiples of 16 (specialised at launch as divisible by 16)
+DIV16 = {"T", "nb"}
+KERNELS = {"fwd": "_fwd_kernel", "dq": "_dq_kernel", "dkdv": "_dkdv_kernel"}
 
 
 def parse_override(text: str) -> dict[str, dict[str, int]]:
@@ -49,37 +53,43 @@ def parse_override(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def compile_fwd(override: dict, block: int = 64, d: int = 128, g: int = 4):
-    """The forward kernel compiled for sm_90a under ``override`` (as tri.CONFIG_OVERRIDE): (compiled, launch cfg)."""
+def compile_kernel(kind: str, override: dict, block: int = 64, d: int = 128, g: int = 4):
+    """The ``kind`` kernel (fwd | dq | dkdv) compiled for sm_90a under ``override`` (as tri.CONFIG_OVERRIDE), with
+    the constexprs the benchmark's call gives it: (compiled, launch cfg)."""
     tri.CONFIG_OVERRIDE.clear()
     tri.CONFIG_OVERRIDE.update(override)
     try:
-        cfg = tri._config("fwd", g, block, d, torch.device("cuda"))
+        cfg = tri._config(kind, g, block, d, torch.device("cuda"))
     finally:
         tri.CONFIG_OVERRIDE.clear()
-    names = [p.name for p in tri._fwd_kernel.params]
-    const_names = [p.name for p in tri._fwd_kernel.params if p.is_constexpr]
-    desc = f"tensordesc<bf16[1, 1, {cfg['BLOCK_N']}, {d}]>" if cfg["TMA"] else "*bf16"
+    fn = getattr(tri, KERNELS[kind])
+    names = [p.name for p in fn.params]
+    const_names = {p.name for p in fn.params if p.is_constexpr}
+    rows = cfg["BLOCK_M"] if kind == "dkdv" else cfg["BLOCK_N"]  # TMA box: q / dO rows (dkdv) or K / V rows
     sig = {}
     for n in names:
         if n in const_names:
             sig[n] = "constexpr"
-        elif n in POINTERS:
-            sig[n] = POINTERS[n]
-        elif n in ("k_desc", "v_desc"):
-            sig[n] = desc
-        elif n == "qk_scale":
+        elif n.endswith("_ptr"):
+            sig[n] = PTR_TYPES[n[:-4]]
+        elif n.endswith("_desc"):
+            sig[n] = f"tensordesc<bf16[1, 1, {rows}, {d}]>" if cfg["TMA"] else "*bf16"
+        elif n in ("qk_scale", "sm_scale"):
             sig[n] = "fp32"
+        elif re.fullmatch(r"s(q|k|v|o|do|dq|dk|dv)_[bht]", n):  # strides
+            sig[n] = "i64"
         else:
-            sig[n] = "i64" if n.startswith("s") and n[1] in "qkvo" else "i32"
-    const = dict(G=g, B=block, BLOCK_N=cfg["BLOCK_N"], D=d, BLOCK_M=cfg["BLOCK_M"], HAS_BIAS=False, HAS_DOC=False,
-                 TMA=bool(cfg["TMA"]), PREC="tf32")  # fmt: skip
-    const.update({k: bool(v) for k, v in cfg.items() if k in const_names and k not in const})
-    missing = [n for n in const_names if n not in const]
+            sig[n] = "i32"
+    known = dict(G=g, B=block, D=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], HAS_BIAS=False, HAS_DOC=False,
+                 TMA=bool(cfg["TMA"]), PREC="tf32", S_P2=256, WANT_DBIAS=False, WANT_DQ=True, KT=bool(cfg["KT"]))  # fmt: skip
+    known.update({k: bool(v) for k, v in cfg.items() if k in const_names and k not in known})
+    missing = sorted(const_names - known.keys())
     if missing:
-        raise SystemExit(f"constexprs of _fwd_kernel this script does not set: {missing}")
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n in POINTERS or n in DIV16}
-    src = ASTSource(fn=tri._fwd_kernel, signature=sig, constexprs=const, attrs=attrs)
+        raise SystemExit(f"constexprs of {KERNELS[kind]} this script does not set: {missing}")
+    const = {n: known[n] for n in const_names}
+    div = [n for n in names if sig[n].startswith("*") or sig[n] == "i64" or n in DIV16]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div}
+    src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
     opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts), cfg
 
@@ -126,8 +136,8 @@ def sass_loops(cubin: bytes) -> list[dict]:
     return [{"start": hex(lo), "instructions": sum(c.values()), "ops": dict(c.most_common())} for lo, hi, c in inner]
 
 
-def report(spec: str, block: int) -> dict:
-    compiled, cfg = compile_fwd(parse_override(spec), block)
+def report(kind: str, spec: str, block: int) -> dict:
+    compiled, cfg = compile_kernel(kind, parse_override(spec), block)
     loops = sass_loops(compiled.asm["cubin"])
     row = {"variant": spec or "defaults", "config": cfg, **ptxas_info(compiled.asm["ptx"]), "loops": loops}
     return row
@@ -136,11 +146,12 @@ def report(spec: str, block: int) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default="", help='";"-separated CONFIG_OVERRIDE specs ("" = the defaults)')
+    ap.add_argument("--kernel", choices=tuple(KERNELS), default="fwd")
     ap.add_argument("--block-size", type=int, default=64, choices=(64, 128))
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
-    print(f"triton {triton.__version__}, sm_90a, SSA forward kernel, block {args.block_size}, D 128, GQA 4, bf16")
-    rows = [report(spec.strip(), args.block_size) for spec in args.variants.split(";")]
+    print(f"triton {triton.__version__}, sm_90a, SSA {args.kernel} kernel, block {args.block_size}, D 128, GQA 4, bf16")
+    rows = [report(args.kernel, spec.strip(), args.block_size) for spec in args.variants.split(";")]
     keys = ("FMUL", "FADD", "FFMA", "FMNMX", "MUFU", "HGMMA", "SHFL", "BAR", "LDL", "STL")
     print(f"{'variant':<24} {'regs':>4} {'spill st/ld B':>13}  loop instrs  " + " ".join(f"{k:>5}" for k in keys))
     for r in rows:
@@ -150,7 +161,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ops = " ".join(f"{lp['ops'].get(k, 0):>5}" for k in keys)
             print(f"{name:<24} {regs}  {lp['start']:>6} {lp['instructions']:>5}  {ops}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"triton": triton.__version__, "rows": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"triton": triton.__version__, "kernel": args.kernel, "rows": rows}, indent=1)
+        )
     return rows
 
 

@@ -29,3 +29,20 @@ def test_forward_compiles_for_hopper_and_its_loop_is_reported(tmp_path):
         assert main["MUFU"] >= 64  # 16K exp2 / 256 threads
     # LAZY's rescale of the fp32 accumulator sits behind a branch: a BRA inside the loop the defaults do not have
     assert rows[1]["loops"][0]["ops"].get("BRA", 0) > rows[0]["loops"][0]["ops"].get("BRA", 0)
+
+
+def test_backward_kernels_compile_for_hopper(tmp_path):
+    """dQ and dK/dV kernels through the same GPU compile path: a loop with tensor-core products and exp2 each."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    for kernel in ("dq", "dkdv"):
+        out = tmp_path / f"{kernel}.json"
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "kernel_sass.py"), "--kernel", kernel, "--json", str(out)],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        (row,) = json.loads(out.read_text())["rows"]
+        assert 0 < row["registers"] <= 255
+        main = row["loops"][0]["ops"]
+        assert main["HGMMA"] > 0 and main["MUFU"] >= 32, (kernel, main)  # 64 x 64 (dkdv) / 128 x 64 (dq) tiles
