@@ -396,11 +396,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.kernel_config:  # e.g. a kernel variant not yet the default, timed against the baselines in one run
         import ssa_kernels.attention.triton as tri
 
-        for spec in args.kernel_config.split():
-            kind, kv = spec.split(":")
-            tri.CONFIG_OVERRIDE.setdefault(kind, {}).update(
-                {k: int(x) for k, x in (p.split("=") for p in kv.split(","))}
-            )
+        tri.CONFIG_OVERRIDE.update(tri.parse_config_override(args.kernel_config))
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     if args.cpu_smoke:
         dtype, hq, hkv, d = torch.float32, 4, 2, 32

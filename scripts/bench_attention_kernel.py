@@ -241,7 +241,7 @@ def fwd_variants(specs: list[str], T: int, reps: int) -> None:
     for rnd in range(2):
         for spec in specs:
             tri.CONFIG_OVERRIDE.clear()
-            tri.CONFIG_OVERRIDE.update(parse_override(spec))
+            tri.CONFIG_OVERRIDE.update(tri.parse_config_override(spec))
             with torch.no_grad():
                 ms = timeit(lambda: tri.sparse_attention_triton(q, k, v, idx, bs), reps)
                 if rnd == 0:
@@ -295,15 +295,6 @@ def sweep(specs: list[str], T: int) -> None:
     tri.KV_ORDER = "kb"
 
 
-def parse_override(text: str) -> dict[str, dict[str, int]]:
-    """ "fwd:TMA=1 dkdv:TMA=1,BLOCK_M=64" -> {"fwd": {"TMA": 1}, "dkdv": {"TMA": 1, "BLOCK_M": 64}}"""
-    override = {}
-    for spec in text.split():
-        kind, kv = spec.split(":")
-        override[kind] = {n: int(x) for n, x in (p.split("=") for p in kv.split(","))}
-    return override
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
@@ -328,8 +319,8 @@ def main() -> None:
     if a.check:
         check()
     if a.check_override:
-        check(parse_override(a.check_override))
-    tri.CONFIG_OVERRIDE.update(parse_override(a.config))
+        check(tri.parse_config_override(a.check_override))
+    tri.CONFIG_OVERRIDE.update(tri.parse_config_override(a.config))
     if a.config:
         log(f"timing with CONFIG_OVERRIDE {tri.CONFIG_OVERRIDE}")
     for T in [int(x) for x in a.sizes.split(",") if x]:

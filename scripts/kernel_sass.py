@@ -44,15 +44,6 @@ DIV16 = {"T", "nb"}
 KERNELS = {"fwd": "_fwd_kernel", "dq": "_dq_kernel", "dkdv": "_dkdv_kernel"}
 
 
-def parse_override(text: str) -> dict[str, dict[str, int]]:
-    """ "fwd:LAZY=1,BLOCK_M=128" -> {"fwd": {"LAZY": 1, "BLOCK_M": 128}} (bench_attention_kernel.py's syntax)."""
-    out: dict[str, dict[str, int]] = {}
-    for spec in text.split():
-        kind, kv = spec.split(":")
-        out.setdefault(kind, {}).update({n: int(x) for n, x in (p.split("=") for p in kv.split(","))})
-    return out
-
-
 def compile_kernel(kind: str, override: dict, block: int = 64, d: int = 128, g: int = 4):
     """The ``kind`` kernel (fwd | dq | dkdv) compiled for sm_90a under ``override`` (as tri.CONFIG_OVERRIDE), with
     the constexprs the benchmark's call gives it: (compiled, launch cfg)."""
@@ -137,7 +128,7 @@ def sass_loops(cubin: bytes) -> list[dict]:
 
 
 def report(kind: str, spec: str, block: int) -> dict:
-    compiled, cfg = compile_kernel(kind, parse_override(spec), block)
+    compiled, cfg = compile_kernel(kind, tri.parse_config_override(spec), block)
     loops = sass_loops(compiled.asm["cubin"])
     row = {"variant": spec or "defaults", "config": cfg, **ptxas_info(compiled.asm["ptx"]), "loops": loops}
     return row

@@ -287,6 +287,18 @@ def test_lse_only_loss_and_strided_inputs():
     assert_close(got, ref, torch.float32)
 
 
+def test_config_override_rejects_unknown_keys(monkeypatch):
+    """A misspelt tuning key must not silently time the defaults under a variant's name."""
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", tri.parse_config_override("fwd:LAZZY=1"))
+    q = torch.randn(1, 2, 32, 16)
+    with pytest.raises(ValueError, match="LAZZY"):
+        sparse_attention_triton(q, q, q, torch.zeros(1, 2, 2, 1, dtype=torch.int64), 16)
+    assert tri.parse_config_override("fwd:LAZY=1 dkdv:BLOCK_M=128,num_warps=8") == {
+        "fwd": {"LAZY": 1},
+        "dkdv": {"BLOCK_M": 128, "num_warps": 8},
+    }
+
+
 def test_rejects_bad_shapes():
     q = torch.zeros(1, 2, 32, 24)
     k = torch.zeros(1, 2, 32, 24)

@@ -109,6 +109,18 @@ POISON = False
 LAZY_TAU: tl.constexpr = tl.constexpr(8.0)
 # Tuning hook (scripts/bench_attention_kernel.py): {"fwd" | "dq" | "dkdv": {"BLOCK_M", "num_warps", "num_stages"}}
 CONFIG_OVERRIDE: dict[str, dict[str, int]] = {}
+
+
+def parse_config_override(text: str) -> dict[str, dict[str, int]]:
+    """ "fwd:LAZY=1 dkdv:TMA=1,BLOCK_M=64" -> {"fwd": {"LAZY": 1}, "dkdv": {"TMA": 1, "BLOCK_M": 64}}: the scripts'
+    syntax for a CONFIG_OVERRIDE (bench_attention.py --kernel-config, bench_attention_kernel.py, kernel_sass.py)."""
+    out: dict[str, dict[str, int]] = {}
+    for spec in text.split():
+        kind, kv = spec.split(":")
+        out.setdefault(kind, {}).update({n: int(x) for n, x in (p.split("=") for p in kv.split(","))})
+    return out
+
+
 # Smallest automatic CSR piece length: shorter pieces only add partial buffers and reductions.
 _MIN_SPLIT = 32
 # CSR pieces wanted per SM at most (see module docstring).
@@ -859,7 +871,11 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
     # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
     # LAZY (fwd): conditional rescaling of the running output (``_fwd_inner``); 0, the default until it is timed on a
     # GPU (docs/kernels.md, "Conditional rescaling"), rescales at every step.
-    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "LAZY": 0, **cfg, **CONFIG_OVERRIDE.get(kind, {})}
+    override = CONFIG_OVERRIDE.get(kind, {})
+    unknown = set(override) - {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA", "KT", "LAZY"}
+    if unknown:  # a misspelt key would otherwise time the defaults under the variant's name
+        raise ValueError(f"CONFIG_OVERRIDE[{kind!r}]: unknown keys {sorted(unknown)}")
+    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "LAZY": 0, **cfg, **override}
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], B))
