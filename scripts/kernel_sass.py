@@ -2,6 +2,7 @@
 spills and the instruction mix of its main loops, per CONFIG_OVERRIDE variant.
 
     python3 scripts/kernel_sass.py [--kernel fwd|dq|dkdv] --variants "; fwd:LAZY=1" [--block-size 64] [--json F]
+    python3 scripts/kernel_sass.py --kernel select --scores bound/bound --variants "; select:bound_edges_apart=0"
 
 Why: device time is scarce, and the forward's speed at 1M tracks what one iteration of its loop issues (the
 nineteenth session's analysis in docs/kernels.md: ~640 SASS instructions per 256 x 64 tile against ~2,050 clocks of
@@ -102,8 +103,9 @@ def ptxas_info(ptx: str) -> dict:
     raise RuntimeError(f"ptxas failed: {text[-500:]}")
 
 
-def sass_loops(cubin: bytes) -> list[dict]:
-    """Innermost loops that issue tensor-core instructions (HGMMA), in code order: each loop's opcode counts."""
+def sass_loops(cubin: bytes, marker: str = "HGMMA") -> list[dict]:
+    """Innermost loops that issue ``marker`` instructions (HGMMA: tensor-core products; LDG: global loads), in code
+    order: each loop's opcode counts."""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
     dump = subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
@@ -121,13 +123,59 @@ def sass_loops(cubin: bytes) -> list[dict]:
     loops = []
     for lo, hi in edges:
         body = [op for a, op, _ in ins if lo <= a <= hi]
-        if "HGMMA" in body:
+        if marker in body:
             loops.append((lo, hi, collections.Counter(body)))
     inner = [x for x in loops if not any(o[0] >= x[0] and o[1] <= x[1] and o[:2] != x[:2] for o in loops)]
     return [{"start": hex(lo), "instructions": sum(c.values()), "ops": dict(c.most_common())} for lo, hi, c in inner]
 
 
-def report(kind: str, spec: str, block: int) -> dict:
+def compile_select(spec: str, scores: str):
+    """The selector's beam-search kernel (ssa_kernels/selector/fast.py) as launched for the deepest run of query
+    blocks at 1M tokens (block 64, beams of 64 at every level: the issue-6 recipe's), scorings ``scores``
+    ("node/leaf", e.g. "bound/bound"), Tuning fields from ``spec`` ("select:bound_edges_apart=0")."""
+    import dataclasses
+
+    from ssa_kernels import SSAConfig
+    from ssa_kernels.selector import fast
+
+    node, leaf = scores.split("/")
+    cfg = SSAConfig(beam_widths=[64], node_score=node, leaf_score=leaf)
+    tuning = dataclasses.replace(fast.TUNING, **tri.parse_config_override(spec).get("select", {}))
+    nb = (1 << 20) // cfg.block_size
+    runs = fast._runs(nb, cfg)
+    ma, mb = fast._slots(runs, cfg)
+    levels = runs[-1][2]
+    dp = 128
+    bdb = min(dp, tuning.dim_chunk)
+    size = cfg.sink_blocks + cfg.topk_blocks + cfg.local_blocks
+    bounded = "bound" in (node, leaf)
+    table = "*bf16" if leaf == "bound" and tuning.bound_tables_bf16 else "*fp32"  # bf16 keys: _tables
+    const = dict(BLOCK=cfg.block_size, BR=cfg.branching, BRP=fast._pow2(cfg.branching), MA=ma, MB=mb,
+                 SCR=max(ma, mb) // fast._pow2(cfg.branching), ONE_LEVEL=False, TOPK=cfg.topk_blocks,
+                 TP=fast._pow2(cfg.topk_blocks), SINK=cfg.sink_blocks, LOCAL=cfg.local_blocks, S=size,
+                 SP=fast._pow2(size), D=128, DP=dp, BDA=min(dp, max(bdb, bdb * mb // ma)), BDB=bdb,
+                 LP=fast._pow2(len(fast._level_sizes(nb, cfg))), ROWS=tuning.rows, TOP_BOUND=node == "bound",
+                 NODE_BOUND=node == "bound", LEAF_BOUND=leaf == "bound",
+                 J=(levels - 1) * (cfg.branching.bit_length() - 1) + 1 if bounded else 1,
+                 SKIP_REPEAT=tuning.bound_skip_repeat,
+                 EDGES_APART=tuning.bound_edges_apart and cfg.branching == fast._pow2(cfg.branching))  # fmt: skip
+    fn = fast._select_kernel
+    names = [p.name for p in fn.params]
+    ptrs = {"qs": "*fp32", "lev": "*fp32", "ps": "*fp32", "scores": "*fp32", "scratch": "*i32", "low": table,
+            "high": table}  # fmt: skip
+    sig = {n: "constexpr" if n in const else ptrs.get(n[:-4], "*i64") if n.endswith("_ptr") else "i32" for n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if sig[n].startswith("*")}
+    src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
+    opts = {"num_warps": tuning.num_warps, "num_stages": 1}
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts), dataclasses.asdict(tuning)
+
+
+def report(kind: str, spec: str, block: int, scores: str = "bound/bound") -> dict:
+    if kind == "select":
+        compiled, cfg = compile_select(spec, scores)
+        loops = sass_loops(compiled.asm["cubin"], "LDG")
+        return {"variant": spec or "defaults", "scores": scores, "config": cfg, **ptxas_info(compiled.asm["ptx"]),
+                "loops": loops}  # fmt: skip
     compiled, cfg = compile_kernel(kind, tri.parse_config_override(spec), block)
     loops = sass_loops(compiled.asm["cubin"])
     row = {"variant": spec or "defaults", "config": cfg, **ptxas_info(compiled.asm["ptx"]), "loops": loops}
@@ -137,13 +185,16 @@ def report(kind: str, spec: str, block: int) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default="", help='";"-separated CONFIG_OVERRIDE specs ("" = the defaults)')
-    ap.add_argument("--kernel", choices=tuple(KERNELS), default="fwd")
+    ap.add_argument("--kernel", choices=(*KERNELS, "select"), default="fwd")
+    ap.add_argument("--scores", default="bound/bound", help="--kernel select: node_score/leaf_score")
     ap.add_argument("--block-size", type=int, default=64, choices=(64, 128))
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
     print(f"triton {triton.__version__}, sm_90a, SSA {args.kernel} kernel, block {args.block_size}, D 128, GQA 4, bf16")
-    rows = [report(args.kernel, spec.strip(), args.block_size) for spec in args.variants.split(";")]
+    rows = [report(args.kernel, spec.strip(), args.block_size, args.scores) for spec in args.variants.split(";")]
     keys = ("FMUL", "FADD", "FFMA", "FMNMX", "MUFU", "HGMMA", "SHFL", "BAR", "LDL", "STL")
+    if args.kernel == "select":
+        keys = ("LDG", "FMUL", "FADD", "FFMA", "FMNMX", "IMAD", "IADD3", "PRMT", "LDL", "STL")
     print(f"{'variant':<24} {'regs':>4} {'spill st/ld B':>13}  loop instrs  " + " ".join(f"{k:>5}" for k in keys))
     for r in rows:
         for i, lp in enumerate(r["loops"]):

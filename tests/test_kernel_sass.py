@@ -46,3 +46,23 @@ def test_backward_kernels_compile_for_hopper(tmp_path):
         assert 0 < row["registers"] <= 255
         main = row["loops"][0]["ops"]
         assert main["HGMMA"] > 0 and main["MUFU"] >= 32, (kernel, main)  # 64 x 64 (dkdv) / 128 x 64 (dq) tiles
+
+
+def test_selector_kernel_compiles_for_hopper_and_whole_nodes_apart_issue_fewer(tmp_path):
+    """The bound search (issue-6 recipe: both bounds, beams of 64, 1M) through the GPU compile path. Scoring whole
+    nodes apart from the partial ones (Tuning.bound_edges_apart, the default) issues far fewer instructions per
+    head-dim chunk of the candidate loop than the kernel that gathers both runs for every candidate."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    out = tmp_path / "select.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "kernel_sass.py"), "--kernel", "select", "--scores", "bound/bound",
+         "--variants", "; select:bound_edges_apart=0", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    apart, both_runs = json.loads(out.read_text())["rows"]
+    assert apart["config"]["bound_edges_apart"] and not both_runs["config"]["bound_edges_apart"]
+    hot = [max(r["loops"], key=lambda lp: lp["instructions"]) for r in (apart, both_runs)]
+    assert hot[0]["ops"]["LDG"] < hot[1]["ops"]["LDG"]  # one run's min / max rows, not two
+    assert 1.5 * hot[0]["instructions"] < hot[1]["instructions"], hot
