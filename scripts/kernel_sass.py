@@ -137,6 +137,7 @@ def compile_select(spec: str, scores: str):
 
     from ssa_kernels import SSAConfig
     from ssa_kernels.selector import fast
+    from ssa_kernels.selector.reference import bound_span, needs_bounds
 
     node, leaf = scores.split("/")
     cfg = SSAConfig(beam_widths=[64], node_score=node, leaf_score=leaf)
@@ -144,21 +145,13 @@ def compile_select(spec: str, scores: str):
     nb = (1 << 20) // cfg.block_size
     runs = fast._runs(nb, cfg)
     ma, mb = fast._slots(runs, cfg)
-    levels = runs[-1][2]
-    dp = 128
-    bdb = min(dp, tuning.dim_chunk)
-    size = cfg.sink_blocks + cfg.topk_blocks + cfg.local_blocks
-    bounded = "bound" in (node, leaf)
+    r0, r1, levels = runs[-1]
+    span = bound_span(nb, cfg) if node == "bound" else 1  # the tables' depth, as reference.search_bounds builds
+    j = max(1, span.bit_length()) if needs_bounds(cfg) else 1
+    shared = fast._shared_constants(cfg, nb, 128, ma, mb, j, tuning, interpreted=False)
+    const = {**shared, **fast._run_constants(cfg, levels, (r1 - r0) * 8, shared, tuning, interpreted=False)}
+    num_warps = const.pop("num_warps")
     table = "*bf16" if leaf == "bound" and tuning.bound_tables_bf16 else "*fp32"  # bf16 keys: _tables
-    const = dict(BLOCK=cfg.block_size, BR=cfg.branching, BRP=fast._pow2(cfg.branching), MA=ma, MB=mb,
-                 SCR=max(ma, mb) // fast._pow2(cfg.branching), ONE_LEVEL=False, TOPK=cfg.topk_blocks,
-                 TP=fast._pow2(cfg.topk_blocks), SINK=cfg.sink_blocks, LOCAL=cfg.local_blocks, S=size,
-                 SP=fast._pow2(size), D=128, DP=dp, BDA=min(dp, max(bdb, bdb * mb // ma)), BDB=bdb,
-                 LP=fast._pow2(len(fast._level_sizes(nb, cfg))), ROWS=tuning.rows, TOP_BOUND=node == "bound",
-                 NODE_BOUND=node == "bound", LEAF_BOUND=leaf == "bound",
-                 J=(levels - 1) * (cfg.branching.bit_length() - 1) + 1 if bounded else 1,
-                 SKIP_REPEAT=tuning.bound_skip_repeat,
-                 EDGES_APART=tuning.bound_edges_apart and cfg.branching == fast._pow2(cfg.branching))  # fmt: skip
     fn = fast._select_kernel
     names = [p.name for p in fn.params]
     ptrs = {"qs": "*fp32", "lev": "*fp32", "ps": "*fp32", "scores": "*fp32", "scratch": "*i32", "low": table,
@@ -166,7 +159,7 @@ def compile_select(spec: str, scores: str):
     sig = {n: "constexpr" if n in const else ptrs.get(n[:-4], "*i64") if n.endswith("_ptr") else "i32" for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if sig[n].startswith("*")}
     src = ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
-    opts = {"num_warps": tuning.num_warps, "num_stages": 1}
+    opts = {"num_warps": num_warps, "num_stages": 1}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts), dataclasses.asdict(tuning)
 
 

@@ -343,9 +343,6 @@ def _bound_scores(
     the min / max / max form, whole nodes masking their repeated run (SKIP_REPEAT) or gathering it again."""
     cover = tl.load(cover_ptr + level)
     valid = _visible(node, cover, lo, hi, live)
-    lo2, hi2 = lo[:, None], hi[:, None]
-    start = tl.maximum(node.to(tl.int64) * cover, lo2)  # (ROWS, M) first visible block
-    end = tl.minimum((node.to(tl.int64) + 1) * cover, hi2)
     acc = tl.zeros(node.shape, tl.float32)
     if EDGES_APART:
         right = node == (hi // cover)[:, None]  # holds hi: partial (an overlapping node holding hi is never whole)
@@ -366,6 +363,8 @@ def _bound_scores(
                            BD, J)  # fmt: skip
         acc = tl.where(right, e_hi[:, None], tl.where(left, e_lo[:, None], acc))
     else:
+        start = tl.maximum(node.to(tl.int64) * cover, lo[:, None])  # (ROWS, M) first visible block
+        end = tl.minimum((node.to(tl.int64) + 1) * cover, hi[:, None])
         row_a, row_b = _run_rows(start, end, bh[:, None], n_bh, cap, J)
         row_a, row_b = row_a * D, row_b * D
         # A whole node (cover = 2^j visible blocks: every node but the row's edge nodes, and every block) is one
@@ -765,6 +764,51 @@ def _tables(lev: Tensor, bt: int, hkv: int, nb: int, cfg: SSAConfig, leaf) -> tu
     return bounds.low.flatten(1, 2).contiguous(), bounds.high.flatten(1, 2).contiguous()
 
 
+def _shared_constants(
+    cfg: SSAConfig,
+    nb: int,
+    d: int,
+    ma: int,
+    mb: int,
+    j: int,
+    tuning: Tuning | None = None,
+    interpreted: bool | None = None,
+) -> dict:
+    """The constexprs (and num_warps) of ``_select_kernel`` common to every run of a search over nb blocks: what
+    ``_search`` launches with, and what scripts/kernel_sass.py compiles. ma, mb: ``_slots``; j: the bound tables'
+    depth (1 without them)."""
+    tuning = TUNING if tuning is None else tuning
+    interpreted = _INTERPRETED if interpreted is None else interpreted
+    br, brp, dp = cfg.branching, _pow2(cfg.branching), _pow2(d)
+    size = cfg.sink_blocks + cfg.topk_blocks + cfg.local_blocks
+    # Head-dim chunk of the gathers: the leaves' [rows, MB, chunk] tile bounds registers; the upper levels'
+    # tiles have fewer slots, so wider chunks. The interpreter takes whole rows (its cost is per operation).
+    bdb = dp if interpreted else min(dp, tuning.dim_chunk)
+    bda = dp if interpreted else min(dp, max(bdb, bdb * mb // ma))
+    return dict(
+        BLOCK=cfg.block_size, BR=br, BRP=brp, MA=ma, MB=mb, SCR=max(ma, mb) // brp, TOPK=cfg.topk_blocks,
+        TP=_pow2(cfg.topk_blocks), SINK=cfg.sink_blocks, LOCAL=cfg.local_blocks, S=size, SP=_pow2(size), D=d, DP=dp,
+        BDA=bda, BDB=bdb, LP=_pow2(len(_level_sizes(nb, cfg))), NODE_BOUND=cfg.node_score == "bound",
+        LEAF_BOUND=cfg.leaf_score == "bound", J=j, SKIP_REPEAT=tuning.bound_skip_repeat,
+        EDGES_APART=tuning.bound_edges_apart and br == brp, num_warps=tuning.num_warps,
+    )  # fmt: skip
+
+
+def _run_constants(
+    cfg: SSAConfig, levels: int, n_rows: int, shared: dict, tuning: Tuning | None = None,
+    interpreted: bool | None = None,
+) -> dict:  # fmt: skip
+    """The constexprs of one run's launch (rows of pyramid height ``levels``, n_rows of them over every (batch, kv
+    head)): whether its top level is the leaves, whether that level scores bounds, and the rows per program."""
+    tuning = TUNING if tuning is None else tuning
+    interpreted = _INTERPRETED if interpreted is None else interpreted
+    top_bound = (cfg.leaf_score if levels == 1 else cfg.node_score) == "bound"  # a one-level pyramid: leaves
+    # interpreter: a few wide tiles, within Triton's 2^20 elements per tensor
+    slots = max(shared["MA"], shared["MB"]) * shared["DP"]
+    rows = max(1, min(1024, _pow2(n_rows), 2**20 // slots)) if interpreted else tuning.rows
+    return dict(ONE_LEVEL=levels == 1, TOP_BOUND=top_bound, ROWS=rows)
+
+
 def _search(summaries, bt: int, hkv: int, seq_len: int, cfg: SSAConfig, doc_ids: Tensor | None, leaf) -> Selection:
     """The beam-search launches over the pyramid of ``_summaries``: the Selection. ``leaf``: a callable giving the
     blocks' token-key (min, max) [Bt, Hkv, nb, D] (read only under leaf_score=bound)."""
@@ -786,34 +830,20 @@ def _search(summaries, bt: int, hkv: int, seq_len: int, cfg: SSAConfig, doc_ids:
     # One small table: level offsets | covers | beams per run (int64; one host-to-device copy).
     table = torch.tensor(offsets[:num_levels] + covers + sum(keeps, []), dtype=torch.int64).to(dev)
 
-    size = cfg.sink_blocks + topk + cfg.local_blocks
+    shared = _shared_constants(cfg, nb, d, ma, mb, low.shape[0])
     routed = torch.empty(bt, hkv, nb, topk, dtype=torch.long, device=dev)
     scores = torch.empty(bt, hkv, nb, topk, dtype=torch.float32, device=dev)
     candidates = torch.empty(bt, hkv, nb, dtype=torch.long, device=dev)
-    indices = torch.empty(bt, hkv, nb, size, dtype=torch.long, device=dev)
-    brp = _pow2(br)
-    scr = max(ma, mb) // brp
+    indices = torch.empty(bt, hkv, nb, shared["S"], dtype=torch.long, device=dev)
     # Parent lists of the rows of one launch (int32; the largest run), the kernel's only scratch.
-    scratch = torch.empty(max(r1 - r0 for r0, r1, _ in runs) * bt * hkv, scr, dtype=torch.int32, device=dev)
-    dp = _pow2(d)
-    # Head-dim chunk of the gathers: the leaves' [rows, MB, chunk] tile bounds registers; the upper levels'
-    # tiles have fewer slots, so wider chunks. The interpreter takes whole rows (its cost is per operation).
-    bdb = dp if _INTERPRETED else min(dp, TUNING.dim_chunk)
-    bda = dp if _INTERPRETED else min(dp, max(bdb, bdb * mb // ma))
+    scratch = torch.empty(max(r1 - r0 for r0, r1, _ in runs) * bt * hkv, shared["SCR"], dtype=torch.int32, device=dev)
     for run, (r0, r1, levels) in enumerate(runs):
-        top_bound = (cfg.leaf_score if levels == 1 else cfg.node_score) == "bound"  # a one-level pyramid: leaves
         n_rows = (r1 - r0) * bt * hkv
-        # interpreter: a few wide tiles, within Triton's 2^20 elements per tensor
-        rows = max(1, min(1024, _pow2(n_rows), 2**20 // (max(ma, mb) * dp))) if _INTERPRETED else TUNING.rows
+        run_constants = _run_constants(cfg, levels, n_rows, shared)
         keep = table[2 * num_levels + run * num_levels :]
-        _select_kernel[(triton.cdiv(n_rows, rows),)](
+        _select_kernel[(triton.cdiv(n_rows, run_constants["ROWS"]),)](
             q_sum, lev, ps, lo, table, table[num_levels:], keep, scratch, routed, scores, candidates, indices,
             low, high, low.shape[2], r0, r1, levels, nb, hkv, bt * hkv, tot, 0 if lo.shape[0] == 1 else nb,
-            BLOCK=cfg.block_size, BR=br, BRP=brp, MA=ma, MB=mb, SCR=scr, ONE_LEVEL=levels == 1, TOPK=topk,
-            TP=_pow2(topk), SINK=cfg.sink_blocks, LOCAL=cfg.local_blocks, S=size, SP=_pow2(size), D=d, DP=dp,
-            BDA=bda, BDB=bdb, LP=_pow2(num_levels), ROWS=rows, TOP_BOUND=top_bound,
-            NODE_BOUND=cfg.node_score == "bound", LEAF_BOUND=cfg.leaf_score == "bound", J=low.shape[0],
-            SKIP_REPEAT=TUNING.bound_skip_repeat, EDGES_APART=TUNING.bound_edges_apart and br == brp,
-            num_warps=TUNING.num_warps,
+            **shared, **run_constants,
         )  # fmt: skip
     return Selection(indices, routed, scores, candidates)
