@@ -231,9 +231,10 @@ def bench_size(T: int, reps: int, fwd_only: bool = False) -> None:
 
 
 def fwd_variants(specs: list[str], T: int, reps: int) -> None:
-    """The forward alone at T under each CONFIG_OVERRIDE spec ("fwd:LAZY=1,POLY=2"; "" = the defaults), on the same
-    inputs, in two interleaved rounds (drift between variants cancels); prints each variant's best median and its
-    output's relative error against the first spec's (bf16 rounding: ~1e-3; a broken variant: large or NaN)."""
+    """The forward alone at T under each CONFIG_OVERRIDE spec ("fwd:LAZY=1,num_stages=3"; "" = the defaults), on
+    the same inputs, in two interleaved rounds (drift between variants cancels); prints each variant's best median
+    and its output's relative error against the first spec's (bf16 rounding: ~1e-3; a broken variant: large or
+    NaN)."""
     bs = BS
     q, k, v, idx, fl = setup(T)
     best: dict[str, float] = {}
