@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--methods", nargs="+", help="run only these methods (default all)")
     ap.add_argument("--kernel-config", default="",
-                    help='SSA attention kernels\' CONFIG_OVERRIDE, e.g. "fwd:LAZY=1" (kind:key=int,...; the JSON gets '
+                    help='SSA attention kernels\' CONFIG_OVERRIDE, e.g. "fwd:num_stages=3" (kind:key=int,...; the JSON gets '
                          'a -kcfg suffix)')  # fmt: skip
     ap.add_argument("--decode-only", action="store_true", help="only the decode pass (at --decode-n)")
     ap.add_argument("--decode-select-sweep", nargs="*", help="decode select kernel rows,warps,chunk to time")

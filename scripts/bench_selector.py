@@ -38,12 +38,11 @@ from ssa_kernels.selector import fast, routing_scores, select_blocks_fast  # noq
 METHODS = {"ssa_selector_reference": select_blocks, "ssa_selector_fast": select_blocks_fast}
 # --bound-variants: the Tuning fields of the bound search as built (whole nodes apart from the partial ones), as the
 # eighteenth session's kernel (every candidate both runs, a whole node's repeat masked; bf16 tables), the same with
-# fp32 tables, and as the fifteenth session's (every run gathered, fp32)
+# fp32 tables
 BOUND_VARIANTS = (
-    {"bound_edges_apart": True, "bound_skip_repeat": True, "bound_tables_bf16": True},
-    {"bound_edges_apart": False, "bound_skip_repeat": True, "bound_tables_bf16": True},
-    {"bound_edges_apart": False, "bound_skip_repeat": True, "bound_tables_bf16": False},
-    {"bound_edges_apart": False, "bound_skip_repeat": False, "bound_tables_bf16": False},
+    {"bound_edges_apart": True, "bound_tables_bf16": True},
+    {"bound_edges_apart": False, "bound_tables_bf16": True},
+    {"bound_edges_apart": False, "bound_tables_bf16": False},
 )
 
 
@@ -103,11 +102,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "docs" / "results"))
     ap.add_argument("--tag", default="", help="file name suffix: selector-<gpu>-<tag>.json")
     ap.add_argument("--bound-variants", type=int, nargs="?", const=len(BOUND_VARIANTS), default=0, metavar="K",
-                    help="time bound scorings the first K (default all four) ways of BOUND_VARIANTS in one run: "
+                    help="time bound scorings the first K (default all three) ways of BOUND_VARIANTS in one run: "
                          "as built (whole nodes one min and one max row, partial nodes apart; bf16 tables where "
                          "exact), the eighteenth session's kernel (both runs per candidate, a whole node's repeat "
-                         "masked), the same with fp32 tables, and the fifteenth session's (four gathers a node, "
-                         "fp32); rows get bound_edges_apart, bound_tables and bound_gathers")  # fmt: skip
+                         "masked), the same with fp32 tables; rows get bound_edges_apart and bound_tables")  # fmt: skip
     args = ap.parse_args()
     cfg = SSAConfig(beam_widths=args.beam_widths)
     scorings = [tuple(x.split("/")) for x in args.scores]
@@ -157,10 +155,9 @@ def main() -> None:
                 "beam_widths": cfg.beam_widths, "node_score": cfg.node_score, "leaf_score": cfg.leaf_score,
             }  # fmt: skip
             if variant is not None:
-                row["bound_gathers"] = 2 if variant["bound_skip_repeat"] else 4  # a whole node's (edge nodes: 4)
                 row["bound_tables"] = "bf16 where exact" if variant["bound_tables_bf16"] else "fp32"
                 row["bound_edges_apart"] = variant["bound_edges_apart"]
-                how = "edges apart" if variant["bound_edges_apart"] else f"{row['bound_gathers']} gathers"
+                how = "edges apart" if variant["bound_edges_apart"] else "2 gathers"
                 method = f"{method} ({row['bound_tables']}, {how})"
             if fn is select_blocks_fast:
                 row["summaries_ms"] = triton.testing.do_bench(

@@ -1,7 +1,7 @@
 """Static report of an SSA attention kernel compiled for Hopper (sm_90a) on any machine, GPU or not: registers,
 spills and the instruction mix of its main loops, per CONFIG_OVERRIDE variant.
 
-    python3 scripts/kernel_sass.py [--kernel fwd|dq|dkdv] --variants "; fwd:LAZY=1" [--block-size 64] [--json F]
+    python3 scripts/kernel_sass.py [--kernel fwd|dq|dkdv] --variants "; fwd:num_stages=3" [--block-size 64] [--json F]
     python3 scripts/kernel_sass.py --kernel select --scores bound/bound --variants "; select:bound_edges_apart=0"
 
 Why: device time is scarce, and the forward's speed at 1M tracks what one iteration of its loop issues (the

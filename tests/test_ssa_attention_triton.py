@@ -218,27 +218,10 @@ def test_every_query_block_selects_the_sink(kv_split):
     assert_close(got, ref, torch.float32)
 
 
-@pytest.mark.parametrize("case", CASES[1:4], ids=["G4-docs-bias", "G8-D128-ragged", "G4-fp16-docs"])
-def test_lazy_rescale_matches_reference(monkeypatch, case):
-    """The forward with conditional rescaling (CONFIG_OVERRIDE fwd LAZY=1) against the fp32 reference: out, lse and
-    every gradient (the backward reads its lse), with documents, bias, GQA 4 / 8, D 128 and fp16."""
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"LAZY": 1}})
-    bt, hq, hkv, t, d, bs, s, dtype, doc, bias = case
-    g = torch.Generator().manual_seed(23)
-    q, k, v = make_inputs(bt, hq, hkv, t, d, g, dtype)
-    indices = random_indices(bt, hkv, -(-t // bs), s, g)
-    docs = random_docs(bt, t, 3, g) if doc else None
-    bb = 0.5 * torch.randn(indices.shape, generator=g) if bias else None
-    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb)
-    assert_close(got, ref, dtype)
-
-
-@pytest.mark.parametrize("lazy", [1, 0], ids=["lazy-rescale", "rescale-every-step"])
-def test_a_late_block_far_above_the_first_rescales(monkeypatch, lazy):
-    """The forward's conditional rescaling (LAZY, the default) must move its reference max when a later listed block
-    scores far above the earlier ones: here ~230 log2 units above (2^230 overflows fp32), with fp16 P as well. An
-    accumulator left on the first block's max turns to inf / NaN; every step's rescale (LAZY=0) is the baseline."""
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"LAZY": lazy}})
+def test_a_late_block_far_above_the_first_rescales():
+    """The forward's online softmax must move its reference max when a later listed block scores far above the
+    earlier ones: here ~230 log2 units above (2^230 overflows fp32), with fp16 P as well. An accumulator left on the
+    first block's max turns to inf / NaN."""
     g = torch.Generator().manual_seed(17)
     bt, hq, hkv, t, d, bs = 1, 4, 2, 64, 64, 16
     nb = t // bs
@@ -293,8 +276,8 @@ def test_config_override_rejects_unknown_keys(monkeypatch):
     q = torch.randn(1, 2, 32, 16)
     with pytest.raises(ValueError, match="LAZZY"):
         sparse_attention_triton(q, q, q, torch.zeros(1, 2, 2, 1, dtype=torch.int64), 16)
-    assert tri.parse_config_override("fwd:LAZY=1 dkdv:BLOCK_M=128,num_warps=8") == {
-        "fwd": {"LAZY": 1},
+    assert tri.parse_config_override("fwd:num_stages=3 dkdv:BLOCK_M=128,num_warps=8") == {
+        "fwd": {"num_stages": 3},
         "dkdv": {"BLOCK_M": 128, "num_warps": 8},
     }
 

@@ -371,18 +371,18 @@ def test_bound_scores_match_reference(case, scores, poisoned_and_no_fallback):
 
 @pytest.mark.parametrize("case", ["gqa4-T203-blk4-br2-docs", "gqa4-T3207-blk16-br8-sink2-docs", "T300-blk4-br3-wide"])
 def test_bound_search_variants_select_and_score_bit_for_bit_alike(case, monkeypatch):
-    """The three ways the kernel scores bounds give the same selection and scores bit for bit: whole nodes by a
+    """The two ways the kernel scores bounds give the same selection and scores bit for bit: whole nodes by a
     select and a multiply with the row's partial nodes apart (Tuning.bound_edges_apart, the default, where the
-    branching is a power of two; br3 takes the next), a whole node's repeated run masked (bound_skip_repeat), and
-    both runs gathered for every node (the kernel scripts/bench_selector.py --bound-variants times against them).
-    Both bounds, so every level takes the path."""
+    branching is a power of two; br3 takes the next), and both runs for every candidate, a whole node's repeated run
+    masked (the kernel scripts/bench_selector.py --bound-variants times against it). Both bounds, so every level takes
+    the path."""
     bt, hq, hkv, seq_len, cfg, docs, d = CASES[case]
     q, k = (x.to(DEV) for x in make_qk(bt, hq, hkv, seq_len, d, seed=5))
     doc_ids = make_doc_ids(bt, seq_len, docs).to(DEV) if docs else None
     bound = SSAConfig(**{**vars(cfg), "node_score": "bound", "leaf_score": "bound"})
     sels = []
-    for apart, skip in ((True, True), (False, True), (False, False)):
-        tuning = dataclasses.replace(fast_module.TUNING, bound_edges_apart=apart, bound_skip_repeat=skip)
+    for apart in (True, False):
+        tuning = dataclasses.replace(fast_module.TUNING, bound_edges_apart=apart)
         monkeypatch.setattr(fast_module, "TUNING", tuning)
         sels.append(select_blocks_fast(q, k, bound, doc_ids))
     for other in sels[1:]:

@@ -104,15 +104,12 @@ __all__ = ["sparse_attention_triton"]
 
 # Test hook: allocate outputs and workspaces filled with NaN (an unwritten element then fails a test).
 POISON = False
-# Conditional rescaling in the forward (``_fwd_inner``, LAZY): how far (log2 units, a factor 2^8) a row's max may rise
-# above the reference the running output is scaled to before both are rescaled.
-LAZY_TAU: tl.constexpr = tl.constexpr(8.0)
 # Tuning hook (scripts/bench_attention_kernel.py): {"fwd" | "dq" | "dkdv": {"BLOCK_M", "num_warps", "num_stages"}}
 CONFIG_OVERRIDE: dict[str, dict[str, int]] = {}
 
 
 def parse_config_override(text: str) -> dict[str, dict[str, int]]:
-    """ "fwd:LAZY=1 dkdv:TMA=1,BLOCK_M=64" -> {"fwd": {"LAZY": 1}, "dkdv": {"TMA": 1, "BLOCK_M": 64}}: the scripts'
+    """ "fwd:num_stages=3 dkdv:TMA=1,BLOCK_M=64" -> {"fwd": {"num_stages": 3}, "dkdv": {"TMA": 1, "BLOCK_M": 64}}: the scripts'
     syntax for a CONFIG_OVERRIDE (bench_attention.py --kernel-config, bench_attention_kernel.py, kernel_sass.py)."""
     out: dict[str, dict[str, int]] = {}
     for spec in text.split():
@@ -221,7 +218,6 @@ def _fwd_inner(
     HAS_DOC: tl.constexpr,
     TMA: tl.constexpr,
     PREC: tl.constexpr,
-    LAZY: tl.constexpr,
 ):
     """Online softmax over listed entries [lo, hi) of one index row, BLOCK_N keys of a listed block at a time;
     CAUSAL applies s <= t."""
@@ -238,31 +234,15 @@ def _fwd_inner(
                 doc_k = tl.load(doc_base + kpos, mask=kpos < T, other=-1)
             sc = _masked_scores(q, k, t, kpos, doc_q, doc_k, CAUSAL, HAS_DOC, PREC, False)  # [M, N] raw
             m_new = tl.maximum(m_i, tl.max(sc, 1) * qk_scale + b2)
-            if LAZY:
-                # Conditional rescaling (FlashAttention-4's): the reference max m_i moves only when some row's max
-                # grows by more than LAZY_TAU (log2 units; from -inf always). Otherwise p <= 2^LAZY_TAU, harmless in
-                # fp32 (l_i, acc) and in the bf16 / fp16 P of the dot, and out and lse divide by the same stale
-                # reference: only rounding changes. It skips the [M, D] rescale of acc in almost every step.
-                grow = tl.where(m_new == float("-inf"), 0.0, m_new - m_i)  # 0 for rows still without a key
-                if tl.max(grow, 0) > LAZY_TAU:
-                    alpha = tl.math.exp2(m_i - tl.where(m_new == float("-inf"), 0.0, m_new))
-                    l_i = l_i * alpha
-                    acc = acc * alpha[:, None]
-                    m_i = m_new
-                m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
-                p = tl.math.exp2(sc * qk_scale + (b2 - m_use)[:, None])  # [M, N]
-                l_i = l_i + tl.sum(p, 1)
-                acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
-            else:
-                # A row that has seen no key yet keeps m = -inf: exponentiate against 0 so -inf - -inf (NaN) never
-                # occurs.
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.math.exp2(sc * qk_scale + (b2 - m_use)[:, None])  # [M, N]
-                alpha = tl.math.exp2(m_i - m_use)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None]
-                acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
-                m_i = m_new
+            # A row that has seen no key yet keeps m = -inf: exponentiate against 0 so -inf - -inf (NaN) never
+            # occurs. (Conditional rescaling, FlashAttention-4's, measured 8% slower on an H100: docs/kernels.md.)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(sc * qk_scale + (b2 - m_use)[:, None])  # [M, N]
+            alpha = tl.math.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+            m_i = m_new
     return acc, l_i, m_i
 
 
@@ -306,7 +286,6 @@ def _fwd_kernel(
     HAS_DOC: tl.constexpr,
     TMA: tl.constexpr,
     PREC: tl.constexpr,
-    LAZY: tl.constexpr,
 ):
     N_SPLIT: tl.constexpr = G * B // BLOCK_M
     pid = tl.program_id(0)
@@ -340,11 +319,11 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, b, h, doc_base, sk_t,
-        sv_t, T, qk_scale, 0, n_lo, B, BLOCK_N, D, False, HAS_BIAS, HAS_DOC, TMA, PREC, LAZY,
+        sv_t, T, qk_scale, 0, n_lo, B, BLOCK_N, D, False, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, t, doc_q, idx_row, bias_row, k_base, v_base, k_desc, v_desc, b, h, doc_base, sk_t,
-        sv_t, T, qk_scale, n_lo, n_valid, B, BLOCK_N, D, True, HAS_BIAS, HAS_DOC, TMA, PREC, LAZY,
+        sv_t, T, qk_scale, n_lo, n_valid, B, BLOCK_N, D, True, HAS_BIAS, HAS_DOC, TMA, PREC,
     )  # fmt: skip
 
     empty = l_i == 0.0  # no visible key: out 0, lse -inf
@@ -869,13 +848,11 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
         if big:  # 128 keys: keys as the M side (KT), 8 warps (H200, 1M: 752 ms; query rows as M: 1,946 ms)
             cfg.update(num_warps=8, KT=1)
     # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
-    # LAZY (fwd): conditional rescaling of the running output (``_fwd_inner``); 0, the default until it is timed on a
-    # GPU (docs/kernels.md, "Conditional rescaling"), rescales at every step.
     override = CONFIG_OVERRIDE.get(kind, {})
-    unknown = set(override) - {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA", "KT", "LAZY"}
+    unknown = set(override) - {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA", "KT"}
     if unknown:  # a misspelt key would otherwise time the defaults under the variant's name
         raise ValueError(f"CONFIG_OVERRIDE[{kind!r}]: unknown keys {sorted(unknown)}")
-    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "LAZY": 0, **cfg, **override}
+    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, **cfg, **override}
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], B))
@@ -913,7 +890,7 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
         out.stride(0), out.stride(1), out.stride(2),
         T, nb, S, Hkv, scale * 1.4426950408889634,
         G=G, B=B, BLOCK_N=cfg["BLOCK_N"], D=D, BLOCK_M=bm, HAS_BIAS=block_bias is not None,
-        HAS_DOC=doc_ids is not None, TMA=tma, LAZY=bool(cfg["LAZY"]),
+        HAS_DOC=doc_ids is not None, TMA=tma,
         PREC=_prec(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return out, lse

@@ -105,13 +105,11 @@ class Tuning:
     dim_chunk: int = 4  # head-dim elements per step of the leaves' gather (registers: rows x slots x chunk)
     pool_blocks: int = 1  # blocks per program of the pooling kernel
     pool_warps: int = 4
-    # Bound scores: gather a whole node's min / max rows once (its two runs are one); False: always both runs, the
-    # four gathers of the fifteenth session's kernel (kept to time the two against each other in one run).
-    bound_skip_repeat: bool = True
     # Bound tables in bf16 where exact (leaf_score=bound with bf16 keys: _tables); False: always fp32 (to time both)
     bound_tables_bf16: bool = True
     # Bound scores, power-of-two branching: whole nodes read one min and one max row and take a select and a multiply,
     # the row's two partial nodes scored apart once (_bound_scores); False: every candidate takes both runs.
+    # (Measured on one H100 at 1M, both bounds, beams of 64: 64.5 ms against 84.1 ms without; docs/kernels.md.)
     bound_edges_apart: bool = True
 
 
@@ -326,7 +324,6 @@ def _bound_scores(
     DP: tl.constexpr,
     BD: tl.constexpr,
     J: tl.constexpr,
-    SKIP_REPEAT: tl.constexpr,
     EDGES_APART: tl.constexpr,
 ):
     """``_level_scores`` with each node scored by the bound of its best visible block (``node_score`` /
@@ -339,8 +336,8 @@ def _bound_scores(
     one min row and one max row and takes max(q_d min_d, q_d max_d) = q_d (q_d >= 0 ? max_d : min_d), a select and
     a multiply: the same terms, summed in the same order. The row's (at most) two partial nodes, the one holding lo
     and the one holding hi, are scored apart, once per row (``_edge_bound``), as the mean's edge sums are. Otherwise
-    (SKIP_REPEAT: the eighteenth session's kernel; neither: the fifteenth's) every candidate takes both runs and
-    the min / max / max form, whole nodes masking their repeated run (SKIP_REPEAT) or gathering it again."""
+    (other branchings, or Tuning.bound_edges_apart off: the eighteenth session's kernel) every candidate takes both
+    runs and the min / max / max form, a whole node's repeated run masked."""
     cover = tl.load(cover_ptr + level)
     valid = _visible(node, cover, lo, hi, live)
     acc = tl.zeros(node.shape, tl.float32)
@@ -369,7 +366,7 @@ def _bound_scores(
         row_a, row_b = row_a * D, row_b * D
         # A whole node (cover = 2^j visible blocks: every node but the row's edge nodes, and every block) is one
         # run: its second run is the first, so it is not gathered again (+inf / -inf, the identities of min / max).
-        two = (valid & (row_b != row_a)) if SKIP_REPEAT else valid
+        two = valid & (row_b != row_a)
         for d0 in range(0, D, BD):
             dd = d0 + tl.arange(0, BD)
             dm = valid[:, :, None] & (dd < D)[None, None, :]
@@ -393,12 +390,12 @@ def _bound_scores(
 def _scores(
     node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
     BLOCK: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BD: tl.constexpr, LP: tl.constexpr,
-    BOUND: tl.constexpr, J: tl.constexpr, SKIP_REPEAT: tl.constexpr, EDGES_APART: tl.constexpr,
+    BOUND: tl.constexpr, J: tl.constexpr, EDGES_APART: tl.constexpr,
 ):  # fmt: skip
     """One level's scores, order keys and in-range counts: bounds (``_bound_scores``) or means (``_level_scores``)."""
     if BOUND:
         score, order, n_valid = _bound_scores(node, level, lo, hi, live, q_row, low_ptr, high_ptr, bh, n_bh, cap,
-                                              cover_ptr, D, DP, BD, J, SKIP_REPEAT, EDGES_APART)  # fmt: skip
+                                              cover_ptr, D, DP, BD, J, EDGES_APART)  # fmt: skip
     else:
         score, order, n_valid = _level_scores(node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK,
                                               D, DP, BD, LP)  # fmt: skip
@@ -522,7 +519,6 @@ def _select_kernel(
     NODE_BOUND: tl.constexpr,
     LEAF_BOUND: tl.constexpr,
     J: tl.constexpr,
-    SKIP_REPEAT: tl.constexpr,
     EDGES_APART: tl.constexpr,
 ):
     """Beam search of query blocks [row0, row1) (all of pyramid height ``levels``) of every (batch, kv head).
@@ -551,7 +547,7 @@ def _select_kernel(
     node = tl.zeros([ROWS, MA], tl.int32) + tl.arange(0, MA)[None, :]  # int32: half the registers of int64
     score, order, n_valid = _scores(
         node, levels - 1, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
-        BLOCK, D, DP, BDA, LP, TOP_BOUND, J, SKIP_REPEAT, EDGES_APART,
+        BLOCK, D, DP, BDA, LP, TOP_BOUND, J, EDGES_APART,
     )  # fmt: skip
     cand = n_valid
     if ONE_LEVEL:  # the top level is the leaf level
@@ -564,13 +560,13 @@ def _select_kernel(
             node = _expand(order, node, n_valid, keep, scratch, MA, BR, BRP)
             score, order, n_valid = _scores(
                 node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
-                BLOCK, D, DP, BDA, LP, NODE_BOUND, J, SKIP_REPEAT, EDGES_APART,
+                BLOCK, D, DP, BDA, LP, NODE_BOUND, J, EDGES_APART,
             )  # fmt: skip
             cand += n_valid
         leaf = _expand(order, node, n_valid, tl.load(keep_ptr + 1).to(tl.int32), scratch, MB, BR, BRP)
         score, order, n_valid = _scores(
             leaf, 0, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, low_ptr, high_ptr, bh, n_bh, cap,
-            BLOCK, D, DP, BDB, LP, LEAF_BOUND, J, SKIP_REPEAT, EDGES_APART,
+            BLOCK, D, DP, BDB, LP, LEAF_BOUND, J, EDGES_APART,
         )  # fmt: skip
         cand += n_valid
         _emit(leaf, score, order, n_valid, cand, rows, rmask, out_row, routed_ptr, scores_ptr, cand_ptr, idx_ptr,
@@ -789,8 +785,8 @@ def _shared_constants(
         BLOCK=cfg.block_size, BR=br, BRP=brp, MA=ma, MB=mb, SCR=max(ma, mb) // brp, TOPK=cfg.topk_blocks,
         TP=_pow2(cfg.topk_blocks), SINK=cfg.sink_blocks, LOCAL=cfg.local_blocks, S=size, SP=_pow2(size), D=d, DP=dp,
         BDA=bda, BDB=bdb, LP=_pow2(len(_level_sizes(nb, cfg))), NODE_BOUND=cfg.node_score == "bound",
-        LEAF_BOUND=cfg.leaf_score == "bound", J=j, SKIP_REPEAT=tuning.bound_skip_repeat,
-        EDGES_APART=tuning.bound_edges_apart and br == brp, num_warps=tuning.num_warps,
+        LEAF_BOUND=cfg.leaf_score == "bound", J=j, EDGES_APART=tuning.bound_edges_apart and br == brp,
+        num_warps=tuning.num_warps,
     )  # fmt: skip
 
 
