@@ -264,6 +264,42 @@ def fwd_variants(specs: list[str], T: int, reps: int) -> None:
         log(f"T={T} variant fwd [{spec or 'defaults'}] best {ms:8.1f} ms  {fl / ms / 1e9:6.0f} TFLOP/s")
 
 
+def bwd_variants(specs: list[str], T: int, reps: int) -> None:
+    """The whole backward (delta, dQ, CSR, dK/dV) at T under each spec: CONFIG_OVERRIDE entries plus an optional
+    word "overlap" (tri.BWD_OVERLAP: dK/dV on a side stream beside dQ), e.g. "dq:BLOCK_M=64,num_warps=4 overlap";
+    same inputs, two interleaved rounds; dq, dk, dv against the first spec's (bf16 rounding: ~1e-3)."""
+    bs, scale = BS, 128**-0.5
+    q, k, v, idx, fl = setup(T)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    do = torch.randn_like(q)
+    with torch.no_grad():
+        out, lse = tri.sparse_attention_triton(q, k, v, idx, bs)
+        cnt, n_lo = tri._row_counts(idx)
+    args = (q, k, v, out, lse, idx, cnt, n_lo, None, None, do, None, bs, scale, None)
+    want = (True, True, True, False)
+    best: dict[str, float] = {}
+    first = None
+    for rnd in range(2):
+        for spec in specs:
+            words = spec.split()
+            tri.BWD_OVERLAP = "overlap" in words
+            tri.CONFIG_OVERRIDE.clear()
+            tri.CONFIG_OVERRIDE.update(tri.parse_config_override(" ".join(w for w in words if w != "overlap")))
+            ms = timeit(lambda: tri._backward(*args, want), reps)
+            if rnd == 0:
+                grads = tri._backward(*args, want)[:3]
+                first = grads if first is None else first
+                err = max(relerr(a, b) for a, b in zip(grads, first))
+                log(f"T={T} bwd [{spec or 'defaults'}] dq, dk, dv vs [{specs[0] or 'defaults'}]: rel err {err:.2e}")
+                del grads
+            best[spec] = min(best.get(spec, ms), ms)
+            log(f"T={T} round {rnd} bwd [{spec or 'defaults'}] {ms:8.1f} ms  {3.5 * fl / ms / 1e9:6.0f} TFLOP/s")
+    tri.CONFIG_OVERRIDE.clear()
+    tri.BWD_OVERLAP = False
+    for spec, ms in sorted(best.items(), key=lambda x: x[1]):
+        log(f"T={T} variant bwd [{spec or 'defaults'}] best {ms:8.1f} ms  {3.5 * fl / ms / 1e9:6.0f} TFLOP/s")
+
+
 def sweep(specs: list[str], T: int) -> None:
     """specs: "kind:BLOCK_M,num_warps,num_stages[,TMA[,BLOCK_N[,KT]]][:kv_order]" with kind fwd | dq | dkdv."""
     bs, scale = BS, 128**-0.5
@@ -317,6 +353,11 @@ def main() -> None:
         default="",
         help='forward alone at --sweep-T under each ";"-separated override, e.g. "; fwd:num_stages=3"',
     )
+    ap.add_argument(
+        "--bwd-variants",
+        default="",
+        help='whole backward at --sweep-T under each ";"-separated spec, e.g. "; overlap; dq:BLOCK_M=64,num_warps=4"',
+    )
     ap.add_argument("--layout", choices=("bhtd", "hf"), default="bhtd", help="q/k/v memory layout of --sizes")
     ap.add_argument("--block-size", type=int, default=64, choices=(64, 128), help="SSA block of --sizes/--sweep")
     a = ap.parse_args()
@@ -338,6 +379,8 @@ def main() -> None:
         torch.cuda.empty_cache()
     if a.fwd_variants:
         fwd_variants([x.strip() for x in a.fwd_variants.split(";")], a.sweep_T, a.reps)
+    if a.bwd_variants:
+        bwd_variants([x.strip() for x in a.bwd_variants.split(";")], a.sweep_T, a.reps)
     if a.sweep:
         sweep(a.sweep.split(), a.sweep_T)
 

@@ -106,6 +106,11 @@ __all__ = ["sparse_attention_triton"]
 POISON = False
 # Tuning hook (scripts/bench_attention_kernel.py): {"fwd" | "dq" | "dkdv": {"BLOCK_M", "num_warps", "num_stages"}}
 CONFIG_OVERRIDE: dict[str, dict[str, int]] = {}
+# Tuning hook: run the dK/dV pass (CSR build, kernels, reduction) on a side stream beside the dQ pass, so that
+# programs of both kernels can share an SM where registers allow; off until timed (bench_attention_kernel.py
+# --bwd-variants "; overlap").
+BWD_OVERLAP = False
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
 def parse_config_override(text: str) -> dict[str, dict[str, int]]:
@@ -953,6 +958,47 @@ def _kv_work(indices: torch.Tensor, split: int | None):
     return csr, items, red, n_slots
 
 
+def _backward_kv(q, k, v, lse, delta, indices, doc_ids, block_bias, grad_out, dk, dv, B, scale, split):
+    """dK and dV into dk, dv ([Bt, Hkv, T, D]): the key-block -> (query block, slot) CSR, the dK/dV kernel over it,
+    the reduction of split key blocks' fp32 partials."""
+    Bt, Hq, T, D = q.shape
+    Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
+    G, dev = Hq // Hkv, q.device
+    has_bias, has_doc = block_bias is not None, doc_ids is not None
+    dummy = indices
+    qk_scale = scale * 1.4426950408889634
+    csr, items, red, n_slots = _kv_work(indices, split)
+    cfg = _config("dkdv", G, B, D, dev)
+    dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
+    dvp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)
+    bm = cfg["BLOCK_M"]
+    q_desc, tma = _tensor_desc(q, bm, cfg["TMA"] and bm <= B)
+    do_desc, tma_do = _tensor_desc(grad_out, bm, tma)
+    tma = tma and tma_do
+    _dkdv_kernel[(items.shape[0],)](
+        q, k, v, grad_out, q_desc if tma else q, do_desc if tma else q, dk, dv, dkp, dvp, lse, delta, items, csr,
+        block_bias if has_bias else dummy,
+        doc_ids if has_doc else dummy,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        T, nb, S, Hkv, qk_scale, scale,
+        G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=has_bias, HAS_DOC=has_doc, TMA=tma,
+        PREC=_prec(q.dtype), KT=bool(cfg["KT"]),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )  # fmt: skip
+    if red.shape[0]:
+        _reduce_kernel[(red.shape[0],)](
+            dkp, dvp, dk, dv, red,
+            dk.stride(0), dk.stride(1), dk.stride(2),
+            dv.stride(0), dv.stride(1), dv.stride(2),
+            T, nb, Hkv, B=B, D=D,
+        )  # fmt: skip
+
+
 def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_out, grad_lse, B, scale, split, want):
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
@@ -978,6 +1024,12 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
     )  # fmt: skip
 
     dq = dk = dv = dbias = None
+    overlap = BWD_OVERLAP and dev.type == "cuda" and (want_q or want_bias) and (want_k or want_v)
+    if overlap:  # the side stream starts once delta (and any poison fill) is written
+        main = torch.cuda.current_stream(dev)
+        side = _SIDE_STREAMS.setdefault(dev, torch.cuda.Stream(dev))
+        dk, dv = _alloc_like(k), _alloc_like(v)  # on the main stream's pool: used there after the join
+        side.wait_stream(main)
     if want_q or want_bias:
         cfg = _config("dq", G, B, D, dev)
         bm = cfg["BLOCK_M"]
@@ -1008,41 +1060,15 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
             dbias = dbias_part[0] if n_split == 1 else dbias_part.sum(0)
             dbias = dbias.to(block_bias.dtype) if has_bias else dbias
 
-    if want_k or want_v:
-        csr, items, red, n_slots = _kv_work(indices, split)
-        cfg = _config("dkdv", G, B, D, dev)
-        dk = _alloc_like(k)  # [Bt, Hkv, T, D]
-        dv = _alloc_like(v)
-        dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
-        dvp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)
-        bm = cfg["BLOCK_M"]
-        q_desc, tma = _tensor_desc(q, bm, cfg["TMA"] and bm <= B)
-        do_desc, tma_do = _tensor_desc(grad_out, bm, tma)
-        tma = tma and tma_do
-        _dkdv_kernel[(items.shape[0],)](
-            q, k, v, grad_out, q_desc if tma else q, do_desc if tma else q, dk, dv, dkp, dvp, lse, delta, items, csr,
-            block_bias if has_bias else dummy,
-            doc_ids if has_doc else dummy,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-            dk.stride(0), dk.stride(1), dk.stride(2),
-            dv.stride(0), dv.stride(1), dv.stride(2),
-            T, nb, S, Hkv, qk_scale, scale,
-            G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=has_bias, HAS_DOC=has_doc, TMA=tma,
-            PREC=_prec(q.dtype), KT=bool(cfg["KT"]),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )  # fmt: skip
-        if red.shape[0]:
-            _reduce_kernel[(red.shape[0],)](
-                dkp, dvp, dk, dv, red,
-                dk.stride(0), dk.stride(1), dk.stride(2),
-                dv.stride(0), dv.stride(1), dv.stride(2),
-                T, nb, Hkv, B=B, D=D,
-            )  # fmt: skip
-        dk = dk if want_k else None
-        dv = dv if want_v else None
+    if overlap:  # after dQ's launch: the CSR build waits on the host for its sizes, and only for the side stream
+        with torch.cuda.stream(side):
+            _backward_kv(q, k, v, lse, delta, indices, doc_ids, block_bias, grad_out, dk, dv, B, scale, split)
+        main.wait_stream(side)
+    elif want_k or want_v:
+        dk, dv = _alloc_like(k), _alloc_like(v)
+        _backward_kv(q, k, v, lse, delta, indices, doc_ids, block_bias, grad_out, dk, dv, B, scale, split)
+    dk = dk if want_k else None
+    dv = dv if want_v else None
     return dq, dk, dv, dbias
 
 
