@@ -265,9 +265,9 @@ def fwd_variants(specs: list[str], T: int, reps: int) -> None:
 
 
 def bwd_variants(specs: list[str], T: int, reps: int) -> None:
-    """The whole backward (delta, dQ, CSR, dK/dV) at T under each spec: CONFIG_OVERRIDE entries plus an optional
-    word "overlap" (tri.BWD_OVERLAP: dK/dV on a side stream beside dQ), e.g. "dq:BLOCK_M=64,num_warps=4 overlap";
-    same inputs, two interleaved rounds; dq, dk, dv against the first spec's (bf16 rounding: ~1e-3)."""
+    """The whole backward (delta, dQ, CSR, dK/dV) at T under each CONFIG_OVERRIDE spec, e.g.
+    "dq:BLOCK_M=64,num_warps=4,num_stages=2"; same inputs, two interleaved rounds; dq, dk, dv against the first
+    spec's (bf16 rounding: ~1e-3)."""
     bs, scale = BS, 128**-0.5
     q, k, v, idx, fl = setup(T)
     q, k, v = q.detach(), k.detach(), v.detach()
@@ -281,10 +281,8 @@ def bwd_variants(specs: list[str], T: int, reps: int) -> None:
     first = None
     for rnd in range(2):
         for spec in specs:
-            words = spec.split()
-            tri.BWD_OVERLAP = "overlap" in words
             tri.CONFIG_OVERRIDE.clear()
-            tri.CONFIG_OVERRIDE.update(tri.parse_config_override(" ".join(w for w in words if w != "overlap")))
+            tri.CONFIG_OVERRIDE.update(tri.parse_config_override(spec))
             ms = timeit(lambda: tri._backward(*args, want), reps)
             if rnd == 0:
                 grads = tri._backward(*args, want)[:3]
@@ -295,7 +293,6 @@ def bwd_variants(specs: list[str], T: int, reps: int) -> None:
             best[spec] = min(best.get(spec, ms), ms)
             log(f"T={T} round {rnd} bwd [{spec or 'defaults'}] {ms:8.1f} ms  {3.5 * fl / ms / 1e9:6.0f} TFLOP/s")
     tri.CONFIG_OVERRIDE.clear()
-    tri.BWD_OVERLAP = False
     for spec, ms in sorted(best.items(), key=lambda x: x[1]):
         log(f"T={T} variant bwd [{spec or 'defaults'}] best {ms:8.1f} ms  {3.5 * fl / ms / 1e9:6.0f} TFLOP/s")
 
@@ -356,7 +353,7 @@ def main() -> None:
     ap.add_argument(
         "--bwd-variants",
         default="",
-        help='whole backward at --sweep-T under each ";"-separated spec, e.g. "; overlap; dq:BLOCK_M=64,num_warps=4"',
+        help='whole backward at --sweep-T under each ";"-separated override, e.g. "; dq:BLOCK_M=64,num_warps=4"',
     )
     ap.add_argument("--layout", choices=("bhtd", "hf"), default="bhtd", help="q/k/v memory layout of --sizes")
     ap.add_argument("--block-size", type=int, default=64, choices=(64, 128), help="SSA block of --sizes/--sweep")

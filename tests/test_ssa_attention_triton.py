@@ -306,33 +306,3 @@ def test_bf16_on_gpu(bs):
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=4)
     assert_close(got, ref, torch.bfloat16)
     assert not math.isnan(got["out"].float().sum().item())
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="streams: GPU only (on CPU BWD_OVERLAP is ignored)")
-def test_backward_overlap_on_a_side_stream_matches(monkeypatch):
-    """dK/dV on a side stream beside dQ (BWD_OVERLAP) against the fp32 reference (bf16, documents, bias, split key
-    blocks, NaN-poisoned outputs), and bit for bit against the same backward in one stream."""
-    g = torch.Generator().manual_seed(29)
-    bt, hq, hkv, t, d, s, bs = 2, 8, 2, 1000, 128, 6, 64
-    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.bfloat16)
-    indices = random_indices(bt, hkv, -(-t // bs), s, g)
-    docs = random_docs(bt, t, 4, g)
-    bb = 0.5 * torch.randn(indices.shape, generator=g)
-    runs = []
-    for overlap in (True, False):
-        monkeypatch.setattr(tri, "BWD_OVERLAP", overlap)
-        runs.append(run_both(q, k, v, indices, bs, torch.Generator().manual_seed(3), docs, bb, kv_split=4))
-    assert_close(*runs[0], torch.bfloat16)
-    for name in ("dq", "dk", "dv", "dbias"):
-        assert torch.equal(runs[0][0][name], runs[1][0][name]), name
-
-
-def test_backward_overlap_flag_is_ignored_off_the_gpu(monkeypatch):
-    """On CPU (the interpreter) BWD_OVERLAP takes the one-stream path: same results as without it."""
-    g = torch.Generator().manual_seed(31)
-    bt, hq, hkv, t, d, s, bs = 1, 4, 2, 90, 32, 3, 16
-    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.float32)
-    indices = random_indices(bt, hkv, -(-t // bs), s, g)
-    monkeypatch.setattr(tri, "BWD_OVERLAP", True)
-    got, ref = run_both(q, k, v, indices, bs, g, kv_split=2)
-    assert_close(got, ref, torch.float32)

@@ -106,11 +106,6 @@ __all__ = ["sparse_attention_triton"]
 POISON = False
 # Tuning hook (scripts/bench_attention_kernel.py): {"fwd" | "dq" | "dkdv": {"BLOCK_M", "num_warps", "num_stages"}}
 CONFIG_OVERRIDE: dict[str, dict[str, int]] = {}
-# Tuning hook: run the dK/dV pass (CSR build, kernels, reduction) on a side stream beside the dQ pass, so that
-# programs of both kernels can share an SM where registers allow; off until timed (bench_attention_kernel.py
-# --bwd-variants "; overlap").
-BWD_OVERLAP = False
-_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
 
 
 def parse_config_override(text: str) -> dict[str, dict[str, int]]:
@@ -1024,12 +1019,6 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
     )  # fmt: skip
 
     dq = dk = dv = dbias = None
-    overlap = BWD_OVERLAP and dev.type == "cuda" and (want_q or want_bias) and (want_k or want_v)
-    if overlap:  # the side stream starts once delta (and any poison fill) is written
-        main = torch.cuda.current_stream(dev)
-        side = _SIDE_STREAMS.setdefault(dev, torch.cuda.Stream(dev))
-        dk, dv = _alloc_like(k), _alloc_like(v)  # on the main stream's pool: used there after the join
-        side.wait_stream(main)
     if want_q or want_bias:
         cfg = _config("dq", G, B, D, dev)
         bm = cfg["BLOCK_M"]
@@ -1060,11 +1049,9 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
             dbias = dbias_part[0] if n_split == 1 else dbias_part.sum(0)
             dbias = dbias.to(block_bias.dtype) if has_bias else dbias
 
-    if overlap:  # after dQ's launch: the CSR build waits on the host for its sizes, and only for the side stream
-        with torch.cuda.stream(side):
-            _backward_kv(q, k, v, lse, delta, indices, doc_ids, block_bias, grad_out, dk, dv, B, scale, split)
-        main.wait_stream(side)
-    elif want_k or want_v:
+    # (dK/dV on a side stream beside dQ measured no gain at 1M on an H100: 1,191-1,198 ms against 1,197-1,210 ms for
+    # the whole backward; docs/kernels.md, "Twentieth session".)
+    if want_k or want_v:
         dk, dv = _alloc_like(k), _alloc_like(v)
         _backward_kv(q, k, v, lse, delta, indices, doc_ids, block_bias, grad_out, dk, dv, B, scale, split)
     dk = dk if want_k else None
