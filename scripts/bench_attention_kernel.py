@@ -107,12 +107,15 @@ def timeit(fn, reps: int, warmup: int = 1) -> float:
     return ts[len(ts) // 2]
 
 
+RELERR_SLICE = 1 << 26  # elements per fp64 slice of relerr
+
+
 def relerr(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in fp64, a slice at a time (a 1M-token output in fp64 is 32 GiB)."""
     a, b = a.flatten(), b.flatten()
     num = den = 0.0
-    for i in range(0, a.numel(), 1 << 26):
-        x, y = a[i : i + (1 << 26)].double(), b[i : i + (1 << 26)].double()
+    for i in range(0, a.numel(), RELERR_SLICE):
+        x, y = a[i : i + RELERR_SLICE].double(), b[i : i + RELERR_SLICE].double()
         num += (x - y).square().sum().item()
         den += y.square().sum().item()
     return (num / max(den, 1e-300)) ** 0.5
@@ -236,77 +239,59 @@ def bench_size(T: int, reps: int, fwd_only: bool = False) -> None:
     )
 
 
-def fwd_variants(specs: list[str], T: int, reps: int) -> None:
-    """The forward alone at T under each CONFIG_OVERRIDE spec ("fwd:BLOCK_M=128,num_warps=8"; "" = the defaults), on
-    the same inputs, in two interleaved rounds (drift between variants cancels); prints each variant's best median
-    and its output's relative error against the first spec's (bf16 rounding: ~1e-3; a broken variant: large or
-    NaN)."""
-    bs = BS
-    q, k, v, idx, fl = setup(T)
-    best: dict[str, float] = {}
-    first = None
-    for rnd in range(2):
-        for spec in specs:
-            tri.CONFIG_OVERRIDE.clear()
-            tri.CONFIG_OVERRIDE.update(tri.parse_config_override(spec))
-            with torch.no_grad():
-                ms = timeit(lambda: tri.sparse_attention_triton(q, k, v, idx, bs), reps)
-                if rnd == 0:
-                    out = tri.sparse_attention_triton(q, k, v, idx, bs)[0]
-                    first = out if first is None else first
-                    err = relerr(out, first)
-                    log(f"T={T} fwd [{spec or 'defaults'}] out vs [{specs[0] or 'defaults'}]: rel err {err:.2e}")
-                    del out
-            best[spec] = min(best.get(spec, ms), ms)
-            log(f"T={T} round {rnd} fwd [{spec or 'defaults'}] {ms:8.1f} ms  {fl / ms / 1e9:6.0f} TFLOP/s")
-    tri.CONFIG_OVERRIDE.clear()
-    for spec, ms in sorted(best.items(), key=lambda x: x[1]):
-        log(f"T={T} variant fwd [{spec or 'defaults'}] best {ms:8.1f} ms  {fl / ms / 1e9:6.0f} TFLOP/s")
-
-
-def bwd_variants(specs: list[str], T: int, reps: int) -> None:
-    """The whole backward (delta, dQ, CSR, dK/dV) at T under each CONFIG_OVERRIDE spec, e.g.
-    "dq:BLOCK_M=64,num_warps=4,num_stages=2"; same inputs, two interleaved rounds; dq, dk, dv against the first
-    spec's (bf16 rounding: ~1e-3)."""
-    bs, scale = BS, 128**-0.5
+def _bwd_args(T: int) -> tuple[tuple, float]:
+    """Inputs of ``tri._backward`` at T (q, k, v, the forward's out and lse, a random dO) and the forward's FLOPs."""
     q, k, v, idx, fl = setup(T)
     q, k, v = q.detach(), k.detach(), v.detach()
     do = torch.randn_like(q)
     with torch.no_grad():
-        out, lse = tri.sparse_attention_triton(q, k, v, idx, bs)
+        out, lse = tri.sparse_attention_triton(q, k, v, idx, BS)
         cnt, n_lo = tri._row_counts(idx)
-    args = (q, k, v, out, lse, idx, cnt, n_lo, None, None, do, None, bs, scale, None)
-    want = (True, True, True, False)
+    return (q, k, v, out, lse, idx, cnt, n_lo, None, None, do, None, BS, 128**-0.5, None), fl
+
+
+def _interleaved(name: str, specs: list[str], T: int, reps: int, call, flops: float) -> None:
+    """``call`` (returning a tuple of tensors) at T under each CONFIG_OVERRIDE spec ("" = the defaults) in two
+    interleaved rounds (drift between variants cancels); prints each variant's best median and the largest relative
+    error of its tensors against the first spec's (bf16 rounding: ~1e-3; a broken variant: large or NaN)."""
     best: dict[str, float] = {}
     first = None
     for rnd in range(2):
         for spec in specs:
             tri.CONFIG_OVERRIDE.clear()
             tri.CONFIG_OVERRIDE.update(tri.parse_config_override(spec))
-            ms = timeit(lambda: tri._backward(*args, want), reps)
+            ms = timeit(call, reps)
             if rnd == 0:
-                grads = tri._backward(*args, want)[:3]
-                first = grads if first is None else first
-                err = max(relerr(a, b) for a, b in zip(grads, first))
-                log(f"T={T} bwd [{spec or 'defaults'}] dq, dk, dv vs [{specs[0] or 'defaults'}]: rel err {err:.2e}")
-                del grads
+                got = call()
+                first = got if first is None else first
+                err = max(relerr(a, b) for a, b in zip(got, first))
+                log(f"T={T} {name} [{spec or 'defaults'}] vs [{specs[0] or 'defaults'}]: rel err {err:.2e}")
+                del got
             best[spec] = min(best.get(spec, ms), ms)
-            log(f"T={T} round {rnd} bwd [{spec or 'defaults'}] {ms:8.1f} ms  {3.5 * fl / ms / 1e9:6.0f} TFLOP/s")
+            log(f"T={T} round {rnd} {name} [{spec or 'defaults'}] {ms:8.1f} ms  {flops / ms / 1e9:6.0f} TFLOP/s")
     tri.CONFIG_OVERRIDE.clear()
     for spec, ms in sorted(best.items(), key=lambda x: x[1]):
-        log(f"T={T} variant bwd [{spec or 'defaults'}] best {ms:8.1f} ms  {3.5 * fl / ms / 1e9:6.0f} TFLOP/s")
+        log(f"T={T} variant {name} [{spec or 'defaults'}] best {ms:8.1f} ms  {flops / ms / 1e9:6.0f} TFLOP/s")
+
+
+def fwd_variants(specs: list[str], T: int, reps: int) -> None:
+    """The forward alone at T under each spec ("fwd:BLOCK_M=128,num_warps=8"), its output compared."""
+    q, k, v, idx, fl = setup(T)
+    with torch.no_grad():
+        _interleaved("fwd", specs, T, reps, lambda: tri.sparse_attention_triton(q, k, v, idx, BS)[:1], fl)
+
+
+def bwd_variants(specs: list[str], T: int, reps: int) -> None:
+    """The whole backward (delta, dQ, CSR, dK/dV) at T under each spec ("dq:BLOCK_M=64,num_warps=4"), dq, dk, dv
+    compared; TFLOP/s of its 7 matmuls (3.5x the forward's FLOPs)."""
+    args, fl = _bwd_args(T)
+    _interleaved("bwd", specs, T, reps, lambda: tri._backward(*args, (True, True, True, False))[:3], 3.5 * fl)
 
 
 def sweep(specs: list[str], T: int) -> None:
     """specs: "kind:BLOCK_M,num_warps,num_stages[,TMA[,BLOCK_N[,KT]]][:kv_order]" with kind fwd | dq | dkdv."""
-    bs, scale = BS, 128**-0.5
-    q, k, v, idx, fl = setup(T)
-    q, k, v = q.detach(), k.detach(), v.detach()
-    do = torch.randn_like(q)
-    with torch.no_grad():
-        out, lse = tri.sparse_attention_triton(q, k, v, idx, bs)
-        cnt, n_lo = tri._row_counts(idx)
-    args = (q, k, v, out, lse, idx, cnt, n_lo, None, None, do, None, bs, scale, None)
+    args, fl = _bwd_args(T)
+    (q, k, v, _, _, idx, cnt, n_lo), bs, scale = args[:8], BS, args[13]
     reps = 5 if T <= 131072 else 2
     for spec in specs:
         if time.time() - T0 > BUDGET_S:
