@@ -109,8 +109,9 @@ CONFIG_OVERRIDE: dict[str, dict[str, int]] = {}
 
 
 def parse_config_override(text: str) -> dict[str, dict[str, int]]:
-    """ "fwd:num_stages=3 dkdv:TMA=1,BLOCK_M=64" -> {"fwd": {"num_stages": 3}, "dkdv": {"TMA": 1, "BLOCK_M": 64}}: the scripts'
-    syntax for a CONFIG_OVERRIDE (bench_attention.py --kernel-config, bench_attention_kernel.py, kernel_sass.py)."""
+    """ "fwd:num_stages=3 dkdv:TMA=1,BLOCK_M=64" -> {"fwd": {"num_stages": 3}, "dkdv": {"TMA": 1, "BLOCK_M": 64}}:
+    the scripts' syntax for a CONFIG_OVERRIDE (bench_attention.py --kernel-config, bench_attention_kernel.py,
+    kernel_sass.py)."""
     out: dict[str, dict[str, int]] = {}
     for spec in text.split():
         kind, kv = spec.split(":")
@@ -953,47 +954,6 @@ def _kv_work(indices: torch.Tensor, split: int | None):
     return csr, items, red, n_slots
 
 
-def _backward_kv(q, k, v, lse, delta, indices, doc_ids, block_bias, grad_out, dk, dv, B, scale, split):
-    """dK and dV into dk, dv ([Bt, Hkv, T, D]): the key-block -> (query block, slot) CSR, the dK/dV kernel over it,
-    the reduction of split key blocks' fp32 partials."""
-    Bt, Hq, T, D = q.shape
-    Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
-    G, dev = Hq // Hkv, q.device
-    has_bias, has_doc = block_bias is not None, doc_ids is not None
-    dummy = indices
-    qk_scale = scale * 1.4426950408889634
-    csr, items, red, n_slots = _kv_work(indices, split)
-    cfg = _config("dkdv", G, B, D, dev)
-    dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
-    dvp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)
-    bm = cfg["BLOCK_M"]
-    q_desc, tma = _tensor_desc(q, bm, cfg["TMA"] and bm <= B)
-    do_desc, tma_do = _tensor_desc(grad_out, bm, tma)
-    tma = tma and tma_do
-    _dkdv_kernel[(items.shape[0],)](
-        q, k, v, grad_out, q_desc if tma else q, do_desc if tma else q, dk, dv, dkp, dvp, lse, delta, items, csr,
-        block_bias if has_bias else dummy,
-        doc_ids if has_doc else dummy,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2),
-        T, nb, S, Hkv, qk_scale, scale,
-        G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=has_bias, HAS_DOC=has_doc, TMA=tma,
-        PREC=_prec(q.dtype), KT=bool(cfg["KT"]),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
-    if red.shape[0]:
-        _reduce_kernel[(red.shape[0],)](
-            dkp, dvp, dk, dv, red,
-            dk.stride(0), dk.stride(1), dk.stride(2),
-            dv.stride(0), dv.stride(1), dv.stride(2),
-            T, nb, Hkv, B=B, D=D,
-        )  # fmt: skip
-
-
 def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_out, grad_lse, B, scale, split, want):
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
@@ -1052,10 +1012,40 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
     # (dK/dV on a side stream beside dQ measured no gain at 1M on an H100: 1,191-1,198 ms against 1,197-1,210 ms for
     # the whole backward; docs/kernels.md, "Twentieth session".)
     if want_k or want_v:
-        dk, dv = _alloc_like(k), _alloc_like(v)
-        _backward_kv(q, k, v, lse, delta, indices, doc_ids, block_bias, grad_out, dk, dv, B, scale, split)
-    dk = dk if want_k else None
-    dv = dv if want_v else None
+        csr, items, red, n_slots = _kv_work(indices, split)
+        cfg = _config("dkdv", G, B, D, dev)
+        dk = _alloc_like(k)  # [Bt, Hkv, T, D]
+        dv = _alloc_like(v)
+        dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
+        dvp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)
+        bm = cfg["BLOCK_M"]
+        q_desc, tma = _tensor_desc(q, bm, cfg["TMA"] and bm <= B)
+        do_desc, tma_do = _tensor_desc(grad_out, bm, tma)
+        tma = tma and tma_do
+        _dkdv_kernel[(items.shape[0],)](
+            q, k, v, grad_out, q_desc if tma else q, do_desc if tma else q, dk, dv, dkp, dvp, lse, delta, items, csr,
+            block_bias if has_bias else dummy,
+            doc_ids if has_doc else dummy,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+            dk.stride(0), dk.stride(1), dk.stride(2),
+            dv.stride(0), dv.stride(1), dv.stride(2),
+            T, nb, S, Hkv, qk_scale, scale,
+            G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=has_bias, HAS_DOC=has_doc, TMA=tma,
+            PREC=_prec(q.dtype), KT=bool(cfg["KT"]),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+        if red.shape[0]:
+            _reduce_kernel[(red.shape[0],)](
+                dkp, dvp, dk, dv, red,
+                dk.stride(0), dk.stride(1), dk.stride(2),
+                dv.stride(0), dv.stride(1), dv.stride(2),
+                T, nb, Hkv, B=B, D=D,
+            )  # fmt: skip
+        dk = dk if want_k else None
+        dv = dv if want_v else None
     return dq, dk, dv, dbias
 
 
