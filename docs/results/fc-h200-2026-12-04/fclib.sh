@@ -15,7 +15,7 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 F=${F:-runs/fc42}; O=${OUT:-/tmp}; TOTAL=${TOTAL:-570}; mkdir -p $O
 pack() {
   tar czf $O/${TAG:-fc}.tgz $F*/*.json $F*/*.md $F*/*.png $F*/*/metrics.jsonl $F*/*/train_summary.json \
-    $F*/*/eval/*.json* $F*/*/log.txt 2>/dev/null
+    $F*/*/eval/*.json* $F*/*/eval/*/*.json* $F*/*/log.txt 2>/dev/null
 }
 prove() {  # name, seconds, arguments
   local name=$1 limit=$2; shift 2
