@@ -7,6 +7,9 @@ NVIDIA/RULER), the MRCR grade (OpenAI MRCR's difflib ratio), and RULER's effecti
 - Predictions are post-processed as RULER does: stripped, control characters turned into newlines.
 - ``mrcr_score``: 0 unless the response starts with the random prefix; else the
   ``difflib.SequenceMatcher`` ratio of the response and the answer, both without the prefix.
+- ``read_miss``: what a wrong answer read instead (not a RULER metric; a diagnostic): the first word of the
+  prediction, whether that word occurs in the prompt (another needle's value: the key match failed) and how
+  many of the gold value's characters it has in place (a mis-copied value: the lookup found the needle).
 - ``effective_length``: the longest length whose mean over the 13 RULER tasks is >= 85.6 (the score
   of Llama-2-7B at 4K, RULER's threshold).
 """
@@ -58,6 +61,23 @@ def score_one(metric: str, prediction: str, refs: Sequence[str]) -> float:
     if metric == "string_match_part":
         return 100.0 * match_part(prediction, refs)
     raise ValueError(f"metric={metric!r}: use one of {sorted(METRICS)} (mrcr samples score with mrcr_score)")
+
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+def read_miss(prompt: str, answers: Sequence[str], prediction: str) -> dict | None:
+    """What a wrong answer read: {"read": its first word, "in_prompt": that word occurs in ``prompt`` as a
+    whole word (so a value copied from elsewhere, e.g. a distractor needle's), "chars_right": the best, over
+    ``answers``, fraction of the gold value's characters matched at the same place}. None when the
+    prediction has no word. Case-insensitive, as the scores."""
+    match = _WORD.search(postprocess_pred(prediction))
+    if match is None:
+        return None
+    read = match.group(0).lower()
+    in_prompt = re.search(rf"(?<![A-Za-z0-9-]){re.escape(read)}(?![A-Za-z0-9-])", prompt.lower()) is not None
+    right = max((sum(a == b for a, b in zip(ref.lower(), read)) / len(ref) for ref in answers if ref), default=0.0)
+    return {"read": read, "in_prompt": in_prompt, "chars_right": round(right, 3)}
 
 
 def mrcr_score(response: str, answer: str, prefix: str) -> float:

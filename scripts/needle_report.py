@@ -7,6 +7,9 @@ For the right and the wrong answers apart: how many, the share of answer tokens 
 needle per layer (``needle_routed``), and where the first answer token's search dropped the needle's first block
 (``needle_lost``: routed, not routable, or the pyramid level; over layers x kv heads). A wrong answer whose needle
 was routed is a reading miss; one dropped at level 0 a router (top-k) miss; at a coarser level a beam miss.
+For the wrong answers also what they read (the rows' ``miss``, ``data.scoring.read_miss``): how many read a word
+found elsewhere in the prompt (another needle's value: the key match failed) and the mean share of the gold
+value's characters in place (a mis-copied value).
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "routed_per_layer": layers,
                 "first_token": {outcome_name(k): round(v / total, 3) for k, v in sorted(lost.items())} if total else {},
             }
+        misses = [r["miss"] for r in rs if r["score"] < 100 and r.get("miss")]
+        entry["wrong"]["read"] = {
+            "with_miss": len(misses),  # rows of older evaluations carry no miss
+            "in_prompt": sum(m["in_prompt"] for m in misses),
+            "chars_right": round(sum(m["chars_right"] for m in misses) / len(misses), 3) if misses else None,
+        }
         out.append(entry)
     return out
 
@@ -73,6 +82,10 @@ def render(entries: list[dict]) -> str:
             routed = " ".join(f"{x:.2f}" for x in part["routed_per_layer"]) or "-"
             lost = ", ".join(f"{k} {v:.2f}" for k, v in part["first_token"].items()) or "-"
             lines.append(f"  {name:5} {part['n']:3}  routed per layer: {routed}  |  first token: {lost}")
+        read = e["wrong"]["read"]
+        if read["with_miss"]:
+            lines.append(f"  wrong answers read: another word of the prompt {read['in_prompt']} of {read['with_miss']}, "
+                         f"gold characters in place {read['chars_right']:.2f}")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

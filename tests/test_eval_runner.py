@@ -103,6 +103,31 @@ def test_random_guesser_scores_near_zero_and_the_hook_takes_a_function(tmp_path,
     assert len(seen) == 8 and all(r["score"] == 0.0 for r in res["results"])  # an empty answer scores 0
 
 
+def test_a_wrong_answer_row_says_what_it_read(tmp_path, dense_dir):
+    """niah_multikey_1 (essay haystack, three distractor needles): an answer that reads another needle's value is
+    marked in_prompt; the gold value with one digit changed is not, with 6 of its 7 characters right; a right
+    answer's row has no miss."""
+
+    def distractor(s):
+        other = next(t for t, gold in zip(s.metadata["needles"], s.metadata["gold"]) if not gold)
+        return " " + other.rsplit(" ", 1)[1]  # "... is: 7752784." -> " 7752784."
+
+    def miscopy(s):
+        return f" {int(s.answers[0][0]) % 9 + 1}{s.answers[0][1:]}."
+
+    config = dict(tasks=["niah_multikey_1"], lengths=["1K"], samples=1)
+    for fn, in_prompt in ((distractor, True), (miscopy, False)):
+        res = evaluate(eval_config(tmp_path / fn.__name__, dense_dir, **config), answer_fn=fn)
+        assert len(res["results"]) == 2
+        for r in res["results"]:
+            assert r["score"] == 0.0 and r["miss"]["in_prompt"] is in_prompt
+            assert r["miss"]["read"] == r["pred"].strip(" .")
+        if fn is miscopy:
+            assert {r["miss"]["chars_right"] for r in res["results"]} == {round(6 / 7, 3)}
+    res = evaluate(eval_config(tmp_path / "oracle", dense_dir, answer_fn="oracle", **config))
+    assert all(r["score"] == 100.0 and "miss" not in r for r in res["results"])
+
+
 def test_a_killed_evaluation_keeps_every_finished_sample_in_samples_jsonl(tmp_path, dense_dir):
     """samples.jsonl gets each row when it is scored: an evaluation stopped mid-way (here the answer
     function raises on the 4th sample, as a time limit would kill it) keeps the 3 finished rows and

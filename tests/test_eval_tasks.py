@@ -265,6 +265,21 @@ def test_string_match_hand_examples():
         scoring.score_one("bleu", "x", ["x"])
 
 
+def test_read_miss_tells_a_distractor_from_a_miscopy():
+    prompt = "One of the special magic numbers for red-fox is: 4211343. For blue-owl it is: 7058593. End"
+    # another value of the prompt, read whole: the key match failed
+    assert scoring.read_miss(prompt, ["4211343"], " 7058593.\nThe") == {
+        "read": "7058593", "in_prompt": True, "chars_right": round(1 / 7, 3)}  # fmt: skip
+    # the gold value with its first digit wrong: found the needle, mis-copied it
+    assert scoring.read_miss(prompt, ["4211343"], " 7211343.") == {
+        "read": "7211343", "in_prompt": False, "chars_right": round(6 / 7, 3)}  # fmt: skip
+    # a word only as part of a longer one is not "in the prompt"; the best of several answers counts; case-insensitive
+    assert scoring.read_miss(prompt, ["4211343"], "421")["in_prompt"] is False
+    assert scoring.read_miss(prompt, ["xxxxxxx", "4211340"], "4211343")["chars_right"] == round(6 / 7, 3)
+    assert scoring.read_miss(prompt, ["Fox"], " RED-FOX")["in_prompt"] is True
+    assert scoring.read_miss(prompt, ["4211343"], " .\n ") is None  # no word read
+
+
 def test_mrcr_score_hand_examples():
     assert scoring.mrcr_score("hello world", "ab12hello world", "ab12") == 0.0  # no prefix
     assert scoring.mrcr_score("ab12hello world", "ab12hello world", "ab12") == 1.0

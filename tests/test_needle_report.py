@@ -25,7 +25,8 @@ def test_report_splits_right_and_wrong_and_counts_first_token_outcomes(tmp_path,
     assert short["right"] == {"n": 2, "routed_per_layer": [0.75, 0.5],
                               "first_token": {"level 0": 0.125, "routed": 0.875}}  # fmt: skip
     assert short["wrong"] == {"n": 1, "routed_per_layer": [0.0, 0.25],
-                              "first_token": {"not routable": 0.25, "level 0": 0.25, "level 2": 0.5}}  # fmt: skip
+                              "first_token": {"not routable": 0.25, "level 0": 0.25, "level 2": 0.5},
+                              "read": {"with_miss": 0, "in_prompt": 0, "chars_right": None}}  # fmt: skip
     assert entries[1]["wrong"]["first_token"] == {"routed": 0.5, "level 1": 0.5} and entries[1]["right"]["n"] == 0
     assert json.loads(out_json.read_text())[str(path)] == entries
     printed = capsys.readouterr().out
@@ -39,3 +40,13 @@ def test_results_json_reads_too_and_a_missing_file_is_named(tmp_path):
     assert entry["right"]["first_token"] == {"routed": 1.0} and entry["wrong"]["n"] == 0
     with pytest.raises(SystemExit, match="nope.jsonl: no such file"):
         load_script("needle_report").main([str(tmp_path / "nope.jsonl")])
+
+
+def test_wrong_answers_say_how_many_read_another_value_and_how_much_of_the_gold_one():
+    rows = [row(0, [0.0], [[0]]) | {"miss": {"read": "7058593", "in_prompt": True, "chars_right": 0.143}},
+            row(0, [0.5], [[-1]]) | {"miss": {"read": "7211343", "in_prompt": False, "chars_right": 0.857}},
+            row(0, [0.5], [[-1]]), row(100, [1.0], [[-1]])]  # fmt: skip
+    (entry,) = load_script("needle_report").summarize(rows)
+    assert entry["wrong"]["n"] == 3 and entry["wrong"]["read"] == {"with_miss": 2, "in_prompt": 1, "chars_right": 0.5}
+    text = load_script("needle_report").render([entry])
+    assert "another word of the prompt 1 of 2, gold characters in place 0.50" in text

@@ -5,7 +5,9 @@ Decoding is the model's own ``generate`` (``use_cache=True, do_sample=False``, o
 so an SSA model prefills with sparse attention and decodes through the SSA decode path (a
 ``DecodeState`` per layer on the KV cache, ``ssa_kernels/hf.py``); each result row records which
 path ran (``decode``: ssa | dense). Decoding stops at ``max_new_tokens`` (default: the task's) or EOS;
-only the new tokens are decoded and scored with ``Sample.score``.
+only the new tokens are decoded and scored with ``Sample.score``. A wrong answer's row also says what it read
+(``miss``, ``data.scoring.read_miss``): a word found elsewhere in the prompt (a distractor's value) or a
+mis-copy of the gold value (``chars_right``).
 
 Prefill runs on one device. Sequence-parallel rungs (ulysses / ring) do not exist in ``parallel/``
 yet (only single and ddp), so a prompt beyond the model's positions or beyond ``max_prefill_tokens``
@@ -51,7 +53,7 @@ from tqdm import tqdm
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 
 from data.sample import LengthError, Sample
-from data.scoring import RULER_THRESHOLD, effective_length
+from data.scoring import RULER_THRESHOLD, effective_length, read_miss
 from data.synthetic import ALL_TASKS, RULER_TASKS, generate
 from data.tokenizer import is_byte_tokenizer, make_tokenize
 from ssa_kernels.config import SSAConfig
@@ -455,14 +457,17 @@ def run_sample(
         pred, info = decode_recording_needle(decoder, sample, encode, ids, max_new)
     else:
         pred, info = decoder(ids, max_new)
+    score = float(sample.score(pred))
+    miss = read_miss(sample.prompt, sample.answers, pred) if score < 100 and sample.metric != "mrcr" else None
     return {
         "task": task,
         "length": length,
         "depth": depth,
         "seed": seed,
-        "score": float(sample.score(pred)),
+        "score": score,
         "pred": pred,
         "answers": list(sample.answers),
+        **({"miss": miss} if miss else {}),
         "needle_depth": sample.needle_depths[0] if sample.needle_depths else None,
         "label": sample.label,
         "prompt_tokens": int(prompt_tokens),
