@@ -73,7 +73,8 @@ def training_examples(
             }
 
 
-def _load_tokenizer(name: str):
+def load_tokenizer(name: str):
+    """ "byte" (``data.tokenizer.byte_tokenizer``) or a tokenizer directory / name for ``AutoTokenizer``."""
     if name == "byte":
         from data.tokenizer import byte_tokenizer
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prose", nargs="*", default=None, help="plain-text files for the essay haystacks")
     p.add_argument("--out", required=True, help="a .jsonl file, or a directory for --task ruler/all")
     args = p.parse_args(argv)
-    tokenizer = _load_tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     tasks = {"ruler": RULER_TASKS, "all": ALL_TASKS}.get(args.task, (args.task,))
     kw = {"prose_files": args.prose} if args.prose else {}
     for task in tasks:

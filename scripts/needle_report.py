@@ -9,7 +9,10 @@ needle per layer (``needle_routed``), and where the first answer token's search 
 was routed is a reading miss; one dropped at level 0 a router (top-k) miss; at a coarser level a beam miss.
 For the wrong answers also what they read (the rows' ``miss``, ``data.scoring.read_miss``): how many read a word
 found elsewhere in the prompt (another needle's value: the key match failed) and the mean share of the gold
-value's characters in place (a mis-copied value).
+value's characters in place (a mis-copied value). Rows of evaluations older than ``miss`` get it with
+``--regenerate byte`` (or a tokenizer directory): each wrong row's prompt is built again by
+``data.synthetic.generate`` (deterministic in task, length, seed and depth under the evaluated tokenizer); a row
+whose rebuilt answers differ from its own (essay haystacks under another Python's docstrings) is left without.
 """
 
 from __future__ import annotations
@@ -36,6 +39,26 @@ def read_rows(path: Path) -> list[dict]:
         except json.JSONDecodeError:  # only a torn last line can be incomplete (each row is flushed whole)
             continue
     return rows
+
+
+def add_misses(rows: list[dict], tokenizer: str) -> int:
+    """Give each wrong row without ``miss`` the one ``train.eval`` now writes, from its rebuilt prompt; returns how
+    many rows could not be rebuilt to the same answers."""
+    from data.scoring import read_miss
+    from data.synthetic import generate, load_tokenizer
+
+    tok, unmatched = load_tokenizer(tokenizer), 0
+    for r in rows:
+        if r["score"] >= 100 or "miss" in r or not r.get("answers"):
+            continue
+        sample = generate(r["task"], r["length"], tok, r["seed"], r["depth"], "eval")
+        if list(sample.answers) != r["answers"]:
+            unmatched += 1
+            continue
+        miss = read_miss(sample.prompt, sample.answers, r["pred"])
+        if miss:
+            r["miss"] = miss
+    return unmatched
 
 
 def outcome_name(value: int) -> str:
@@ -93,12 +116,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", type=Path, help="samples.jsonl or results.json of train.eval")
     p.add_argument("--json", type=Path, default=None, help="also write {file: entries} here")
+    p.add_argument("--regenerate", metavar="TOKENIZER", default=None,
+                   help="wrong rows without miss: rebuild their prompts under this tokenizer (byte or a dir)")  # fmt: skip
     args = p.parse_args(argv)
     report = {}
     for path in args.files:
         if not path.is_file():
             raise SystemExit(f"{path}: no such file (give a train.eval samples.jsonl or results.json)")
-        entries = summarize(read_rows(path))
+        rows = read_rows(path)
+        if args.regenerate and (unmatched := add_misses(rows, args.regenerate)):
+            sys.stdout.write(f"{path}: {unmatched} wrong rows rebuilt to other answers, left without miss\n")
+        entries = summarize(rows)
         report[str(path)] = entries
         sys.stdout.write(f"== {path}\n" + render(entries))
     if args.json:

@@ -1,6 +1,7 @@
 """scripts/needle_report.py: right and wrong answers apart, routing per layer and first-token outcomes."""
 
 import json
+import re
 
 import pytest
 
@@ -50,3 +51,26 @@ def test_wrong_answers_say_how_many_read_another_value_and_how_much_of_the_gold_
     assert entry["wrong"]["n"] == 3 and entry["wrong"]["read"] == {"with_miss": 2, "in_prompt": 1, "chars_right": 0.5}
     text = load_script("needle_report").render([entry])
     assert "another word of the prompt 1 of 2, gold characters in place 0.50" in text
+
+
+def test_regenerate_gives_older_rows_their_miss(tmp_path, capsys):
+    """Rows written before train.eval recorded misses: --regenerate rebuilds each wrong row's prompt (niah_multikey_2,
+    a haystack of other needles) and finds that a read of another needle's value is in the prompt and a mis-copy is
+    not; a row whose answers the rebuild does not give back is counted and left alone."""
+    from data.synthetic import generate
+    from data.tokenizer import byte_tokenizer
+
+    sample = generate("niah_multikey_2", 1024, byte_tokenizer(), 0, 0.5, "eval")
+    gold = sample.answers[0]
+    other = next(v for v in re.findall(r"is: (\d+)\.", sample.prompt) if v != gold)
+    base = {"task": "niah_multikey_2", "length": 1024, "seed": 0, "depth": 0.5, "answers": [gold]}
+    rows = [base | {"score": 0.0, "pred": f" {other}."}, base | {"score": 0.0, "pred": f" 0{gold[1:]}."},
+            base | {"score": 0.0, "pred": " 1.", "answers": ["1234567"]}, base | {"score": 100.0, "pred": gold}]  # fmt: skip
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (entry,) = load_script("needle_report").main([str(path), "--regenerate", "byte"])
+    assert entry["wrong"]["n"] == 3
+    same_place = sum(a == b for a, b in zip(other, gold)) / 7
+    want = round((round(same_place, 3) + round(6 / 7, 3)) / 2, 3)
+    assert entry["wrong"]["read"] == {"with_miss": 2, "in_prompt": 1, "chars_right": want}
+    assert "1 wrong rows rebuilt to other answers" in capsys.readouterr().out
