@@ -72,6 +72,11 @@ class Sample:
             return 100.0 * scoring.mrcr_score(prediction.lstrip(), self.answers[0], self.metadata["prefix"])
         return scoring.score_one(self.metric, prediction, self.answers)
 
+    def read_miss(self, prediction: str) -> dict | None:
+        """What a wrong ``prediction`` read (``scoring.read_miss`` against this prompt); None for mrcr samples, whose
+        answer is a whole reply, not a value. Callers ask only for predictions that scored below 100."""
+        return None if self.metric == "mrcr" else scoring.read_miss(self.prompt, self.answers, prediction)
+
     def to_json(self) -> dict:
         return asdict(self)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from data import copy, mrcr, ruler
 from data.sample import Sample, write_jsonl
+from data.tokenizer import load_tokenizer
 
 RULER_TASKS = tuple(ruler.TASKS)
 MRCR_TASKS = tuple(f"mrcr_{k}" for k in mrcr.NEEDLE_COUNTS)
@@ -71,17 +72,6 @@ def training_examples(
                 "seed": s.seed,
                 "sample": s,
             }
-
-
-def load_tokenizer(name: str):
-    """ "byte" (``data.tokenizer.byte_tokenizer``) or a tokenizer directory / name for ``AutoTokenizer``."""
-    if name == "byte":
-        from data.tokenizer import byte_tokenizer
-
-        return byte_tokenizer()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(name)
 
 
 def main(argv: list[str] | None = None) -> None:

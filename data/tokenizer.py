@@ -7,9 +7,11 @@ alphabet), so it saves and loads with ``save_pretrained`` / ``AutoTokenizer`` li
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 EOS, PAD, BOS = "<|endoftext|>", "<|pad|>", "<|bos|>"
 BYTE_VOCAB_SIZE = 259  # 256 bytes + EOS, PAD, BOS
@@ -39,6 +41,13 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token=EOS, pad_token=PAD, bos_token=BOS, model_max_length=1 << 40
     )
+
+
+def load_tokenizer(name: str):
+    """ "byte" (``byte_tokenizer``) or a tokenizer directory (``~`` expanded) / name for ``AutoTokenizer``."""
+    if name == "byte":
+        return byte_tokenizer()
+    return AutoTokenizer.from_pretrained(str(Path(name).expanduser()))
 
 
 def is_byte_tokenizer(tokenizer) -> bool:

@@ -44,18 +44,18 @@ def read_rows(path: Path) -> list[dict]:
 def add_misses(rows: list[dict], tokenizer: str) -> int:
     """Give each wrong row without ``miss`` the one ``train.eval`` now writes, from its rebuilt prompt; returns how
     many rows could not be rebuilt to the same answers."""
-    from data.scoring import read_miss
-    from data.synthetic import generate, load_tokenizer
+    from data.synthetic import generate
+    from data.tokenizer import load_tokenizer
 
     tok, unmatched = load_tokenizer(tokenizer), 0
     for r in rows:
-        if r["score"] >= 100 or "miss" in r or not r.get("answers"):
+        if r["score"] >= 100 or "miss" in r:
             continue
         sample = generate(r["task"], r["length"], tok, r["seed"], r["depth"], "eval")
         if list(sample.answers) != r["answers"]:
             unmatched += 1
             continue
-        miss = read_miss(sample.prompt, sample.answers, r["pred"])
+        miss = sample.read_miss(r["pred"])
         if miss:
             r["miss"] = miss
     return unmatched

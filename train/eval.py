@@ -53,7 +53,7 @@ from tqdm import tqdm
 from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 
 from data.sample import LengthError, Sample
-from data.scoring import RULER_THRESHOLD, effective_length, read_miss
+from data.scoring import RULER_THRESHOLD, effective_length
 from data.synthetic import ALL_TASKS, RULER_TASKS, generate
 from data.tokenizer import is_byte_tokenizer, make_tokenize
 from ssa_kernels.config import SSAConfig
@@ -458,7 +458,7 @@ def run_sample(
     else:
         pred, info = decoder(ids, max_new)
     score = float(sample.score(pred))
-    miss = read_miss(sample.prompt, sample.answers, pred) if score < 100 and sample.metric != "mrcr" else None
+    miss = sample.read_miss(pred) if score < 100 else None
     return {
         "task": task,
         "length": length,

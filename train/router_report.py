@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from data import DataConfig, byte_tokenizer, load_documents, make_tokenize
+from data import DataConfig, load_documents, make_tokenize
+from data.tokenizer import load_tokenizer
 from ssa_kernels import SSAConfig
 from ssa_kernels.diagnostics import (
     SSACall,
@@ -119,7 +120,7 @@ def load_model(
             model.config.ssa = {**model.config.ssa, **overrides}
         ssa_config_of(model.config).validate()
         tokenizer = tokenizer or str(path)
-    tok = byte_tokenizer() if tokenizer == "byte" else AutoTokenizer.from_pretrained(str(Path(tokenizer).expanduser()))
+    tok = load_tokenizer(tokenizer)
     return model.to(dtype).eval(), tok
 
 
