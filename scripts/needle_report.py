@@ -7,6 +7,9 @@ For the right and the wrong answers apart: how many, the share of answer tokens 
 needle per layer (``needle_routed``), and where the first answer token's search dropped the needle's first block
 (``needle_lost``: routed, not routable, or the pyramid level; over layers x kv heads). A wrong answer whose needle
 was routed is a reading miss; one dropped at level 0 a router (top-k) miss; at a coarser level a beam miss.
+How far it was dropped (``needle_ranks_first`` / ``needle_widths_first``): per pyramid level, over the (sample,
+layer, kv head) triples whose search reached it, the median rank of the needle's ancestor among the level's
+candidates against the width kept there, and the share kept.
 For the wrong answers also what they read (the rows' ``miss``, ``data.scoring.read_miss``): how many read a word
 found elsewhere in the prompt (another needle's value: the key match failed) and the mean share of the gold
 value's characters in place (a mis-copied value). Rows of evaluations older than ``miss`` get it with
@@ -65,6 +68,30 @@ def outcome_name(value: int) -> str:
     return OUTCOMES.get(value, f"level {value}")
 
 
+def level_ranks(rows: list[dict]) -> list[dict]:
+    """Per pyramid level (0 = blocks), over the rows' first-token ranks [layer][kv head][level] where the level was
+    reached (rank >= 0; -1: dropped at a coarser level): how many, the median rank and the share within the width."""
+    rows = [r for r in rows if r.get("needle_ranks_first") and r.get("needle_widths_first")]
+    if not rows:
+        return []
+    widths = rows[0]["needle_widths_first"]
+    out = []
+    for level, width in enumerate(widths):
+        ranks = sorted(
+            head[level]
+            for r in rows
+            if len(r["needle_widths_first"]) == len(widths)  # one pyramid height per (task, length)
+            for layer in r["needle_ranks_first"]
+            for head in layer
+            if head[level] >= 0
+        )
+        if ranks:
+            kept = sum(x < width for x in ranks) / len(ranks)
+            out.append({"level": level, "width": width, "reached": len(ranks),
+                        "median": ranks[len(ranks) // 2], "kept": round(kept, 3)})  # fmt: skip
+    return out
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """One entry per (task, length), right and wrong answers apart."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -85,6 +112,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "n": len(part),
                 "routed_per_layer": layers,
                 "first_token": {outcome_name(k): round(v / total, 3) for k, v in sorted(lost.items())} if total else {},
+                "ranks": level_ranks(part),
             }
         misses = [r["miss"] for r in rs if r["score"] < 100 and r.get("miss")]
         entry["wrong"]["read"] = {
@@ -105,6 +133,10 @@ def render(entries: list[dict]) -> str:
             routed = " ".join(f"{x:.2f}" for x in part["routed_per_layer"]) or "-"
             lost = ", ".join(f"{k} {v:.2f}" for k, v in part["first_token"].items()) or "-"
             lines.append(f"  {name:5} {part['n']:3}  routed per layer: {routed}  |  first token: {lost}")
+            if part["ranks"]:
+                ranks = ", ".join(f"level {x['level']} {x['median']} / {x['width']} (kept {x['kept']:.2f} of {x['reached']})"
+                                  for x in part["ranks"])  # fmt: skip
+                lines.append(f"          median rank / width: {ranks}")
         read = e["wrong"]["read"]
         if read["with_miss"]:
             lines.append(f"  wrong answers read: another word of the prompt {read['in_prompt']} of {read['with_miss']}, "

@@ -24,9 +24,9 @@ def test_report_splits_right_and_wrong_and_counts_first_token_outcomes(tmp_path,
     short = entries[0]
     assert (short["length"], short["samples"]) == (1024, 3)
     assert short["right"] == {"n": 2, "routed_per_layer": [0.75, 0.5],
-                              "first_token": {"level 0": 0.125, "routed": 0.875}}  # fmt: skip
+                              "first_token": {"level 0": 0.125, "routed": 0.875}, "ranks": []}  # fmt: skip
     assert short["wrong"] == {"n": 1, "routed_per_layer": [0.0, 0.25],
-                              "first_token": {"not routable": 0.25, "level 0": 0.25, "level 2": 0.5},
+                              "first_token": {"not routable": 0.25, "level 0": 0.25, "level 2": 0.5}, "ranks": [],
                               "read": {"with_miss": 0, "in_prompt": 0, "chars_right": None}}  # fmt: skip
     assert entries[1]["wrong"]["first_token"] == {"routed": 0.5, "level 1": 0.5} and entries[1]["right"]["n"] == 0
     assert json.loads(out_json.read_text())[str(path)] == entries
@@ -74,3 +74,23 @@ def test_regenerate_gives_older_rows_their_miss(tmp_path, capsys):
     want = round((round(same_place, 3) + round(6 / 7, 3)) / 2, 3)
     assert entry["wrong"]["read"] == {"with_miss": 2, "in_prompt": 1, "chars_right": want}
     assert "1 wrong rows rebuilt to other answers" in capsys.readouterr().out
+
+
+def test_ranks_per_level_count_only_the_searches_that_reached_the_level():
+    """needle_ranks_first [layer][kv head][level] (-1: dropped at a coarser level) against needle_widths_first: per
+    level the median over the triples that reached it and the share within the width kept."""
+    widths = [16, 64, 64]  # blocks, 512-token nodes, the top level
+    wrong = row(0, [0.0], [[1, 1]]) | {"needle_widths_first": widths,
+                                       "needle_ranks_first": [[[-1, 100, 30], [-1, 70, 2]], [[20, 10, 5], [3, 63, 9]]]}  # fmt: skip
+    other = row(0, [0.0], [[1]]) | {"needle_widths_first": widths, "needle_ranks_first": [[[-1, 200, 40]]]}
+    right = row(100, [1.0], [[-1]]) | {"needle_widths_first": widths, "needle_ranks_first": [[[0, 1, 2]]]}
+    (entry,) = load_script("needle_report").summarize([wrong, other, right, row(0, [0.0], [[0]])])  # last: no ranks
+    assert entry["wrong"]["ranks"] == [
+        {"level": 0, "width": 16, "reached": 2, "median": 20, "kept": 0.5},
+        {"level": 1, "width": 64, "reached": 5, "median": 70, "kept": 0.4},
+        {"level": 2, "width": 64, "reached": 5, "median": 9, "kept": 1.0},
+    ]
+    assert [x["median"] for x in entry["right"]["ranks"]] == [0, 1, 2]
+    text = load_script("needle_report").render([entry])
+    assert "level 1 70 / 64 (kept 0.40 of 5)" in text
+    assert load_script("needle_report").level_ranks([row(0, [0.0], [[0]])]) == []
