@@ -75,16 +75,11 @@ def level_ranks(rows: list[dict]) -> list[dict]:
     if not rows:
         return []
     widths = rows[0]["needle_widths_first"]
+    heads = [head for r in rows if len(r["needle_widths_first"]) == len(widths)  # one pyramid height
+             for layer in r["needle_ranks_first"] for head in layer]  # fmt: skip
     out = []
     for level, width in enumerate(widths):
-        ranks = sorted(
-            head[level]
-            for r in rows
-            if len(r["needle_widths_first"]) == len(widths)  # one pyramid height per (task, length)
-            for layer in r["needle_ranks_first"]
-            for head in layer
-            if head[level] >= 0
-        )
+        ranks = sorted(head[level] for head in heads if head[level] >= 0)
         if ranks:
             kept = sum(x < width for x in ranks) / len(ranks)
             out.append({"level": level, "width": width, "reached": len(ranks),
