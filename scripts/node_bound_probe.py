@@ -10,7 +10,8 @@ node's routable blocks j; ``ssa_kernels/selector/reference.py``). Evaluation onl
 
     python scripts/node_bound_probe.py --seeds 0 1 2 --json docs/results/node-bound-probe-cpu.json
 
-``--leaf-scores mean bound`` also pairs the block scores (``attention.ssa.leaf_score``: the block's mean key, or the
+``--train-ssa KEY=VALUE ...`` trains with other ``SSAConfig`` fields (e.g. ``distill_score=bound``: the router
+distilled through the bound score that ``leaf_score=bound`` reads it with). ``--leaf-scores mean bound`` also pairs the block scores (``attention.ssa.leaf_score``: the block's mean key, or the
 bound over its token keys), and ``--needle-tokens N`` trains and evaluates on needles of N tokens inside their
 block (the rest filler), which a block mean dilutes:
 
@@ -44,15 +45,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--needle-tokens", type=int, default=0, help="needle tokens inside the needle block (0: all)")
     ap.add_argument("--distractors", action="store_true", help="other keys' runs in every other block (multikey)")
     ap.add_argument("--dense-steps", type=int, default=0, help="train with every block routed for these first steps")
+    ap.add_argument(
+        "--train-ssa",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="SSAConfig fields for training, e.g. distill_score=bound (strings; ints as digits)",
+    )
     ap.add_argument("--json", default=str(REPO / "docs" / "results" / "node-bound-probe-cpu.json"))
     args = ap.parse_args(argv)
+    train_ssa = {}
+    for item in args.train_ssa:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--train-ssa {item!r}: give KEY=VALUE")
+        train_ssa[key] = int(value) if value.lstrip("-").isdigit() else value
     modes = [(node, leaf) for leaf in args.leaf_scores for node in args.node_scores]
     rows = []
     for seed in args.seeds:
         _, model = train_block_retrieval(
             "distill", args.steps, seed=seed, seq_len=args.lengths[0], eval_every=args.steps, rope_theta=1e8,
             return_model=True, needle_tokens=args.needle_tokens, distractors=args.distractors,
-            dense_steps=args.dense_steps,
+            dense_steps=args.dense_steps, ssa=train_ssa,
         )  # fmt: skip
         model.eval()
         trained, cfg = dict(model.config.ssa), ssa_config_of(model.config)
@@ -67,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                     )  # fmt: skip
                     row = {"seed": seed, "length": length, "beam_min": beam_min, "node_score": node,
                            "leaf_score": leaf, "needle_tokens": args.needle_tokens,
-                           "distractors": args.distractors, "dense_steps": args.dense_steps, "accuracy": accuracy,
+                           "distractors": args.distractors, "dense_steps": args.dense_steps, "train_ssa": train_ssa, "accuracy": accuracy,
                            "hit_rate": hit_rate}  # fmt: skip
                     rows.append(row)
                     print(json.dumps(row), flush=True)

@@ -150,6 +150,16 @@ RECIPES["h200-4k-bound"] = RECIPES["h200-4k-attended"] + ["--eval-ssa", "node_sc
 RECIPES["h200-4k-multikey"] = RECIPES["h200-4k-bound"] + [
     "--override", "data.synthetic.extra_queries=8", "data.synthetic.extra_order=random",
     "--tasks", "niah_single_1", "niah_multikey_2"]  # fmt: skip
+# Twenty-third session (fc63, fc63b / d, one H100): h200-4k-multikey with two thirds of stage 2's rows prose
+# (niah_single_2 added, niah_multikey_2 dropped), evaluated with blocks scored by the bound of their best token
+# (leaf_score=bound), 256 level-1 nodes kept and 64 routed blocks (4K tokens, 4x the trained budget; beams listed per
+# pyramid height, coarsest first: at 1M fc63b / d gave [64,256,512]). niah_multikey_1 at 256K 13 of 16 depths,
+# niah_single_2 6 of 8 at 256K and 3 of 3 at 1M; the recipe's own search (beams of 64, 16 blocks) read both 2 of 8.
+RECIPES["h200-4k-prose"] = RECIPES["h200-4k-multikey"] + [
+    "--override", "data.synthetic.extra_queries=8", "data.synthetic.extra_order=random",
+    "data.synthetic.tasks=[niah_single_1,niah_single_2,niah_multikey_1]", "--tasks", "niah_multikey_1", "niah_single_2",
+    "--eval-ssa", "node_score=bound", "leaf_score=bound", "beam_widths=[64,256]", "topk_blocks=64",
+    "--depths", *(f"{d / 10:g}" for d in range(1, 9)), "--eval-lengths", "256K"]  # fmt: skip
 SMOKE_BPE = ["--max-chars", "300000", "--synthetic-samples", "2", "--synthetic-length", "1024"]
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip

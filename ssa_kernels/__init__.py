@@ -24,7 +24,7 @@ from ssa_kernels.selector import (
     select_blocks_pooled,
     select_by_scores,
 )
-from ssa_kernels.selector.reference import _ascending, block_means
+from ssa_kernels.selector.reference import _ascending, block_means, block_minmax
 
 
 def _routed_slots(sel: Selection, cfg: SSAConfig, doc_ids, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +157,8 @@ def ssa_attention(
         and (rq.requires_grad or rk.requires_grad)
     ):
         if not pooled:  # per-token routing tensors: their block means are what the selector scores
-            route = PooledRoute(block_means(rq, cfg.block_size), block_means(rk, cfg.block_size), q.shape[2])
+            bounds = block_minmax(rk, cfg.block_size) if cfg.distill_score == "bound" else (None, None)
+            route = PooledRoute(block_means(rq, cfg.block_size), block_means(rk, cfg.block_size), q.shape[2], *bounds)
         far_t = None if far is None or cfg.distill_target != "attended" else (far[0].detach(), far[1].detach())
         loss = router_distill_loss(q.detach(), k.detach(), route, cfg, doc_ids, scale, far=far_t, backend=resolved)
         out = AddAuxiliaryGradient.apply(out, loss * cfg.distill_weight)

@@ -17,6 +17,7 @@ BACKENDS = ("auto", "reference", "triton")
 ROUTINGS = ("straight_through", "distill", "none")
 DISTILL_TARGETS = ("attended", "true_distance")
 DISTILL_ROWS = ("mean", "max")
+DISTILL_SCORES = ("mean", "bound")
 NODE_SCORES = ("mean", "bound")
 LEAF_SCORES = ("mean", "bound")
 ROUTERS = ("learned", "attention", "oracle")
@@ -106,6 +107,16 @@ class SSAConfig:
     # spread their far mass over look-alike blocks (niah_multikey's haystack of other needles) is not averaged
     # away. The loss weight of a query block is then min(1, that sum). router=oracle ranks blocks by the same target.
     distill_rows: str = "mean"
+    # routing=distill: the router's block scores that the loss trains. "mean" (default): q_mean . k_mean, the leaf
+    # score of leaf_score=mean. "bound": sum over dims of max(q_d * min_d, q_d * max_d) over each block's token
+    # keys, leaf_score=bound's leaf score, so the router learns the score it is read with (fc63, 256K, 64 routed
+    # blocks: leaf_score=bound at evaluation ranked a prose needle's block at median 19 on right answers against
+    # ~200 with mean leaves, on a router distilled through means). The gradient reaches the keys at each block's per-dimension
+    # extremes: every token is projected with gradient, [Bt, T, Hkv x d] kept for the backward per layer, so it
+    # is for the short distillation stages. Needs the router's own pooling (not the sequence-parallel wrappers).
+    # Not the default: on the CPU toy (2-token needles, 3 seeds) it routed the needle less often at every length
+    # (hit 0.46-0.67 against 0.75-0.91 distilling means; docs/ssa.md).
+    distill_score: str = "mean"
     # What produces the routing scores: "learned" (default), a router of its own per layer
     # (``ssa_kernels/router.py``) on the detached layer input, trained only by ``routing``;
     # "attention", the attention's own post-RoPE q and k (no extra weights; it also learns as
@@ -149,6 +160,8 @@ class SSAConfig:
             raise ValueError(f"attention.distill_target={self.distill_target!r}: use one of {DISTILL_TARGETS}")
         if self.distill_rows not in DISTILL_ROWS:
             raise ValueError(f"attention.distill_rows={self.distill_rows!r}: use one of {DISTILL_ROWS}")
+        if self.distill_score not in DISTILL_SCORES:
+            raise ValueError(f"attention.distill_score={self.distill_score!r}: use one of {DISTILL_SCORES}")
         if self.distill_blocks < 0 or self.distill_weight < 0:
             raise ValueError("attention.distill_blocks >= 0 (0: all query blocks) and attention.distill_weight >= 0")
         if self.node_score not in NODE_SCORES:

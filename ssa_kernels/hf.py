@@ -85,7 +85,11 @@ def route_of(
             "module has no ssa_router (or its input was not passed): build SSA models with "
             "ssa_kernels.hf.convert_to_ssa, and load saved ones with ssa_kernels.hf.from_pretrained"
         )
-    return router.pooled(hidden, cfg.block_size, cfg.leaf_score == "bound") if pooled else router(hidden)
+    if not pooled:
+        return router(hidden)
+    # distill_score=bound trains the bound score: the loss needs the blocks' key min / max, with their gradient
+    distill_bounds = cfg.routing == "distill" and cfg.distill_score == "bound" and torch.is_grad_enabled()
+    return router.pooled(hidden, cfg.block_size, cfg.leaf_score == "bound" or distill_bounds, distill_bounds)
 
 
 def _decode_tokens(module, query, key, value, cfg, scaling, states, position_ids, route, far=None) -> torch.Tensor:

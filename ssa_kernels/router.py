@@ -51,7 +51,9 @@ class SSARouter(nn.Module):
             router.k.bias.copy_(k_b if k_b is not None else torch.zeros_like(router.k.bias))
         return router
 
-    def pooled(self, hidden: torch.Tensor, block_size: int, leaf_bounds: bool = False) -> PooledRoute:
+    def pooled(
+        self, hidden: torch.Tensor, block_size: int, leaf_bounds: bool = False, bounds_grad: bool = False
+    ) -> PooledRoute:
         """The block means of :meth:`forward`'s outputs, made the cheap way round: the projections are
         affine, so the mean of the projected tokens is the projection of the mean token. The hidden
         states are pooled per block of ``block_size`` real tokens first ([Bt, nb, hidden], fp32 sums),
@@ -60,7 +62,9 @@ class SSARouter(nn.Module):
 
         ``leaf_bounds`` (``attention.leaf_score=bound``): also each block's per-dimension min / max of the projected
         token keys (``PooledRoute.k_low`` / ``k_high``), which no mean can give: every token is projected, without
-        gradient, ``_LEAF_TOKENS`` tokens at a time so that only the [Bt, Hkv, nb, d] results stay."""
+        gradient, ``_LEAF_TOKENS`` tokens at a time so that only the [Bt, Hkv, nb, d] results stay. ``bounds_grad``
+        (``attention.distill_score=bound`` while training): with gradient instead, so the distillation loss reaches
+        the keys at each block's extremes; autograd then keeps every chunk's [Bt, chunk, Hkv x d] keys."""
         x = hidden.detach()
         bt, t, _ = x.shape
         mean = block_means(x, block_size).to(x.dtype)  # (Bt, nb, hidden)
@@ -71,7 +75,7 @@ class SSARouter(nn.Module):
             return PooledRoute(rq, rk, t)
         step = max(1, _LEAF_TOKENS // block_size) * block_size  # whole blocks per chunk
         low, high = [], []
-        with torch.no_grad():
+        with torch.set_grad_enabled(bounds_grad and torch.is_grad_enabled()):
             for s in range(0, t, step):
                 keys = self.k(x[:, s : s + step]).view(bt, -1, self.kv_heads, self.head_dim).transpose(1, 2)
                 lo_s, hi_s = block_minmax(keys, block_size)  # (Bt, Hkv, blocks of the chunk, d)

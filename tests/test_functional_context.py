@@ -450,5 +450,15 @@ def test_eval_yarn_auto_drops_the_temperature_for_fixed_size_attention(tmp_path)
         ).data.synthetic.extra_queries
         == 0
     )
+    # h200-4k-prose: h200-4k-multikey with prose-heavy stage-2 rows, read with bound leaves, wider beams, 64 blocks
+    prose = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k-prose"])
+    assert prose.ssa_override == mk.ssa_override and prose.pretrain_override == mk.pretrain_override
+    assert prose.tasks == ["niah_multikey_1", "niah_single_2"] and prose.eval_lengths == ["256K"]
+    assert prose.depths == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    cfg = SSAConfig(**dict(kv.split("=") for kv in prose.eval_ssa if "beam" not in kv), beam_widths=[64, 256])
+    assert (cfg.node_score, cfg.leaf_score, int(cfg.topk_blocks)) == ("bound", "bound", 64)
+    assert "beam_widths=[64,256]" in prose.eval_ssa
+    data = script.to_config(script.compose_config("config", script.train_overrides("ssa", prose))).data.synthetic
+    assert list(data.tasks) == ["niah_single_1", "niah_single_2", "niah_multikey_1"] and data.extra_queries == 8
     stage1 = [f"experiment={wide.pretrain_experiment}", "attention=dense", *wide.pretrain_override]
     assert script.to_config(script.compose_config("config", stage1)).train.stop_at_loss == 0.01

@@ -51,6 +51,27 @@ def test_probe_pairs_leaf_scores_on_diluted_needles_among_distractors(tmp_path, 
     assert seen == [("bound", "mean", 2, True), ("bound", "bound", 2, True)]
 
 
+def test_probe_trains_with_other_ssa_settings(tmp_path, monkeypatch):
+    """--train-ssa KEY=VALUE reaches train_block_retrieval's ssa settings (ints as ints) and each JSON row; a value
+    without '=' is refused."""
+    probe = load_script("node_bound_probe")
+    got = []
+    real = probe.train_block_retrieval
+
+    def train(*args, ssa=None, **kwargs):
+        got.append(ssa)
+        return real(*args, ssa=ssa, **kwargs)
+
+    monkeypatch.setattr(probe, "train_block_retrieval", train)
+    out = tmp_path / "probe.json"
+    probe.main(["--seeds", "0", "--steps", "2", "--lengths", "256", "--beam-mins", "1", "--samples", "4",
+                "--node-scores", "bound", "--train-ssa", "distill_score=bound", "beam_min=3", "--json", str(out)])  # fmt: skip
+    assert got == [{"distill_score": "bound", "beam_min": 3}]
+    assert json.loads(out.read_text())["results"][0]["train_ssa"] == got[0]
+    with pytest.raises(SystemExit):
+        probe.main(["--seeds", "0", "--steps", "2", "--train-ssa", "distill_score", "--json", str(out)])
+
+
 @pytest.mark.parametrize("needle_tokens", [0, 2, 5])
 def test_block_retrieval_needles_of_a_few_tokens(needle_tokens):
     ids, value, needle = block_retrieval(32, 256, 16, torch.Generator().manual_seed(0), needle_tokens=needle_tokens)

@@ -14,13 +14,14 @@ from safetensors.torch import load_file
 
 from ssa_kernels import PooledRoute, SSAConfig, ssa_attention
 from ssa_kernels.distill import dense_block_mass, distill_query_blocks, router_distill_loss
-from ssa_kernels.hf import doc_ids_from_positions
-from ssa_kernels.selector.reference import routed_bounds
+from ssa_kernels.hf import convert_to_ssa, doc_ids_from_positions
+from ssa_kernels.selector.reference import block_means, block_minmax, routed_bounds
 from train.config import ConfigError, to_config
 from train.probes import train_block_retrieval
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import compose_cfg, run_inprocess  # noqa: E402
+from tiny import tiny_hf_model  # noqa: E402
 
 SMALL = {"block_size": 16, "topk_blocks": 2, "local_window": 32, "top_nodes": 4}
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernel: compiled on a GPU, interpreted on CPU
@@ -213,8 +214,10 @@ def test_block_mass_kernel_bf16_on_the_gpu(rows):
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-4)
 
 
-def loop_loss(q, k, qm, km, cfg, doc_ids, blocks, far=None):
-    """The distillation loss written out per (batch row, kv head, query block) in fp64 (tests only)."""
+def loop_loss(q, k, qm, km, cfg, doc_ids, blocks, far=None, bounds=None):
+    """The distillation loss written out per (batch row, kv head, query block) in fp64 (tests only); with
+    bounds = (low, high) each block scores sum_d max(q_d low_d, q_d high_d) (distill_score=bound) instead of
+    q . k_mean."""
     mass = brute_mass(q, k, cfg.block_size, doc_ids, far, cfg.local_blocks, rows=cfg.distill_rows)
     lo, hi = routed_bounds(doc_ids, q.shape[2], cfg, q.device)
     num, den = 0.0, 0.0
@@ -227,9 +230,13 @@ def loop_loss(q, k, qm, km, cfg, doc_ids, blocks, far=None):
                 m = mass[b, h, i, js]
                 target = m / m.sum()
                 w = m.sum().clamp_max(1.0)  # distill_rows=max: its maxima may sum past 1
-                scores = torch.stack([qm[b, h, i].double() @ km[b, h, j].double() for j in js]) / math.sqrt(
-                    qm.shape[-1]
-                )
+                qi = qm[b, h, i].double()
+                if bounds is None:
+                    scores = torch.stack([qi @ km[b, h, j].double() for j in js])
+                else:
+                    low, high = (x[b, h].double() for x in bounds)
+                    scores = torch.stack([torch.maximum(qi * low[j], qi * high[j]).sum() for j in js])
+                scores = scores / math.sqrt(qm.shape[-1])
                 log_p = torch.log_softmax(scores, 0)
                 kl = (target * (target.log() - log_p)).sum()
                 num, den = num + w * kl, den + w
@@ -257,6 +264,81 @@ def test_distill_loss_and_gradient_match_a_loop(docs, rows):
     for a, b in zip(g_got, g_want):
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("docs", [None, (90, 83)])
+def test_distill_bound_loss_and_gradient_match_a_loop(docs):
+    """distill_score=bound: the router's block scores are the leaf bound over the blocks' key min / max; loss and
+    gradients (to the mean query, the extremes; none to the key means) equal the loop's, and differ from mean's."""
+    t = 173
+    cfg = SSAConfig(**SMALL, routing="distill", distill_score="bound")
+    q, k = qk(2, 4, 2, t, 8, seed=21)
+    doc_ids = packed(2, *docs) if docs else None
+    g = torch.Generator().manual_seed(22)
+    nb = -(-t // cfg.block_size)
+    qm, km, a, b = (torch.randn(2, 2, nb, 8, generator=g, dtype=torch.float64) for _ in range(4))
+    low, high = torch.minimum(a, b), torch.maximum(a, b)
+    qm, km, low, high = (x.requires_grad_() for x in (qm, km, low, high))
+    blocks = distill_query_blocks(t, SSAConfig(**SMALL, distill_blocks=0), q.device)
+    got = router_distill_loss(q, k, PooledRoute(qm, km, t, low, high), cfg, doc_ids, query_blocks=blocks)
+    want = loop_loss(q, k, qm, km, cfg, doc_ids, blocks, bounds=(low, high))
+    mean = loop_loss(q, k, qm, km, cfg, doc_ids, blocks)
+    assert got.item() > 0 and abs(got.item() - mean.item()) > 1e-3
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-8)
+    g_got = torch.autograd.grad(got, (qm, low, high), retain_graph=True)
+    g_want = torch.autograd.grad(want, (qm, low, high))
+    for x, y in zip(g_got, g_want):
+        assert y.abs().sum() > 0
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-8)
+    assert torch.autograd.grad(got, km, allow_unused=True)[0] is None  # the means are not what it scores
+    with pytest.raises(ValueError, match=r"attention\.distill_score=mean"):  # no extremes (the SP wrappers' route)
+        router_distill_loss(q, k, PooledRoute(qm, km, t), cfg, doc_ids, query_blocks=blocks)
+
+
+def test_hf_layer_distils_the_bound_score_into_the_router_keys():
+    """A converted tiny HF model, one backward with routing=distill: under distill_score=bound the router (pooled
+    route, SSARouter.pooled with bounds_grad) gets the bound loss's gradient, in its key projection through the
+    per-token keys at each block's extremes, unlike under mean; the LM loss is the same."""
+    grads, losses = {}, {}
+    for score in ("mean", "bound"):
+        model = tiny_hf_model("llama")
+        cfg = SSAConfig(block_size=8, topk_blocks=2, local_window=16, top_nodes=4, routing="distill",
+                        distill_blocks=0, distill_weight=1.0, distill_score=score)  # fmt: skip
+        convert_to_ssa(model, cfg)
+        ids = torch.randint(0, model.config.vocab_size, (1, 96), generator=torch.Generator().manual_seed(1))
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        router = model.model.layers[1].self_attn.ssa_router
+        grads[score] = (router.q.weight.grad.clone(), router.k.weight.grad.clone())
+        losses[score] = out.loss.item()
+    assert losses["mean"] == losses["bound"]
+    for name, (a, b) in zip("qk", zip(grads["mean"], grads["bound"])):
+        assert a.abs().sum() > 0 and b.abs().sum() > 0, name
+        assert (a - b).abs().max() > 1e-2 * a.abs().max(), name
+
+
+def test_ssa_attention_distils_the_bound_of_a_per_token_route():
+    """ssa_attention given a per-token route (route_q, route_k) with distill_score=bound: the router's gradient is
+    the loop loss's with the blocks' mean query and their keys' min / max (block_minmax of route_k)."""
+    t, hidden = 160, 12
+    cfg = SSAConfig(**SMALL, routing="distill", distill_blocks=0, distill_weight=1.0, distill_score="bound")
+    q, k = qk(1, 4, 2, t, 8, seed=23)
+    v = torch.randn(1, 2, t, 8, generator=torch.Generator().manual_seed(24))
+    x = torch.randn(1, t, hidden, generator=torch.Generator().manual_seed(25), dtype=torch.float64)
+    proj = torch.nn.Linear(hidden, 2 * 2 * 8, dtype=torch.float64)
+
+    def route():
+        return proj(x).view(1, t, 2, 2, 8).permute(2, 0, 3, 1, 4)  # (q|k, Bt, Hkv, T, D)
+
+    rq, rk = route()
+    out = ssa_attention(q.double(), k.double(), v.double(), cfg, route=(rq, rk))
+    got = torch.autograd.grad(out.sum(), proj.weight)[0]
+    rq, rk = route()
+    blocks = distill_query_blocks(t, cfg, q.device)
+    qm, km = block_means(rq, 16), block_means(rk, 16)
+    want = torch.autograd.grad(loop_loss(q, k, qm, km, cfg, None, blocks, bounds=block_minmax(rk, 16)), proj.weight)
+    assert want[0].abs().sum() > 0
+    torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-7)  # the target's softmax is fp32
 
 
 @pytest.mark.parametrize("target", ["attended", "true_distance"])
@@ -366,6 +448,8 @@ def test_distill_config_errors_name_the_keys():
         SSAConfig(routing="distill", router="attention").validate()
     with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_target='far'.*attended"):
         to_config(compose_cfg(["attention=ssa", "attention.ssa.distill_target=far"]))
+    with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_score='max'.*bound"):
+        to_config(compose_cfg(["attention=ssa", "attention.ssa.distill_score=max"]))
     with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_rows='sum'.*max"):
         to_config(compose_cfg(["attention=ssa", "attention.ssa.distill_rows=sum"]))
     with pytest.raises(ConfigError, match=r"attention\.ssa\.distill_blocks"):

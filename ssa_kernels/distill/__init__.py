@@ -9,7 +9,8 @@ Distillation sees every candidate block: per sampled query block i, the target i
 attention mass of the block's rows (mean over its real rows and the G query heads of the kv head) on
 each routable key block j (the routed range: after the sinks, before the local window, in the
 document), renormalised over those blocks; the router's distribution is the softmax of its block scores
-``q_mean_i . k_mean_j / sqrt(d)`` (the selector's leaf scores) over the same blocks, and the loss is
+``q_mean_i . k_mean_j / sqrt(d)`` (the selector's leaf scores; with ``distill_score=bound`` the bound of
+leaf_score=bound) over the same blocks, and the loss is
 KL(target || router), weighted by the share of the block's dense mass that lies in the routed range (a
 query block that only looks at its window says little about where to route). This is DeepSeek-V3.2's
 indexer warm-up (KL to the summed attention distribution), at block granularity. ``cfg.distill_target``
@@ -45,6 +46,7 @@ __all__ = [
     "dense_block_mass",
     "distill_query_blocks",
     "doc_starts",
+    "router_block_scores",
     "router_distill_loss",
 ]
 
@@ -117,12 +119,29 @@ def router_distill_loss(
     target = target_mass / total.clamp_min(1e-30)[..., None]
     weight = torch.where(usable, total.clamp_max(1.0), 0.0)  # distill_rows=max: its rows' maxima may sum past 1
     qm = route.q_mean[:, :, query_blocks].float()  # (Bt, Hkv, nq, D)
-    logits = qm @ route.k_mean.float().transpose(-1, -2) / math.sqrt(qm.shape[-1])  # (Bt, Hkv, nq, nb)
+    logits = router_block_scores(qm, route, cfg) / math.sqrt(qm.shape[-1])  # (Bt, Hkv, nq, nb)
     log_p = torch.log_softmax(logits.masked_fill(~routable, -math.inf), dim=-1)
     # KL = sum_j t_j (log t_j - log p_j) over routable j with t_j > 0 (0 log 0 = 0, and -inf never multiplies)
     kl = torch.where(target > 0, target * (target.clamp_min(1e-30).log() - log_p.masked_fill(~routable, 0.0)), 0.0)
     kl = kl.sum(-1)  # (Bt, Hkv, nq)
     return (kl * weight).sum() / weight.sum().clamp_min(1e-30)
+
+
+def router_block_scores(qm: Tensor, route: PooledRoute, cfg: SSAConfig) -> Tensor:
+    """The router's scores of every block for the query blocks' mean routing queries qm [Bt, Hkv, nq, D] fp32,
+    as ``cfg.distill_score`` says: q_mean . k_mean, or the bound sum_d max(q_d low_d, q_d high_d) over the blocks'
+    token-key min / max (``route.k_low`` / ``k_high``), as q+ . high + q- . low: two products, no [.., nq, nb, D]
+    tensor. [Bt, Hkv, nq, nb] fp32, differentiable in qm and in the means or the extremes."""
+    if cfg.distill_score == "mean":
+        return qm @ route.k_mean.float().transpose(-1, -2)
+    if route.k_low is None or route.k_high is None:
+        raise ValueError(
+            "attention.distill_score=bound trains the blocks' bound scores, which need their token keys' min / max; "
+            "this PooledRoute has none (the sequence-parallel wrappers pool means only): set "
+            "attention.distill_score=mean"
+        )
+    low, high = route.k_low.float().transpose(-1, -2), route.k_high.float().transpose(-1, -2)
+    return qm.clamp_min(0) @ high + qm.clamp_max(0) @ low
 
 
 class AddAuxiliaryGradient(torch.autograd.Function):
