@@ -87,8 +87,19 @@ def level_ranks(rows: list[dict]) -> list[dict]:
     return out
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """One entry per (task, length), right and wrong answers apart."""
+def within_budgets(rows: list[dict], budgets: list[int]) -> dict[int, float]:
+    """Per routed budget K: the share of the rows' first-token (layer, kv head) searches whose needle block ranks
+    among the K best blocks (a search that dropped it at a coarser level counts as missing it). What another
+    ``topk_blocks`` would route with the same level-1 beam, exactly in layer 0; from layer 1 on the hidden states
+    would differ, so it is a forecast there."""
+    heads = [head for r in rows if r.get("needle_ranks_first") for layer in r["needle_ranks_first"] for head in layer]
+    if not heads or not budgets:
+        return {}
+    return {k: round(sum(0 <= head[0] < k for head in heads) / len(heads), 3) for k in budgets}
+
+
+def summarize(rows: list[dict], budgets: list[int] | None = None) -> list[dict]:
+    """One entry per (task, length), right and wrong answers apart; ``budgets``: also :func:`within_budgets`."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["task"], r["length"])].append(r)
@@ -109,6 +120,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "first_token": {outcome_name(k): round(v / total, 3) for k, v in sorted(lost.items())} if total else {},
                 "ranks": level_ranks(part),
             }
+            if budgets:
+                entry[name]["within"] = within_budgets(part, budgets)
         misses = [r["miss"] for r in rs if r["score"] < 100 and r.get("miss")]
         entry["wrong"]["read"] = {
             "with_miss": len(misses),  # rows of older evaluations carry no miss
@@ -132,6 +145,9 @@ def render(entries: list[dict]) -> str:
                 ranks = ", ".join(f"level {x['level']} {x['median']} / {x['width']} (kept {x['kept']:.2f} of {x['reached']})"
                                   for x in part["ranks"])  # fmt: skip
                 lines.append(f"          median rank / width: {ranks}")
+            if part.get("within"):
+                within = ", ".join(f"{k} {v:.2f}" for k, v in part["within"].items())
+                lines.append(f"          block ranked within K (share of searches): {within}")
         read = e["wrong"]["read"]
         if read["with_miss"]:
             lines.append(f"  wrong answers read: another word of the prompt {read['in_prompt']} of {read['with_miss']}, "
@@ -145,6 +161,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--json", type=Path, default=None, help="also write {file: entries} here")
     p.add_argument("--regenerate", metavar="TOKENIZER", default=None,
                    help="wrong rows without miss: rebuild their prompts under this tokenizer (byte or a dir)")  # fmt: skip
+    p.add_argument("--budgets", type=int, nargs="+", default=[], metavar="K",
+                   help="also the share of searches ranking the needle block among the K best (other topk_blocks)")  # fmt: skip
     args = p.parse_args(argv)
     report = {}
     for path in args.files:
@@ -153,7 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = read_rows(path)
         if args.regenerate and (unmatched := add_misses(rows, args.regenerate)):
             sys.stdout.write(f"{path}: {unmatched} wrong rows rebuilt to other answers, left without miss\n")
-        entries = summarize(rows)
+        entries = summarize(rows, args.budgets)
         report[str(path)] = entries
         sys.stdout.write(f"== {path}\n" + render(entries))
     if args.json:

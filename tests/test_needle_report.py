@@ -94,3 +94,21 @@ def test_ranks_per_level_count_only_the_searches_that_reached_the_level():
     text = load_script("needle_report").render([entry])
     assert "level 1 70 / 64 (kept 0.40 of 5)" in text
     assert load_script("needle_report").level_ranks([row(0, [0.0], [[0]])]) == []
+
+
+def test_budgets_give_the_share_of_searches_ranking_the_block_within_k(tmp_path, capsys):
+    """--budgets K: per right / wrong, the share of first-token (layer, kv head) searches whose block rank is < K,
+    a search that dropped the needle at a coarser level (rank -1) counting as a miss."""
+    widths = [16, 64]
+    wrong = row(0, [0.0], [[1, 1]]) | {"needle_widths_first": widths,
+                                       "needle_ranks_first": [[[-1, 100], [70, 2]], [[20, 10], [3, 63]]]}  # fmt: skip
+    right = row(100, [1.0], [[-1]]) | {"needle_widths_first": widths, "needle_ranks_first": [[[0, 1], [15, 1]]]}
+    script = load_script("needle_report")
+    (entry,) = script.summarize([wrong, right], budgets=[4, 16, 64, 128])
+    assert entry["wrong"]["within"] == {4: 0.25, 16: 0.25, 64: 0.5, 128: 0.75}
+    assert entry["right"]["within"] == {4: 0.5, 16: 1.0, 64: 1.0, 128: 1.0}
+    assert "within" not in script.summarize([wrong, right])[0]["wrong"]  # only when asked
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps(wrong) + "\n" + json.dumps(right) + "\n")
+    script.main([str(path), "--budgets", "16", "64"])
+    assert "block ranked within K (share of searches): 16 0.25, 64 0.50" in capsys.readouterr().out
