@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--regenerate", metavar="TOKENIZER", default=None,
                    help="wrong rows without miss: rebuild their prompts under this tokenizer (byte or a dir)")  # fmt: skip
     p.add_argument("--budgets", type=int, nargs="+", default=[], metavar="K",
-                   help="also the share of searches ranking the needle block among the K best (other topk_blocks)")  # fmt: skip
+                   help="also the share of searches ranking the needle block among the K best")  # fmt: skip
     args = p.parse_args(argv)
     report = {}
     for path in args.files:

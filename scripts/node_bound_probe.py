@@ -11,9 +11,10 @@ node's routable blocks j; ``ssa_kernels/selector/reference.py``). Evaluation onl
     python scripts/node_bound_probe.py --seeds 0 1 2 --json docs/results/node-bound-probe-cpu.json
 
 ``--train-ssa KEY=VALUE ...`` trains with other ``SSAConfig`` fields (e.g. ``distill_score=bound``: the router
-distilled through the bound score that ``leaf_score=bound`` reads it with). ``--leaf-scores mean bound`` also pairs the block scores (``attention.ssa.leaf_score``: the block's mean key, or the
-bound over its token keys), and ``--needle-tokens N`` trains and evaluates on needles of N tokens inside their
-block (the rest filler), which a block mean dilutes:
+distilled through the bound score that ``leaf_score=bound`` reads it with). ``--leaf-scores mean bound`` also pairs
+the block scores (``attention.ssa.leaf_score``: the block's mean key, or the bound over its token keys), and
+``--needle-tokens N`` trains and evaluates on needles of N tokens inside their block (the rest filler), which a block
+mean dilutes:
 
     python scripts/node_bound_probe.py --seeds 0 1 2 --steps 400 --needle-tokens 2 --leaf-scores mean bound \
         --json docs/results/leaf-bound-probe-cpu.json
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
                     )  # fmt: skip
                     row = {"seed": seed, "length": length, "beam_min": beam_min, "node_score": node,
                            "leaf_score": leaf, "needle_tokens": args.needle_tokens,
-                           "distractors": args.distractors, "dense_steps": args.dense_steps, "train_ssa": train_ssa, "accuracy": accuracy,
-                           "hit_rate": hit_rate}  # fmt: skip
+                           "distractors": args.distractors, "dense_steps": args.dense_steps, "train_ssa": train_ssa,
+                           "accuracy": accuracy, "hit_rate": hit_rate}  # fmt: skip
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     print(f"\naccuracy / hit rate, mean over seeds {args.seeds} (trained at {args.lengths[0]} tokens)")

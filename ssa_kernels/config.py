@@ -111,9 +111,10 @@ class SSAConfig:
     # score of leaf_score=mean. "bound": sum over dims of max(q_d * min_d, q_d * max_d) over each block's token
     # keys, leaf_score=bound's leaf score, so the router learns the score it is read with (fc63, 256K, 64 routed
     # blocks: leaf_score=bound at evaluation ranked a prose needle's block at median 19 on right answers against
-    # ~200 with mean leaves, on a router distilled through means). The gradient reaches the keys at each block's per-dimension
-    # extremes: every token is projected with gradient, [Bt, T, Hkv x d] kept for the backward per layer, so it
-    # is for the short distillation stages. Needs the router's own pooling (not the sequence-parallel wrappers).
+    # ~200 with mean leaves, on a router distilled through means). The gradient reaches the keys at each block's
+    # per-dimension extremes: every token is projected with gradient, [Bt, T, Hkv x d] kept for the backward per
+    # layer, so it is for the short distillation stages. Needs the router's own pooling (not the sequence-parallel
+    # wrappers).
     # Not the default: on the CPU toy (2-token needles, 3 seeds) it routed the needle less often at every length
     # (hit 0.46-0.67 against 0.75-0.91 distilling means; docs/ssa.md).
     distill_score: str = "mean"

@@ -65,7 +65,8 @@ def test_probe_trains_with_other_ssa_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(probe, "train_block_retrieval", train)
     out = tmp_path / "probe.json"
     probe.main(["--seeds", "0", "--steps", "2", "--lengths", "256", "--beam-mins", "1", "--samples", "4",
-                "--node-scores", "bound", "--train-ssa", "distill_score=bound", "beam_min=3", "--json", str(out)])  # fmt: skip
+                "--node-scores", "bound", "--train-ssa", "distill_score=bound", "beam_min=3",
+                "--json", str(out)])  # fmt: skip
     assert got == [{"distill_score": "bound", "beam_min": 3}]
     assert json.loads(out.read_text())["results"][0]["train_ssa"] == got[0]
     with pytest.raises(SystemExit):
