@@ -68,6 +68,11 @@ def outcome_name(value: int) -> str:
     return OUTCOMES.get(value, f"level {value}")
 
 
+def first_token_searches(rows: list[dict]) -> list[list[int]]:
+    """The rows' first-token searches, one per (row, layer, kv head): its needle ranks per level."""
+    return [head for r in rows if r.get("needle_ranks_first") for layer in r["needle_ranks_first"] for head in layer]
+
+
 def level_ranks(rows: list[dict]) -> list[dict]:
     """Per pyramid level (0 = blocks), over the rows' first-token ranks [layer][kv head][level] where the level was
     reached (rank >= 0; -1: dropped at a coarser level): how many, the median rank and the share within the width."""
@@ -75,8 +80,7 @@ def level_ranks(rows: list[dict]) -> list[dict]:
     if not rows:
         return []
     widths = rows[0]["needle_widths_first"]
-    heads = [head for r in rows if len(r["needle_widths_first"]) == len(widths)  # one pyramid height
-             for layer in r["needle_ranks_first"] for head in layer]  # fmt: skip
+    heads = first_token_searches([r for r in rows if len(r["needle_widths_first"]) == len(widths)])  # one height
     out = []
     for level, width in enumerate(widths):
         ranks = sorted(head[level] for head in heads if head[level] >= 0)
@@ -92,7 +96,7 @@ def within_budgets(rows: list[dict], budgets: list[int]) -> dict[int, float]:
     among the K best blocks (a search that dropped it at a coarser level counts as missing it). What another
     ``topk_blocks`` would route with the same level-1 beam, exactly in layer 0; from layer 1 on the hidden states
     would differ, so it is a forecast there."""
-    heads = [head for r in rows if r.get("needle_ranks_first") for layer in r["needle_ranks_first"] for head in layer]
+    heads = first_token_searches(rows)
     if not heads or not budgets:
         return {}
     return {k: round(sum(0 <= head[0] < k for head in heads) / len(heads), 3) for k in budgets}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from data import byte_tokenizer
+from data.tokenizer import load_tokenizer
 from ssa_kernels.hf import apply_nope_layers, convert_to_ssa
 from ssa_kernels.hf import from_pretrained as ssa_from_pretrained
 from train.config import AttentionConfig, ConfigError, ModelConfig
@@ -27,11 +27,11 @@ log = logging.getLogger(__name__)
 def build_tokenizer(cfg: ModelConfig):
     source = cfg.tokenizer if cfg.tokenizer is not None else (cfg.path or "byte")
     if source == "byte":
-        return byte_tokenizer()
+        return load_tokenizer(source)
     if not Path(source).expanduser().is_dir():
         key = "model.tokenizer" if cfg.tokenizer is not None else "model.path"
         raise ConfigError(f"{key}={source!r}: no such tokenizer directory (or use model.tokenizer=byte)")
-    tok = AutoTokenizer.from_pretrained(str(Path(source).expanduser()))
+    tok = load_tokenizer(source)
     if tok.eos_token_id is None:
         raise ConfigError(f"the tokenizer at {source} has no EOS token, which packing uses as separator")
     return tok
