@@ -38,6 +38,12 @@ one panel per task) and ``functional-context.md`` (the table). ``--docs`` copies
     python scripts/prove_functional_context.py --out runs/fc --models ssa --pretrain-min 2.5 --time-budget-min 2.5
     python scripts/prove_functional_context.py --out runs/fc2 --jobs 3 \
         --pretrained runs/fc/pretrain/checkpoints/step_00001100/model
+    python scripts/prove_functional_context.py --out runs/fc --join runs/fc-ssa runs/fc-base runs/fc-1m --docs
+
+``--join DIR[=RECIPE] ...`` trains and evaluates nothing: it joins the results of earlier ``--out`` directories (one
+run read by several calls, e.g. eval-only reads of one checkpoint at other lengths) into one document in ``--out``;
+``=RECIPE`` labels those rows (a table joining recipes gets a recipe column). A cell (model, recipe, task, length,
+depth) read in two directories is an error: leave one out.
     python scripts/prove_functional_context.py --out runs/fc --models ssa swa --pretrain-min 2.2 \
         --pretrain-override model.hf_config.rope_theta=1e8 train.steps=1100 --experiment functional_context_4k \
         --train-len 4096 --ssa-override attention.ssa.local_window=256 attention.ssa.topk_blocks=16 \
@@ -155,11 +161,17 @@ RECIPES["h200-4k-multikey"] = RECIPES["h200-4k-bound"] + [
 # (leaf_score=bound), 256 level-1 nodes kept and 64 routed blocks (4K tokens, 4x the trained budget; beams listed per
 # pyramid height, coarsest first: at 1M fc63b / d gave [64,256,512]). niah_multikey_1 at 256K 13 of 16 depths,
 # niah_single_2 6 of 8 at 256K and 3 of 3 at 1M; the recipe's own search (beams of 64, 16 blocks) read both 2 of 8.
+# Twenty-fourth session (fc64, a second training run, one H100): niah_multikey_1 16 of 16 at 256K and 5 of 5 at 1M,
+# niah_single_2 8 of 8 at 256K and 5 of 6 at 1M. The beams [64,256,512] serve every length: a query block's pyramid
+# is that of the blocks up to it, and rows of up to 4,096 blocks (256K) have three levels, for which the list's first
+# two entries are the [64,256] read at 256K; later rows of a 1M sequence have four and keep 512 level-1 nodes (1M's
+# reads). The grid is the issue's: both prose tasks and the noise haystack's single needle, 16K to 1M.
 RECIPES["h200-4k-prose"] = RECIPES["h200-4k-multikey"] + [
     "--override", "data.synthetic.extra_queries=8", "data.synthetic.extra_order=random",
-    "data.synthetic.tasks=[niah_single_1,niah_single_2,niah_multikey_1]", "--tasks", "niah_multikey_1", "niah_single_2",
-    "--eval-ssa", "node_score=bound", "leaf_score=bound", "beam_widths=[64,256]", "topk_blocks=64",
-    "--depths", *(f"{d / 10:g}" for d in range(1, 9)), "--eval-lengths", "256K"]  # fmt: skip
+    "data.synthetic.tasks=[niah_single_1,niah_single_2,niah_multikey_1]",
+    "--tasks", "niah_single_1", "niah_single_2", "niah_multikey_1",
+    "--eval-ssa", "node_score=bound", "leaf_score=bound", "beam_widths=[64,256,512]", "topk_blocks=64",
+    "--depths", *(f"{d / 10:g}" for d in range(1, 9)), "--eval-lengths", "16K", "64K", "256K", "1M"]  # fmt: skip
 SMOKE_BPE = ["--max-chars", "300000", "--synthetic-samples", "2", "--synthetic-length", "1024"]
 SMOKE_ARGS = dict(train_steps=2, train_len=1024, eval_lengths=["1024", "2048"], depths=[0.25, 0.75], samples=1,
                   max_new_tokens=16, ssa_topk=4, dense_max_len="2048")  # fmt: skip
@@ -264,6 +276,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check (seconds)")
     p.add_argument(
         "--docs", action="store_true", help="copy the results to docs/results and docs/functional_context.md"
+    )
+    p.add_argument(
+        "--join",
+        nargs="+",
+        default=[],
+        metavar="DIR[=RECIPE]",
+        help="join these earlier --out directories' results into --out (no training or evaluation); =RECIPE labels "
+        "a directory's rows",
     )
     args = p.parse_args(argv)
     if args.smoke:
@@ -447,20 +467,20 @@ def heatmap(rows: list[dict], model: str, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["task"] for r in rows})
+    tasks = sorted({(r["task"], r.get("recipe", "")) for r in rows})  # a panel per task (and recipe, if joined)
     lengths = sorted({r["length"] for r in rows})
     depths = sorted({r["depth"] for r in rows})
     fig, axes = plt.subplots(1, len(tasks), figsize=(1.6 + 1.0 * len(lengths) * len(tasks), 1.4 + 0.45 * len(depths)),
                              squeeze=False)  # fmt: skip
-    acc = {(r["task"], r["length"], r["depth"]): r["accuracy"] for r in rows}
-    for ax, task in zip(axes[0], tasks, strict=True):
-        values = [[acc.get((task, L, d), math.nan) for L in lengths] for d in depths]  # (depths, lengths)
+    acc = {(r["task"], r.get("recipe", ""), r["length"], r["depth"]): r["accuracy"] for r in rows}
+    for ax, (task, recipe) in zip(axes[0], tasks, strict=True):
+        values = [[acc.get((task, recipe, L, d), math.nan) for L in lengths] for d in depths]  # (depths, lengths)
         im = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(lengths)), [format_length(L) for L in lengths])
         ax.set_yticks(range(len(depths)), [f"{100 * d:.0f}%" for d in depths])
         ax.set_xlabel("length (tokens)")
         ax.set_ylabel("needle depth")
-        ax.set_title(f"{model}: {task}", fontsize=9)
+        ax.set_title(f"{model}: {task}" + (f"\n{recipe}" if recipe else ""), fontsize=9)
         for i, row in enumerate(values):
             for j, v in enumerate(row):
                 if not math.isnan(v):
@@ -472,19 +492,29 @@ def heatmap(rows: list[dict], model: str, path: Path) -> Path | None:
 
 
 def markdown_table(doc: dict) -> str:
-    """Accuracy per (model, task) x length, mean over depths; '-' where not evaluated."""
+    """Accuracy per (model, task) x length, mean over depths and samples, with the samples read in brackets; '-'
+    where not evaluated. Rows that carry a ``recipe`` (a table joining runs of several recipes) get a column for it."""
     rows = doc["results"]
     lengths = sorted({r["length"] for r in rows})
-    cells: dict[tuple, list[float]] = defaultdict(list)
+    cells: dict[tuple, list[tuple[float, int]]] = defaultdict(list)
     for r in rows:
-        cells[r["model"], r["task"], r["length"]].append(r["accuracy"])
-    keys = sorted({(r["model"], r["task"]) for r in rows}, key=lambda k: (MODELS.index(k[0]), k[1]))
-    lines = [f"Device: {doc['device']}; {doc['date']}; accuracy = mean score / 100 over depths and samples.", "",
-             "| model | task | " + " | ".join(format_length(L) for L in lengths) + " |",
-             "|---|---|" + "---:|" * len(lengths)]  # fmt: skip
-    for m, t in keys:
-        vals = [cells.get((m, t, L)) for L in lengths]
-        lines.append(f"| {m} | {t} | " + " | ".join(f"{sum(v) / len(v):.2f}" if v else "-" for v in vals) + " |")
+        cells[r["model"], r.get("recipe", ""), r["task"], r["length"]].append((r["accuracy"], r.get("samples", 1)))
+    keys = sorted({(r["model"], r.get("recipe", ""), r["task"]) for r in rows}, key=lambda k: (MODELS.index(k[0]), *k))
+    joined = any(recipe for _, recipe, _ in keys)
+    head = "| model | recipe | task | " if joined else "| model | task | "
+    lines = [f"Device: {doc['device']}; {doc['date']}; accuracy = mean score / 100 over depths and samples "
+             "(samples read in brackets).", "", head + " | ".join(format_length(L) for L in lengths) + " |",
+             "|" + "---|" * (2 + joined) + "---:|" * len(lengths)]  # fmt: skip
+
+    def cell(v: list[tuple[float, int]] | None) -> str:
+        if not v:
+            return "-"
+        n = sum(k for _, k in v)
+        return f"{sum(a * k for a, k in v) / n:.2f} ({n})"
+
+    for m, recipe, t in keys:
+        vals = " | ".join(cell(cells.get((m, recipe, t, L))) for L in lengths)
+        lines.append(f"| {m} | {recipe} | {t} | {vals} |" if joined else f"| {m} | {t} | {vals} |")
     commands = doc.get("commands") or {}
     if len(set(commands.values())) > 1:  # models run by separate commands into one --out
         by_command = defaultdict(list)
@@ -513,12 +543,73 @@ def write_results(
         "results": rows,
         "models": {**old.get("models", {}), **extra},
     }
+    return write_doc(out, doc)
+
+
+def write_doc(out: Path, doc: dict) -> dict:
+    """``functional-context.json``, ``.md`` (the table) and a heatmap per model into ``out``."""
+    path = out / "functional-context.json"
     path.write_text(json.dumps(doc, indent=1))
     (out / "functional-context.md").write_text(markdown_table(doc))
-    for model in sorted({r["model"] for r in rows}):
-        heatmap(rows, model, out / f"functional-context-{model}.png")
+    for model in sorted({r["model"] for r in doc["results"]}):
+        heatmap(doc["results"], model, out / f"functional-context-{model}.png")
     log.info("wrote %s", path)
     return doc
+
+
+def read_run(where: Path, spec: str) -> dict:
+    """An --out directory's document; for one cut by a time limit before it wrote it, rows from the samples its
+    evaluation had written (``<model>/eval/[<length>/]samples.jsonl``; train.eval appends one per sample)."""
+    path = where / "functional-context.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    rows = []
+    for model in MODELS:
+        files = sorted((where / model / "eval").glob("samples.jsonl")) + sorted(
+            (where / model).glob("eval/*/samples.jsonl")
+        )
+        samples = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+        rows += accuracy_rows(model, samples) if samples else []
+    if not rows:
+        raise SystemExit(
+            f"--join {spec}: no {path} and no evaluated samples (give a directory this script wrote with --out)"
+        )
+    stamp = datetime.datetime.fromtimestamp(
+        max(f.stat().st_mtime for f in where.rglob("samples.jsonl")), datetime.timezone.utc
+    )
+    return {"device": "unrecorded (cut before its results were written)", "date": stamp.isoformat(timespec="seconds"),
+            "command": f"unrecorded: cut before it wrote {path.name}; rows from its samples.jsonl", "results": rows}  # fmt: skip
+
+
+def join_runs(specs: list[str], argv: list[str]) -> dict:
+    """One document from earlier --out directories (``DIR`` or ``DIR=RECIPE``): their rows, each model's command and
+    summary keyed ``DIR/model``, the devices and the latest date. A cell read in two of them raises (SystemExit)."""
+    rows, commands, models, devices, dates, seen = [], {}, {}, [], [], {}
+    for spec in specs:
+        where, _, recipe = spec.partition("=")
+        doc = read_run(Path(where), spec)
+        for r in doc["results"]:
+            row = {**r, "recipe": recipe} if recipe else dict(r)
+            cell = (row["model"], row.get("recipe", ""), row["task"], row["length"], row["depth"])
+            if cell in seen:
+                raise SystemExit(f"--join: {cell} is in both {seen[cell]} and {where}; leave one of them out")
+            seen[cell] = where
+            rows.append(row)
+        run_models = sorted({r["model"] for r in doc["results"]})
+        by_model = doc.get("commands") or {m: doc["command"] for m in run_models}
+        commands.update({f"{where}/{m}": by_model.get(m, doc["command"]) for m in run_models})
+        models.update({f"{where}/{m}": v for m, v in doc.get("models", {}).items()})
+        devices += [doc["device"]] if doc["device"] not in devices else []
+        dates.append(doc["date"])
+    return {
+        "device": "; ".join(devices),
+        "date": max(dates),
+        "command": " ".join(["python", "scripts/prove_functional_context.py", *argv]),
+        "commands": commands,
+        "results": rows,
+        "models": models,
+        "joined": list(specs),
+    }
 
 
 def copy_to_docs(out: Path, doc: dict) -> None:
@@ -585,9 +676,15 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     argv = expand_recipe(list(sys.argv[1:] if argv is None else argv))  # the JSON's command: the whole run
     args = parse_args(argv)
-    register_configs()
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.join:
+        doc = write_doc(out, join_runs(args.join, argv))
+        if args.docs:
+            copy_to_docs(out, doc)
+        sys.stdout.write(markdown_table(doc))
+        return doc
+    register_configs()
     if not args.eval_only:
         args.tokenizer = resolve_tokenizer(args, out)
     rows, extra = [], {}

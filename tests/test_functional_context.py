@@ -1,6 +1,7 @@
 """Issue 6 on CPU: the document + synthetic data mix (data/mix.py), the sliding-window (swa) model's
 selection, the configs, and a --smoke run of scripts/prove_functional_context.py."""
 
+import dataclasses
 import itertools
 import json
 import random
@@ -17,7 +18,7 @@ from data.mix import MixedLoader, SyntheticRows
 from data.synthetic import generate
 from ssa_kernels.config import SSAConfig
 from ssa_kernels.diagnostics import SSARecorder
-from ssa_kernels.selector.reference import beam_width
+from ssa_kernels.selector.reference import beam_width, row_levels
 from tests.scripts_loader import load_script
 from train.__main__ import CONF_DIR
 from train.config import ConfigError, ModelConfig, to_config
@@ -287,6 +288,65 @@ def test_swa_selection_never_routes(tok):
 # --- the script -----------------------------------------------------------------------------------
 
 
+def test_table_weights_cells_by_samples_and_joins_recipes(tmp_path):
+    script = load_script("prove_functional_context")
+    row = dict(model="ssa", task="niah_single_1", length=16384, depth=0.2, accuracy=1.0, samples=1)
+    one = {"device": "d", "date": "t", "command": "c", "results": [row, {**row, "depth": 0.4, "accuracy": 0.0,
+                                                                          "samples": 3}]}  # fmt: skip
+    table = script.markdown_table(one)
+    assert "| model | task | 16K |" in table and "| ssa | niah_single_1 | 0.25 (4) |" in table  # 1 of 4 samples
+    joined = {**one, "results": [{**row, "recipe": "a"}, {**row, "task": "niah_multikey_1", "length": 1 << 20,
+                                                          "accuracy": 0.5, "recipe": "b"}]}  # fmt: skip
+    table = script.markdown_table(joined)
+    assert "| model | recipe | task | 16K | 1M |" in table and "|---|---|---|---:|---:|" in table
+    assert "| ssa | a | niah_single_1 | 1.00 (1) | - |" in table
+    assert "| ssa | b | niah_multikey_1 | - | 0.50 (1) |" in table
+    assert script.heatmap(joined["results"], "ssa", tmp_path / "h.png").is_file()
+
+
+def test_join_merges_runs_read_by_several_calls_and_refuses_a_cell_read_twice(tmp_path):
+    script = load_script("prove_functional_context")
+    row = dict(model="ssa", task="niah_single_1", length=16384, depth=0.5, accuracy=1.0, samples=1)
+
+    def run(name: str, rows: list[dict], **extra) -> str:
+        (tmp_path / name).mkdir()
+        doc = {"device": "H100", "date": f"2026-12-0{len(name)}", "command": f"cmd {name}", "results": rows, **extra}
+        (tmp_path / name / "functional-context.json").write_text(json.dumps(doc))
+        return str(tmp_path / name)
+
+    train = run("a", [row], models={"ssa": {"steps": 660}})
+    read = run("bb", [{**row, "length": 1 << 20, "accuracy": 0.0}])
+    base = run("ccc", [{**row, "model": "swa", "accuracy": 0.0}, {**row, "model": "dense"}],
+               commands={"swa": "cmd base", "dense": "cmd base"})  # fmt: skip
+    out = tmp_path / "joined"
+    doc = script.main(["--out", str(out), "--join", train, read, base])
+    assert [(r["model"], r["length"], r["accuracy"]) for r in doc["results"]] == [
+        ("ssa", 16384, 1.0), ("ssa", 1 << 20, 0.0), ("swa", 16384, 0.0), ("dense", 16384, 1.0)]  # fmt: skip
+    assert doc["commands"] == {f"{train}/ssa": "cmd a", f"{read}/ssa": "cmd bb", f"{base}/swa": "cmd base",
+                               f"{base}/dense": "cmd base"}  # fmt: skip
+    assert doc["models"] == {f"{train}/ssa": {"steps": 660}} and doc["date"] == "2026-12-03" and doc["device"] == "H100"
+    assert json.loads((out / "functional-context.json").read_text()) == doc
+    table = (out / "functional-context.md").read_text()
+    assert "| ssa | niah_single_1 | 1.00 (1) | 0.00 (1) |" in table and f"Command ({base}/dense, {base}/swa)" in table
+    assert (out / "functional-context-ssa.png").is_file()
+    # =RECIPE labels a directory's rows; the same cell under two labels is two rows
+    doc = script.main(["--out", str(out), "--join", f"{train}=r1", f"{train}=r2"])
+    assert [r["recipe"] for r in doc["results"]] == ["r1", "r2"]
+    with pytest.raises(SystemExit, match="in both"):
+        script.main(["--out", str(out), "--join", train, train])
+    with pytest.raises(SystemExit, match="no .*functional-context.json and no evaluated samples"):
+        script.main(["--out", str(out), "--join", str(tmp_path / "missing")])
+    # a read cut by its time limit before it wrote its document: rows from the samples it had written
+    cut = tmp_path / "cut" / "ssa" / "eval"
+    cut.mkdir(parents=True)
+    sample = dict(task="niah_multikey_1", length=1 << 20, depth=0.1, score=100.0, needle_routed=[1.0, 0.0])
+    cut.joinpath("samples.jsonl").write_text("\n".join(json.dumps({**sample, "depth": d}) for d in (0.1, 0.35)))
+    doc = script.main(["--out", str(out), "--join", train, str(tmp_path / "cut")])
+    assert [(r["task"], r["depth"], r["accuracy"], r["needle_routed"]) for r in doc["results"][1:]] == [
+        ("niah_multikey_1", 0.1, 1.0, 0.5), ("niah_multikey_1", 0.35, 1.0, 0.5)]  # fmt: skip
+    assert doc["commands"][f"{tmp_path / 'cut'}/ssa"].startswith("unrecorded")
+
+
 def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     script = load_script("prove_functional_context")
@@ -453,11 +513,22 @@ def test_eval_yarn_auto_drops_the_temperature_for_fixed_size_attention(tmp_path)
     # h200-4k-prose: h200-4k-multikey with prose-heavy stage-2 rows, read with bound leaves, wider beams, 64 blocks
     prose = script.parse_args(["--out", str(tmp_path), "--recipe", "h200-4k-prose"])
     assert prose.ssa_override == mk.ssa_override and prose.pretrain_override == mk.pretrain_override
-    assert prose.tasks == ["niah_multikey_1", "niah_single_2"] and prose.eval_lengths == ["256K"]
+    assert prose.tasks == ["niah_single_1", "niah_single_2", "niah_multikey_1"]
+    assert prose.eval_lengths == ["16K", "64K", "256K", "1M"]
     assert prose.depths == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-    cfg = SSAConfig(**dict(kv.split("=") for kv in prose.eval_ssa if "beam" not in kv), beam_widths=[64, 256])
+    cfg = SSAConfig(**dict(kv.split("=") for kv in prose.eval_ssa if "beam" not in kv), beam_widths=[64, 256, 512])
     assert (cfg.node_score, cfg.leaf_score, int(cfg.topk_blocks)) == ("bound", "bound", 64)
-    assert "beam_widths=[64,256]" in prose.eval_ssa
+    assert "beam_widths=[64,256,512]" in prose.eval_ssa
+    # one list for every length: the 256K reads' [64,256] on query blocks up to 256K, 512 level-1 nodes beyond
+    measured_256k = dataclasses.replace(cfg, beam_widths=[64, 256])
+    heights = row_levels((1 << 20) // cfg.block_size, cfg, torch.device("cpu"))  # each query block's pyramid
+    assert [int(heights[L // cfg.block_size - 1]) for L in (16 << 10, 64 << 10, 256 << 10, 1 << 20)] == [2, 3, 3, 4]
+    assert int(heights[4095]) == 3 and int(heights[4096]) == 4  # rows past 256K: the 1M search
+    for height in (1, 2, 3):
+        assert [beam_width(lv, height, cfg) for lv in range(1, height)] == [
+            beam_width(lv, height, measured_256k) for lv in range(1, height)
+        ]
+    assert [beam_width(lv, 4, cfg) for lv in (3, 2, 1)] == [64, 256, 512]
     data = script.to_config(script.compose_config("config", script.train_overrides("ssa", prose))).data.synthetic
     assert list(data.tasks) == ["niah_single_1", "niah_single_2", "niah_multikey_1"] and data.extra_queries == 8
     stage1 = [f"experiment={wide.pretrain_experiment}", "attention=dense", *wide.pretrain_override]

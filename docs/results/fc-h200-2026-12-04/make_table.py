@@ -2,7 +2,9 @@
 thirteenth session's fc42 calls, docs/results/fc-h200-2026-12-04/fc42): ssa trained and read at 1M by fc42.sh, read
 eval-only at 16K-256K, 4M and niah_multikey_2 16K-1M by fc42c.sh and at more positions (16K, 64K, 1M) by fc42d.sh;
 swa and dense trained from the same stage 1 and read by fc42b.sh. Writes the table, heatmaps and docs section through
-prove_functional_context's own code. Run from the repository root: python docs/results/fc-h200-2026-12-04/make_table.py"""
+prove_functional_context's own code. Run from the repository root: python docs/results/fc-h200-2026-12-04/make_table.py
+Since the twenty-fourth session docs/results holds fc42 joined with fc64 (docs/results/h100-2026-12-05i/make_table.py,
+which reads fc42's document as this script wrote it, kept here as functional-context-fc42.json)."""
 
 import importlib.util
 import json

@@ -1,0 +1,12 @@
+#!/bin/bash
+# Issue 6, twenty-fourth session's plan (~470 s, one GPU): one training run of --recipe h200-4k-prose read on the whole
+# grid by three calls back to back (fc65.sh, fc65b.sh, fc65c.sh), so that docs/results/functional-context.json is one
+# recipe's run rather than fc42 and fc64 joined. Here: stage 1 and the ssa stage 2 (as fc64.sh), read at 16K and 64K
+# on the recipe's three tasks (niah_single_1, niah_single_2, niah_multikey_1), 4 depths (~3-5 s a sample on an H100).
+# Copy to devrun/ with fclib.sh (docs/results/fc-h200-2026-12-04/); carry .whl and devrun:
+#   bash devrun/fc65.sh ; then at once bash devrun/fc65b.sh ; then at once bash devrun/fc65c.sh
+# CPU smoke: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" L1=1024 OUT=/tmp/o65 bash devrun/fc65.sh
+TAG=fc65; F=runs/fc65; TOTAL=${TOTAL:-570}; source devrun/fclib.sh
+prove ssa 560 --recipe h200-4k-prose --models ssa --needle-routing --time-budget-min ${TB:-4.4} \
+  --eval-lengths ${L1:-16K 64K} --depths 0.2 0.4 0.6 0.8
+echo "end t=$SECONDS"
