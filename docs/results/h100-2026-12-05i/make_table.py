@@ -76,9 +76,5 @@ doc = {
     },
 }
 with tempfile.TemporaryDirectory() as tmp:
-    out = Path(tmp)
-    (out / "functional-context.json").write_text(json.dumps(doc, indent=1))
-    for model in ("ssa", "swa", "dense"):
-        prove.heatmap(doc["results"], model, out / f"functional-context-{model}.png")
-    prove.copy_to_docs(out, doc)
+    prove.copy_to_docs(Path(tmp), prove.write_doc(Path(tmp), doc))
 print(prove.markdown_table(doc))
