@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from ssa_kernels.hf import ssa_config_of  # noqa: E402
 from train.probes import evaluate, train_block_retrieval  # noqa: E402
+from train.router_report import ssa_setting  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,17 +51,13 @@ def main(argv: list[str] | None = None) -> None:
         "--train-ssa",
         nargs="+",
         default=[],
+        type=ssa_setting,
         metavar="KEY=VALUE",
-        help="SSAConfig fields for training, e.g. distill_score=bound (strings; ints as digits)",
+        help="SSAConfig fields for training, e.g. distill_score=bound (values read as JSON where they parse)",
     )
     ap.add_argument("--json", default=str(REPO / "docs" / "results" / "node-bound-probe-cpu.json"))
     args = ap.parse_args(argv)
-    train_ssa = {}
-    for item in args.train_ssa:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--train-ssa {item!r}: give KEY=VALUE")
-        train_ssa[key] = int(value) if value.lstrip("-").isdigit() else value
+    train_ssa = dict(args.train_ssa)
     modes = [(node, leaf) for leaf in args.leaf_scores for node in args.node_scores]
     rows = []
     for seed in args.seeds:

@@ -563,20 +563,19 @@ def read_run(where: Path, spec: str) -> dict:
     path = where / "functional-context.json"
     if path.is_file():
         return json.loads(path.read_text())
-    rows = []
+    rows, read = [], []
     for model in MODELS:
         files = sorted((where / model / "eval").glob("samples.jsonl")) + sorted(
             (where / model).glob("eval/*/samples.jsonl")
         )
         samples = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
         rows += accuracy_rows(model, samples) if samples else []
+        read += files
     if not rows:
         raise SystemExit(
             f"--join {spec}: no {path} and no evaluated samples (give a directory this script wrote with --out)"
         )
-    stamp = datetime.datetime.fromtimestamp(
-        max(f.stat().st_mtime for f in where.rglob("samples.jsonl")), datetime.timezone.utc
-    )
+    stamp = datetime.datetime.fromtimestamp(max(f.stat().st_mtime for f in read), datetime.timezone.utc)
     return {"device": "unrecorded (cut before its results were written)", "date": stamp.isoformat(timespec="seconds"),
             "command": f"unrecorded: cut before it wrote {path.name}; rows from its samples.jsonl", "results": rows}  # fmt: skip
 
@@ -599,7 +598,8 @@ def join_runs(specs: list[str], argv: list[str]) -> dict:
         by_model = doc.get("commands") or {m: doc["command"] for m in run_models}
         commands.update({f"{where}/{m}": by_model.get(m, doc["command"]) for m in run_models})
         models.update({f"{where}/{m}": v for m, v in doc.get("models", {}).items()})
-        devices += [doc["device"]] if doc["device"] not in devices else []
+        if doc["device"] not in devices:
+            devices.append(doc["device"])
         dates.append(doc["date"])
     return {
         "device": "; ".join(devices),
