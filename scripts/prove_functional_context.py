@@ -30,7 +30,8 @@ evaluated earlier and not now are kept), ``functional-context-<model>.png`` (acc
 one panel per task) and ``functional-context.md`` (the table). ``--docs`` copies them to
 ``docs/results/`` and puts the table into ``docs/functional_context.md``.
 
-    python scripts/prove_functional_context.py --out runs/fc --recipe h200-4k   # the README's headline (9 min)
+    python scripts/prove_functional_context.py --out runs/fc --recipe h200-4k-prose   # the grid (one GPU)
+    python scripts/prove_functional_context.py --out runs/fc --recipe h200-4k-bound   # niah_single_1 to 4M
     python scripts/prove_functional_context.py --out runs/fc --models ssa swa dense
     python scripts/prove_functional_context.py --out runs/fc --eval-only --eval-lengths 16K 64K --depths 0.5
     python scripts/prove_functional_context.py --out runs/fc --eval-only --models ssa --checkpoint my/ckpt
@@ -192,7 +193,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", required=True, help="directory for checkpoints (<out>/<model>/) and results")
     p.add_argument(
-        "--recipe", choices=RECIPES, help="start from a measured run's arguments (h200-4k: the README's headline)"
+        "--recipe",
+        choices=RECIPES,
+        help="start from a measured run's arguments (h200-4k-prose: the issue's grid; h200-4k-bound: niah_single_1 to 4M)",
     )
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument(

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,8 +160,9 @@ def test_greedy_decoding_runs_through_the_ssa_decode_path(tmp_path, ssa_dir, mon
     calls = []
     step = ssa_kernels.decode.ssa_decode_step
 
-    def counting_step(*args, **kw):
+    def counting_step(*args, **kw):  # each decode step of each layer takes >= 20 ms: decode_s must hold them
         calls.append(1)
+        time.sleep(0.02)
         return step(*args, **kw)
 
     monkeypatch.setattr(ssa_kernels.decode, "ssa_decode_step", counting_step)
@@ -172,6 +174,8 @@ def test_greedy_decoding_runs_through_the_ssa_decode_path(tmp_path, ssa_dir, mon
         assert ROW_KEYS <= set(r) and r["decode"] == "ssa" and 1 <= r["new_tokens"] <= 4
         assert 0.0 <= r["score"] <= 100.0 and isinstance(r["pred"], str)
         assert 0 < r["prompt_tokens"] <= r["length"] - 128  # RULER keeps 128 tokens for a niah answer
+        assert r["prefill_s"] > 0 and r["decode_s"] >= 0.02 * 2 * (r["new_tokens"] - 1)  # 2 layers
+        assert r["prefill_s"] + r["decode_s"] <= r["seconds"] + 0.002  # each rounded to 1 ms
     assert len(calls) == 2 * sum(r["new_tokens"] - 1 for r in rows)  # 2 layers
     assert json.loads((tmp_path / "results.json").read_text())["results"] == rows
 

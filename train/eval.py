@@ -312,15 +312,32 @@ class GreedyDecoder:
             pad_token_id=self.pad,
             return_dict_in_generate=True,
         )
-        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen)
-        new = out.sequences[0, ids.shape[1] :]  # (new,)
+        # prefill_s / decode_s: where a sample's time goes. The model's first forward is the prefill; a hook on
+        # the model, not a generate streamer, since HF defers its streamer's tokens where it defers stop checks
+        prefilled: list[float] = []
+
+        def mark_prefill(*_) -> None:
+            if not prefilled:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                prefilled.append(time.perf_counter())
+
+        hook = self.model.register_forward_hook(mark_prefill)
+        start = time.perf_counter()
+        try:
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen)
+        finally:
+            hook.remove()
+        new = out.sequences[0, ids.shape[1] :].cpu()  # (new,); waits for the last step
         cache = getattr(out, "cache", None)  # transformers >= 5.2x; past_key_values before
         cache = cache if cache is not None else getattr(out, "past_key_values", None)
         states = getattr(cache, "ssa_decode_states", None) or {}
         # every layer kept an SSA decode state on the cache: the prompt prefilled it and new tokens advanced it
         decode = "ssa" if len(states) == self.layers else "dense"
+        end = time.perf_counter()
         pred = self.tokenizer.decode(new, skip_special_tokens=True)
-        return pred, {"new_tokens": int(new.numel()), "decode": decode}
+        times = {"prefill_s": round(prefilled[0] - start, 3), "decode_s": round(end - prefilled[0], 3)}
+        return pred, {"new_tokens": int(new.numel()), "decode": decode, **times}
 
 
 def max_new_tokens_of(sample: Sample, config: EvalConfig) -> int:
