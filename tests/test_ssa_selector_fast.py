@@ -236,14 +236,48 @@ def test_topk_larger_than_candidates():
         assert torch.equal(getattr(fast, name), getattr(ref, name)), name
 
 
-def test_very_wide_beams_fall_back_to_the_reference():
-    """Beams keeping every node need ~nb candidate slots per query block: past _MAX_SLOTS the reference runs."""
+def test_very_wide_beams_fall_back_to_the_reference(monkeypatch):
+    """Beams keeping every node need ~nb candidate slots per query block: past _MAX_SLOTS * _MAX_WARPS the reference
+    runs (here 2,048 slots against one warp's 1,024, with _MAX_WARPS set to 1)."""
     cfg = SSAConfig(block_size=1, branching=2, topk_blocks=3, local_window=1, sink_blocks=1, beam_widths=WIDE)
     cfg.top_nodes = 2
     q, k = make_qk(1, 1, 1, 1500, 2)
+    assert not fast_module._use_reference(q, k, 1500, cfg)  # 2,048 slots: two warps
+    assert fast_module._use_reference(q, k, 20000, cfg)  # 16,384 slots: more than 8 warps hold
+    monkeypatch.setattr(fast_module, "_MAX_WARPS", 1)
+    assert fast_module._use_reference(q, k, 1500, cfg)
     fast, ref = select_blocks_fast(q, k, cfg), select_blocks(q, k, cfg)
     for name in ("indices", "routed", "routed_scores", "candidates"):
         assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+
+
+# The issue-6 recipe's search (beams [64,256,512], branching 8, 64 top nodes) over 4,500 blocks of one token: rows
+# past 4,096 blocks have four levels, as a 1M row of 64-token blocks, and need 4,096 leaf slots.
+WIDE_RECIPE = SSAConfig(block_size=1, branching=8, topk_blocks=8, local_window=4, sink_blocks=1,
+                        beam_widths=[64, 256, 512], top_nodes=64, beam_min=64)  # fmt: skip
+
+
+@pytest.mark.parametrize("scores", [("mean", "mean"), ("bound", "bound")], ids=["mean", "both-bound"])
+def test_search_wider_than_a_warp_matches_reference(scores, poisoned_and_no_fallback):
+    """Over _MAX_SLOTS candidate slots the kernel takes a warp per _MAX_SLOTS (four here) instead of handing the search
+    to the reference (which the fixture forbids): same selection as the reference, into garbage-filled outputs."""
+    seq_len = 4500
+    ma, mb = fast_module._slots(fast_module._runs(seq_len, WIDE_RECIPE), WIDE_RECIPE)
+    assert (ma, mb) == (1024, 4096) and mb > fast_module._MAX_SLOTS
+    assert fast_module._shared_constants(WIDE_RECIPE, seq_len, 4, ma, mb, 1)["num_warps"] == 4
+    q, k = make_qk(1, 2, 1, seq_len, 4, seed=5)
+    doc_ids = None  # one document: the late rows' ranges hold every earlier block (documents: the cases above)
+    cfg = SSAConfig(**{**vars(WIDE_RECIPE), "node_score": scores[0], "leaf_score": scores[1]})
+    if scores == ("mean", "mean"):
+        fast_sel, ref_sel, same = assert_matches_reference(q, k, cfg, doc_ids)
+    else:
+        fast_sel, ref_sel = select_blocks_fast(q, k, cfg, doc_ids), select_blocks(q, k, cfg, doc_ids)
+        assert_bound_search_matches_reference(
+            fast_sel, ref_sel, select_blocks(q, k, WIDE_RECIPE, doc_ids), 1, 1, seq_len, cfg, doc_ids,
+            reference_search(q, k, cfg, doc_ids),
+        )  # fmt: skip
+    four_levels = fast_sel.candidates[0, 0, 4096:]  # scored candidates, every level: > 2,048 slots' worth a row
+    assert four_levels.min() > 2048 and torch.equal(four_levels, ref_sel.candidates[0, 0, 4096:])
 
 
 def test_runs_follow_row_levels():
@@ -461,4 +495,26 @@ def test_cuda_bound_scores_match_reference(scores):
     assert_bound_search_matches_reference(
         select_blocks_fast(q, k, bound, doc_ids), select_blocks(q, k, bound, doc_ids),
         select_blocks(q, k, cfg, doc_ids), 2, 2, q.shape[2], bound, doc_ids, reference_search(q, k, bound, doc_ids),
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("scores", [("mean", "mean"), ("bound", "bound")], ids=["mean", "both-bound"])
+def test_cuda_search_wider_than_a_warp_matches_reference(scores):
+    """The issue-6 model's shape and search on the GPU past 4,096 blocks of 64 tokens (256K), where beams [64,256,512]
+    need 4,096 leaf slots: four warps a row, compiled, against the reference (bf16 inputs, two documents)."""
+    cfg = SSAConfig(topk_blocks=64, local_window=256, beam_widths=[64, 256, 512], beam_min=64,
+                    node_score=scores[0], leaf_score=scores[1])  # fmt: skip
+    seq_len = 64 * 4200 + 17
+    assert max(fast_module._slots(fast_module._runs(4201, cfg), cfg)) == 4096
+    q, k = make_qk(1, 8, 4, seq_len, 64, seed=6)
+    doc_ids = make_doc_ids(1, seq_len, 2, seed=6).cuda()
+    q, k = q.cuda().bfloat16(), k.cuda().bfloat16()
+    if scores == ("mean", "mean"):
+        assert_matches_reference(q, k, cfg, doc_ids, max_differing=0.01)
+        return
+    mean = SSAConfig(**{**vars(cfg), "node_score": "mean", "leaf_score": "mean"})
+    assert_bound_search_matches_reference(
+        select_blocks_fast(q, k, cfg, doc_ids), select_blocks(q, k, cfg, doc_ids), select_blocks(q, k, mean, doc_ids),
+        1, 4, seq_len, cfg, doc_ids, reference_search(q, k, cfg, doc_ids),
     )  # fmt: skip

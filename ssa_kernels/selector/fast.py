@@ -59,8 +59,12 @@ four at an edge) where the mean reads one, and O(n log n) memory for the tables 
 bf16 where exact: ``_tables``; J = log2 of the coarsest node's blocks + 1).
 A partial node needs no edge terms: the tables bound any run of blocks.
 
+Wide beams: a warp holds ``_MAX_SLOTS`` candidate slots of a row in its registers; a wider search (the issue-6
+recipe's ``beam_widths=[64,256,512]`` needs 2,048 slots at 256K and 4,096 at 1M) gets a warp per ``_MAX_SLOTS``
+slots (the same registers a thread), up to ``_MAX_WARPS``.
+
 Falls back to the reference for fp64 inputs (exact oracle, gradcheck), ``topk_blocks == 0``, very wide
-beams (a candidate set over ``_MAX_SLOTS``), and CPU tensors outside Triton's interpreter.
+beams (a candidate set over ``_MAX_SLOTS * _MAX_WARPS``), and CPU tensors outside Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ class Tuning:
     11.0 ms, 1/2/8 12.8 ms, 2/2/8 12.6 ms, 1/4/16 19.0 ms."""
 
     rows: int = 1  # query blocks per program of the select kernel
-    num_warps: int = 1  # warps per program of the select kernel: reductions stay inside the warp
+    num_warps: int = 1  # warps per program of the select kernel, per _MAX_SLOTS slots: reductions stay in a warp
     dim_chunk: int = 4  # head-dim elements per step of the leaves' gather (registers: rows x slots x chunk)
     pool_blocks: int = 1  # blocks per program of the pooling kernel
     pool_warps: int = 4
@@ -114,9 +118,12 @@ class Tuning:
 
 
 TUNING = Tuning()
-# Candidate slots per query block (pow2) above which the kernel is not used (very wide beams, whose tiles
-# would not fit a warp's registers): the reference runs.
+# Candidate slots per query block (pow2) that one warp's registers hold (the decode kernel's limit). The select kernel
+# takes a warp per _MAX_SLOTS slots, up to _MAX_WARPS; beyond, the reference runs. Why wider at all: the issue-6
+# recipe's beams [64,256,512] need 2,048 slots at 256K and 4,096 at 1M, which the PyTorch reference served in every
+# layer's prefill (1.1 s a call at 1M with beams of 64 alone, 8 kv heads; a 1M sample of the recipe: ~40 s).
 _MAX_SLOTS = 1024
+_MAX_WARPS = 8
 
 # Order key of "no candidate": below the order key of every fp32 score, -inf included (-2139095041).
 _NONE: tl.constexpr = tl.constexpr(-(2**31))
@@ -733,7 +740,7 @@ def _use_reference(q: Tensor, k: Tensor, seq_len: int, cfg: SSAConfig) -> bool:
     ma, mb = _slots(_runs(_num_blocks(seq_len, cfg.block_size), cfg), cfg)
     on_device = q.is_cuda or _INTERPRETED
     reference = torch.float64 in (q.dtype, k.dtype) or cfg.topk_blocks == 0
-    return reference or max(ma, mb) > _MAX_SLOTS or not on_device
+    return reference or max(ma, mb) > _MAX_SLOTS * _MAX_WARPS or not on_device
 
 
 def _tables(lev: Tensor, bt: int, hkv: int, nb: int, cfg: SSAConfig, leaf) -> tuple[Tensor, Tensor]:
@@ -786,7 +793,7 @@ def _shared_constants(
         TP=_pow2(cfg.topk_blocks), SINK=cfg.sink_blocks, LOCAL=cfg.local_blocks, S=size, SP=_pow2(size), D=d, DP=dp,
         BDA=bda, BDB=bdb, LP=_pow2(len(_level_sizes(nb, cfg))), NODE_BOUND=cfg.node_score == "bound",
         LEAF_BOUND=cfg.leaf_score == "bound", J=j, EDGES_APART=tuning.bound_edges_apart and br == brp,
-        num_warps=tuning.num_warps,
+        num_warps=min(32, tuning.num_warps * max(1, max(ma, mb) // _MAX_SLOTS)),  # a warp per _MAX_SLOTS slots
     )  # fmt: skip
 
 
