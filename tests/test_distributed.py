@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,8 @@ def job_env(**extra: str) -> dict[str, str]:
     # 2026-12-04, never alone) left nothing else to read. 2026-12-05: it also aborts with DeepSpeed's shared-memory
     # allreduce op not loaded (tried, reverted), a few seconds after start, the main thread in C++ with no Python frame.
     # Not reproduced outside the full suite: 60 lone runs under 3x concurrency and 4 runs of the four torchrun-heavy
-    # files under xdist -n 2 all passed (seventeenth session).
+    # files under xdist -n 2 all passed (seventeenth session). Seen again 2026-12-05 (twenty-fifth session, clean-clone
+    # CI): run_workers now runs a job aborted that way once more (THIRD_PARTY_ABORT).
     env.update(PYTHONFAULTHANDLER="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
@@ -141,14 +143,28 @@ def torchrun(nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
 
 
+# The one failure run_workers retries: a rank aborted by C++ std::terminate with no exception and no Python frame, a
+# few seconds after start (test_offload's world-2 case, once more in the twenty-fifth session's clean-clone CI; see
+# job_env). No assertion of ours can fail that way, so a second run decides; any other failure fails at once.
+THIRD_PARTY_ABORT = "terminate called without an active exception"
+
+
 def run_workers(script: str | Path, nproc: int, *args: str) -> None:
     """Run a test file's ``__main__`` worker under torchrun (``nproc`` ranks, ``args`` after the path) and
-    require every rank to exit 0."""
-    out = subprocess.run(
-        [*torchrun(nproc), str(script), *args],
-        cwd=REPO_ROOT, env=job_env(PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=TIMEOUT_S,
-    )  # fmt: skip
-    check_ok(out.returncode, out.stdout + out.stderr)
+    require every rank to exit 0 (once more after a :data:`THIRD_PARTY_ABORT`, with a warning)."""
+    for attempt in range(2):
+        out = subprocess.run(
+            [*torchrun(nproc), str(script), *args],
+            cwd=REPO_ROOT, env=job_env(PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=TIMEOUT_S,
+        )  # fmt: skip
+        text = out.stdout + out.stderr
+        before_abort = text.split(THIRD_PARTY_ABORT)[0]
+        if out.returncode == 0 or attempt == 1 or before_abort == text or "Traceback" in before_abort:
+            break  # passed, retried already, or a failure other than the abort (a Python error came first)
+        warnings.warn(
+            f"{Path(script).name}: a rank aborted ({THIRD_PARTY_ABORT}); again:\n{text[-2000:]}", stacklevel=2
+        )
+    check_ok(out.returncode, text)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -255,3 +271,28 @@ def test_launch_help():
     assert "NNODES=2 NODE_RANK=<i> RDZV_ENDPOINT=node0:29500 scripts/launch.sh parallel=ddp" in out.stdout
     for var in ("NNODES", "NODE_RANK", "NPROC_PER_NODE", "RDZV_ENDPOINT", "RUN_ID"):
         assert var in out.stdout
+
+
+ABORTING_WORKER = """
+import os, sys
+from pathlib import Path
+runs = Path(sys.argv[1])
+runs.write_text(runs.read_text() + "x" if runs.exists() else "x")  # one x a run
+if sys.argv[2] == "error":
+    raise AssertionError("a real failure")
+if len(runs.read_text()) == 1:  # first run: the third-party abort
+    sys.stderr.write("terminate called without an active exception\\n")
+    sys.stderr.flush()
+    os.abort()
+"""
+
+
+def test_run_workers_retries_only_the_third_party_abort(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(ABORTING_WORKER)
+    with pytest.warns(UserWarning, match="a rank aborted"):
+        run_workers(script, 1, str(tmp_path / "abort-runs"), "abort")  # aborts, then passes
+    assert (tmp_path / "abort-runs").read_text() == "xx"
+    with pytest.raises(AssertionError, match="a real failure"):
+        run_workers(script, 1, str(tmp_path / "error-runs"), "error")  # a Python error: no second run
+    assert (tmp_path / "error-runs").read_text() == "x"
