@@ -502,19 +502,20 @@ def test_cuda_bound_scores_match_reference(scores):
 @pytest.mark.parametrize("scores", [("mean", "mean"), ("bound", "bound")], ids=["mean", "both-bound"])
 def test_cuda_search_wider_than_a_warp_matches_reference(scores):
     """The issue-6 model's shape and search on the GPU past 4,096 blocks of 64 tokens (256K), where beams [64,256,512]
-    need 4,096 leaf slots: four warps a row, compiled, against the reference (bf16 inputs, two documents)."""
+    need 4,096 leaf slots: four warps a row, compiled, against the reference (bf16 inputs, one prompt as in an
+    evaluation; documents: the cases above)."""
     cfg = SSAConfig(topk_blocks=64, local_window=256, beam_widths=[64, 256, 512], beam_min=64,
                     node_score=scores[0], leaf_score=scores[1])  # fmt: skip
     seq_len = 64 * 4200 + 17
     assert max(fast_module._slots(fast_module._runs(4201, cfg), cfg)) == 4096
     q, k = make_qk(1, 8, 4, seq_len, 64, seed=6)
-    doc_ids = make_doc_ids(1, seq_len, 2, seed=6).cuda()
     q, k = q.cuda().bfloat16(), k.cuda().bfloat16()
     if scores == ("mean", "mean"):
-        assert_matches_reference(q, k, cfg, doc_ids, max_differing=0.01)
-        return
-    mean = SSAConfig(**{**vars(cfg), "node_score": "mean", "leaf_score": "mean"})
-    assert_bound_search_matches_reference(
-        select_blocks_fast(q, k, cfg, doc_ids), select_blocks(q, k, cfg, doc_ids), select_blocks(q, k, mean, doc_ids),
-        1, 4, seq_len, cfg, doc_ids, reference_search(q, k, cfg, doc_ids),
-    )  # fmt: skip
+        fast_sel, ref_sel, _ = assert_matches_reference(q, k, cfg, None, max_differing=0.01)
+    else:
+        fast_sel, ref_sel = select_blocks_fast(q, k, cfg), select_blocks(q, k, cfg)
+        mean = SSAConfig(**{**vars(cfg), "node_score": "mean", "leaf_score": "mean"})
+        assert_bound_search_matches_reference(
+            fast_sel, ref_sel, select_blocks(q, k, mean), 1, 4, seq_len, cfg, None, reference_search(q, k, cfg, None),
+        )  # fmt: skip
+    assert fast_sel.candidates[:, :, 4096:].min() > 2048  # the rows of four levels scored more than two warps' slots
