@@ -5,6 +5,7 @@
 # niah_single_2, 8 depths each (~13 s a sample).
 # CPU smoke after fc65.sh's: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" L1=1024 L2=2048 OUT=/tmp/o65 bash devrun/fc65b.sh
 TAG=fc65b; F=runs/fc65; TOTAL=${TOTAL:-570}; source devrun/fclib.sh
+source devrun/widelib.sh; wide 120  # the wide search: tested once per machine, else the reference
 S1=$(ls -d $F-ssa/pretrain/checkpoints/step_*/model 2>/dev/null | tail -1)
 C=$F-ssa/ssa
 [ -n "$S1" ] && [ -d $C ] || { echo "no $F-ssa checkpoints: the machine went cold after fc65.sh; run it again"; exit 1; }

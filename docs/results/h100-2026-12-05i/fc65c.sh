@@ -4,6 +4,7 @@
 # are the 1M search on rows past 256K.
 # CPU smoke after fc65b.sh's: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" L2=2048 L3=2048 OUT=/tmp/o65 bash devrun/fc65c.sh
 TAG=fc65c; F=runs/fc65; TOTAL=${TOTAL:-570}; source devrun/fclib.sh
+source devrun/widelib.sh; wide 120  # the wide search: tested once per machine, else the reference
 C=$F-ssa/ssa
 [ -d $C ] || { echo "no $C: the machine went cold after fc65.sh; run it again"; exit 1; }
 ev() { local name=$1 limit=$2; shift 2
