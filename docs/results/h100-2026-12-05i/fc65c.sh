@@ -3,12 +3,8 @@
 # then at 1M on the recipe's three tasks, 3 depths each (~42 s a sample on one H100); the recipe's beams [64,256,512]
 # are the 1M search on rows past 256K.
 # CPU smoke after fc65b.sh's: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" L2=2048 L3=2048 OUT=/tmp/o65 bash devrun/fc65c.sh
-TAG=fc65c; F=runs/fc65; TOTAL=${TOTAL:-570}; source devrun/fclib.sh
-source devrun/widelib.sh; wide 120  # the wide search: tested once per machine, else the reference
-C=$F-ssa/ssa
-[ -d $C ] || { echo "no $C: the machine went cold after fc65.sh; run it again"; exit 1; }
-ev() { local name=$1 limit=$2; shift 2
-  prove $name $limit --recipe h200-4k-prose --models ssa --eval-only --checkpoint $C --needle-routing "$@"; }
+TAG=fc65c; F=runs/fc65; TOTAL=${TOTAL:-570}; source devrun/fc65lib.sh
+trained; wide 120  # the wide search: tested once per machine, else the reference
 ev mk 150 --tasks niah_multikey_1 --eval-lengths ${L2:-256K}
 ev w 420 --eval-lengths ${L3:-1M} --depths 0.2 0.5 0.8
 echo "end t=$SECONDS"

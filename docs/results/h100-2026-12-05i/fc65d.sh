@@ -4,10 +4,8 @@
 # call site's time is its device time); $OUT/prof.txt: the functions by cumulative and by own time. The sample rows
 # of every eval since this session also carry prefill_s / decode_s.
 # CPU smoke after fc65.sh's: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" L=2048 OUT=/tmp/o65 bash devrun/fc65d.sh
-TAG=fc65d; F=runs/fc65; TOTAL=${TOTAL:-300}; source devrun/fclib.sh
-source devrun/widelib.sh; wide 120  # the wide search: tested once per machine, else the reference
-C=$F-ssa/ssa
-[ -d $C ] || { echo "no $C: the machine went cold after fc65.sh; run it again"; exit 1; }
+TAG=fc65d; F=runs/fc65; TOTAL=${TOTAL:-300}; source devrun/fc65lib.sh
+trained; wide 120  # the wide search: tested once per machine, else the reference
 CUDA_LAUNCH_BLOCKING=1 timeout $((TOTAL - SECONDS - 20)) python3 -m cProfile -o $O/prof.out \
   scripts/prove_functional_context.py --out $F-prof --recipe h200-4k-prose --models ssa --eval-only --checkpoint $C \
   --needle-routing --tasks niah_single_2 --eval-lengths ${L:-1M} --depths 0.5 $EXTRA > $O/prof.log 2>&1
