@@ -20,9 +20,10 @@ Per model in ``--models`` (ssa | swa | dense; same model, data and steps):
    ``<out>/<model>/eval/<length>/``, lengths beyond ``--train-len`` with YaRN rope scaling of factor
    length / train-len (no fine-tuning: the positional half of extrapolation, docs/functional_context.md).
 
-``--pretrained DIR`` starts every model from stage-1 weights trained earlier instead. ``--jobs N`` runs up to N
-models side by side, each in its own process (this script with one model; its log in ``<out>/<model>/log.txt``):
-a 30M model leaves most of an H200 idle, so the three models take little longer than the slowest.
+``--pretrained DIR`` starts every model from stage-1 weights trained earlier instead. ``--jobs N`` trains up to N
+models side by side, each in its own process (this script with one model; its log in ``<out>/<model>/log.txt``),
+then evaluates them side by side once all have trained: a 30M model leaves most of an H200 idle, so the three models
+take little longer than the slowest. ``--train-only`` trains and evaluates nothing.
 
 Then writes into ``--out``: ``functional-context.json`` ({"device", "date", "command", "results":
 [{"model", "task", "length", "depth", "accuracy", "samples"}]}, accuracy = mean score / 100; models
@@ -218,10 +219,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--jobs",
         type=int,
         default=1,
-        help="train and evaluate up to this many models side by side, one process each (a small model leaves "
-        "most of a GPU idle); their logs go to <out>/<model>/log.txt. Under --time-budget-min the costliest model "
-        "gets fewest steps: an SSA stage 2 beside four others ran 253 of 380 steps (fc14)",
+        help="train up to this many models side by side, one process each (a small model leaves most of a GPU "
+        "idle), then evaluate them side by side once all have trained; their logs go to <out>/<model>/log.txt. Under"
+        " --time-budget-min the costliest model gets fewest steps: an SSA stage 2 beside four others ran 253 of 380 "
+        "steps (fc14)",
     )
+    p.add_argument("--train-only", action="store_true", help="train, evaluate nothing (later: --eval-only)")
     p.add_argument("--rows-to", default=None, help=argparse.SUPPRESS)  # a --jobs child: write rows here only
     p.add_argument("--pretrain-experiment", default="functional_context_short", help="conf/experiment/<name>.yaml")
     p.add_argument("--pretrain-override", nargs="*", default=[], help="extra Hydra overrides for the pretraining")
@@ -304,6 +307,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--eval-ssa {' '.join(args.eval_ssa)}: give KEY=VALUE pairs, e.g. far_distance=128")
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
+    if args.train_only and (args.eval_only or args.join):
+        p.error("--train-only trains and evaluates nothing: leave out --eval-only and --join")
     for value in args.eval_lengths + [args.dense_max_len]:
         parse_length(value)
     return args
@@ -639,6 +644,8 @@ def run_model(model: str, args: argparse.Namespace, out: Path, pretrained: str |
     """Train (unless --eval-only) and evaluate one model: (accuracy rows, its summary)."""
     run_dir = out / model
     info = {} if args.eval_only else train_model(model, args, run_dir, pretrained)
+    if args.train_only:
+        return [], info
     checkpoint = args.checkpoint or str(run_dir)
     t0 = time.perf_counter()
     rows = eval_model(model, args, checkpoint, run_dir / "eval")
@@ -646,9 +653,22 @@ def run_model(model: str, args: argparse.Namespace, out: Path, pretrained: str |
 
 
 def run_side_by_side(args: argparse.Namespace, argv: list[str], out: Path, pretrained: str | None):
-    """--jobs: each model in its own process (this script, the same arguments, one model, the shared stage-1
-    weights), at most --jobs at a time; yields (model, rows, summary) as they finish. A failed child raises
-    with its log's path."""
+    """--jobs: every model trained side by side (``--train-only`` children), then every model evaluated side by
+    side (``--eval-only`` children); yields (model, rows, summary) as evaluations finish. Evaluations wait for all
+    training: a dense 1M prefill (~36 s of a whole H100) beside the ssa model's training starved it to 363 of 660
+    steps within its time budget (fc66x, docs/functional_context.md)."""
+    trained: dict[str, dict] = {}
+    if not args.eval_only:
+        for model, _, summary in run_children(args, [*argv, "--train-only"], out, pretrained, "w"):
+            trained[model] = summary
+    for model, rows, summary in run_children(args, [*argv, "--eval-only"], out, pretrained, "a" if trained else "w"):
+        yield model, rows, {**trained.get(model, {}), **summary}
+
+
+def run_children(args: argparse.Namespace, argv: list[str], out: Path, pretrained: str | None, log_mode: str):
+    """Each model in its own process (this script, ``argv``, one model, the shared stage-1 weights), at most --jobs
+    at a time, its output in ``<out>/<model>/log.txt`` (opened with ``log_mode``); yields (model, rows, summary) as
+    they finish. A failed child stops the others and raises with its log's path."""
     pending, running = list(args.models), {}
     while pending or running:
         while pending and len(running) < args.jobs:
@@ -658,9 +678,9 @@ def run_side_by_side(args: argparse.Namespace, argv: list[str], out: Path, pretr
             rows_to.unlink(missing_ok=True)
             cmd = [sys.executable, __file__, *argv, "--models", model, "--pretrain-min", "0", "--jobs", "1",
                    "--rows-to", str(rows_to)] + (["--pretrained", pretrained] if pretrained else [])  # fmt: skip
-            log_file = open(out / model / "log.txt", "w")  # noqa: SIM115 (closed when the child ends)
+            log_file = open(out / model / "log.txt", log_mode)  # noqa: SIM115 (closed when the child ends)
             running[model] = (subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT), log_file, rows_to)
-            log.info("%s: started (log %s)", model, log_file.name)
+            log.info("%s: started %s (log %s)", model, argv[-1].lstrip("-"), log_file.name)
         time.sleep(1.0)
         for model, (proc, log_file, rows_to) in list(running.items()):
             if proc.poll() is None:
@@ -707,6 +727,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.rows_to:  # a --jobs child: the parent merges
         Path(args.rows_to).write_text(json.dumps({"rows": rows, "summary": extra[args.models[0]]}))
         return {"results": rows, "models": extra}
+    if args.train_only:  # the results document is for evaluations: --eval-only writes it
+        log.info("trained %s into %s (evaluate with --eval-only)", ", ".join(args.models), out)
+        return {"results": [], "models": extra}
     doc = write_results(out, rows, list(args.models), args, extra, argv)
     if args.docs:
         copy_to_docs(out, doc)

@@ -351,7 +351,9 @@ def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     script = load_script("prove_functional_context")
     out = tmp_path / "fc"
-    doc = script.main(["--out", str(out), "--smoke", "--models", "ssa", "swa", "--jobs", "2"])  # side by side
+    # side by side; ssa trains longer, so that an evaluation started before all training ended would show
+    doc = script.main(["--out", str(out), "--smoke", "--ssa-override", "train.steps=6", "--models", "ssa", "swa",
+                       "--jobs", "2"])  # fmt: skip
     assert set(doc) >= {"device", "date", "command", "results"}
     rows = doc["results"]
     assert {tuple(sorted(r)) for r in rows} == {("accuracy", "depth", "length", "model", "samples", "task")}
@@ -362,11 +364,16 @@ def test_smoke_run_trains_evaluates_and_writes_the_schema(tmp_path, monkeypatch)
     for name in ("functional-context.md", "functional-context-ssa.png", "functional-context-swa.png"):
         assert (out / name).is_file(), name
     assert doc["command"].endswith("--models ssa swa --jobs 2")
-    for model in ("ssa", "swa"):
-        assert (out / model / "log.txt").is_file()  # each model ran in its own process
-        assert doc["models"][model]["steps"] == 2
+    trained, evaluating = [], []
+    for model, steps in (("ssa", 6), ("swa", 2)):
+        log_text = (out / model / "log.txt").read_text()  # each model ran in its own processes: train, then eval
+        trained += [line[:23] for line in log_text.splitlines() if f"{model}: trained {steps} steps" in line]
+        evaluating += [line[:23] for line in log_text.splitlines() if "train.eval: evaluating" in line]
+        assert doc["models"][model]["steps"] == steps
+        assert doc["models"][model]["evaluated"] == str(out / model)
         assert list((out / model / "checkpoints").glob("step_*/model/config.json"))
         assert (out / model / "eval" / "results.json").is_file()
+    assert len(trained) == len(evaluating) == 2 and max(trained) < min(evaluating)  # all trained before any eval
     # eval-only on one model: its rows are replaced, the other model's kept; --eval-yarn: one evaluation per
     # length, YaRN of factor length / train-len beyond the training length (1024 in smoke), none within it
     doc2 = script.main(["--out", str(out), "--smoke", "--eval-only", "--models", "swa", "--eval-lengths", "1024",
@@ -437,6 +444,14 @@ def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch, tokeni
     assert not (tmp_path / "fc2" / "pretrain").exists()
     with pytest.raises(SystemExit):  # not a model dir
         script.parse_args(["--out", str(tmp_path), "--pretrained", str(tmp_path)])
+    # --train-only: a checkpoint and no results document; --eval-only reads it later
+    fc3 = tmp_path / "fc3"
+    doc3 = script.main(["--out", str(fc3), "--smoke", "--models", "swa", "--pretrained", pre["model"], "--train-only"])
+    assert doc3["results"] == [] and doc3["models"]["swa"]["steps"] == 2 and "evaluated" not in doc3["models"]["swa"]
+    assert list((fc3 / "swa" / "checkpoints").glob("step_*/model/config.json"))
+    assert not (fc3 / "functional-context.json").exists() and not (fc3 / "swa" / "eval").exists()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--out", str(fc3), "--train-only", "--eval-only"])
 
 
 def test_recipe_expands_to_the_measured_run_and_the_command_line_wins(tmp_path):
