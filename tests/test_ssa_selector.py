@@ -197,10 +197,23 @@ def test_gather_in_chunks_gives_the_same_selection(monkeypatch):
     q, k = make_qk(2, 4, 2, 333, 8, torch.float64)  # fp64: chunking may round differently, never flip a choice
     whole = select_blocks(q, k, cfg)
     monkeypatch.setattr(reference, "_GATHER_FLOATS", 3 * 8)  # 3 candidates per chunk, last chunk ragged
+    monkeypatch.setattr(reference, "_GATHER_TOTAL", 0)  # no whole-buffer allowance: small chunks everywhere
     chunked = select_blocks(q, k, cfg)
     for name in ("indices", "routed", "routed_scores", "candidates"):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name))
     torch.testing.assert_close(routing_scores(q, k, whole.routed, cfg), whole.routed_scores)
+
+
+def test_few_query_blocks_gather_their_candidates_in_one_chunk():
+    """A decode step (one query block per (b, h)) gathers a 1M search's 4,096 leaf candidates at once; a prefill's
+    many query blocks keep the per-block bound (16 KiB of fp32 a block)."""
+    import ssa_kernels.selector.reference as reference
+
+    d = 64
+    assert reference._gather_chunk(1 * 4 * 1, 4 * d) >= 4096  # batch 1, 4 kv heads, one query block
+    assert reference._gather_chunk(1 * 4 * 16384, 4 * d) == reference._GATHER_FLOATS // (4 * d)  # a 1M prefill
+    rows = 4 * 300
+    assert rows * reference._gather_chunk(rows, d) * d <= max(reference._GATHER_TOTAL, rows * reference._GATHER_FLOATS)
 
 
 def test_ties_prefer_the_smaller_block_index():

@@ -283,6 +283,17 @@ def _ascending(node: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
 # Candidate summaries gathered at once, per (b, h, query block): bounds the [Bt, Hkv, nb, chunk, D] gather
 # buffer at 16 KiB of fp32 per query block instead of M x D (e.g. 224 x 128 at the default config).
 _GATHER_FLOATS = 4096
+# ... unless the whole buffer stays under this many floats (16 MiB of fp32) with more: a decode step searches one
+# query block, and 16 KiB chunks split its 4,096 bound-scored blocks (beams of 512 level-1 nodes at 1M) into 256
+# chunks of ~10 small kernels each, so a 1M decode step on an H100 was launch-bound at ~1.2 s for ten layers
+# (docs/functional_context.md, "Twenty-eighth session"). A prefill's many query blocks keep the bound above.
+_GATHER_TOTAL = 1 << 22
+
+
+def _gather_chunk(rows: int, floats_per_slot: int) -> int:
+    """Candidate slots gathered per chunk for ``rows`` (b, h, query block) rows of ``floats_per_slot`` floats each:
+    ``_GATHER_FLOATS`` per row, or more while the whole chunk stays within ``_GATHER_TOTAL``."""
+    return max(1, _GATHER_FLOATS // floats_per_slot, _GATHER_TOTAL // max(1, rows * floats_per_slot))
 
 
 def _score_nodes(q_sum: Tensor, level: Tensor, node: Tensor) -> Tensor:
@@ -292,7 +303,7 @@ def _score_nodes(q_sum: Tensor, level: Tensor, node: Tensor) -> Tensor:
     row0 = (torch.arange(bt * hkv, device=node.device) * n).view(bt, hkv, 1, 1)  # first row of each (b, h)
     rows = node.clamp(0, n - 1) + row0  # (Bt, Hkv, nb, M): padding reads row 0, masked by the caller
     flat = level.reshape(-1, d)  # (Bt * Hkv * n, D)
-    chunk = max(1, _GATHER_FLOATS // d)
+    chunk = _gather_chunk(rows[..., 0].numel(), d)
     scores = []
     for part in rows.split(chunk, dim=-1):  # a few chunks of candidate slots, never of query blocks
         picked = flat.index_select(0, part.reshape(-1)).view(*part.shape, d)  # (Bt, Hkv, nb, chunk, D)
@@ -374,7 +385,7 @@ def _score_ranges(
     row0 = (torch.arange(bt * hkv, device=node.device) * n1).view(bt, hkv, 1, 1)  # first row of each (b, h)
     flat = prefix.reshape(-1, d)  # (Bt * Hkv * (nb + 1), D)
     qd = q_sum.to(torch.float64).unsqueeze(-1)  # (Bt, Hkv, nb, D, 1)
-    chunk = max(1, _GATHER_FLOATS // d)
+    chunk = _gather_chunk(start[..., 0].numel(), d)
     parts = []
     for s_part, e_part in zip(start.split(chunk, dim=-1), end.split(chunk, dim=-1)):
         hi_rows = flat.index_select(0, (e_part + row0).reshape(-1)).view(*e_part.shape, d)  # (..., chunk, D)
@@ -467,7 +478,7 @@ def _bound_ranges(q_sum: Tensor, bounds: BlockBounds, node: Tensor, cover: int, 
     row0 = (torch.arange(bt * hkv, device=node.device) * cap).view(bt, hkv, 1, 1) + j * (bt * hkv * cap)
     low, high = bounds.low.reshape(-1, d), bounds.high.reshape(-1, d)
     qd = q_sum.to(torch.float64).unsqueeze(-2)  # (Bt, Hkv, nb, 1, D)
-    chunk = max(1, _GATHER_FLOATS // (4 * d))  # four gathers (two runs x min / max) live at once, not two
+    chunk = _gather_chunk(start[..., 0].numel(), 4 * d)  # four gathers (two runs x min / max) live at once
     parts = []
     for s_part, e_part, r_part in zip(start.split(chunk, -1), last.split(chunk, -1), row0.split(chunk, -1)):
         a, b = (s_part + r_part).reshape(-1), (e_part + r_part).reshape(-1)

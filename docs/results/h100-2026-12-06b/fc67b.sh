@@ -5,5 +5,7 @@
 # CPU smoke after fc67.sh's: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" L4=8192 OUT=/tmp/o67 bash devrun/fc67b.sh
 TAG=fc67b; F=runs/fc67; TOTAL=${TOTAL:-575}; source devrun/fc66lib.sh
 need ssa
+# the decode search's time and launches per step (the old rule beside the new; seconds), then the 4M read
+python3 scripts/bench_decode_search.py --n 262144 1048576 --out $O/decode-search.json 2>&1 | grep '^|'
 ev f 570 ssa --eval-lengths ${L4:-4M} --tasks niah_single_1 niah_multikey_1 --depths 0.2 0.5 0.8
 echo "end t=$SECONDS"
