@@ -1,7 +1,8 @@
 #!/bin/bash
 # Issue 6, after fc67.sh on the same warm machine: fc67's ssa model at 4M on the recipe's two target tasks, 3 depths
 # each (fc42's other recipe read 4M at 29-30 s a sample on an H200 with beams of 64; this recipe's [64,256,512] beams
-# and bound leaves cost ~18 s a sample at 1M, so ~4x that is expected; each sample is written as it is read).
+# and bound leaves took ~18 s a sample at 1M in fc66x, 5 s prefill + 12 s decode, the decode since cut by the search's
+# gathers in one chunk: expect ~20 s of prefill at 4M plus a few of decode; each sample is written as it is read).
 # CPU smoke after fc67.sh's: NOPIP=1 PYTHONPATH=$PWD EXTRA="--smoke" L4=8192 OUT=/tmp/o67 bash devrun/fc67b.sh
 TAG=fc67b; F=runs/fc67; TOTAL=${TOTAL:-575}; source devrun/fc66lib.sh
 need ssa
