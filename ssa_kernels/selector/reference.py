@@ -303,7 +303,7 @@ def _score_nodes(q_sum: Tensor, level: Tensor, node: Tensor) -> Tensor:
     row0 = (torch.arange(bt * hkv, device=node.device) * n).view(bt, hkv, 1, 1)  # first row of each (b, h)
     rows = node.clamp(0, n - 1) + row0  # (Bt, Hkv, nb, M): padding reads row 0, masked by the caller
     flat = level.reshape(-1, d)  # (Bt * Hkv * n, D)
-    chunk = _gather_chunk(rows[..., 0].numel(), d)
+    chunk = _gather_chunk(math.prod(rows.shape[:-1]), d)
     scores = []
     for part in rows.split(chunk, dim=-1):  # a few chunks of candidate slots, never of query blocks
         picked = flat.index_select(0, part.reshape(-1)).view(*part.shape, d)  # (Bt, Hkv, nb, chunk, D)
@@ -385,7 +385,7 @@ def _score_ranges(
     row0 = (torch.arange(bt * hkv, device=node.device) * n1).view(bt, hkv, 1, 1)  # first row of each (b, h)
     flat = prefix.reshape(-1, d)  # (Bt * Hkv * (nb + 1), D)
     qd = q_sum.to(torch.float64).unsqueeze(-1)  # (Bt, Hkv, nb, D, 1)
-    chunk = _gather_chunk(start[..., 0].numel(), d)
+    chunk = _gather_chunk(math.prod(start.shape[:-1]), d)
     parts = []
     for s_part, e_part in zip(start.split(chunk, dim=-1), end.split(chunk, dim=-1)):
         hi_rows = flat.index_select(0, (e_part + row0).reshape(-1)).view(*e_part.shape, d)  # (..., chunk, D)
@@ -478,7 +478,7 @@ def _bound_ranges(q_sum: Tensor, bounds: BlockBounds, node: Tensor, cover: int, 
     row0 = (torch.arange(bt * hkv, device=node.device) * cap).view(bt, hkv, 1, 1) + j * (bt * hkv * cap)
     low, high = bounds.low.reshape(-1, d), bounds.high.reshape(-1, d)
     qd = q_sum.to(torch.float64).unsqueeze(-2)  # (Bt, Hkv, nb, 1, D)
-    chunk = _gather_chunk(start[..., 0].numel(), 4 * d)  # four gathers (two runs x min / max) live at once
+    chunk = _gather_chunk(math.prod(start.shape[:-1]), 4 * d)  # four gathers (two runs x min / max) live at once
     parts = []
     for s_part, e_part, r_part in zip(start.split(chunk, -1), last.split(chunk, -1), row0.split(chunk, -1)):
         a, b = (s_part + r_part).reshape(-1), (e_part + r_part).reshape(-1)
