@@ -659,16 +659,19 @@ def run_side_by_side(args: argparse.Namespace, argv: list[str], out: Path, pretr
     steps within its time budget (fc66x, docs/functional_context.md)."""
     trained: dict[str, dict] = {}
     if not args.eval_only:
-        for model, _, summary in run_children(args, [*argv, "--train-only"], out, pretrained, "w"):
+        for model, _, summary in run_children(args, argv, "--train-only", out, pretrained, "w"):
             trained[model] = summary
-    for model, rows, summary in run_children(args, [*argv, "--eval-only"], out, pretrained, "a" if trained else "w"):
+    for model, rows, summary in run_children(args, argv, "--eval-only", out, pretrained, "a" if trained else "w"):
         yield model, rows, {**trained.get(model, {}), **summary}
 
 
-def run_children(args: argparse.Namespace, argv: list[str], out: Path, pretrained: str | None, log_mode: str):
-    """Each model in its own process (this script, ``argv``, one model, the shared stage-1 weights), at most --jobs
-    at a time, its output in ``<out>/<model>/log.txt`` (opened with ``log_mode``); yields (model, rows, summary) as
-    they finish. A failed child stops the others and raises with its log's path."""
+def run_children(
+    args: argparse.Namespace, argv: list[str], phase: str, out: Path, pretrained: str | None, log_mode: str
+):
+    """Each model in its own process (this script, ``argv`` plus ``phase``: --train-only or --eval-only, one model,
+    the shared stage-1 weights), at most --jobs at a time, its output in ``<out>/<model>/log.txt`` (opened with
+    ``log_mode``); yields (model, rows, summary) as they finish. A failed child stops the others and raises with its
+    log's path."""
     pending, running = list(args.models), {}
     while pending or running:
         while pending and len(running) < args.jobs:
@@ -676,11 +679,11 @@ def run_children(args: argparse.Namespace, argv: list[str], out: Path, pretraine
             (out / model).mkdir(parents=True, exist_ok=True)
             rows_to = out / model / "rows.json"
             rows_to.unlink(missing_ok=True)
-            cmd = [sys.executable, __file__, *argv, "--models", model, "--pretrain-min", "0", "--jobs", "1",
+            cmd = [sys.executable, __file__, *argv, phase, "--models", model, "--pretrain-min", "0", "--jobs", "1",
                    "--rows-to", str(rows_to)] + (["--pretrained", pretrained] if pretrained else [])  # fmt: skip
             log_file = open(out / model / "log.txt", log_mode)  # noqa: SIM115 (closed when the child ends)
             running[model] = (subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT), log_file, rows_to)
-            log.info("%s: started %s (log %s)", model, argv[-1].lstrip("-"), log_file.name)
+            log.info("%s: started %s (log %s)", model, phase.lstrip("-"), log_file.name)
         time.sleep(1.0)
         for model, (proc, log_file, rows_to) in list(running.items()):
             if proc.poll() is None:
