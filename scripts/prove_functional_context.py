@@ -654,13 +654,16 @@ def run_model(model: str, args: argparse.Namespace, out: Path, pretrained: str |
 
 def run_side_by_side(args: argparse.Namespace, argv: list[str], out: Path, pretrained: str | None):
     """--jobs: every model trained side by side (``--train-only`` children), then every model evaluated side by
-    side (``--eval-only`` children); yields (model, rows, summary) as evaluations finish. Evaluations wait for all
-    training: a dense 1M prefill (~36 s of a whole H100) beside the ssa model's training starved it to 363 of 660
-    steps within its time budget (fc66x, docs/functional_context.md)."""
+    side (``--eval-only`` children; none under --train-only); yields (model, rows, summary) as evaluations finish.
+    Evaluations wait for all training: a dense 1M prefill (~36 s of a whole H100) beside the ssa model's training
+    starved it to 363 of 660 steps within its time budget (fc66x, docs/functional_context.md)."""
     trained: dict[str, dict] = {}
     if not args.eval_only:
         for model, _, summary in run_children(args, argv, "--train-only", out, pretrained, "w"):
             trained[model] = summary
+    if args.train_only:  # no evaluation phase (its children would refuse --train-only beside --eval-only)
+        yield from ((model, [], summary) for model, summary in trained.items())
+        return
     for model, rows, summary in run_children(args, argv, "--eval-only", out, pretrained, "a" if trained else "w"):
         yield model, rows, {**trained.get(model, {}), **summary}
 

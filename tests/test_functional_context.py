@@ -444,12 +444,17 @@ def test_pretrain_stage_is_where_each_model_starts(tmp_path, monkeypatch, tokeni
     assert not (tmp_path / "fc2" / "pretrain").exists()
     with pytest.raises(SystemExit):  # not a model dir
         script.parse_args(["--out", str(tmp_path), "--pretrained", str(tmp_path)])
-    # --train-only: a checkpoint and no results document; --eval-only reads it later
+    # --train-only: a checkpoint and no results document; --eval-only reads it later. With --jobs, the models
+    # train side by side and no evaluation phase follows
     fc3 = tmp_path / "fc3"
-    doc3 = script.main(["--out", str(fc3), "--smoke", "--models", "swa", "--pretrained", pre["model"], "--train-only"])
-    assert doc3["results"] == [] and doc3["models"]["swa"]["steps"] == 2 and "evaluated" not in doc3["models"]["swa"]
-    assert list((fc3 / "swa" / "checkpoints").glob("step_*/model/config.json"))
-    assert not (fc3 / "functional-context.json").exists() and not (fc3 / "swa" / "eval").exists()
+    doc3 = script.main(["--out", str(fc3), "--smoke", "--models", "swa", "dense", "--jobs", "2", "--pretrained",
+                        pre["model"], "--train-only"])  # fmt: skip
+    assert doc3["results"] == []
+    assert not (fc3 / "functional-context.json").exists()
+    for model in ("swa", "dense"):
+        assert doc3["models"][model]["steps"] == 2 and "evaluated" not in doc3["models"][model]
+        assert list((fc3 / model / "checkpoints").glob("step_*/model/config.json"))
+        assert not (fc3 / model / "eval").exists()
     with pytest.raises(SystemExit):
         script.parse_args(["--out", str(fc3), "--train-only", "--eval-only"])
 
