@@ -131,7 +131,12 @@ def check(override: dict | None = None) -> float:
     worst = 0.0
     tri.POISON = True
     # Few kernel specialisations (compiles are slow): docs + bias everywhere, T not a multiple of 16.
+    gluon_calls = []  # the Gluon forward serves only calls without documents (tri._gluon.supported)
+    real_gluon = tri._gluon.forward
+    tri._gluon.forward = lambda *a, **kw: gluon_calls.append(1) or real_gluon(*a, **kw)
     for bt, hq, hkv, t, d, bs, docs_on, split in [
+        (2, 8, 2, 3000, 128, 64, False, 3),
+        (1, 32, 8, 8100, 128, 64, False, None),
         (2, 8, 2, 3000, 128, 64, True, 3),
         (1, 32, 8, 8100, 128, 64, True, None),
         (1, 4, 4, 1500, 64, 64, True, 2),
@@ -165,6 +170,8 @@ def check(override: dict | None = None) -> float:
             " ".join(f"{n}={e:.2e}" for n, e in errs.items()), "NONFINITE:" + ",".join(bad) if bad else "")  # fmt: skip
     tri.POISON = False
     tri.CONFIG_OVERRIDE.clear()
+    tri._gluon.forward = real_gluon
+    log(f"check: Gluon forward calls {len(gluon_calls)}")
     log(f"check: max rel err {worst:.2e} ({'OK' if worst <= 1e-2 else 'FAIL'})")
     return worst
 
@@ -274,11 +281,17 @@ def _interleaved(name: str, specs: list[str], T: int, reps: int, call, flops: fl
         log(f"T={T} variant {name} [{spec or 'defaults'}] best {ms:8.1f} ms  {flops / ms / 1e9:6.0f} TFLOP/s")
 
 
-def fwd_variants(specs: list[str], T: int, reps: int) -> None:
-    """The forward alone at T under each spec ("fwd:BLOCK_M=128,num_warps=8"), its output compared."""
+def fwd_variants(specs: list[str], T: int, reps: int, docs: int = 0) -> None:
+    """The forward alone at T under each spec ("fwd:BLOCK_M=128,num_warps=8"), its output compared; with ``docs``
+    documents of equal length (the document mask on every listed block; their visible pairs are fewer, but the FLOP/s
+    column keeps the maskless count)."""
     q, k, v, idx, fl = setup(T)
+    doc = (torch.arange(T, device="cuda") * docs // T).view(1, T) if docs else None
     with torch.no_grad():
-        _interleaved("fwd", specs, T, reps, lambda: tri.sparse_attention_triton(q, k, v, idx, BS)[:1], fl)
+        _interleaved(
+            "fwd" + (f"-docs{docs}" if docs else ""), specs, T, reps,
+            lambda: tri.sparse_attention_triton(q, k, v, idx, BS, doc_ids=doc)[:1], fl,
+        )  # fmt: skip
 
 
 def bwd_variants(specs: list[str], T: int, reps: int) -> None:
@@ -301,6 +314,8 @@ def sweep(specs: list[str], T: int) -> None:
         nums = [int(x) for x in cfg.split(",")]
         tri.CONFIG_OVERRIDE.clear()
         tri.CONFIG_OVERRIDE[kind] = dict(zip(("BLOCK_M", "num_warps", "num_stages", "TMA", "BLOCK_N", "KT"), nums))
+        if kind == "fwd":  # the sweep's numbers are the Triton forward's: not the Gluon one that is the default
+            tri.CONFIG_OVERRIDE[kind].setdefault("GLUON", 0)
         tri.KV_ORDER = order[0] if order else "kb"
         try:
             with torch.no_grad():
@@ -340,6 +355,7 @@ def main() -> None:
         default="",
         help='whole backward at --sweep-T under each ";"-separated override, e.g. "; dq:BLOCK_M=64,num_warps=4"',
     )
+    ap.add_argument("--docs", type=int, default=0, help="--fwd-variants: this many equal documents (mask on)")
     ap.add_argument("--layout", choices=("bhtd", "hf"), default="bhtd", help="q/k/v memory layout of --sizes")
     ap.add_argument("--block-size", type=int, default=64, choices=(64, 128), help="SSA block of --sizes/--sweep")
     a = ap.parse_args()
@@ -360,7 +376,7 @@ def main() -> None:
         bench_size(T, a.reps if T <= 131072 else max(1, a.reps - 1), a.fwd_only)
         torch.cuda.empty_cache()
     if a.fwd_variants:
-        fwd_variants([x.strip() for x in a.fwd_variants.split(";")], a.sweep_T, a.reps)
+        fwd_variants([x.strip() for x in a.fwd_variants.split(";")], a.sweep_T, a.reps, a.docs)
     if a.bwd_variants:
         bwd_variants([x.strip() for x in a.bwd_variants.split(";")], a.sweep_T, a.reps)
     if a.sweep:

@@ -293,10 +293,11 @@ def test_rejects_bad_shapes():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in Triton's interpreter")
-@pytest.mark.parametrize("bs", [64, 128])
-def test_bf16_on_gpu(bs):
+@pytest.mark.parametrize("bs,gluon", [(64, 1), (64, 0), (128, 1)])
+def test_bf16_on_gpu(monkeypatch, bs, gluon):
     """The GPU configurations of both block sizes (128: 128-key forward tiles, 64-key dQ sub-tiles, 8-warp
-    dK/dV programs holding 128 keys)."""
+    dK/dV programs holding 128 keys); at 64 the forward both as Gluon (the default on Hopper) and as Triton."""
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": gluon}})
     g = torch.Generator().manual_seed(17 + bs)
     bt, hq, hkv, t, d, s = 2, 8, 2, 1000, 128, 6
     q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.bfloat16)
@@ -306,3 +307,52 @@ def test_bf16_on_gpu(bs):
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=4)
     assert_close(got, ref, torch.bfloat16)
     assert not math.isnan(got["out"].float().sum().item())
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon forward is Hopper-only (sm_90)")
+@pytest.mark.parametrize("pingpong,stages", [(0, 2), (1, 2), (0, 3)])
+@pytest.mark.parametrize(
+    "case", ["ragged-bias", "hf-layout", "docs", "gqa8", "every-block-selects-the-sink", "late-block-rescale"]
+)
+def test_gluon_forward_on_hopper(monkeypatch, pingpong, stages, case):
+    """The warp-specialised Gluon forward (``gluon.py``) in bf16 against the fp32 reference, with poisoned outputs:
+    ragged T, Bt > 1, block bias, padded rows of different lengths (so n_valid differs between programs), an empty
+    row, HF's layout, documents, a GQA group of 8 (two programs per query block), the stress case where every
+    query block lists block 0, and a late block scoring far above the first (the online rescale). Gradients go
+    through the Triton backward from the Gluon forward's out and lse."""
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": 1, "PINGPONG": pingpong, "num_stages": stages}})
+    calls = []
+    real = tri._gluon.forward
+    monkeypatch.setattr(tri._gluon, "forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    g = torch.Generator().manual_seed(zlib.crc32(f"{case}-{pingpong}-{stages}".encode()))
+    bt, hq, hkv, t, d, bs, s = 2, 16 if case == "gqa8" else 8, 2, 1000, 128, 64, 6
+    q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.bfloat16)
+    nb = -(-t // bs)
+    indices = random_indices(bt, hkv, nb, s, g)
+    docs = random_docs(bt, t, 4, g) if case == "docs" else None
+    indices[0, 0, 3] = -1  # a query block with no listed block: out 0, lse -inf
+    indices[1, 1, 5, 1:] = -1  # one listed block only
+    bb = 0.5 * torch.randn(indices.shape, generator=g)
+    if case == "hf-layout":
+        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    elif case == "every-block-selects-the-sink":
+        i = torch.arange(nb)
+        rows = torch.stack([torch.zeros_like(i), i], 1)
+        rows[0, 1] = -1
+        indices = rows.expand(bt, hkv, nb, 2).clone()
+        bb = 0.5 * torch.randn(indices.shape, generator=g)
+    elif case == "late-block-rescale":
+        q = (1.0 + 0.1 * torch.randn(q.shape, generator=g)).to(torch.bfloat16)
+        k = 0.1 * torch.randn(k.shape, generator=g)
+        k[:, :, 2 * bs : 3 * bs] += 3.0  # block 2 scores ~ +384 x 1/sqrt(128) x log2(e) ~ 49 log2 units above
+        k = k.to(torch.bfloat16)
+        j = torch.arange(nb)
+        indices = torch.where(j[None, :] <= j[:, None], j[None, :], -1).expand(bt, hkv, nb, nb).clone()  # 0 .. i
+        bb = None
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
+    assert calls, "the Gluon forward did not run"
+    assert_close(got, ref, torch.bfloat16)
