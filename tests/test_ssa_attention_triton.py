@@ -296,8 +296,8 @@ def test_rejects_bad_shapes():
 @pytest.mark.parametrize("bs,gluon", [(64, 1), (64, 0), (128, 1)])
 def test_bf16_on_gpu(monkeypatch, bs, gluon):
     """The GPU configurations of both block sizes (128: 128-key forward tiles, 64-key dQ sub-tiles, 8-warp
-    dK/dV programs holding 128 keys); at 64 the forward both as Gluon (the default on Hopper) and as Triton."""
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": gluon}})
+    dK/dV programs holding 128 keys); at 64 every pass both as Gluon (the default on Hopper) and as Triton."""
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {kind: {"GLUON": gluon} for kind in ("fwd", "dq", "dkdv")})
     g = torch.Generator().manual_seed(17 + bs)
     bt, hq, hkv, t, d, s = 2, 8, 2, 1000, 128, 6
     q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.bfloat16)
@@ -313,22 +313,14 @@ def _hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
-@pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon forward is Hopper-only (sm_90)")
-@pytest.mark.parametrize("pingpong,stages", [(0, 2), (1, 2), (0, 3)])
-@pytest.mark.parametrize(
-    "case", ["ragged-bias", "hf-layout", "docs", "gqa8", "every-block-selects-the-sink", "late-block-rescale"]
-)
-def test_gluon_forward_on_hopper(monkeypatch, pingpong, stages, case):
-    """The warp-specialised Gluon forward (``gluon.py``) in bf16 against the fp32 reference, with poisoned outputs:
-    ragged T, Bt > 1, block bias, padded rows of different lengths (so n_valid differs between programs), an empty
-    row, HF's layout, documents, a GQA group of 8 (two programs per query block), the stress case where every
-    query block lists block 0, and a late block scoring far above the first (the online rescale). Gradients go
-    through the Triton backward from the Gluon forward's out and lse."""
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": 1, "PINGPONG": pingpong, "num_stages": stages}})
-    calls = []
-    real = tri._gluon.forward
-    monkeypatch.setattr(tri._gluon, "forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    g = torch.Generator().manual_seed(zlib.crc32(f"{case}-{pingpong}-{stages}".encode()))
+GLUON_CASES = ["ragged-bias", "hf-layout", "docs", "gqa8", "every-block-selects-the-sink", "late-block-rescale"]
+
+
+def _gluon_case(case: str, g: torch.Generator) -> tuple:
+    """(q, k, v, indices, block bias, doc ids) of one Gluon test case, bf16, block 64, D 128: ragged T, Bt > 1, block
+    bias, padded rows of different lengths (n_valid differs between programs), an empty row, HF's layout, documents,
+    a GQA group of 8 (two programs per query block), every query block listing block 0, or a late block scoring far
+    above the first (the online rescale)."""
     bt, hq, hkv, t, d, bs, s = 2, 16 if case == "gqa8" else 8, 2, 1000, 128, 64, 6
     q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.bfloat16)
     nb = -(-t // bs)
@@ -353,6 +345,60 @@ def test_gluon_forward_on_hopper(monkeypatch, pingpong, stages, case):
         j = torch.arange(nb)
         indices = torch.where(j[None, :] <= j[:, None], j[None, :], -1).expand(bt, hkv, nb, nb).clone()  # 0 .. i
         bb = None
-    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
+    return q, k, v, indices, bb, docs
+
+
+def _count_calls(monkeypatch, name: str) -> list:
+    calls = []
+    real = getattr(tri._gluon, name)
+    monkeypatch.setattr(tri._gluon, name, lambda *a, **kw: calls.append(real(*a, **kw)) or calls[-1])
+    return calls
+
+
+@pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
+@pytest.mark.parametrize("pingpong,stages", [(0, 2), (1, 2), (0, 3)])
+@pytest.mark.parametrize("case", GLUON_CASES)
+def test_gluon_forward_on_hopper(monkeypatch, pingpong, stages, case):
+    """The warp-specialised Gluon forward (``gluon.py``) in bf16 against the fp32 reference, with poisoned outputs, on
+    each ``_gluon_case``; the gradients go through the Triton backward from the Gluon forward's out and lse."""
+    cfg = {"fwd": {"GLUON": 1, "PINGPONG": pingpong, "STAGES": stages}, "dq": {"GLUON": 0}}
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", cfg)
+    calls = _count_calls(monkeypatch, "forward")
+    g = torch.Generator().manual_seed(zlib.crc32(f"{case}-{pingpong}-{stages}".encode()))
+    q, k, v, indices, bb, docs = _gluon_case(case, g)
+    got, ref = run_both(q, k, v, indices, 64, g, doc_ids=docs, bias=bb, kv_split=3)
     assert calls, "the Gluon forward did not run"
+    assert_close(got, ref, torch.bfloat16)
+
+
+@pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("case", GLUON_CASES)
+def test_gluon_dq_on_hopper(monkeypatch, stages, case):
+    """The warp-specialised Gluon dQ pass (dq and the block-bias gradient) in bf16 against the fp32 reference with
+    poisoned outputs, on each ``_gluon_case``; the forward and dK/dV passes are the Triton ones."""
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": 0}, "dq": {"GLUON": 1, "STAGES": stages}})
+    calls = _count_calls(monkeypatch, "dq_pass")
+    g = torch.Generator().manual_seed(zlib.crc32(f"dq-{case}-{stages}".encode()))
+    q, k, v, indices, bb, docs = _gluon_case(case, g)
+    got, ref = run_both(q, k, v, indices, 64, g, doc_ids=docs, bias=bb, kv_split=3)
+    assert calls and all(calls), "the Gluon dQ pass did not run"
+    assert_close(got, ref, torch.bfloat16)
+
+
+@pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
+@pytest.mark.parametrize("stages,kv_split", [(4, 3), (2, None)])
+@pytest.mark.parametrize("case", GLUON_CASES)
+def test_gluon_dkdv_on_hopper(monkeypatch, stages, kv_split, case):
+    """The warp-specialised Gluon dK/dV pass in bf16 against the fp32 reference with poisoned outputs, on each
+    ``_gluon_case``: key blocks written by the program that owns them and, with ``kv_split``, lists cut into pieces
+    whose fp32 partials the reduction kernel sums (the sink case: every query block lists block 0)."""
+    monkeypatch.setattr(
+        tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": 0}, "dq": {"GLUON": 0}, "dkdv": {"GLUON": 1, "STAGES": stages}}
+    )
+    calls = _count_calls(monkeypatch, "dkdv_pass")
+    g = torch.Generator().manual_seed(zlib.crc32(f"dkdv-{case}-{stages}-{kv_split}".encode()))
+    q, k, v, indices, bb, docs = _gluon_case(case, g)
+    got, ref = run_both(q, k, v, indices, 64, g, doc_ids=docs, bias=bb, kv_split=kv_split)
+    assert calls and all(calls), "the Gluon dK/dV pass did not run"
     assert_close(got, ref, torch.bfloat16)

@@ -1,33 +1,41 @@
-"""Hopper forward of SSA block-sparse attention in Gluon, warp-specialised (same semantics as ``_fwd_kernel`` in
-``triton.py`` and ``reference.sparse_attention``; the reference is the oracle in the tests).
+"""Hopper kernels of SSA block-sparse attention in Gluon, warp-specialised: the forward, the dQ pass and the dK/dV
+pass of ``triton.py`` (same semantics as its kernels and as ``reference.sparse_attention``, the tests' oracle).
 
-Why a second forward: the Triton kernel (``triton.py``) runs its 256 x 64 tiles at ~440 TFLOP/s on an H100, with
-the softmax of a tile and its two products one after the other in the same warps (docs/kernels.md, "Why the
-forward's last 13% is hard"). Triton 3.6 does not warp-specialise that loop on Hopper; Gluon (Triton's lower-level
-language, in the same package) lets a kernel say it: FlashAttention-3's layout of the work, written by hand.
+Why a second set: the Triton kernels run the softmax of a tile and its products one after the other in the same
+warps (the forward at ~440 TFLOP/s on an H100; docs/kernels.md, "Why the forward's last 13% is hard"). Triton 3.6 does
+not warp-specialise those loops on Hopper; Gluon (Triton's lower-level language, in the same package) lets a kernel
+say it: FlashAttention-3's layout of the work, written by hand.
 
-Partitions of one program (batch, kv head, query block i), the same G*B = 256-row GQA tile as the Triton forward:
+Forward (``_gl_fwd_kernel``), one program per (batch, kv head, query block, 4 query heads): 256 rows, the Triton
+forward's GQA tile.
 - a load warp walks the index row and streams each listed K/V block into a ring of ``STAGES`` shared-memory
-  buffers by TMA (``ready`` / ``empty`` mbarriers per stage);
-- two consumer warpgroups own 128 rows each (G/2 query heads x B tokens) and their own fp32 online softmax: while
-  one waits on its tensor-core products the other's softmax issues, which is the overlap a single instruction
-  stream cannot have. With ``PINGPONG`` the two take turns issuing S = Q K^T (an mbarrier per warpgroup), so their
-  products alternate on the tensor cores instead of colliding (FA3's warp-scheduler barrier).
-A stage is released when both consumers finished its P V product (``empty`` counts 2 arrivals).
+  buffers by TMA (``ready`` / ``empty`` mbarriers per stage; ``empty`` counts both consumers' arrivals);
+- two consumer warpgroups own 128 rows each (2 query heads x B tokens) and their own fp32 online softmax: while
+  one waits on its tensor-core products the other's softmax issues, the overlap a single instruction stream cannot
+  have. With ``PINGPONG`` the two take turns issuing S = Q K^T (FA3's warp-scheduler barrier; measured the same).
+dQ pass (``_gl_dq_kernel``): the forward's partitions over 128 rows (two consumers of one head each: 128-row
+consumers would need ~290 registers); S = Q K^T and dP = dO V^T issued together, P from lse, dq += dS K, and the
+block-bias gradient as one partial per query head.
+dK/dV pass (``_gl_dkdv_kernel``): ``triton._kv_work``'s items (a key block's CSR piece each); the load warp streams
+the (query block, head) slices of q and dO, the two consumers take alternate slices into their own dk, dv with the
+keys as the M side (S^T = K Q^T: P^T and dS^T feed dv += P^T dO and dk += dS^T Q from registers), summed through
+shared memory at the end; split pieces write fp32 partials for ``triton._reduce_kernel``.
 
-Scope: Hopper (sm_90), D = 128, B = 64, GQA groups of 4, 8, 12, ... query heads (a program per 4 of them),
-bf16/fp16, TMA-eligible strides (any layout with unit stride along D: HF's transposed q, k, v too), block bias and
-document mask as in the Triton forward. ``supported`` says whether a call qualifies; ``triton._forward`` takes this
-kernel by default where it does (``CONFIG_OVERRIDE["fwd"]["GLUON"] = 0`` forces the Triton one) and its own forward
-otherwise. The backward is unchanged: it reads only out and lse.
+Scope: Hopper (sm_90), D = 128, B = 64, GQA groups of 4, 8, 12, ... query heads, bf16/fp16, TMA-eligible strides
+(any layout with unit stride along D: HF's transposed q, k, v too), block bias and document mask as in Triton.
+``supported`` says whether a call qualifies; ``triton.py`` takes these kernels by default where it does
+(``CONFIG_OVERRIDE[kind]["GLUON"] = 0`` forces its own) and its own kernels otherwise. Gluon does not run in
+Triton's CPU interpreter: the tests of these kernels run on a Hopper GPU only.
 
-Measured (one H100, 1M tokens, the benchmark's selection, forward alone; docs/kernels.md, "Thirtieth session"):
-274-288 ms against the Triton forward's 324-332 ms in the same call.
+Measured (one H100, 1M tokens, the benchmark's selection; docs/kernels.md, "Thirtieth session"): forward 274-288 ms
+against the Triton forward's 324-332 ms; the whole backward 1,083-1,105 ms against 1,199-1,207 ms (dQ ~440 ->
+~345 ms; dK/dV about even: it reads ~2 TB of q and dO from HBM at 1M, near the H100's bandwidth).
 """
 
 from __future__ import annotations
 
 import torch
+import triton
 
 try:  # Gluon ships with Triton >= 3.4; absent or different elsewhere: the Triton forward serves
     from triton.experimental import gluon
@@ -210,6 +218,400 @@ if HAVE_GLUON:
             [240, 24],
         )  # fmt: skip
 
+    # ------------------------------------------------------------------------------------------------------------
+    # dQ pass (and the block-bias gradient): the forward's partitions, P recomputed from lse
+    # ------------------------------------------------------------------------------------------------------------
+
+    @gluon.jit
+    def _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                    delta, t, doc_q, doc_base, T, qk_scale, B: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                    CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, HAS_DOC: gl.constexpr,
+                    s_layout: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
+        """One listed block: S = Q K^T and dP = dO V^T issued together, P = exp2(S * scale + bias - lse),
+        dS = P (dP - delta), dq += dS K; the block's bias gradient is the sum of dS over these rows."""
+        M: gl.constexpr = q_s.shape[0]
+        s = e % STAGES
+        ph = (e // STAGES) & 1
+        mbarrier.wait(ready.index(s), ph)
+        k_s = k_bufs.index(s).reshape([B, D])
+        v_s = v_bufs.index(s).reshape([B, D])
+        zero = gl.zeros([M, B], gl.float32, layout=s_layout)
+        sc = warpgroup_mma(q_s, k_s.permute((1, 0)), zero, use_acc=False, is_async=True)
+        dp = warpgroup_mma(do_s, v_s.permute((1, 0)), zero, use_acc=False, is_async=True)
+        sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))  # in order: S is done, dP may still run
+        if CAUSAL or HAS_DOC:
+            kb = gl.load(idx_row + e)
+            kpos = kb * B + gl.arange(0, B, layout=gl.SliceLayout(0, s_layout))
+            if HAS_DOC:
+                doc_k = gl.load(doc_base + kpos, mask=kpos < T, other=-1).to(gl.int32)
+                keep = doc_q[:, None] == doc_k[None, :]
+                if CAUSAL:
+                    keep = keep & (t[:, None] >= kpos[None, :])
+            else:
+                keep = t[:, None] >= kpos[None, :]
+            sc = gl.where(keep, sc, float("-inf"))
+        if HAS_BIAS:
+            b2 = gl.load(bias_row + e).to(gl.float32) * 1.4426950408889634
+        else:
+            b2 = 0.0
+        p = gl.exp2(sc * qk_scale + (b2l + b2)[:, None])  # lse = -inf rows (empty, past T): b2l = -inf, p = 0
+        dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
+        ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
+        if WANT_DBIAS:
+            gl.store(dbias_row + e, gl.sum(gl.sum(ds, 1), 0))
+        dq = warpgroup_mma(gl.convert_layout(ds.to(k_bufs.dtype), a_layout), k_s, dq, is_async=True)
+        dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
+        mbarrier.arrive(empty.index(s), count=1)
+        return dq
+
+    @gluon.jit
+    def _gl_dq_consumer(q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr, idx_row,
+                        bias_row, dbias_row, doc_ptr, n_lo, n_valid, b, hq0, i, sdq_b, sdq_h, sdq_t, T, Hq, S,
+                        qk_scale, sm_scale, C: gl.constexpr, HPC: gl.constexpr, B: gl.constexpr, D: gl.constexpr,
+                        STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr,
+                        WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
+        """Warpgroup C: the HPC x B rows of query heads hq0 .. hq0 + HPC - 1 over every listed block."""
+        M: gl.constexpr = HPC * B
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, B, 16])  # fmt: skip
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, D, 16])  # fmt: skip
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        rows = gl.arange(0, M, layout=gl.SliceLayout(1, s_layout))
+        t = i * B + rows % B
+        ok = t < T
+        lrow = (b.to(gl.int64) * Hq + hq0 + rows // B) * T + t
+        lse = gl.load(lse_ptr + lrow, mask=ok, other=float("-inf"))
+        b2l = gl.where(lse == float("-inf"), float("-inf"), -lse * 1.4426950408889634)
+        delta = gl.load(delta_ptr + lrow, mask=ok, other=0.0)
+        doc_base = doc_ptr + b.to(gl.int64) * T
+        if HAS_DOC:
+            doc_q = gl.load(doc_base + t, mask=ok, other=-1).to(gl.int32)
+        else:
+            doc_q = t
+        q_s = q_bufs.index(C).reshape([M, D])
+        do_s = do_bufs.index(C).reshape([M, D])
+        mbarrier.wait(q_bar, 0)
+        dq = gl.zeros([M, D], gl.float32, layout=o_layout)
+        for e in range(0, n_lo):
+            dq = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                             delta, t, doc_q, doc_base, T, qk_scale, B, D, STAGES, False, HAS_BIAS, WANT_DBIAS,
+                             HAS_DOC, s_layout, a_layout)  # fmt: skip
+        for e in range(n_lo, n_valid):
+            dq = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                             delta, t, doc_q, doc_base, T, qk_scale, B, D, STAGES, True, HAS_BIAS, WANT_DBIAS,
+                             HAS_DOC, s_layout, a_layout)  # fmt: skip
+        if WANT_DBIAS:  # padding slots: exact zeros, as in the reference
+            offs_s = gl.arange(0, S_P2, layout=gl.BlockedLayout([1], [32], [4], [0]))
+            gl.store(dbias_row + offs_s, gl.zeros([S_P2], gl.float32, layout=gl.BlockedLayout([1], [32], [4], [0])),
+                     mask=(offs_s >= n_valid) & (offs_s < S))  # fmt: skip
+        if WANT_DQ:
+            rows_o = gl.arange(0, M, layout=gl.SliceLayout(1, o_layout))
+            t_o = i * B + rows_o % B
+            d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+            off = b.to(gl.int64) * sdq_b + (hq0 + rows_o // B).to(gl.int64) * sdq_h + t_o.to(gl.int64) * sdq_t
+            gl.store(dq_ptr + off[:, None] + d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
+                     mask=(t_o < T)[:, None])  # fmt: skip
+
+    @gluon.jit
+    def _gl_dq_consumer(q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr, idx_row,
+                        bias_row, dbias_row, doc_ptr, n_lo, n_valid, b, hq0, i, sdq_b, sdq_h, sdq_t, T, Hq, S,
+                        qk_scale, sm_scale, C: gl.constexpr, HPC: gl.constexpr, B: gl.constexpr, D: gl.constexpr,
+                        STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr,
+                        WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
+        """Warpgroup C: the HPC x B rows of query heads hq0 .. hq0 + HPC - 1 over every listed block."""
+        M: gl.constexpr = HPC * B
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, B, 16])  # fmt: skip
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, D, 16])  # fmt: skip
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        rows = gl.arange(0, M, layout=gl.SliceLayout(1, s_layout))
+        t = i * B + rows % B
+        ok = t < T
+        lrow = (b.to(gl.int64) * Hq + hq0 + rows // B) * T + t
+        lse = gl.load(lse_ptr + lrow, mask=ok, other=float("-inf"))
+        b2l = gl.where(lse == float("-inf"), float("-inf"), -lse * 1.4426950408889634)
+        delta = gl.load(delta_ptr + lrow, mask=ok, other=0.0)
+        doc_base = doc_ptr + b.to(gl.int64) * T
+        if HAS_DOC:
+            doc_q = gl.load(doc_base + t, mask=ok, other=-1).to(gl.int32)
+        else:
+            doc_q = t
+        q_s = q_bufs.index(C).reshape([M, D])
+        do_s = do_bufs.index(C).reshape([M, D])
+        mbarrier.wait(q_bar, 0)
+        dq = gl.zeros([M, D], gl.float32, layout=o_layout)
+        for e in range(0, n_lo):
+            dq = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                             delta, t, doc_q, doc_base, T, qk_scale, B, D, STAGES, False, HAS_BIAS, WANT_DBIAS,
+                             HAS_DOC, s_layout, a_layout)  # fmt: skip
+        for e in range(n_lo, n_valid):
+            dq = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                             delta, t, doc_q, doc_base, T, qk_scale, B, D, STAGES, True, HAS_BIAS, WANT_DBIAS,
+                             HAS_DOC, s_layout, a_layout)  # fmt: skip
+        if WANT_DBIAS:  # padding slots: exact zeros, as in the reference
+            offs_s = gl.arange(0, S_P2, layout=gl.BlockedLayout([1], [32], [4], [0]))
+            gl.store(dbias_row + offs_s, gl.zeros([S_P2], gl.float32, layout=gl.BlockedLayout([1], [32], [4], [0])),
+                     mask=(offs_s >= n_valid) & (offs_s < S))  # fmt: skip
+        if WANT_DQ:
+            rows_o = gl.arange(0, M, layout=gl.SliceLayout(1, o_layout))
+            t_o = i * B + rows_o % B
+            d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+            off = b.to(gl.int64) * sdq_b + (hq0 + rows_o // B).to(gl.int64) * sdq_h + t_o.to(gl.int64) * sdq_t
+            gl.store(dq_ptr + off[:, None] + d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
+                     mask=(t_o < T)[:, None])  # fmt: skip
+
+    @gluon.jit
+    def _gl_dq_loops(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, n_lo, n_valid, idx_row, bias_row, dbias_row, b2l,
+                     delta, t, doc_q, doc_base, T, qk_scale, B: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                     HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, HAS_DOC: gl.constexpr,
+                     s_layout: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
+        """The dQ loop one block at a time: below the diagonal without the causal mask, then with it."""
+        for e in range(0, n_lo):
+            dq = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                             delta, t, doc_q, doc_base, T, qk_scale, B, D, STAGES, False, HAS_BIAS, WANT_DBIAS,
+                             HAS_DOC, s_layout, a_layout)  # fmt: skip
+        for e in range(n_lo, n_valid):
+            dq = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                             delta, t, doc_q, doc_base, T, qk_scale, B, D, STAGES, True, HAS_BIAS, WANT_DBIAS,
+                             HAS_DOC, s_layout, a_layout)  # fmt: skip
+        return dq
+
+    @gluon.jit
+    def _gl_dq_kernel(q_desc, do_desc, k_desc, v_desc, dq_ptr, lse_ptr, delta_ptr, idx_ptr, cnt_ptr, nlo_ptr, bias_ptr,
+                      dbias_ptr, doc_ptr, sdq_b, sdq_h, sdq_t, T, nb, S, Hkv, n_sel, qk_scale, sm_scale,
+                      G: gl.constexpr, B: gl.constexpr, D: gl.constexpr, HPC: gl.constexpr, STAGES: gl.constexpr,
+                      S_P2: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr,
+                      HAS_DOC: gl.constexpr):  # fmt: skip
+        PER: gl.constexpr = 2 * HPC  # query heads per program
+        SPLITS: gl.constexpr = G // PER
+        pid = gl.program_id(0)
+        i = nb - 1 - pid // SPLITS
+        bh = gl.program_id(1)
+        b = bh // Hkv
+        h = bh % Hkv
+        hq0 = h * G + (pid % SPLITS) * PER
+        sel = bh.to(gl.int64) * nb + i
+        n_valid = gl.load(cnt_ptr + sel)
+        n_lo = gl.load(nlo_ptr + sel)
+        idx_row = idx_ptr + sel * S
+        bias_row = bias_ptr + sel * S
+        ms = (pid % SPLITS) * 2  # bias-gradient partial of consumer 0 (consumer 1: ms + 1)
+
+        q_bufs = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+        do_bufs = gl.allocate_shared_memory(do_desc.dtype, [2] + do_desc.block_type.shape, do_desc.layout)
+        k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+        v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for s in gl.static_range(STAGES):
+            mbarrier.init(ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=2)
+        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
+        for c in gl.static_range(2):
+            tma.async_copy_global_to_shared(q_desc, [b, hq0 + HPC * c, i * B, 0], q_bar, q_bufs.index(c))
+            tma.async_copy_global_to_shared(do_desc, [b, hq0 + HPC * c, i * B, 0], q_bar, do_bufs.index(c))
+
+        Hq = Hkv * G
+        gl.warp_specialize(
+            [
+                (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
+                                   idx_row, bias_row, dbias_ptr + (ms * n_sel + sel) * S, doc_ptr, n_lo, n_valid,
+                                   b, hq0, i, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 0, HPC, B, D,
+                                   STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
+                (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
+                                   idx_row, bias_row, dbias_ptr + ((ms + 1) * n_sel + sel) * S, doc_ptr, n_lo,
+                                   n_valid, b, hq0 + HPC, i, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 1,
+                                   HPC, B, D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
+                (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, STAGES)),
+            ],
+            [4, 1],
+            [240, 24],
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------------------------
+    # dK/dV pass: key-block major through the CSR of ``triton._kv_work``; keys as the M side of every product
+    # ------------------------------------------------------------------------------------------------------------
+
+    @gluon.jit
+    def _gl_kv_loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, csr_ptr, lo, hi, sel0, b, h, S,
+                      G: gl.constexpr, B: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+        """One warp: the q and dO slices (B rows of one query head of a listed query block) of slices [lo, hi) into
+        the ring, slice j of the program into stage j % STAGES."""
+        nbytes: gl.constexpr = 2 * q_desc.block_type.nbytes
+        for it in range(lo, hi):
+            j = it - lo
+            s = j % STAGES
+            pos = gl.load(csr_ptr + it // G)  # flat position in indices: ((b*Hkv + h)*nb + i)*S + slot
+            i = (pos // S - sel0).to(gl.int32)
+            hq = h * G + it % G
+            mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
+            mbarrier.expect(ready.index(s), nbytes)
+            tma.async_copy_global_to_shared(q_desc, [b, hq, i * B, 0], ready.index(s), q_bufs.index(s))
+            tma.async_copy_global_to_shared(do_desc, [b, hq, i * B, 0], ready.index(s), do_bufs.index(s))
+
+    @gluon.jit
+    def _gl_kv_step(dk, dv, k_s, v_s, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k, lse_base,
+                    delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G: gl.constexpr, B: gl.constexpr,
+                    D: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr,
+                    HAS_DOC: gl.constexpr, st_layout: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
+        """One slice (B query rows of one head of a listed query block): S^T = K Q^T and dP^T = V dO^T issued
+        together, P^T from lse, dv += P^T dO, dS^T = P^T (dP^T - delta), dk += dS^T Q."""
+        j = it - lo
+        s = j % STAGES
+        pos = gl.load(csr_ptr + it // G)
+        i = (pos // S - sel0).to(gl.int32)
+        hq = h * G + it % G
+        t = i * B + gl.arange(0, B, layout=gl.SliceLayout(0, st_layout))  # [B] query rows (columns here)
+        ok = t < T
+        lrow = hq.to(gl.int64) * T + t
+        lse = gl.load(lse_base + lrow, mask=ok, other=float("-inf"))
+        delta = gl.load(delta_base + lrow, mask=ok, other=0.0)
+        if HAS_BIAS:
+            b2 = gl.load(bias_ptr + pos).to(gl.float32) * 1.4426950408889634
+        else:
+            b2 = 0.0
+        b2l = gl.where(lse == float("-inf"), float("-inf"), b2 - lse * 1.4426950408889634)  # p = 0 on empty rows
+        mbarrier.wait(ready.index(s), (j // STAGES) & 1)
+        q_s = q_bufs.index(s).reshape([B, D])
+        do_s = do_bufs.index(s).reshape([B, D])
+        zero = gl.zeros([B, B], gl.float32, layout=st_layout)
+        sct = warpgroup_mma(k_s, q_s.permute((1, 0)), zero, use_acc=False, is_async=True)
+        dpt = warpgroup_mma(v_s, do_s.permute((1, 0)), zero, use_acc=False, is_async=True)
+        sct = warpgroup_mma_wait(num_outstanding=1, deps=(sct,))
+        if CAUSAL or HAS_DOC:
+            if HAS_DOC:
+                doc_q = gl.load(doc_base + t, mask=ok, other=-1).to(gl.int32)
+                keep = doc_k[:, None] == doc_q[None, :]
+                if CAUSAL:
+                    keep = keep & (kpos[:, None] <= t[None, :])
+            else:
+                keep = kpos[:, None] <= t[None, :]
+            sct = gl.where(keep, sct, float("-inf"))
+        pt = gl.exp2(sct * qk_scale + b2l[None, :])  # [B keys, B rows]
+        pt_op = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
+        dv = warpgroup_mma(pt_op, do_s, dv, is_async=True)
+        dpt = warpgroup_mma_wait(num_outstanding=1, deps=(dpt,))  # in order: dP^T done, dv may still run
+        dst = pt * (dpt - delta[None, :])
+        ds_op = gl.convert_layout(dst.to(q_bufs.dtype), a_layout)
+        dk = warpgroup_mma(ds_op, q_s, dk, is_async=True)
+        dk, dv, pt_op, ds_op = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv, pt_op, ds_op))
+        mbarrier.arrive(empty.index(s), count=1)
+        return dk, dv
+
+    @gluon.jit
+    def _gl_kv_consumer(k_s, v_s, kv_bar, q_bufs, do_bufs, ready, empty, red, red_bar, csr_ptr, lse_ptr, delta_ptr,
+                        bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end, slot, sel0, b, h, kb,
+                        sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale, sm_scale, C: gl.constexpr,
+                        G: gl.constexpr, B: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                        HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
+        """Warpgroup C: slices C, C + 2, C + 4, ... of the program's entries (G slices an entry) into its own dk, dv;
+        consumer 1 hands its sums to consumer 0 through shared memory, which writes the key block."""
+        st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                            instr_shape=[16, B, 16])  # fmt: skip
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, D, 16])  # fmt: skip
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        kpos = kb * B + gl.arange(0, B, layout=gl.SliceLayout(1, st_layout))  # [B] keys (rows here)
+        doc_base = doc_ptr + b.to(gl.int64) * T
+        if HAS_DOC:
+            doc_k = gl.load(doc_base + kpos, mask=kpos < T, other=-1).to(gl.int32)
+        else:
+            doc_k = kpos
+        lse_base = lse_ptr + b.to(gl.int64) * Hq * T
+        delta_base = delta_ptr + b.to(gl.int64) * Hq * T
+        lo = start * G
+        k_s = k_s.reshape([B, D])
+        v_s = v_s.reshape([B, D])
+        mbarrier.wait(kv_bar, 0)
+        dk = gl.zeros([B, D], gl.float32, layout=o_layout)
+        dv = gl.zeros([B, D], gl.float32, layout=o_layout)
+        for it in range(lo + C, mid * G, 2):  # query blocks <= kb: the causal mask
+            dk, dv = _gl_kv_step(dk, dv, k_s, v_s, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k,
+                                 lse_base, delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G, B, D, STAGES, True,
+                                 HAS_BIAS, HAS_DOC, st_layout, a_layout)  # fmt: skip
+        for it in range(mid * G + C, end * G, 2):
+            dk, dv = _gl_kv_step(dk, dv, k_s, v_s, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k,
+                                 lse_base, delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G, B, D, STAGES, False,
+                                 HAS_BIAS, HAS_DOC, st_layout, a_layout)  # fmt: skip
+        if C == 1:
+            red.index(0).store(dk)
+            red.index(1).store(dv)
+            mbarrier.arrive(red_bar, count=1)
+        else:
+            mbarrier.wait(red_bar, 0)
+            dk = (dk + red.index(0).load(o_layout)) * sm_scale
+            dv = dv + red.index(1).load(o_layout)
+            rows = gl.arange(0, B, layout=gl.SliceLayout(1, o_layout))
+            d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+            kp = kb * B + rows
+            if slot < 0:  # this program owns the key block: dk, dv in the input dtype
+                k_ok = (kp < T)[:, None]
+                off_k = b.to(gl.int64) * sdk_b + h.to(gl.int64) * sdk_h + kp.to(gl.int64) * sdk_t
+                off_v = b.to(gl.int64) * sdv_b + h.to(gl.int64) * sdv_h + kp.to(gl.int64) * sdv_t
+                gl.store(dk_ptr + off_k[:, None] + d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=k_ok)
+                gl.store(dv_ptr + off_v[:, None] + d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=k_ok)
+            else:  # a piece of a split list: fp32 partials, summed by triton._reduce_kernel
+                off = slot * (B * D) + rows[:, None] * D + d[None, :]
+                gl.store(dkp_ptr + off, dk)
+                gl.store(dvp_ptr + off, dv)
+
+    @gluon.jit
+    def _gl_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, lse_ptr, delta_ptr,
+                        items_ptr, csr_ptr, bias_ptr, doc_ptr, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, nb, S,
+                        Hkv, qk_scale, sm_scale, G: gl.constexpr, B: gl.constexpr, D: gl.constexpr,
+                        STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
+        item = items_ptr + gl.program_id(0).to(gl.int64) * 5  # (key block, start, mid, end, partial slot)
+        kbf = gl.load(item)  # (b*Hkv + h)*nb + kb
+        start = gl.load(item + 1).to(gl.int32)  # CSR entries (x G slices) stay below 2^31
+        mid = gl.load(item + 2).to(gl.int32)  # entries [start, mid) have query block <= kb: causal mask
+        end = gl.load(item + 3).to(gl.int32)
+        slot = gl.load(item + 4)  # -1: this program owns the block; else index of its fp32 partial
+        bh = kbf // nb
+        kb = (kbf % nb).to(gl.int32)
+        b = (bh // Hkv).to(gl.int32)
+        h = (bh % Hkv).to(gl.int32)
+        sel0 = bh * nb
+
+        k_s = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)
+        v_s = gl.allocate_shared_memory(v_desc.dtype, v_desc.block_type.shape, v_desc.layout)
+        q_bufs = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
+        do_bufs = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+        red_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([B, D], gl.float32)
+        red = gl.allocate_shared_memory(gl.float32, [2, B, D], red_layout)
+        kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        red_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(kv_bar, count=1)
+        mbarrier.init(red_bar, count=1)
+        for s in gl.static_range(STAGES):
+            mbarrier.init(ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=1)  # each slice has one consumer
+        mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [b, h, kb * B, 0], kv_bar, k_s)
+        tma.async_copy_global_to_shared(v_desc, [b, h, kb * B, 0], kv_bar, v_s)
+        Hq = Hkv * G
+        gl.warp_specialize(
+            [
+                (_gl_kv_consumer, (k_s, v_s, kv_bar, q_bufs, do_bufs, ready, empty, red, red_bar, csr_ptr, lse_ptr,
+                                   delta_ptr, bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end,
+                                   slot, sel0, b, h, kb, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale,
+                                   sm_scale, 0, G, B, D, STAGES, HAS_BIAS, HAS_DOC)),
+                (_gl_kv_consumer, (k_s, v_s, kv_bar, q_bufs, do_bufs, ready, empty, red, red_bar, csr_ptr, lse_ptr,
+                                   delta_ptr, bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end,
+                                   slot, sel0, b, h, kb, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale,
+                                   sm_scale, 1, G, B, D, STAGES, HAS_BIAS, HAS_DOC)),
+                (_gl_kv_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, csr_ptr, start * G, end * G, sel0,
+                                 b, h, S, G, B, STAGES)),
+            ],
+            [4, 1],
+            [240, 24],
+        )  # fmt: skip
+
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, B: int) -> bool:
     """Whether ``forward`` serves this call (else the Triton forward does): a Hopper GPU, D = 128, B = 64, a GQA
@@ -220,9 +622,12 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, B: int) -> bool
         return False
     if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
         return False
-    return all(
+    return all(_tma_ok(x) for x in (q, k, v))
+
+
+def _tma_ok(x: torch.Tensor) -> bool:
+    return (
         x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0 for st in x.stride()[:-1])
-        for x in (q, k, v)
     )
 
 
@@ -249,3 +654,52 @@ def forward(q, k, v, indices, cnt, n_lo, block_bias, doc_ids, out, lse, B: int, 
         out.stride(0), out.stride(1), out.stride(2), T, nb, S, Hkv, qk_scale, G=G, B=B, D=D, STAGES=stages,
         HAS_BIAS=block_bias is not None, HAS_DOC=doc_ids is not None, PINGPONG=pingpong, num_warps=4, maxnreg=168,
     )  # fmt: skip
+
+
+def dq_pass(q, k, v, do, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B: int, qk_scale: float,
+            sm_scale: float, stages: int = 2) -> bool:  # fmt: skip
+    """The dQ pass of ``triton._backward`` (dq [Bt, Hq, T, D] in q's dtype, or None; dbias_part [G, Bt, Hkv, nb, S]
+    fp32 partials, one per query head of the group, or None): False, doing nothing, where it does not apply (then the
+    Triton pass runs). Two consumer warpgroups of 64 rows (one query head each) per program: 128 rows, so a program
+    per 2 query heads of a block (the 128-row consumers of the forward would need ~290 registers a thread here)."""
+    if not (supported(q, k, v, B) and _tma_ok(do) and do.dtype == q.dtype):
+        return False
+    Bt, Hq, T, D = q.shape
+    Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
+    G = Hq // Hkv
+    box = [1, 1, B, D]
+    q_desc, do_desc, k_desc, v_desc = _desc(q, box), _desc(do, box), _desc(k, box), _desc(v, box)
+    dq_arg = dq if dq is not None else q  # never written without WANT_DQ
+    _gl_dq_kernel[(nb * (G // 2), Bt * Hkv)](
+        q_desc, do_desc, k_desc, v_desc, dq_arg, lse, delta, indices, cnt, n_lo,
+        block_bias if block_bias is not None else lse, dbias_part if dbias_part is not None else lse,
+        doc_ids if doc_ids is not None else cnt, dq_arg.stride(0), dq_arg.stride(1), dq_arg.stride(2),
+        T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, sm_scale,
+        G=G, B=B, D=D, HPC=1, STAGES=stages, S_P2=triton.next_power_of_2(S), HAS_BIAS=block_bias is not None,
+        WANT_DBIAS=dbias_part is not None, WANT_DQ=dq is not None, HAS_DOC=doc_ids is not None,
+        num_warps=4, maxnreg=168,
+    )  # fmt: skip
+    return True
+
+
+def dkdv_pass(q, k, v, do, dk, dv, dkp, dvp, lse, delta, indices, items, csr, block_bias, doc_ids, B: int,
+              qk_scale: float, sm_scale: float, stages: int = 4) -> bool:  # fmt: skip
+    """The dK/dV pass of ``triton._backward`` over its work items (``triton._kv_work``: a key block's CSR piece each;
+    dk, dv written where a program owns its block, fp32 partials dkp / dvp otherwise, for ``triton._reduce_kernel``):
+    False, doing nothing, where it does not apply. Two consumer warpgroups take alternate (query block, head) slices
+    of the piece into their own dk, dv (64 keys x 128, fp32) and add them up at the end; a load warp streams the
+    slices' q and dO by TMA into ``stages`` buffers (each consumer waits only on its own, so 4 give each two)."""
+    if not (supported(q, k, v, B) and _tma_ok(do) and do.dtype == q.dtype) or stages % 2:
+        return False
+    Bt, Hq, T, D = q.shape
+    Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
+    box = [1, 1, B, D]
+    q_desc, do_desc, k_desc, v_desc = _desc(q, box), _desc(do, box), _desc(k, box), _desc(v, box)
+    _gl_dkdv_kernel[(items.shape[0],)](
+        q_desc, do_desc, k_desc, v_desc, dk, dv, dkp, dvp, lse, delta, items, csr,
+        block_bias if block_bias is not None else lse, doc_ids if doc_ids is not None else csr,
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), T, nb, S, Hkv,
+        qk_scale, sm_scale, G=Hq // Hkv, B=B, D=D, STAGES=stages, HAS_BIAS=block_bias is not None,
+        HAS_DOC=doc_ids is not None, num_warps=4, maxnreg=168,
+    )  # fmt: skip
+    return True

@@ -22,8 +22,9 @@ first: they run without any mask, and only the rest (the diagonal block, or a fu
 mistake) applies the causal mask. The document mask is a constexpr flag, applied to every block when
 doc_ids is given. Rows with no visible key keep m = -inf; the exponent is taken against 0 instead, so they
 end with l = 0 and get out = 0, lse = -inf, never NaN.
-On Hopper (D = 128, B = 64, GQA groups of 4k) ``_forward`` hands the forward to ``gluon.py``: the same loop,
-warp-specialised (a TMA load warp and two consumer warpgroups), 274-288 ms against this kernel's 324-332 ms at 1M.
+On Hopper (D = 128, B = 64, GQA groups of 4k) ``_forward`` and ``_backward`` hand the forward, the dQ pass and the
+dK/dV pass to ``gluon.py``: the same loops, warp-specialised (a TMA load warp and two consumer warpgroups); at 1M the
+forward 274-288 ms against this forward's 324-332 ms, the backward 1,083-1,105 ms against 1,199-1,207 ms.
 
 Backward.
 - ``_delta_kernel``: delta = rowsum(dO * O) - dlse in fp32 (the lse gradient folds into delta since
@@ -843,22 +844,23 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
     elif kind == "dq":
         if big:
             cfg = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "TMA": 1}
-        elif D > 64:
-            cfg = {"BLOCK_M": 128, "num_warps": 8, "num_stages": 3, "TMA": 1}
+        elif D > 64:  # GLUON: the warp-specialised dQ pass (1M, whole backward: 1,104-1,114 vs 1,199-1,210 ms)
+            cfg = {"BLOCK_M": 128, "num_warps": 8, "num_stages": 3, "TMA": 1, "GLUON": 1}
         else:
             cfg = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
     else:  # dkdv: B key rows per program, BLOCK_M query rows per iteration; 2 programs per SM (3 stages: 1)
-        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2, "TMA": int(D > 64)}
+        cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2, "TMA": int(D > 64), "STAGES": 4, "GLUON": 1}
         if big:  # 128 keys: keys as the M side (KT), 8 warps (H200, 1M: 752 ms; query rows as M: 1,946 ms)
             cfg.update(num_warps=8, KT=1)
     # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
     override = CONFIG_OVERRIDE.get(kind, {})
-    unknown = set(override) - {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA", "KT", "GLUON", "PINGPONG"}
+    known = {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA", "KT", "GLUON", "STAGES", "PINGPONG"}
+    unknown = set(override) - known
     if unknown:  # a misspelt key would otherwise time the defaults under the variant's name
         raise ValueError(f"CONFIG_OVERRIDE[{kind!r}]: unknown keys {sorted(unknown)}")
-    # GLUON (fwd): the warp-specialised Hopper forward of ``gluon.py`` where it applies (num_stages: its K/V ring;
-    # PINGPONG: its consumers take turns issuing S = Q K^T).
-    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "GLUON": 0, "PINGPONG": 0, **cfg, **override}
+    # GLUON: the warp-specialised Hopper kernels of ``gluon.py`` where they apply (STAGES: their shared-memory ring;
+    # PINGPONG: the forward's consumers take turns issuing S = Q K^T); num_stages etc. are the Triton kernels'.
+    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "GLUON": 0, "STAGES": 2, "PINGPONG": 0, **cfg, **override}
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], B))
@@ -882,7 +884,7 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
     cfg = _config("fwd", G, B, D, q.device)
     if cfg["GLUON"] and _gluon.supported(q, k, v, B):
         _gluon.forward(q, k, v, indices, cnt, n_lo, block_bias, doc_ids, out, lse, B, scale * 1.4426950408889634,
-                       stages=cfg["num_stages"], pingpong=bool(cfg["PINGPONG"]))  # fmt: skip
+                       stages=cfg["STAGES"], pingpong=bool(cfg["PINGPONG"]))  # fmt: skip
         return out, lse
     bm = cfg["BLOCK_M"]
     grid = (nb * (G * B // bm), Bt * Hkv)
@@ -991,28 +993,37 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
     if want_q or want_bias:
         cfg = _config("dq", G, B, D, dev)
         bm = cfg["BLOCK_M"]
-        n_split = G * B // bm
         dq = _alloc_like(q) if want_q else None  # [Bt, Hq, T, D]
         dq_arg = dq if dq is not None else q  # never written when not wanted
+        # Bias-gradient partials, one per program's slice of the G*B rows (the Gluon pass: one per query head)
+        n_split = G if cfg["GLUON"] else G * B // bm
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
-        k_desc, tma = _tensor_desc(k, cfg["BLOCK_N"], cfg["TMA"])
-        v_desc, tma_v = _tensor_desc(v, cfg["BLOCK_N"], tma)
-        tma = tma and tma_v
-        _dq_kernel[(nb * n_split, Bt * Hkv)](
-            q, k, v, k_desc if tma else k, v_desc if tma else v, grad_out, dq_arg, lse, delta, indices, cnt, n_lo,
-            block_bias if has_bias else dummy,
-            dbias_part if dbias_part is not None else delta,
-            doc_ids if has_doc else dummy,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-            dq_arg.stride(0), dq_arg.stride(1), dq_arg.stride(2),
-            T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, scale,
-            G=G, B=B, BLOCK_N=cfg["BLOCK_N"], D=D, BLOCK_M=bm, S_P2=triton.next_power_of_2(S), HAS_BIAS=has_bias,
-            WANT_DBIAS=want_bias, WANT_DQ=want_q, HAS_DOC=has_doc, TMA=tma, PREC=_prec(q.dtype),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        ran = cfg["GLUON"] and _gluon.dq_pass(
+            q, k, v, grad_out, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B, qk_scale, scale,
+            stages=cfg["STAGES"],
         )  # fmt: skip
+        if not ran:  # the Triton pass (a Gluon one was not asked for, or does not apply to these inputs)
+            if n_split != G * B // bm:
+                n_split = G * B // bm
+                dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
+            k_desc, tma = _tensor_desc(k, cfg["BLOCK_N"], cfg["TMA"])
+            v_desc, tma_v = _tensor_desc(v, cfg["BLOCK_N"], tma)
+            tma = tma and tma_v
+            _dq_kernel[(nb * n_split, Bt * Hkv)](
+                q, k, v, k_desc if tma else k, v_desc if tma else v, grad_out, dq_arg, lse, delta, indices, cnt, n_lo,
+                block_bias if has_bias else dummy,
+                dbias_part if dbias_part is not None else delta,
+                doc_ids if has_doc else dummy,
+                q.stride(0), q.stride(1), q.stride(2),
+                k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2),
+                grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+                dq_arg.stride(0), dq_arg.stride(1), dq_arg.stride(2),
+                T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, scale,
+                G=G, B=B, BLOCK_N=cfg["BLOCK_N"], D=D, BLOCK_M=bm, S_P2=triton.next_power_of_2(S), HAS_BIAS=has_bias,
+                WANT_DBIAS=want_bias, WANT_DQ=want_q, HAS_DOC=has_doc, TMA=tma, PREC=_prec(q.dtype),
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            )  # fmt: skip
         if want_bias:
             # [n_split, Bt, Hkv, nb, S] -> [Bt, Hkv, nb, S]: the row splits' partial sums (fp32)
             dbias = dbias_part[0] if n_split == 1 else dbias_part.sum(0)
@@ -1028,24 +1039,29 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
         dvp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)
         bm = cfg["BLOCK_M"]
-        q_desc, tma = _tensor_desc(q, bm, cfg["TMA"] and bm <= B)
-        do_desc, tma_do = _tensor_desc(grad_out, bm, tma)
-        tma = tma and tma_do
-        _dkdv_kernel[(items.shape[0],)](
-            q, k, v, grad_out, q_desc if tma else q, do_desc if tma else q, dk, dv, dkp, dvp, lse, delta, items, csr,
-            block_bias if has_bias else dummy,
-            doc_ids if has_doc else dummy,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-            dk.stride(0), dk.stride(1), dk.stride(2),
-            dv.stride(0), dv.stride(1), dv.stride(2),
-            T, nb, S, Hkv, qk_scale, scale,
-            G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=has_bias, HAS_DOC=has_doc, TMA=tma,
-            PREC=_prec(q.dtype), KT=bool(cfg["KT"]),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        ran = cfg["GLUON"] and _gluon.dkdv_pass(
+            q, k, v, grad_out, dk, dv, dkp, dvp, lse, delta, indices, items, csr, block_bias, doc_ids, B, qk_scale,
+            scale, stages=cfg["STAGES"],
         )  # fmt: skip
+        if not ran:  # the Triton pass (a Gluon one was not asked for, or does not apply to these inputs)
+            q_desc, tma = _tensor_desc(q, bm, cfg["TMA"] and bm <= B)
+            do_desc, tma_do = _tensor_desc(grad_out, bm, tma)
+            tma = tma and tma_do
+            _dkdv_kernel[(items.shape[0],)](
+                q, k, v, grad_out, q_desc if tma else q, do_desc if tma else q, dk, dv, dkp, dvp, lse, delta, items, csr,
+                block_bias if has_bias else dummy,
+                doc_ids if has_doc else dummy,
+                q.stride(0), q.stride(1), q.stride(2),
+                k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2),
+                grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+                dk.stride(0), dk.stride(1), dk.stride(2),
+                dv.stride(0), dv.stride(1), dv.stride(2),
+                T, nb, S, Hkv, qk_scale, scale,
+                G=G, B=B, D=D, BLOCK_M=bm, HAS_BIAS=has_bias, HAS_DOC=has_doc, TMA=tma,
+                PREC=_prec(q.dtype), KT=bool(cfg["KT"]),
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            )  # fmt: skip
         if red.shape[0]:
             _reduce_kernel[(red.shape[0],)](
                 dkp, dvp, dk, dv, red,
