@@ -3,6 +3,7 @@ spills and the instruction mix of its main loops, per CONFIG_OVERRIDE variant.
 
     python3 scripts/kernel_sass.py [--kernel fwd|dq|dkdv] --variants "; fwd:num_stages=3" [--block-size 64] [--json F]
     python3 scripts/kernel_sass.py --kernel select --scores bound/bound --variants "; select:bound_edges_apart=0"
+    python3 scripts/kernel_sass.py --kernel gfwd --variants "; fwd:STAGES=3"   # the Gluon kernels: gfwd, gdq, gdkdv
 
 Why: device time is scarce, and the forward's speed at 1M tracks what one iteration of its loop issues (the
 nineteenth session's analysis in docs/kernels.md: ~640 SASS instructions per 256 x 64 tile against ~2,050 clocks of
@@ -163,7 +164,63 @@ def compile_select(spec: str, scores: str):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts), dataclasses.asdict(tuning)
 
 
+GLUON = {"gfwd": "_gl_fwd_kernel", "gdq": "_gl_dq_kernel", "gdkdv": "_gl_dkdv_kernel"}
+
+
+def compile_gluon(kind: str, spec: str):
+    """A warp-specialised Gluon kernel of ``ssa_kernels/attention/gluon.py`` (gfwd | gdq | gdkdv) compiled for sm_90a
+    as the benchmark launches it (bf16, D 128, block 64, GQA 4, no bias, no documents), its ``STAGES`` / ``PINGPONG``
+    from ``spec`` ("fwd:STAGES=3,PINGPONG=1"; the pass of the spec is ignored): (compiled, constexprs)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from ssa_kernels.attention import gluon as glk
+
+    fn = getattr(glk, GLUON[kind])
+    over = {k: v for kv in tri.parse_config_override(spec).values() for k, v in kv.items()}
+    rows_per_box = {"gfwd": 2, "gdq": 1, "gdkdv": 1}[kind]  # query heads in one q box
+    q_box = [1, rows_per_box, 64, 128]
+
+    def desc(box):
+        return f"tensordesc<bf16{box},{gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16)!r}>"
+
+    const = {"G": 4, "B": 64, "D": 128, "STAGES": over.get("STAGES", 4 if kind == "gdkdv" else 2), "HAS_BIAS": False,
+             "HAS_DOC": False, "PINGPONG": bool(over.get("PINGPONG", 0)), "HPC": 1, "S_P2": 256, "WANT_DBIAS": False,
+             "WANT_DQ": True}  # fmt: skip
+    sig = {}
+    for prm in fn.params:
+        n = prm.name
+        if prm.is_constexpr:
+            sig[n] = "constexpr"
+        elif n in ("q_desc", "do_desc"):
+            sig[n] = desc(q_box)
+        elif n.endswith("_desc"):
+            sig[n] = desc([1, 1, 64, 128])
+        elif n in ("o_ptr", "dq_ptr", "dk_ptr", "dv_ptr"):
+            sig[n] = "*bf16"
+        elif n in ("idx_ptr", "items_ptr", "csr_ptr", "doc_ptr"):
+            sig[n] = "*i64"
+        elif n in ("cnt_ptr", "nlo_ptr"):
+            sig[n] = "*i32"
+        elif n.endswith("_ptr"):
+            sig[n] = "*fp32"
+        elif re.fullmatch(r"s(o|dq|dk|dv)_[bht]", n):
+            sig[n] = "i64"
+        elif n in ("qk_scale", "sm_scale"):
+            sig[n] = "fp32"
+        else:
+            sig[n] = "i32"
+    const = {n: const[n] for n in sig if sig[n] == "constexpr"}
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=const)
+    # 4 default warps + a 4-warp consumer and the load warp = 12 warps: 168 registers a thread at launch
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": 168}), const
+
+
 def report(kind: str, spec: str, block: int, scores: str = "bound/bound") -> dict:
+    if kind in GLUON:
+        compiled, cfg = compile_gluon(kind, spec)
+        return {"variant": spec or "defaults", "config": cfg, **ptxas_info(compiled.asm["ptx"]),
+                "shared_bytes": compiled.metadata.shared, "loops": sass_loops(compiled.asm["cubin"])}  # fmt: skip
     if kind == "select":
         compiled, cfg = compile_select(spec, scores)
         loops = sass_loops(compiled.asm["cubin"], "LDG")
@@ -178,7 +235,7 @@ def report(kind: str, spec: str, block: int, scores: str = "bound/bound") -> dic
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default="", help='";"-separated CONFIG_OVERRIDE specs ("" = the defaults)')
-    ap.add_argument("--kernel", choices=(*KERNELS, "select"), default="fwd")
+    ap.add_argument("--kernel", choices=(*KERNELS, "select", *GLUON), default="fwd")
     ap.add_argument("--scores", default="bound/bound", help="--kernel select: node_score/leaf_score")
     ap.add_argument("--block-size", type=int, default=64, choices=(64, 128))
     ap.add_argument("--json", help="write the rows here")

@@ -65,3 +65,26 @@ def test_selector_kernel_compiles_for_hopper_and_whole_nodes_apart_issue_fewer(t
     hot = [max(r["loops"], key=lambda lp: lp["instructions"]) for r in (apart, both_runs)]
     assert hot[0]["ops"]["LDG"] < hot[1]["ops"]["LDG"]  # one run's min / max rows, not two
     assert 1.5 * hot[0]["instructions"] < hot[1]["instructions"], hot
+
+
+def test_gluon_kernels_compile_for_hopper(tmp_path):
+    """The warp-specialised Gluon forward, dQ and dK/dV kernels (``ssa_kernels/attention/gluon.py``) through the GPU
+    compile path: Gluon does not run in the interpreter, so this is what CI checks of them (the GPU tests run them).
+    Each fits one program an SM (12 warps at 168 registers, shared memory within Hopper's 227 KB) with its consumer
+    loop's tensor-core products where the design puts them, and spills at most a few hundred bytes."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    # per kernel: HGMMA instructions of one consumer step, spill-store budget in bytes
+    expect = {"gfwd": (24, 256), "gdq": (20, 0), "gdkdv": (24, 512)}  # 128x64 S + 128x128 PV; S, dP, dq; 4 products
+    for kernel, (hgmma, spill) in expect.items():
+        out = tmp_path / f"{kernel}.json"
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "kernel_sass.py"), "--kernel", kernel, "--json", str(out)],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        (row,) = json.loads(out.read_text())["rows"]
+        assert row["registers"] == 168 and row["spill_store_bytes"] <= spill, (kernel, row["spill_store_bytes"])
+        assert 0 < row["shared_bytes"] <= 232448, (kernel, row["shared_bytes"])
+        steps = [lp["ops"] for lp in row["loops"] if lp["ops"].get("MUFU", 0) >= 32]
+        assert steps and all(ops["HGMMA"] == hgmma for ops in steps), (kernel, [ops.get("HGMMA") for ops in steps])

@@ -48,7 +48,9 @@ try:  # Gluon ships with Triton >= 3.4; absent or different elsewhere: the Trito
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
 
-    HAVE_GLUON = hasattr(tma, "async_copy_global_to_shared") and hasattr(gl, "warp_specialize")
+    # TMA load into shared memory: async_copy_global_to_shared in Triton 3.6 (the GPU image), async_load later (CI)
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    HAVE_GLUON = hasattr(gl, "warp_specialize")
 except ImportError:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
 
@@ -67,8 +69,8 @@ if HAVE_GLUON:
             kb = gl.load(idx_row + e).to(gl.int32)
             mbarrier.wait(empty.index(s), ph ^ 1)  # fresh barriers count as phase 1 complete: the first pass is free
             mbarrier.expect(ready.index(s), nbytes)
-            tma.async_copy_global_to_shared(k_desc, [b, h, kb * B, 0], ready.index(s), k_bufs.index(s))
-            tma.async_copy_global_to_shared(v_desc, [b, h, kb * B, 0], ready.index(s), v_bufs.index(s))
+            _tma_load(k_desc, [b, h, kb * B, 0], ready.index(s), k_bufs.index(s))
+            _tma_load(v_desc, [b, h, kb * B, 0], ready.index(s), v_bufs.index(s))
 
     @gluon.jit
     def _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, e, idx_row, bias_row, t, doc_q, doc_base,
@@ -201,7 +203,7 @@ if HAVE_GLUON:
             mbarrier.init(turn.index(c), count=1)
         mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
         for c in gl.static_range(2):  # each consumer's 2 heads x B tokens in one box
-            tma.async_copy_global_to_shared(q_desc, [b, hq0 + 2 * c, i * B, 0], q_bar, q_bufs.index(c))
+            _tma_load(q_desc, [b, hq0 + 2 * c, i * B, 0], q_bar, q_bufs.index(c))
 
         Hq = Hkv * G
         gl.warp_specialize(
@@ -412,8 +414,8 @@ if HAVE_GLUON:
             mbarrier.init(empty.index(s), count=2)
         mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
         for c in gl.static_range(2):
-            tma.async_copy_global_to_shared(q_desc, [b, hq0 + HPC * c, i * B, 0], q_bar, q_bufs.index(c))
-            tma.async_copy_global_to_shared(do_desc, [b, hq0 + HPC * c, i * B, 0], q_bar, do_bufs.index(c))
+            _tma_load(q_desc, [b, hq0 + HPC * c, i * B, 0], q_bar, q_bufs.index(c))
+            _tma_load(do_desc, [b, hq0 + HPC * c, i * B, 0], q_bar, do_bufs.index(c))
 
         Hq = Hkv * G
         gl.warp_specialize(
@@ -450,8 +452,8 @@ if HAVE_GLUON:
             hq = h * G + it % G
             mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
             mbarrier.expect(ready.index(s), nbytes)
-            tma.async_copy_global_to_shared(q_desc, [b, hq, i * B, 0], ready.index(s), q_bufs.index(s))
-            tma.async_copy_global_to_shared(do_desc, [b, hq, i * B, 0], ready.index(s), do_bufs.index(s))
+            _tma_load(q_desc, [b, hq, i * B, 0], ready.index(s), q_bufs.index(s))
+            _tma_load(do_desc, [b, hq, i * B, 0], ready.index(s), do_bufs.index(s))
 
     @gluon.jit
     def _gl_kv_step(dk, dv, k_s, v_s, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k, lse_base,
@@ -592,8 +594,8 @@ if HAVE_GLUON:
             mbarrier.init(ready.index(s), count=1)
             mbarrier.init(empty.index(s), count=1)  # each slice has one consumer
         mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b, h, kb * B, 0], kv_bar, k_s)
-        tma.async_copy_global_to_shared(v_desc, [b, h, kb * B, 0], kv_bar, v_s)
+        _tma_load(k_desc, [b, h, kb * B, 0], kv_bar, k_s)
+        _tma_load(v_desc, [b, h, kb * B, 0], kv_bar, v_s)
         Hq = Hkv * G
         gl.warp_specialize(
             [
