@@ -54,7 +54,6 @@ try:  # Gluon ships with Triton >= 3.4; absent or different elsewhere: the Trito
 except ImportError:  # pragma: no cover - depends on the installed triton
     HAVE_GLUON = False
 
-LOG2E = 1.4426950408889634
 
 if HAVE_GLUON:
 
