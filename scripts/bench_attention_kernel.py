@@ -314,8 +314,8 @@ def sweep(specs: list[str], T: int) -> None:
         nums = [int(x) for x in cfg.split(",")]
         tri.CONFIG_OVERRIDE.clear()
         tri.CONFIG_OVERRIDE[kind] = dict(zip(("BLOCK_M", "num_warps", "num_stages", "TMA", "BLOCK_N", "KT"), nums))
-        if kind == "fwd":  # the sweep's numbers are the Triton forward's: not the Gluon one that is the default
-            tri.CONFIG_OVERRIDE[kind].setdefault("GLUON", 0)
+        # the sweep's configurations are the Triton kernels': not the Gluon ones that are the defaults on Hopper
+        tri.CONFIG_OVERRIDE[kind]["GLUON"] = 0
         tri.KV_ORDER = order[0] if order else "kb"
         try:
             with torch.no_grad():
