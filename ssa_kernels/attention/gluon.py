@@ -624,7 +624,8 @@ def dkdv_pass(q, k, v, do, dk, dv, dkp, dvp, lse, delta, indices, items, csr, bl
     dk, dv written where a program owns its block, fp32 partials dkp / dvp otherwise, for ``triton._reduce_kernel``):
     False, doing nothing, where it does not apply. Two consumer warpgroups take alternate (query block, head) slices
     of the piece into their own dk, dv (64 keys x 128, fp32) and add them up at the end; a load warp streams the
-    slices' q and dO by TMA into ``stages`` buffers (each consumer waits only on its own, so 4 give each two)."""
+    slices' q and dO by TMA into ``stages`` buffers (each consumer waits only on its own, so 4 give each two; an odd
+    count would hand a consumer the other's buffers, and is refused)."""
     if not (supported(q, k, v, B) and _tma_ok(do) and do.dtype == q.dtype) or stages % 2:
         return False
     Bt, Hq, T, D = q.shape
