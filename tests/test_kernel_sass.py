@@ -11,16 +11,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_forward_compiles_for_hopper_and_its_loop_is_reported(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the compiler, not the interpreter
+def sass_rows(tmp_path, *args: str) -> list[dict]:
+    """Rows of ``scripts/kernel_sass.py *args --json`` run as CI would: Triton's compiler, not its interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     out = tmp_path / "sass.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "kernel_sass.py"), "--variants", "; fwd:num_stages=3", "--json", str(out)],
+        [sys.executable, str(REPO / "scripts" / "kernel_sass.py"), *args, "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    return json.loads(out.read_text())["rows"]
+
+
+def test_forward_compiles_for_hopper_and_its_loop_is_reported(tmp_path):
+    rows = sass_rows(tmp_path, "--variants", "; fwd:num_stages=3")
     assert [r["variant"] for r in rows] == ["defaults", "fwd:num_stages=3"]
     for r in rows:
         assert 0 < r["registers"] <= 255 and r["config"]["BLOCK_M"] == 256 and r["config"]["TMA"] == 1
@@ -32,16 +37,8 @@ def test_forward_compiles_for_hopper_and_its_loop_is_reported(tmp_path):
 
 def test_backward_kernels_compile_for_hopper(tmp_path):
     """dQ and dK/dV kernels through the same GPU compile path: a loop with tensor-core products and exp2 each."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     for kernel in ("dq", "dkdv"):
-        out = tmp_path / f"{kernel}.json"
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "kernel_sass.py"), "--kernel", kernel, "--json", str(out)],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        (row,) = json.loads(out.read_text())["rows"]
+        (row,) = sass_rows(tmp_path, "--kernel", kernel)
         assert 0 < row["registers"] <= 255
         main = row["loops"][0]["ops"]
         assert main["HGMMA"] > 0 and main["MUFU"] >= 32, (kernel, main)  # 64 x 64 (dkdv) / 128 x 64 (dq) tiles
@@ -51,16 +48,9 @@ def test_selector_kernel_compiles_for_hopper_and_whole_nodes_apart_issue_fewer(t
     """The bound search (issue-6 recipe: both bounds, beams of 64, 1M) through the GPU compile path. Scoring whole
     nodes apart from the partial ones (Tuning.bound_edges_apart, the default) issues far fewer instructions per
     head-dim chunk of the candidate loop than the kernel that gathers both runs for every candidate."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
-    out = tmp_path / "select.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "kernel_sass.py"), "--kernel", "select", "--scores", "bound/bound",
-         "--variants", "; select:bound_edges_apart=0", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    apart, both_runs = json.loads(out.read_text())["rows"]
+    apart, both_runs = sass_rows(
+        tmp_path, "--kernel", "select", "--scores", "bound/bound", "--variants", "; select:bound_edges_apart=0"
+    )
     assert apart["config"]["bound_edges_apart"] and not both_runs["config"]["bound_edges_apart"]
     hot = [max(r["loops"], key=lambda lp: lp["instructions"]) for r in (apart, both_runs)]
     assert hot[0]["ops"]["LDG"] < hot[1]["ops"]["LDG"]  # one run's min / max rows, not two
@@ -72,18 +62,10 @@ def test_gluon_kernels_compile_for_hopper(tmp_path):
     compile path: Gluon does not run in the interpreter, so this is what CI checks of them (the GPU tests run them).
     Each fits one program an SM (12 warps at 168 registers, shared memory within Hopper's 227 KB) with its consumer
     loop's tensor-core products where the design puts them, and spills at most a few hundred bytes."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     # per kernel: HGMMA instructions of one consumer step, spill-store budget in bytes
     expect = {"gfwd": (24, 256), "gdq": (20, 0), "gdkdv": (24, 512)}  # 128x64 S + 128x128 PV; S, dP, dq; 4 products
     for kernel, (hgmma, spill) in expect.items():
-        out = tmp_path / f"{kernel}.json"
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "kernel_sass.py"), "--kernel", kernel, "--json", str(out)],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        (row,) = json.loads(out.read_text())["rows"]
+        (row,) = sass_rows(tmp_path, "--kernel", kernel)
         assert row["registers"] == 168 and row["spill_store_bytes"] <= spill, (kernel, row["spill_store_bytes"])
         assert 0 < row["shared_bytes"] <= 232448, (kernel, row["shared_bytes"])
         steps = [lp["ops"] for lp in row["loops"] if lp["ops"].get("MUFU", 0) >= 32]

@@ -58,6 +58,51 @@ except ImportError:  # pragma: no cover - depends on the installed triton
 if HAVE_GLUON:
 
     @gluon.jit
+    def _gl_later(t, kpos, KEYS_FIRST: gl.constexpr):
+        """Whether each key is at or before each query row's token ([rows, keys]; [keys, rows] with KEYS_FIRST)."""
+        if KEYS_FIRST:
+            return kpos[:, None] <= t[None, :]
+        else:
+            return t[:, None] >= kpos[None, :]
+
+    @gluon.jit
+    def _gl_masked(sc, t, kpos, doc_q, doc_k, CAUSAL: gl.constexpr, HAS_DOC: gl.constexpr,
+                   KEYS_FIRST: gl.constexpr):  # fmt: skip
+        """sc with -inf where the key at kpos is after the query row's token t (CAUSAL) or in another document
+        (HAS_DOC): [rows, keys], or [keys, rows] with KEYS_FIRST (the dK/dV pass). ``triton._masked_scores``'s rule."""
+        if HAS_DOC:
+            if KEYS_FIRST:
+                keep = doc_k[:, None] == doc_q[None, :]
+            else:
+                keep = doc_q[:, None] == doc_k[None, :]
+            if CAUSAL:
+                keep = keep & _gl_later(t, kpos, KEYS_FIRST)
+        else:
+            keep = _gl_later(t, kpos, KEYS_FIRST)
+        return gl.where(keep, sc, float("-inf"))
+
+    @gluon.jit
+    def _gl_mask_block(sc, idx_row, e, t, doc_q, doc_base, T, B: gl.constexpr, CAUSAL: gl.constexpr,
+                       HAS_DOC: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
+        """The masks of listed block e on a [rows, B] tile (forward, dQ pass); CAUSAL: the diagonal block (or a future
+        one listed by mistake)."""
+        if CAUSAL or HAS_DOC:
+            kpos = gl.load(idx_row + e) * B + gl.arange(0, B, layout=gl.SliceLayout(0, s_layout))
+            doc_k = kpos  # placeholder, unused without documents
+            if HAS_DOC:
+                doc_k = gl.load(doc_base + kpos, mask=kpos < T, other=-1).to(gl.int32)
+            sc = _gl_masked(sc, t, kpos, doc_q, doc_k, CAUSAL, HAS_DOC, False)
+        return sc
+
+    @gluon.jit
+    def _gl_bias_log2(bias_ptr, HAS_BIAS: gl.constexpr):
+        """The listed block's bias in log2 units (0 without a bias): ``triton._bias_log2``."""
+        if HAS_BIAS:
+            return gl.load(bias_ptr).to(gl.float32) * 1.4426950408889634
+        else:
+            return 0.0
+
+    @gluon.jit
     def _gl_loader(k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h,
                    B: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
         """One warp: K and V of listed block e into stage e % STAGES once both consumers released it."""
@@ -90,21 +135,8 @@ if HAVE_GLUON:
         if PINGPONG:
             mbarrier.arrive(turn.index(1 - C), count=1)
         sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-        if CAUSAL or HAS_DOC:  # CAUSAL: the diagonal block (or a future one listed by mistake)
-            kb = gl.load(idx_row + e)
-            kpos = kb * B + gl.arange(0, B, layout=gl.SliceLayout(0, s_layout))
-            if HAS_DOC:
-                doc_k = gl.load(doc_base + kpos, mask=kpos < T, other=-1).to(gl.int32)
-                keep = doc_q[:, None] == doc_k[None, :]
-                if CAUSAL:
-                    keep = keep & (t[:, None] >= kpos[None, :])
-            else:
-                keep = t[:, None] >= kpos[None, :]
-            sc = gl.where(keep, sc, float("-inf"))
-        if HAS_BIAS:
-            b2 = gl.load(bias_row + e).to(gl.float32) * 1.4426950408889634
-        else:
-            b2 = 0.0
+        sc = _gl_mask_block(sc, idx_row, e, t, doc_q, doc_base, T, B, CAUSAL, HAS_DOC, s_layout)
+        b2 = _gl_bias_log2(bias_row + e, HAS_BIAS)
         m_new = gl.maximum(m_i, gl.max(sc, 1) * qk_scale + b2)
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: never -inf - -inf
         p = gl.exp2(sc * qk_scale + (b2 - m_use)[:, None])
@@ -240,21 +272,8 @@ if HAVE_GLUON:
         sc = warpgroup_mma(q_s, k_s.permute((1, 0)), zero, use_acc=False, is_async=True)
         dp = warpgroup_mma(do_s, v_s.permute((1, 0)), zero, use_acc=False, is_async=True)
         sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))  # in order: S is done, dP may still run
-        if CAUSAL or HAS_DOC:
-            kb = gl.load(idx_row + e)
-            kpos = kb * B + gl.arange(0, B, layout=gl.SliceLayout(0, s_layout))
-            if HAS_DOC:
-                doc_k = gl.load(doc_base + kpos, mask=kpos < T, other=-1).to(gl.int32)
-                keep = doc_q[:, None] == doc_k[None, :]
-                if CAUSAL:
-                    keep = keep & (t[:, None] >= kpos[None, :])
-            else:
-                keep = t[:, None] >= kpos[None, :]
-            sc = gl.where(keep, sc, float("-inf"))
-        if HAS_BIAS:
-            b2 = gl.load(bias_row + e).to(gl.float32) * 1.4426950408889634
-        else:
-            b2 = 0.0
+        sc = _gl_mask_block(sc, idx_row, e, t, doc_q, doc_base, T, B, CAUSAL, HAS_DOC, s_layout)
+        b2 = _gl_bias_log2(bias_row + e, HAS_BIAS)
         p = gl.exp2(sc * qk_scale + (b2l + b2)[:, None])  # lse = -inf rows (empty, past T): b2l = -inf, p = 0
         dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
         ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
@@ -406,10 +425,7 @@ if HAVE_GLUON:
         lrow = hq.to(gl.int64) * T + t
         lse = gl.load(lse_base + lrow, mask=ok, other=float("-inf"))
         delta = gl.load(delta_base + lrow, mask=ok, other=0.0)
-        if HAS_BIAS:
-            b2 = gl.load(bias_ptr + pos).to(gl.float32) * 1.4426950408889634
-        else:
-            b2 = 0.0
+        b2 = _gl_bias_log2(bias_ptr + pos, HAS_BIAS)
         b2l = gl.where(lse == float("-inf"), float("-inf"), b2 - lse * 1.4426950408889634)  # p = 0 on empty rows
         mbarrier.wait(ready.index(s), (j // STAGES) & 1)
         q_s = q_bufs.index(s).reshape([B, D])
@@ -419,14 +435,10 @@ if HAVE_GLUON:
         dpt = warpgroup_mma(v_s, do_s.permute((1, 0)), zero, use_acc=False, is_async=True)
         sct = warpgroup_mma_wait(num_outstanding=1, deps=(sct,))
         if CAUSAL or HAS_DOC:
+            doc_q = t  # placeholder, unused without documents
             if HAS_DOC:
                 doc_q = gl.load(doc_base + t, mask=ok, other=-1).to(gl.int32)
-                keep = doc_k[:, None] == doc_q[None, :]
-                if CAUSAL:
-                    keep = keep & (kpos[:, None] <= t[None, :])
-            else:
-                keep = kpos[:, None] <= t[None, :]
-            sct = gl.where(keep, sct, float("-inf"))
+            sct = _gl_masked(sct, t, kpos, doc_q, doc_k, CAUSAL, HAS_DOC, True)
         pt = gl.exp2(sct * qk_scale + b2l[None, :])  # [B keys, B rows]
         pt_op = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
         dv = warpgroup_mma(pt_op, do_s, dv, is_async=True)
@@ -561,6 +573,11 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, B: int) -> bool
     return all(_tma_ok(x) for x in (q, k, v))
 
 
+def backward_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, B: int) -> bool:
+    """Whether ``dq_pass`` and ``dkdv_pass`` serve this backward: ``supported``, and dO in q's dtype by TMA."""
+    return supported(q, k, v, B) and _tma_ok(do) and do.dtype == q.dtype
+
+
 def _tma_ok(x: torch.Tensor) -> bool:
     return (
         x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0 for st in x.stride()[:-1])
@@ -598,7 +615,7 @@ def dq_pass(q, k, v, do, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_p
     fp32 partials, one per query head of the group, or None): False, doing nothing, where it does not apply (then the
     Triton pass runs). Two consumer warpgroups of 64 rows (one query head each) per program: 128 rows, so a program
     per 2 query heads of a block (the 128-row consumers of the forward would need ~290 registers a thread here)."""
-    if not (supported(q, k, v, B) and _tma_ok(do) and do.dtype == q.dtype):
+    if not backward_supported(q, k, v, do, B):
         return False
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
@@ -626,7 +643,7 @@ def dkdv_pass(q, k, v, do, dk, dv, dkp, dvp, lse, delta, indices, items, csr, bl
     of the piece into their own dk, dv (64 keys x 128, fp32) and add them up at the end; a load warp streams the
     slices' q and dO by TMA into ``stages`` buffers (each consumer waits only on its own, so 4 give each two; an odd
     count would hand a consumer the other's buffers, and is refused)."""
-    if not (supported(q, k, v, B) and _tma_ok(do) and do.dtype == q.dtype) or stages % 2:
+    if not backward_supported(q, k, v, do, B) or stages % 2:
         return False
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]

@@ -995,17 +995,15 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         bm = cfg["BLOCK_M"]
         dq = _alloc_like(q) if want_q else None  # [Bt, Hq, T, D]
         dq_arg = dq if dq is not None else q  # never written when not wanted
+        gluon = cfg["GLUON"] and _gluon.backward_supported(q, k, v, grad_out, B)
         # Bias-gradient partials, one per program's slice of the G*B rows (the Gluon pass: one per query head)
-        n_split = G if cfg["GLUON"] else G * B // bm
+        n_split = G if gluon else G * B // bm
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
-        ran = cfg["GLUON"] and _gluon.dq_pass(
+        ran = gluon and _gluon.dq_pass(
             q, k, v, grad_out, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B, qk_scale, scale,
             stages=cfg["STAGES"],
         )  # fmt: skip
         if not ran:  # the Triton pass (a Gluon one was not asked for, or does not apply to these inputs)
-            if n_split != G * B // bm:
-                n_split = G * B // bm
-                dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
             k_desc, tma = _tensor_desc(k, cfg["BLOCK_N"], cfg["TMA"])
             v_desc, tma_v = _tensor_desc(v, cfg["BLOCK_N"], tma)
             tma = tma and tma_v
