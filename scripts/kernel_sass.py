@@ -167,10 +167,11 @@ def compile_select(spec: str, scores: str):
 GLUON = {"gfwd": "_gl_fwd_kernel", "gdq": "_gl_dq_kernel", "gdkdv": "_gl_dkdv_kernel"}
 
 
-def compile_gluon(kind: str, spec: str):
+def compile_gluon(kind: str, spec: str, block: int = 64):
     """A warp-specialised Gluon kernel of ``ssa_kernels/attention/gluon.py`` (gfwd | gdq | gdkdv) compiled for sm_90a
-    as the benchmark launches it (bf16, D 128, block 64, GQA 4, no bias, no documents), its ``STAGES`` / ``PINGPONG``
-    from ``spec`` ("fwd:STAGES=3,PINGPONG=1"; the pass of the spec is ignored): (compiled, constexprs)."""
+    as the benchmark launches it (bf16, D 128, GQA 4, no bias, no documents; block 64 or 128), its ``STAGES`` /
+    ``PINGPONG`` from ``spec`` ("fwd:STAGES=3,PINGPONG=1"; the pass of the spec is ignored): (compiled,
+    constexprs)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -179,13 +180,13 @@ def compile_gluon(kind: str, spec: str):
     fn = getattr(glk, GLUON[kind])
     over = {k: v for kv in tri.parse_config_override(spec).values() for k, v in kv.items()}
     rows_per_box = {"gfwd": 2, "gdq": 1, "gdkdv": 1}[kind]  # query heads in one q box
-    q_box = [1, rows_per_box, 64, 128]
+    q_box = [1, rows_per_box, glk.R, 128]
 
     def desc(box):
         return f"tensordesc<bf16{box},{gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16)!r}>"
 
-    const = {"G": 4, "B": 64, "D": 128, "STAGES": over.get("STAGES", 4 if kind == "gdkdv" else 2), "HAS_BIAS": False,
-             "HAS_DOC": False, "PINGPONG": bool(over.get("PINGPONG", 0)), "HPC": 1, "S_P2": 256, "WANT_DBIAS": False,
+    const = {"G": 4, "B": block, "R": glk.R, "D": 128, "STAGES": over.get("STAGES", 4 if kind == "gdkdv" else 2), "HAS_BIAS": False,
+             "HAS_DOC": False, "PINGPONG": int(over.get("PINGPONG", 0)), "HPC": 1, "S_P2": 256, "WANT_DBIAS": False,
              "WANT_DQ": True}  # fmt: skip
     sig = {}
     for prm in fn.params:
@@ -195,7 +196,7 @@ def compile_gluon(kind: str, spec: str):
         elif n in ("q_desc", "do_desc"):
             sig[n] = desc(q_box)
         elif n.endswith("_desc"):
-            sig[n] = desc([1, 1, 64, 128])
+            sig[n] = desc([1, 1, glk.R, 128])
         elif n in ("o_ptr", "dq_ptr", "dk_ptr", "dv_ptr"):
             sig[n] = "*bf16"
         elif n in ("idx_ptr", "items_ptr", "csr_ptr", "doc_ptr"):
@@ -218,7 +219,7 @@ def compile_gluon(kind: str, spec: str):
 
 def report(kind: str, spec: str, block: int, scores: str = "bound/bound") -> dict:
     if kind in GLUON:
-        compiled, cfg = compile_gluon(kind, spec)
+        compiled, cfg = compile_gluon(kind, spec, block)
         return {"variant": spec or "defaults", "config": cfg, **ptxas_info(compiled.asm["ptx"]),
                 "shared_bytes": compiled.metadata.shared, "loops": sass_loops(compiled.asm["cubin"])}  # fmt: skip
     if kind == "select":

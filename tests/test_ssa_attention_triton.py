@@ -270,6 +270,27 @@ def test_lse_only_loss_and_strided_inputs():
     assert_close(got, ref, torch.float32)
 
 
+@pytest.mark.parametrize("dtype,bs,hf_layout", [(torch.float32, 16, False), (torch.float16, 32, True)])
+def test_block_add_kernel_matches_the_reference(dtype, bs, hf_layout):
+    """The routing gradient's broadcast add (``tri._add_per_block``, a Triton kernel) against ``routing``'s torch
+    reference: GQA 3, batch 2, ragged T (a partial last block), HF's strided layout; every row gets its own block's
+    and kv head's vector (a wrong group, block or row offset fails)."""
+    from ssa_kernels.attention.routing import _add_per_block as reference
+
+    g = torch.Generator().manual_seed(11 + bs)
+    bt, h, hkv, t, d = 2, 6, 2, 3 * bs + 5, 32
+    x = torch.randn(bt, h, t, d, generator=g).to(dtype)
+    if hf_layout:
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    vec = torch.randn(bt, hkv, -(-t // bs), d, generator=g)
+    want = x.clone()
+    reference(want, vec, bs)
+    got = x.clone().to(DEV)
+    tri._add_per_block(got, vec.to(DEV), bs)
+    assert relerr(got.cpu(), want) < (1e-6 if dtype == torch.float32 else 1e-3)
+    assert relerr(want, x) > 0.1  # the add is there
+
+
 def test_config_override_rejects_unknown_keys(monkeypatch):
     """A misspelt tuning key must not silently time the defaults under a variant's name."""
     monkeypatch.setattr(tri, "CONFIG_OVERRIDE", tri.parse_config_override("fwd:LAZZY=1"))
@@ -316,12 +337,12 @@ def _hopper() -> bool:
 GLUON_CASES = ["ragged-bias", "hf-layout", "docs", "gqa8", "every-block-selects-the-sink", "late-block-rescale"]
 
 
-def _gluon_case(case: str, g: torch.Generator) -> tuple:
-    """(q, k, v, indices, block bias, doc ids) of one Gluon test case, bf16, block 64, D 128: ragged T, Bt > 1, block
+def _gluon_case(case: str, g: torch.Generator, bs: int = 64) -> tuple:
+    """(q, k, v, indices, block bias, doc ids) of one Gluon test case, bf16, block bs, D 128: ragged T, Bt > 1, block
     bias, padded rows of different lengths (n_valid differs between programs), an empty row, HF's layout, documents,
     a GQA group of 8 (two programs per query block), every query block listing block 0, or a late block scoring far
     above the first (the online rescale)."""
-    bt, hq, hkv, t, d, bs, s = 2, 16 if case == "gqa8" else 8, 2, 1000, 128, 64, 6
+    bt, hq, hkv, t, d, s = 2, 16 if case == "gqa8" else 8, 2, 1000, 128, 6
     q, k, v = make_inputs(bt, hq, hkv, t, d, g, torch.bfloat16)
     nb = -(-t // bs)
     indices = random_indices(bt, hkv, nb, s, g)
@@ -356,49 +377,52 @@ def _count_calls(monkeypatch, name: str) -> list:
 
 
 @pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
-@pytest.mark.parametrize("pingpong,stages", [(0, 2), (1, 2), (0, 3)])
+@pytest.mark.parametrize("bs,pingpong,stages", [(64, 0, 2), (64, 1, 2), (64, 0, 3), (128, 0, 2)])
 @pytest.mark.parametrize("case", GLUON_CASES)
-def test_gluon_forward_on_hopper(monkeypatch, pingpong, stages, case):
+def test_gluon_forward_on_hopper(monkeypatch, bs, pingpong, stages, case):
     """The warp-specialised Gluon forward (``gluon.py``) in bf16 against the fp32 reference, with poisoned outputs, on
-    each ``_gluon_case``; the gradients go through the Triton backward from the Gluon forward's out and lse."""
-    cfg = {"fwd": {"GLUON": 1, "PINGPONG": pingpong, "STAGES": stages}, "dq": {"GLUON": 0}}
+    each ``_gluon_case`` (block 128: two 64-key steps a block, two programs a query block); the gradients go through
+    the Triton backward from the Gluon forward's out and lse."""
+    cfg = {"fwd": {"GLUON": 1, "PINGPONG": pingpong, "STAGES": stages}, "dq": {"GLUON": 0}, "dkdv": {"GLUON": 0}}
     monkeypatch.setattr(tri, "CONFIG_OVERRIDE", cfg)
     calls = _count_calls(monkeypatch, "forward")
-    g = torch.Generator().manual_seed(zlib.crc32(f"{case}-{pingpong}-{stages}".encode()))
-    q, k, v, indices, bb, docs = _gluon_case(case, g)
-    got, ref = run_both(q, k, v, indices, 64, g, doc_ids=docs, bias=bb, kv_split=3)
+    g = torch.Generator().manual_seed(zlib.crc32(f"{case}-{bs}-{pingpong}-{stages}".encode()))
+    q, k, v, indices, bb, docs = _gluon_case(case, g, bs)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
     assert calls, "the Gluon forward did not run"
     assert_close(got, ref, torch.bfloat16)
 
 
 @pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
-@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("bs,stages", [(64, 2), (64, 3), (128, 2)])
 @pytest.mark.parametrize("case", GLUON_CASES)
-def test_gluon_dq_on_hopper(monkeypatch, stages, case):
+def test_gluon_dq_on_hopper(monkeypatch, bs, stages, case):
     """The warp-specialised Gluon dQ pass (dq and the block-bias gradient) in bf16 against the fp32 reference with
-    poisoned outputs, on each ``_gluon_case``; the forward and dK/dV passes are the Triton ones."""
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": 0}, "dq": {"GLUON": 1, "STAGES": stages}})
+    poisoned outputs, on each ``_gluon_case`` (block 128: a block's bias gradient summed over its two 64-key steps
+    and its two programs); the forward and dK/dV passes are the Triton ones."""
+    cfg = {"fwd": {"GLUON": 0}, "dq": {"GLUON": 1, "STAGES": stages}, "dkdv": {"GLUON": 0}}
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", cfg)
     calls = _count_calls(monkeypatch, "dq_pass")
-    g = torch.Generator().manual_seed(zlib.crc32(f"dq-{case}-{stages}".encode()))
-    q, k, v, indices, bb, docs = _gluon_case(case, g)
-    got, ref = run_both(q, k, v, indices, 64, g, doc_ids=docs, bias=bb, kv_split=3)
+    g = torch.Generator().manual_seed(zlib.crc32(f"dq-{case}-{bs}-{stages}".encode()))
+    q, k, v, indices, bb, docs = _gluon_case(case, g, bs)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
     assert calls and all(calls), "the Gluon dQ pass did not run"
     assert_close(got, ref, torch.bfloat16)
 
 
 @pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
-@pytest.mark.parametrize("stages,kv_split", [(4, 3), (2, None)])
+@pytest.mark.parametrize("bs,stages,kv_split", [(64, 4, 3), (64, 2, None), (128, 4, 3), (128, 3, None)])
 @pytest.mark.parametrize("case", GLUON_CASES)
-def test_gluon_dkdv_on_hopper(monkeypatch, stages, kv_split, case):
+def test_gluon_dkdv_on_hopper(monkeypatch, bs, stages, kv_split, case):
     """The warp-specialised Gluon dK/dV pass in bf16 against the fp32 reference with poisoned outputs, on each
     ``_gluon_case``: key blocks written by the program that owns them and, with ``kv_split``, lists cut into pieces
-    whose fp32 partials the reduction kernel sums (the sink case: every query block lists block 0)."""
-    monkeypatch.setattr(
-        tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": 0}, "dq": {"GLUON": 0}, "dkdv": {"GLUON": 1, "STAGES": stages}}
-    )
+    whose fp32 partials the reduction kernel sums (the sink case: every query block lists block 0). Block 128: each
+    consumer holds 64 of the keys and takes every slice (an odd stage count is allowed there)."""
+    dkdv = {"GLUON": 1, "STAGES": stages}
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": 0}, "dq": {"GLUON": 0}, "dkdv": dkdv})
     calls = _count_calls(monkeypatch, "dkdv_pass")
-    g = torch.Generator().manual_seed(zlib.crc32(f"dkdv-{case}-{stages}-{kv_split}".encode()))
-    q, k, v, indices, bb, docs = _gluon_case(case, g)
-    got, ref = run_both(q, k, v, indices, 64, g, doc_ids=docs, bias=bb, kv_split=kv_split)
+    g = torch.Generator().manual_seed(zlib.crc32(f"dkdv-{case}-{bs}-{stages}-{kv_split}".encode()))
+    q, k, v, indices, bb, docs = _gluon_case(case, g, bs)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=kv_split)
     assert calls and all(calls), "the Gluon dK/dV pass did not run"
     assert_close(got, ref, torch.bfloat16)

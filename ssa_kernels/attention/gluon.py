@@ -17,19 +17,23 @@ dQ pass (``_gl_dq_kernel``): the forward's partitions over 128 rows (two consume
 consumers would need ~290 registers); S = Q K^T and dP = dO V^T issued together, P from lse, dq += dS K, and the
 block-bias gradient as one partial per query head.
 dK/dV pass (``_gl_dkdv_kernel``): ``triton._kv_work``'s items (a key block's CSR piece each); the load warp streams
-the (query block, head) slices of q and dO, the two consumers take alternate slices into their own dk, dv with the
-keys as the M side (S^T = K Q^T: P^T and dS^T feed dv += P^T dO and dk += dS^T Q from registers), summed through
-shared memory at the end; split pieces write fp32 partials for ``triton._reduce_kernel``.
+the (64 rows of a query block, head) slices of q and dO; keys are the M side of every product (S^T = K Q^T: P^T and
+dS^T feed dv += P^T dO and dk += dS^T Q from registers). B = 64: the two consumers take alternate slices into their
+own dk, dv, summed through shared memory at the end. B = 128: each consumer holds one 64-key half of the block and
+takes every slice (one q / dO load for 128 keys). Split pieces write fp32 partials for ``triton._reduce_kernel``.
+A 128-key block is walked as two 64-key sub-blocks (``R``) everywhere; the forward and dQ pass give each 64-token half
+of a query block its own program.
 
-Scope: Hopper (sm_90), D = 128, B = 64, GQA groups of 4, 8, 12, ... query heads, bf16/fp16, TMA-eligible strides
+Scope: Hopper (sm_90), D = 128, B = 64 or 128, GQA groups of 4, 8, 12, ... query heads, bf16/fp16, TMA-eligible strides
 (any layout with unit stride along D: HF's transposed q, k, v too), block bias and document mask as in Triton.
 ``supported`` says whether a call qualifies; ``triton.py`` takes these kernels by default where it does
 (``CONFIG_OVERRIDE[kind]["GLUON"] = 0`` forces its own) and its own kernels otherwise. Gluon does not run in
 Triton's CPU interpreter: the tests of these kernels run on a Hopper GPU only.
 
-Measured (one H100, 1M tokens, the benchmark's selection; docs/kernels.md, "Thirtieth session"): forward 274-288 ms
-against the Triton forward's 324-332 ms; the whole backward 1,083-1,105 ms against 1,199-1,207 ms (dQ ~440 ->
-~345 ms; dK/dV about even: it reads ~2 TB of q and dO from HBM at 1M, near the H100's bandwidth).
+Measured (one H100, 1M tokens, the benchmark's selection; docs/kernels.md, "Thirtieth session" and "Thirty-first
+session"): B = 64, forward 274-288 ms against the Triton forward's 324-332 ms, the whole backward 1,083-1,105 ms
+against 1,199-1,207 ms (dQ ~440 -> ~345 ms; dK/dV about even). B = 128: forward 267-283 ms against 324-333, the
+backward 944-957 ms against 1,075 ms with the Triton dK/dV pass (the shared q / dO loads).
 """
 
 from __future__ import annotations
@@ -82,12 +86,13 @@ if HAVE_GLUON:
         return gl.where(keep, sc, float("-inf"))
 
     @gluon.jit
-    def _gl_mask_block(sc, idx_row, e, t, doc_q, doc_base, T, B: gl.constexpr, CAUSAL: gl.constexpr,
-                       HAS_DOC: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
-        """The masks of listed block e on a [rows, B] tile (forward, dQ pass); CAUSAL: the diagonal block (or a future
-        one listed by mistake)."""
+    def _gl_mask_block(sc, idx_row, e, sub, t, doc_q, doc_base, T, B: gl.constexpr, R: gl.constexpr,
+                       CAUSAL: gl.constexpr, HAS_DOC: gl.constexpr, s_layout: gl.constexpr):  # fmt: skip
+        """The masks of key sub-tile ``sub`` (R keys) of listed block e on a [rows, R] tile (forward, dQ pass); CAUSAL:
+        the diagonal block (or a future one listed by mistake)."""
         if CAUSAL or HAS_DOC:
-            kpos = gl.load(idx_row + e) * B + gl.arange(0, B, layout=gl.SliceLayout(0, s_layout))
+            k0 = gl.load(idx_row + e) * B + sub * R
+            kpos = k0 + gl.arange(0, R, layout=gl.SliceLayout(0, s_layout))
             doc_k = kpos  # placeholder, unused without documents
             if HAS_DOC:
                 doc_k = gl.load(doc_base + kpos, mask=kpos < T, other=-1).to(gl.int32)
@@ -104,38 +109,45 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _gl_loader(k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h,
-                   B: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
-        """One warp: K and V of listed block e into stage e % STAGES once both consumers released it."""
+                   B: gl.constexpr, R: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+        """One warp: K and V of step n (R keys: sub-tile n % (B / R) of listed block n // (B / R)) into stage
+        n % STAGES once both consumers released it."""
+        NSUB: gl.constexpr = B // R
         nbytes: gl.constexpr = 2 * k_desc.block_type.nbytes
-        for e in range(n_valid):
-            s = e % STAGES
-            ph = (e // STAGES) & 1
-            kb = gl.load(idx_row + e).to(gl.int32)
+        for n in range(n_valid * NSUB):
+            s = n % STAGES
+            ph = (n // STAGES) & 1
+            k0 = gl.load(idx_row + n // NSUB).to(gl.int32) * B + (n % NSUB) * R
             mbarrier.wait(empty.index(s), ph ^ 1)  # fresh barriers count as phase 1 complete: the first pass is free
             mbarrier.expect(ready.index(s), nbytes)
-            _tma_load(k_desc, [b, h, kb * B, 0], ready.index(s), k_bufs.index(s))
-            _tma_load(v_desc, [b, h, kb * B, 0], ready.index(s), v_bufs.index(s))
+            _tma_load(k_desc, [b, h, k0, 0], ready.index(s), k_bufs.index(s))
+            _tma_load(v_desc, [b, h, k0, 0], ready.index(s), v_bufs.index(s))
 
     @gluon.jit
-    def _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, e, idx_row, bias_row, t, doc_q, doc_base,
-                 T, qk_scale, C: gl.constexpr, B: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+    def _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, n, idx_row, bias_row, t, doc_q,
+                 doc_base, T, qk_scale, C: gl.constexpr, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr,
+                 STAGES: gl.constexpr,
                  CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr, PINGPONG: gl.constexpr,
                  s_layout: gl.constexpr,
                  o_layout: gl.constexpr, p_layout: gl.constexpr):  # fmt: skip
-        """One listed block for this consumer's rows: S = Q K^T, online softmax in base 2, acc += P V."""
+        """Step n: sub-tile n % (B / R) (R keys) of listed block e = n // (B / R), for this consumer's rows: S = Q K^T,
+        online softmax in base 2, acc += P V. (One loop over the steps, not a nested one over the sub-tiles: the
+        unrolled pair of steps spills at B = 128.)"""
         M: gl.constexpr = q_s.shape[0]
-        s = e % STAGES
-        ph = (e // STAGES) & 1
+        NSUB: gl.constexpr = B // R
+        e = n // NSUB
+        s = n % STAGES
+        ph = (n // STAGES) & 1
         mbarrier.wait(ready.index(s), ph)
-        k_t = k_bufs.index(s).reshape([B, D]).permute((1, 0))  # [D, B]
+        k_t = k_bufs.index(s).reshape([R, D]).permute((1, 0))  # [D, R]
         if PINGPONG:  # consumer C issues its product after the other one's, in turn
-            mbarrier.wait(turn.index(C), (e & 1) ^ (1 - C))
-        sc = warpgroup_mma(q_s, k_t, gl.zeros([M, B], gl.float32, layout=s_layout), use_acc=False,
+            mbarrier.wait(turn.index(C), (n & 1) ^ (1 - C))
+        sc = warpgroup_mma(q_s, k_t, gl.zeros([M, R], gl.float32, layout=s_layout), use_acc=False,
                            is_async=True)  # fmt: skip
         if PINGPONG:
             mbarrier.arrive(turn.index(1 - C), count=1)
         sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-        sc = _gl_mask_block(sc, idx_row, e, t, doc_q, doc_base, T, B, CAUSAL, HAS_DOC, s_layout)
+        sc = _gl_mask_block(sc, idx_row, e, n % NSUB, t, doc_q, doc_base, T, B, R, CAUSAL, HAS_DOC, s_layout)
         b2 = _gl_bias_log2(bias_row + e, HAS_BIAS)
         m_new = gl.maximum(m_i, gl.max(sc, 1) * qk_scale + b2)
         m_use = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: never -inf - -inf
@@ -144,7 +156,7 @@ if HAVE_GLUON:
         l_i = l_i * alpha + gl.sum(p, 1)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
         p_op = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
-        v = v_bufs.index(s).reshape([B, D])  # [B, D]
+        v = v_bufs.index(s).reshape([R, D])  # [R, D]
         acc = warpgroup_mma(p_op, v, acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index(s), count=1)
@@ -152,18 +164,20 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _gl_consumer(q_bufs, q_bar, k_bufs, v_bufs, ready, empty, turn, o_ptr, lse_ptr, idx_row, bias_row, doc_ptr,
-                     n_lo, n_valid, b, hq0, i, so_b, so_h, so_t, T, Hq, qk_scale, C: gl.constexpr, B: gl.constexpr,
-                     D: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr,
-                     PINGPONG: gl.constexpr):  # fmt: skip
-        """Warpgroup C: the 2 x B rows of query heads hq0, hq0 + 1 (head-major, then token) over every entry."""
-        M: gl.constexpr = 2 * B
+                     n_lo, n_valid, b, hq0, t0, so_b, so_h, so_t, T, Hq, qk_scale, C: gl.constexpr,
+                     B: gl.constexpr, R: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
+                     HAS_DOC: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
+        """Warpgroup C: the 2 x R rows (tokens t0 .. t0 + R - 1) of query heads hq0, hq0 + 1 (head-major, then token)
+        over every entry, R keys a step."""
+        M: gl.constexpr = 2 * R
+        NSUB: gl.constexpr = B // R
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, B, 16])  # fmt: skip
+                                                           instr_shape=[16, R, 16])  # fmt: skip
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, D, 16])  # fmt: skip
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         rows_s = gl.arange(0, M, layout=gl.SliceLayout(1, s_layout))
-        t = i * B + rows_s % B  # [M] token of each row
+        t = t0 + rows_s % R  # [M] token of each row
         doc_base = doc_ptr + b.to(gl.int64) * T
         if HAS_DOC:
             doc_q = gl.load(doc_base + t, mask=t < T, other=-1).to(gl.int32)
@@ -175,40 +189,40 @@ if HAVE_GLUON:
         m_i = gl.full([M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
         l_i = gl.zeros([M], gl.float32, layout=gl.SliceLayout(1, s_layout))
         acc = gl.zeros([M, D], gl.float32, layout=o_layout)
-        for e in range(0, n_lo):  # below the diagonal: no mask
-            acc, l_i, m_i = _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, e, idx_row, bias_row,
-                                     t, doc_q, doc_base, T, qk_scale, C, B, D, STAGES, False, HAS_BIAS, HAS_DOC,
-                                     PINGPONG, s_layout, o_layout,
-                                     p_layout)  # fmt: skip
-        for e in range(n_lo, n_valid):
-            acc, l_i, m_i = _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, e, idx_row, bias_row,
-                                     t, doc_q, doc_base, T, qk_scale, C, B, D, STAGES, True, HAS_BIAS, HAS_DOC,
-                                     PINGPONG, s_layout, o_layout,
-                                     p_layout)  # fmt: skip
+        for n in range(0, n_lo * NSUB):  # below the diagonal: no mask
+            acc, l_i, m_i = _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, n, idx_row, bias_row,
+                                     t, doc_q, doc_base, T, qk_scale, C, B, R, D, STAGES, False, HAS_BIAS, HAS_DOC,
+                                     PINGPONG, s_layout, o_layout, p_layout)  # fmt: skip
+        for n in range(n_lo * NSUB, n_valid * NSUB):
+            acc, l_i, m_i = _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, n, idx_row, bias_row,
+                                     t, doc_q, doc_base, T, qk_scale, C, B, R, D, STAGES, True, HAS_BIAS, HAS_DOC,
+                                     PINGPONG, s_layout, o_layout, p_layout)  # fmt: skip
 
         empty_row = l_i == 0.0  # no visible key: out 0, lse -inf
         l_safe = gl.where(empty_row, 1.0, l_i)
         lse = gl.where(empty_row, float("-inf"), (m_i + gl.log2(l_safe)) * 0.6931471805599453)
         out = acc / gl.convert_layout(l_safe, gl.SliceLayout(1, o_layout))[:, None]
         rows_o = gl.arange(0, M, layout=gl.SliceLayout(1, o_layout))
-        t_o = i * B + rows_o % B
-        hq_o = hq0 + rows_o // B
+        t_o = t0 + rows_o % R
+        hq_o = hq0 + rows_o // R
         d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
         o_off = b.to(gl.int64) * so_b + hq_o.to(gl.int64) * so_h + t_o.to(gl.int64) * so_t
         ok = t_o < T
         gl.store(o_ptr + o_off[:, None] + d[None, :], out.to(o_ptr.dtype.element_ty), mask=ok[:, None])
-        hq_s = hq0 + rows_s // B
+        hq_s = hq0 + rows_s // R
         lse_off = (b.to(gl.int64) * Hq + hq_s) * T + t  # lse [Bt, Hq, T], contiguous
         gl.store(lse_ptr + lse_off, lse, mask=t < T)
 
     @gluon.jit
     def _gl_fwd_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, idx_ptr, cnt_ptr, nlo_ptr, bias_ptr, doc_ptr, so_b,
-                       so_h, so_t, T, nb, S, Hkv, qk_scale, G: gl.constexpr, B: gl.constexpr, D: gl.constexpr,
-                       STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr,
+                       so_h, so_t, T, nb, S, Hkv, qk_scale, G: gl.constexpr, B: gl.constexpr, R: gl.constexpr,
+                       D: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr,
                        PINGPONG: gl.constexpr):  # fmt: skip
-        QUADS: gl.constexpr = G // 4  # programs per (query block, kv head): 4 query heads each
+        QUADS: gl.constexpr = G // 4  # programs per (R tokens of a query block, kv head): 4 query heads each
+        NSUB: gl.constexpr = B // R
         pid = gl.program_id(0)
-        i = nb - 1 - pid // QUADS  # longest index rows (late query blocks) first
+        i = nb - 1 - pid // (QUADS * NSUB)  # longest index rows (late query blocks) first
+        t0 = i * B + ((pid // QUADS) % NSUB) * R  # the program's R tokens of query block i
         bh = gl.program_id(1)
         b = bh // Hkv
         h = bh % Hkv
@@ -233,19 +247,19 @@ if HAVE_GLUON:
         for c in gl.static_range(2):
             mbarrier.init(turn.index(c), count=1)
         mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-        for c in gl.static_range(2):  # each consumer's 2 heads x B tokens in one box
-            _tma_load(q_desc, [b, hq0 + 2 * c, i * B, 0], q_bar, q_bufs.index(c))
+        for c in gl.static_range(2):  # each consumer's 2 heads x R tokens in one box
+            _tma_load(q_desc, [b, hq0 + 2 * c, t0, 0], q_bar, q_bufs.index(c))
 
         Hq = Hkv * G
         gl.warp_specialize(
             [
                 (_gl_consumer, (q_bufs, q_bar, k_bufs, v_bufs, ready, empty, turn, o_ptr, lse_ptr, idx_row,
-                                bias_row, doc_ptr, n_lo, n_valid, b, hq0, i, so_b, so_h, so_t, T, Hq, qk_scale, 0,
-                                B, D, STAGES, HAS_BIAS, HAS_DOC, PINGPONG)),
+                                bias_row, doc_ptr, n_lo, n_valid, b, hq0, t0, so_b, so_h, so_t, T, Hq, qk_scale,
+                                0, B, R, D, STAGES, HAS_BIAS, HAS_DOC, PINGPONG)),
                 (_gl_consumer, (q_bufs, q_bar, k_bufs, v_bufs, ready, empty, turn, o_ptr, lse_ptr, idx_row,
-                                bias_row, doc_ptr, n_lo, n_valid, b, hq0 + 2, i, so_b, so_h, so_t, T, Hq, qk_scale,
-                                1, B, D, STAGES, HAS_BIAS, HAS_DOC, PINGPONG)),
-                (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, STAGES)),
+                                bias_row, doc_ptr, n_lo, n_valid, b, hq0 + 2, t0, so_b, so_h, so_t, T, Hq, qk_scale,
+                                1, B, R, D, STAGES, HAS_BIAS, HAS_DOC, PINGPONG)),
+                (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, R, STAGES)),
             ],
             [4, 1],
             [240, 24],
@@ -256,51 +270,71 @@ if HAVE_GLUON:
     # ------------------------------------------------------------------------------------------------------------
 
     @gluon.jit
-    def _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
-                    delta, t, doc_q, doc_base, T, qk_scale, B: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                    CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, HAS_DOC: gl.constexpr,
-                    s_layout: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
-        """One listed block: S = Q K^T and dP = dO V^T issued together, P = exp2(S * scale + bias - lse),
-        dS = P (dP - delta), dq += dS K; the block's bias gradient is the sum of dS over these rows."""
+    def _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, sub, idx_row, b2, b2l, delta, t, doc_q,
+                    doc_base, T, qk_scale, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                    CAUSAL: gl.constexpr, WANT_DBIAS: gl.constexpr, HAS_DOC: gl.constexpr, s_layout: gl.constexpr,
+                    a_layout: gl.constexpr):  # fmt: skip
+        """Sub-tile ``sub`` (R keys) of listed block e: S = Q K^T and dP = dO V^T issued together,
+        P = exp2(S * scale + bias - lse), dS = P (dP - delta), dq += dS K. Returns dq and the sum of dS over the tile
+        (the block's bias gradient, summed over its sub-tiles by the caller)."""
         M: gl.constexpr = q_s.shape[0]
-        s = e % STAGES
-        ph = (e // STAGES) & 1
+        n = e * (B // R) + sub  # step of the ring
+        s = n % STAGES
+        ph = (n // STAGES) & 1
         mbarrier.wait(ready.index(s), ph)
-        k_s = k_bufs.index(s).reshape([B, D])
-        v_s = v_bufs.index(s).reshape([B, D])
-        zero = gl.zeros([M, B], gl.float32, layout=s_layout)
+        k_s = k_bufs.index(s).reshape([R, D])
+        v_s = v_bufs.index(s).reshape([R, D])
+        zero = gl.zeros([M, R], gl.float32, layout=s_layout)
         sc = warpgroup_mma(q_s, k_s.permute((1, 0)), zero, use_acc=False, is_async=True)
         dp = warpgroup_mma(do_s, v_s.permute((1, 0)), zero, use_acc=False, is_async=True)
         sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))  # in order: S is done, dP may still run
-        sc = _gl_mask_block(sc, idx_row, e, t, doc_q, doc_base, T, B, CAUSAL, HAS_DOC, s_layout)
-        b2 = _gl_bias_log2(bias_row + e, HAS_BIAS)
+        sc = _gl_mask_block(sc, idx_row, e, sub, t, doc_q, doc_base, T, B, R, CAUSAL, HAS_DOC, s_layout)
         p = gl.exp2(sc * qk_scale + (b2l + b2)[:, None])  # lse = -inf rows (empty, past T): b2l = -inf, p = 0
         dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
         ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
+        part = 0.0
         if WANT_DBIAS:
-            gl.store(dbias_row + e, gl.sum(gl.sum(ds, 1), 0))
+            part = gl.sum(gl.sum(ds, 1), 0)
         dq = warpgroup_mma(gl.convert_layout(ds.to(k_bufs.dtype), a_layout), k_s, dq, is_async=True)
         dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
         mbarrier.arrive(empty.index(s), count=1)
+        return dq, part
+
+    @gluon.jit
+    def _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l, delta, t,
+                     doc_q, doc_base, T, qk_scale, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr,
+                     STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr,
+                     HAS_DOC: gl.constexpr, s_layout: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
+        """Listed block e, B / R sub-tiles: dq, and its bias gradient over these rows stored."""
+        b2 = _gl_bias_log2(bias_row + e, HAS_BIAS)
+        dbias = 0.0
+        for sub in gl.static_range(B // R):
+            dq, part = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, sub, idx_row, b2, b2l, delta, t,
+                                   doc_q, doc_base, T, qk_scale, B, R, D, STAGES, CAUSAL, WANT_DBIAS, HAS_DOC,
+                                   s_layout, a_layout)  # fmt: skip
+            dbias = dbias + part
+        if WANT_DBIAS:
+            gl.store(dbias_row + e, dbias)
         return dq
 
     @gluon.jit
     def _gl_dq_consumer(q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr, idx_row,
-                        bias_row, dbias_row, doc_ptr, n_lo, n_valid, b, hq0, i, sdq_b, sdq_h, sdq_t, T, Hq, S,
-                        qk_scale, sm_scale, C: gl.constexpr, HPC: gl.constexpr, B: gl.constexpr, D: gl.constexpr,
-                        STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr,
-                        WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
-        """Warpgroup C: the HPC x B rows of query heads hq0 .. hq0 + HPC - 1 over every listed block."""
-        M: gl.constexpr = HPC * B
+                        bias_row, dbias_row, doc_ptr, n_lo, n_valid, b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Hq, S,
+                        qk_scale, sm_scale, C: gl.constexpr, HPC: gl.constexpr, B: gl.constexpr, R: gl.constexpr,
+                        D: gl.constexpr, STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr,
+                        WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
+        """Warpgroup C: the HPC x R rows (tokens t0 .. t0 + R - 1) of query heads hq0 .. hq0 + HPC - 1 over every
+        listed block, R keys a step."""
+        M: gl.constexpr = HPC * R
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, B, 16])  # fmt: skip
+                                                           instr_shape=[16, R, 16])  # fmt: skip
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, D, 16])  # fmt: skip
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         rows = gl.arange(0, M, layout=gl.SliceLayout(1, s_layout))
-        t = i * B + rows % B
+        t = t0 + rows % R
         ok = t < T
-        lrow = (b.to(gl.int64) * Hq + hq0 + rows // B) * T + t
+        lrow = (b.to(gl.int64) * Hq + hq0 + rows // R) * T + t
         lse = gl.load(lse_ptr + lrow, mask=ok, other=float("-inf"))
         b2l = gl.where(lse == float("-inf"), float("-inf"), -lse * 1.4426950408889634)
         delta = gl.load(delta_ptr + lrow, mask=ok, other=0.0)
@@ -314,45 +348,48 @@ if HAVE_GLUON:
         mbarrier.wait(q_bar, 0)
         dq = gl.zeros([M, D], gl.float32, layout=o_layout)
         for e in range(0, n_lo):
-            dq = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
-                             delta, t, doc_q, doc_base, T, qk_scale, B, D, STAGES, False, HAS_BIAS, WANT_DBIAS,
-                             HAS_DOC, s_layout, a_layout)  # fmt: skip
+            dq = _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                              delta, t, doc_q, doc_base, T, qk_scale, B, R, D, STAGES, False, HAS_BIAS, WANT_DBIAS,
+                              HAS_DOC, s_layout, a_layout)  # fmt: skip
         for e in range(n_lo, n_valid):
-            dq = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
-                             delta, t, doc_q, doc_base, T, qk_scale, B, D, STAGES, True, HAS_BIAS, WANT_DBIAS,
-                             HAS_DOC, s_layout, a_layout)  # fmt: skip
+            dq = _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                              delta, t, doc_q, doc_base, T, qk_scale, B, R, D, STAGES, True, HAS_BIAS, WANT_DBIAS,
+                              HAS_DOC, s_layout, a_layout)  # fmt: skip
         if WANT_DBIAS:  # padding slots: exact zeros, as in the reference
             offs_s = gl.arange(0, S_P2, layout=gl.BlockedLayout([1], [32], [4], [0]))
             gl.store(dbias_row + offs_s, gl.zeros([S_P2], gl.float32, layout=gl.BlockedLayout([1], [32], [4], [0])),
                      mask=(offs_s >= n_valid) & (offs_s < S))  # fmt: skip
         if WANT_DQ:
             rows_o = gl.arange(0, M, layout=gl.SliceLayout(1, o_layout))
-            t_o = i * B + rows_o % B
+            t_o = t0 + rows_o % R
             d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-            off = b.to(gl.int64) * sdq_b + (hq0 + rows_o // B).to(gl.int64) * sdq_h + t_o.to(gl.int64) * sdq_t
+            off = b.to(gl.int64) * sdq_b + (hq0 + rows_o // R).to(gl.int64) * sdq_h + t_o.to(gl.int64) * sdq_t
             gl.store(dq_ptr + off[:, None] + d[None, :], (dq * sm_scale).to(dq_ptr.dtype.element_ty),
                      mask=(t_o < T)[:, None])  # fmt: skip
 
     @gluon.jit
     def _gl_dq_kernel(q_desc, do_desc, k_desc, v_desc, dq_ptr, lse_ptr, delta_ptr, idx_ptr, cnt_ptr, nlo_ptr, bias_ptr,
                       dbias_ptr, doc_ptr, sdq_b, sdq_h, sdq_t, T, nb, S, Hkv, n_sel, qk_scale, sm_scale,
-                      G: gl.constexpr, B: gl.constexpr, D: gl.constexpr, HPC: gl.constexpr, STAGES: gl.constexpr,
-                      S_P2: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr,
-                      HAS_DOC: gl.constexpr):  # fmt: skip
+                      G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr, HPC: gl.constexpr,
+                      STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr,
+                      WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
         PER: gl.constexpr = 2 * HPC  # query heads per program
         SPLITS: gl.constexpr = G // PER
+        NSUB: gl.constexpr = B // R
         pid = gl.program_id(0)
-        i = nb - 1 - pid // SPLITS
+        i = nb - 1 - pid // (SPLITS * NSUB)
+        part = pid % (SPLITS * NSUB)  # (R tokens of query block i, query heads) of this program
+        t0 = i * B + (part // SPLITS) * R
         bh = gl.program_id(1)
         b = bh // Hkv
         h = bh % Hkv
-        hq0 = h * G + (pid % SPLITS) * PER
+        hq0 = h * G + (part % SPLITS) * PER
         sel = bh.to(gl.int64) * nb + i
         n_valid = gl.load(cnt_ptr + sel)
         n_lo = gl.load(nlo_ptr + sel)
         idx_row = idx_ptr + sel * S
         bias_row = bias_ptr + sel * S
-        ms = (pid % SPLITS) * 2  # bias-gradient partial of consumer 0 (consumer 1: ms + 1)
+        ms = part * 2  # bias-gradient partial of consumer 0 (consumer 1: ms + 1); G * B / R / HPC of them
 
         q_bufs = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         do_bufs = gl.allocate_shared_memory(do_desc.dtype, [2] + do_desc.block_type.shape, do_desc.layout)
@@ -367,21 +404,21 @@ if HAVE_GLUON:
             mbarrier.init(empty.index(s), count=2)
         mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
         for c in gl.static_range(2):
-            _tma_load(q_desc, [b, hq0 + HPC * c, i * B, 0], q_bar, q_bufs.index(c))
-            _tma_load(do_desc, [b, hq0 + HPC * c, i * B, 0], q_bar, do_bufs.index(c))
+            _tma_load(q_desc, [b, hq0 + HPC * c, t0, 0], q_bar, q_bufs.index(c))
+            _tma_load(do_desc, [b, hq0 + HPC * c, t0, 0], q_bar, do_bufs.index(c))
 
         Hq = Hkv * G
         gl.warp_specialize(
             [
                 (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
                                    idx_row, bias_row, dbias_ptr + (ms * n_sel + sel) * S, doc_ptr, n_lo, n_valid,
-                                   b, hq0, i, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 0, HPC, B, D,
+                                   b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 0, HPC, B, R, D,
                                    STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
                 (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
                                    idx_row, bias_row, dbias_ptr + ((ms + 1) * n_sel + sel) * S, doc_ptr, n_lo,
-                                   n_valid, b, hq0 + HPC, i, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 1,
-                                   HPC, B, D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
-                (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, STAGES)),
+                                   n_valid, b, hq0 + HPC, t0, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 1,
+                                   HPC, B, R, D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
+                (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, R, STAGES)),
             ],
             [4, 1],
             [240, 24],
@@ -393,34 +430,41 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _gl_kv_loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, csr_ptr, lo, hi, sel0, b, h, S,
-                      G: gl.constexpr, B: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
-        """One warp: the q and dO slices (B rows of one query head of a listed query block) of slices [lo, hi) into
-        the ring, slice j of the program into stage j % STAGES."""
+                      G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+        """One warp: the q and dO slices (R rows of one query head of a listed query block; G * B / R slices an
+        entry) of slices [lo, hi) into the ring, slice j of the program into stage j % STAGES."""
+        GN: gl.constexpr = G * (B // R)
         nbytes: gl.constexpr = 2 * q_desc.block_type.nbytes
         for it in range(lo, hi):
             j = it - lo
             s = j % STAGES
-            pos = gl.load(csr_ptr + it // G)  # flat position in indices: ((b*Hkv + h)*nb + i)*S + slot
+            pos = gl.load(csr_ptr + it // GN)  # flat position in indices: ((b*Hkv + h)*nb + i)*S + slot
             i = (pos // S - sel0).to(gl.int32)
-            hq = h * G + it % G
+            rem = it % GN
+            t0 = i * B + (rem // G) * R
+            hq = h * G + rem % G
             mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
             mbarrier.expect(ready.index(s), nbytes)
-            _tma_load(q_desc, [b, hq, i * B, 0], ready.index(s), q_bufs.index(s))
-            _tma_load(do_desc, [b, hq, i * B, 0], ready.index(s), do_bufs.index(s))
+            _tma_load(q_desc, [b, hq, t0, 0], ready.index(s), q_bufs.index(s))
+            _tma_load(do_desc, [b, hq, t0, 0], ready.index(s), do_bufs.index(s))
 
     @gluon.jit
     def _gl_kv_step(dk, dv, k_s, v_s, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k, lse_base,
                     delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G: gl.constexpr, B: gl.constexpr,
-                    D: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr,
-                    HAS_DOC: gl.constexpr, st_layout: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
-        """One slice (B query rows of one head of a listed query block): S^T = K Q^T and dP^T = V dO^T issued
-        together, P^T from lse, dv += P^T dO, dS^T = P^T (dP^T - delta), dk += dS^T Q."""
+                    R: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                    HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr, st_layout: gl.constexpr,
+                    a_layout: gl.constexpr):  # fmt: skip
+        """One slice (R query rows of one head of a listed query block) against this consumer's R keys: S^T = K Q^T
+        and dP^T = V dO^T issued together, P^T from lse, dv += P^T dO, dS^T = P^T (dP^T - delta), dk += dS^T Q.
+        (Taking turns issuing at B = 2R, as the forward's PINGPONG, measured slower: docs/kernels.md.)"""
+        GN: gl.constexpr = G * (B // R)
         j = it - lo
         s = j % STAGES
-        pos = gl.load(csr_ptr + it // G)
+        pos = gl.load(csr_ptr + it // GN)
         i = (pos // S - sel0).to(gl.int32)
-        hq = h * G + it % G
-        t = i * B + gl.arange(0, B, layout=gl.SliceLayout(0, st_layout))  # [B] query rows (columns here)
+        rem = it % GN
+        hq = h * G + rem % G
+        t = i * B + (rem // G) * R + gl.arange(0, R, layout=gl.SliceLayout(0, st_layout))  # [R] rows (columns here)
         ok = t < T
         lrow = hq.to(gl.int64) * T + t
         lse = gl.load(lse_base + lrow, mask=ok, other=float("-inf"))
@@ -428,9 +472,9 @@ if HAVE_GLUON:
         b2 = _gl_bias_log2(bias_ptr + pos, HAS_BIAS)
         b2l = gl.where(lse == float("-inf"), float("-inf"), b2 - lse * 1.4426950408889634)  # p = 0 on empty rows
         mbarrier.wait(ready.index(s), (j // STAGES) & 1)
-        q_s = q_bufs.index(s).reshape([B, D])
-        do_s = do_bufs.index(s).reshape([B, D])
-        zero = gl.zeros([B, B], gl.float32, layout=st_layout)
+        q_s = q_bufs.index(s).reshape([R, D])
+        do_s = do_bufs.index(s).reshape([R, D])
+        zero = gl.zeros([R, R], gl.float32, layout=st_layout)
         sct = warpgroup_mma(k_s, q_s.permute((1, 0)), zero, use_acc=False, is_async=True)
         dpt = warpgroup_mma(v_s, do_s.permute((1, 0)), zero, use_acc=False, is_async=True)
         sct = warpgroup_mma_wait(num_outstanding=1, deps=(sct,))
@@ -439,7 +483,7 @@ if HAVE_GLUON:
             if HAS_DOC:
                 doc_q = gl.load(doc_base + t, mask=ok, other=-1).to(gl.int32)
             sct = _gl_masked(sct, t, kpos, doc_q, doc_k, CAUSAL, HAS_DOC, True)
-        pt = gl.exp2(sct * qk_scale + b2l[None, :])  # [B keys, B rows]
+        pt = gl.exp2(sct * qk_scale + b2l[None, :])  # [R keys, R rows]
         pt_op = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
         dv = warpgroup_mma(pt_op, do_s, dv, is_async=True)
         dpt = warpgroup_mma_wait(num_outstanding=1, deps=(dpt,))  # in order: dP^T done, dv may still run
@@ -454,16 +498,23 @@ if HAVE_GLUON:
     def _gl_kv_consumer(k_s, v_s, kv_bar, q_bufs, do_bufs, ready, empty, red, red_bar, csr_ptr, lse_ptr, delta_ptr,
                         bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end, slot, sel0, b, h, kb,
                         sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale, sm_scale, C: gl.constexpr,
-                        G: gl.constexpr, B: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                        G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
                         HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
-        """Warpgroup C: slices C, C + 2, C + 4, ... of the program's entries (G slices an entry) into its own dk, dv;
-        consumer 1 hands its sums to consumer 0 through shared memory, which writes the key block."""
+        """Warpgroup C. B = R (one key sub-block): slices C, C + 2, C + 4, ... of the program's entries into its own
+        dk, dv; consumer 1 hands its sums to consumer 0 through shared memory, which writes the key block. B = 2R:
+        every slice, against key sub-block C (keys kb * B + C * R ...): the two share each q / dO load and write
+        their own rows."""
+        NSUB: gl.constexpr = B // R
+        GN: gl.constexpr = G * NSUB  # slices an entry
+        KOFF: gl.constexpr = (C % NSUB) * R  # this consumer's first key within the block
+        FIRST: gl.constexpr = C * (2 - NSUB)  # B = R: alternate slices (C, C + 2, ...); B = 2R: all of them
+        STEP: gl.constexpr = 2 // NSUB
         st_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                            instr_shape=[16, B, 16])  # fmt: skip
+                                                            instr_shape=[16, R, 16])  # fmt: skip
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, D, 16])  # fmt: skip
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        kpos = kb * B + gl.arange(0, B, layout=gl.SliceLayout(1, st_layout))  # [B] keys (rows here)
+        kpos = kb * B + KOFF + gl.arange(0, R, layout=gl.SliceLayout(1, st_layout))  # [R] keys (rows here)
         doc_base = doc_ptr + b.to(gl.int64) * T
         if HAS_DOC:
             doc_k = gl.load(doc_base + kpos, mask=kpos < T, other=-1).to(gl.int32)
@@ -471,29 +522,32 @@ if HAVE_GLUON:
             doc_k = kpos
         lse_base = lse_ptr + b.to(gl.int64) * Hq * T
         delta_base = delta_ptr + b.to(gl.int64) * Hq * T
-        lo = start * G
-        k_s = k_s.reshape([B, D])
-        v_s = v_s.reshape([B, D])
+        lo = start * GN
+        k_c = k_s.index(C % NSUB).reshape([R, D])
+        v_c = v_s.index(C % NSUB).reshape([R, D])
         mbarrier.wait(kv_bar, 0)
-        dk = gl.zeros([B, D], gl.float32, layout=o_layout)
-        dv = gl.zeros([B, D], gl.float32, layout=o_layout)
-        for it in range(lo + C, mid * G, 2):  # query blocks <= kb: the causal mask
-            dk, dv = _gl_kv_step(dk, dv, k_s, v_s, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k,
-                                 lse_base, delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G, B, D, STAGES, True,
-                                 HAS_BIAS, HAS_DOC, st_layout, a_layout)  # fmt: skip
-        for it in range(mid * G + C, end * G, 2):
-            dk, dv = _gl_kv_step(dk, dv, k_s, v_s, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k,
-                                 lse_base, delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G, B, D, STAGES, False,
-                                 HAS_BIAS, HAS_DOC, st_layout, a_layout)  # fmt: skip
-        if C == 1:
-            red.index(0).store(dk)
-            red.index(1).store(dv)
-            mbarrier.arrive(red_bar, count=1)
-        else:
-            mbarrier.wait(red_bar, 0)
-            dk = (dk + red.index(0).load(o_layout)) * sm_scale
-            dv = dv + red.index(1).load(o_layout)
-            rows = gl.arange(0, B, layout=gl.SliceLayout(1, o_layout))
+        dk = gl.zeros([R, D], gl.float32, layout=o_layout)
+        dv = gl.zeros([R, D], gl.float32, layout=o_layout)
+        for it in range(lo + FIRST, mid * GN, STEP):  # query blocks <= kb: the causal mask
+            dk, dv = _gl_kv_step(dk, dv, k_c, v_c, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k,
+                                 lse_base, delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G, B, R, D, STAGES,
+                                 True, HAS_BIAS, HAS_DOC, st_layout, a_layout)  # fmt: skip
+        for it in range(mid * GN + FIRST, end * GN, STEP):
+            dk, dv = _gl_kv_step(dk, dv, k_c, v_c, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k,
+                                 lse_base, delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G, B, R, D, STAGES,
+                                 False, HAS_BIAS, HAS_DOC, st_layout, a_layout)  # fmt: skip
+        if NSUB == 1:  # the two consumers' partial sums of the one key block: consumer 0 adds and writes them
+            if C == 1:
+                red.index(0).store(dk)
+                red.index(1).store(dv)
+                mbarrier.arrive(red_bar, count=1)
+            else:
+                mbarrier.wait(red_bar, 0)
+                dk = dk + red.index(0).load(o_layout)
+                dv = dv + red.index(1).load(o_layout)
+        if NSUB > 1 or C == 0:
+            dk = dk * sm_scale
+            rows = KOFF + gl.arange(0, R, layout=gl.SliceLayout(1, o_layout))  # rows of the key block
             d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
             kp = kb * B + rows
             if slot < 0:  # this program owns the key block: dk, dv in the input dtype
@@ -502,7 +556,7 @@ if HAVE_GLUON:
                 off_v = b.to(gl.int64) * sdv_b + h.to(gl.int64) * sdv_h + kp.to(gl.int64) * sdv_t
                 gl.store(dk_ptr + off_k[:, None] + d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=k_ok)
                 gl.store(dv_ptr + off_v[:, None] + d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=k_ok)
-            else:  # a piece of a split list: fp32 partials, summed by triton._reduce_kernel
+            else:  # a piece of a split list: fp32 partials [B, D], summed by triton._reduce_kernel
                 off = slot * (B * D) + rows[:, None] * D + d[None, :]
                 gl.store(dkp_ptr + off, dk)
                 gl.store(dvp_ptr + off, dv)
@@ -510,11 +564,12 @@ if HAVE_GLUON:
     @gluon.jit
     def _gl_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, lse_ptr, delta_ptr,
                         items_ptr, csr_ptr, bias_ptr, doc_ptr, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, nb, S,
-                        Hkv, qk_scale, sm_scale, G: gl.constexpr, B: gl.constexpr, D: gl.constexpr,
+                        Hkv, qk_scale, sm_scale, G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr,
                         STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
+        NSUB: gl.constexpr = B // R
         item = items_ptr + gl.program_id(0).to(gl.int64) * 5  # (key block, start, mid, end, partial slot)
         kbf = gl.load(item)  # (b*Hkv + h)*nb + kb
-        start = gl.load(item + 1).to(gl.int32)  # CSR entries (x G slices) stay below 2^31
+        start = gl.load(item + 1).to(gl.int32)  # CSR entries (x G * B / R slices) stay below 2^31
         mid = gl.load(item + 2).to(gl.int32)  # entries [start, mid) have query block <= kb: causal mask
         end = gl.load(item + 3).to(gl.int32)
         slot = gl.load(item + 4)  # -1: this program owns the block; else index of its fp32 partial
@@ -524,47 +579,54 @@ if HAVE_GLUON:
         h = (bh % Hkv).to(gl.int32)
         sel0 = bh * nb
 
-        k_s = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)
-        v_s = gl.allocate_shared_memory(v_desc.dtype, v_desc.block_type.shape, v_desc.layout)
+        k_s = gl.allocate_shared_memory(k_desc.dtype, [NSUB] + k_desc.block_type.shape, k_desc.layout)
+        v_s = gl.allocate_shared_memory(v_desc.dtype, [NSUB] + v_desc.block_type.shape, v_desc.layout)
         q_bufs = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
         do_bufs = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
-        red_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([B, D], gl.float32)
-        red = gl.allocate_shared_memory(gl.float32, [2, B, D], red_layout)
         kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         red_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        if NSUB == 1:  # consumer 1's dk, dv for consumer 0 (B = 2R: no reduction, and no room for one)
+            red_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([R, D], gl.float32)
+            red = gl.allocate_shared_memory(gl.float32, [2, R, D], red_layout)
+        else:
+            red = red_bar  # unused
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(kv_bar, count=1)
         mbarrier.init(red_bar, count=1)
         for s in gl.static_range(STAGES):
             mbarrier.init(ready.index(s), count=1)
-            mbarrier.init(empty.index(s), count=1)  # each slice has one consumer
-        mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
-        _tma_load(k_desc, [b, h, kb * B, 0], kv_bar, k_s)
-        _tma_load(v_desc, [b, h, kb * B, 0], kv_bar, v_s)
+            mbarrier.init(empty.index(s), count=NSUB)  # B = R: one consumer a slice; B = 2R: both
+        mbarrier.expect(kv_bar, 2 * NSUB * k_desc.block_type.nbytes)
+        for c in gl.static_range(NSUB):
+            _tma_load(k_desc, [b, h, kb * B + c * R, 0], kv_bar, k_s.index(c))
+            _tma_load(v_desc, [b, h, kb * B + c * R, 0], kv_bar, v_s.index(c))
         Hq = Hkv * G
         gl.warp_specialize(
             [
                 (_gl_kv_consumer, (k_s, v_s, kv_bar, q_bufs, do_bufs, ready, empty, red, red_bar, csr_ptr, lse_ptr,
                                    delta_ptr, bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end,
                                    slot, sel0, b, h, kb, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale,
-                                   sm_scale, 0, G, B, D, STAGES, HAS_BIAS, HAS_DOC)),
+                                   sm_scale, 0, G, B, R, D, STAGES, HAS_BIAS, HAS_DOC)),
                 (_gl_kv_consumer, (k_s, v_s, kv_bar, q_bufs, do_bufs, ready, empty, red, red_bar, csr_ptr, lse_ptr,
                                    delta_ptr, bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end,
                                    slot, sel0, b, h, kb, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale,
-                                   sm_scale, 1, G, B, D, STAGES, HAS_BIAS, HAS_DOC)),
-                (_gl_kv_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, csr_ptr, start * G, end * G, sel0,
-                                 b, h, S, G, B, STAGES)),
+                                   sm_scale, 1, G, B, R, D, STAGES, HAS_BIAS, HAS_DOC)),
+                (_gl_kv_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, csr_ptr, start * G * NSUB,
+                                 end * G * NSUB, sel0, b, h, S, G, B, R, STAGES)),
             ],
             [4, 1],
             [240, 24],
         )  # fmt: skip
 
 
+R = 64  # query rows of a head in a tile, and keys a step: a 128-key block is walked as two 64-key sub-blocks
+
+
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, B: int) -> bool:
-    """Whether ``forward`` serves this call (else the Triton forward does): a Hopper GPU, D = 128, B = 64, a GQA
-    group of 4, 8, 12, ... query heads, bf16/fp16, TMA-eligible strides."""
-    if not (HAVE_GLUON and q.is_cuda and B == 64 and q.shape[-1] == 128):
+    """Whether ``forward`` serves this call (else the Triton forward does): a Hopper GPU, D = 128, B = 64 or 128, a
+    GQA group of 4, 8, 12, ... query heads, bf16/fp16, TMA-eligible strides."""
+    if not (HAVE_GLUON and q.is_cuda and B in (R, 2 * R) and q.shape[-1] == 128):
         return False
     if torch.cuda.get_device_capability(q.device)[0] != 9 or q.shape[1] % (4 * k.shape[1]):
         return False
@@ -596,64 +658,71 @@ def forward(q, k, v, indices, cnt, n_lo, block_bias, doc_ids, out, lse, B: int, 
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
     G = Hq // Hkv
-    q_desc = _desc(q, [1, 2, B, D])
-    k_desc = _desc(k, [1, 1, B, D])
-    v_desc = _desc(v, [1, 1, B, D])
+    q_desc = _desc(q, [1, 2, R, D])
+    k_desc = _desc(k, [1, 1, R, D])
+    v_desc = _desc(v, [1, 1, R, D])
     bias = block_bias if block_bias is not None else lse  # never read without HAS_BIAS
     # 4 default warps + 4 + 1 worker warps = 12 warps (a warpgroup each): 168 registers a thread at launch, which
     # setmaxnreg hands out as 240 to each consumer warpgroup and 24 to the load warp's.
-    _gl_fwd_kernel[(nb * (G // 4), Bt * Hkv)](
+    _gl_fwd_kernel[(nb * (B // R) * (G // 4), Bt * Hkv)](
         q_desc, k_desc, v_desc, out, lse, indices, cnt, n_lo, bias, doc_ids if doc_ids is not None else cnt,
-        out.stride(0), out.stride(1), out.stride(2), T, nb, S, Hkv, qk_scale, G=G, B=B, D=D, STAGES=stages,
+        out.stride(0), out.stride(1), out.stride(2), T, nb, S, Hkv, qk_scale, G=G, B=B, R=R, D=D, STAGES=stages,
         HAS_BIAS=block_bias is not None, HAS_DOC=doc_ids is not None, PINGPONG=pingpong, num_warps=4, maxnreg=168,
     )  # fmt: skip
 
 
 def dq_pass(q, k, v, do, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B: int, qk_scale: float,
             sm_scale: float, stages: int = 2) -> bool:  # fmt: skip
-    """The dQ pass of ``triton._backward`` (dq [Bt, Hq, T, D] in q's dtype, or None; dbias_part [G, Bt, Hkv, nb, S]
-    fp32 partials, one per query head of the group, or None): False, doing nothing, where it does not apply (then the
-    Triton pass runs). Two consumer warpgroups of 64 rows (one query head each) per program: 128 rows, so a program
-    per 2 query heads of a block (the 128-row consumers of the forward would need ~290 registers a thread here)."""
+    """The dQ pass of ``triton._backward`` (dq [Bt, Hq, T, D] in q's dtype, or None; dbias_part
+    [dq_partials(G, B), Bt, Hkv, nb, S] fp32 partials, one per query head of the group and 64 rows of the block, or
+    None): False, doing nothing, where it does not apply (then the Triton pass runs). Two consumer warpgroups of 64
+    rows (one query head each) per program: 128 rows, so a program per 2 query heads of 64 rows of a block (the
+    128-row consumers of the forward would need ~290 registers a thread here)."""
     if not backward_supported(q, k, v, do, B):
         return False
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
     G = Hq // Hkv
-    box = [1, 1, B, D]
+    box = [1, 1, R, D]
     q_desc, do_desc, k_desc, v_desc = _desc(q, box), _desc(do, box), _desc(k, box), _desc(v, box)
     dq_arg = dq if dq is not None else q  # never written without WANT_DQ
-    _gl_dq_kernel[(nb * (G // 2), Bt * Hkv)](
+    _gl_dq_kernel[(nb * (B // R) * (G // 2), Bt * Hkv)](
         q_desc, do_desc, k_desc, v_desc, dq_arg, lse, delta, indices, cnt, n_lo,
         block_bias if block_bias is not None else lse, dbias_part if dbias_part is not None else lse,
         doc_ids if doc_ids is not None else cnt, dq_arg.stride(0), dq_arg.stride(1), dq_arg.stride(2),
         T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, sm_scale,
-        G=G, B=B, D=D, HPC=1, STAGES=stages, S_P2=triton.next_power_of_2(S), HAS_BIAS=block_bias is not None,
+        G=G, B=B, R=R, D=D, HPC=1, STAGES=stages, S_P2=triton.next_power_of_2(S), HAS_BIAS=block_bias is not None,
         WANT_DBIAS=dbias_part is not None, WANT_DQ=dq is not None, HAS_DOC=doc_ids is not None,
         num_warps=4, maxnreg=168,
     )  # fmt: skip
     return True
 
 
+def dq_partials(G: int, B: int) -> int:
+    """Bias-gradient partials of ``dq_pass``: one per query head of the group and R rows of a block."""
+    return G * (B // R)
+
+
 def dkdv_pass(q, k, v, do, dk, dv, dkp, dvp, lse, delta, indices, items, csr, block_bias, doc_ids, B: int,
               qk_scale: float, sm_scale: float, stages: int = 4) -> bool:  # fmt: skip
     """The dK/dV pass of ``triton._backward`` over its work items (``triton._kv_work``: a key block's CSR piece each;
     dk, dv written where a program owns its block, fp32 partials dkp / dvp otherwise, for ``triton._reduce_kernel``):
-    False, doing nothing, where it does not apply. Two consumer warpgroups take alternate (query block, head) slices
-    of the piece into their own dk, dv (64 keys x 128, fp32) and add them up at the end; a load warp streams the
-    slices' q and dO by TMA into ``stages`` buffers (each consumer waits only on its own, so 4 give each two; an odd
-    count would hand a consumer the other's buffers, and is refused)."""
-    if not backward_supported(q, k, v, do, B) or stages % 2:
+    False, doing nothing, where it does not apply. A load warp streams the (64 rows of a listed query block, head)
+    slices' q and dO by TMA into ``stages`` buffers. B = 64: two consumer warpgroups take alternate slices into their
+    own dk, dv (64 keys x 128, fp32) and add them up at the end (each waits only on its own buffers, so 4 give each
+    two; an odd count would hand a consumer the other's, and is refused). B = 128: each consumer holds 64 of the
+    keys and takes every slice, so one q / dO load serves 128 keys (half the bytes a key of B = 64)."""
+    if not backward_supported(q, k, v, do, B) or (B == R and stages % 2):
         return False
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
-    box = [1, 1, B, D]
+    box = [1, 1, R, D]
     q_desc, do_desc, k_desc, v_desc = _desc(q, box), _desc(do, box), _desc(k, box), _desc(v, box)
     _gl_dkdv_kernel[(items.shape[0],)](
         q_desc, do_desc, k_desc, v_desc, dk, dv, dkp, dvp, lse, delta, items, csr,
         block_bias if block_bias is not None else lse, doc_ids if doc_ids is not None else csr,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), T, nb, S, Hkv,
-        qk_scale, sm_scale, G=Hq // Hkv, B=B, D=D, STAGES=stages, HAS_BIAS=block_bias is not None,
+        qk_scale, sm_scale, G=Hq // Hkv, B=B, R=R, D=D, STAGES=stages, HAS_BIAS=block_bias is not None,
         HAS_DOC=doc_ids is not None, num_warps=4, maxnreg=168,
     )  # fmt: skip
     return True

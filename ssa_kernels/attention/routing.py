@@ -22,6 +22,7 @@ backends (``reference.py``, ``triton.py``) call :func:`add_routing_grads` when g
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -56,10 +57,12 @@ def add_routing_grads(
     dbias: torch.Tensor,
     routed_mask: torch.Tensor,
     block_size: int,
+    add_per_block: Callable[[torch.Tensor, torch.Tensor, int], None] = _add_per_block,
 ) -> None:
     """Add the routing gradient (module docstring) to dq [Bt, Hq, T, D] and dk [Bt, Hkv, T, D] in place
     (either may be None). indices, dbias (the block-bias gradient) and routed_mask (bool: the slot holds a
-    routed block whose score carries the gradient) are [Bt, Hkv, nb, S]."""
+    routed block whose score carries the gradient) are [Bt, Hkv, nb, S]. ``add_per_block``: the broadcast add
+    into dq and dk (``_add_per_block``, or the Triton backend's kernel of it)."""
     if dq is None and dk is None:
         return
     bt, hq, t, d = q.shape
@@ -72,6 +75,6 @@ def add_routing_grads(
     g_q, g_k = scores_backward(q_mean, k_mean, indices, w, chunk, dq is not None, dk is not None)
     counts = _block_token_counts(t, block_size, q.device, acc)  # (nb,)
     if g_q is not None:
-        _add_per_block(dq, g_q / (math.sqrt(d) * (hq // hkv) * counts[:, None]), block_size)
+        add_per_block(dq, g_q / (math.sqrt(d) * (hq // hkv) * counts[:, None]), block_size)
     if g_k is not None:
-        _add_per_block(dk, g_k / (math.sqrt(d) * counts[:, None]), block_size)
+        add_per_block(dk, g_k / (math.sqrt(d) * counts[:, None]), block_size)

@@ -22,9 +22,10 @@ first: they run without any mask, and only the rest (the diagonal block, or a fu
 mistake) applies the causal mask. The document mask is a constexpr flag, applied to every block when
 doc_ids is given. Rows with no visible key keep m = -inf; the exponent is taken against 0 instead, so they
 end with l = 0 and get out = 0, lse = -inf, never NaN.
-On Hopper (D = 128, B = 64, GQA groups of 4k) ``_forward`` and ``_backward`` hand the forward, the dQ pass and the
-dK/dV pass to ``gluon.py``: the same loops, warp-specialised (a TMA load warp and two consumer warpgroups); at 1M the
-forward 274-288 ms against this forward's 324-332 ms, the backward 1,083-1,105 ms against 1,199-1,207 ms.
+On Hopper (D = 128, B = 64 or 128, GQA groups of 4k) ``_forward`` and ``_backward`` hand the forward, the dQ pass
+and the dK/dV pass to ``gluon.py``: the same loops, warp-specialised (a TMA load warp and two consumer warpgroups); at
+1M and B = 64 the forward 274-288 ms against this forward's 324-332 ms, the backward 1,083-1,105 ms against
+1,199-1,207 ms (B = 128: backward 944-957 ms against 1,075 ms with this dK/dV pass).
 
 Backward.
 - ``_delta_kernel``: delta = rowsum(dO * O) - dlse in fp32 (the lse gradient folds into delta since
@@ -783,6 +784,24 @@ def _reduce_kernel(
     tl.store(dv_ptr + dv_off[:, None] + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=k_ok[:, None])
 
 
+@triton.jit
+def _block_add_kernel(x_ptr, g_ptr, sx_b, sx_h, sx_t, T, nb, H, Hkv, B: tl.constexpr, D: tl.constexpr,
+                      BLOCK_T: tl.constexpr):  # fmt: skip
+    """x[b, h, t] += g[b, h // (H / Hkv), t // B] in place, fp32 sums: ``routing._add_per_block`` (the reference)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // (H // Hkv)
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    d = tl.arange(0, D)
+    ok = (t < T)[:, None]
+    x_off = b.to(tl.int64) * sx_b + h.to(tl.int64) * sx_h + t.to(tl.int64) * sx_t
+    g_row = (b * Hkv + hk).to(tl.int64) * nb + t // B
+    x = tl.load(x_ptr + x_off[:, None] + d[None, :], mask=ok)
+    g = tl.load(g_ptr + g_row[:, None] * D + d[None, :], mask=ok)
+    tl.store(x_ptr + x_off[:, None] + d[None, :], (x.to(tl.float32) + g).to(x.dtype), mask=ok)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
@@ -835,22 +854,22 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
     if device.type != "cuda":  # interpreter: small tiles keep numpy fast
         cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 1, "TMA": 0}
     elif kind == "fwd":  # (measured on H100, scripts/bench_attention_kernel.py; spill-free in triton 3.6)
-        if big:
-            cfg = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "TMA": 1}
+        if big:  # GLUON: the Gluon forward walks a 128-key block as two 64-key steps (the Triton one: 128 x 128 tiles)
+            cfg = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "TMA": 1, "GLUON": 1}
         elif D > 64:  # GLUON: gluon.py's warp-specialised forward where it applies (1M: 274-288 vs 324-332 ms)
             cfg = {"BLOCK_M": 256, "num_warps": 8, "num_stages": 2, "TMA": 1, "GLUON": 1}
         else:
             cfg = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
     elif kind == "dq":
         if big:
-            cfg = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "TMA": 1}
+            cfg = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "TMA": 1, "GLUON": 1}
         elif D > 64:  # GLUON: the warp-specialised dQ pass (1M, whole backward: 1,104-1,114 vs 1,199-1,210 ms)
             cfg = {"BLOCK_M": 128, "num_warps": 8, "num_stages": 3, "TMA": 1, "GLUON": 1}
         else:
             cfg = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
     else:  # dkdv: B key rows per program, BLOCK_M query rows per iteration; 2 programs per SM (3 stages: 1)
         cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2, "TMA": int(D > 64), "STAGES": 4, "GLUON": 1}
-        if big:  # 128 keys: keys as the M side (KT), 8 warps (H200, 1M: 752 ms; query rows as M: 1,946 ms)
+        if big:  # Triton at 128 keys: keys as the M side (KT), 8 warps (H200, 1M: 752 ms; query rows as M: 1,946 ms)
             cfg.update(num_warps=8, KT=1)
     # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
     override = CONFIG_OVERRIDE.get(kind, {})
@@ -865,6 +884,19 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], B))
     return cfg
+
+
+def _add_per_block(x: torch.Tensor, g: torch.Tensor, block_size: int) -> None:
+    """``routing._add_per_block`` as one kernel: x [Bt, H, T, D] += g [Bt, Hkv, nb, D] broadcast over each group's
+    heads and each block's tokens, in place. Why by hand: torch's in-place add of the stride-0 broadcast (fp32 into
+    bf16, > 2^31 elements, so cut into pieces) moved x at 0.69 TB/s; this kernel at 2.75 TB/s (one H100, dq at 1M
+    tokens: 6.2 against 24.9 ms; docs/kernels.md, "Thirty-first session")."""
+    bt, h, t, d = x.shape
+    g = g.to(torch.float32).contiguous()
+    _block_add_kernel[(triton.cdiv(t, 64), bt * h)](
+        x, g, x.stride(0), x.stride(1), x.stride(2), t, g.shape[2], h, g.shape[1], B=block_size, D=d, BLOCK_T=64,
+        num_warps=4,
+    )  # fmt: skip
 
 
 def _row_counts(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -997,7 +1029,7 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         dq_arg = dq if dq is not None else q  # never written when not wanted
         gluon = cfg["GLUON"] and _gluon.backward_supported(q, k, v, grad_out, B)
         # Bias-gradient partials, one per program's slice of the G*B rows (the Gluon pass: one per query head)
-        n_split = G if gluon else G * B // bm
+        n_split = _gluon.dq_partials(G, B) if gluon else G * B // bm
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
         ran = gluon and _gluon.dq_pass(
             q, k, v, grad_out, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B, qk_scale, scale,
@@ -1093,7 +1125,7 @@ class _SparseAttentionTriton(torch.autograd.Function):
                 ctx.block_size, ctx.scale, ctx.split, (n[0], n[1], n[2], n[5] or want_route),
             )  # fmt: skip
             if want_route:  # the routing gradient of the attention router, in place (routing.py)
-                add_routing_grads(dq, dk, q, k, indices, dbias, routed_mask, ctx.block_size)
+                add_routing_grads(dq, dk, q, k, indices, dbias, routed_mask, ctx.block_size, _add_per_block)
         return dq, dk, dv, None, None, dbias if n[5] else None, None, None, None, None
 
 
