@@ -431,20 +431,25 @@ if HAVE_GLUON:
     # ------------------------------------------------------------------------------------------------------------
 
     @gluon.jit
+    def _gl_kv_slice(it, csr_ptr, sel0, h, S, G: gl.constexpr, B: gl.constexpr, R: gl.constexpr):
+        """Slice ``it`` of a key block's list (G * B / R slices an entry): its entry's flat position in indices
+        (((b*Hkv + h)*nb + i)*S + slot), query head and first query token."""
+        GN: gl.constexpr = G * (B // R)
+        pos = gl.load(csr_ptr + it // GN)
+        i = (pos // S - sel0).to(gl.int32)
+        rem = it % GN
+        return pos, h * G + rem % G, i * B + (rem // G) * R
+
+    @gluon.jit
     def _gl_kv_loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, csr_ptr, lo, hi, sel0, b, h, S,
                       G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
         """One warp: the q and dO slices (R rows of one query head of a listed query block; G * B / R slices an
         entry) of slices [lo, hi) into the ring, slice j of the program into stage j % STAGES."""
-        GN: gl.constexpr = G * (B // R)
         nbytes: gl.constexpr = 2 * q_desc.block_type.nbytes
         for it in range(lo, hi):
             j = it - lo
             s = j % STAGES
-            pos = gl.load(csr_ptr + it // GN)  # flat position in indices: ((b*Hkv + h)*nb + i)*S + slot
-            i = (pos // S - sel0).to(gl.int32)
-            rem = it % GN
-            t0 = i * B + (rem // G) * R
-            hq = h * G + rem % G
+            _, hq, t0 = _gl_kv_slice(it, csr_ptr, sel0, h, S, G, B, R)
             mbarrier.wait(empty.index(s), ((j // STAGES) & 1) ^ 1)
             mbarrier.expect(ready.index(s), nbytes)
             _tma_load(q_desc, [b, hq, t0, 0], ready.index(s), q_bufs.index(s))
@@ -459,14 +464,10 @@ if HAVE_GLUON:
         """One slice (R query rows of one head of a listed query block) against this consumer's R keys: S^T = K Q^T
         and dP^T = V dO^T issued together, P^T from lse, dv += P^T dO, dS^T = P^T (dP^T - delta), dk += dS^T Q.
         (Taking turns issuing at B = 2R, as the forward's PINGPONG, measured slower: docs/kernels.md.)"""
-        GN: gl.constexpr = G * (B // R)
         j = it - lo
         s = j % STAGES
-        pos = gl.load(csr_ptr + it // GN)
-        i = (pos // S - sel0).to(gl.int32)
-        rem = it % GN
-        hq = h * G + rem % G
-        t = i * B + (rem // G) * R + gl.arange(0, R, layout=gl.SliceLayout(0, st_layout))  # [R] rows (columns here)
+        pos, hq, t0 = _gl_kv_slice(it, csr_ptr, sel0, h, S, G, B, R)
+        t = t0 + gl.arange(0, R, layout=gl.SliceLayout(0, st_layout))  # [R] rows (columns here)
         ok = t < T
         lrow = hq.to(gl.int64) * T + t
         lse = gl.load(lse_base + lrow, mask=ok, other=float("-inf"))
