@@ -195,6 +195,8 @@ def compile_gluon(kind: str, spec: str, block: int = 64):
             sig[n] = "constexpr"
         elif n in ("q_desc", "do_desc"):
             sig[n] = desc(q_box)
+        elif n == "st_desc":  # the dK/dV pass's row statistics (gluon.row_stats)
+            sig[n] = f"tensordesc<fp32[2, {glk.R}],{glk.ROW_STATS_LAYOUT!r}>"
         elif n.endswith("_desc"):
             sig[n] = desc([1, 1, glk.R, 128])
         elif n in ("o_ptr", "dq_ptr", "dk_ptr", "dv_ptr"):

@@ -62,7 +62,8 @@ def test_gluon_kernels_compile_for_hopper(tmp_path):
     compile path: Gluon does not run in the interpreter, so this is what CI checks of them (the GPU tests run them).
     Each fits one program an SM (12 warps at 168 registers, shared memory within Hopper's 227 KB) with its consumer
     loop's tensor-core products where the design puts them, and spills at most a few hundred bytes; at 64- and
-    128-key blocks (128: two 64-key steps a block; the dQ pass unrolls them into one loop iteration)."""
+    128-key blocks (128: two 64-key steps a block; the dQ pass unrolls them into one loop iteration); the dK/dV pass's
+    loop over unmasked slices reads no global memory."""
     # per kernel: HGMMA instructions of one 64-key step, spill-store budget in bytes (gdq at 128: Triton 3.6, the GPU
     # image's, spills none; CI's 3.9 20 bytes)
     expect = {"gfwd": (24, 256), "gdq": (20, 64), "gdkdv": (24, 512)}  # 128x64 S + 128x128 PV; S, dP, dq; 4 products
@@ -76,3 +77,5 @@ def test_gluon_kernels_compile_for_hopper(tmp_path):
             # one step an iteration; the dQ pass at 128 unrolls a block's two steps into one (and its bias sum)
             steps = {hgmma, 2 * hgmma} if (kernel, block) == ("gdq", "128") else {hgmma}
             assert per_iter and set(per_iter) <= steps and max(per_iter) == max(steps), (kernel, block, per_iter)
+            if kernel == "gdkdv":  # lse and delta come by TMA with q and dO: no global load in the unmasked loop
+                assert min(lp["ops"].get("LDG", 0) for lp in row["loops"]) == 0, (block, row["loops"])

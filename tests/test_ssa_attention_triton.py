@@ -291,6 +291,23 @@ def test_block_add_kernel_matches_the_reference(dtype, bs, hf_layout):
     assert relerr(want, x) > 0.1  # the add is there
 
 
+@pytest.mark.skipif(not tri._gluon.HAVE_GLUON, reason="this Triton has no Gluon")
+def test_row_stats_pack_lse_in_log2_units_and_delta_for_the_dkdv_load_warp():
+    """``gluon.row_stats``, what the Gluon dK/dV pass's load warp brings with each q / dO slice: per (batch, query
+    head) a row of lse in log2 units (+inf for an empty row's -inf and past T, so p = 0 there) and a row of delta
+    (0 past T), T padded to 64. Every element is checked, so a wrong row, head or an unwritten pad fails."""
+    g = torch.Generator().manual_seed(5)
+    lse, delta = torch.randn(2, 3, 100, generator=g), torch.randn(2, 3, 100, generator=g)
+    lse[1, 2, 7] = float("-inf")
+    st = tri._gluon.row_stats(lse, delta)
+    assert st.shape == (2 * 3 * 2, 128) and st.dtype == torch.float32
+    st = st.view(2, 3, 2, 128)
+    want = torch.where(lse == float("-inf"), float("inf"), lse / math.log(2))
+    torch.testing.assert_close(st[:, :, 0, :100], want, rtol=1e-6, atol=0)
+    assert torch.equal(st[:, :, 1, :100], delta)
+    assert bool((st[:, :, 0, 100:] == float("inf")).all()) and bool((st[:, :, 1, 100:] == 0).all())
+
+
 def test_config_override_rejects_unknown_keys(monkeypatch):
     """A misspelt tuning key must not silently time the defaults under a variant's name."""
     monkeypatch.setattr(tri, "CONFIG_OVERRIDE", tri.parse_config_override("fwd:LAZZY=1"))

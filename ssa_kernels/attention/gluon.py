@@ -17,8 +17,8 @@ dQ pass (``_gl_dq_kernel``): the forward's partitions over 128 rows (two consume
 consumers would need ~290 registers); S = Q K^T and dP = dO V^T issued together, P from lse, dq += dS K, and the
 block-bias gradient as one partial per query head.
 dK/dV pass (``_gl_dkdv_kernel``): ``triton._kv_work``'s items (a key block's CSR piece each); the load warp streams
-the (64 rows of a query block, head) slices of q and dO; keys are the M side of every product (S^T = K Q^T: P^T and
-dS^T feed dv += P^T dO and dk += dS^T Q from registers). B = 64: the two consumers take alternate slices into their
+the (64 rows of a query block, head) slices of q and dO, and their rows' lse and delta (``row_stats``); keys are the
+M side of every product (S^T = K Q^T: P^T and dS^T feed dv += P^T dO and dk += dS^T Q from registers). B = 64: the two consumers take alternate slices into their
 own dk, dv, summed through shared memory at the end. B = 128: each consumer holds one 64-key half of the block and
 takes every slice (one q / dO load for 128 keys). Split pieces write fp32 partials for ``triton._reduce_kernel``.
 A 128-key block is walked as two 64-key sub-blocks (``R``) everywhere; the forward and dQ pass give each 64-token half
@@ -441,11 +441,12 @@ if HAVE_GLUON:
         return pos, h * G + rem % G, i * B + (rem // G) * R
 
     @gluon.jit
-    def _gl_kv_loader(q_desc, do_desc, q_bufs, do_bufs, ready, empty, csr_ptr, lo, hi, sel0, b, h, S,
-                      G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+    def _gl_kv_loader(q_desc, do_desc, st_desc, q_bufs, do_bufs, st_bufs, ready, empty, csr_ptr, lo, hi, sel0, b,
+                      h, Hq, S, G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
         """One warp: the q and dO slices (R rows of one query head of a listed query block; G * B / R slices an
-        entry) of slices [lo, hi) into the ring, slice j of the program into stage j % STAGES."""
-        nbytes: gl.constexpr = 2 * q_desc.block_type.nbytes
+        entry) of slices [lo, hi) and their rows' statistics (``row_stats``) into the ring, slice j of the program
+        into stage j % STAGES."""
+        nbytes: gl.constexpr = 2 * q_desc.block_type.nbytes + st_desc.block_type.nbytes
         for it in range(lo, hi):
             j = it - lo
             s = j % STAGES
@@ -454,27 +455,32 @@ if HAVE_GLUON:
             mbarrier.expect(ready.index(s), nbytes)
             _tma_load(q_desc, [b, hq, t0, 0], ready.index(s), q_bufs.index(s))
             _tma_load(do_desc, [b, hq, t0, 0], ready.index(s), do_bufs.index(s))
+            _tma_load(st_desc, [(b * Hq + hq) * 2, t0], ready.index(s), st_bufs.index(s))
 
     @gluon.jit
-    def _gl_kv_step(dk, dv, k_s, v_s, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k, lse_base,
-                    delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G: gl.constexpr, B: gl.constexpr,
-                    R: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                    HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr, st_layout: gl.constexpr,
-                    a_layout: gl.constexpr):  # fmt: skip
+    def _gl_kv_step(dk, dv, k_s, v_s, q_bufs, do_bufs, st_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k,
+                    bias_ptr, doc_base, h, T, S, qk_scale, G: gl.constexpr, B: gl.constexpr, R: gl.constexpr,
+                    D: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr,
+                    HAS_DOC: gl.constexpr, st_layout: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
         """One slice (R query rows of one head of a listed query block) against this consumer's R keys: S^T = K Q^T
         and dP^T = V dO^T issued together, P^T from lse, dv += P^T dO, dS^T = P^T (dP^T - delta), dk += dS^T Q.
+        The rows' lse and delta come with q and dO (``row_stats``): loaded here from global memory, they stalled
+        every slice on two dependent loads (the CSR entry, then the rows) before its first product. Only the
+        diagonal entries (CAUSAL), documents and a block bias still read global memory here.
         (Taking turns issuing at B = 2R, as the forward's PINGPONG, measured slower: docs/kernels.md.)"""
         j = it - lo
         s = j % STAGES
-        pos, hq, t0 = _gl_kv_slice(it, csr_ptr, sel0, h, S, G, B, R)
-        t = t0 + gl.arange(0, R, layout=gl.SliceLayout(0, st_layout))  # [R] rows (columns here)
-        ok = t < T
-        lrow = hq.to(gl.int64) * T + t
-        lse = gl.load(lse_base + lrow, mask=ok, other=float("-inf"))
-        delta = gl.load(delta_base + lrow, mask=ok, other=0.0)
-        b2 = _gl_bias_log2(bias_ptr + pos, HAS_BIAS)
-        b2l = gl.where(lse == float("-inf"), float("-inf"), b2 - lse * 1.4426950408889634)  # p = 0 on empty rows
+        rows: gl.constexpr = gl.SliceLayout(0, st_layout)  # [R] query rows (the columns of S^T)
+        b2 = 0.0
+        if CAUSAL or HAS_DOC or HAS_BIAS:
+            pos, hq, t0 = _gl_kv_slice(it, csr_ptr, sel0, h, S, G, B, R)
+            t = t0 + gl.arange(0, R, layout=rows)
+            b2 = _gl_bias_log2(bias_ptr + pos, HAS_BIAS)
         mbarrier.wait(ready.index(s), (j // STAGES) & 1)
+        # [1, R] each, broadcast over the keys (an NVMMA shared layout keeps rank 2: no [R] view of one row)
+        lse2 = st_bufs.index(s).slice(0, 1, dim=0).load(st_layout)  # lse in log2 units; +inf where p = 0
+        delta = st_bufs.index(s).slice(1, 1, dim=0).load(st_layout)
+        b2l = b2 - lse2
         q_s = q_bufs.index(s).reshape([R, D])
         do_s = do_bufs.index(s).reshape([R, D])
         zero = gl.zeros([R, R], gl.float32, layout=st_layout)
@@ -484,13 +490,13 @@ if HAVE_GLUON:
         if CAUSAL or HAS_DOC:
             doc_q = t  # placeholder, unused without documents
             if HAS_DOC:
-                doc_q = gl.load(doc_base + t, mask=ok, other=-1).to(gl.int32)
+                doc_q = gl.load(doc_base + t, mask=t < T, other=-1).to(gl.int32)
             sct = _gl_masked(sct, t, kpos, doc_q, doc_k, CAUSAL, HAS_DOC, True)
-        pt = gl.exp2(sct * qk_scale + b2l[None, :])  # [R keys, R rows]
+        pt = gl.exp2(sct * qk_scale + b2l)  # [R keys, R rows]
         pt_op = gl.convert_layout(pt.to(q_bufs.dtype), a_layout)
         dv = warpgroup_mma(pt_op, do_s, dv, is_async=True)
         dpt = warpgroup_mma_wait(num_outstanding=1, deps=(dpt,))  # in order: dP^T done, dv may still run
-        dst = pt * (dpt - delta[None, :])
+        dst = pt * (dpt - delta)
         ds_op = gl.convert_layout(dst.to(q_bufs.dtype), a_layout)
         dk = warpgroup_mma(ds_op, q_s, dk, is_async=True)
         dk, dv, pt_op, ds_op = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv, pt_op, ds_op))
@@ -498,7 +504,7 @@ if HAVE_GLUON:
         return dk, dv
 
     @gluon.jit
-    def _gl_kv_consumer(k_s, v_s, kv_bar, q_bufs, do_bufs, ready, empty, red, red_bar, csr_ptr, lse_ptr, delta_ptr,
+    def _gl_kv_consumer(k_s, v_s, kv_bar, q_bufs, do_bufs, st_bufs, ready, empty, red, red_bar, csr_ptr,
                         bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end, slot, sel0, b, h, kb,
                         sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale, sm_scale, C: gl.constexpr,
                         G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
@@ -523,8 +529,6 @@ if HAVE_GLUON:
             doc_k = gl.load(doc_base + kpos, mask=kpos < T, other=-1).to(gl.int32)
         else:
             doc_k = kpos
-        lse_base = lse_ptr + b.to(gl.int64) * Hq * T
-        delta_base = delta_ptr + b.to(gl.int64) * Hq * T
         lo = start * GN
         k_c = k_s.index(C % NSUB).reshape([R, D])
         v_c = v_s.index(C % NSUB).reshape([R, D])
@@ -532,12 +536,12 @@ if HAVE_GLUON:
         dk = gl.zeros([R, D], gl.float32, layout=o_layout)
         dv = gl.zeros([R, D], gl.float32, layout=o_layout)
         for it in range(lo + FIRST, mid * GN, STEP):  # query blocks <= kb: the causal mask
-            dk, dv = _gl_kv_step(dk, dv, k_c, v_c, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k,
-                                 lse_base, delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G, B, R, D, STAGES,
+            dk, dv = _gl_kv_step(dk, dv, k_c, v_c, q_bufs, do_bufs, st_bufs, ready, empty, it, lo, csr_ptr, sel0,
+                                 kpos, doc_k, bias_ptr, doc_base, h, T, S, qk_scale, G, B, R, D, STAGES,
                                  True, HAS_BIAS, HAS_DOC, st_layout, a_layout)  # fmt: skip
         for it in range(mid * GN + FIRST, end * GN, STEP):
-            dk, dv = _gl_kv_step(dk, dv, k_c, v_c, q_bufs, do_bufs, ready, empty, it, lo, csr_ptr, sel0, kpos, doc_k,
-                                 lse_base, delta_base, bias_ptr, doc_base, h, T, S, qk_scale, G, B, R, D, STAGES,
+            dk, dv = _gl_kv_step(dk, dv, k_c, v_c, q_bufs, do_bufs, st_bufs, ready, empty, it, lo, csr_ptr, sel0,
+                                 kpos, doc_k, bias_ptr, doc_base, h, T, S, qk_scale, G, B, R, D, STAGES,
                                  False, HAS_BIAS, HAS_DOC, st_layout, a_layout)  # fmt: skip
         if NSUB == 1:  # the two consumers' partial sums of the one key block: consumer 0 adds and writes them
             if C == 1:
@@ -565,8 +569,7 @@ if HAVE_GLUON:
                 gl.store(dvp_ptr + off, dv)
 
     @gluon.jit
-    def _gl_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, lse_ptr, delta_ptr,
-                        items_ptr, csr_ptr, bias_ptr, doc_ptr, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, nb, S,
+    def _gl_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, st_desc, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, items_ptr, csr_ptr, bias_ptr, doc_ptr, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, nb, S,
                         Hkv, qk_scale, sm_scale, G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr,
                         STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
         NSUB: gl.constexpr = B // R
@@ -586,6 +589,7 @@ if HAVE_GLUON:
         v_s = gl.allocate_shared_memory(v_desc.dtype, [NSUB] + v_desc.block_type.shape, v_desc.layout)
         q_bufs = gl.allocate_shared_memory(q_desc.dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
         do_bufs = gl.allocate_shared_memory(do_desc.dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+        st_bufs = gl.allocate_shared_memory(st_desc.dtype, [STAGES] + st_desc.block_type.shape, st_desc.layout)
         kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         red_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         if NSUB == 1:  # consumer 1's dk, dv for consumer 0 (B = 2R: no reduction, and no room for one)
@@ -607,16 +611,16 @@ if HAVE_GLUON:
         Hq = Hkv * G
         gl.warp_specialize(
             [
-                (_gl_kv_consumer, (k_s, v_s, kv_bar, q_bufs, do_bufs, ready, empty, red, red_bar, csr_ptr, lse_ptr,
-                                   delta_ptr, bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end,
-                                   slot, sel0, b, h, kb, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale,
-                                   sm_scale, 0, G, B, R, D, STAGES, HAS_BIAS, HAS_DOC)),
-                (_gl_kv_consumer, (k_s, v_s, kv_bar, q_bufs, do_bufs, ready, empty, red, red_bar, csr_ptr, lse_ptr,
-                                   delta_ptr, bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end,
-                                   slot, sel0, b, h, kb, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale,
-                                   sm_scale, 1, G, B, R, D, STAGES, HAS_BIAS, HAS_DOC)),
-                (_gl_kv_loader, (q_desc, do_desc, q_bufs, do_bufs, ready, empty, csr_ptr, start * G * NSUB,
-                                 end * G * NSUB, sel0, b, h, S, G, B, R, STAGES)),
+                (_gl_kv_consumer, (k_s, v_s, kv_bar, q_bufs, do_bufs, st_bufs, ready, empty, red, red_bar, csr_ptr,
+                                   bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end, slot, sel0,
+                                   b, h, kb, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale, sm_scale,
+                                   0, G, B, R, D, STAGES, HAS_BIAS, HAS_DOC)),
+                (_gl_kv_consumer, (k_s, v_s, kv_bar, q_bufs, do_bufs, st_bufs, ready, empty, red, red_bar, csr_ptr,
+                                   bias_ptr, doc_ptr, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, start, mid, end, slot, sel0,
+                                   b, h, kb, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, S, Hq, qk_scale, sm_scale,
+                                   1, G, B, R, D, STAGES, HAS_BIAS, HAS_DOC)),
+                (_gl_kv_loader, (q_desc, do_desc, st_desc, q_bufs, do_bufs, st_bufs, ready, empty, csr_ptr,
+                                 start * G * NSUB, end * G * NSUB, sel0, b, h, Hq, S, G, B, R, STAGES)),
             ],
             [4, 1],
             [240, 24],
@@ -624,6 +628,8 @@ if HAVE_GLUON:
 
 
 R = 64  # query rows of a head in a tile, and keys a step: a 128-key block is walked as two 64-key sub-blocks
+# row_stats' TMA boxes land unswizzled: the consumers read them as vectors, not as a product's operand
+ROW_STATS_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2) if HAVE_GLUON else None
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, B: int) -> bool:
@@ -706,6 +712,20 @@ def dq_partials(G: int, B: int) -> int:
     return G * (B // R)
 
 
+def row_stats(lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """[Bt * Hq * 2, Tp] fp32, Tp = T rounded up to R: for each (batch, query head) its rows' lse in log2 units
+    (+inf where lse is -inf, an empty row, or past T: p = 0 there), then their delta (0 past T). The dK/dV pass's load
+    warp brings a slice's two rows of it by one TMA box with q and dO. lse, delta: [Bt, Hq, T] fp32."""
+    Bt, Hq, T = lse.shape
+    st = torch.empty(Bt, Hq, 2, -(-T // R) * R, device=lse.device, dtype=torch.float32)
+    st[:, :, 0].fill_(float("inf"))
+    torch.mul(lse, 1.4426950408889634, out=st[:, :, 0, :T])
+    st[:, :, 0, :T].masked_fill_(lse == float("-inf"), float("inf"))
+    st[:, :, 1].zero_()
+    st[:, :, 1, :T] = delta
+    return st.view(Bt * Hq * 2, st.shape[-1])
+
+
 def dkdv_pass(q, k, v, do, dk, dv, dkp, dvp, lse, delta, indices, items, csr, block_bias, doc_ids, B: int,
               qk_scale: float, sm_scale: float, stages: int = 4) -> bool:  # fmt: skip
     """The dK/dV pass of ``triton._backward`` over its work items (``triton._kv_work``: a key block's CSR piece each;
@@ -721,8 +741,9 @@ def dkdv_pass(q, k, v, do, dk, dv, dkp, dvp, lse, delta, indices, items, csr, bl
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
     box = [1, 1, R, D]
     q_desc, do_desc, k_desc, v_desc = _desc(q, box), _desc(do, box), _desc(k, box), _desc(v, box)
+    st_desc = GluonDescriptor.from_tensor(row_stats(lse, delta), [2, R], ROW_STATS_LAYOUT)
     _gl_dkdv_kernel[(items.shape[0],)](
-        q_desc, do_desc, k_desc, v_desc, dk, dv, dkp, dvp, lse, delta, items, csr,
+        q_desc, do_desc, k_desc, v_desc, st_desc, dk, dv, dkp, dvp, items, csr,
         block_bias if block_bias is not None else lse, doc_ids if doc_ids is not None else csr,
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2), T, nb, S, Hkv,
         qk_scale, sm_scale, G=Hq // Hkv, B=B, R=R, D=D, STAGES=stages, HAS_BIAS=block_bias is not None,
