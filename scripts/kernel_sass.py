@@ -170,7 +170,8 @@ GLUON = {"gfwd": "_gl_fwd_kernel", "gdq": "_gl_dq_kernel", "gdkdv": "_gl_dkdv_ke
 def compile_gluon(kind: str, spec: str, block: int = 64):
     """A warp-specialised Gluon kernel of ``ssa_kernels/attention/gluon.py`` (gfwd | gdq | gdkdv) compiled for sm_90a
     as the benchmark launches it (bf16, D 128, GQA 4, no bias, no documents; block 64 or 128), its ``STAGES`` /
-    ``PINGPONG`` from ``spec`` ("fwd:STAGES=3,PINGPONG=1"; the pass of the spec is ignored): (compiled,
+    ``PINGPONG``, ``GL_HEADS``, ``GL_KEYS`` from ``spec`` ("fwd:STAGES=3,PINGPONG=1"; the pass of the spec is
+    ignored): (compiled,
     constexprs)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -179,15 +180,17 @@ def compile_gluon(kind: str, spec: str, block: int = 64):
 
     fn = getattr(glk, GLUON[kind])
     over = {k: v for kv in tri.parse_config_override(spec).values() for k, v in kv.items()}
-    rows_per_box = {"gfwd": 2, "gdq": 1, "gdkdv": 1}[kind]  # query heads in one q box
+    rows_per_box = int(over.get("GL_HEADS", 2)) if kind == "gfwd" else 1  # query heads in one q box
     q_box = [1, rows_per_box, glk.R, 128]
 
     def desc(box):
         return f"tensordesc<bf16{box},{gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16)!r}>"
 
     const = {"G": 4, "B": block, "R": glk.R, "D": 128, "STAGES": over.get("STAGES", 4 if kind == "gdkdv" else 2), "HAS_BIAS": False,
-             "HAS_DOC": False, "PINGPONG": int(over.get("PINGPONG", 0)), "HPC": 1, "S_P2": 256, "WANT_DBIAS": False,
-             "WANT_DQ": True}  # fmt: skip
+             "HAS_DOC": False, "PINGPONG": int(over.get("PINGPONG", 0)), "OVERLAP": int(over.get("GL_OVERLAP", 0)),
+             "S_P2": 256, "WANT_DBIAS": False,
+             "WANT_DQ": True, "KN": int(over.get("GL_KEYS", glk.R)),
+             "HPC": int(over.get("GL_HEADS", 2)) if kind == "gfwd" else 1}  # fmt: skip
     sig = {}
     for prm in fn.params:
         n = prm.name
@@ -197,8 +200,8 @@ def compile_gluon(kind: str, spec: str, block: int = 64):
             sig[n] = desc(q_box)
         elif n == "st_desc":  # the dK/dV pass's row statistics (gluon.row_stats)
             sig[n] = f"tensordesc<fp32[2, {glk.R}],{glk.ROW_STATS_LAYOUT!r}>"
-        elif n.endswith("_desc"):
-            sig[n] = desc([1, 1, glk.R, 128])
+        elif n.endswith("_desc"):  # K / V: the dQ pass takes BLOCK_N keys a step
+            sig[n] = desc([1, 1, const["KN"] if kind in ("gfwd", "gdq") else glk.R, 128])
         elif n in ("o_ptr", "dq_ptr", "dk_ptr", "dv_ptr"):
             sig[n] = "*bf16"
         elif n in ("idx_ptr", "items_ptr", "csr_ptr", "doc_ptr"):

@@ -394,16 +394,23 @@ def _count_calls(monkeypatch, name: str) -> list:
 
 
 @pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
-@pytest.mark.parametrize("bs,pingpong,stages", [(64, 0, 2), (64, 1, 2), (64, 0, 3), (128, 0, 2)])
+@pytest.mark.parametrize(
+    "bs,pingpong,stages,heads,keys,overlap",
+    [(64, 0, 2, 2, 64, 0), (64, 1, 2, 2, 64, 0), (64, 0, 3, 2, 64, 0), (128, 0, 2, 2, 64, 0), (64, 0, 2, 1, 64, 0),
+     (128, 0, 2, 1, 128, 0), (64, 0, 2, 1, 64, 1), (128, 0, 2, 1, 128, 1), (128, 0, 3, 1, 128, 1)],
+)  # fmt: skip
 @pytest.mark.parametrize("case", GLUON_CASES)
-def test_gluon_forward_on_hopper(monkeypatch, bs, pingpong, stages, case):
+def test_gluon_forward_on_hopper(monkeypatch, bs, pingpong, stages, heads, keys, overlap, case):
     """The warp-specialised Gluon forward (``gluon.py``) in bf16 against the fp32 reference, with poisoned outputs, on
-    each ``_gluon_case`` (block 128: two 64-key steps a block, two programs a query block); the gradients go through
-    the Triton backward from the Gluon forward's out and lse."""
-    cfg = {"fwd": {"GLUON": 1, "PINGPONG": pingpong, "STAGES": stages}, "dq": {"GLUON": 0}, "dkdv": {"GLUON": 0}}
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", cfg)
+    each ``_gluon_case`` (block 128: two 64-key steps a block, two programs a query block; or one head of 64 rows a
+    consumer, 128 keys a step, with or without each step's softmax beside the previous step's P V); the gradients go
+    through the Triton backward from the Gluon forward's out and lse."""
+    fwd = {"GLUON": 1, "PINGPONG": pingpong, "STAGES": stages, "GL_HEADS": heads, "GL_KEYS": keys}
+    fwd["GL_OVERLAP"] = overlap
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": fwd, "dq": {"GLUON": 0}, "dkdv": {"GLUON": 0}})
     calls = _count_calls(monkeypatch, "forward")
-    g = torch.Generator().manual_seed(zlib.crc32(f"{case}-{bs}-{pingpong}-{stages}".encode()))
+    shape = "" if (heads, keys, overlap) == (2, 64, 0) else f"-{heads}-{keys}" + "-ov" * overlap
+    g = torch.Generator().manual_seed(zlib.crc32(f"{case}-{bs}-{pingpong}-{stages}{shape}".encode()))
     q, k, v, indices, bb, docs = _gluon_case(case, g, bs)
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
     assert calls, "the Gluon forward did not run"
@@ -411,16 +418,17 @@ def test_gluon_forward_on_hopper(monkeypatch, bs, pingpong, stages, case):
 
 
 @pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
-@pytest.mark.parametrize("bs,stages", [(64, 2), (64, 3), (128, 2)])
+@pytest.mark.parametrize("bs,stages,keys", [(64, 2, 64), (64, 3, 64), (128, 2, 64), (128, 2, 128)])
 @pytest.mark.parametrize("case", GLUON_CASES)
-def test_gluon_dq_on_hopper(monkeypatch, bs, stages, case):
+def test_gluon_dq_on_hopper(monkeypatch, bs, stages, keys, case):
     """The warp-specialised Gluon dQ pass (dq and the block-bias gradient) in bf16 against the fp32 reference with
     poisoned outputs, on each ``_gluon_case`` (block 128: a block's bias gradient summed over its two 64-key steps
-    and its two programs); the forward and dK/dV passes are the Triton ones."""
-    cfg = {"fwd": {"GLUON": 0}, "dq": {"GLUON": 1, "STAGES": stages}, "dkdv": {"GLUON": 0}}
+    and its two programs, or over one 128-key step); the forward and dK/dV passes are the Triton ones."""
+    cfg = {"fwd": {"GLUON": 0}, "dq": {"GLUON": 1, "STAGES": stages, "GL_KEYS": keys}, "dkdv": {"GLUON": 0}}
     monkeypatch.setattr(tri, "CONFIG_OVERRIDE", cfg)
     calls = _count_calls(monkeypatch, "dq_pass")
-    g = torch.Generator().manual_seed(zlib.crc32(f"dq-{case}-{bs}-{stages}".encode()))
+    shape = "" if keys == 64 else f"-{keys}"
+    g = torch.Generator().manual_seed(zlib.crc32(f"dq-{case}-{bs}-{stages}{shape}".encode()))
     q, k, v, indices, bb, docs = _gluon_case(case, g, bs)
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
     assert calls and all(calls), "the Gluon dQ pass did not run"

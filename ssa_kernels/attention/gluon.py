@@ -125,54 +125,88 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, n, idx_row, bias_row, t, doc_q,
-                 doc_base, T, qk_scale, C: gl.constexpr, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr,
+                 doc_base, T, qk_scale, C: gl.constexpr, B: gl.constexpr, KN: gl.constexpr, D: gl.constexpr,
                  STAGES: gl.constexpr,
                  CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr, PINGPONG: gl.constexpr,
                  s_layout: gl.constexpr,
                  o_layout: gl.constexpr, p_layout: gl.constexpr):  # fmt: skip
-        """Step n: sub-tile n % (B / R) (R keys) of listed block e = n // (B / R), for this consumer's rows: S = Q K^T,
+        """Step n: sub-tile n % (B / KN) (KN keys) of listed block e = n // (B / KN), for this consumer's rows: S = Q K^T,
         online softmax in base 2, acc += P V. (One loop over the steps, not a nested one over the sub-tiles: the
         unrolled pair of steps spills at B = 128.)"""
         M: gl.constexpr = q_s.shape[0]
-        NSUB: gl.constexpr = B // R
-        e = n // NSUB
         s = n % STAGES
         ph = (n // STAGES) & 1
         mbarrier.wait(ready.index(s), ph)
-        k_t = k_bufs.index(s).reshape([R, D]).permute((1, 0))  # [D, R]
+        k_t = k_bufs.index(s).reshape([KN, D]).permute((1, 0))  # [D, KN]
         if PINGPONG:  # consumer C issues its product after the other one's, in turn
             mbarrier.wait(turn.index(C), (n & 1) ^ (1 - C))
-        sc = warpgroup_mma(q_s, k_t, gl.zeros([M, R], gl.float32, layout=s_layout), use_acc=False,
+        sc = warpgroup_mma(q_s, k_t, gl.zeros([M, KN], gl.float32, layout=s_layout), use_acc=False,
                            is_async=True)  # fmt: skip
         if PINGPONG:
             mbarrier.arrive(turn.index(1 - C), count=1)
         sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-        sc = _gl_mask_block(sc, idx_row, e, n % NSUB, t, doc_q, doc_base, T, B, R, CAUSAL, HAS_DOC, s_layout)
-        b2 = _gl_bias_log2(bias_row + e, HAS_BIAS)
-        m_new = gl.maximum(m_i, gl.max(sc, 1) * qk_scale + b2)
-        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: never -inf - -inf
-        p = gl.exp2(sc * qk_scale + (b2 - m_use)[:, None])
-        alpha = gl.exp2(m_i - m_use)
-        l_i = l_i * alpha + gl.sum(p, 1)
+        p_op, alpha, l_i, m_new = _gl_softmax(sc, m_i, l_i, n, idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B,
+                                              KN, CAUSAL, HAS_BIAS, HAS_DOC, s_layout, p_layout, v_bufs.dtype)  # fmt: skip
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-        p_op = gl.convert_layout(p.to(v_bufs.dtype), p_layout)
-        v = v_bufs.index(s).reshape([R, D])  # [R, D]
+        v = v_bufs.index(s).reshape([KN, D])  # [KN, D]
         acc = warpgroup_mma(p_op, v, acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index(s), count=1)
         return acc, l_i, m_new
 
     @gluon.jit
+    def _gl_softmax(sc, m_i, l_i, n, idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B: gl.constexpr,
+                    KN: gl.constexpr, CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr,
+                    s_layout: gl.constexpr, p_layout: gl.constexpr, dtype: gl.constexpr):  # fmt: skip
+        """Step n's online softmax in base 2 on its scores sc [rows, KN]: (P as the PV product's operand, the factor
+        alpha of the rows' earlier sums, the new row sums, the new row maxima)."""
+        NSUB: gl.constexpr = B // KN
+        e = n // NSUB
+        sc = _gl_mask_block(sc, idx_row, e, n % NSUB, t, doc_q, doc_base, T, B, KN, CAUSAL, HAS_DOC, s_layout)
+        b2 = _gl_bias_log2(bias_row + e, HAS_BIAS)
+        m_new = gl.maximum(m_i, gl.max(sc, 1) * qk_scale + b2)
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: never -inf - -inf
+        p = gl.exp2(sc * qk_scale + (b2 - m_use)[:, None])
+        alpha = gl.exp2(m_i - m_use)
+        l_i = l_i * alpha + gl.sum(p, 1)
+        return gl.convert_layout(p.to(dtype), p_layout), alpha, l_i, m_new
+
+    @gluon.jit
+    def _gl_ov_step(acc, l_i, m_i, p_prev, q_s, k_bufs, v_bufs, ready, empty, n, idx_row, bias_row, t, doc_q,
+                    doc_base, T, qk_scale, B: gl.constexpr, KN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                    CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr, s_layout: gl.constexpr,
+                    o_layout: gl.constexpr, p_layout: gl.constexpr):  # fmt: skip
+        """Step n with the previous step's P V in flight (FA3's intra-warpgroup overlap): S(n) = Q K(n)^T and then
+        acc += P(n-1) V(n-1) issued, step n's softmax while the second runs, acc rescaled once it is done. Returns
+        P(n) for the next step (or the epilogue) to multiply."""
+        M: gl.constexpr = q_s.shape[0]
+        s = n % STAGES
+        sp = (n + STAGES - 1) % STAGES  # step n - 1's stage
+        mbarrier.wait(ready.index(s), (n // STAGES) & 1)
+        k_t = k_bufs.index(s).reshape([KN, D]).permute((1, 0))  # [D, KN]
+        sc = warpgroup_mma(q_s, k_t, gl.zeros([M, KN], gl.float32, layout=s_layout), use_acc=False,
+                           is_async=True)  # fmt: skip
+        acc = warpgroup_mma(p_prev, v_bufs.index(sp).reshape([KN, D]), acc, is_async=True)
+        sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))  # in order: S(n) done, P(n-1) V(n-1) may still run
+        p_op, alpha, l_i, m_new = _gl_softmax(sc, m_i, l_i, n, idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B,
+                                              KN, CAUSAL, HAS_BIAS, HAS_DOC, s_layout, p_layout, v_bufs.dtype)  # fmt: skip
+        acc, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_prev))
+        mbarrier.arrive(empty.index(sp), count=1)
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+        return acc, l_i, m_new, p_op
+
+    @gluon.jit
     def _gl_consumer(q_bufs, q_bar, k_bufs, v_bufs, ready, empty, turn, o_ptr, lse_ptr, idx_row, bias_row, doc_ptr,
                      n_lo, n_valid, b, hq0, t0, so_b, so_h, so_t, T, Hq, qk_scale, C: gl.constexpr,
-                     B: gl.constexpr, R: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
-                     HAS_DOC: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
-        """Warpgroup C: the 2 x R rows (tokens t0 .. t0 + R - 1) of query heads hq0, hq0 + 1 (head-major, then token)
-        over every entry, R keys a step."""
-        M: gl.constexpr = 2 * R
-        NSUB: gl.constexpr = B // R
+                     B: gl.constexpr, R: gl.constexpr, HPC: gl.constexpr, KN: gl.constexpr, D: gl.constexpr,
+                     STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr,
+                     PINGPONG: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
+        """Warpgroup C: the HPC x R rows (tokens t0 .. t0 + R - 1) of query heads hq0 .. hq0 + HPC - 1 (head-major,
+        then token) over every entry, KN keys a step."""
+        M: gl.constexpr = HPC * R
+        NSUB: gl.constexpr = B // KN
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, R, 16])  # fmt: skip
+                                                           instr_shape=[16, KN, 16])  # fmt: skip
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, D, 16])  # fmt: skip
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -189,14 +223,40 @@ if HAVE_GLUON:
         m_i = gl.full([M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
         l_i = gl.zeros([M], gl.float32, layout=gl.SliceLayout(1, s_layout))
         acc = gl.zeros([M, D], gl.float32, layout=o_layout)
-        for n in range(0, n_lo * NSUB):  # below the diagonal: no mask
-            acc, l_i, m_i = _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, n, idx_row, bias_row,
-                                     t, doc_q, doc_base, T, qk_scale, C, B, R, D, STAGES, False, HAS_BIAS, HAS_DOC,
-                                     PINGPONG, s_layout, o_layout, p_layout)  # fmt: skip
-        for n in range(n_lo * NSUB, n_valid * NSUB):
-            acc, l_i, m_i = _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, n, idx_row, bias_row,
-                                     t, doc_q, doc_base, T, qk_scale, C, B, R, D, STAGES, True, HAS_BIAS, HAS_DOC,
-                                     PINGPONG, s_layout, o_layout, p_layout)  # fmt: skip
+        if OVERLAP:  # step 0 (masked: it may be the diagonal), then steps 1 .. N-1 each beside the last one's P V
+            N = n_valid * NSUB
+            if N > 0:
+                mbarrier.wait(ready.index(0), 0)
+                k_t = k_bufs.index(0).reshape([KN, D]).permute((1, 0))
+                sc = warpgroup_mma(q_s, k_t, gl.zeros([M, KN], gl.float32, layout=s_layout), use_acc=False,
+                                   is_async=True)  # fmt: skip
+                sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+                p_op, _, l_i, m_i = _gl_softmax(sc, m_i, l_i, 0, idx_row, bias_row, t, doc_q, doc_base, T, qk_scale,
+                                                B, KN, True, HAS_BIAS, HAS_DOC, s_layout, p_layout,
+                                                v_bufs.dtype)  # fmt: skip
+                for n in range(1, n_lo * NSUB):  # below the diagonal: no mask
+                    acc, l_i, m_i, p_op = _gl_ov_step(acc, l_i, m_i, p_op, q_s, k_bufs, v_bufs, ready, empty, n,
+                                                      idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B, KN, D,
+                                                      STAGES, False, HAS_BIAS, HAS_DOC, s_layout, o_layout,
+                                                      p_layout)  # fmt: skip
+                for n in range(gl.maximum(n_lo * NSUB, 1), N):
+                    acc, l_i, m_i, p_op = _gl_ov_step(acc, l_i, m_i, p_op, q_s, k_bufs, v_bufs, ready, empty, n,
+                                                      idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B, KN, D,
+                                                      STAGES, True, HAS_BIAS, HAS_DOC, s_layout, o_layout,
+                                                      p_layout)  # fmt: skip
+                sp = (N - 1) % STAGES
+                acc = warpgroup_mma(p_op, v_bufs.index(sp).reshape([KN, D]), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(empty.index(sp), count=1)
+        else:
+            for n in range(0, n_lo * NSUB):  # below the diagonal: no mask
+                acc, l_i, m_i = _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, n, idx_row,
+                                         bias_row, t, doc_q, doc_base, T, qk_scale, C, B, KN, D, STAGES, False,
+                                         HAS_BIAS, HAS_DOC, PINGPONG, s_layout, o_layout, p_layout)  # fmt: skip
+            for n in range(n_lo * NSUB, n_valid * NSUB):
+                acc, l_i, m_i = _gl_step(acc, l_i, m_i, q_s, k_bufs, v_bufs, ready, empty, turn, n, idx_row,
+                                         bias_row, t, doc_q, doc_base, T, qk_scale, C, B, KN, D, STAGES, True,
+                                         HAS_BIAS, HAS_DOC, PINGPONG, s_layout, o_layout, p_layout)  # fmt: skip
 
         empty_row = l_i == 0.0  # no visible key: out 0, lse -inf
         l_safe = gl.where(empty_row, 1.0, l_i)
@@ -216,17 +276,18 @@ if HAVE_GLUON:
     @gluon.jit
     def _gl_fwd_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, idx_ptr, cnt_ptr, nlo_ptr, bias_ptr, doc_ptr, so_b,
                        so_h, so_t, T, nb, S, Hkv, qk_scale, G: gl.constexpr, B: gl.constexpr, R: gl.constexpr,
-                       D: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr,
-                       PINGPONG: gl.constexpr):  # fmt: skip
-        QUADS: gl.constexpr = G // 4  # programs per (R tokens of a query block, kv head): 4 query heads each
+                       HPC: gl.constexpr, KN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                       HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr, PINGPONG: gl.constexpr,
+                       OVERLAP: gl.constexpr):  # fmt: skip
+        SPLITS: gl.constexpr = G // (2 * HPC)  # programs per (R tokens of a query block, kv head): 2 HPC heads each
         NSUB: gl.constexpr = B // R
         pid = gl.program_id(0)
-        i = nb - 1 - pid // (QUADS * NSUB)  # longest index rows (late query blocks) first
-        t0 = i * B + ((pid // QUADS) % NSUB) * R  # the program's R tokens of query block i
+        i = nb - 1 - pid // (SPLITS * NSUB)  # longest index rows (late query blocks) first
+        t0 = i * B + ((pid // SPLITS) % NSUB) * R  # the program's R tokens of query block i
         bh = gl.program_id(1)
         b = bh // Hkv
         h = bh % Hkv
-        hq0 = h * G + (pid % QUADS) * 4  # first of the program's 4 query heads
+        hq0 = h * G + (pid % SPLITS) * (2 * HPC)  # first of the program's 2 HPC query heads
         sel = bh.to(gl.int64) * nb + i
         n_valid = gl.load(cnt_ptr + sel)
         n_lo = gl.load(nlo_ptr + sel)
@@ -247,19 +308,19 @@ if HAVE_GLUON:
         for c in gl.static_range(2):
             mbarrier.init(turn.index(c), count=1)
         mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-        for c in gl.static_range(2):  # each consumer's 2 heads x R tokens in one box
-            _tma_load(q_desc, [b, hq0 + 2 * c, t0, 0], q_bar, q_bufs.index(c))
+        for c in gl.static_range(2):  # each consumer's HPC heads x R tokens in one box
+            _tma_load(q_desc, [b, hq0 + HPC * c, t0, 0], q_bar, q_bufs.index(c))
 
         Hq = Hkv * G
         gl.warp_specialize(
             [
                 (_gl_consumer, (q_bufs, q_bar, k_bufs, v_bufs, ready, empty, turn, o_ptr, lse_ptr, idx_row,
                                 bias_row, doc_ptr, n_lo, n_valid, b, hq0, t0, so_b, so_h, so_t, T, Hq, qk_scale,
-                                0, B, R, D, STAGES, HAS_BIAS, HAS_DOC, PINGPONG)),
+                                0, B, R, HPC, KN, D, STAGES, HAS_BIAS, HAS_DOC, PINGPONG, OVERLAP)),
                 (_gl_consumer, (q_bufs, q_bar, k_bufs, v_bufs, ready, empty, turn, o_ptr, lse_ptr, idx_row,
-                                bias_row, doc_ptr, n_lo, n_valid, b, hq0 + 2, t0, so_b, so_h, so_t, T, Hq, qk_scale,
-                                1, B, R, D, STAGES, HAS_BIAS, HAS_DOC, PINGPONG)),
-                (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, R, STAGES)),
+                                bias_row, doc_ptr, n_lo, n_valid, b, hq0 + HPC, t0, so_b, so_h, so_t, T, Hq,
+                                qk_scale, 1, B, R, HPC, KN, D, STAGES, HAS_BIAS, HAS_DOC, PINGPONG, OVERLAP)),
+                (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, KN, STAGES)),
             ],
             [4, 1],
             [240, 24],
@@ -271,24 +332,24 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, sub, idx_row, b2, b2l, delta, t, doc_q,
-                    doc_base, T, qk_scale, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                    doc_base, T, qk_scale, B: gl.constexpr, KN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
                     CAUSAL: gl.constexpr, WANT_DBIAS: gl.constexpr, HAS_DOC: gl.constexpr, s_layout: gl.constexpr,
                     a_layout: gl.constexpr):  # fmt: skip
-        """Sub-tile ``sub`` (R keys) of listed block e: S = Q K^T and dP = dO V^T issued together,
+        """Sub-tile ``sub`` (KN keys) of listed block e: S = Q K^T and dP = dO V^T issued together,
         P = exp2(S * scale + bias - lse), dS = P (dP - delta), dq += dS K. Returns dq and the sum of dS over the tile
         (the block's bias gradient, summed over its sub-tiles by the caller)."""
         M: gl.constexpr = q_s.shape[0]
-        n = e * (B // R) + sub  # step of the ring
+        n = e * (B // KN) + sub  # step of the ring
         s = n % STAGES
         ph = (n // STAGES) & 1
         mbarrier.wait(ready.index(s), ph)
-        k_s = k_bufs.index(s).reshape([R, D])
-        v_s = v_bufs.index(s).reshape([R, D])
-        zero = gl.zeros([M, R], gl.float32, layout=s_layout)
+        k_s = k_bufs.index(s).reshape([KN, D])
+        v_s = v_bufs.index(s).reshape([KN, D])
+        zero = gl.zeros([M, KN], gl.float32, layout=s_layout)
         sc = warpgroup_mma(q_s, k_s.permute((1, 0)), zero, use_acc=False, is_async=True)
         dp = warpgroup_mma(do_s, v_s.permute((1, 0)), zero, use_acc=False, is_async=True)
         sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))  # in order: S is done, dP may still run
-        sc = _gl_mask_block(sc, idx_row, e, sub, t, doc_q, doc_base, T, B, R, CAUSAL, HAS_DOC, s_layout)
+        sc = _gl_mask_block(sc, idx_row, e, sub, t, doc_q, doc_base, T, B, KN, CAUSAL, HAS_DOC, s_layout)
         p = gl.exp2(sc * qk_scale + (b2l + b2)[:, None])  # lse = -inf rows (empty, past T): b2l = -inf, p = 0
         dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
         ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
@@ -302,17 +363,17 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l, delta, t,
-                     doc_q, doc_base, T, qk_scale, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr,
+                     doc_q, doc_base, T, qk_scale, B: gl.constexpr, KN: gl.constexpr, D: gl.constexpr,
                      STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr,
                      HAS_DOC: gl.constexpr, s_layout: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
-        """Listed block e, B / R sub-tiles: dq, and its bias gradient over these rows stored. (Unrolled, unlike the
+        """Listed block e, B / KN sub-tiles: dq, and its bias gradient over these rows stored. (Unrolled, unlike the
         forward's steps: at B = 128 the pair compiles without spills here under Triton 3.6, and the bias sum of the
         block stays in a register.)"""
         b2 = _gl_bias_log2(bias_row + e, HAS_BIAS)
         dbias = 0.0
-        for sub in gl.static_range(B // R):
+        for sub in gl.static_range(B // KN):
             dq, part = _gl_dq_step(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, sub, idx_row, b2, b2l, delta, t,
-                                   doc_q, doc_base, T, qk_scale, B, R, D, STAGES, CAUSAL, WANT_DBIAS, HAS_DOC,
+                                   doc_q, doc_base, T, qk_scale, B, KN, D, STAGES, CAUSAL, WANT_DBIAS, HAS_DOC,
                                    s_layout, a_layout)  # fmt: skip
             dbias = dbias + part
         if WANT_DBIAS:
@@ -323,13 +384,13 @@ if HAVE_GLUON:
     def _gl_dq_consumer(q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr, idx_row,
                         bias_row, dbias_row, doc_ptr, n_lo, n_valid, b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Hq, S,
                         qk_scale, sm_scale, C: gl.constexpr, HPC: gl.constexpr, B: gl.constexpr, R: gl.constexpr,
-                        D: gl.constexpr, STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr,
+                        KN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr,
                         WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
         """Warpgroup C: the HPC x R rows (tokens t0 .. t0 + R - 1) of query heads hq0 .. hq0 + HPC - 1 over every
-        listed block, R keys a step."""
+        listed block, KN keys a step (R or B)."""
         M: gl.constexpr = HPC * R
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, R, 16])  # fmt: skip
+                                                           instr_shape=[16, KN, 16])  # fmt: skip
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, D, 16])  # fmt: skip
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -351,11 +412,11 @@ if HAVE_GLUON:
         dq = gl.zeros([M, D], gl.float32, layout=o_layout)
         for e in range(0, n_lo):
             dq = _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
-                              delta, t, doc_q, doc_base, T, qk_scale, B, R, D, STAGES, False, HAS_BIAS, WANT_DBIAS,
+                              delta, t, doc_q, doc_base, T, qk_scale, B, KN, D, STAGES, False, HAS_BIAS, WANT_DBIAS,
                               HAS_DOC, s_layout, a_layout)  # fmt: skip
         for e in range(n_lo, n_valid):
             dq = _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
-                              delta, t, doc_q, doc_base, T, qk_scale, B, R, D, STAGES, True, HAS_BIAS, WANT_DBIAS,
+                              delta, t, doc_q, doc_base, T, qk_scale, B, KN, D, STAGES, True, HAS_BIAS, WANT_DBIAS,
                               HAS_DOC, s_layout, a_layout)  # fmt: skip
         if WANT_DBIAS:  # padding slots: exact zeros, as in the reference
             offs_s = gl.arange(0, S_P2, layout=gl.BlockedLayout([1], [32], [4], [0]))
@@ -372,7 +433,8 @@ if HAVE_GLUON:
     @gluon.jit
     def _gl_dq_kernel(q_desc, do_desc, k_desc, v_desc, dq_ptr, lse_ptr, delta_ptr, idx_ptr, cnt_ptr, nlo_ptr, bias_ptr,
                       dbias_ptr, doc_ptr, sdq_b, sdq_h, sdq_t, T, nb, S, Hkv, n_sel, qk_scale, sm_scale,
-                      G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr, HPC: gl.constexpr,
+                      G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, KN: gl.constexpr, D: gl.constexpr,
+                      HPC: gl.constexpr,
                       STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr,
                       WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
         PER: gl.constexpr = 2 * HPC  # query heads per program
@@ -414,13 +476,13 @@ if HAVE_GLUON:
             [
                 (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
                                    idx_row, bias_row, dbias_ptr + (ms * n_sel + sel) * S, doc_ptr, n_lo, n_valid,
-                                   b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 0, HPC, B, R, D,
-                                   STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
+                                   b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 0, HPC, B, R, KN,
+                                   D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
                 (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
                                    idx_row, bias_row, dbias_ptr + ((ms + 1) * n_sel + sel) * S, doc_ptr, n_lo,
                                    n_valid, b, hq0 + HPC, t0, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 1,
-                                   HPC, B, R, D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
-                (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, R, STAGES)),
+                                   HPC, B, R, KN, D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
+                (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, KN, STAGES)),
             ],
             [4, 1],
             [240, 24],
@@ -661,46 +723,54 @@ def _desc(x: torch.Tensor, box: list[int]):
 
 
 def forward(q, k, v, indices, cnt, n_lo, block_bias, doc_ids, out, lse, B: int, qk_scale: float, stages: int = 2,
-            pingpong: bool = False) -> None:  # fmt: skip
+            pingpong: bool = False, heads: int = 2, keys: int = R, overlap: bool = False) -> None:  # fmt: skip
     """Fill out [Bt, Hq, T, D] and lse [Bt, Hq, T] (natural log) like ``triton._fwd_kernel``; qk_scale in log2 units.
-    Call only where ``supported``; cnt / n_lo are ``triton._row_counts(indices)``."""
+    Call only where ``supported``; cnt / n_lo are ``triton._row_counts(indices)``. ``heads``: query heads of R rows
+    per consumer warpgroup (2: one K/V load serves 4 heads; 1: 2), ``keys``: keys a step (R, or B with one head: an
+    S tile of 128 x 128 beside the 128 x 128 accumulator would not fit the registers)."""
+    if heads not in (1, 2) or keys not in (R, B) or (heads == 2 and (keys > R or overlap)):
+        raise ValueError(f"the Gluon forward takes GL_HEADS 1 or 2 and GL_KEYS {R} or the block size, 2 heads with "
+                         f"{R} keys and no GL_OVERLAP only; got GL_HEADS={heads}, GL_KEYS={keys}, GL_OVERLAP={overlap} "
+                         "(CONFIG_OVERRIDE['fwd'])")  # fmt: skip
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
     G = Hq // Hkv
-    q_desc = _desc(q, [1, 2, R, D])
-    k_desc = _desc(k, [1, 1, R, D])
-    v_desc = _desc(v, [1, 1, R, D])
+    q_desc = _desc(q, [1, heads, R, D])
+    k_desc = _desc(k, [1, 1, keys, D])
+    v_desc = _desc(v, [1, 1, keys, D])
     bias = block_bias if block_bias is not None else lse  # never read without HAS_BIAS
     # 4 default warps + 4 + 1 worker warps = 12 warps (a warpgroup each): 168 registers a thread at launch, which
     # setmaxnreg hands out as 240 to each consumer warpgroup and 24 to the load warp's.
-    _gl_fwd_kernel[(nb * (B // R) * (G // 4), Bt * Hkv)](
+    _gl_fwd_kernel[(nb * (B // R) * (G // (2 * heads)), Bt * Hkv)](
         q_desc, k_desc, v_desc, out, lse, indices, cnt, n_lo, bias, doc_ids if doc_ids is not None else cnt,
-        out.stride(0), out.stride(1), out.stride(2), T, nb, S, Hkv, qk_scale, G=G, B=B, R=R, D=D, STAGES=stages,
-        HAS_BIAS=block_bias is not None, HAS_DOC=doc_ids is not None, PINGPONG=pingpong, num_warps=4, maxnreg=168,
+        out.stride(0), out.stride(1), out.stride(2), T, nb, S, Hkv, qk_scale, G=G, B=B, R=R, HPC=heads, KN=keys, D=D,
+        STAGES=stages, HAS_BIAS=block_bias is not None, HAS_DOC=doc_ids is not None, PINGPONG=pingpong,
+        OVERLAP=overlap, num_warps=4, maxnreg=168,
     )  # fmt: skip
 
 
 def dq_pass(q, k, v, do, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B: int, qk_scale: float,
-            sm_scale: float, stages: int = 2) -> bool:  # fmt: skip
+            sm_scale: float, stages: int = 2, keys: int = R) -> bool:  # fmt: skip
     """The dQ pass of ``triton._backward`` (dq [Bt, Hq, T, D] in q's dtype, or None; dbias_part
     [dq_partials(G, B), Bt, Hkv, nb, S] fp32 partials, one per query head of the group and 64 rows of the block, or
     None): False, doing nothing, where it does not apply (then the Triton pass runs). Two consumer warpgroups of 64
     rows (one query head each) per program: 128 rows, so a program per 2 query heads of 64 rows of a block (the
     128-row consumers of the forward would need ~290 registers a thread here)."""
-    if not backward_supported(q, k, v, do, B):
+    if not backward_supported(q, k, v, do, B) or keys not in (R, B) or (keys > R and stages > 2):
         return False
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
     G = Hq // Hkv
-    box = [1, 1, R, D]
-    q_desc, do_desc, k_desc, v_desc = _desc(q, box), _desc(do, box), _desc(k, box), _desc(v, box)
+    box, kv_box = [1, 1, R, D], [1, 1, keys, D]
+    q_desc, do_desc, k_desc, v_desc = _desc(q, box), _desc(do, box), _desc(k, kv_box), _desc(v, kv_box)
     dq_arg = dq if dq is not None else q  # never written without WANT_DQ
     _gl_dq_kernel[(nb * (B // R) * (G // 2), Bt * Hkv)](
         q_desc, do_desc, k_desc, v_desc, dq_arg, lse, delta, indices, cnt, n_lo,
         block_bias if block_bias is not None else lse, dbias_part if dbias_part is not None else lse,
         doc_ids if doc_ids is not None else cnt, dq_arg.stride(0), dq_arg.stride(1), dq_arg.stride(2),
         T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, sm_scale,
-        G=G, B=B, R=R, D=D, HPC=1, STAGES=stages, S_P2=triton.next_power_of_2(S), HAS_BIAS=block_bias is not None,
+        G=G, B=B, R=R, KN=keys, D=D, HPC=1, STAGES=stages, S_P2=triton.next_power_of_2(S),
+        HAS_BIAS=block_bias is not None,
         WANT_DBIAS=dbias_part is not None, WANT_DQ=dq is not None, HAS_DOC=doc_ids is not None,
         num_warps=4, maxnreg=168,
     )  # fmt: skip

@@ -854,8 +854,10 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
     if device.type != "cuda":  # interpreter: small tiles keep numpy fast
         cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 1, "TMA": 0}
     elif kind == "fwd":  # (measured on H100, scripts/bench_attention_kernel.py; spill-free in triton 3.6)
-        if big:  # GLUON: the Gluon forward walks a 128-key block as two 64-key steps (the Triton one: 128 x 128 tiles)
+        if big:  # GLUON: one head of 64 rows a consumer, 128 keys a step, each step's softmax beside the previous
+            # step's P V (1M, H100: 234.7 ms against 270.1 with 2 heads and 64-key steps; the Triton one: 128 x 128)
             cfg = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "TMA": 1, "GLUON": 1}
+            cfg.update(GL_HEADS=1, GL_KEYS=128, GL_OVERLAP=1, STAGES=3)
         elif D > 64:  # GLUON: gluon.py's warp-specialised forward where it applies (1M: 274-288 vs 324-332 ms)
             cfg = {"BLOCK_M": 256, "num_warps": 8, "num_stages": 2, "TMA": 1, "GLUON": 1}
         else:
@@ -869,17 +871,22 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
             cfg = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
     else:  # dkdv: B key rows per program, BLOCK_M query rows per iteration; 2 programs per SM (3 stages: 1)
         cfg = {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2, "TMA": int(D > 64), "STAGES": 4, "GLUON": 1}
-        if big:  # Triton at 128 keys: keys as the M side (KT), 8 warps (H200, 1M: 752 ms; query rows as M: 1,946 ms)
-            cfg.update(num_warps=8, KT=1)
+        if big:  # Triton at 128 keys: keys as the M side (KT), 8 warps (H200, 1M: 752 ms; query rows as M: 1,946 ms);
+            # the Gluon pass with 3 stages (1M, H100, whole backward: 780.9 / 790.4 ms against 788.8 / 800.4 with 4)
+            cfg.update(num_warps=8, KT=1, STAGES=3)
     # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
     override = CONFIG_OVERRIDE.get(kind, {})
-    known = {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA", "KT", "GLUON", "STAGES", "PINGPONG"}
+    known = {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA", "KT", "GLUON", "STAGES", "PINGPONG", "GL_HEADS",
+             "GL_KEYS", "GL_OVERLAP"}  # fmt: skip
     unknown = set(override) - known
     if unknown:  # a misspelt key would otherwise time the defaults under the variant's name
         raise ValueError(f"CONFIG_OVERRIDE[{kind!r}]: unknown keys {sorted(unknown)}")
     # GLUON: the warp-specialised Hopper kernels of ``gluon.py`` where they apply (STAGES: their shared-memory ring;
-    # PINGPONG: the forward's consumers take turns issuing S = Q K^T); num_stages etc. are the Triton kernels'.
-    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "GLUON": 0, "STAGES": 2, "PINGPONG": 0, **cfg, **override}
+    # PINGPONG: the forward's consumers take turns issuing S = Q K^T; GL_HEADS: query heads per forward consumer;
+    # GL_KEYS: keys a step of the forward and dQ consumers; GL_OVERLAP: the forward's softmax beside its previous
+    # step's P V, with one head a consumer); num_stages etc. are the Triton kernels'.
+    cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "GLUON": 0, "STAGES": 2, "PINGPONG": 0, "GL_HEADS": 2, "GL_KEYS": 64,
+           "GL_OVERLAP": 0, **cfg, **override}  # fmt: skip
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], B))
@@ -916,7 +923,8 @@ def _forward(q, k, v, indices, cnt, n_lo, doc_ids, block_bias, B: int, scale: fl
     cfg = _config("fwd", G, B, D, q.device)
     if cfg["GLUON"] and _gluon.supported(q, k, v, B):
         _gluon.forward(q, k, v, indices, cnt, n_lo, block_bias, doc_ids, out, lse, B, scale * 1.4426950408889634,
-                       stages=cfg["STAGES"], pingpong=bool(cfg["PINGPONG"]))  # fmt: skip
+                       stages=cfg["STAGES"], pingpong=bool(cfg["PINGPONG"]), heads=cfg["GL_HEADS"],
+                       keys=cfg["GL_KEYS"], overlap=bool(cfg["GL_OVERLAP"]))  # fmt: skip
         return out, lse
     bm = cfg["BLOCK_M"]
     grid = (nb * (G * B // bm), Bt * Hkv)
@@ -1033,7 +1041,7 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
         ran = gluon and _gluon.dq_pass(
             q, k, v, grad_out, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B, qk_scale, scale,
-            stages=cfg["STAGES"],
+            stages=cfg["STAGES"], keys=cfg["GL_KEYS"],
         )  # fmt: skip
         if not ran:  # the Triton pass (a Gluon one was not asked for, or does not apply to these inputs)
             k_desc, tma = _tensor_desc(k, cfg["BLOCK_N"], cfg["TMA"])
