@@ -291,6 +291,32 @@ def test_block_add_kernel_matches_the_reference(dtype, bs, hf_layout):
     assert relerr(want, x) > 0.1  # the add is there
 
 
+@pytest.mark.parametrize("want_q,want_level", [(True, True), (True, False), (False, True)])
+def test_scores_grad_kernel_matches_the_reference(monkeypatch, want_q, want_level):
+    """The routing gradient's block-mean gradients as one Triton kernel (``tri._scores_grad``: a gather-sum for the
+    query side, atomic adds for the key side) against ``scores_backward``: batch 2, 3 kv heads, padding slots (-1),
+    zero weights, a node picked by several rows (the atomics must add, not overwrite), d_q poisoned."""
+    from ssa_kernels.selector.reference import scores_backward
+
+    monkeypatch.setattr(tri, "POISON", True)
+    g = torch.Generator().manual_seed(17 + 2 * want_q + want_level)
+    bt, hkv, nb, n, m, d = 2, 3, 10, 7, 6, 32
+    q_sum, level = torch.randn(bt, hkv, nb, d, generator=g), torch.randn(bt, hkv, n, d, generator=g)
+    node = torch.randint(0, n, (bt, hkv, nb, m), generator=g)
+    node[:, :, :, 0] = 2  # every row picks node 2
+    node[0, 1, 4, 3:] = -1
+    w = torch.randn(bt, hkv, nb, m, generator=g)
+    w[node < 0] = 0.0
+    w[1, 2, :, 1] = 0.0
+    want = scores_backward(q_sum, level, node, w, 2, want_q, want_level)
+    got = tri._scores_grad(q_sum.to(DEV), level.to(DEV), node.to(DEV), w.to(DEV), 2, want_q, want_level)
+    for x, y in zip(got, want):
+        assert (x is None) == (y is None)
+        if y is not None:
+            torch.testing.assert_close(x.cpu(), y, rtol=1e-5, atol=1e-5)
+            assert y.abs().max() > 0.1
+
+
 @pytest.mark.skipif(not tri._gluon.HAVE_GLUON, reason="this Triton has no Gluon")
 def test_row_stats_pack_lse_in_log2_units_and_delta_for_the_dkdv_load_warp():
     """``gluon.row_stats``, what the Gluon dK/dV pass's load warp brings with each q / dO slice: per (batch, query
@@ -418,16 +444,20 @@ def test_gluon_forward_on_hopper(monkeypatch, bs, pingpong, stages, heads, keys,
 
 
 @pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
-@pytest.mark.parametrize("bs,stages,keys", [(64, 2, 64), (64, 3, 64), (128, 2, 64), (128, 2, 128)])
+@pytest.mark.parametrize(
+    "bs,stages,keys,overlap",
+    [(64, 2, 64, 0), (64, 3, 64, 0), (128, 2, 64, 0), (128, 2, 128, 0), (64, 3, 64, 1), (128, 3, 64, 1)],
+)
 @pytest.mark.parametrize("case", GLUON_CASES)
-def test_gluon_dq_on_hopper(monkeypatch, bs, stages, keys, case):
+def test_gluon_dq_on_hopper(monkeypatch, bs, stages, keys, overlap, case):
     """The warp-specialised Gluon dQ pass (dq and the block-bias gradient) in bf16 against the fp32 reference with
     poisoned outputs, on each ``_gluon_case`` (block 128: a block's bias gradient summed over its two 64-key steps
-    and its two programs, or over one 128-key step); the forward and dK/dV passes are the Triton ones."""
-    cfg = {"fwd": {"GLUON": 0}, "dq": {"GLUON": 1, "STAGES": stages, "GL_KEYS": keys}, "dkdv": {"GLUON": 0}}
-    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", cfg)
+    and its two programs, or over one 128-key step; with or without each step's softmax beside the previous step's
+    dq product); the forward and dK/dV passes are the Triton ones."""
+    dq = {"GLUON": 1, "STAGES": stages, "GL_KEYS": keys, "GL_OVERLAP": overlap}
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": {"GLUON": 0}, "dq": dq, "dkdv": {"GLUON": 0}})
     calls = _count_calls(monkeypatch, "dq_pass")
-    shape = "" if keys == 64 else f"-{keys}"
+    shape = "" if (keys, overlap) == (64, 0) else f"-{keys}" + "-ov" * overlap
     g = torch.Generator().manual_seed(zlib.crc32(f"dq-{case}-{bs}-{stages}{shape}".encode()))
     q, k, v, indices, bb, docs = _gluon_case(case, g, bs)
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)

@@ -362,6 +362,46 @@ if HAVE_GLUON:
         return dq, part
 
     @gluon.jit
+    def _gl_dq_ov_step(dq, ds_prev, dbias, q_s, do_s, k_bufs, v_bufs, ready, empty, n, idx_row, bias_row, dbias_row,
+                       b2l, delta, t, doc_q, doc_base, T, qk_scale, B: gl.constexpr, KN: gl.constexpr,
+                       D: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr,
+                       WANT_DBIAS: gl.constexpr, HAS_DOC: gl.constexpr, FIRST: gl.constexpr, s_layout: gl.constexpr,
+                       a_layout: gl.constexpr):  # fmt: skip
+        """Step n of the flat step loop (sub-tile n % (B / KN) of listed block n // (B / KN)) with the previous step's
+        dq += dS K in flight (unless FIRST): S(n) and dP(n) issued, then dq += dS(n-1) K(n-1); P(n) and dS(n) while
+        the last two run. Returns dq, dS(n) as the next product's operand and the block's running bias-gradient sum
+        (stored, and restarted, at the block's last sub-tile)."""
+        M: gl.constexpr = q_s.shape[0]
+        NSUB: gl.constexpr = B // KN
+        e = n // NSUB
+        s = n % STAGES
+        sp = (n + STAGES - 1) % STAGES  # step n - 1's stage
+        mbarrier.wait(ready.index(s), (n // STAGES) & 1)
+        k_s = k_bufs.index(s).reshape([KN, D])
+        v_s = v_bufs.index(s).reshape([KN, D])
+        zero = gl.zeros([M, KN], gl.float32, layout=s_layout)
+        sc = warpgroup_mma(q_s, k_s.permute((1, 0)), zero, use_acc=False, is_async=True)
+        dp = warpgroup_mma(do_s, v_s.permute((1, 0)), zero, use_acc=False, is_async=True)
+        if not FIRST:
+            dq = warpgroup_mma(ds_prev, k_bufs.index(sp).reshape([KN, D]), dq, is_async=True)
+        sc = warpgroup_mma_wait(num_outstanding=1 if FIRST else 2, deps=(sc,))  # in order: S done, the rest may run
+        sc = _gl_mask_block(sc, idx_row, e, n % NSUB, t, doc_q, doc_base, T, B, KN, CAUSAL, HAS_DOC, s_layout)
+        b2 = _gl_bias_log2(bias_row + e, HAS_BIAS)
+        p = gl.exp2(sc * qk_scale + (b2l + b2)[:, None])  # lse = -inf rows (empty, past T): b2l = -inf, p = 0
+        dp = warpgroup_mma_wait(num_outstanding=0 if FIRST else 1, deps=(dp,))
+        ds = p * (dp - delta[:, None])  # dL/d(logit), natural units
+        if WANT_DBIAS:
+            dbias = dbias + gl.sum(gl.sum(ds, 1), 0)
+            last = n % NSUB == NSUB - 1
+            gl.store(dbias_row + e, dbias, mask=last)
+            dbias = gl.where(last, 0.0, dbias)
+        ds_op = gl.convert_layout(ds.to(k_bufs.dtype), a_layout)
+        if not FIRST:
+            dq, ds_prev = warpgroup_mma_wait(num_outstanding=0, deps=(dq, ds_prev))
+            mbarrier.arrive(empty.index(sp), count=1)
+        return dq, ds_op, dbias
+
+    @gluon.jit
     def _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l, delta, t,
                      doc_q, doc_base, T, qk_scale, B: gl.constexpr, KN: gl.constexpr, D: gl.constexpr,
                      STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr,
@@ -384,10 +424,11 @@ if HAVE_GLUON:
     def _gl_dq_consumer(q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr, idx_row,
                         bias_row, dbias_row, doc_ptr, n_lo, n_valid, b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Hq, S,
                         qk_scale, sm_scale, C: gl.constexpr, HPC: gl.constexpr, B: gl.constexpr, R: gl.constexpr,
-                        KN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr,
-                        WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
+                        KN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, S_P2: gl.constexpr,
+                        HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr,
+                        OVERLAP: gl.constexpr):  # fmt: skip
         """Warpgroup C: the HPC x R rows (tokens t0 .. t0 + R - 1) of query heads hq0 .. hq0 + HPC - 1 over every
-        listed block, KN keys a step (R or B)."""
+        listed block, KN keys a step (R or B); with OVERLAP each step's softmax beside the previous step's dq product."""
         M: gl.constexpr = HPC * R
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, KN, 16])  # fmt: skip
@@ -410,14 +451,40 @@ if HAVE_GLUON:
         do_s = do_bufs.index(C).reshape([M, D])
         mbarrier.wait(q_bar, 0)
         dq = gl.zeros([M, D], gl.float32, layout=o_layout)
-        for e in range(0, n_lo):
-            dq = _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
-                              delta, t, doc_q, doc_base, T, qk_scale, B, KN, D, STAGES, False, HAS_BIAS, WANT_DBIAS,
-                              HAS_DOC, s_layout, a_layout)  # fmt: skip
-        for e in range(n_lo, n_valid):
-            dq = _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
-                              delta, t, doc_q, doc_base, T, qk_scale, B, KN, D, STAGES, True, HAS_BIAS, WANT_DBIAS,
-                              HAS_DOC, s_layout, a_layout)  # fmt: skip
+        if (
+            OVERLAP
+        ):  # step 0 (masked: it may be the diagonal), then steps 1 .. N-1 each beside the last one's dq product
+            NSUB: gl.constexpr = B // KN
+            N = n_valid * NSUB
+            if N > 0:
+                ds_op = gl.zeros([M, KN], k_bufs.dtype, layout=a_layout)  # no product before step 0
+                dq, ds_op, dbias = _gl_dq_ov_step(dq, ds_op, 0.0, q_s, do_s, k_bufs, v_bufs, ready, empty, 0, idx_row,
+                                                  bias_row, dbias_row, b2l, delta, t, doc_q, doc_base, T, qk_scale, B,
+                                                  KN, D, STAGES, True, HAS_BIAS, WANT_DBIAS, HAS_DOC, True, s_layout,
+                                                  a_layout)  # fmt: skip
+                for n in range(1, n_lo * NSUB):  # below the diagonal: no mask
+                    dq, ds_op, dbias = _gl_dq_ov_step(dq, ds_op, dbias, q_s, do_s, k_bufs, v_bufs, ready, empty, n,
+                                                      idx_row, bias_row, dbias_row, b2l, delta, t, doc_q, doc_base, T,
+                                                      qk_scale, B, KN, D, STAGES, False, HAS_BIAS, WANT_DBIAS,
+                                                      HAS_DOC, False, s_layout, a_layout)  # fmt: skip
+                for n in range(gl.maximum(n_lo * NSUB, 1), N):
+                    dq, ds_op, dbias = _gl_dq_ov_step(dq, ds_op, dbias, q_s, do_s, k_bufs, v_bufs, ready, empty, n,
+                                                      idx_row, bias_row, dbias_row, b2l, delta, t, doc_q, doc_base, T,
+                                                      qk_scale, B, KN, D, STAGES, True, HAS_BIAS, WANT_DBIAS, HAS_DOC,
+                                                      False, s_layout, a_layout)  # fmt: skip
+                sp = (N - 1) % STAGES
+                dq = warpgroup_mma(ds_op, k_bufs.index(sp).reshape([KN, D]), dq, is_async=True)
+                dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
+                mbarrier.arrive(empty.index(sp), count=1)
+        else:
+            for e in range(0, n_lo):
+                dq = _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                                  delta, t, doc_q, doc_base, T, qk_scale, B, KN, D, STAGES, False, HAS_BIAS,
+                                  WANT_DBIAS, HAS_DOC, s_layout, a_layout)  # fmt: skip
+            for e in range(n_lo, n_valid):
+                dq = _gl_dq_entry(dq, q_s, do_s, k_bufs, v_bufs, ready, empty, e, idx_row, bias_row, dbias_row, b2l,
+                                  delta, t, doc_q, doc_base, T, qk_scale, B, KN, D, STAGES, True, HAS_BIAS,
+                                  WANT_DBIAS, HAS_DOC, s_layout, a_layout)  # fmt: skip
         if WANT_DBIAS:  # padding slots: exact zeros, as in the reference
             offs_s = gl.arange(0, S_P2, layout=gl.BlockedLayout([1], [32], [4], [0]))
             gl.store(dbias_row + offs_s, gl.zeros([S_P2], gl.float32, layout=gl.BlockedLayout([1], [32], [4], [0])),
@@ -434,9 +501,9 @@ if HAVE_GLUON:
     def _gl_dq_kernel(q_desc, do_desc, k_desc, v_desc, dq_ptr, lse_ptr, delta_ptr, idx_ptr, cnt_ptr, nlo_ptr, bias_ptr,
                       dbias_ptr, doc_ptr, sdq_b, sdq_h, sdq_t, T, nb, S, Hkv, n_sel, qk_scale, sm_scale,
                       G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, KN: gl.constexpr, D: gl.constexpr,
-                      HPC: gl.constexpr,
-                      STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr,
-                      WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
+                      HPC: gl.constexpr, STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr,
+                      WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr,
+                      OVERLAP: gl.constexpr):  # fmt: skip
         PER: gl.constexpr = 2 * HPC  # query heads per program
         SPLITS: gl.constexpr = G // PER
         NSUB: gl.constexpr = B // R
@@ -477,11 +544,11 @@ if HAVE_GLUON:
                 (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
                                    idx_row, bias_row, dbias_ptr + (ms * n_sel + sel) * S, doc_ptr, n_lo, n_valid,
                                    b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 0, HPC, B, R, KN,
-                                   D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
+                                   D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC, OVERLAP)),
                 (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
                                    idx_row, bias_row, dbias_ptr + ((ms + 1) * n_sel + sel) * S, doc_ptr, n_lo,
                                    n_valid, b, hq0 + HPC, t0, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 1,
-                                   HPC, B, R, KN, D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC)),
+                                   HPC, B, R, KN, D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC, OVERLAP)),
                 (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, KN, STAGES)),
             ],
             [4, 1],
@@ -750,12 +817,15 @@ def forward(q, k, v, indices, cnt, n_lo, block_bias, doc_ids, out, lse, B: int, 
 
 
 def dq_pass(q, k, v, do, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B: int, qk_scale: float,
-            sm_scale: float, stages: int = 2, keys: int = R) -> bool:  # fmt: skip
+            sm_scale: float, stages: int = 2, keys: int = R, overlap: bool = False) -> bool:  # fmt: skip
     """The dQ pass of ``triton._backward`` (dq [Bt, Hq, T, D] in q's dtype, or None; dbias_part
     [dq_partials(G, B), Bt, Hkv, nb, S] fp32 partials, one per query head of the group and 64 rows of the block, or
     None): False, doing nothing, where it does not apply (then the Triton pass runs). Two consumer warpgroups of 64
     rows (one query head each) per program: 128 rows, so a program per 2 query heads of 64 rows of a block (the
     128-row consumers of the forward would need ~290 registers a thread here)."""
+    if keys > R and overlap:  # dS(n-1), S(n), dP(n) and dq: 64 + 64 + 64 + 32 fp32 registers a thread, and spills
+        raise ValueError(f"the Gluon dQ pass overlaps {R}-key steps only; got GL_KEYS={keys} with GL_OVERLAP=1 "
+                         "(CONFIG_OVERRIDE['dq'])")  # fmt: skip
     if not backward_supported(q, k, v, do, B) or keys not in (R, B) or (keys > R and stages > 2):
         return False
     Bt, Hq, T, D = q.shape
@@ -771,7 +841,7 @@ def dq_pass(q, k, v, do, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_p
         T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, sm_scale,
         G=G, B=B, R=R, KN=keys, D=D, HPC=1, STAGES=stages, S_P2=triton.next_power_of_2(S),
         HAS_BIAS=block_bias is not None,
-        WANT_DBIAS=dbias_part is not None, WANT_DQ=dq is not None, HAS_DOC=doc_ids is not None,
+        WANT_DBIAS=dbias_part is not None, WANT_DQ=dq is not None, HAS_DOC=doc_ids is not None, OVERLAP=overlap,
         num_warps=4, maxnreg=168,
     )  # fmt: skip
     return True

@@ -58,11 +58,13 @@ def add_routing_grads(
     routed_mask: torch.Tensor,
     block_size: int,
     add_per_block: Callable[[torch.Tensor, torch.Tensor, int], None] = _add_per_block,
+    scores_grad: Callable = scores_backward,
 ) -> None:
     """Add the routing gradient (module docstring) to dq [Bt, Hq, T, D] and dk [Bt, Hkv, T, D] in place
     (either may be None). indices, dbias (the block-bias gradient) and routed_mask (bool: the slot holds a
     routed block whose score carries the gradient) are [Bt, Hkv, nb, S]. ``add_per_block``: the broadcast add
-    into dq and dk (``_add_per_block``, or the Triton backend's kernel of it)."""
+    into dq and dk (``_add_per_block``, or the Triton backend's kernel of it); ``scores_grad``: the block-mean
+    gradients (``scores_backward``, or the Triton backend's kernel of it)."""
     if dq is None and dk is None:
         return
     bt, hq, t, d = q.shape
@@ -72,7 +74,7 @@ def add_routing_grads(
     q_mean = query_summary(q, hkv, block_size)  # (Bt, Hkv, nb, D)
     k_mean = block_means(k, block_size)  # (Bt, Hkv, nb, D)
     chunk = max(1, _GATHER_BYTES // max(1, bt * hkv * nb * d * 4))
-    g_q, g_k = scores_backward(q_mean, k_mean, indices, w, chunk, dq is not None, dk is not None)
+    g_q, g_k = scores_grad(q_mean, k_mean, indices, w, chunk, dq is not None, dk is not None)
     counts = _block_token_counts(t, block_size, q.device, acc)  # (nb,)
     if g_q is not None:
         add_per_block(dq, g_q / (math.sqrt(d) * (hq // hkv) * counts[:, None]), block_size)

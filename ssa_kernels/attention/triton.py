@@ -802,6 +802,29 @@ def _block_add_kernel(x_ptr, g_ptr, sx_b, sx_h, sx_t, T, nb, H, Hkv, B: tl.const
     tl.store(x_ptr + x_off[:, None] + d[None, :], (x.to(tl.float32) + g).to(x.dtype), mask=ok)
 
 
+@triton.jit
+def _scores_grad_kernel(qs_ptr, lv_ptr, node_ptr, w_ptr, dq_ptr, dl_ptr, nb, n, M, D: tl.constexpr,
+                        M_P2: tl.constexpr, WANT_Q: tl.constexpr, WANT_L: tl.constexpr):  # fmt: skip
+    """Row r = (b*Hkv + h)*nb + i of ``selector.reference.scores_backward`` (the reference): dq[r] = sum_m w[r, m]
+    level[node[r, m]] and, by atomic adds, dl[node[r, m]] += w[r, m] q_sum[r] (rows of the same b, h; nodes clamped
+    to [0, n) as there; slots with w = 0 add nothing and are skipped)."""
+    r = tl.program_id(0).to(tl.int64)
+    m = tl.arange(0, M_P2)
+    d = tl.arange(0, D)
+    ok = m < M
+    node = tl.load(node_ptr + r * M + m, mask=ok, other=0)
+    node = tl.minimum(tl.maximum(node, 0), n - 1)
+    w = tl.load(w_ptr + r * M + m, mask=ok, other=0.0)
+    lrow = (r // nb) * n + node  # [M_P2] rows of level
+    if WANT_Q:
+        picked = tl.load(lv_ptr + lrow[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+        tl.store(dq_ptr + r * D + d, tl.sum(w[:, None] * picked, 0))
+    if WANT_L:
+        qs = tl.load(qs_ptr + r * D + d)
+        hit = (ok & (w != 0.0))[:, None]
+        tl.atomic_add(dl_ptr + lrow[:, None] * D + d[None, :], w[:, None] * qs[None, :], mask=hit, sem="relaxed")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------
@@ -863,8 +886,10 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
         else:
             cfg = {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3}
     elif kind == "dq":
-        if big:
+        if big:  # GLUON: each 64-key step's softmax beside the previous step's dq product, 3 stages (1M, H100, whole
+            # backward: 767.7 ms against 789.2 without)
             cfg = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2, "TMA": 1, "GLUON": 1}
+            cfg.update(GL_OVERLAP=1, STAGES=3)
         elif D > 64:  # GLUON: the warp-specialised dQ pass (1M, whole backward: 1,104-1,114 vs 1,199-1,210 ms)
             cfg = {"BLOCK_M": 128, "num_warps": 8, "num_stages": 3, "TMA": 1, "GLUON": 1}
         else:
@@ -884,7 +909,8 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
     # GLUON: the warp-specialised Hopper kernels of ``gluon.py`` where they apply (STAGES: their shared-memory ring;
     # PINGPONG: the forward's consumers take turns issuing S = Q K^T; GL_HEADS: query heads per forward consumer;
     # GL_KEYS: keys a step of the forward and dQ consumers; GL_OVERLAP: the forward's softmax beside its previous
-    # step's P V, with one head a consumer); num_stages etc. are the Triton kernels'.
+    # step's P V, with one head a consumer, or the dQ pass's beside its previous dq product); num_stages etc. are the
+    # Triton kernels'.
     cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "GLUON": 0, "STAGES": 2, "PINGPONG": 0, "GL_HEADS": 2, "GL_KEYS": 64,
            "GL_OVERLAP": 0, **cfg, **override}  # fmt: skip
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
@@ -904,6 +930,26 @@ def _add_per_block(x: torch.Tensor, g: torch.Tensor, block_size: int) -> None:
         x, g, x.stride(0), x.stride(1), x.stride(2), t, g.shape[2], h, g.shape[1], B=block_size, D=d, BLOCK_T=64,
         num_warps=4,
     )  # fmt: skip
+
+
+def _scores_grad(q_sum, level, node, grad, chunk, want_q=True, want_level=True):
+    """``selector.reference.scores_backward`` as one kernel (same arguments; ``chunk`` unused: nothing is gathered
+    into memory). Why by hand: torch's version gathers the chosen rows, multiplies them in a batched matmul and
+    scatters the level gradient with index_add_, 11 ms of an H100's 1M-token backward (gather 2.8, bmm 1.6, mul 1.9,
+    index_add 4.7: docs/kernels.md, "Thirty-second session"); here each row's slots are read once, the level rows
+    from L2."""
+    bt, hkv, nb, d = q_sum.shape
+    n, m = level.shape[2], node.shape[-1]
+    q_sum, level = q_sum.contiguous(), level.contiguous()
+    node, grad = node.contiguous(), grad.to(q_sum.dtype).contiguous()
+    d_q = _alloc(q_sum.shape, q_sum.dtype, q_sum.device) if want_q else None
+    d_level = torch.zeros_like(level) if want_level else None
+    if bt * hkv * nb and (want_q or want_level):
+        _scores_grad_kernel[(bt * hkv * nb,)](
+            q_sum, level, node, grad, d_q if want_q else q_sum, d_level if want_level else level, nb, n, m, D=d,
+            M_P2=triton.next_power_of_2(m), WANT_Q=want_q, WANT_L=want_level, num_warps=4,
+        )  # fmt: skip
+    return d_q, d_level
 
 
 def _row_counts(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1041,7 +1087,7 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
         ran = gluon and _gluon.dq_pass(
             q, k, v, grad_out, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B, qk_scale, scale,
-            stages=cfg["STAGES"], keys=cfg["GL_KEYS"],
+            stages=cfg["STAGES"], keys=cfg["GL_KEYS"], overlap=bool(cfg["GL_OVERLAP"]),
         )  # fmt: skip
         if not ran:  # the Triton pass (a Gluon one was not asked for, or does not apply to these inputs)
             k_desc, tma = _tensor_desc(k, cfg["BLOCK_N"], cfg["TMA"])
@@ -1133,7 +1179,9 @@ class _SparseAttentionTriton(torch.autograd.Function):
                 ctx.block_size, ctx.scale, ctx.split, (n[0], n[1], n[2], n[5] or want_route),
             )  # fmt: skip
             if want_route:  # the routing gradient of the attention router, in place (routing.py)
-                add_routing_grads(dq, dk, q, k, indices, dbias, routed_mask, ctx.block_size, _add_per_block)
+                add_routing_grads(
+                    dq, dk, q, k, indices, dbias, routed_mask, ctx.block_size, _add_per_block, _scores_grad
+                )
         return dq, dk, dv, None, None, dbias if n[5] else None, None, None, None, None
 
 
