@@ -186,10 +186,10 @@ def compile_gluon(kind: str, spec: str, block: int = 64):
     def desc(box):
         return f"tensordesc<bf16{box},{gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16)!r}>"
 
-    const = {"G": 4, "B": block, "R": glk.R, "D": 128, "STAGES": over.get("STAGES", 4 if kind == "gdkdv" else 2), "HAS_BIAS": False,
-             "HAS_DOC": False, "PINGPONG": int(over.get("PINGPONG", 0)), "OVERLAP": int(over.get("GL_OVERLAP", 0)),
-             "S_P2": 256, "WANT_DBIAS": False,
-             "WANT_DQ": True, "KN": int(over.get("GL_KEYS", glk.R)),
+    const = {"G": 4, "B": block, "R": glk.R, "D": 128, "STAGES": over.get("STAGES", 4 if kind == "gdkdv" else 2),
+             "HAS_BIAS": False, "HAS_DOC": False, "PINGPONG": int(over.get("PINGPONG", 0)),
+             "OVERLAP": int(over.get("GL_OVERLAP", 0)), "S_P2": 256, "WANT_DBIAS": False, "WANT_DQ": True,
+             "KN": int(over.get("GL_KEYS", glk.R)),
              "HPC": int(over.get("GL_HEADS", 2)) if kind == "gfwd" else 1}  # fmt: skip
     sig = {}
     for prm in fn.params:

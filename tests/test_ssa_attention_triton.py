@@ -346,6 +346,22 @@ def test_config_override_rejects_unknown_keys(monkeypatch):
     }
 
 
+@pytest.mark.skipif(not tri._gluon.HAVE_GLUON, reason="this Triton has no Gluon")
+def test_gluon_shapes_that_do_not_fit_name_their_config_keys():
+    """The Gluon forward's and dQ pass's consumer shapes that would not fit the registers (2 heads with 128-key steps
+    or with the overlap; the dQ overlap at 128-key steps) are refused before anything runs, naming the keys to fix."""
+    q = torch.zeros(1, 4, 256, 128, dtype=torch.bfloat16)
+    k = torch.zeros(1, 1, 256, 128, dtype=torch.bfloat16)
+    idx = torch.zeros(1, 1, 2, 1, dtype=torch.int64)
+    for heads, keys, overlap in [(2, 128, False), (2, 64, True), (3, 64, False), (1, 96, False)]:
+        with pytest.raises(ValueError, match="GL_HEADS.*GL_KEYS.*CONFIG_OVERRIDE"):
+            tri._gluon.forward(q, k, k, idx, None, None, None, None, q, None, 128, 1.0, heads=heads, keys=keys,
+                               overlap=overlap)  # fmt: skip
+    with pytest.raises(ValueError, match="GL_KEYS=128 with GL_OVERLAP"):
+        tri._gluon.dq_pass(q, k, k, q, q, None, None, idx, None, None, None, None, None, 128, 1.0, 1.0, keys=128,
+                           overlap=True)  # fmt: skip
+
+
 def test_rejects_bad_shapes():
     q = torch.zeros(1, 2, 32, 24)
     k = torch.zeros(1, 2, 32, 24)

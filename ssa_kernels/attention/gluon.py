@@ -6,23 +6,28 @@ warps (the forward at ~440 TFLOP/s on an H100; docs/kernels.md, "Why the forward
 not warp-specialise those loops on Hopper; Gluon (Triton's lower-level language, in the same package) lets a kernel
 say it: FlashAttention-3's layout of the work, written by hand.
 
-Forward (``_gl_fwd_kernel``), one program per (batch, kv head, query block, 4 query heads): 256 rows, the Triton
-forward's GQA tile.
-- a load warp walks the index row and streams each listed K/V block into a ring of ``STAGES`` shared-memory
-  buffers by TMA (``ready`` / ``empty`` mbarriers per stage; ``empty`` counts both consumers' arrivals);
-- two consumer warpgroups own 128 rows each (2 query heads x B tokens) and their own fp32 online softmax: while
-  one waits on its tensor-core products the other's softmax issues, the overlap a single instruction stream cannot
-  have. With ``PINGPONG`` the two take turns issuing S = Q K^T (FA3's warp-scheduler barrier; measured the same).
-dQ pass (``_gl_dq_kernel``): the forward's partitions over 128 rows (two consumers of one head each: 128-row
-consumers would need ~290 registers); S = Q K^T and dP = dO V^T issued together, P from lse, dq += dS K, and the
-block-bias gradient as one partial per query head.
+Forward (``_gl_fwd_kernel``), one program per (batch, kv head, R tokens of a query block, 2 x ``GL_HEADS`` query
+heads):
+- a load warp walks the index row and streams each listed block's K/V, ``GL_KEYS`` keys a step (R, or the whole
+  128-key block), into a ring of ``STAGES`` shared-memory buffers by TMA (``ready`` / ``empty`` mbarriers per stage;
+  ``empty`` counts both consumers' arrivals);
+- two consumer warpgroups own ``GL_HEADS`` x R rows each and their own fp32 online softmax: while one waits on its
+  tensor-core products the other's softmax issues, the overlap a single instruction stream cannot have.
+  2 heads (one K/V load serves 4 heads) with 64-key steps; with ``PINGPONG`` the two take turns issuing S = Q K^T
+  (FA3's warp-scheduler barrier; measured the same). 1 head with 128-key steps (the default at B = 128): a 64 x 128
+  S tile leaves room for ``GL_OVERLAP``, FA3's intra-warpgroup overlap: S(n) and then P(n-1) V(n-1) are issued,
+  step n's softmax runs while the second is on the tensor cores, and the accumulator is rescaled after it.
+dQ pass (``_gl_dq_kernel``): two consumers of one head of R rows each (128-row consumers would need ~290 registers);
+S = Q K^T and dP = dO V^T issued together, P from lse, dq += dS K, and the block-bias gradient as one partial per
+query head; ``GL_KEYS`` keys a step, and with ``GL_OVERLAP`` (64-key steps) step n's softmax beside step n-1's
+dq product.
 dK/dV pass (``_gl_dkdv_kernel``): ``triton._kv_work``'s items (a key block's CSR piece each); the load warp streams
 the (64 rows of a query block, head) slices of q and dO, and their rows' lse and delta (``row_stats``); keys are the
-M side of every product (S^T = K Q^T: P^T and dS^T feed dv += P^T dO and dk += dS^T Q from registers). B = 64: the two consumers take alternate slices into their
-own dk, dv, summed through shared memory at the end. B = 128: each consumer holds one 64-key half of the block and
-takes every slice (one q / dO load for 128 keys). Split pieces write fp32 partials for ``triton._reduce_kernel``.
-A 128-key block is walked as two 64-key sub-blocks (``R``) everywhere; the forward and dQ pass give each 64-token half
-of a query block its own program.
+M side of every product (S^T = K Q^T: P^T and dS^T feed dv += P^T dO and dk += dS^T Q from registers). B = 64: the
+two consumers take alternate slices into their own dk, dv, summed through shared memory at the end. B = 128: each
+consumer holds one 64-key half of the block and takes every slice (one q / dO load for 128 keys). Split pieces write
+fp32 partials for ``triton._reduce_kernel``.
+The forward and dQ pass give each 64-token half of a query block its own program.
 
 Scope: Hopper (sm_90), D = 128, B = 64 or 128, GQA groups of 4, 8, 12, ... query heads, bf16/fp16, TMA-eligible strides
 (any layout with unit stride along D: HF's transposed q, k, v too), block bias and document mask as in Triton.
@@ -30,10 +35,9 @@ Scope: Hopper (sm_90), D = 128, B = 64 or 128, GQA groups of 4, 8, 12, ... query
 (``CONFIG_OVERRIDE[kind]["GLUON"] = 0`` forces its own) and its own kernels otherwise. Gluon does not run in
 Triton's CPU interpreter: the tests of these kernels run on a Hopper GPU only.
 
-Measured (one H100, 1M tokens, the benchmark's selection; docs/kernels.md, "Thirtieth session" and "Thirty-first
-session"): B = 64, forward 274-288 ms against the Triton forward's 324-332 ms, the whole backward 1,083-1,105 ms
-against 1,199-1,207 ms (dQ ~440 -> ~345 ms; dK/dV about even). B = 128: forward 267-283 ms against 324-333, the
-backward 944-957 ms against 1,075 ms with the Triton dK/dV pass (the shared q / dO loads).
+Measured (one H100, 1M tokens, the benchmark's selection; docs/kernels.md, "Thirtieth session" to "Thirty-second
+session"): B = 64, forward 265-280 ms against the Triton forward's 324-332 ms, the whole backward 965-976 ms against
+1,199-1,207 ms. B = 128 (the defaults above): forward kernel 231-234 ms, backward 768 ms (profiled: dK/dV 478, dQ 347).
 """
 
 from __future__ import annotations
@@ -130,9 +134,9 @@ if HAVE_GLUON:
                  CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr, PINGPONG: gl.constexpr,
                  s_layout: gl.constexpr,
                  o_layout: gl.constexpr, p_layout: gl.constexpr):  # fmt: skip
-        """Step n: sub-tile n % (B / KN) (KN keys) of listed block e = n // (B / KN), for this consumer's rows: S = Q K^T,
-        online softmax in base 2, acc += P V. (One loop over the steps, not a nested one over the sub-tiles: the
-        unrolled pair of steps spills at B = 128.)"""
+        """Step n: sub-tile n % (B / KN) (KN keys) of listed block e = n // (B / KN), for this consumer's rows:
+        S = Q K^T, online softmax in base 2, acc += P V. (One loop over the steps, not a nested one over the sub-tiles:
+        the unrolled pair of steps spills at B = 128.)"""
         M: gl.constexpr = q_s.shape[0]
         s = n % STAGES
         ph = (n // STAGES) & 1
@@ -146,7 +150,8 @@ if HAVE_GLUON:
             mbarrier.arrive(turn.index(1 - C), count=1)
         sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
         p_op, alpha, l_i, m_new = _gl_softmax(sc, m_i, l_i, n, idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B,
-                                              KN, CAUSAL, HAS_BIAS, HAS_DOC, s_layout, p_layout, v_bufs.dtype)  # fmt: skip
+                                              KN, CAUSAL, HAS_BIAS, HAS_DOC, s_layout, p_layout,
+                                              v_bufs.dtype)  # fmt: skip
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
         v = v_bufs.index(s).reshape([KN, D])  # [KN, D]
         acc = warpgroup_mma(p_op, v, acc, is_async=True)
@@ -189,7 +194,8 @@ if HAVE_GLUON:
         acc = warpgroup_mma(p_prev, v_bufs.index(sp).reshape([KN, D]), acc, is_async=True)
         sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))  # in order: S(n) done, P(n-1) V(n-1) may still run
         p_op, alpha, l_i, m_new = _gl_softmax(sc, m_i, l_i, n, idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B,
-                                              KN, CAUSAL, HAS_BIAS, HAS_DOC, s_layout, p_layout, v_bufs.dtype)  # fmt: skip
+                                              KN, CAUSAL, HAS_BIAS, HAS_DOC, s_layout, p_layout,
+                                              v_bufs.dtype)  # fmt: skip
         acc, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_prev))
         mbarrier.arrive(empty.index(sp), count=1)
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
@@ -428,7 +434,8 @@ if HAVE_GLUON:
                         HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr,
                         OVERLAP: gl.constexpr):  # fmt: skip
         """Warpgroup C: the HPC x R rows (tokens t0 .. t0 + R - 1) of query heads hq0 .. hq0 + HPC - 1 over every
-        listed block, KN keys a step (R or B); with OVERLAP each step's softmax beside the previous step's dq product."""
+        listed block, KN keys a step (R or B); with OVERLAP each step's softmax beside the previous step's dq
+        product."""
         M: gl.constexpr = HPC * R
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, KN, 16])  # fmt: skip
@@ -451,9 +458,8 @@ if HAVE_GLUON:
         do_s = do_bufs.index(C).reshape([M, D])
         mbarrier.wait(q_bar, 0)
         dq = gl.zeros([M, D], gl.float32, layout=o_layout)
-        if (
-            OVERLAP
-        ):  # step 0 (masked: it may be the diagonal), then steps 1 .. N-1 each beside the last one's dq product
+        # OVERLAP: step 0 (masked: it may be the diagonal), then steps 1 .. N-1 each beside the last one's dq product
+        if OVERLAP:
             NSUB: gl.constexpr = B // KN
             N = n_valid * NSUB
             if N > 0:
@@ -698,7 +704,8 @@ if HAVE_GLUON:
                 gl.store(dvp_ptr + off, dv)
 
     @gluon.jit
-    def _gl_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, st_desc, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, items_ptr, csr_ptr, bias_ptr, doc_ptr, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, nb, S,
+    def _gl_dkdv_kernel(q_desc, do_desc, k_desc, v_desc, st_desc, dk_ptr, dv_ptr, dkp_ptr, dvp_ptr, items_ptr,
+                        csr_ptr, bias_ptr, doc_ptr, sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, T, nb, S,
                         Hkv, qk_scale, sm_scale, G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, D: gl.constexpr,
                         STAGES: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr):  # fmt: skip
         NSUB: gl.constexpr = B // R
