@@ -180,8 +180,8 @@ def compile_gluon(kind: str, spec: str, block: int = 64):
 
     fn = getattr(glk, GLUON[kind])
     over = {k: v for kv in tri.parse_config_override(spec).values() for k, v in kv.items()}
-    rows_per_box = int(over.get("GL_HEADS", 2)) if kind == "gfwd" else 1  # query heads in one q box
-    q_box = [1, rows_per_box, glk.R, 128]
+    heads = int(over.get("GL_HEADS", 2)) if kind == "gfwd" else 1  # query heads per consumer: in one q box
+    q_box = [1, heads, glk.R, 128]
 
     def desc(box):
         return f"tensordesc<bf16{box},{gl.NVMMASharedLayout.get_default_for(box, gl.bfloat16)!r}>"
@@ -190,7 +190,7 @@ def compile_gluon(kind: str, spec: str, block: int = 64):
              "HAS_BIAS": False, "HAS_DOC": False, "PINGPONG": int(over.get("PINGPONG", 0)),
              "OVERLAP": int(over.get("GL_OVERLAP", 0)), "S_P2": 256, "WANT_DBIAS": False, "WANT_DQ": True,
              "KN": int(over.get("GL_KEYS", glk.R)),
-             "HPC": int(over.get("GL_HEADS", 2)) if kind == "gfwd" else 1}  # fmt: skip
+             "HPC": heads}  # fmt: skip
     sig = {}
     for prm in fn.params:
         n = prm.name

@@ -865,11 +865,11 @@ def row_stats(lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     warp brings a slice's two rows of it by one TMA box with q and dO. lse, delta: [Bt, Hq, T] fp32."""
     Bt, Hq, T = lse.shape
     st = torch.empty(Bt, Hq, 2, -(-T // R) * R, device=lse.device, dtype=torch.float32)
-    st[:, :, 0].fill_(float("inf"))
     torch.mul(lse, 1.4426950408889634, out=st[:, :, 0, :T])
     st[:, :, 0, :T].masked_fill_(lse == float("-inf"), float("inf"))
-    st[:, :, 1].zero_()
+    st[:, :, 0, T:] = float("inf")
     st[:, :, 1, :T] = delta
+    st[:, :, 1, T:] = 0.0
     return st.view(Bt * Hq * 2, st.shape[-1])
 
 
