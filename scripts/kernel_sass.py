@@ -169,10 +169,9 @@ GLUON = {"gfwd": "_gl_fwd_kernel", "gdq": "_gl_dq_kernel", "gdkdv": "_gl_dkdv_ke
 
 def compile_gluon(kind: str, spec: str, block: int = 64):
     """A warp-specialised Gluon kernel of ``ssa_kernels/attention/gluon.py`` (gfwd | gdq | gdkdv) compiled for sm_90a
-    as the benchmark launches it (bf16, D 128, GQA 4, no bias, no documents; block 64 or 128), its ``STAGES`` /
-    ``PINGPONG``, ``GL_HEADS``, ``GL_KEYS`` from ``spec`` ("fwd:STAGES=3,PINGPONG=1"; the pass of the spec is
-    ignored): (compiled,
-    constexprs)."""
+    as the benchmark launches it (bf16, D 128, GQA 4, no bias, no documents, the dQ pass's delta fused; block 64 or
+    128), its ``STAGES`` / ``PINGPONG``, ``GL_HEADS``, ``GL_KEYS`` from ``spec`` ("fwd:STAGES=3,PINGPONG=1"; the pass
+    of the spec is ignored): (compiled, constexprs)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -190,13 +189,13 @@ def compile_gluon(kind: str, spec: str, block: int = 64):
              "HAS_BIAS": False, "HAS_DOC": False, "PINGPONG": int(over.get("PINGPONG", 0)),
              "OVERLAP": int(over.get("GL_OVERLAP", 0)), "S_P2": 256, "WANT_DBIAS": False, "WANT_DQ": True,
              "KN": int(over.get("GL_KEYS", glk.R)),
-             "HPC": heads}  # fmt: skip
+             "HPC": heads, "FUSE_DELTA": True, "HAS_DLSE": False}  # fmt: skip
     sig = {}
     for prm in fn.params:
         n = prm.name
         if prm.is_constexpr:
             sig[n] = "constexpr"
-        elif n in ("q_desc", "do_desc"):
+        elif n in ("q_desc", "do_desc", "o_desc"):
             sig[n] = desc(q_box)
         elif n == "st_desc":  # the dK/dV pass's row statistics (gluon.row_stats)
             sig[n] = f"tensordesc<fp32[2, {glk.R}],{glk.ROW_STATS_LAYOUT!r}>"

@@ -156,6 +156,45 @@ def test_kv_work_orders(monkeypatch, order):
     assert_close(got, ref, torch.float32)
 
 
+@pytest.mark.parametrize("split", [None, 3])
+def test_kv_work_lists_every_entry_once_by_key_block(split):
+    """The CSR work items, checked entry by entry: each key block's pieces together list exactly the entries of
+    indices that name it, once each, in ascending query block; [start, mid) holds those at or above the diagonal
+    (query block <= key block: the diagonal, or a block listed by mistake, which need the causal mask), [mid, end)
+    the rest; split pieces get consecutive partial slots, recorded in red. Indices with padding, a wrong entry
+    above the diagonal and Bt, Hkv > 1."""
+    g = torch.Generator().manual_seed(11)
+    bt, hkv, nb, s = 2, 3, 9, 5
+    idx = random_indices(bt, hkv, nb, s, g)
+    idx[1, 2, 3, -1] = 6  # listed by mistake: a key block after its query block
+    csr, items, red, n_slots = tri._kv_work(idx, split)
+    flat = idx.view(-1)
+    want = {}  # key block (flat) -> [(query block, flat position)]
+    for pos in range(flat.numel()):
+        if flat[pos] >= 0:
+            bh, i = pos // (nb * s), (pos // s) % nb
+            want.setdefault(bh * nb + int(flat[pos]), []).append((i, pos))
+    got, slots = {}, []
+    for blk, start, mid, end, slot in items.tolist():
+        assert start <= mid <= end
+        for e in range(start, end):
+            pos = int(csr[e])
+            i, kb = (pos // s) % nb, blk % nb
+            assert int(flat[pos]) == kb and pos // (nb * s) == blk // nb
+            assert (i <= kb) == (e < mid), (blk, e, i)
+            got.setdefault(blk, []).append((e, i, pos))
+        if slot >= 0:
+            slots.append((blk, slot))
+    assert {b: sorted((i, p) for _, i, p in v) for b, v in got.items()} == {b: sorted(v) for b, v in want.items()}
+    for v in got.values():  # ascending query block along the CSR positions of a key block
+        assert [i for _, i, _ in sorted(v)] == sorted(i for _, i, _ in v)
+    assert n_slots == len(slots) and sorted(x for _, x in slots) == list(range(n_slots))
+    for blk, first, pieces in red.tolist():
+        assert sorted(x for b, x in slots if b == blk) == list(range(first, first + pieces))
+    if split is not None:
+        assert n_slots > 0  # the split did happen (the diagonal and popular blocks have > 3 entries)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("bs,bm_kv,hf_layout", [(16, 16, False), (32, 16, False), (16, 16, True)])
 def test_tma_loads(monkeypatch, dtype, bs, bm_kv, hf_layout):
@@ -349,7 +388,8 @@ def test_config_override_rejects_unknown_keys(monkeypatch):
 @pytest.mark.skipif(not tri._gluon.HAVE_GLUON, reason="this Triton has no Gluon")
 def test_gluon_shapes_that_do_not_fit_name_their_config_keys():
     """The Gluon forward's and dQ pass's consumer shapes that would not fit the registers (2 heads with 128-key steps
-    or with the overlap; the dQ overlap at 128-key steps) are refused before anything runs, naming the keys to fix."""
+    or with the overlap; the dQ overlap, or more than 2 stages, at 128-key steps) are refused before anything runs, naming
+    the keys to fix."""
     q = torch.zeros(1, 4, 256, 128, dtype=torch.bfloat16)
     k = torch.zeros(1, 1, 256, 128, dtype=torch.bfloat16)
     idx = torch.zeros(1, 1, 2, 1, dtype=torch.int64)
@@ -360,6 +400,9 @@ def test_gluon_shapes_that_do_not_fit_name_their_config_keys():
     with pytest.raises(ValueError, match="GL_KEYS=128 with GL_OVERLAP"):
         tri._gluon.dq_pass(q, k, k, q, q, None, None, idx, None, None, None, None, None, 128, 1.0, 1.0, keys=128,
                            overlap=True)  # fmt: skip
+    with pytest.raises(ValueError, match="GL_KEYS=128 with STAGES <= 2 only; got STAGES=3.*CONFIG_OVERRIDE"):
+        tri._gluon.dq_pass(q, k, k, q, q, None, None, idx, None, None, None, None, None, 128, 1.0, 1.0, stages=3,
+                           keys=128)  # fmt: skip
 
 
 def test_rejects_bad_shapes():
@@ -439,14 +482,16 @@ def _count_calls(monkeypatch, name: str) -> list:
 @pytest.mark.parametrize(
     "bs,pingpong,stages,heads,keys,overlap",
     [(64, 0, 2, 2, 64, 0), (64, 1, 2, 2, 64, 0), (64, 0, 3, 2, 64, 0), (128, 0, 2, 2, 64, 0), (64, 0, 2, 1, 64, 0),
-     (128, 0, 2, 1, 128, 0), (64, 0, 2, 1, 64, 1), (128, 0, 2, 1, 128, 1), (128, 0, 3, 1, 128, 1)],
+     (128, 0, 2, 1, 128, 0), (64, 0, 2, 1, 64, 1), (128, 0, 2, 1, 128, 1), (128, 0, 3, 1, 128, 1),
+     (128, 1, 3, 1, 128, 1), (64, 1, 2, 1, 64, 1)],
 )  # fmt: skip
 @pytest.mark.parametrize("case", GLUON_CASES)
 def test_gluon_forward_on_hopper(monkeypatch, bs, pingpong, stages, heads, keys, overlap, case):
     """The warp-specialised Gluon forward (``gluon.py``) in bf16 against the fp32 reference, with poisoned outputs, on
     each ``_gluon_case`` (block 128: two 64-key steps a block, two programs a query block; or one head of 64 rows a
-    consumer, 128 keys a step, with or without each step's softmax beside the previous step's P V); the gradients go
-    through the Triton backward from the Gluon forward's out and lse."""
+    consumer, 128 keys a step, with or without each step's softmax beside the previous step's P V, and that overlap
+    with the consumers taking turns); the gradients go through the Triton backward from the Gluon forward's out and
+    lse."""
     fwd = {"GLUON": 1, "PINGPONG": pingpong, "STAGES": stages, "GL_HEADS": heads, "GL_KEYS": keys}
     fwd["GL_OVERLAP"] = overlap
     monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"fwd": fwd, "dq": {"GLUON": 0}, "dkdv": {"GLUON": 0}})
@@ -478,6 +523,31 @@ def test_gluon_dq_on_hopper(monkeypatch, bs, stages, keys, overlap, case):
     q, k, v, indices, bb, docs = _gluon_case(case, g, bs)
     got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
     assert calls and all(calls), "the Gluon dQ pass did not run"
+    assert_close(got, ref, torch.bfloat16)
+
+
+@pytest.mark.skipif(not (_hopper() and tri._gluon.HAVE_GLUON), reason="the Gluon kernels are Hopper-only (sm_90)")
+@pytest.mark.parametrize("bs,delta", [(64, 0), (64, 1), (128, 0), (128, 1)])
+@pytest.mark.parametrize("case", GLUON_CASES)
+def test_gluon_delta_paths_on_hopper(monkeypatch, bs, delta, case):
+    """delta = rowsum(dO * O) - dlse both ways into the Gluon dQ and dK/dV passes (every pass Gluon, the defaults
+    otherwise): GL_DELTA=1, the dQ pass computes it from its own tiles and writes the dK/dV pass's row statistics
+    (every row of them: ragged T, empty rows, documents); GL_DELTA=0, ``_delta_kernel`` and ``gluon.row_stats``.
+    bf16 against the fp32 reference with poisoned outputs; the loss has an lse term, so dlse is not zero."""
+    monkeypatch.setattr(tri, "CONFIG_OVERRIDE", {"dq": {"GL_DELTA": delta}})
+    fused = []  # (delta fused, the pass ran) per dQ pass
+    dq_pass = tri._gluon.dq_pass
+
+    def spy(*a, **kw):
+        fused.append((kw["st"] is not None, dq_pass(*a, **kw)))
+        return fused[-1][1]
+
+    monkeypatch.setattr(tri._gluon, "dq_pass", spy)
+    kernel = _count_calls(monkeypatch, "dkdv_pass")
+    g = torch.Generator().manual_seed(zlib.crc32(f"delta-{case}-{bs}-{delta}".encode()))
+    q, k, v, indices, bb, docs = _gluon_case(case, g, bs)
+    got, ref = run_both(q, k, v, indices, bs, g, doc_ids=docs, bias=bb, kv_split=3)
+    assert fused == [(bool(delta), True)] and kernel and all(kernel), "the Gluon passes did not run as configured"
     assert_close(got, ref, torch.bfloat16)
 
 

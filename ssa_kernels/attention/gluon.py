@@ -177,21 +177,27 @@ if HAVE_GLUON:
         return gl.convert_layout(p.to(dtype), p_layout), alpha, l_i, m_new
 
     @gluon.jit
-    def _gl_ov_step(acc, l_i, m_i, p_prev, q_s, k_bufs, v_bufs, ready, empty, n, idx_row, bias_row, t, doc_q,
-                    doc_base, T, qk_scale, B: gl.constexpr, KN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                    CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr, s_layout: gl.constexpr,
-                    o_layout: gl.constexpr, p_layout: gl.constexpr):  # fmt: skip
+    def _gl_ov_step(acc, l_i, m_i, p_prev, q_s, k_bufs, v_bufs, ready, empty, turn, n, idx_row, bias_row, t, doc_q,
+                    doc_base, T, qk_scale, C: gl.constexpr, B: gl.constexpr, KN: gl.constexpr, D: gl.constexpr,
+                    STAGES: gl.constexpr, CAUSAL: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_DOC: gl.constexpr,
+                    PINGPONG: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr,
+                    p_layout: gl.constexpr):  # fmt: skip
         """Step n with the previous step's P V in flight (FA3's intra-warpgroup overlap): S(n) = Q K(n)^T and then
         acc += P(n-1) V(n-1) issued, step n's softmax while the second runs, acc rescaled once it is done. Returns
-        P(n) for the next step (or the epilogue) to multiply."""
+        P(n) for the next step (or the epilogue) to multiply. With PINGPONG the two consumers take turns issuing
+        their pair of products (FA3's inter-warpgroup schedule on top of the overlap)."""
         M: gl.constexpr = q_s.shape[0]
         s = n % STAGES
         sp = (n + STAGES - 1) % STAGES  # step n - 1's stage
         mbarrier.wait(ready.index(s), (n // STAGES) & 1)
         k_t = k_bufs.index(s).reshape([KN, D]).permute((1, 0))  # [D, KN]
+        if PINGPONG:  # steps 1 .. N - 1 of both consumers alternate; consumer 1 goes first (parity as _gl_step's)
+            mbarrier.wait(turn.index(C), (n & 1) ^ (1 - C))
         sc = warpgroup_mma(q_s, k_t, gl.zeros([M, KN], gl.float32, layout=s_layout), use_acc=False,
                            is_async=True)  # fmt: skip
         acc = warpgroup_mma(p_prev, v_bufs.index(sp).reshape([KN, D]), acc, is_async=True)
+        if PINGPONG:
+            mbarrier.arrive(turn.index(1 - C), count=1)
         sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))  # in order: S(n) done, P(n-1) V(n-1) may still run
         p_op, alpha, l_i, m_new = _gl_softmax(sc, m_i, l_i, n, idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B,
                                               KN, CAUSAL, HAS_BIAS, HAS_DOC, s_layout, p_layout,
@@ -241,15 +247,15 @@ if HAVE_GLUON:
                                                 B, KN, True, HAS_BIAS, HAS_DOC, s_layout, p_layout,
                                                 v_bufs.dtype)  # fmt: skip
                 for n in range(1, n_lo * NSUB):  # below the diagonal: no mask
-                    acc, l_i, m_i, p_op = _gl_ov_step(acc, l_i, m_i, p_op, q_s, k_bufs, v_bufs, ready, empty, n,
-                                                      idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B, KN, D,
-                                                      STAGES, False, HAS_BIAS, HAS_DOC, s_layout, o_layout,
-                                                      p_layout)  # fmt: skip
+                    acc, l_i, m_i, p_op = _gl_ov_step(acc, l_i, m_i, p_op, q_s, k_bufs, v_bufs, ready, empty, turn,
+                                                      n, idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, C, B, KN,
+                                                      D, STAGES, False, HAS_BIAS, HAS_DOC, PINGPONG, s_layout,
+                                                      o_layout, p_layout)  # fmt: skip
                 for n in range(gl.maximum(n_lo * NSUB, 1), N):
-                    acc, l_i, m_i, p_op = _gl_ov_step(acc, l_i, m_i, p_op, q_s, k_bufs, v_bufs, ready, empty, n,
-                                                      idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, B, KN, D,
-                                                      STAGES, True, HAS_BIAS, HAS_DOC, s_layout, o_layout,
-                                                      p_layout)  # fmt: skip
+                    acc, l_i, m_i, p_op = _gl_ov_step(acc, l_i, m_i, p_op, q_s, k_bufs, v_bufs, ready, empty, turn,
+                                                      n, idx_row, bias_row, t, doc_q, doc_base, T, qk_scale, C, B, KN,
+                                                      D, STAGES, True, HAS_BIAS, HAS_DOC, PINGPONG, s_layout,
+                                                      o_layout, p_layout)  # fmt: skip
                 sp = (N - 1) % STAGES
                 acc = warpgroup_mma(p_op, v_bufs.index(sp).reshape([KN, D]), acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -427,15 +433,17 @@ if HAVE_GLUON:
         return dq
 
     @gluon.jit
-    def _gl_dq_consumer(q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr, idx_row,
-                        bias_row, dbias_row, doc_ptr, n_lo, n_valid, b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Hq, S,
-                        qk_scale, sm_scale, C: gl.constexpr, HPC: gl.constexpr, B: gl.constexpr, R: gl.constexpr,
-                        KN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, S_P2: gl.constexpr,
-                        HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr,
-                        OVERLAP: gl.constexpr):  # fmt: skip
+    def _gl_dq_consumer(q_bufs, do_bufs, o_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
+                        dlse_ptr, st_ptr, idx_row, bias_row, dbias_row, doc_ptr, n_lo, n_valid, b, hq0, t0, sdq_b,
+                        sdq_h, sdq_t, T, Tp, Hq, S, qk_scale, sm_scale, C: gl.constexpr, HPC: gl.constexpr,
+                        B: gl.constexpr, R: gl.constexpr, KN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
+                        S_P2: gl.constexpr, HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr,
+                        HAS_DOC: gl.constexpr, OVERLAP: gl.constexpr, FUSE_DELTA: gl.constexpr,
+                        HAS_DLSE: gl.constexpr):  # fmt: skip
         """Warpgroup C: the HPC x R rows (tokens t0 .. t0 + R - 1) of query heads hq0 .. hq0 + HPC - 1 over every
         listed block, KN keys a step (R or B); with OVERLAP each step's softmax beside the previous step's dq
-        product."""
+        product. FUSE_DELTA: the rows' delta = rowsum(dO * O) - dlse from the dO and O tiles in shared memory (not
+        from ``triton._delta_kernel``), and their ``row_stats`` written for the dK/dV pass."""
         M: gl.constexpr = HPC * R
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, KN, 16])  # fmt: skip
@@ -448,7 +456,6 @@ if HAVE_GLUON:
         lrow = (b.to(gl.int64) * Hq + hq0 + rows // R) * T + t
         lse = gl.load(lse_ptr + lrow, mask=ok, other=float("-inf"))
         b2l = gl.where(lse == float("-inf"), float("-inf"), -lse * 1.4426950408889634)
-        delta = gl.load(delta_ptr + lrow, mask=ok, other=0.0)
         doc_base = doc_ptr + b.to(gl.int64) * T
         if HAS_DOC:
             doc_q = gl.load(doc_base + t, mask=ok, other=-1).to(gl.int32)
@@ -456,7 +463,22 @@ if HAVE_GLUON:
             doc_q = t
         q_s = q_bufs.index(C).reshape([M, D])
         do_s = do_bufs.index(C).reshape([M, D])
-        mbarrier.wait(q_bar, 0)
+        if FUSE_DELTA:
+            dl = 0.0
+            if HAS_DLSE:
+                dl = gl.load(dlse_ptr + lrow, mask=ok, other=0.0)
+            mbarrier.wait(q_bar, 0)
+            rd: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])  # 16-byte rows of the tiles
+            o_t = o_bufs.index(C).reshape([M, D]).load(rd).to(gl.float32)
+            prod = gl.sum(o_t * do_s.load(rd).to(gl.float32), 1)  # [M]; rows past T: zeros (TMA fills them)
+            delta = gl.convert_layout(prod, gl.SliceLayout(1, s_layout)) - dl
+            # row_stats' columns t of this program's heads: lse in log2 units (+inf: p = 0), delta (0 past T)
+            srow = (b.to(gl.int64) * Hq + hq0 + rows // R) * 2 * Tp + t
+            gl.store(st_ptr + srow, gl.where(b2l == float("-inf"), float("inf"), -b2l), mask=t < Tp)
+            gl.store(st_ptr + srow + Tp, gl.where(ok, delta, 0.0), mask=t < Tp)
+        else:
+            delta = gl.load(delta_ptr + lrow, mask=ok, other=0.0)
+            mbarrier.wait(q_bar, 0)
         dq = gl.zeros([M, D], gl.float32, layout=o_layout)
         # OVERLAP: step 0 (masked: it may be the diagonal), then steps 1 .. N-1 each beside the last one's dq product
         if OVERLAP:
@@ -504,12 +526,12 @@ if HAVE_GLUON:
                      mask=(t_o < T)[:, None])  # fmt: skip
 
     @gluon.jit
-    def _gl_dq_kernel(q_desc, do_desc, k_desc, v_desc, dq_ptr, lse_ptr, delta_ptr, idx_ptr, cnt_ptr, nlo_ptr, bias_ptr,
-                      dbias_ptr, doc_ptr, sdq_b, sdq_h, sdq_t, T, nb, S, Hkv, n_sel, qk_scale, sm_scale,
-                      G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, KN: gl.constexpr, D: gl.constexpr,
-                      HPC: gl.constexpr, STAGES: gl.constexpr, S_P2: gl.constexpr, HAS_BIAS: gl.constexpr,
-                      WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr,
-                      OVERLAP: gl.constexpr):  # fmt: skip
+    def _gl_dq_kernel(q_desc, do_desc, o_desc, k_desc, v_desc, dq_ptr, lse_ptr, delta_ptr, dlse_ptr, st_ptr, idx_ptr,
+                      cnt_ptr, nlo_ptr, bias_ptr, dbias_ptr, doc_ptr, sdq_b, sdq_h, sdq_t, T, Tp, nb, S, Hkv, n_sel,
+                      qk_scale, sm_scale, G: gl.constexpr, B: gl.constexpr, R: gl.constexpr, KN: gl.constexpr,
+                      D: gl.constexpr, HPC: gl.constexpr, STAGES: gl.constexpr, S_P2: gl.constexpr,
+                      HAS_BIAS: gl.constexpr, WANT_DBIAS: gl.constexpr, WANT_DQ: gl.constexpr, HAS_DOC: gl.constexpr,
+                      OVERLAP: gl.constexpr, FUSE_DELTA: gl.constexpr, HAS_DLSE: gl.constexpr):  # fmt: skip
         PER: gl.constexpr = 2 * HPC  # query heads per program
         SPLITS: gl.constexpr = G // PER
         NSUB: gl.constexpr = B // R
@@ -530,6 +552,9 @@ if HAVE_GLUON:
 
         q_bufs = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         do_bufs = gl.allocate_shared_memory(do_desc.dtype, [2] + do_desc.block_type.shape, do_desc.layout)
+        o_bufs = do_bufs  # never read without FUSE_DELTA
+        if FUSE_DELTA:
+            o_bufs = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape, o_desc.layout)
         k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -539,22 +564,26 @@ if HAVE_GLUON:
         for s in gl.static_range(STAGES):
             mbarrier.init(ready.index(s), count=1)
             mbarrier.init(empty.index(s), count=2)
-        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
+        mbarrier.expect(q_bar, (4 + 2 * FUSE_DELTA) * q_desc.block_type.nbytes)  # q, dO (and O): boxes of one shape
         for c in gl.static_range(2):
             _tma_load(q_desc, [b, hq0 + HPC * c, t0, 0], q_bar, q_bufs.index(c))
             _tma_load(do_desc, [b, hq0 + HPC * c, t0, 0], q_bar, do_bufs.index(c))
+            if FUSE_DELTA:
+                _tma_load(o_desc, [b, hq0 + HPC * c, t0, 0], q_bar, o_bufs.index(c))
 
         Hq = Hkv * G
         gl.warp_specialize(
             [
-                (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
-                                   idx_row, bias_row, dbias_ptr + (ms * n_sel + sel) * S, doc_ptr, n_lo, n_valid,
-                                   b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 0, HPC, B, R, KN,
-                                   D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC, OVERLAP)),
-                (_gl_dq_consumer, (q_bufs, do_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr, delta_ptr,
-                                   idx_row, bias_row, dbias_ptr + ((ms + 1) * n_sel + sel) * S, doc_ptr, n_lo,
-                                   n_valid, b, hq0 + HPC, t0, sdq_b, sdq_h, sdq_t, T, Hq, S, qk_scale, sm_scale, 1,
-                                   HPC, B, R, KN, D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC, OVERLAP)),
+                (_gl_dq_consumer, (q_bufs, do_bufs, o_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr,
+                                   delta_ptr, dlse_ptr, st_ptr, idx_row, bias_row, dbias_ptr + (ms * n_sel + sel) * S,
+                                   doc_ptr, n_lo, n_valid, b, hq0, t0, sdq_b, sdq_h, sdq_t, T, Tp, Hq, S, qk_scale,
+                                   sm_scale, 0, HPC, B, R, KN, D, STAGES, S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC,
+                                   OVERLAP, FUSE_DELTA, HAS_DLSE)),
+                (_gl_dq_consumer, (q_bufs, do_bufs, o_bufs, q_bar, k_bufs, v_bufs, ready, empty, dq_ptr, lse_ptr,
+                                   delta_ptr, dlse_ptr, st_ptr, idx_row, bias_row,
+                                   dbias_ptr + ((ms + 1) * n_sel + sel) * S, doc_ptr, n_lo, n_valid, b, hq0 + HPC, t0,
+                                   sdq_b, sdq_h, sdq_t, T, Tp, Hq, S, qk_scale, sm_scale, 1, HPC, B, R, KN, D, STAGES,
+                                   S_P2, HAS_BIAS, WANT_DBIAS, WANT_DQ, HAS_DOC, OVERLAP, FUSE_DELTA, HAS_DLSE)),
                 (_gl_loader, (k_desc, v_desc, k_bufs, v_bufs, ready, empty, idx_row, n_valid, b, h, B, KN, STAGES)),
             ],
             [4, 1],
@@ -824,32 +853,43 @@ def forward(q, k, v, indices, cnt, n_lo, block_bias, doc_ids, out, lse, B: int, 
 
 
 def dq_pass(q, k, v, do, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B: int, qk_scale: float,
-            sm_scale: float, stages: int = 2, keys: int = R, overlap: bool = False) -> bool:  # fmt: skip
+            sm_scale: float, stages: int = 2, keys: int = R, overlap: bool = False, out=None, dlse=None,
+            st=None) -> bool:  # fmt: skip
     """The dQ pass of ``triton._backward`` (dq [Bt, Hq, T, D] in q's dtype, or None; dbias_part
     [dq_partials(G, B), Bt, Hkv, nb, S] fp32 partials, one per query head of the group and 64 rows of the block, or
     None): False, doing nothing, where it does not apply (then the Triton pass runs). Two consumer warpgroups of 64
     rows (one query head each) per program: 128 rows, so a program per 2 query heads of 64 rows of a block (the
-    128-row consumers of the forward would need ~290 registers a thread here)."""
+    128-row consumers of the forward would need ~290 registers a thread here).
+
+    With ``st`` (``row_stats_like(lse)``, written here) the pass takes delta = rowsum(dO * out) - dlse (dlse
+    [Bt, Hq, T] fp32 or None) from the dO and out tiles it loads (``delta`` unused) and fills ``st`` for the dK/dV
+    pass: no ``triton._delta_kernel`` (16 GiB read at 1M tokens) and no ``row_stats``."""
     if keys > R and overlap:  # dS(n-1), S(n), dP(n) and dq: 64 + 64 + 64 + 32 fp32 registers a thread, and spills
         raise ValueError(f"the Gluon dQ pass overlaps {R}-key steps only; got GL_KEYS={keys} with GL_OVERLAP=1 "
                          "(CONFIG_OVERRIDE['dq'])")  # fmt: skip
-    if not backward_supported(q, k, v, do, B) or keys not in (R, B) or (keys > R and stages > 2):
+    if keys > R and stages > 2:  # q, dO 64 KB and K, V 64 KB a stage: 3 stages need 256 of the 227 KB of shared memory
+        raise ValueError(f"the Gluon dQ pass takes GL_KEYS={keys} with STAGES <= 2 only; got STAGES={stages} "
+                         "(CONFIG_OVERRIDE['dq'])")  # fmt: skip
+    fuse = st is not None
+    if not backward_supported(q, k, v, do, B) or keys not in (R, B) or (fuse and not _tma_ok(out)):
         return False
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
     G = Hq // Hkv
     box, kv_box = [1, 1, R, D], [1, 1, keys, D]
     q_desc, do_desc, k_desc, v_desc = _desc(q, box), _desc(do, box), _desc(k, kv_box), _desc(v, kv_box)
+    o_desc = _desc(out, box) if fuse else q_desc  # never read without FUSE_DELTA
     dq_arg = dq if dq is not None else q  # never written without WANT_DQ
     _gl_dq_kernel[(nb * (B // R) * (G // 2), Bt * Hkv)](
-        q_desc, do_desc, k_desc, v_desc, dq_arg, lse, delta, indices, cnt, n_lo,
+        q_desc, do_desc, o_desc, k_desc, v_desc, dq_arg, lse, delta if delta is not None else lse,
+        dlse if dlse is not None else lse, st if fuse else lse, indices, cnt, n_lo,
         block_bias if block_bias is not None else lse, dbias_part if dbias_part is not None else lse,
         doc_ids if doc_ids is not None else cnt, dq_arg.stride(0), dq_arg.stride(1), dq_arg.stride(2),
-        T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, sm_scale,
+        T, st.shape[-1] if fuse else T, nb, S, Hkv, Bt * Hkv * nb, qk_scale, sm_scale,
         G=G, B=B, R=R, KN=keys, D=D, HPC=1, STAGES=stages, S_P2=triton.next_power_of_2(S),
         HAS_BIAS=block_bias is not None,
         WANT_DBIAS=dbias_part is not None, WANT_DQ=dq is not None, HAS_DOC=doc_ids is not None, OVERLAP=overlap,
-        num_warps=4, maxnreg=168,
+        FUSE_DELTA=fuse, HAS_DLSE=dlse is not None, num_warps=4, maxnreg=168,
     )  # fmt: skip
     return True
 
@@ -859,12 +899,19 @@ def dq_partials(G: int, B: int) -> int:
     return G * (B // R)
 
 
+def row_stats_like(lse: torch.Tensor) -> torch.Tensor:
+    """An unfilled ``row_stats`` buffer for lse [Bt, Hq, T]: [Bt * Hq * 2, Tp] fp32 (``dq_pass`` fills it)."""
+    Bt, Hq, T = lse.shape
+    return torch.empty(Bt * Hq * 2, -(-T // R) * R, device=lse.device, dtype=torch.float32)
+
+
 def row_stats(lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """[Bt * Hq * 2, Tp] fp32, Tp = T rounded up to R: for each (batch, query head) its rows' lse in log2 units
     (+inf where lse is -inf, an empty row, or past T: p = 0 there), then their delta (0 past T). The dK/dV pass's load
-    warp brings a slice's two rows of it by one TMA box with q and dO. lse, delta: [Bt, Hq, T] fp32."""
+    warp brings a slice's two rows of it by one TMA box with q and dO. lse, delta: [Bt, Hq, T] fp32. (Where the Gluon
+    dQ pass runs first it writes the same rows itself: ``dq_pass(st=...)``.)"""
     Bt, Hq, T = lse.shape
-    st = torch.empty(Bt, Hq, 2, -(-T // R) * R, device=lse.device, dtype=torch.float32)
+    st = row_stats_like(lse).view(Bt, Hq, 2, -1)
     torch.mul(lse, 1.4426950408889634, out=st[:, :, 0, :T])
     st[:, :, 0, :T].masked_fill_(lse == float("-inf"), float("inf"))
     st[:, :, 0, T:] = float("inf")
@@ -874,21 +921,23 @@ def row_stats(lse: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 def dkdv_pass(q, k, v, do, dk, dv, dkp, dvp, lse, delta, indices, items, csr, block_bias, doc_ids, B: int,
-              qk_scale: float, sm_scale: float, stages: int = 4) -> bool:  # fmt: skip
+              qk_scale: float, sm_scale: float, stages: int = 4, st=None) -> bool:  # fmt: skip
     """The dK/dV pass of ``triton._backward`` over its work items (``triton._kv_work``: a key block's CSR piece each;
     dk, dv written where a program owns its block, fp32 partials dkp / dvp otherwise, for ``triton._reduce_kernel``):
     False, doing nothing, where it does not apply. A load warp streams the (64 rows of a listed query block, head)
     slices' q and dO by TMA into ``stages`` buffers. B = 64: two consumer warpgroups take alternate slices into their
     own dk, dv (64 keys x 128, fp32) and add them up at the end (each waits only on its own buffers, so 4 give each
     two; an odd count would hand a consumer the other's, and is refused). B = 128: each consumer holds 64 of the
-    keys and takes every slice, so one q / dO load serves 128 keys (half the bytes a key of B = 64)."""
+    keys and takes every slice, so one q / dO load serves 128 keys (half the bytes a key of B = 64). ``st``: the
+    rows' ``row_stats`` where the dQ pass wrote them (then ``delta`` is unused), else made here."""
     if not backward_supported(q, k, v, do, B) or (B == R and stages % 2):
         return False
     Bt, Hq, T, D = q.shape
     Hkv, nb, S = k.shape[1], indices.shape[2], indices.shape[3]
     box = [1, 1, R, D]
     q_desc, do_desc, k_desc, v_desc = _desc(q, box), _desc(do, box), _desc(k, box), _desc(v, box)
-    st_desc = GluonDescriptor.from_tensor(row_stats(lse, delta), [2, R], ROW_STATS_LAYOUT)
+    st = row_stats(lse, delta) if st is None else st
+    st_desc = GluonDescriptor.from_tensor(st, [2, R], ROW_STATS_LAYOUT)
     _gl_dkdv_kernel[(items.shape[0],)](
         q_desc, do_desc, k_desc, v_desc, st_desc, dk, dv, dkp, dvp, items, csr,
         block_bias if block_bias is not None else lse, doc_ids if doc_ids is not None else csr,

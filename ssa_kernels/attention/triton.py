@@ -29,13 +29,14 @@ and the dK/dV pass to ``gluon.py``: the same loops, warp-specialised (a TMA load
 
 Backward.
 - ``_delta_kernel``: delta = rowsum(dO * O) - dlse in fp32 (the lse gradient folds into delta since
-  d lse / d s = P).
+  d lse / d s = P). Where the Gluon dQ pass runs (config key ``GL_DELTA``, on by default) it computes delta from
+  its own dO and O tiles instead, and writes the dK/dV pass's row statistics (``gluon.row_stats``) with it.
 - ``_dq_kernel``: the forward's grid and loop; P recomputed from lse, dS = P * (dP - delta),
   dq = scale * dS K written in q's dtype (one program owns its rows). The block-bias gradient of slot j is
   the sum of dS over the program's rows and the block's keys; with several programs per tile each writes
   its own fp32 partial and torch sums them. Padding slots get exact zeros.
-- ``_dkdv_kernel``: key-block major through a CSR kv block -> (query block, slot) built in torch (a stable
-  sort of the flattened indices by key block, bincount + cumsum for the offsets), so each list is in
+- ``_dkdv_kernel``: key-block major through a CSR kv block -> (query block, slot) built in torch (a sort of the
+  flattened entries by (key block, query block), binary searches of the sorted keys for the offsets), so each list is in
   ascending query-block order and the entries that need the causal mask (query block <= key block) are a
   prefix of it. A program holds one key block's K, V (in shared memory) and dk, dv (fp32 registers) and
   walks its list; each iteration takes BLOCK_M of the G*B query rows as the M side of the products
@@ -902,17 +903,18 @@ def _config(kind: str, G: int, B: int, D: int, device: torch.device) -> dict[str
     # TMA: K/V (fwd, dq) or q/dO (dkdv) through bulk tensor copies (``_tensor_desc``); measured at D = 128 only.
     override = CONFIG_OVERRIDE.get(kind, {})
     known = {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "TMA", "KT", "GLUON", "STAGES", "PINGPONG", "GL_HEADS",
-             "GL_KEYS", "GL_OVERLAP"}  # fmt: skip
+             "GL_KEYS", "GL_OVERLAP", "GL_DELTA"}  # fmt: skip
     unknown = set(override) - known
     if unknown:  # a misspelt key would otherwise time the defaults under the variant's name
         raise ValueError(f"CONFIG_OVERRIDE[{kind!r}]: unknown keys {sorted(unknown)}")
     # GLUON: the warp-specialised Hopper kernels of ``gluon.py`` where they apply (STAGES: their shared-memory ring;
     # PINGPONG: the forward's consumers take turns issuing S = Q K^T; GL_HEADS: query heads per forward consumer;
     # GL_KEYS: keys a step of the forward and dQ consumers; GL_OVERLAP: the forward's softmax beside its previous
-    # step's P V, with one head a consumer, or the dQ pass's beside its previous dq product); num_stages etc. are the
-    # Triton kernels'.
+    # step's P V, with one head a consumer, or the dQ pass's beside its previous dq product; GL_DELTA: the Gluon dQ
+    # pass computes delta from its own dO and O tiles, and the dK/dV pass's row statistics, instead of
+    # ``_delta_kernel`` and ``gluon.row_stats``); num_stages etc. are the Triton kernels'.
     cfg = {"TMA": 0, "BLOCK_N": B, "KT": 0, "GLUON": 0, "STAGES": 2, "PINGPONG": 0, "GL_HEADS": 2, "GL_KEYS": 64,
-           "GL_OVERLAP": 0, **cfg, **override}  # fmt: skip
+           "GL_OVERLAP": 0, "GL_DELTA": 1, **cfg, **override}  # fmt: skip
     # Largest power of two <= the wish that divides G*B (B is a power of two, G need not be).
     cfg["BLOCK_M"] = max(16, min(cfg["BLOCK_M"], B * _largest_pow2_divisor(G)))
     cfg["BLOCK_N"] = max(16, min(cfg["BLOCK_N"], B))
@@ -950,6 +952,19 @@ def _scores_grad(q_sum, level, node, grad, chunk, want_q=True, want_level=True):
             M_P2=triton.next_power_of_2(m), WANT_Q=want_q, WANT_L=want_level, num_warps=4,
         )  # fmt: skip
     return d_q, d_level
+
+
+def _delta(out: torch.Tensor, grad_out: torch.Tensor, dlse: torch.Tensor | None) -> torch.Tensor:
+    """delta = rowsum(dO * out) - dlse: [Bt, Hq, T] fp32 (out, grad_out [Bt, Hq, T, D]; dlse [Bt, Hq, T] or None)."""
+    Bt, Hq, T, D = out.shape
+    delta = _alloc((Bt, Hq, T), torch.float32, out.device)
+    _delta_kernel[(triton.cdiv(T, 64), Bt * Hq)](
+        out, grad_out, dlse if dlse is not None else delta, delta,
+        out.stride(0), out.stride(1), out.stride(2),
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        T, Hq, D=D, BLOCK_T=64, HAS_DLSE=dlse is not None,
+    )  # fmt: skip
+    return delta
 
 
 def _row_counts(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1010,17 +1025,19 @@ def _kv_work(indices: torch.Tensor, split: int | None):
     nk = Bt * Hkv * nb
     valid = indices >= 0  # [Bt, Hkv, nb, S]
     base = torch.arange(Bt * Hkv, device=dev).view(Bt, Hkv, 1, 1) * nb  # [Bt, Hkv, 1, 1]
-    key = torch.where(valid, base + indices, nk).view(-1)  # [Bt*Hkv*nb*S]; padding sorts last (key nk)
-    key = key.to(torch.int32) if nk < 2**31 - 1 else key
-    # Stable: within one key block the entries keep their flat order, i.e. ascending query block.
-    _, csr = torch.sort(key, stable=True)  # [Bt*Hkv*nb*S] int64
-    counts = torch.bincount(key, minlength=nk + 1)[:nk]  # [nk] entries per key block
-    # Entries that need the causal mask: query block <= key block (the diagonal, or listed by mistake).
     qb = torch.arange(nb, device=dev).view(nb, 1)
-    key_le = torch.where(valid & (indices >= qb), base + indices, nk).view(-1)  # [Bt*Hkv*nb*S]
-    n_le = torch.bincount(key_le, minlength=nk + 1)[:nk]  # [nk]
-    starts = torch.cumsum(counts, 0) - counts  # [nk]
-    total = int(starts[-1] + counts[-1])
+    # Sort key: (key block, query block) of each entry; padding sorts last (key nk * nb). The sorted keys give each
+    # key block's range and its entries with query block <= key block (those that need the causal mask: the diagonal,
+    # or listed by mistake) by binary search. (Two torch.bincount histograms did the counting before: 3.3 ms at 1M on
+    # an H100, atomics piling on the sink and local-window blocks; docs/kernels.md, "Thirty-third session".)
+    key = torch.where(valid, (base + indices) * nb + qb, nk * nb).view(-1)  # [Bt*Hkv*nb*S]
+    key = key.to(torch.int32) if nk * nb < 2**31 - 1 else key
+    sorted_key, csr = torch.sort(key, stable=True)  # [Bt*Hkv*nb*S] each; csr int64
+    j = torch.arange(nk + 1, device=dev, dtype=key.dtype)  # [nk + 1]
+    bounds = torch.searchsorted(sorted_key, j * nb)  # [nk + 1]: key block j's entries are bounds[j] .. bounds[j+1]-1
+    starts, counts = bounds[:-1], bounds[1:] - bounds[:-1]  # [nk] each
+    n_le = torch.searchsorted(sorted_key, j[:-1] * nb + j[:-1] % nb + 1) - starts  # [nk]: query block <= key block
+    total = int(bounds[-1])
     L = split if split is not None else _auto_split(total, dev)
     pieces = ((counts + L - 1) // L).clamp_min(1)  # [nk]; an unlisted block still gets one program (zeros)
     n_items = int(pieces.sum())
@@ -1065,16 +1082,10 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
     dummy = cnt
     qk_scale = scale * 1.4426950408889634
 
-    delta = _alloc((Bt, Hq, T), torch.float32, dev)  # [Bt, Hq, T]
     dlse = grad_lse.contiguous() if grad_lse is not None else None
-    block_t = 64
-    _delta_kernel[(triton.cdiv(T, block_t), Bt * Hq)](
-        out, grad_out, dlse if dlse is not None else delta, delta,
-        out.stride(0), out.stride(1), out.stride(2),
-        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-        T, Hq, D=D, BLOCK_T=block_t, HAS_DLSE=dlse is not None,
-    )  # fmt: skip
-
+    # delta = rowsum(dO * O) - dlse [Bt, Hq, T]: the Gluon dQ pass computes it from its own tiles and writes it, with
+    # lse, as the dK/dV pass's row statistics (st); otherwise this kernel does, before the passes.
+    delta = st = None
     dq = dk = dv = dbias = None
     if want_q or want_bias:
         cfg = _config("dq", G, B, D, dev)
@@ -1085,10 +1096,14 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         # Bias-gradient partials, one per program's slice of the G*B rows (the Gluon pass: one per query head)
         n_split = _gluon.dq_partials(G, B) if gluon else G * B // bm
         dbias_part = _alloc((n_split, Bt, Hkv, nb, S), torch.float32, dev) if want_bias else None
+        st = _gluon.row_stats_like(lse) if gluon and cfg["GL_DELTA"] else None
+        delta = _delta(out, grad_out, dlse) if st is None else None
         ran = gluon and _gluon.dq_pass(
             q, k, v, grad_out, dq, lse, delta, indices, cnt, n_lo, block_bias, dbias_part, doc_ids, B, qk_scale, scale,
-            stages=cfg["STAGES"], keys=cfg["GL_KEYS"], overlap=bool(cfg["GL_OVERLAP"]),
+            stages=cfg["STAGES"], keys=cfg["GL_KEYS"], overlap=bool(cfg["GL_OVERLAP"]), out=out, dlse=dlse, st=st,
         )  # fmt: skip
+        if not ran and delta is None:  # st was not filled: delta by its own kernel, for the Triton pass
+            st, delta = None, _delta(out, grad_out, dlse)
         if not ran:  # the Triton pass (a Gluon one was not asked for, or does not apply to these inputs)
             k_desc, tma = _tensor_desc(k, cfg["BLOCK_N"], cfg["TMA"])
             v_desc, tma_v = _tensor_desc(v, cfg["BLOCK_N"], tma)
@@ -1118,6 +1133,8 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
     if want_k or want_v:
         csr, items, red, n_slots = _kv_work(indices, split)
         cfg = _config("dkdv", G, B, D, dev)
+        if st is None and delta is None:  # no dQ pass ran
+            delta = _delta(out, grad_out, dlse)
         dk = _alloc_like(k)  # [Bt, Hkv, T, D]
         dv = _alloc_like(v)
         dkp = _alloc((max(n_slots, 1), B, D), torch.float32, dev)  # fp32 partials of split key blocks
@@ -1125,9 +1142,11 @@ def _backward(q, k, v, out, lse, indices, cnt, n_lo, doc_ids, block_bias, grad_o
         bm = cfg["BLOCK_M"]
         ran = cfg["GLUON"] and _gluon.dkdv_pass(
             q, k, v, grad_out, dk, dv, dkp, dvp, lse, delta, indices, items, csr, block_bias, doc_ids, B, qk_scale,
-            scale, stages=cfg["STAGES"],
+            scale, stages=cfg["STAGES"], st=st,
         )  # fmt: skip
         if not ran:  # the Triton pass (a Gluon one was not asked for, or does not apply to these inputs)
+            if delta is None:  # the Gluon dQ pass's (row 1 of each (batch, head) pair of st)
+                delta = st.view(Bt, Hq, 2, -1)[:, :, 1, :T].contiguous()
             q_desc, tma = _tensor_desc(q, bm, cfg["TMA"] and bm <= B)
             do_desc, tma_do = _tensor_desc(grad_out, bm, tma)
             tma = tma and tma_do

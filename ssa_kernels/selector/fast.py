@@ -193,19 +193,22 @@ def _top_mask(order, k):
     """Mask of the k [ROWS] largest entries of each row of ``order`` [ROWS, M] (int32; _NONE = no
     candidate, never chosen; k <= the row's candidates), ties going to the leftmost entries.
 
-    Bisection finds the k-th largest value t of each row (32 halvings of the int32 range; each a
+    Bisection finds the k-th largest value t of each row (at most 32 halvings of the int32 range; each a
     compare and a row sum), then everything above t and the first (k - #above) entries equal to t
-    are chosen. Candidates lie in ascending node order along the row, so "leftmost" is "smaller node",
-    the reference's tie rule. No sort: a few dozen instructions, where a bitonic top-k over int64 keys
-    unrolls into tens of thousands (minutes of compilation)."""
+    are chosen. A row stops as soon as a midpoint has exactly k entries at or above it: those are the
+    k largest, and lo = that midpoint chooses them (every entry equal to it, none above k). With distinct
+    scores that comes after ~log2(candidates) + a few halvings rather than 32 (the decode step's search
+    is a chain of these: its latency). Candidates lie in ascending node order along the row, so
+    "leftmost" is "smaller node", the reference's tie rule. No sort: a few dozen instructions, where a
+    bitonic top-k over int64 keys unrolls into tens of thousands (minutes of compilation)."""
     o = order.to(tl.int64)
     lo = tl.full(k.shape, -2147483647, tl.int64)  # count(o >= lo) = candidates >= k
     hi = tl.full(k.shape, 2147483648, tl.int64)  # count(o >= hi) = 0 < k (when k >= 1)
-    for _ in range(32):
+    while tl.max(hi - lo, axis=0) > 1:  # every row's interval halves or closes (hi = lo + 1): <= 32 rounds
         mid = (lo + hi) >> 1
-        enough = tl.sum((o >= mid[:, None]).to(tl.int32), axis=1) >= k
-        lo = tl.where(enough, mid, lo)
-        hi = tl.where(enough, hi, mid)
+        count = tl.sum((o >= mid[:, None]).to(tl.int32), axis=1)
+        lo = tl.where(count >= k, mid, lo)
+        hi = tl.where(count == k, mid + 1, tl.where(count >= k, hi, mid))  # exactly k at or above mid: done
     above = o > lo[:, None]
     tie = o == lo[:, None]
     need = k - tl.sum(above.to(tl.int32), axis=1)
