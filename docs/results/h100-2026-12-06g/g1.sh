@@ -2,7 +2,7 @@
 # Thirty-third session, call 1 (one H100): 1. GPU tests of the forward's PINGPONG with GL_OVERLAP, the dQ pass with
 # delta computed from its own tiles (and row_stats written for dK/dV), the bf16 defaults and the routing gradient;
 # 2. forward variants at 1M, block 128 (PINGPONG with the overlap); 3. a profile of fwd+bwd at 1M, block 128;
-# 4. the official benchmark at block 128 (with PINGPONG if >= 1.5% faster).
+# 4. the official benchmark at block 128 (with PINGPONG if >= 1.5% faster). devrun/prof.py: ../h100-2026-12-06f/prof.py.
 O=${OUT:-/tmp}; mkdir -p $O; export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name --format=csv,noheader
 timeout 200 python3 -m pytest -q $(cat devrun/tests1.txt) 2>&1 | tail -4 | tee $O/pytest.log
