@@ -145,9 +145,11 @@ def ssa_attention(
         else:
             bias = routing_bias(rq, rk, sel, cfg, doc_ids)
     if far is None:
+        means = sel.means if mask is not None else None  # the selector's q̄, k̄: the routing gradient reuses them
         out, _ = attend(
-            q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias, routed_mask=mask
-        )
+            q, k, v, sel.indices, cfg.block_size, doc_ids=doc_ids, scale=scale, block_bias=bias, routed_mask=mask,
+            route_means=means,
+        )  # fmt: skip
     else:
         out = _attend_near_far(attend, q, k, v, far, sel.indices, cfg, doc_ids, scale, bias)
     if (

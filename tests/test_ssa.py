@@ -269,6 +269,39 @@ def test_fused_routing_gradient_equals_autograd_through_the_scores(backend, dtyp
     assert relerr(without[0], want[0]) > 1e-4 and relerr(without[1], want[1]) > 1e-4
 
 
+def test_routing_gradient_reuses_the_fast_selectors_block_means(monkeypatch):
+    """The fast selector keeps the block means it scored (``Selection.means``: q̄ over each block and the group, k̄
+    per block) and ``ssa_attention`` hands them to the Triton backward, which then pools q and k no second time:
+    the means equal ``query_summary`` / ``block_means`` (ragged T, GQA 4:2, batch 2) and dq, dk equal the gradients
+    computed with the means pooled again in the backward."""
+    from ssa_kernels.attention import routing
+    from ssa_kernels.selector import fast
+    from ssa_kernels.selector.reference import block_means, query_summary
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = SSAConfig(block_size=16, topk_blocks=2, local_window=32, top_nodes=4)
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(2, h, 231, 16, generator=g).to(dev).requires_grad_() for h in (4, 2, 2))
+    do = torch.randn(2, 4, 231, 16, generator=g).to(dev)
+    sel = fast.select_blocks_fast(q.detach(), k.detach(), cfg)
+    assert relerr(sel.means[0], query_summary(q.detach(), 2, 16)) < 1e-6
+    assert relerr(sel.means[1], block_means(k.detach(), 16)) < 1e-6
+    pooled = []
+    summary = routing.query_summary
+    monkeypatch.setattr(routing, "query_summary", lambda *a: pooled.append(1) or summary(*a))
+
+    def grads():
+        return torch.autograd.grad((ssa_attention(q, k, v, cfg, backend="triton") * do).sum(), (q, k))
+
+    reused = grads()
+    assert not pooled, "the backward pooled q again"
+    monkeypatch.setattr(fast, "_means", lambda *a: None)  # a Selection without means
+    again = grads()
+    assert pooled, "the backward did not pool q without the selector's means"
+    for a, b in zip(reused, again):
+        assert relerr(a, b) < 1e-5
+
+
 class _BigStorages(TorchDispatchMode):
     """Fresh storages (aliasing no input of the op: not views, detach or Triton-interpreter copies back)
     of at least ``nbytes`` that ops produce."""

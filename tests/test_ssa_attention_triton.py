@@ -413,6 +413,12 @@ def test_rejects_bad_shapes():
     q = torch.zeros(1, 2, 32, 32)
     with pytest.raises(ValueError):
         sparse_attention_triton(q, q, q, torch.zeros(1, 2, 3, 1, dtype=torch.int64), 16)  # nb mismatch
+    idx, mask = torch.zeros(1, 2, 2, 1, dtype=torch.int64), torch.ones(1, 2, 2, 1, dtype=torch.bool)
+    means = (torch.zeros(1, 2, 2, 32), torch.zeros(1, 2, 2, 16))  # k̄ of the wrong head dim
+    with pytest.raises(ValueError, match=r"route_means must be two \[Bt, Hkv, nb, D\] = \[1, 2, 2, 32\]"):
+        sparse_attention_triton(q, q, q, idx, 16, routed_mask=mask, route_means=means)
+    with pytest.raises(ValueError, match="beside routed_mask"):  # means without the mask they serve
+        sparse_attention_triton(q, q, q, idx, 16, route_means=(means[0], means[0]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot is wrong in Triton's interpreter")

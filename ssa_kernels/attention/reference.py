@@ -149,7 +149,8 @@ def _doc_blocks(doc_ids: torch.Tensor | None, nb: int, B: int) -> torch.Tensor |
 
 class _SparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, indices, doc_ids, block_bias, routed_mask, block_size: int, scale: float, chunk: int):
+    def forward(ctx, q, k, v, indices, doc_ids, block_bias, routed_mask, q_mean, k_mean, block_size: int,
+                scale: float, chunk: int):  # fmt: skip
         Bt, Hq, T, D = q.shape
         Hkv, nb = k.shape[1], indices.shape[2]
         G, B = Hq // Hkv, block_size
@@ -169,13 +170,13 @@ class _SparseAttention(torch.autograd.Function):
             out[:, :, t0:t1] = _groups_to_heads(o, G)[:, :, : t1 - t0]
             lse_c = lse_c.reshape(Bt, Hkv, b1 - b0, G * B)  # [Bt, Hkv, c, G*B]
             lse[:, :, t0:t1] = _groups_to_heads(lse_c, G)[:, :, : t1 - t0]
-        ctx.save_for_backward(q, k, v, indices, doc_ids, block_bias, routed_mask, out, lse)
+        ctx.save_for_backward(q, k, v, indices, doc_ids, block_bias, routed_mask, q_mean, k_mean, out, lse)
         ctx.block_size, ctx.scale, ctx.chunk = block_size, scale, chunk
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        q, k, v, indices, doc_ids, block_bias, routed_mask, out, lse = ctx.saved_tensors
+        q, k, v, indices, doc_ids, block_bias, routed_mask, q_mean, k_mean, out, lse = ctx.saved_tensors
         B, scale, chunk = ctx.block_size, ctx.scale, ctx.chunk
         Bt, Hq, T, D = q.shape
         Hkv, nb = k.shape[1], indices.shape[2]
@@ -221,12 +222,15 @@ class _SparseAttention(torch.autograd.Function):
         dk = dkb.view(Bt, Hkv, nb * B, D)[:, :, :T].to(k.dtype) if want_k else None  # [Bt, Hkv, T, D]
         dv = dvb.view(Bt, Hkv, nb * B, D)[:, :, :T].to(v.dtype) if want_v else None
         if want_route:
-            add_routing_grads(dq, dk, q, k, indices, dbias, routed_mask, B)
+            means = (q_mean, k_mean) if q_mean is not None else None
+            add_routing_grads(dq, dk, q, k, indices, dbias, routed_mask, B, means=means)
         dbias = dbias.to(block_bias.dtype) if ctx.needs_input_grad[5] else None
-        return dq, dk, dv, None, None, dbias, None, None, None, None
+        return dq, dk, dv, None, None, dbias, None, None, None, None, None, None
 
 
-def check_inputs(q, k, v, indices, block_size: int, doc_ids=None, block_bias=None, routed_mask=None) -> None:
+def check_inputs(
+    q, k, v, indices, block_size: int, doc_ids=None, block_bias=None, routed_mask=None, route_means=None
+) -> None:
     """The shapes and dtypes every sparse-attention implementation needs (this reference and the Triton
     kernels): raises ValueError naming the argument."""
     Bt, Hq, T, D = q.shape
@@ -251,6 +255,13 @@ def check_inputs(q, k, v, indices, block_size: int, doc_ids=None, block_bias=Non
             f"routed_mask must be bool with the shape of indices {tuple(indices.shape)}; got {routed_mask.dtype} "
             f"{tuple(routed_mask.shape)}"
         )
+    if route_means is not None:
+        want = (Bt, Hkv, nb, D)
+        if routed_mask is None or len(route_means) != 2 or any(tuple(m.shape) != want for m in route_means):
+            got = [tuple(m.shape) for m in route_means]
+            raise ValueError(
+                f"route_means must be two [Bt, Hkv, nb, D] = {list(want)} tensors beside routed_mask; got {got}"
+            )
 
 
 def sparse_attention(
@@ -264,6 +275,7 @@ def sparse_attention(
     chunk_blocks: int = 0,
     block_bias: torch.Tensor | None = None,
     routed_mask: torch.Tensor | None = None,
+    route_means: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact softmax attention of each query over the key blocks listed for its block.
 
@@ -274,18 +286,21 @@ def sparse_attention(
     the block and every head of the group (differentiable: its gradient is the sum of dS over the tile;
     SSA's routing uses it, ``ssa_kernels/__init__.py``); routed_mask [Bt, Hkv, nb, S] bool or None: the
     slots routed by the attention's own q and k, whose straight-through routing gradient the backward adds
-    to dq and dk in place (``routing.py``; the forward is unchanged).
+    to dq and dk in place (``routing.py``; the forward is unchanged); route_means (q̄, k̄), each
+    [Bt, Hkv, nb, D], or None: the block means that scored those slots (``Selection.means``), reused by that
+    gradient (None: it computes them from q and k).
 
     Returns out [Bt, Hq, T, D] in q's dtype and lse [Bt, Hq, T] fp32 (natural log); both carry
     gradients to q, k, v. Queries with no visible key get out 0 and lse -inf. See the module docstring.
     """
     Bt, Hq, T, D = q.shape
     Hkv, nb = k.shape[1], indices.shape[2]
-    check_inputs(q, k, v, indices, block_size, doc_ids, block_bias, routed_mask)
+    check_inputs(q, k, v, indices, block_size, doc_ids, block_bias, routed_mask, route_means)
     if scale is None:
         scale = D**-0.5
     if chunk_blocks <= 0:
         chunk_blocks = auto_chunk_blocks(Bt, Hkv, Hq // Hkv, nb, indices.shape[3], block_size, D)
+    q_mean, k_mean = route_means if route_means is not None else (None, None)
     return _SparseAttention.apply(
-        q, k, v, indices, doc_ids, block_bias, routed_mask, block_size, float(scale), chunk_blocks
+        q, k, v, indices, doc_ids, block_bias, routed_mask, q_mean, k_mean, block_size, float(scale), chunk_blocks
     )

@@ -59,20 +59,25 @@ def add_routing_grads(
     block_size: int,
     add_per_block: Callable[[torch.Tensor, torch.Tensor, int], None] = _add_per_block,
     scores_grad: Callable = scores_backward,
+    means: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Add the routing gradient (module docstring) to dq [Bt, Hq, T, D] and dk [Bt, Hkv, T, D] in place
     (either may be None). indices, dbias (the block-bias gradient) and routed_mask (bool: the slot holds a
     routed block whose score carries the gradient) are [Bt, Hkv, nb, S]. ``add_per_block``: the broadcast add
     into dq and dk (``_add_per_block``, or the Triton backend's kernel of it); ``scores_grad``: the block-mean
-    gradients (``scores_backward``, or the Triton backend's kernel of it)."""
+    gradients (``scores_backward``, or the Triton backend's kernel of it); ``means``: (q̄, k̄) [Bt, Hkv, nb, D] as the
+    selector scored them (``Selection.means``), or None to compute them here from q and k."""
     if dq is None and dk is None:
         return
     bt, hq, t, d = q.shape
     hkv, nb = k.shape[1], indices.shape[2]
     acc = torch.promote_types(q.dtype, torch.float32)
     w = torch.where(routed_mask, dbias.to(acc), 0.0)  # (Bt, Hkv, nb, S); padding slots have w = 0
-    q_mean = query_summary(q, hkv, block_size)  # (Bt, Hkv, nb, D)
-    k_mean = block_means(k, block_size)  # (Bt, Hkv, nb, D)
+    if means is None:
+        q_mean = query_summary(q, hkv, block_size)  # (Bt, Hkv, nb, D)
+        k_mean = block_means(k, block_size)  # (Bt, Hkv, nb, D)
+    else:
+        q_mean, k_mean = (m.to(acc) for m in means)
     chunk = max(1, _GATHER_BYTES // max(1, bt * hkv * nb * d * 4))
     g_q, g_k = scores_grad(q_mean, k_mean, indices, w, chunk, dq is not None, dk is not None)
     counts = _block_token_counts(t, block_size, q.device, acc)  # (nb,)

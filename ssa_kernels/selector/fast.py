@@ -724,7 +724,21 @@ def select_blocks_fast(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | N
     if _use_reference(q, k, q.shape[2], cfg):
         return select_blocks(q, k, cfg, doc_ids)
     leaf = lambda: block_minmax(k, cfg.block_size)  # noqa: E731 (made only under leaf_score=bound)
-    return _search(_summaries(q, k, cfg), q.shape[0], k.shape[1], q.shape[2], cfg, doc_ids, leaf)
+    summaries = _summaries(q, k, cfg)
+    sel = _search(summaries, q.shape[0], k.shape[1], q.shape[2], cfg, doc_ids, leaf)
+    sel.means = _means(summaries, q.shape[0], k.shape[1], q.shape[2], cfg)
+    return sel
+
+
+def _means(summaries, bt: int, hkv: int, seq_len: int, cfg: SSAConfig) -> tuple[Tensor, Tensor]:
+    """``Selection.means`` from ``_summaries``: (q̄, k̄) [Bt, Hkv, nb, D] fp32, what ``query_summary`` and
+    ``block_means`` give (to fp32 rounding), read off the pooled tensors instead of q and k again."""
+    q_sum, lev = summaries[:2]
+    nb, d = _num_blocks(seq_len, cfg.block_size), q_sum.shape[-1]
+    counts = _block_token_counts(seq_len, cfg.block_size, q_sum.device, torch.float32)  # (nb,)
+    q_mean = (q_sum * math.sqrt(d)).view(bt, hkv, nb, d)  # q_sum: scaled by 1 / sqrt(d)
+    k_mean = (lev[:, :nb] / counts[:, None]).view(bt, hkv, nb, d)  # level 0: block sums
+    return q_mean, k_mean
 
 
 @torch.no_grad()

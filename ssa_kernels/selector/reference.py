@@ -67,6 +67,10 @@ class Selection:
     routed: Tensor  # [Bt, Hkv, nb, topk_blocks] int64: routed blocks ascending, -1 padding at the end
     routed_scores: Tensor  # [Bt, Hkv, nb, topk_blocks] float: score of each routed block, -inf for padding
     candidates: Tensor  # [Bt, Hkv, nb] int64: nodes scored over all levels (those overlapping the routed range)
+    # (q̄, k̄), each [Bt, Hkv, nb, D] fp32: the mean query (over the block and the group) and mean key of each block
+    # as the fast selector pooled them, reused by the attention's routing gradient (``routing.add_routing_grads``);
+    # None where the selector does not keep them (the reference, pooled routes)
+    means: tuple[Tensor, Tensor] | None = None
 
 
 class PooledRoute(NamedTuple):
