@@ -271,7 +271,7 @@ def test_fused_routing_gradient_equals_autograd_through_the_scores(backend, dtyp
 
 def test_routing_gradient_reuses_the_fast_selectors_block_means(monkeypatch):
     """The fast selector keeps the block means it scored (``Selection.means``: q̄ over each block and the group, k̄
-    per block) and ``ssa_attention`` hands them to the Triton backward, which then pools q and k no second time:
+    per block; only for q, k that carry a gradient) and ``ssa_attention`` hands them to the Triton backward, which then pools q and k no second time:
     the means equal ``query_summary`` / ``block_means`` (ragged T, GQA 4:2, batch 2) and dq, dk equal the gradients
     computed with the means pooled again in the backward."""
     from ssa_kernels.attention import routing
@@ -283,7 +283,9 @@ def test_routing_gradient_reuses_the_fast_selectors_block_means(monkeypatch):
     g = torch.Generator().manual_seed(9)
     q, k, v = (torch.randn(2, h, 231, 16, generator=g).to(dev).requires_grad_() for h in (4, 2, 2))
     do = torch.randn(2, 4, 231, 16, generator=g).to(dev)
-    sel = fast.select_blocks_fast(q.detach(), k.detach(), cfg)
+    assert fast.select_blocks_fast(q.detach(), k.detach(), cfg).means is None  # no backward: no copies made
+    with torch.no_grad():  # as ssa_attention calls it
+        sel = fast.select_blocks_fast(q, k, cfg)
     assert relerr(sel.means[0], query_summary(q.detach(), 2, 16)) < 1e-6
     assert relerr(sel.means[1], block_means(k.detach(), 16)) < 1e-6
     pooled = []

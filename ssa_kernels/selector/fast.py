@@ -726,7 +726,8 @@ def select_blocks_fast(q: Tensor, k: Tensor, cfg: SSAConfig, doc_ids: Tensor | N
     leaf = lambda: block_minmax(k, cfg.block_size)  # noqa: E731 (made only under leaf_score=bound)
     summaries = _summaries(q, k, cfg)
     sel = _search(summaries, q.shape[0], k.shape[1], q.shape[2], cfg, doc_ids, leaf)
-    sel.means = _means(summaries, q.shape[0], k.shape[1], q.shape[2], cfg)
+    if q.requires_grad or k.requires_grad:  # only a backward reuses them: inference makes no copies
+        sel.means = _means(summaries, q.shape[0], k.shape[1], q.shape[2], cfg)
     return sel
 
 

@@ -69,7 +69,7 @@ class Selection:
     candidates: Tensor  # [Bt, Hkv, nb] int64: nodes scored over all levels (those overlapping the routed range)
     # (q̄, k̄), each [Bt, Hkv, nb, D] fp32: the mean query (over the block and the group) and mean key of each block
     # as the fast selector pooled them, reused by the attention's routing gradient (``routing.add_routing_grads``);
-    # None where the selector does not keep them (the reference, pooled routes)
+    # None where the selector does not keep them (the reference, pooled routes, q and k that carry no gradient)
     means: tuple[Tensor, Tensor] | None = None
 
 
