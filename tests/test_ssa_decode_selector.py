@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+import ssa_kernels.decode.fast as dfast
 import ssa_kernels.decode.triton as dtriton
 from ssa_kernels import SSAConfig
 from ssa_kernels.decode import DecodeState
@@ -90,8 +91,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["commit-in-update", "commit-kernel"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_matches_reference_token_by_token(case):
+def test_matches_reference_token_by_token(case, fused, monkeypatch):
+    """fused: the update's last program commits the rows (the default); else _commit_kernel, a launch of its own.
+    The arrival count must be zero after every step (else the next step commits at the wrong arrival)."""
+    monkeypatch.setattr(dfast, "COMMIT_IN_UPDATE", fused)
     bt, hq, hkv, d, prompt, steps, cfg, docs, dtype = CASES[case]
     total = prompt + steps
     cap = total + 5  # a capacity past the last token: the kernels must not depend on it
@@ -124,6 +129,7 @@ def test_matches_reference_token_by_token(case):
         got = fast_decode_step(q[:, :, t : t + 1], k[:, :, t], v[:, :, t], k_cache, v_cache, state, cfg,
                                doc_id=doc, out=out)  # fmt: skip
         assert got is out
+        assert not state.arrivals.any()
         assert_same_selection(state.indices, seen[-1], ref, hq // hkv, d, t, cfg)
         tol = 2e-3 if dtype == torch.float16 else 1e-5
         torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol, msg=f"token {t}")

@@ -241,7 +241,7 @@ def test_very_wide_beams_fall_back_to_the_reference(monkeypatch):
     runs (here 2,048 slots against one warp's 1,024, with _MAX_WARPS set to 1)."""
     cfg = SSAConfig(block_size=1, branching=2, topk_blocks=3, local_window=1, sink_blocks=1, beam_widths=WIDE)
     cfg.top_nodes = 2
-    q, k = make_qk(1, 1, 1, 1500, 2)
+    q, k = (x.to(DEV) for x in make_qk(1, 1, 1, 1500, 2))  # on a GPU machine, CPU tensors always take the reference
     assert not fast_module._use_reference(q, k, 1500, cfg)  # 2,048 slots: two warps
     assert fast_module._use_reference(q, k, 20000, cfg)  # 16,384 slots: more than 8 warps hold
     monkeypatch.setattr(fast_module, "_MAX_WARPS", 1)

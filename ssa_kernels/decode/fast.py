@@ -85,6 +85,12 @@ def _update_kernel(
     off_ptr,
     cover_ptr,
     size_ptr,
+    cnt_ptr,
+    doc_id_ptr,
+    pos_ptr,
+    doc_ptr,
+    dstart_ptr,
+    lo_ptr,
     s_rq_b,
     s_rq_h,
     s_rq_d,
@@ -116,11 +122,16 @@ def _update_kernel(
     BR: tl.constexpr,
     LC: tl.constexpr,
     WRITE_KV: tl.constexpr,
+    COMMIT: tl.constexpr,
+    SINK: tl.constexpr,
+    RP: tl.constexpr,
+    HAS_DOC: tl.constexpr,
 ):
     """Take token t = length[b] of batch row b for kv head h (one program per (b, h)). rq [Bt, Hkv * RG, RD],
     rk [Bt, Hkv, RD]: what the selector scores; k, v [Bt, Hkv, D]: written into the caches at t when WRITE_KV.
-    The row's length is only read here (every program of the row reads the same value); ``_commit_kernel``
-    advances it and the row's other bookkeeping after this launch."""
+    Every program reads its row's length; the rows' bookkeeping (``_commit``, which advances the lengths) must
+    come after all of them: with COMMIT, the last program to finish does it (an arrival count at cnt_ptr, left
+    zeroed), else ``_commit_kernel``, a launch of its own, after this one."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)  # 64-bit: (h * RG + g) * s_rq_h passes 2^31 at 1M tokens x 16 heads
     dr = tl.arange(0, RDP)
@@ -173,6 +184,15 @@ def _update_kernel(
             old = tl.load(lev + poff * RD + dr, mask=rmask & complete, other=0.0)
             val = tl.where(node % BR == 0, 0.0, old) + val
             tl.store(lev + poff * RD + dr, val, mask=rmask & complete)
+    if COMMIT:
+        # One launch fewer per decode step (a graphed step is a chain of short kernels, each costing its launch):
+        # the classic counter (stores, barrier, a release-acquire count; the last arrival reads past L1).
+        tl.debug_barrier()
+        arrived = tl.atomic_add(cnt_ptr, 1, sem="acq_rel")
+        if arrived == tl.num_programs(0) * tl.num_programs(1) - 1:
+            _commit(doc_id_ptr, len_ptr, pos_ptr, doc_ptr, dstart_ptr, lo_ptr, tl.num_programs(0), BLOCK, SINK, RP,
+                    HAS_DOC, ".cg")  # fmt: skip
+            tl.store(cnt_ptr, 0)
 
 
 @triton.jit
@@ -180,17 +200,26 @@ def _commit_kernel(
     doc_id_ptr, len_ptr, pos_ptr, doc_ptr, dstart_ptr, lo_ptr, n_rows, BLOCK: tl.constexpr, SINK: tl.constexpr,
     RP: tl.constexpr, HAS_DOC: tl.constexpr,
 ):  # fmt: skip
-    """After ``_update_kernel``, the bookkeeping of each batch row for its token t = length: the position
-    ``pos`` (rows are equal), the document id and start of token t, the routed range's start of a block
+    """``_commit`` as a launch of its own (one program), after ``_update_kernel``."""
+    _commit(doc_id_ptr, len_ptr, pos_ptr, doc_ptr, dstart_ptr, lo_ptr, n_rows, BLOCK, SINK, RP, HAS_DOC, "")
+
+
+@triton.jit
+def _commit(
+    doc_id_ptr, len_ptr, pos_ptr, doc_ptr, dstart_ptr, lo_ptr, n_rows, BLOCK: tl.constexpr, SINK: tl.constexpr,
+    RP: tl.constexpr, HAS_DOC: tl.constexpr, CACHE: tl.constexpr,
+):  # fmt: skip
+    """After the update of every (row, kv head), the bookkeeping of each batch row for its token t = length: the
+    position ``pos`` (rows are equal), the document id and start of token t, the routed range's start of a block
     that t opens, and length t -> t + 1. One program, so every row scalar has one writer."""
     b = tl.arange(0, RP)
     ok = b < n_rows
-    t = tl.load(len_ptr + b, mask=ok, other=0)
+    t = tl.load(len_ptr + b, mask=ok, other=0, cache_modifier=CACHE)
     tl.store(pos_ptr + b * 0, t, mask=b == 0)
-    dstart = tl.load(dstart_ptr + b, mask=ok, other=0)
+    dstart = tl.load(dstart_ptr + b, mask=ok, other=0, cache_modifier=CACHE)
     if HAS_DOC:  # a document starts wherever the id changes (ids are nondecreasing)
-        did = tl.load(doc_id_ptr + b, mask=ok, other=0).to(tl.int64)
-        dstart = tl.where((t > 0) & (did != tl.load(doc_ptr + b, mask=ok, other=0)), t, dstart)
+        did = tl.load(doc_id_ptr + b, mask=ok, other=0, cache_modifier=CACHE).to(tl.int64)
+        dstart = tl.where((t > 0) & (did != tl.load(doc_ptr + b, mask=ok, other=0, cache_modifier=CACHE)), t, dstart)
         tl.store(doc_ptr + b, did, mask=ok)
         tl.store(dstart_ptr + b, dstart, mask=ok)
     # A new block: its routed range starts at the document of its first token.
@@ -236,6 +265,7 @@ def _decode_select_kernel(
     BDB: tl.constexpr,
     LP: tl.constexpr,
     ROWS: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """``selector.fast._select_kernel`` for the one query block ``pos // BLOCK`` of every (batch, kv head), its
     pyramid height computed here (keep_ptr: beams per level, one row of LC per height)."""
@@ -263,7 +293,7 @@ def _decode_select_kernel(
 
     node = tl.zeros([ROWS, MA], tl.int32) + tl.arange(0, MA)[None, :]
     score, order, n_valid = _level_scores(
-        node, levels - 1, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK, D, DP, BDA, LP
+        node, levels - 1, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK, D, DP, BDA, LP, UNROLL
     )
     cand = n_valid
     if levels == 1:
@@ -277,13 +307,13 @@ def _decode_select_kernel(
                 keep = tl.load(keep_row + level + 1).to(tl.int32)
                 node = _expand(order, node, n_valid, keep, scratch, MA, BR, BRP)
                 score, order, n_valid = _level_scores(
-                    node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK, D, DP, BDA, LP
+                    node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK, D, DP, BDA, LP, UNROLL
                 )
                 cand += n_valid
         # Leaf results under names of their own: an if/else may not change a variable's shape (MB != MA).
         leaf = _expand(order, node, n_valid, tl.load(keep_row + 1).to(tl.int32), scratch, MB, BR, BRP)
         leaf_score, leaf_order, leaf_valid = _level_scores(
-            leaf, 0, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK, D, DP, BDB, LP
+            leaf, 0, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK, D, DP, BDB, LP, UNROLL
         )
         _emit(leaf, leaf_score, leaf_order, leaf_valid, cand + leaf_valid, rows, rmask, bh, routed_ptr, scores_ptr,
               cand_ptr, idx_ptr, TOPK, TP, SINK, LOCAL, S, SP, ROWS)  # fmt: skip
@@ -310,6 +340,7 @@ class DecodePyramid:
     routed_scores: Tensor  # [Bt * Hkv, topk] fp32
     candidates: Tensor  # [Bt * Hkv] int64
     scratch: Tensor  # [programs * rows, SCR] int32: the search's parent lists
+    arrivals: Tensor  # [1] int32, zero between steps: the update's programs that finished (the last one commits)
     capacity: int  # tokens
     levels: int  # LC: levels of the pyramid over capacity / block_size blocks
     num_tokens: int  # host-side count of tokens taken (no sync: for the capacity check only)
@@ -372,6 +403,7 @@ class DecodePyramid:
             routed_scores=torch.zeros(bh, cfg.topk_blocks, dtype=f32, device=device),
             candidates=torch.zeros(bh, dtype=i64, device=device),
             scratch=torch.zeros(programs * rows, scr, dtype=torch.int32, device=device),
+            arrivals=torch.zeros(1, dtype=torch.int32, device=device),
             capacity=capacity,
             levels=lc,
             num_tokens=0,
@@ -444,13 +476,25 @@ def _copy(x):
 
 # Launch parameters of the decode select kernel. Unlike training (thousands of query blocks: one warp per
 # block, narrow gathers), a decode step has one row per (batch, kv head), a few programs in all, so latency
-# rules: more warps and wider head-dim chunks per gather (scripts/bench_attention.py --decode-select-sweep).
-# H100, 1M tokens, select kernel alone (rows, warps, dim chunk): 1,1,4 43-44 us; 1,2,16 45; 1,4,16 40 us
-# (whole step 68 us); 1,4,32 47; 1,8,32 45. Tried: a radix top-k (2^b thresholds per step instead of 32
-# halvings): as one [rows, slots, 2^b] compare 34 us but wrong selections on the GPU (triton 3.6; right in
+# rules: more warps and wider head-dim chunks per gather (scripts/profile_decode.py select=rows,warps,chunk).
+# Earlier, the select kernel alone, 16 times on one token (H100, 1M, block 64; rows, warps, dim chunk): 1,1,4
+# 43-44 us; 1,2,16 45; 1,4,16 40 us; 1,4,32 47; 1,8,32 45. Tried: a radix top-k (2^b thresholds per step instead of
+# 32 halvings): as one [rows, slots, 2^b] compare 34 us but wrong selections on the GPU (triton 3.6; right in
 # the interpreter), as 2^b - 1 separate row sums 68-94 us. Kept instead: halvings that stop once a midpoint has
 # exactly k entries at or above it (selector.fast._top_mask): 43.0 -> 31.1 us, whole step 72.4 -> 59.4 us.
-SELECT_TUNING = Tuning(rows=1, num_warps=4, dim_chunk=16)
+# Inside the graphed step (each token's select after the previous token's attention, as decoding runs it; H100,
+# 1M, thirty-fourth session, scripts/profile_decode.py) the select kernel took longer than alone, and its head-dim
+# chunks unrolled (SELECT_UNROLL) with 8 warps and chunks of 32 took least: block 128 44.0 us at 1,4,16 -> 27.5 us
+# at 1,8,32 (1,4,32 29.4; 1,8,64 30.6); block 64 36.0 -> 31.3 us (1,4,32 41.4; 1,8,64 38.9).
+SELECT_TUNING = Tuning(rows=1, num_warps=8, dim_chunk=32)
+# The select kernel's head-dim chunks as straight-line code (every chunk's gather in flight at once, not one after
+# the other; in the graphed step at 1M with 1,4,16: block 128 48.5 -> 44.0 us, block 64 34.3 -> 36.0 us).
+SELECT_UNROLL = True
+# The update's last program commits the rows' bookkeeping (True) or _commit_kernel does (False: one launch more; the
+# kernel took 1.2-1.4 us and the update ~1 us less, in the graphed step at 1M). (The same "last arrival" for the
+# decode attention's merge, the row's last split program merging its partials instead of _combine_kernel, measured
+# slower: 22.7 us against 14.1 + 2.2 at block 128, the one program's merge of 64 splits being the step's tail.)
+COMMIT_IN_UPDATE = True
 
 
 def _select_rows(n_bh: int) -> int:
@@ -484,18 +528,18 @@ def decode_update(
         d = k_new.shape[-1]
         s_k, s_v, s_kc, s_vc = k_new.stride(), v_new.stride(), k_cache.stride(), v_cache.stride()
     doc = state.doc if doc_id is None else doc_id.to(device=state.doc.device, dtype=torch.long).contiguous()
+    commit = dict(BLOCK=cfg.block_size, SINK=cfg.sink_blocks, RP=_pow2(bt), HAS_DOC=doc_id is not None)
+    rows = (doc, state.length, state.pos, state.doc, state.doc_start, state.block_lo)
     _update_kernel[(bt, hkv)](
         route_q, route_k, k_new, v_new, k_cache, v_cache, state.length,
         state.query_acc, state.key_acc, state.query_summary, state.lev, state.ps,
-        tab, tab[lc:], tab[2 * lc :], *route_q.stride(), *route_k.stride(), *s_k, *s_v, *s_kc, *s_vc,
-        state.lev.shape[1],
-        HKV=hkv, RG=route_q.shape[1] // hkv, RD=rd, RDP=_pow2(rd), D=d, DP=_pow2(d), BLOCK=cfg.block_size,
-        BR=cfg.branching, LC=lc, WRITE_KV=kv is not None, num_warps=1,
+        tab, tab[lc:], tab[2 * lc :], state.arrivals, *rows[:1], *rows[2:],
+        *route_q.stride(), *route_k.stride(), *s_k, *s_v, *s_kc, *s_vc, state.lev.shape[1],
+        HKV=hkv, RG=route_q.shape[1] // hkv, RD=rd, RDP=_pow2(rd), D=d, DP=_pow2(d), BR=cfg.branching, LC=lc,
+        WRITE_KV=kv is not None, COMMIT=COMMIT_IN_UPDATE, **commit, num_warps=1,
     )  # fmt: skip
-    _commit_kernel[(1,)](
-        doc, state.length, state.pos, state.doc, state.doc_start, state.block_lo, bt, BLOCK=cfg.block_size,
-        SINK=cfg.sink_blocks, RP=_pow2(bt), HAS_DOC=doc_id is not None, num_warps=1,
-    )  # fmt: skip
+    if not COMMIT_IN_UPDATE:
+        _commit_kernel[(1,)](*rows, bt, **commit, num_warps=1)
     state.num_tokens += 1
 
 
@@ -520,7 +564,7 @@ def decode_select(state: DecodePyramid, cfg: SSAConfig) -> Tensor:
         BLOCK=cfg.block_size, BR=cfg.branching, BRP=brp, MA=ma, MB=mb, SCR=state.scratch.shape[1],
         TOPN=max(cfg.top_nodes, 1), LC=lc, TOPK=cfg.topk_blocks, TP=_pow2(cfg.topk_blocks), SINK=cfg.sink_blocks,
         LOCAL=cfg.local_blocks, S=s, SP=_pow2(s), D=d, DP=dp, BDA=bda, BDB=bdb, LP=_pow2(lc), ROWS=rows,
-        num_warps=SELECT_TUNING.num_warps,
+        UNROLL=SELECT_UNROLL, num_warps=SELECT_TUNING.num_warps,
     )  # fmt: skip
     return state.indices
 

@@ -44,6 +44,8 @@ __all__ = ["decode_attention_triton"]
 _MAX_SPLITS = 64
 # Programs wanted per streaming multiprocessor: enough loads in flight to approach peak bandwidth.
 _PROGRAMS_PER_SM = 4
+# Warps of a split program (scripts/profile_decode.py awarps= times others; 8 measured slower than 4 at 1M).
+SPLIT_WARPS = 4
 # Where no GPU is queried (Triton's interpreter on CPU tensors): blocks per program.
 _CPU_BLOCKS_PER_SPLIT = 4
 # Test hook: fill the fp32 partials with this before the kernels run (NaN makes an unwritten one visible).
@@ -290,7 +292,7 @@ def decode_attention_triton(
         "DP": max(16, triton.next_power_of_2(d)),
         "IEEE": q.dtype == torch.float32,
         "BPS": bps,
-        "num_warps": 4,
+        "num_warps": SPLIT_WARPS,
     }
     args = (hkv, rows, seq_len, n_listed, scale * math.log2(math.e))
     common = (q, k_cache, v_cache, indices, q_pos, key_start)

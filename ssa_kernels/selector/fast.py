@@ -240,6 +240,17 @@ def _visible(node, cover, lo, hi, live):
 
 
 @triton.jit
+def _chunk_dot(d0, whole, live, q_row, lev, row, D: tl.constexpr, BD: tl.constexpr):
+    """q . node sum over head dims d0 .. d0 + BD of the whole candidate nodes ``row`` [ROWS, M] -> [ROWS, M]."""
+    dd = tl.max_contiguous(tl.multiple_of(d0 + tl.arange(0, BD), BD), BD)  # aligned: vector loads
+    # A mask constant along the head dim (when BD divides D) lets each thread load 4 floats at once.
+    dm = whole[:, :, None] if D % BD == 0 else whole[:, :, None] & (dd < D)[None, None, :]
+    qv = tl.load(q_row[:, None] + dd[None, :], mask=live[:, None] & (dd < D)[None, :], other=0.0)  # (ROWS, BD)
+    kv = tl.load(lev[:, None, None] + row[:, :, None] * D + dd[None, None, :], mask=dm, other=0.0)
+    return tl.sum(kv * qv[:, None, :], axis=2)  # (ROWS, M, BD) -> (ROWS, M)
+
+
+@triton.jit
 def _level_scores(
     node,
     level,
@@ -256,9 +267,11 @@ def _level_scores(
     DP: tl.constexpr,
     BD: tl.constexpr,
     LP: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):
     """Scores [ROWS, M] of candidate nodes ``node`` (int32, -1 = none) of one level, their order keys
-    (int32, _NONE for nodes outside the routed range [lo, hi)) and the count of nodes in range."""
+    (int32, _NONE for nodes outside the routed range [lo, hi)) and the count of nodes in range. UNROLL: the
+    head-dim chunks as straight-line code (the decode step, latency-bound; the training selector keeps a loop)."""
     cover = tl.load(cover_ptr + level)
     valid = _visible(node, cover, lo, hi, live)
     right = node == (hi // cover)[:, None]  # holds hi: partial (an overlapping node holding hi is never whole)
@@ -270,13 +283,12 @@ def _level_scores(
     e_hi = _edge_dot(hi, level, q, live, ps, off_ptr, cover_ptr, D, DP, LP)
     e_lo = _edge_dot(lo, level, q, live, ps, off_ptr, cover_ptr, D, DP, LP)
     acc = tl.zeros(node.shape, tl.float32)
-    for d0 in range(0, D, BD):
-        dd = tl.max_contiguous(tl.multiple_of(d0 + tl.arange(0, BD), BD), BD)  # aligned: vector loads
-        # A mask constant along the head dim (when BD divides D) lets each thread load 4 floats at once.
-        dm = whole[:, :, None] if D % BD == 0 else whole[:, :, None] & (dd < D)[None, None, :]
-        qv = tl.load(q_row[:, None] + dd[None, :], mask=live[:, None] & (dd < D)[None, :], other=0.0)  # (ROWS, BD)
-        kv = tl.load(lev[:, None, None] + row[:, :, None] * D + dd[None, None, :], mask=dm, other=0.0)
-        acc += tl.sum(kv * qv[:, None, :], axis=2)  # (ROWS, M, BD) -> (ROWS, M)
+    if UNROLL:  # straight-line code: every chunk's gather can be in flight at once (one memory latency, not D / BD)
+        for d0 in tl.static_range(0, D, BD):
+            acc += _chunk_dot(d0, whole, live, q_row, lev, row, D, BD)
+    else:
+        for d0 in range(0, D, BD):
+            acc += _chunk_dot(d0, whole, live, q_row, lev, row, D, BD)
     raw = tl.where(right, e_hi[:, None], acc) - tl.where(left, e_lo[:, None], 0.0)
     score = raw / (cover * BLOCK).to(tl.float32)  # nominal node size, as the reference
     order = tl.where(valid, _order(score), _NONE)
@@ -408,7 +420,7 @@ def _scores(
                                               cover_ptr, D, DP, BD, J, EDGES_APART)  # fmt: skip
     else:
         score, order, n_valid = _level_scores(node, level, lo, hi, live, q_row, lev, ps, off_ptr, cover_ptr, BLOCK,
-                                              D, DP, BD, LP)  # fmt: skip
+                                              D, DP, BD, LP, False)  # fmt: skip
     return score, order, n_valid
 
 
