@@ -755,6 +755,21 @@ def decode_fast(bench: Bench, s: Setup, n: int, q, k, v, want, sel_args, run: di
     decode_graph_steps(bench, s, n, q, k, v, fresh, n - calls, info)
 
 
+def replay_ms(graph: torch.cuda.CUDAGraph, restore: Callable[[], Any], reps: int) -> float:
+    """Median ms of one replay of ``graph`` over ``reps`` replays, ``restore()`` (untimed) before each."""
+    times = []
+    for _ in range(reps):
+        restore()
+        torch.cuda.synchronize()
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        graph.replay()
+        e1.record()
+        torch.cuda.synchronize()
+        times.append(e0.elapsed_time(e1))
+    return sorted(times)[len(times) // 2]
+
+
 def decode_graph_steps(bench: Bench, s: Setup, n: int, q, k, v, fresh, first: int, info: dict[str, Any]) -> None:
     """K consecutive decode steps (tokens first .. first + K - 1) captured in ONE CUDA graph, as a graphed
     model's decode loop runs them: each step reads its token's q, k, v where they lie (no copies into
@@ -800,17 +815,7 @@ def decode_graph_steps(bench: Bench, s: Setup, n: int, q, k, v, fresh, first: in
             with torch.cuda.graph(graph):
                 for i in tokens:
                     step(i)
-            times = []
-            for _ in range(max(3, s.args.reps)):
-                state.copy_(start)
-                torch.cuda.synchronize()
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                graph.replay()
-                e1.record()
-                torch.cuda.synchronize()
-                times.append(e0.elapsed_time(e1) / steps)
-        return sorted(times)[len(times) // 2]
+        return replay_ms(graph, lambda: state.copy_(start), max(3, s.args.reps)) / steps
 
     def record(method: str, step, update_first: bool, **extra) -> None:
         row = {"n": n, "method": method, "pass": "decode", "ms": None, "extrapolated": False}

@@ -41,6 +41,9 @@ from ssa_kernels import SSAConfig  # noqa: E402
 from ssa_kernels.decode import fast as dfast  # noqa: E402
 from ssa_kernels.decode import triton as dtri  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_attention import replay_ms  # noqa: E402  (the decode benchmark's timing of a graph replay)
+
 
 def apply(variant: str) -> None:
     """Set the launch parameters a variant names (after ``reset``)."""
@@ -77,21 +80,6 @@ def graph_of(fn, steps: int, reset) -> torch.cuda.CUDAGraph:
         for i in range(steps):
             fn(i)
     return graph
-
-
-def timed(graph, restore, reps: int) -> float:
-    """Median ms of one replay (restore before each, untimed)."""
-    times = []
-    for _ in range(reps):
-        restore()
-        torch.cuda.synchronize()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        graph.replay()
-        e1.record()
-        torch.cuda.synchronize()
-        times.append(e0.elapsed_time(e1))
-    return statistics.median(times)
 
 
 def kernels_of(graph, restore) -> list[tuple[str, float, float]]:
@@ -158,7 +146,7 @@ def main() -> None:
             return F.scaled_dot_product_attention(qd, k, v, scale=scale)
 
     dg = graph_of(dense, 1, lambda: None)
-    dense_ms = timed(dg, lambda: None, args.reps)
+    dense_ms = replay_ms(dg, lambda: None, args.reps)
     print(f"dense decode (SDPA flash, graphed) n={n}: {dense_ms * 1e3:.1f} us")
     knobs = ((dtri, "_PROGRAMS_PER_SM"), (dfast, "SELECT_TUNING"), (dtri, "SPLIT_WARPS"), (dfast, "COMMIT_IN_UPDATE"),
              (dfast, "SELECT_UNROLL"))  # fmt: skip
@@ -186,7 +174,7 @@ def main() -> None:
                 with torch.no_grad():
                     reset = functools.partial(state.copy_, snap)
                     graph = graph_of(step, steps, reset)
-                    ms = timed(graph, reset, args.reps) / steps
+                    ms = replay_ms(graph, reset, args.reps) / steps
                     row.update({"us_per_step": round(ms * 1e3, 2), "x_dense": round(dense_ms / ms, 2)})
                     row.update(breakdown(kernels_of(graph, reset), steps))
             except Exception as err:  # noqa: BLE001 - one failing variant must not lose the others

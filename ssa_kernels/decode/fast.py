@@ -21,9 +21,10 @@ Step (:func:`fast_decode_step`)
 -------------------------------
 1. ``_update_kernel``, one program per (batch row, kv head): writes the new k, v into the caches at the
    position read from ``length`` and updates the block sums, the pyramid and the scaled query summary
-   (fp64 sums, as the reference). ``_commit_kernel``, one program, then does the row bookkeeping: the
-   position ``pos``, the document id and start, the routed range's start of a new block, and the length
-   (a second launch: the update's programs all read the old length).
+   (fp64 sums, as the reference). The last of its programs to finish (an arrival count) then does the row
+   bookkeeping (``_commit``): the position ``pos``, the document id and start, the routed range's start of a
+   new block, and the length (after every program has read the old length); ``COMMIT_IN_UPDATE = False``
+   launches ``_commit_kernel`` for it instead.
 2. ``_decode_select_kernel``, one program per (batch, kv head): the beam search of ``selector.fast`` (its
    jitted helpers, reused as they are) for the query block ``pos // block_size``, whose pyramid height is
    computed in the kernel, so the same launch serves every token; writes the union row
@@ -488,10 +489,12 @@ def _copy(x):
 # at 1,8,32 (1,4,32 29.4; 1,8,64 30.6); block 64 36.0 -> 31.3 us (1,4,32 41.4; 1,8,64 38.9).
 SELECT_TUNING = Tuning(rows=1, num_warps=8, dim_chunk=32)
 # The select kernel's head-dim chunks as straight-line code (every chunk's gather in flight at once, not one after
-# the other; in the graphed step at 1M with 1,4,16: block 128 48.5 -> 44.0 us, block 64 34.3 -> 36.0 us).
+# the other). In the graphed step at 1M, H100, with 1,8,32: block 64 40.9 -> 31.7 us, block 128 even (27.7, 27.8);
+# with 1,4,16 it was mixed (block 128 48.5 -> 44.0 us, block 64 34.3 -> 36.0 us).
 SELECT_UNROLL = True
-# The update's last program commits the rows' bookkeeping (True) or _commit_kernel does (False: one launch more; the
-# kernel took 1.2-1.4 us and the update ~1 us less, in the graphed step at 1M). (The same "last arrival" for the
+# The update's last program commits the rows' bookkeeping (True) or _commit_kernel does (False: one launch more).
+# Even in the graphed step at 1M (H100, same call): block 128 52.0 against 53.0 us a step, block 64 55.3 against 54.3;
+# the kernel itself took 1.2-1.4 us and made the update ~1.3 us shorter. (The same "last arrival" for the
 # decode attention's merge, the row's last split program merging its partials instead of _combine_kernel, measured
 # slower: 22.7 us against 14.1 + 2.2 at block 128, the one program's merge of 64 splits being the step's tail.)
 COMMIT_IN_UPDATE = True

@@ -4,7 +4,8 @@
 # routing gradient's reuse of the selector's block means); 3. the graphed decode step kernel by kernel, blocks 128
 # and 64, under launch-parameter variants (scripts/profile_decode.py), with the two fused launches (the update's last
 # program commits the rows; the attention's last split program merges its row) and the select kernel's unrolled
-# head-dim chunks against the code before them.
+# head-dim chunks against the code before them. (merge= was a knob of the code at this call: the attention's last split
+# program merging its row; measured slower here and dropped before call 2.)
 O=${OUT:-/tmp}; mkdir -p $O; export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader
 PYTHONPATH=$PWD timeout 240 python3 -m pytest -q -x tests/test_ssa_selector_fast.py tests/test_ssa_decode_selector.py \
