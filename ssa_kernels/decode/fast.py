@@ -532,17 +532,17 @@ def decode_update(
         s_k, s_v, s_kc, s_vc = k_new.stride(), v_new.stride(), k_cache.stride(), v_cache.stride()
     doc = state.doc if doc_id is None else doc_id.to(device=state.doc.device, dtype=torch.long).contiguous()
     commit = dict(BLOCK=cfg.block_size, SINK=cfg.sink_blocks, RP=_pow2(bt), HAS_DOC=doc_id is not None)
-    rows = (doc, state.length, state.pos, state.doc, state.doc_start, state.block_lo)
+    rows = (state.pos, state.doc, state.doc_start, state.block_lo)  # what the commit writes besides the length
     _update_kernel[(bt, hkv)](
         route_q, route_k, k_new, v_new, k_cache, v_cache, state.length,
         state.query_acc, state.key_acc, state.query_summary, state.lev, state.ps,
-        tab, tab[lc:], tab[2 * lc :], state.arrivals, *rows[:1], *rows[2:],
+        tab, tab[lc:], tab[2 * lc :], state.arrivals, doc, *rows,
         *route_q.stride(), *route_k.stride(), *s_k, *s_v, *s_kc, *s_vc, state.lev.shape[1],
         HKV=hkv, RG=route_q.shape[1] // hkv, RD=rd, RDP=_pow2(rd), D=d, DP=_pow2(d), BR=cfg.branching, LC=lc,
         WRITE_KV=kv is not None, COMMIT=COMMIT_IN_UPDATE, **commit, num_warps=1,
     )  # fmt: skip
     if not COMMIT_IN_UPDATE:
-        _commit_kernel[(1,)](*rows, bt, **commit, num_warps=1)
+        _commit_kernel[(1,)](doc, state.length, *rows, bt, **commit, num_warps=1)
     state.num_tokens += 1
 
 
