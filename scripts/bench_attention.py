@@ -593,17 +593,26 @@ def _run_passes(bench: Bench, s: Setup, n: int, q, k, v, qg, kg, vg, d_o) -> Non
                 row["gqa"] = how["gqa"]
 
 
-def graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """fn captured once in a CUDA graph (after a warm-up call on a side stream); returns its replay."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
+def capture(fn: Callable[[int], Any], steps: int = 1, reset: Callable[[], Any] = lambda: None) -> torch.cuda.CUDAGraph:
+    """fn(0) .. fn(steps - 1) captured in one CUDA graph, after a warm-up run of them on a side stream (compilation
+    and autotuning stay out of the capture) and then ``reset()`` (e.g. restoring the state the warm-up advanced)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(steps):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(side)
+    reset()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+        for i in range(steps):
+            fn(i)
+    return graph
+
+
+def graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """fn captured once in a CUDA graph (after a warm-up call on a side stream); returns its replay."""
+    return capture(lambda _i: fn()).replay
 
 
 def decode(bench: Bench, s: Setup, n: int, q, k, v) -> None:
@@ -781,7 +790,6 @@ def decode_graph_steps(bench: Bench, s: Setup, n: int, q, k, v, fresh, first: in
     cfg, scale, steps = s.cfg, s.d**-0.5, 16
     state = fresh()
     snap = state.clone()
-    tokens = range(first, first + steps)
     bt = q.shape[0]
     parts = {
         "ssa_decode_fast_graph_k": lambda i: fast_decode_step(
@@ -798,24 +806,19 @@ def decode_graph_steps(bench: Bench, s: Setup, n: int, q, k, v, fresh, first: in
 
     def graph_ms(step, update_first: bool) -> float:
         """ms per step: the K steps in one graph, replayed from the same state (restore not timed)."""
-        with torch.no_grad():
-            state.copy_(snap)
-            fast_decode_step(q[:, :, first : first + 1], k[:, :, first], v[:, :, first], k, v, state, cfg, scale)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up (compilation) off the capture
-                for i in tokens:
-                    step(i)
-            torch.cuda.current_stream().wait_stream(side)
+        start = []  # the state the replays start from, as reset() leaves it before the capture
+
+        def reset() -> None:
             state.copy_(snap)
             if update_first:  # selection / attention alone: of a taken token
                 decode_update(state, q[:, :, first], k[:, :, first], cfg, kv=(k[:, :, first], v[:, :, first], k, v))
-            start = state.clone()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for i in tokens:
-                    step(i)
-        return replay_ms(graph, lambda: state.copy_(start), max(3, s.args.reps)) / steps
+            start[:] = [state.clone()]
+
+        with torch.no_grad():
+            state.copy_(snap)
+            fast_decode_step(q[:, :, first : first + 1], k[:, :, first], v[:, :, first], k, v, state, cfg, scale)
+            graph = capture(lambda j: step(first + j), steps, reset)
+        return replay_ms(graph, lambda: state.copy_(start[0]), max(3, s.args.reps)) / steps
 
     def record(method: str, step, update_first: bool, **extra) -> None:
         row = {"n": n, "method": method, "pass": "decode", "ms": None, "extrapolated": False}

@@ -42,11 +42,11 @@ from ssa_kernels.decode import fast as dfast  # noqa: E402
 from ssa_kernels.decode import triton as dtri  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_attention import replay_ms  # noqa: E402  (the decode benchmark's timing of a graph replay)
+from bench_attention import capture, replay_ms  # noqa: E402  (the decode benchmark's capture and timing)
 
 
 def apply(variant: str) -> None:
-    """Set the launch parameters a variant names (after ``reset``)."""
+    """Set the launch parameters a variant names (on top of the defaults, which ``reset_knobs`` restores)."""
     for part in filter(None, variant.split("+")):
         if part == "default":
             continue
@@ -64,22 +64,6 @@ def apply(variant: str) -> None:
             dfast.SELECT_UNROLL = bool(int(val))
         else:
             raise SystemExit(f"unknown variant part {part!r}: use pps=, select=, awarps=, commit=, unroll=")
-
-
-def graph_of(fn, steps: int, reset) -> torch.cuda.CUDAGraph:
-    """fn(0) .. fn(steps - 1) in one CUDA graph (compiled first on a side stream; reset() after)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile off the capture
-        for i in range(steps):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(side)
-    reset()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(steps):
-            fn(i)
-    return graph
 
 
 def kernels_of(graph, restore) -> list[tuple[str, float, float]]:
@@ -145,7 +129,7 @@ def main() -> None:
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(qd, k, v, scale=scale)
 
-    dg = graph_of(dense, 1, lambda: None)
+    dg = capture(dense)
     dense_ms = replay_ms(dg, lambda: None, args.reps)
     print(f"dense decode (SDPA flash, graphed) n={n}: {dense_ms * 1e3:.1f} us")
     knobs = ((dtri, "_PROGRAMS_PER_SM"), (dfast, "SELECT_TUNING"), (dtri, "SPLIT_WARPS"), (dfast, "COMMIT_IN_UPDATE"),
@@ -173,7 +157,7 @@ def main() -> None:
             try:
                 with torch.no_grad():
                     reset = functools.partial(state.copy_, snap)
-                    graph = graph_of(step, steps, reset)
+                    graph = capture(step, steps, reset)
                     ms = replay_ms(graph, reset, args.reps) / steps
                     row.update({"us_per_step": round(ms * 1e3, 2), "x_dense": round(dense_ms / ms, 2)})
                     row.update(breakdown(kernels_of(graph, reset), steps))
