@@ -194,14 +194,22 @@ def trainer_cmd(parallel: str, run_dir: Path, data_cache: Path, steps: int = STE
             f"hydra.run.dir={run_dir}", *SSA, *extra]  # fmt: skip
 
 
-def test_trainer_under_offload_matches_single_and_resumes_after_a_kill(tmp_path, data_cache):
+# nested_offload: activation checkpointing with the layer inputs on the host and the MLP in tiles of 32 of the 128
+# tokens (its default tile, 16384, would leave one tile)
+RUNG_EXTRA = {"offload": (), "nested_offload": ("train.activation_checkpointing=true", "parallel.tiled_mlp=32")}
+
+
+@pytest.mark.parametrize("rung", list(RUNG_EXTRA))
+def test_trainer_under_offload_matches_single_and_resumes_after_a_kill(tmp_path, data_cache, rung):
     """Each step's loss and gradient norm equal the single-process run's (1e-5, SSA, two accumulated
     micro-batches); a run SIGKILLed after step 12 resumes from its step-10 checkpoint and logs the
-    uninterrupted run's numbers bit for bit; the checkpoint's model loads without DeepSpeed."""
+    uninterrupted run's numbers bit for bit; the checkpoint's model loads without DeepSpeed. Under
+    ``offload`` and under ``nested_offload`` (the single-process run without its pieces)."""
     ref_dir, single_dir, kill_dir = tmp_path / "offload", tmp_path / "single", tmp_path / "kill"
-    jobs = [Job(trainer_cmd("offload", ref_dir, data_cache), job_env(), tmp_path / "offload.log"),
+    extra = RUNG_EXTRA[rung]
+    jobs = [Job(trainer_cmd(rung, ref_dir, data_cache, extra=extra), job_env(), tmp_path / "offload.log"),
             Job(trainer_cmd("single", single_dir, data_cache), job_env(), tmp_path / "single.log")]  # fmt: skip
-    kill = Job(trainer_cmd("offload", kill_dir, data_cache), job_env(), tmp_path / "kill.log")
+    kill = Job(trainer_cmd(rung, kill_dir, data_cache, extra=extra), job_env(), tmp_path / "kill.log")
     try:
         _wait_for_step(kill_dir, 12, kill.proc, TIMEOUT_S)
     finally:
@@ -226,7 +234,8 @@ def test_trainer_under_offload_matches_single_and_resumes_after_a_kill(tmp_path,
 
     saved = sorted(int(p.name.split("_")[1]) for p in (kill_dir / "checkpoints").glob("step_????????"))
     assert saved and saved[-1] < STEPS, saved  # killed mid-run
-    rc, out = wait_all(Job(trainer_cmd("offload", kill_dir, data_cache), job_env(), tmp_path / "resume.log"))[0]
+    resume = Job(trainer_cmd(rung, kill_dir, data_cache, extra=extra), job_env(), tmp_path / "resume.log")
+    rc, out = wait_all(resume)[0]
     check_ok(rc, out)
     assert f"step_{saved[-1]:08d} at step {saved[-1]}" in out, out[-6000:]
     assert losses(kill_dir) == ref  # bit-identical floats, every step
