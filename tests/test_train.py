@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,21 @@ def test_experiment_overrides_the_base():
     config = to_config(compose_cfg(["experiment=gpu_125m_32k"]))
     assert (config.name, config.model.name, config.train.seq_len) == ("gpu_125m_32k", "llama_125m", 32768)
     assert to_config(compose_cfg(["experiment=gpu_125m_32k", "train.seq_len=4096"])).train.seq_len == 4096
+
+
+def test_ssa128_is_ssa_at_128_key_blocks_with_the_same_token_budget():
+    """``attention=ssa128``: ssa.yaml with 128-key blocks and half the routed blocks, nothing else changed; the
+    tokens a query attends (sink, window, routed) within one 64-key block of the default's; the command line wins."""
+    fast, base = (to_config(compose_cfg([f"attention={a}"])).attention for a in ("ssa128", "ssa"))
+    assert fast.name == base.name == "ssa"
+    changed = {k for k, v in asdict(fast.ssa).items() if v != getattr(base.ssa, k)}
+    assert changed == {"block_size", "topk_blocks"} and (fast.ssa.block_size, base.ssa.block_size) == (128, 64)
+
+    def budget(s):
+        return (s.sink_blocks + s.topk_blocks) * s.block_size + s.local_window
+
+    assert abs(budget(fast.ssa) - budget(base.ssa)) <= base.ssa.block_size, (budget(fast.ssa), budget(base.ssa))
+    assert to_config(compose_cfg(["attention=ssa128", "attention.ssa.topk_blocks=8"])).attention.ssa.topk_blocks == 8
 
 
 @pytest.mark.parametrize(
